@@ -1,0 +1,172 @@
+# distutils: language = c++
+# cython: boundscheck=False, wraparound=False, cdivision=True
+"""The Cython fallback: the same schedule and update as clr_ext._C, through the
+same headers (csrc/schedule.h, csrc/sgd_update.h, csrc/cpu/sgd_cpu.h), reaching
+CPU tensors through their memory. It needs no torch C++ headers, no BLAS and no
+Fortran; it is what runs where the torch extension cannot be built.
+
+The caller (clr_ext.backends) has already checked every tensor: same dtype,
+shape and device, CPU, dense and laid out alike. Threads come from OpenMP.
+"""
+from libc.stdint cimport int32_t, int64_t, uintptr_t
+from libcpp.vector cimport vector
+from cython.parallel cimport parallel
+cimport openmp
+
+
+cdef extern from "schedule.h" nogil:
+    ctypedef struct clr_shape:
+        double step_size_up
+        double step_size_down
+        double gamma
+        double custom_scale
+        int32_t mode
+    ctypedef struct clr_bounds:
+        double base_lr
+        double max_lr
+        double base_momentum
+        double max_momentum
+    ctypedef struct clr_point:
+        double lr
+        double momentum
+    clr_point clr_schedule(int64_t iteration, const clr_shape* shape, const clr_bounds* b)
+    int CLR_MODE_COUNT
+
+
+cdef extern from "sgd_update.h" nogil:
+    int CLR_MOMENTUM_NONE
+    int CLR_MOMENTUM_FIRST
+    int CLR_MOMENTUM_STEADY
+
+
+cdef extern from "cpu/sgd_cpu.h" namespace "clr_cpu" nogil:
+    cdef struct Span:
+        void* param
+        void* grad
+        void* momentum_buffer
+        int64_t numel
+    cdef struct StepArgs:
+        double lr
+        double momentum
+        double dampening
+        double weight_decay
+        int32_t momentum_state
+        int32_t nesterov
+        int32_t maximize
+        int32_t unscale
+        double grad_scale
+    void run_range(int32_t dtype, const Span* spans, const int64_t* offsets, int64_t n_spans,
+                   int64_t begin, int64_t end, const StepArgs& a)
+    const int64_t kParallelGrain
+    const int64_t kRangeAlign
+
+
+cdef inline clr_shape _shape(double step_size_up, double step_size_down, int mode, double gamma,
+                             double custom_scale) except *:
+    if mode < 0 or mode >= CLR_MODE_COUNT:
+        raise ValueError("unknown schedule mode %d" % mode)
+    if not step_size_up > 0.0:
+        raise ValueError("step_size_up must be positive")
+    cdef clr_shape s
+    s.step_size_up = step_size_up
+    s.step_size_down = step_size_down
+    s.gamma = gamma
+    s.custom_scale = custom_scale
+    s.mode = mode
+    return s
+
+
+def schedule(long long iteration, double base_lr, double max_lr, double base_momentum,
+             double max_momentum, double step_size_up, double step_size_down, int mode,
+             double gamma, double custom_scale=1.0):
+    """(lr, momentum) that the step with this 0-based iteration uses (csrc/schedule.h)."""
+    cdef clr_shape s = _shape(step_size_up, step_size_down, mode, gamma, custom_scale)
+    cdef clr_bounds b
+    b.base_lr = base_lr
+    b.max_lr = max_lr
+    b.base_momentum = base_momentum
+    b.max_momentum = max_momentum
+    cdef clr_point p = clr_schedule(iteration, &s, &b)
+    return p.lr, p.momentum
+
+
+def cyclic_sgd_(int dtype_code, list params, list grads, list momentum_buffers, iteration,
+                bounds, shape, int mode, double momentum, double dampening, double weight_decay,
+                bint nesterov, bint maximize, bint cycle_momentum, bint first_step,
+                grad_scale=None, int num_threads=1):
+    """One step over a bucket of same-dtype CPU tensors; the iteration is read from
+    the int64 counter tensor `iteration`, which is not advanced here."""
+    cdef Py_ssize_t n = len(params)
+    if len(grads) != n or (momentum_buffers and len(momentum_buffers) != n):
+        raise ValueError("params, grads and momentum_buffers differ in length")
+    cdef clr_shape s = _shape(shape[0], shape[1], mode, shape[2], shape[3])
+    cdef clr_bounds b
+    b.base_lr = bounds[0]
+    b.max_lr = bounds[1]
+    b.base_momentum = bounds[2]
+    b.max_momentum = bounds[3]
+    cdef int64_t it = (<int64_t*><uintptr_t>iteration.data_ptr())[0]
+    cdef clr_point point = clr_schedule(it, &s, &b)
+
+    cdef StepArgs a
+    a.lr = point.lr
+    a.momentum = point.momentum if cycle_momentum else momentum
+    a.dampening = dampening
+    a.weight_decay = weight_decay
+    a.nesterov = nesterov
+    a.maximize = maximize
+    a.unscale = grad_scale is not None
+    a.grad_scale = float(grad_scale) if grad_scale is not None else 1.0
+    # torch.optim.SGD leaves its buffers alone in any step whose momentum is 0.
+    if not momentum_buffers or a.momentum == 0.0:
+        a.momentum_state = CLR_MOMENTUM_NONE
+    elif first_step:
+        a.momentum_state = CLR_MOMENTUM_FIRST
+    else:
+        a.momentum_state = CLR_MOMENTUM_STEADY
+    cdef bint use_buffers = a.momentum_state != CLR_MOMENTUM_NONE
+
+    cdef vector[Span] spans
+    cdef vector[int64_t] offsets
+    spans.reserve(n)
+    offsets.reserve(n + 1)
+    offsets.push_back(0)
+    cdef Span sp
+    cdef Py_ssize_t i
+    cdef int64_t numel
+    for i in range(n):
+        p = params[i]
+        numel = p.numel()
+        if numel == 0:
+            continue
+        sp.param = <void*><uintptr_t>p.data_ptr()
+        sp.grad = <void*><uintptr_t>grads[i].data_ptr()
+        sp.momentum_buffer = <void*><uintptr_t>momentum_buffers[i].data_ptr() if use_buffers else NULL
+        sp.numel = numel
+        spans.push_back(sp)
+        offsets.push_back(offsets.back() + numel)
+
+    cdef int64_t total = offsets.back()
+    cdef int64_t n_spans = spans.size()
+    cdef int32_t dtype = dtype_code
+    cdef int threads = num_threads
+    cdef int64_t n_blocks = (total + kRangeAlign - 1) // kRangeAlign
+    cdef int64_t per_thread, lo, hi
+    cdef int tid
+    if threads > 1 and total > kParallelGrain:
+        if threads > total // kParallelGrain:
+            threads = <int>(total // kParallelGrain)
+    if threads <= 1 or total <= kParallelGrain:
+        with nogil:
+            run_range(dtype, spans.data(), offsets.data(), n_spans, 0, total, a)
+        return
+    # Even shares of the flattened element space, cut at kRangeAlign boundaries.
+    per_thread = (n_blocks + threads - 1) // threads
+    with nogil, parallel(num_threads=threads):
+        tid = openmp.omp_get_thread_num()
+        lo = tid * per_thread * kRangeAlign
+        hi = (tid + 1) * per_thread * kRangeAlign
+        if hi > total:
+            hi = total
+        if lo < hi:
+            run_range(dtype, spans.data(), offsets.data(), n_spans, lo, hi, a)

@@ -1,0 +1,319 @@
+"""Which compiled backends exist, and choosing one per device.
+
+A backend runs one optimizer step over a *bucket*: parameters that share a
+device, a dtype and a param group. Every backend takes the same arguments and
+evaluates the same schedule (``csrc/schedule.h``; the pure-torch backend uses the
+Python reference ``clr_ext.schedule``) and the same update (``csrc/sgd_update.h``).
+
+- ``cuda``: the CUDA kernel of ``clr_ext._C`` (CUDA tensors; no host sync).
+- ``cpp``: the C++ kernel of ``clr_ext._C`` (CPU tensors).
+- ``cython``: the Cython fallback ``clr_ext._cython._cpu`` (CPU tensors).
+- ``torch``: PyTorch foreach ops (any device; slow, host-side schedule).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Dict, List, Optional
+
+import torch
+
+from . import schedule as _schedule
+
+BACKEND_NAMES = ("cuda", "cpp", "cython", "torch")
+ENV_VAR = "CLR_EXT_BACKEND"
+
+_BUILD_HINT = (
+    "build clr_ext from source against the installed torch: "
+    "pip install --no-build-isolation -e .  (needs a C++ compiler and Cython; "
+    "for 'cuda' also a CUDA toolkit and a CUDA build of torch, see README 'Building')"
+)
+
+try:  # the compiled core; importing it registers torch.ops.clr_ext.*
+    from . import _C  # type: ignore[attr-defined]
+except ImportError as _err:  # pragma: no cover - exercised where nothing was built
+    _C = None
+    _C_ERROR: Optional[str] = str(_err)
+else:
+    _C_ERROR = None
+
+try:
+    from ._cython import _cpu as _cython_cpu  # type: ignore[attr-defined]
+except ImportError as _err:  # pragma: no cover
+    _cython_cpu = None
+    _CYTHON_ERROR: Optional[str] = str(_err)
+else:
+    _CYTHON_ERROR = None
+
+if _C is not None:
+    from . import _ops  # noqa: F401  (fake/meta registration for torch.compile)
+
+_DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+SUPPORTED_DTYPES = tuple(_DTYPE_CODES)
+
+
+def _cuda_built() -> bool:
+    return _C is not None and bool(getattr(_C, "with_cuda", False))
+
+
+def available_backends() -> List[str]:
+    """The backends built into this install, fastest first (``"torch"`` is always there)."""
+    names = []
+    if _cuda_built():
+        names.append("cuda")
+    if _C is not None:
+        names.append("cpp")
+    if _cython_cpu is not None:
+        names.append("cython")
+    names.append("torch")
+    return names
+
+
+def _why_missing(name: str) -> str:
+    if name == "cuda":
+        if _C is None:
+            return "clr_ext._C failed to import (%s)" % _C_ERROR
+        return "clr_ext._C was built without CUDA"
+    if name == "cpp":
+        return "clr_ext._C failed to import (%s)" % _C_ERROR
+    return "clr_ext._cython._cpu failed to import (%s)" % _CYTHON_ERROR
+
+
+def check_backend_name(backend: str) -> str:
+    """Validates a ``backend=`` argument (ValueError for an unknown name, RuntimeError
+    for a known one that this install lacks). Returns the name."""
+    if not isinstance(backend, str) or backend not in BACKEND_NAMES + ("auto",):
+        raise ValueError(
+            "backend: must be one of %s, got %r" % (", ".join(("auto",) + BACKEND_NAMES), backend)
+        )
+    if backend != "auto" and backend not in available_backends():
+        raise RuntimeError(
+            "backend=%r is not built in this install: %s; %s" % (backend, _why_missing(backend), _BUILD_HINT)
+        )
+    return backend
+
+
+def requested_backend(backend: str) -> str:
+    """The name in effect: ``CLR_EXT_BACKEND`` overrides ``"auto"`` for the whole process."""
+    check_backend_name(backend)
+    if backend == "auto":
+        env = os.environ.get(ENV_VAR, "").strip()
+        if env and env != "auto":
+            if env not in BACKEND_NAMES:
+                raise ValueError("%s: must be one of %s, got %r" % (ENV_VAR, ", ".join(BACKEND_NAMES), env))
+            check_backend_name(env)
+            return env
+    return backend
+
+
+_warned_torch_fallback = False
+
+
+def _warn_torch_fallback(device: torch.device) -> None:
+    global _warned_torch_fallback
+    if not _warned_torch_fallback:
+        _warned_torch_fallback = True
+        warnings.warn(
+            "clr_ext: no compiled backend for %s tensors in this install; using the slow "
+            "pure-PyTorch backend. To get the fused kernel, %s" % (device.type, _BUILD_HINT),
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+class Backend:
+    """Runs one step of the cyclical SGD over one bucket (see ``run``)."""
+
+    name = "?"
+    device_types: tuple = ()
+
+    def run(
+        self,
+        params: List[torch.Tensor],
+        grads: List[torch.Tensor],
+        buffers: List[torch.Tensor],
+        counter: torch.Tensor,
+        iteration: int,
+        bounds: List[float],
+        shape: List[float],
+        mode: int,
+        momentum: float,
+        dampening: float,
+        weight_decay: float,
+        nesterov: bool,
+        maximize: bool,
+        cycle_momentum: bool,
+        first_step: bool,
+        grad_scale: Optional[torch.Tensor],
+        found_inf: Optional[torch.Tensor],
+    ) -> None:
+        """Updates ``params`` (and ``buffers``, and ``grads`` when unscaling) in place.
+
+        ``counter`` is the device-side iteration (int64, on the bucket's device) and
+        ``iteration`` its host mirror; compiled backends read the former. ``buffers``
+        is empty when the group has no momentum. ``first_step`` means the buffers are
+        new: they receive the gradient itself, as torch.optim.SGD's do.
+        """
+        raise NotImplementedError
+
+
+class CppBackend(Backend):
+    name = "cpp"
+    device_types = ("cpu",)
+
+    def run(self, params, grads, buffers, counter, iteration, bounds, shape, mode, momentum, dampening,
+            weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):
+        if torch.compiler.is_compiling():
+            # Through the dispatcher, so that torch.compile sees (and functionalizes) the op.
+            torch.ops.clr_ext.cyclic_sgd_(params, grads, buffers, counter, bounds, shape, mode, momentum,
+                                          dampening, weight_decay, nesterov, maximize, cycle_momentum,
+                                          first_step, grad_scale, found_inf)
+        else:
+            # Straight into the kernel: the dispatcher's boxing costs ~1 us per tensor.
+            _C.cyclic_sgd_cpu_(params, grads, buffers, counter, bounds, shape, mode, momentum, dampening,
+                               weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale,
+                               found_inf)
+
+
+class CudaBackend(Backend):
+    name = "cuda"
+    device_types = ("cuda",)
+
+    def run(self, params, grads, buffers, counter, iteration, bounds, shape, mode, momentum, dampening,
+            weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):
+        torch.ops.clr_ext.cyclic_sgd_(params, grads, buffers, counter, bounds, shape, mode, momentum, dampening,
+                                      weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale,
+                                      found_inf)
+
+
+def _dense_alike(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.is_contiguous() and b.is_contiguous()
+
+
+class CythonBackend(Backend):
+    name = "cython"
+    device_types = ("cpu",)
+
+    def run(self, params, grads, buffers, counter, iteration, bounds, shape, mode, momentum, dampening,
+            weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):
+        if found_inf is not None and float(found_inf) == 1.0:
+            return
+        # The kernel walks raw memory: run odd layouts through contiguous copies.
+        staged = []
+        for i, p in enumerate(params):
+            g = grads[i]
+            b = buffers[i] if buffers else None
+            if not (p.is_contiguous() and g.is_contiguous() and (b is None or b.is_contiguous())):
+                staged.append((i, p, g, b))
+        if staged:
+            params, grads = list(params), list(grads)
+            buffers = list(buffers)
+            for i, p, g, b in staged:
+                params[i] = p.contiguous()
+                grads[i] = g.contiguous()
+                if b is not None:
+                    buffers[i] = b.contiguous()
+        _cython_cpu.cyclic_sgd_(
+            _DTYPE_CODES[params[0].dtype], params, grads, buffers, counter, bounds, shape, mode, momentum,
+            dampening, weight_decay, nesterov, maximize, cycle_momentum, first_step,
+            None if grad_scale is None else float(grad_scale), torch.get_num_threads(),
+        )
+        for i, p, g, b in staged:
+            p.copy_(params[i])
+            if grad_scale is not None:
+                g.copy_(grads[i])
+            if b is not None:
+                b.copy_(buffers[i])
+
+
+class TorchBackend(Backend):
+    """PyTorch foreach ops: the slow, portable path. The schedule is the Python
+    reference evaluated at the host iteration; half precision is computed in float32
+    and rounded once per step, like the fused kernels."""
+
+    name = "torch"
+    device_types = ("cpu", "cuda")
+
+    def __init__(self, scale_fn=None, scale_mode="cycle"):
+        self.scale_fn = scale_fn
+        self.scale_mode = scale_mode
+
+    def run(self, params, grads, buffers, counter, iteration, bounds, shape, mode, momentum, dampening,
+            weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):
+        if found_inf is not None and float(found_inf) == 1.0:
+            return
+        if mode == _schedule.CUSTOM_MODE:
+            lr, cycled = _schedule.cyclic_point(
+                iteration, bounds[0], bounds[1], shape[0], shape[1], "triangular", shape[2], bounds[2],
+                bounds[3], scale_fn=lambda _x: shape[3], scale_mode="cycle")
+        else:
+            mode_name = next(k for k, v in _schedule.MODES.items() if v == mode)
+            lr, cycled = _schedule.cyclic_point(iteration, bounds[0], bounds[1], shape[0], shape[1], mode_name,
+                                                shape[2], bounds[2], bounds[3])
+        mom = cycled if cycle_momentum else momentum
+        use_buffers = bool(buffers) and mom != 0
+
+        low_precision = params[0].dtype in (torch.float16, torch.bfloat16)
+        if low_precision:
+            p_c = [p.float() for p in params]
+            g_c = [g.float() for g in grads]
+            b_c = [b.float() for b in buffers] if use_buffers else []
+        else:
+            p_c, g_c, b_c = list(params), list(grads), list(buffers) if use_buffers else []
+
+        if grad_scale is not None:
+            g_c = torch._foreach_div(g_c, grad_scale.to(g_c[0].dtype).item())
+            for g, gc in zip(grads, g_c):
+                g.copy_(gc)
+        g_c = torch._foreach_neg(g_c) if maximize else list(g_c)
+        if weight_decay != 0:
+            g_c = torch._foreach_add(g_c, p_c, alpha=weight_decay)
+        if use_buffers:
+            if first_step:
+                for b, g in zip(b_c, g_c):
+                    b.copy_(g)
+            else:
+                torch._foreach_mul_(b_c, mom)
+                torch._foreach_add_(b_c, g_c, alpha=1 - dampening)
+            g_c = torch._foreach_add(g_c, b_c, alpha=mom) if nesterov else b_c
+        torch._foreach_add_(p_c, g_c, alpha=-lr)
+
+        if low_precision:
+            for p, pc in zip(params, p_c):
+                p.copy_(pc)
+            for b, bc in zip(buffers if use_buffers else [], b_c):
+                b.copy_(bc)
+
+
+_INSTANCES: Dict[str, Backend] = {}
+
+
+def _instance(name: str) -> Backend:
+    if name not in _INSTANCES:
+        _INSTANCES[name] = {"cuda": CudaBackend, "cpp": CppBackend, "cython": CythonBackend,
+                            "torch": TorchBackend}[name]()
+    return _INSTANCES[name]
+
+
+def backend_for(requested: str, device: torch.device) -> Backend:
+    """The backend that runs ``device``'s buckets for a ``requested`` name.
+
+    ``"auto"`` takes the fastest built one for the device. A named backend runs the
+    devices it supports; other devices (e.g. CUDA tensors with ``backend="cpp"``)
+    get the automatic choice for their device.
+    """
+    built = available_backends()
+    if requested != "auto" and device.type in _instance(requested).device_types:
+        return _instance(requested)
+    if device.type == "cuda":
+        order = ("cuda", "torch")
+    elif device.type == "cpu":
+        order = ("cpp", "cython", "torch")
+    else:
+        order = ("torch",)
+    for name in order:
+        if name in built:
+            if name == "torch":
+                _warn_torch_fallback(device)
+            return _instance(name)
+    raise RuntimeError("clr_ext: no backend for %s tensors" % device.type)  # pragma: no cover

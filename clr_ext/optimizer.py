@@ -1,0 +1,458 @@
+"""CyclicSGD: torch.optim.SGD + torch.optim.lr_scheduler.CyclicLR in one fused step."""
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import torch
+from torch.optim import Optimizer
+
+from . import backends as _backends
+from . import schedule as _schedule
+
+_SCHEDULE_KEYS = ("base_lr", "max_lr", "base_momentum", "max_momentum")
+_VALID_SCALE_MODES = ("cycle", "iterations")
+
+
+def _as_float(name: str, value: Any) -> float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name}: a tensor value must have one element, got shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name}: must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: must be finite, got {value!r}")
+    return value
+
+
+def _non_negative(name: str, value: Any) -> float:
+    value = _as_float(name, value)
+    if value < 0:
+        raise ValueError(f"{name}: must be >= 0, got {value!r}")
+    return value
+
+
+def _momentum_value(name: str, value: Any) -> float:
+    value = _non_negative(name, value)
+    if value > 1:
+        warnings.warn(f"{name}={value} is outside [0, 1]: the momentum buffer will grow without bound",
+                      UserWarning, stacklevel=4)
+    return value
+
+
+def _per_group(name: str, value: Any, n_groups: int) -> List[Any]:
+    """A scalar for every group, or a list with one value per group (as CyclicLR takes)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != n_groups:
+            raise ValueError(f"{name}: has {len(value)} values but there are {n_groups} param groups")
+        return list(value)
+    return [value] * n_groups
+
+
+class CyclicSGD(Optimizer):
+    r"""SGD with momentum whose learning rate (and momentum) follow a cyclical schedule.
+
+    One ``step()`` does what ``sgd.step(); sched.step()`` does for::
+
+        sgd = torch.optim.SGD(params, lr=base_lr, momentum=momentum, dampening=dampening,
+                              weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)
+        sched = torch.optim.lr_scheduler.CyclicLR(sgd, base_lr, max_lr, step_size_up, step_size_down,
+                                                  mode, gamma, scale_fn, scale_mode, cycle_momentum,
+                                                  base_momentum, max_momentum)
+
+    with the same numbers, in one fused pass over all parameters (C++ on the CPU, CUDA
+    on the GPU). The iteration counter lives on the parameters' device and the
+    schedule is evaluated inside the kernel, so on CUDA a step never synchronizes
+    with the host and can be captured in a CUDA graph.
+
+    Args:
+        params: parameters or param-group dicts. A group may carry ``base_lr``,
+            ``max_lr``, ``base_momentum``, ``max_momentum``, ``momentum``,
+            ``dampening``, ``weight_decay``, ``nesterov`` and ``maximize``; missing keys
+            take the values given here.
+        base_lr, max_lr: the cycle's bounds; a float or one value per group.
+        step_size_up, step_size_down: iterations in the rising and falling half
+            (``step_size_down=None``: same as up). Smith advises 2-10 epochs.
+        mode: ``"triangular"``, ``"triangular2"``, ``"exp_range"`` (as CyclicLR), or
+            the paper's other policies ``"fixed"`` (lr = base_lr), ``"exp"``
+            (base_lr * gamma**iteration) and ``"decay"`` (max_lr falling linearly to
+            base_lr over ``step_size_up``, then flat).
+        gamma: the exp_range / exp factor.
+        scale_fn, scale_mode: a custom amplitude function of the cycle number or of
+            the iteration, as in CyclicLR. It runs on the host at every step, so a step
+            with a ``scale_fn`` is not CUDA-graph capturable.
+        momentum, dampening, weight_decay, nesterov, maximize: as torch.optim.SGD.
+        cycle_momentum: cycle momentum inversely to the lr between ``base_momentum``
+            and ``max_momentum`` (on by default, as in CyclicLR: it then replaces
+            ``momentum``).
+        backend: ``"auto"`` (per device, the fastest built: cuda, cpp, cython, torch),
+            or one of those names. ``CLR_EXT_BACKEND`` overrides ``"auto"``.
+
+    After construction and after every step, ``group["lr"]`` (and ``group["momentum"]``
+    when cycling) hold the values the next step uses, and ``iteration`` counts the
+    completed steps. After replaying a captured CUDA graph, call :meth:`sync` to bring
+    these host-side values up to date.
+    """
+
+    _step_supports_amp_scaling = True
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        base_lr: Any,
+        max_lr: Any,
+        step_size_up: float = 2000,
+        step_size_down: Optional[float] = None,
+        mode: str = "triangular",
+        gamma: float = 1.0,
+        scale_fn: Optional[Callable[[float], float]] = None,
+        scale_mode: str = "cycle",
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        maximize: bool = False,
+        cycle_momentum: bool = True,
+        base_momentum: Any = 0.8,
+        max_momentum: Any = 0.9,
+        backend: str = "auto",
+    ) -> None:
+        # The schedule's shape is one for all groups; check it before anything else.
+        if isinstance(step_size_up, bool):
+            raise ValueError(f"step_size_up: must be a positive number, got {step_size_up!r}")
+        up = _as_float("step_size_up", step_size_up)
+        if up <= 0:
+            raise ValueError(f"step_size_up: must be positive, got {step_size_up!r}")
+        down = up if step_size_down is None else _non_negative("step_size_down", step_size_down)
+        gamma = _as_float("gamma", gamma)
+        if gamma <= 0:
+            raise ValueError(f"gamma: must be positive, got {gamma!r}")
+        if scale_fn is not None and not callable(scale_fn):
+            raise ValueError(f"scale_fn: must be callable, got {scale_fn!r}")
+        if scale_fn is None and mode not in _schedule.MODES:
+            raise ValueError(f"mode: must be one of {', '.join(_schedule.MODES)} (or give a scale_fn), got {mode!r}")
+        if scale_mode not in _VALID_SCALE_MODES:
+            raise ValueError(f"scale_mode: must be 'cycle' or 'iterations', got {scale_mode!r}")
+        self._backend_request = _backends.requested_backend(backend)
+
+        self.mode = mode
+        self.gamma = gamma
+        self.step_size_up = up
+        self.step_size_down = down
+        self.scale_fn = scale_fn
+        self.scale_mode = scale_mode
+        self.cycle_momentum = bool(cycle_momentum)
+        self._mode_number = _schedule.CUSTOM_MODE if scale_fn is not None else _schedule.MODES[mode]
+        self._iteration = 0
+        self._counters: Dict[torch.device, torch.Tensor] = {}
+        self._bucket_cache: Dict[int, Tuple[Any, ...]] = {}
+
+        groups = list(params)
+        if len(groups) == 0:
+            raise ValueError("params: optimizer got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        else:
+            groups = [dict(g) for g in groups]  # never write into the caller's dicts
+        for key, value in zip(_SCHEDULE_KEYS, (base_lr, max_lr, base_momentum, max_momentum)):
+            for group, per_group in zip(groups, _per_group(key, value, len(groups))):
+                group.setdefault(key, per_group)
+        defaults = dict(
+            lr=0.0,  # replaced by the schedule for every group
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            maximize=maximize,
+            foreach=None,
+            fused=None,
+            differentiable=False,
+        )
+        for key, value in zip(_SCHEDULE_KEYS, (base_lr, max_lr, base_momentum, max_momentum)):
+            if not isinstance(value, (list, tuple)):
+                defaults[key] = value
+        super().__init__(groups, defaults)
+
+    # ------------------------------------------------------------------ groups
+
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        """Adds a group; its schedule starts at the optimizer's current iteration."""
+        param_group = dict(param_group)
+        for key in _SCHEDULE_KEYS:
+            if key not in param_group and key not in self.defaults:
+                raise ValueError(
+                    f"{key}: was given per group at construction; a new param group must carry its own {key}")
+        n_before = len(self.param_groups)
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            self._check_group(group, len(self.param_groups) - 1)
+        except Exception:
+            del self.param_groups[n_before:]
+            raise
+        group["initial_lr"] = group["base_lr"]
+        group["iteration"] = self._iteration
+        self._refresh_group(group)
+
+    def _check_group(self, group: Dict[str, Any], index: int) -> None:
+        where = "" if index == 0 else f" (param group {index})"
+        for key in ("base_lr", "max_lr", "weight_decay"):
+            group[key] = _non_negative(key + where, group[key])
+        if group["max_lr"] < group["base_lr"]:
+            raise ValueError(f"max_lr{where}: must be >= base_lr ({group['base_lr']}), got {group['max_lr']}")
+        for key in ("base_momentum", "max_momentum", "momentum"):
+            group[key] = _momentum_value(key + where, group[key])
+        group["dampening"] = _as_float("dampening" + where, group["dampening"])
+        group["nesterov"] = bool(group["nesterov"])
+        group["maximize"] = bool(group["maximize"])
+        # As torch.optim.SGD checks it: on the momentum argument, before any cycling.
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError(f"nesterov{where}: Nesterov momentum requires a momentum > 0 and zero dampening")
+
+    # ---------------------------------------------------------------- schedule
+
+    @property
+    def iteration(self) -> int:
+        """The number of completed steps (the index of the next step)."""
+        return self._iteration
+
+    def _point(self, group: Dict[str, Any], iteration: int) -> Tuple[float, float]:
+        return _schedule.cyclic_point(
+            iteration, group["base_lr"], group["max_lr"], self.step_size_up, self.step_size_down, self.mode,
+            self.gamma, group["base_momentum"], group["max_momentum"], self.scale_fn, self.scale_mode)
+
+    def _refresh_group(self, group: Dict[str, Any]) -> None:
+        lr, momentum = self._point(group, self._iteration)
+        group["lr"] = lr
+        group["iteration"] = self._iteration
+        if self.cycle_momentum:
+            group["momentum"] = momentum
+
+    def _refresh_all(self) -> None:
+        for group in self.param_groups:
+            self._refresh_group(group)
+
+    def get_last_lr(self) -> List[float]:
+        """The lr of every group for the next step (as CyclicLR.get_last_lr())."""
+        return [group["lr"] for group in self.param_groups]
+
+    def _custom_scale(self) -> float:
+        if self.scale_fn is None:
+            return 1.0
+        if self.scale_mode == "cycle":
+            total = self.step_size_up + self.step_size_down
+            return float(self.scale_fn(math.floor(1 + self._iteration / total)))
+        return float(self.scale_fn(self._iteration))
+
+    def _counter(self, device: torch.device) -> torch.Tensor:
+        counter = self._counters.get(device)
+        if counter is None:
+            counter = torch.full((), self._iteration, dtype=torch.int64, device=device)
+            self._counters[device] = counter
+        return counter
+
+    def sync(self) -> int:
+        """Refreshes the host mirror (``iteration``, ``group["lr"]``, ``group["momentum"]``)
+        from the device counter, e.g. after replaying a captured CUDA graph. One host
+        sync; returns the iteration."""
+        if self._counters:
+            self._iteration = max(int(c.item()) for c in self._counters.values())
+            for c in self._counters.values():
+                c.fill_(self._iteration)
+        self._refresh_all()
+        return self._iteration
+
+    # -------------------------------------------------------------------- step
+
+    def _validate(self, group_index: int, params: List[torch.Tensor]) -> None:
+        """The precise, per-parameter checks (the kernels check the same things)."""
+        for i, p in enumerate(params):
+            g = p.grad
+            where = f"parameter {i} of param group {group_index}"
+            if p.dtype not in _backends.SUPPORTED_DTYPES:
+                raise RuntimeError(f"CyclicSGD: {where} has dtype {p.dtype}; only floating-point parameters "
+                                   "(float32, float64, float16, bfloat16) can be optimized")
+            if p.layout != torch.strided:
+                raise RuntimeError(f"CyclicSGD: {where} is not a dense (strided) tensor")
+            if g.layout != torch.strided or g.is_sparse:
+                raise RuntimeError(f"CyclicSGD: the gradient of {where} is sparse; CyclicSGD does not support "
+                                   "sparse gradients")
+            if g.dtype != p.dtype:
+                raise RuntimeError(f"CyclicSGD: the gradient of {where} has dtype {g.dtype}, the parameter {p.dtype}")
+            if g.shape != p.shape:
+                raise RuntimeError(f"CyclicSGD: the gradient of {where} has shape {tuple(g.shape)}, "
+                                   f"the parameter {tuple(p.shape)}")
+            if g.device != p.device:
+                raise RuntimeError(f"CyclicSGD: the gradient of {where} is on {g.device}, the parameter on {p.device}")
+
+    def _buckets_of(self, group_index: int, group: Dict[str, Any]) -> List[Tuple[Any, ...]]:
+        """(device, dtype, params) of the group's params that have a gradient, grouped."""
+        params = group["params"]
+        with_grad = [p for p in params if p.grad is not None]
+        if not with_grad:
+            return []
+        ids = [id(p) for p in with_grad]
+        dtypes = [p.dtype for p in with_grad]
+        cached = self._bucket_cache.get(group_index)
+        if cached is not None and cached[0] == ids and cached[1] == dtypes:
+            return cached[2]
+        self._validate(group_index, with_grad)
+        buckets: Dict[Tuple[torch.device, torch.dtype], List[torch.Tensor]] = {}
+        for p in with_grad:
+            buckets.setdefault((p.device, p.dtype), []).append(p)
+        out = [(device, dtype, ps) for (device, dtype), ps in buckets.items()]
+        self._bucket_cache[group_index] = (ids, dtypes, out)
+        return out
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+        """One SGD step with this iteration's lr and momentum, then the schedule advances.
+
+        Returns the closure's loss. Params whose ``.grad`` is None are skipped. Under
+        ``torch.amp.GradScaler`` the gradients are unscaled inside the kernel and the
+        update is skipped on overflow; the schedule advances either way.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        custom_scale = self._custom_scale()
+        shape = [self.step_size_up, self.step_size_down, self.gamma, custom_scale]
+        state = self.state
+
+        # Plan every bucket first: nothing is modified until all of them are known good.
+        work = []
+        new_buffers: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        devices = set()
+        for group_index, group in enumerate(self.param_groups):
+            buckets = self._buckets_of(group_index, group)
+            if not buckets:
+                continue
+            if self.cycle_momentum:
+                step_momentum = self._point(group, self._iteration)[1]
+            else:
+                step_momentum = group["momentum"]
+            # torch.optim.SGD keeps no buffer while momentum is 0.
+            use_buffers = step_momentum != 0
+            bounds = [group["base_lr"], group["max_lr"], group["base_momentum"], group["max_momentum"]]
+            for device, dtype, params in buckets:
+                devices.add(device)
+                grads = [p.grad for p in params]
+                if not use_buffers:
+                    parts = [(params, grads, [], False)]
+                else:
+                    old_p, old_g, old_b, new_p, new_g, new_b = [], [], [], [], [], []
+                    for p, g in zip(params, grads):
+                        buf = state[p].get("momentum_buffer") if p in state else None
+                        if buf is None:
+                            buf = torch.zeros_like(p, memory_format=torch.preserve_format)
+                            new_p.append(p), new_g.append(g), new_b.append(buf)
+                            new_buffers.append((p, buf))
+                        else:
+                            old_p.append(p), old_g.append(g), old_b.append(buf)
+                    parts = [(old_p, old_g, old_b, False), (new_p, new_g, new_b, True)]
+                backend = _backends.backend_for(self._backend_request, device)
+                for ps, gs, bs, first in parts:
+                    if ps:
+                        work.append((backend, device, ps, gs, bs, first, group, bounds))
+
+        if len(work) > 1 or (work and work[0][0].name != "cpp"):
+            for backend, device, ps, gs, bs, first, group, bounds in work:
+                self._check_bucket(ps, gs, bs)
+
+        scale_on: Dict[torch.device, Optional[torch.Tensor]] = {}
+        inf_on: Dict[torch.device, Optional[torch.Tensor]] = {}
+        for device in devices:
+            scale_on[device] = None if grad_scale is None else grad_scale.to(device, non_blocking=True)
+            inf_on[device] = None if found_inf is None else found_inf.to(device, non_blocking=True)
+
+        skipped = found_inf is not None and found_inf.device.type == "cpu" and float(found_inf) == 1.0
+        for backend, device, ps, gs, bs, first, group, bounds in work:
+            try:
+                backend.run(ps, gs, bs, self._counter(device), self._iteration, bounds, shape, self._mode_number,
+                            group["momentum"], group["dampening"], group["weight_decay"], group["nesterov"],
+                            group["maximize"], self.cycle_momentum, first, scale_on[device], inf_on[device])
+            except RuntimeError:
+                # Say precisely which parameter is wrong (the kernel checks before writing).
+                self._bucket_cache.clear()
+                for gi, g in enumerate(self.param_groups):
+                    self._validate(gi, [p for p in g["params"] if p.grad is not None])
+                raise
+
+        # A skipped (overflow) step must not leave new buffers behind: the next
+        # applied step is then the parameter's first, as in torch.optim.SGD + GradScaler.
+        if not skipped:
+            for p, buf in new_buffers:
+                state[p]["momentum_buffer"] = buf
+        self._advance(devices)
+        return loss
+
+    def _check_bucket(self, params, grads, buffers) -> None:
+        if _backends._C is not None:
+            try:
+                _backends._C.check_bucket(params, grads, buffers)
+                return
+            except RuntimeError:
+                pass
+        for gi, g in enumerate(self.param_groups):
+            self._validate(gi, [p for p in g["params"] if p.grad is not None])
+        if _backends._C is not None:
+            _backends._C.check_bucket(params, grads, buffers)
+
+    def _advance(self, devices) -> None:
+        self._iteration += 1
+        for counter in self._counters.values():
+            counter.add_(1)
+        self._refresh_all()
+
+    # ------------------------------------------------------------- state dict
+
+    def state_dict(self) -> Dict[str, Any]:
+        """torch.optim.SGD's format (``momentum_buffer`` per parameter); each group also
+        carries its schedule bounds and ``iteration``."""
+        for group in self.param_groups:
+            group["iteration"] = self._iteration
+        return super().state_dict()
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Loads a CyclicSGD or a torch.optim.SGD state dict; this optimizer then continues
+        where the saved one stopped (a torch.optim.SGD dict keeps the current iteration)."""
+        kept = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
+        super().load_state_dict(state_dict)
+        iterations = []
+        for group, old in zip(self.param_groups, kept):
+            for key, value in old.items():
+                group.setdefault(key, value)
+            if "iteration" in group:
+                iterations.append(int(group["iteration"]))
+        if iterations:
+            self._iteration = max(iterations)
+        for counter in self._counters.values():
+            counter.fill_(self._iteration)
+        self._bucket_cache.clear()
+        self._refresh_all()
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._bucket_cache = {}
+
+    @classmethod
+    def from_range_test(cls, params: Iterable[Any], result: Any, iters_per_epoch: int, **kwargs: Any) -> "CyclicSGD":
+        """An optimizer with the bounds and step size that a :func:`clr_ext.range_test` suggested.
+
+        ``kwargs`` go to the constructor (``epochs_per_half_cycle`` goes to
+        ``result.step_size``; explicit ``base_lr``/``max_lr``/``step_size_up`` win)."""
+        half_cycle = kwargs.pop("epochs_per_half_cycle", None)
+        step = result.step_size(iters_per_epoch) if half_cycle is None else result.step_size(iters_per_epoch,
+                                                                                               half_cycle)
+        kwargs.setdefault("step_size_up", step)
+        base_lr = kwargs.pop("base_lr", result.base_lr)
+        max_lr = kwargs.pop("max_lr", result.max_lr)
+        return cls(params, base_lr, max_lr, **kwargs)

@@ -1,0 +1,112 @@
+// The CPU implementation of clr_ext::cyclic_sgd_: validation, then one parallel
+// pass over every parameter of the bucket (csrc/cpu/sgd_cpu.h does the loops).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <vector>
+
+#include "../cyclic_sgd.h"
+#include "sgd_cpu.h"
+
+namespace clr_ext {
+
+namespace {
+
+int32_t cpu_dtype_code(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat:
+      return clr_cpu::kFloat32;
+    case at::kDouble:
+      return clr_cpu::kFloat64;
+    case at::kHalf:
+      return clr_cpu::kFloat16;
+    case at::kBFloat16:
+      return clr_cpu::kBFloat16;
+    default:
+      return -1;
+  }
+}
+
+// The kernel walks raw memory, so param, grad and buffer must share one dense layout.
+bool same_dense_layout(const at::Tensor& a, const at::Tensor& b) {
+  return a.is_non_overlapping_and_dense() && b.is_non_overlapping_and_dense() &&
+         a.strides() == b.strides();
+}
+
+}  // namespace
+
+void cyclic_sgd_cpu_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                     const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
+                     int64_t mode, double momentum, double dampening, double weight_decay, bool nesterov,
+                     bool maximize, bool cycle_momentum, bool first_step,
+                     const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf) {
+  const StepPlan plan = make_step_plan(params, grads, momentum_buffers, iteration, bounds, shape, mode,
+                                       momentum, dampening, weight_decay, nesterov, cycle_momentum, first_step,
+                                       grad_scale, found_inf, at::kCPU);
+  // On the CPU the overflow flag is host memory: reading it costs nothing, and a
+  // skipped step must not touch a single element (grads stay scaled, as in PyTorch).
+  if (found_inf.has_value() && found_inf->item<double>() == 1.0) return;
+  if (params.empty()) return;
+
+  clr_cpu::StepArgs args;
+  args.lr = plan.point.lr;
+  args.momentum = plan.effective_momentum;
+  args.dampening = dampening;
+  args.weight_decay = weight_decay;
+  args.momentum_state = plan.momentum_state;
+  args.nesterov = nesterov ? 1 : 0;
+  args.maximize = maximize ? 1 : 0;
+  args.unscale = grad_scale.has_value() ? 1 : 0;
+  args.grad_scale = grad_scale.has_value() ? grad_scale->item<double>() : 1.0;
+
+  const bool use_buffers = plan.momentum_state != CLR_MOMENTUM_NONE;
+  const int32_t dtype = cpu_dtype_code(params[0].scalar_type());
+
+  // Tensors whose layouts differ are run through dense copies, copied back afterwards.
+  std::vector<at::Tensor> staged_param, staged_grad, staged_buffer;
+  std::vector<int64_t> staged_index;
+  std::vector<clr_cpu::Span> spans;
+  std::vector<int64_t> offsets;
+  spans.reserve(params.size());
+  offsets.reserve(params.size() + 1);
+  offsets.push_back(0);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const int64_t n = params[i].numel();
+    if (n == 0) continue;
+    at::Tensor p = params[i], g = grads[i], b = use_buffers ? momentum_buffers[i] : at::Tensor();
+    const bool dense = same_dense_layout(p, g) && (!use_buffers || same_dense_layout(p, b));
+    if (!dense) {
+      staged_index.push_back((int64_t)i);
+      staged_param.push_back(p.contiguous());
+      staged_grad.push_back(g.contiguous());
+      staged_buffer.push_back(use_buffers ? b.contiguous() : at::Tensor());
+      p = staged_param.back();
+      g = staged_grad.back();
+      if (use_buffers) b = staged_buffer.back();
+    }
+    clr_cpu::Span sp;
+    sp.param = p.data_ptr();
+    sp.grad = g.data_ptr();
+    sp.momentum_buffer = use_buffers ? b.data_ptr() : nullptr;
+    sp.numel = n;
+    spans.push_back(sp);
+    offsets.push_back(offsets.back() + n);
+  }
+
+  const int64_t total = offsets.back();
+  const int64_t n_spans = (int64_t)spans.size();
+  const int64_t n_blocks = (total + clr_cpu::kRangeAlign - 1) / clr_cpu::kRangeAlign;
+  at::parallel_for(0, n_blocks, clr_cpu::kParallelGrain / clr_cpu::kRangeAlign, [&](int64_t lo, int64_t hi) {
+    clr_cpu::run_range(dtype, spans.data(), offsets.data(), n_spans, lo * clr_cpu::kRangeAlign,
+                       std::min(total, hi * clr_cpu::kRangeAlign), args);
+  });
+
+  for (size_t k = 0; k < staged_index.size(); ++k) {
+    const size_t i = (size_t)staged_index[k];
+    params[i].copy_(staged_param[k]);
+    if (args.unscale) grads[i].copy_(staged_grad[k]);
+    if (use_buffers) momentum_buffers[i].copy_(staged_buffer[k]);
+  }
+}
+
+}  // namespace clr_ext

@@ -1,0 +1,43 @@
+// Declarations shared by the op registration and the CPU / CUDA implementations.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "schedule.h"
+#include "sgd_update.h"
+
+namespace clr_ext {
+
+// The op's schema. The iteration is read from `iteration` (an int64 tensor on the
+// params' device) and never advanced here: all buckets of one optimizer step must
+// see the same value, so the caller advances it once after the last bucket.
+constexpr const char* kCyclicSgdSchema =
+    "cyclic_sgd_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, "
+    "Tensor iteration, float[] bounds, float[] shape, int mode, float momentum, float dampening, "
+    "float weight_decay, bool nesterov, bool maximize, bool cycle_momentum, bool first_step, "
+    "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()";
+
+// What the host knows about one step of one bucket once the inputs are checked.
+struct StepPlan {
+  clr_shape shape;
+  clr_bounds bounds;
+  clr_point point;            // only filled when the iteration lives on the host (CPU)
+  double effective_momentum;  // idem
+  int32_t momentum_state;     // idem; CLR_MOMENTUM_NONE when no buffers were given
+};
+
+// Checks every argument (nothing has been modified when it throws) and, for CPU
+// buckets, evaluates the schedule at the current iteration.
+StepPlan make_step_plan(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                        const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
+                        int64_t mode, double momentum, double dampening, double weight_decay, bool nesterov,
+                        bool cycle_momentum, bool first_step, const c10::optional<at::Tensor>& grad_scale,
+                        const c10::optional<at::Tensor>& found_inf, c10::DeviceType device_type);
+
+void cyclic_sgd_cpu_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                     const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
+                     int64_t mode, double momentum, double dampening, double weight_decay, bool nesterov,
+                     bool maximize, bool cycle_momentum, bool first_step,
+                     const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf);
+
+}  // namespace clr_ext

@@ -1,0 +1,182 @@
+// Op schema and registration (TORCH_LIBRARY), argument checks shared by every
+// device, and the pybind11 module that exposes the schedule for tests and tools.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "cyclic_sgd.h"
+
+namespace clr_ext {
+
+namespace {
+
+bool supported_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+clr_shape shape_from(at::ArrayRef<double> shape, int64_t mode) {
+  TORCH_CHECK(shape.size() == 4, "clr_ext: shape must be [step_size_up, step_size_down, gamma, custom_scale]");
+  TORCH_CHECK(mode >= 0 && mode < CLR_MODE_COUNT, "clr_ext: unknown schedule mode ", mode);
+  TORCH_CHECK(shape[0] > 0.0, "clr_ext: step_size_up must be positive, got ", shape[0]);
+  TORCH_CHECK(shape[1] >= 0.0, "clr_ext: step_size_down must be non-negative, got ", shape[1]);
+  clr_shape s;
+  s.step_size_up = shape[0];
+  s.step_size_down = shape[1];
+  s.gamma = shape[2];
+  s.custom_scale = shape[3];
+  s.mode = (int32_t)mode;
+  return s;
+}
+
+clr_bounds bounds_from(at::ArrayRef<double> bounds) {
+  TORCH_CHECK(bounds.size() == 4, "clr_ext: bounds must be [base_lr, max_lr, base_momentum, max_momentum]");
+  clr_bounds b;
+  b.base_lr = bounds[0];
+  b.max_lr = bounds[1];
+  b.base_momentum = bounds[2];
+  b.max_momentum = bounds[3];
+  return b;
+}
+
+}  // namespace
+
+StepPlan make_step_plan(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                        const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
+                        int64_t mode, double momentum, double dampening, double weight_decay, bool nesterov,
+                        bool cycle_momentum, bool first_step, const c10::optional<at::Tensor>& grad_scale,
+                        const c10::optional<at::Tensor>& found_inf, c10::DeviceType device_type) {
+  (void)weight_decay;
+  (void)nesterov;
+  StepPlan plan;
+  plan.shape = shape_from(shape, mode);
+  plan.bounds = bounds_from(bounds);
+  TORCH_CHECK(grads.size() == params.size(), "clr_ext: got ", params.size(), " params but ", grads.size(),
+              " grads");
+  TORCH_CHECK(momentum_buffers.empty() || momentum_buffers.size() == params.size(), "clr_ext: got ",
+              params.size(), " params but ", momentum_buffers.size(), " momentum buffers");
+  TORCH_CHECK(iteration.scalar_type() == at::kLong && iteration.numel() == 1,
+              "clr_ext: iteration must be a one-element int64 tensor");
+  TORCH_CHECK(device_type == c10::DeviceType::Meta || iteration.device().type() == device_type,
+              "clr_ext: iteration must be on the params' device");
+  for (const auto* t : {&grad_scale, &found_inf}) {
+    if (t->has_value()) {
+      TORCH_CHECK((*t)->numel() == 1 && at::isFloatingType((*t)->scalar_type()),
+                  "clr_ext: grad_scale and found_inf must be one-element floating tensors");
+      TORCH_CHECK((*t)->device() == iteration.device(), "clr_ext: grad_scale and found_inf must be on ",
+                  iteration.device());
+    }
+  }
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& p = params[i];
+    const at::Tensor& g = grads[i];
+    TORCH_CHECK(p.layout() == at::kStrided, "clr_ext: param ", i, " is not a strided (dense) tensor");
+    TORCH_CHECK(supported_dtype(p.scalar_type()), "clr_ext: param ", i, " has dtype ", p.scalar_type(),
+                "; CyclicSGD updates float32, float64, float16 and bfloat16 parameters");
+    TORCH_CHECK(p.scalar_type() == params[0].scalar_type(), "clr_ext: all params of one call must share a dtype");
+    TORCH_CHECK(p.device() == iteration.device(), "clr_ext: param ", i, " is on ", p.device(),
+                " but the bucket is on ", iteration.device());
+    TORCH_CHECK(g.layout() == at::kStrided, "clr_ext: the gradient of param ", i,
+                " is sparse; CyclicSGD does not support sparse gradients");
+    TORCH_CHECK(g.scalar_type() == p.scalar_type(), "clr_ext: the gradient of param ", i, " has dtype ",
+                g.scalar_type(), " but the param has ", p.scalar_type());
+    TORCH_CHECK(g.sizes() == p.sizes(), "clr_ext: the gradient of param ", i, " has shape ", g.sizes(),
+                " but the param has ", p.sizes());
+    TORCH_CHECK(g.device() == p.device(), "clr_ext: the gradient of param ", i, " is on ", g.device(),
+                " but the param is on ", p.device());
+    if (!momentum_buffers.empty()) {
+      const at::Tensor& b = momentum_buffers[i];
+      TORCH_CHECK(b.layout() == at::kStrided && b.scalar_type() == p.scalar_type() && b.sizes() == p.sizes() &&
+                      b.device() == p.device(),
+                  "clr_ext: the momentum buffer of param ", i, " does not match the param in dtype, shape or device");
+    }
+  }
+
+  plan.point.lr = 0.0;
+  plan.point.momentum = 0.0;
+  plan.effective_momentum = momentum;
+  plan.momentum_state = CLR_MOMENTUM_NONE;
+  if (device_type == at::kCPU) {
+    plan.point = clr_schedule(iteration.item<int64_t>(), &plan.shape, &plan.bounds);
+    plan.effective_momentum = cycle_momentum ? plan.point.momentum : momentum;
+    // torch.optim.SGD leaves its buffers alone in any step whose momentum is 0.
+    if (!momentum_buffers.empty() && plan.effective_momentum != 0.0)
+      plan.momentum_state = first_step ? CLR_MOMENTUM_FIRST : CLR_MOMENTUM_STEADY;
+  }
+  return plan;
+}
+
+namespace {
+
+// The schedule as the kernels evaluate it, for the host mirror, the tests and tools.
+std::pair<double, double> schedule_point(int64_t iteration, double base_lr, double max_lr, double base_momentum,
+                                         double max_momentum, double step_size_up, double step_size_down,
+                                         int64_t mode, double gamma, double custom_scale) {
+  const clr_shape s = shape_from({step_size_up, step_size_down, gamma, custom_scale}, mode);
+  const clr_bounds b = bounds_from({base_lr, max_lr, base_momentum, max_momentum});
+  const clr_point p = clr_schedule(iteration, &s, &b);
+  return {p.lr, p.momentum};
+}
+
+// pybind11 converts Python lists to std::vector, not to ArrayRef; this adapts them.
+void cyclic_sgd_cpu_eager(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
+                          const std::vector<at::Tensor>& momentum_buffers, const at::Tensor& iteration,
+                          const std::vector<double>& bounds, const std::vector<double>& shape, int64_t mode,
+                          double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
+                          bool cycle_momentum, bool first_step, const c10::optional<at::Tensor>& grad_scale,
+                          const c10::optional<at::Tensor>& found_inf) {
+  cyclic_sgd_cpu_(params, grads, momentum_buffers, iteration, bounds, shape, mode, momentum, dampening,
+                  weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf);
+}
+
+// The op's argument checks alone, so that a step over several buckets can check
+// all of them before the first one writes anything.
+void check_bucket(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
+                  const std::vector<at::Tensor>& momentum_buffers) {
+  if (params.empty()) return;
+  const at::Tensor iteration = at::empty({}, params[0].options().dtype(at::kLong));
+  make_step_plan(params, grads, momentum_buffers, iteration, {0.0, 0.0, 0.0, 0.0}, {1.0, 1.0, 1.0, 1.0}, 0, 0.0,
+                 0.0, 0.0, false, false, false, c10::nullopt, c10::nullopt, c10::DeviceType::Meta);
+}
+
+std::string compiled_isa() {
+#if defined(CLR_EXT_NO_TARGET_CLONES)
+  return "baseline";
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return "avx512";
+  if (__builtin_cpu_supports("avx2")) return "avx2";
+  return "baseline";
+#else
+  return "baseline";
+#endif
+}
+
+}  // namespace
+
+}  // namespace clr_ext
+
+TORCH_LIBRARY(clr_ext, m) { m.def(clr_ext::kCyclicSgdSchema); }
+
+TORCH_LIBRARY_IMPL(clr_ext, CPU, m) { m.impl("cyclic_sgd_", &clr_ext::cyclic_sgd_cpu_); }
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "clr_ext compiled core: the fused cyclical-LR SGD op (registered as torch.ops.clr_ext)";
+  m.def("schedule", &clr_ext::schedule_point,
+        "(lr, momentum) that the step with this 0-based iteration uses, from csrc/schedule.h",
+        pybind11::arg("iteration"), pybind11::arg("base_lr"), pybind11::arg("max_lr"),
+        pybind11::arg("base_momentum"), pybind11::arg("max_momentum"), pybind11::arg("step_size_up"),
+        pybind11::arg("step_size_down"), pybind11::arg("mode"), pybind11::arg("gamma"),
+        pybind11::arg("custom_scale") = 1.0);
+  m.def("cyclic_sgd_cpu_", &clr_ext::cyclic_sgd_cpu_eager,
+        "The CPU kernel called directly, bypassing the dispatcher (eager fast path)");
+  m.def("check_bucket", &clr_ext::check_bucket, "Raises if the tensors of one bucket do not fit the op");
+  m.def("cpu_isa", &clr_ext::compiled_isa, "The instruction set the CPU kernel's clones run with here");
+#ifdef CLR_EXT_WITH_CUDA
+  m.attr("with_cuda") = true;
+#else
+  m.attr("with_cuda") = false;
+#endif
+}
