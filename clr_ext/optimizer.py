@@ -53,6 +53,26 @@ def _per_group(name: str, value: Any, n_groups: int) -> List[Any]:
     return [value] * n_groups
 
 
+class _Bucket:
+    """Params of one group on one device with one dtype, and their backend. Once every
+    param has a momentum buffer the list of buffers is kept, so that a step does not
+    look them up one by one (the state is replaced only through load_state_dict,
+    which drops this cache)."""
+
+    __slots__ = ("device", "params", "backend", "buffers")
+
+    def __init__(self, device: torch.device, params: List[torch.Tensor], backend: Any) -> None:
+        self.device = device
+        self.params = params
+        self.backend = backend
+        self.buffers: Optional[List[torch.Tensor]] = None
+
+    def cache_buffers(self, state: Any) -> None:
+        buffers = [state[p].get("momentum_buffer") if p in state else None for p in self.params]
+        if all(b is not None for b in buffers):
+            self.buffers = buffers
+
+
 class CyclicSGD(Optimizer):
     r"""SGD with momentum whose learning rate (and momentum) follow a cyclical schedule.
 
@@ -289,8 +309,12 @@ class CyclicSGD(Optimizer):
             if g.device != p.device:
                 raise RuntimeError(f"CyclicSGD: the gradient of {where} is on {g.device}, the parameter on {p.device}")
 
-    def _buckets_of(self, group_index: int, group: Dict[str, Any]) -> List[Tuple[Any, ...]]:
-        """(device, dtype, params) of the group's params that have a gradient, grouped."""
+    def _buckets_of(self, group_index: int, group: Dict[str, Any]) -> List["_Bucket"]:
+        """The group's params that have a gradient, grouped by (device, dtype).
+
+        Cached across steps while the same params have gradients and keep their
+        dtypes, so a step costs a few list comprehensions in Python.
+        """
         params = group["params"]
         with_grad = [p for p in params if p.grad is not None]
         if not with_grad:
@@ -298,14 +322,15 @@ class CyclicSGD(Optimizer):
         ids = [id(p) for p in with_grad]
         dtypes = [p.dtype for p in with_grad]
         cached = self._bucket_cache.get(group_index)
-        if cached is not None and cached[0] == ids and cached[1] == dtypes:
-            return cached[2]
+        if cached is not None and cached[0] == ids and cached[1] == dtypes and cached[2] is self.state:
+            return cached[3]
         self._validate(group_index, with_grad)
-        buckets: Dict[Tuple[torch.device, torch.dtype], List[torch.Tensor]] = {}
+        grouped: Dict[Tuple[torch.device, torch.dtype], List[torch.Tensor]] = {}
         for p in with_grad:
-            buckets.setdefault((p.device, p.dtype), []).append(p)
-        out = [(device, dtype, ps) for (device, dtype), ps in buckets.items()]
-        self._bucket_cache[group_index] = (ids, dtypes, out)
+            grouped.setdefault((p.device, p.dtype), []).append(p)
+        out = [_Bucket(device, ps, _backends.backend_for(self._backend_request, device))
+               for (device, _), ps in grouped.items()]
+        self._bucket_cache[group_index] = (ids, dtypes, self.state, out)
         return out
 
     @torch.no_grad()
@@ -330,6 +355,7 @@ class CyclicSGD(Optimizer):
         # Plan every bucket first: nothing is modified until all of them are known good.
         work = []
         new_buffers: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        pending_buckets: List[_Bucket] = []  # buckets whose buffer list is not cached yet
         devices = set()
         for group_index, group in enumerate(self.param_groups):
             buckets = self._buckets_of(group_index, group)
@@ -342,11 +368,14 @@ class CyclicSGD(Optimizer):
             # torch.optim.SGD keeps no buffer while momentum is 0.
             use_buffers = step_momentum != 0
             bounds = [group["base_lr"], group["max_lr"], group["base_momentum"], group["max_momentum"]]
-            for device, dtype, params in buckets:
+            for bucket in buckets:
+                device, params, backend = bucket.device, bucket.params, bucket.backend
                 devices.add(device)
                 grads = [p.grad for p in params]
                 if not use_buffers:
-                    parts = [(params, grads, [], False)]
+                    work.append((backend, device, params, grads, [], False, group, bounds))
+                elif bucket.buffers is not None:
+                    work.append((backend, device, params, grads, bucket.buffers, False, group, bounds))
                 else:
                     old_p, old_g, old_b, new_p, new_g, new_b = [], [], [], [], [], []
                     for p, g in zip(params, grads):
@@ -357,11 +386,11 @@ class CyclicSGD(Optimizer):
                             new_buffers.append((p, buf))
                         else:
                             old_p.append(p), old_g.append(g), old_b.append(buf)
-                    parts = [(old_p, old_g, old_b, False), (new_p, new_g, new_b, True)]
-                backend = _backends.backend_for(self._backend_request, device)
-                for ps, gs, bs, first in parts:
-                    if ps:
-                        work.append((backend, device, ps, gs, bs, first, group, bounds))
+                    if old_p:
+                        work.append((backend, device, old_p, old_g, old_b, False, group, bounds))
+                    if new_p:
+                        work.append((backend, device, new_p, new_g, new_b, True, group, bounds))
+                    pending_buckets.append(bucket)
 
         if len(work) > 1 or (work and work[0][0].name != "cpp"):
             for backend, device, ps, gs, bs, first, group, bounds in work:
@@ -391,6 +420,8 @@ class CyclicSGD(Optimizer):
         if not skipped:
             for p, buf in new_buffers:
                 state[p]["momentum_buffer"] = buf
+            for bucket in pending_buckets:
+                bucket.cache_buffers(state)
         self._advance(devices)
         return loss
 
@@ -439,8 +470,18 @@ class CyclicSGD(Optimizer):
         self._bucket_cache.clear()
         self._refresh_all()
 
+    _PICKLED = ("mode", "gamma", "step_size_up", "step_size_down", "scale_fn", "scale_mode", "cycle_momentum",
+                "_mode_number", "_iteration", "_backend_request")
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = super().__getstate__()
+        state.update({key: getattr(self, key) for key in self._PICKLED})
+        return state
+
     def __setstate__(self, state: Dict[str, Any]) -> None:
         super().__setstate__(state)
+        # Device counters and bucket caches are rebuilt on demand.
+        self._counters = {}
         self._bucket_cache = {}
 
     @classmethod

@@ -360,10 +360,12 @@ def _suggest_bounds(
     if not depth > 0:
         warnings.warn("the range-test curve never improves; widen the sweep (or run longer). "
                       "The bounds suggested are a guess.", RuntimeWarning, 2)
-    # max_lr: the end of the valley floor, i.e. the last point before the trend has climbed
-    # back by _PLATEAU_TOL of the total improvement ("just before the curve turns up").
-    i_max = i_best
-    while i_max + 1 < n and t[i_max + 1] <= t[i_best] + _PLATEAU_TOL * depth:
+    # max_lr: where the curve stops improving: the first point at which the trend has come
+    # within _PLATEAU_TOL of the total improvement of its best value. On a noisy plateau (or
+    # flat valley floor) this is its start, not a random point on it; a short sweep
+    # overestimates the LR that training can sustain, so the start is the safer reading.
+    i_max = i_top
+    while i_max < i_best and t[i_max] > t[i_best] + _PLATEAU_TOL * depth:
         i_max += 1
     # Onset of learning: the first point after the top where the trend has improved by _ONSET.
     i_on = i_top

@@ -2,7 +2,9 @@
 // device, and the pybind11 module that exposes the schedule for tests and tools.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#ifndef CLR_EXT_NO_PYTHON  // CMake's libtorch build (no Python, no pybind11) defines it
 #include <torch/extension.h>
+#endif
 #include <torch/library.h>
 
 #include <string>
@@ -162,6 +164,7 @@ TORCH_LIBRARY(clr_ext, m) { m.def(clr_ext::kCyclicSgdSchema); }
 
 TORCH_LIBRARY_IMPL(clr_ext, CPU, m) { m.impl("cyclic_sgd_", &clr_ext::cyclic_sgd_cpu_); }
 
+#ifndef CLR_EXT_NO_PYTHON
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "clr_ext compiled core: the fused cyclical-LR SGD op (registered as torch.ops.clr_ext)";
   m.def("schedule", &clr_ext::schedule_point,
@@ -180,3 +183,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("with_cuda") = false;
 #endif
 }
+#endif  // CLR_EXT_NO_PYTHON
