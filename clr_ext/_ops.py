@@ -19,7 +19,7 @@ def _cyclic_sgd_fake(
     iteration: torch.Tensor,
     bounds: Sequence[float],
     shape: Sequence[float],
-    mode: int,
+    schedule_mode: int,
     momentum: float,
     dampening: float,
     weight_decay: float,

@@ -54,23 +54,14 @@ def _per_group(name: str, value: Any, n_groups: int) -> List[Any]:
 
 
 class _Bucket:
-    """Params of one group on one device with one dtype, and their backend. Once every
-    param has a momentum buffer the list of buffers is kept, so that a step does not
-    look them up one by one (the state is replaced only through load_state_dict,
-    which drops this cache)."""
+    """Params of one group on one device with one dtype, and their backend."""
 
-    __slots__ = ("device", "params", "backend", "buffers")
+    __slots__ = ("device", "params", "backend")
 
     def __init__(self, device: torch.device, params: List[torch.Tensor], backend: Any) -> None:
         self.device = device
         self.params = params
         self.backend = backend
-        self.buffers: Optional[List[torch.Tensor]] = None
-
-    def cache_buffers(self, state: Any) -> None:
-        buffers = [state[p].get("momentum_buffer") if p in state else None for p in self.params]
-        if all(b is not None for b in buffers):
-            self.buffers = buffers
 
 
 class CyclicSGD(Optimizer):
@@ -355,7 +346,6 @@ class CyclicSGD(Optimizer):
         # Plan every bucket first: nothing is modified until all of them are known good.
         work = []
         new_buffers: List[Tuple[torch.Tensor, torch.Tensor]] = []
-        pending_buckets: List[_Bucket] = []  # buckets whose buffer list is not cached yet
         devices = set()
         for group_index, group in enumerate(self.param_groups):
             buckets = self._buckets_of(group_index, group)
@@ -374,9 +364,15 @@ class CyclicSGD(Optimizer):
                 grads = [p.grad for p in params]
                 if not use_buffers:
                     work.append((backend, device, params, grads, [], False, group, bounds))
-                elif bucket.buffers is not None:
-                    work.append((backend, device, params, grads, bucket.buffers, False, group, bounds))
                 else:
+                    # Looked up at every step: a user may replace or delete a buffer.
+                    try:
+                        buffers = [state[p]["momentum_buffer"] for p in params]
+                    except KeyError:
+                        buffers = None
+                    if buffers is not None and not any(b is None for b in buffers):
+                        work.append((backend, device, params, grads, buffers, False, group, bounds))
+                        continue
                     old_p, old_g, old_b, new_p, new_g, new_b = [], [], [], [], [], []
                     for p, g in zip(params, grads):
                         buf = state[p].get("momentum_buffer") if p in state else None
@@ -390,7 +386,6 @@ class CyclicSGD(Optimizer):
                         work.append((backend, device, old_p, old_g, old_b, False, group, bounds))
                     if new_p:
                         work.append((backend, device, new_p, new_g, new_b, True, group, bounds))
-                    pending_buckets.append(bucket)
 
         if len(work) > 1 or (work and work[0][0].name != "cpp"):
             for backend, device, ps, gs, bs, first, group, bounds in work:
@@ -420,8 +415,6 @@ class CyclicSGD(Optimizer):
         if not skipped:
             for p, buf in new_buffers:
                 state[p]["momentum_buffer"] = buf
-            for bucket in pending_buckets:
-                bucket.cache_buffers(state)
         self._advance(devices)
         return loss
 

@@ -26,6 +26,15 @@ CUSTOM_MODE = 6
 PYTORCH_MODES = ("triangular", "triangular2", "exp_range")
 
 
+def _pow(base: float, exponent: float) -> float:
+    """``base ** exponent`` as C's ``pow`` computes it: Python raises OverflowError where C
+    returns inf (triangular2's ``2.0 ** (cycle - 1)`` past cycle 1024, a gamma > 1 far out)."""
+    try:
+        return base ** exponent
+    except OverflowError:
+        return math.inf
+
+
 def _cycle_position(iteration: int, step_size_up: float, step_size_down: float) -> Tuple[int, float]:
     total_size = step_size_up + step_size_down
     step_ratio = step_size_up / total_size
@@ -66,7 +75,7 @@ def cyclic_point(
     if scale_fn is None and mode == "fixed":
         return base_lr, max_momentum
     if scale_fn is None and mode == "exp":
-        return base_lr * gamma ** iteration, max_momentum
+        return base_lr * _pow(gamma, iteration), max_momentum
     if scale_fn is None and mode == "decay":
         factor = max(0.0, 1.0 - iteration / step_size_up)
         scale = 1.0
@@ -77,9 +86,9 @@ def cyclic_point(
         elif mode == "triangular":
             scale = 1.0
         elif mode == "triangular2":
-            scale = 1 / (2.0 ** (cycle - 1))
+            scale = 1 / _pow(2.0, cycle - 1)
         elif mode == "exp_range":
-            scale = gamma ** iteration
+            scale = _pow(gamma, iteration)
         else:
             raise ValueError(f"mode: unknown mode {mode!r} (and no scale_fn given)")
     lr = base_lr + (max_lr - base_lr) * factor * scale

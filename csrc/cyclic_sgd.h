@@ -11,9 +11,12 @@ namespace clr_ext {
 // The op's schema. The iteration is read from `iteration` (an int64 tensor on the
 // params' device) and never advanced here: all buckets of one optimizer step must
 // see the same value, so the caller advances it once after the last bucket.
+// No argument may be named `mode`: under torch.compile, auto_functionalized_v2 passes
+// the op's arguments as keywords to a handler whose first parameter is `mode`
+// ("got multiple values for argument 'mode'"; tests/test_ops.py::test_opcheck).
 constexpr const char* kCyclicSgdSchema =
     "cyclic_sgd_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, "
-    "Tensor iteration, float[] bounds, float[] shape, int mode, float momentum, float dampening, "
+    "Tensor iteration, float[] bounds, float[] shape, int schedule_mode, float momentum, float dampening, "
     "float weight_decay, bool nesterov, bool maximize, bool cycle_momentum, bool first_step, "
     "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()";
 
@@ -39,5 +42,17 @@ void cyclic_sgd_cpu_(at::TensorList params, at::TensorList grads, at::TensorList
                      int64_t mode, double momentum, double dampening, double weight_decay, bool nesterov,
                      bool maximize, bool cycle_momentum, bool first_step,
                      const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf);
+
+#ifdef CLR_EXT_WITH_CUDA
+// csrc/cuda/cyclic_sgd_cuda.cu: the same op for CUDA tensors (no host sync).
+void cyclic_sgd_cuda_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                      const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
+                      int64_t mode, double momentum, double dampening, double weight_decay, bool nesterov,
+                      bool maximize, bool cycle_momentum, bool first_step,
+                      const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf);
+
+// How many tensors one kernel launch takes (the kernel-argument table's size).
+int64_t cuda_max_tensors_per_launch();
+#endif
 
 }  // namespace clr_ext

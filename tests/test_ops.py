@@ -1,0 +1,276 @@
+"""The compiled op torch.ops.clr_ext.cyclic_sgd_ on CPU tensors: torch.library.opcheck
+(schema, fake/meta registration, aot dispatch), and direct calls checked against values
+computed here from the oracle and torch.optim.SGD's update rule."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clr_ext import backends as _backends
+from clr_ext.schedule import MODES, cyclic_point
+
+from conftest import ALL_DTYPES, HALF_DTYPES, RTOL
+
+pytestmark = pytest.mark.skipif(_backends._C is None, reason="clr_ext._C (the compiled op) is not built")
+
+DTYPE_IDS = {torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", torch.bfloat16: "bf16"}
+SIZES = (1, 7, 17, 1031)
+BOUNDS = [0.01, 0.1, 0.8, 0.9]  # base_lr, max_lr, base_momentum, max_momentum
+SHAPE = [5.0, 7.0, 0.99, 1.0]  # step_size_up, step_size_down, gamma, custom_scale
+
+
+def op():
+    return torch.ops.clr_ext.cyclic_sgd_
+
+
+def make_tensors(dtype, sizes=SIZES, seed=0, buffers=True):
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.randn(n, generator=gen).to(dtype) for n in sizes]
+    grads = [torch.randn(n, generator=gen).to(dtype) for n in sizes]
+    bufs = [torch.randn(n, generator=gen).to(dtype) for n in sizes] if buffers else []
+    return params, grads, bufs
+
+
+def op_args(params, grads, bufs, iteration=3, mode="triangular", momentum=0.9, dampening=0.0, weight_decay=0.0,
+            nesterov=False, maximize=False, cycle_momentum=True, first_step=False, grad_scale=None,
+            found_inf=None, bounds=BOUNDS, shape=SHAPE):
+    counter = torch.tensor(iteration, dtype=torch.int64)
+    mode_number = MODES[mode] if isinstance(mode, str) else mode
+    return (params, grads, bufs, counter, list(bounds), list(shape), mode_number, momentum, dampening, weight_decay,
+            nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf)
+
+
+# ------------------------------------------------------------------------ opcheck
+
+
+OPCHECK_VARIANTS = {
+    "momentum-steady": dict(),
+    "momentum-first": dict(first_step=True),
+    "nesterov-wd-max": dict(nesterov=True, weight_decay=0.01, maximize=True),
+    "no-buffers": dict(momentum=0.0, cycle_momentum=False),
+    "grad-scale": dict(grad_scale=torch.tensor(8.0), found_inf=torch.tensor(0.0)),
+    "found-inf": dict(grad_scale=torch.tensor(8.0), found_inf=torch.tensor(1.0)),
+    "exp-range-damp": dict(mode="exp_range", dampening=0.1, cycle_momentum=False),
+    "custom-mode": dict(mode=6, shape=[5.0, 7.0, 1.0, 0.25]),
+}
+
+
+@pytest.mark.parametrize("variant", list(OPCHECK_VARIANTS))
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: DTYPE_IDS[d])
+def test_opcheck(dtype, variant):
+    kwargs = dict(OPCHECK_VARIANTS[variant])
+    no_buffers = kwargs.get("momentum", 0.9) == 0.0 and not kwargs.get("cycle_momentum", True)
+    params, grads, bufs = make_tensors(dtype, buffers=not no_buffers)
+    torch.library.opcheck(op(), op_args(params, grads, bufs, **kwargs))
+
+
+def test_opcheck_empty_and_zero_element():
+    params, grads, bufs = make_tensors(torch.float32, sizes=(0, 3, 0))
+    torch.library.opcheck(op(), op_args(params, grads, bufs))
+    torch.library.opcheck(op(), op_args([], [], []))
+
+
+def test_op_schema_mutations():
+    schema = op().default._schema
+    mutated = [a.name for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write]
+    assert mutated == ["params", "grads", "momentum_buffers"]
+    assert len(schema.returns) == 0
+
+
+# ---------------------------------------------------------------- direct op calls
+
+
+def expected_step(params, grads, bufs, iteration, mode="triangular", momentum=0.9, dampening=0.0, weight_decay=0.0,
+                  nesterov=False, maximize=False, cycle_momentum=True, first_step=False, grad_scale=None):
+    """One step of torch.optim.SGD's rule (fp32 compute for half types, fp64 for fp64)
+    with the oracle's lr / momentum at ``iteration``; returns (params, grads, bufs)."""
+    lr, cycled = cyclic_point(iteration, BOUNDS[0], BOUNDS[1], SHAPE[0], SHAPE[1], mode, SHAPE[2], BOUNDS[2],
+                              BOUNDS[3])
+    mom = cycled if cycle_momentum else momentum
+    out_p, out_g, out_b = [], [], []
+    for i, (p, g) in enumerate(zip(params, grads)):
+        ct = torch.float64 if p.dtype == torch.float64 else torch.float32
+        pc, gc = p.to(ct), g.to(ct)
+        if grad_scale is not None:
+            gc = gc / float(grad_scale)
+            out_g.append(gc.to(p.dtype))
+        else:
+            out_g.append(g.clone())
+        d = -gc if maximize else gc
+        if weight_decay:
+            d = d + weight_decay * pc
+        if bufs and mom != 0:
+            b = d.clone() if first_step else mom * bufs[i].to(ct) + (1 - dampening) * d
+            out_b.append(b.to(p.dtype))
+            d = d + mom * b if nesterov else b
+        elif bufs:
+            out_b.append(bufs[i].clone())
+        out_p.append((pc - lr * d).to(p.dtype))
+    return out_p, out_g, out_b
+
+
+def assert_tensors_close(actual, expected, dtype):
+    for a, e in zip(actual, expected):
+        if dtype in HALF_DTYPES:
+            # fp32 compute, one rounding: at most one unit in the half type's last place.
+            ulp = torch.finfo(dtype).eps * e.float().abs().clamp_min(torch.finfo(dtype).tiny)
+            assert bool(((a.float() - e.float()).abs() <= ulp).all())
+        else:
+            torch.testing.assert_close(a, e, rtol=RTOL[dtype], atol=RTOL[dtype])
+
+
+CALL_VARIANTS = {
+    "steady": dict(),
+    "first": dict(first_step=True),
+    "nesterov-wd": dict(nesterov=True, weight_decay=0.05),
+    "maximize-damp-fixed-momentum": dict(maximize=True, dampening=0.2, cycle_momentum=False, momentum=0.5),
+    "no-momentum": dict(momentum=0.0, cycle_momentum=False),
+    "exp_range": dict(mode="exp_range"),
+    "triangular2": dict(mode="triangular2"),
+    "unscale": dict(grad_scale=torch.tensor(64.0)),
+}
+
+
+@pytest.mark.parametrize("entry", ("dispatcher", "pybind"))
+@pytest.mark.parametrize("variant", list(CALL_VARIANTS))
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: DTYPE_IDS[d])
+def test_direct_call(dtype, variant, entry):
+    kwargs = dict(CALL_VARIANTS[variant])
+    params, grads, bufs = make_tensors(dtype, seed=1)
+    if "grad_scale" in kwargs:
+        grads = [(g.float() * 64).to(dtype) for g in grads]
+    iteration = 23  # mid-cycle in the second cycle
+    want_p, want_g, want_b = expected_step(params, grads, bufs, iteration, **kwargs)
+    args = op_args(params, grads, bufs, iteration=iteration, **kwargs)
+    counter = args[3]
+    if entry == "dispatcher":
+        op()(*args)
+    else:
+        _backends._C.cyclic_sgd_cpu_(*args)
+    assert int(counter) == iteration, "the op must not advance the counter"
+    assert_tensors_close(params, want_p, dtype)
+    assert_tensors_close(bufs, want_b, dtype)
+    for g, w in zip(grads, want_g):
+        assert torch.equal(g, w)
+
+
+def test_dispatcher_and_pybind_agree_bit_for_bit():
+    for dtype in ALL_DTYPES:
+        a = make_tensors(dtype, seed=2)
+        b = tuple([t.clone() for t in ts] for ts in a)
+        op()(*op_args(*a, iteration=11, nesterov=True, weight_decay=0.01))
+        _backends._C.cyclic_sgd_cpu_(*op_args(*b, iteration=11, nesterov=True, weight_decay=0.01))
+        for x, y in zip(a[0] + a[2], b[0] + b[2]):
+            assert torch.equal(x, y)
+
+
+def test_op_reads_the_iteration_from_the_counter():
+    for it in (0, 5, 6, 12, 2 ** 40 + 3):
+        params, grads, _ = make_tensors(torch.float64, sizes=(4,))
+        p0 = params[0].clone()
+        op()(*op_args(params, grads, [], iteration=it, momentum=0.0, cycle_momentum=False))
+        lr = cyclic_point(it, BOUNDS[0], BOUNDS[1], SHAPE[0], SHAPE[1], "triangular")[0]
+        torch.testing.assert_close(params[0], p0 - lr * grads[0], rtol=1e-15, atol=1e-15)
+
+
+def test_found_inf_changes_nothing():
+    params, grads, bufs = make_tensors(torch.float32)
+    before = [t.clone() for t in params + grads + bufs]
+    op()(*op_args(params, grads, bufs, grad_scale=torch.tensor(4.0), found_inf=torch.tensor(1.0)))
+    for t, b in zip(params + grads + bufs, before):
+        assert torch.equal(t, b)
+
+
+def test_momentum_zero_step_leaves_buffers_alone():
+    # Cycled momentum exactly 0 (base_momentum 0 at the peak): torch.optim.SGD uses no buffer.
+    params, grads, bufs = make_tensors(torch.float32, sizes=(9,))
+    b0 = bufs[0].clone()
+    args = list(op_args(params, grads, bufs, iteration=5, bounds=[0.01, 0.1, 0.0, 0.9]))
+    op()(*args)
+    assert torch.equal(bufs[0], b0)
+
+
+def _bad_calls():
+    cases = {}
+    p, g, b = make_tensors(torch.float32, sizes=(3, 4), seed=4)
+    cases["fewer grads"] = op_args(p, g[:1], b)
+    p, g, b = make_tensors(torch.float32, sizes=(3, 4), seed=4)
+    cases["fewer buffers"] = op_args(p, g, b[:1])
+    p, g, b = make_tensors(torch.float32, sizes=(3, 4), seed=4)
+    g[1] = g[1].to_sparse()
+    cases["sparse grad"] = op_args(p, g, b)
+    p, g, b = make_tensors(torch.float32, sizes=(3, 4), seed=4)
+    p[1], g[1], b[1] = torch.arange(4), torch.ones(4, dtype=torch.int64), torch.zeros(4, dtype=torch.int64)
+    cases["int64 param"] = op_args(p, g, b)
+    p, g, b = make_tensors(torch.float32, sizes=(3, 4), seed=4)
+    g[1] = torch.zeros(5)
+    cases["grad shape"] = op_args(p, g, b)
+    p, g, b = make_tensors(torch.float32, sizes=(3, 4), seed=4)
+    g[1] = g[1].double()
+    cases["grad dtype"] = op_args(p, g, b)
+    p, g, b = make_tensors(torch.float32, sizes=(3, 4), seed=4)
+    p[1], g[1], b[1] = p[1].double(), g[1].double(), b[1].double()
+    cases["mixed dtypes"] = op_args(p, g, b)
+    p, g, b = make_tensors(torch.float32, sizes=(3, 4), seed=4)
+    b[1] = torch.zeros(7)
+    cases["buffer shape"] = op_args(p, g, b)
+    p, g, b = make_tensors(torch.float32, sizes=(3, 4), seed=4)
+    cases["mode"] = op_args(p, g, b, mode=7)
+    p, g, b = make_tensors(torch.float32, sizes=(3, 4), seed=4)
+    cases["bounds length"] = op_args(p, g, b, bounds=[0.1, 0.2])
+    p, g, b = make_tensors(torch.float32, sizes=(3, 4), seed=4)
+    cases["step_size_up"] = op_args(p, g, b, shape=[0.0, 1.0, 1.0, 1.0])
+    p, g, b = make_tensors(torch.float32, sizes=(3, 4), seed=4)
+    args = list(op_args(p, g, b))
+    args[3] = torch.tensor(3.0)
+    cases["float counter"] = tuple(args)
+    p, g, b = make_tensors(torch.float32, sizes=(3, 4), seed=4)
+    cases["grad_scale shape"] = op_args(p, g, b, grad_scale=torch.ones(2))
+    return cases
+
+
+BAD = _bad_calls()
+
+
+@pytest.mark.parametrize("entry", ("dispatcher", "pybind"))
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_calls_raise_before_writing(case, entry):
+    args = BAD[case]
+    params, grads, bufs = args[0], args[1], args[2]
+    before = [t.clone() for t in params + grads + bufs if t.layout == torch.strided]
+    with pytest.raises(RuntimeError):
+        if entry == "dispatcher":
+            op()(*args)
+        else:
+            _backends._C.cyclic_sgd_cpu_(*args)
+    after = [t for t in params + grads + bufs if t.layout == torch.strided]
+    for t, b in zip(after, before):
+        assert torch.equal(t, b), "a failing call wrote into a tensor"
+
+
+def test_check_bucket():
+    p, g, b = make_tensors(torch.float32, sizes=(3, 4))
+    _backends._C.check_bucket(p, g, b)
+    g[0] = g[0].to_sparse()
+    with pytest.raises(RuntimeError, match="sparse"):
+        _backends._C.check_bucket(p, g, b)
+
+
+def test_op_under_torch_compile():
+    """The fake registration lets torch.compile trace the mutating op (fullgraph)."""
+    params, grads, bufs = make_tensors(torch.float32, seed=6)
+    ref = tuple([t.clone() for t in ts] for ts in (params, grads, bufs))
+    counter = torch.tensor(9, dtype=torch.int64)
+
+    def f(ps, gs, bs, c):
+        torch.ops.clr_ext.cyclic_sgd_(ps, gs, bs, c, BOUNDS, SHAPE, 0, 0.9, 0.0, 0.01, False, False, True, False,
+                                      None, None)
+
+    try:
+        compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    except Exception as e:  # pragma: no cover
+        pytest.skip("torch.compile unavailable: %s" % e)
+    compiled(params, grads, bufs, counter)
+    f(*ref, torch.tensor(9, dtype=torch.int64))
+    for a, b in zip(params + bufs, ref[0] + ref[2]):
+        assert torch.equal(a, b)
