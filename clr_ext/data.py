@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import pickle
 from dataclasses import dataclass
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,8 @@ from torch import nn
 
 __all__ = [
     "DigitsSplit", "load_digits_split", "DigitsCNN", "TensorLoader",
-    "CIFAR10_TRAIN_FILES", "CIFAR10_TEST_FILE", "Cifar10", "load_cifar10", "find_cifar10",
+    "CIFAR10_TRAIN_FILES", "CIFAR10_TEST_FILE", "Cifar10", "CifarFormatError", "load_cifar10",
+    "find_cifar10", "CaffeMeanSubtract",
     "WithinChannelLRN", "CaffeCifar10Full",
 ]
 
@@ -141,6 +142,10 @@ CIFAR10_TEST_FILE = "test_batch"
 _CIFAR10_SUBDIR = "cifar-10-batches-py"
 
 
+class CifarFormatError(ValueError):
+    """A CIFAR-10 batch file that is not in the python-pickle batch format."""
+
+
 @dataclass
 class Cifar10:
     """uint8 images (N, 3, 32, 32) (channels R, G, B) and int64 labels 0-9."""
@@ -178,6 +183,7 @@ class _BatchUnpickler(pickle.Unpickler):
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
         ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
     }
 
     def find_class(self, module, name):
@@ -193,20 +199,20 @@ def _read_batch(path: str) -> Tuple[torch.Tensor, torch.Tensor]:
         with open(path, "rb") as f:
             d = _BatchUnpickler(f, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
-        raise ValueError(f"{path}: not a CIFAR-10 python-pickle batch ({e})") from None
+        raise CifarFormatError(f"{path}: not a CIFAR-10 python-pickle batch ({e})") from None
     if not isinstance(d, dict):
-        raise ValueError(f"{path}: not a CIFAR-10 python-pickle batch (no dict inside)")
+        raise CifarFormatError(f"{path}: not a CIFAR-10 python-pickle batch (no dict inside)")
     data = d.get(b"data", d.get("data"))
     labels = d.get(b"labels", d.get("labels"))
     if data is None or labels is None:
-        raise ValueError(f"{path}: a CIFAR-10 batch needs b'data' and b'labels' entries")
+        raise CifarFormatError(f"{path}: a CIFAR-10 batch needs b'data' and b'labels' entries")
     data = np.asarray(data)
     labels = np.asarray(labels)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
-        raise ValueError(f"{path}: expected uint8 data of shape (N, 3072) and N labels, got "
+        raise CifarFormatError(f"{path}: expected uint8 data of shape (N, 3072) and N labels, got "
                          f"{data.dtype} {data.shape} and {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise ValueError(f"{path}: labels outside 0-9")
+        raise CifarFormatError(f"{path}: labels outside 0-9")
     # Each row is the 1024 red, then green, then blue values of a 32x32 image, row-major.
     x = torch.from_numpy(data.copy()).view(-1, 3, 32, 32)
     y = torch.from_numpy(labels.astype(np.int64))

@@ -13,7 +13,7 @@ import math
 import os
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .data import (CaffeCifar10Full, CaffeMeanSubtract, DigitsCNN, TensorLoader, load_cifar10,
                    load_digits_split)
-from .range_test import RangeTestResult, range_test
+from .range_test import range_test
 
 __all__ = ["DemoConfig", "run_demo", "CifarConfig", "run_cifar10", "PAPER_TABLE1_CIFAR10"]
 
@@ -99,16 +99,16 @@ def _fmt_lr(lr: float) -> str:
 @dataclass
 class DemoConfig:
     """Settings of :func:`run_demo`; ``DemoConfig.quick()`` is the ``--quick`` variant."""
-    seeds: int = 3
+    seeds: int = 5
     batch_size: int = 32
     momentum: float = 0.9
     weight_decay: float = 5e-4
     epochs_per_half_cycle: float = 4.0   # the paper: 2-10 epochs per half cycle (CIFAR: 4)
     cycles: int = 3                      # the paper: at least 3 cycles, stop at a cycle's end
-    grid: Tuple[float, ...] = (0.01, 0.03, 0.1, 0.3)
+    grid: Tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2)
     range_test_iters: int = 300          # about 8 epochs, the paper's "several epochs"
     range_start_lr: float = 1e-3
-    range_end_lr: float = 1.0
+    range_end_lr: float = 0.5            # this CNN stops learning at about 0.35 (momentum 0.9)
     evals_per_run: int = 50
     val_size: int = 300
     test_size: int = 360
@@ -116,8 +116,8 @@ class DemoConfig:
 
     @classmethod
     def quick(cls) -> "DemoConfig":
-        return cls(epochs_per_half_cycle=1.0, cycles=3, grid=(0.03, 0.1, 0.3), range_test_iters=150,
-                   evals_per_run=30)
+        return cls(seeds=3, epochs_per_half_cycle=1.0, cycles=3, grid=(0.02, 0.05, 0.1),
+                   range_test_iters=150, evals_per_run=30)
 
 
 def _train_digits(data, make_opt, *, seed: int, iters: int, batch_size: int, eval_every: int,
@@ -166,15 +166,17 @@ def run_demo(out_dir: str, config: Optional[DemoConfig] = None, *, progress: boo
         momentum=cfg.momentum, weight_decay=cfg.weight_decay, progress=progress)
     rt.plot(os.path.join(out_dir, "range_test.png"))
     base_lr, max_lr = rt.base_lr, rt.max_lr
+    rt_iters = len(rt.lrs)  # the steps it actually took (it may stop early)
     step = rt.step_size(iters_per_epoch, cfg.epochs_per_half_cycle)
     iters = 2 * step * cfg.cycles
     eval_every = max(1, iters // cfg.evals_per_run)
     fixed_rt = max_lr / 2.0
-    log(f"range test ({rt.num_iters} iterations, linear {cfg.range_start_lr:g} -> {cfg.range_end_lr:g}, "
-        f"validation accuracy): base_lr = {_fmt_lr(base_lr)}, max_lr = {_fmt_lr(max_lr)}"
+    log(f"range test ({rt_iters} of {rt.num_iters} iterations, linear {cfg.range_start_lr:g} -> "
+        f"{cfg.range_end_lr:g}, validation accuracy): base_lr = {_fmt_lr(base_lr)}, max_lr = {_fmt_lr(max_lr)}"
         + (" (stopped early: diverged)" if rt.diverged else ""))
     log(f"every run: {iters} iterations = {cfg.cycles} cycles of stepsize {step} "
-        f"({cfg.epochs_per_half_cycle:g} epochs); momentum {cfg.momentum}, weight decay {cfg.weight_decay}")
+        f"({cfg.epochs_per_half_cycle:g} x {iters_per_epoch} iterations); momentum {cfg.momentum}, "
+        f"weight decay {cfg.weight_decay}")
 
     common = dict(momentum=cfg.momentum, weight_decay=cfg.weight_decay, cycle_momentum=False)
     exp_gamma = (base_lr / max_lr) ** (1.0 / iters)      # max_lr at the start, base_lr at the end
@@ -218,27 +220,31 @@ def run_demo(out_dir: str, config: Optional[DemoConfig] = None, *, progress: boo
     for name, r in runs.items():
         r["iters_to_target"] = [_first_reach(s["iters"], s["acc"], target) for s in r["seeds"]]
     shown = [best_fixed] + [p[0] for p in policies if not p[0].endswith("(grid)")]
-    headers = ["policy", "LR", "runs needed", f"iterations to {100 * target:.1f}%",
+    headers = ["policy", "LR", "runs needed", "iterations in all", f"iterations to {100 * target:.1f}%",
                "final test accuracy (%)"]
     rows = []
     for name in shown:
         r = runs[name]
         label = "fixed (best of grid)" if name == best_fixed else name
-        rows.append([label, r["lr"], r["runs_needed"], _reach_cell(r["iters_to_target"]),
+        # The tuning cost, per seed: the grid's runs, or the range test plus one run.
+        r["iterations_in_all"] = len(cfg.grid) * iters if name in grid_names else rt_iters + iters
+        rows.append([label, r["lr"], r["runs_needed"], f"{r['iterations_in_all']:,d}",
+                     _reach_cell(r["iters_to_target"]),
                      f"{100 * r['final_mean']:.1f} +- {100 * r['final_std']:.1f}"])
     table = _format_table(headers, rows)
     grid_line = ", ".join(f"{runs[n]['lr']}: {100 * runs[n]['final_mean']:.1f}" for n in grid_names)
     winner = max(shown, key=lambda n: runs[n]["final_mean"])
+    winner_label = f"fixed (best of grid, {runs[best_fixed]['lr']})" if winner == best_fixed else winner
     clr_best = max(("triangular", "triangular2", "exp_range"), key=lambda n: runs[n]["final_mean"])
     gap = runs[clr_best]["final_mean"] - target
     noise = max(runs[clr_best]["final_std"], runs[best_fixed]["final_std"])
     verdict = (
-        f"Highest mean final accuracy: {winner} ({100 * runs[winner]['final_mean']:.1f}%). "
+        f"Highest mean final accuracy: {winner_label} ({100 * runs[winner]['final_mean']:.1f}%). "
         f"Best cyclical policy {clr_best} vs the grid's best fixed LR: {100 * gap:+.1f} points "
         + ("(within one standard deviation: a tie on this data)" if abs(gap) <= noise else
            ("(CLR ahead)" if gap > 0 else "(the tuned fixed LR ahead)"))
         + f"; the fixed LR needed a grid of {len(cfg.grid)} runs per seed, CLR one run after a "
-        f"{rt.num_iters}-iteration range test.")
+        f"{rt_iters}-iteration range test.")
     log("")
     log(table)
     log(f"fixed-LR grid ({len(cfg.grid)} runs per seed, final test accuracy %): {grid_line}")
@@ -261,6 +267,7 @@ def run_demo(out_dir: str, config: Optional[DemoConfig] = None, *, progress: boo
         "policies": {
             name: {
                 "lr": r["lr"], "runs_needed": r["runs_needed"],
+                "iterations_in_all": r.get("iterations_in_all"),
                 "final_accuracy": [s["final"] for s in r["seeds"]],
                 "final_mean": r["final_mean"], "final_std": r["final_std"],
                 "iters_to_target": r["iters_to_target"],
@@ -401,7 +408,9 @@ def run_cifar10(data_root: str, out_dir: str, config: Optional[CifarConfig] = No
 
     common = dict(momentum=cfg.momentum, cycle_momentum=False)
     # name -> (iterations, LR description, optimizer factory taking param groups, LR drops)
-    fixed_drops = {_scaled(60000, s): 0.1, _scaled(65000, s): 0.1}
+    fixed_drops: Dict[int, float] = {}
+    for at in (_scaled(60000, s), _scaled(65000, s)):  # may coincide when scaled far down
+        fixed_drops[at] = fixed_drops.get(at, 1.0) * 0.1
     plans = {
         "fixed": (_scaled(70000, s), f"{lr0:g}, x0.1 at {_scaled(60000, s)} and {_scaled(65000, s)}",
                   lambda g: CyclicSGD(g, lr0, lr0, mode="fixed", **common), fixed_drops),
@@ -427,23 +436,27 @@ def run_cifar10(data_root: str, out_dir: str, config: Optional[CifarConfig] = No
         batches = TensorLoader(x_train, y_train, min(cfg.batch_size, len(x_train)), drop_last=True,
                                seed=cfg.seed, transform=preprocess).forever()
         t0 = time.perf_counter()
-        curve_it, curve_acc = [], []
+        curve_it, curve_acc, curve_lr = [], [], []
         for it in range(1, iters + 1):
             x, y = next(batches)
+            lr_now = opt.param_groups[0]["lr"]  # group 0 has LR multiplier 1
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if it in drops:
                 # Caffe's multistep baseline: the fixed LR drops tenfold. CyclicSGD reads
-                # each group's bounds at every step, so lowering them takes effect at once.
+                # each group's bounds at every step, so lowering them takes effect at the next
+                # step; "lr" (what the next step uses, in "fixed" mode base_lr) is kept in line.
                 for group in opt.param_groups:
-                    group["base_lr"] *= drops[it]
-                    group["max_lr"] *= drops[it]
+                    for key in ("base_lr", "max_lr", "lr"):
+                        group[key] *= drops[it]
             if it % eval_every == 0 or it == iters:
                 curve_it.append(it)
                 curve_acc.append(_accuracy(model, x_test, y_test, batch=1000, transform=preprocess))
+                curve_lr.append(float(lr_now))
         results[name] = {"iterations": iters, "lr": lr_desc, "eval_iters": curve_it, "accuracy": curve_acc,
+                         "lr_of_step": curve_lr,
                          "final": curve_acc[-1], "seconds": round(time.perf_counter() - t0, 2),
                          "last_loss": float(loss.detach())}
         log(f"  {name:<12s} {iters:>7,d} iterations  test accuracy {100 * curve_acc[-1]:5.1f}%  "

@@ -103,6 +103,10 @@ class CyclicSGD(Optimizer):
         backend: ``"auto"`` (per device, the fastest built: cuda, cpp, cython, torch),
             or one of those names. ``CLR_EXT_BACKEND`` overrides ``"auto"``.
 
+    A group's ``base_lr``, ``max_lr``, ``base_momentum`` and ``max_momentum`` may be
+    changed between steps (e.g. to drop a ``"fixed"`` LR at set iterations, as the
+    paper's baseline does): every step reads them; ``group["lr"]`` follows after it.
+
     After construction and after every step, ``group["lr"]`` (and ``group["momentum"]``
     when cycling) hold the values the next step uses, and ``iteration`` counts the
     completed steps. After replaying a captured CUDA graph, call :meth:`sync` to bring

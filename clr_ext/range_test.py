@@ -16,7 +16,8 @@ import math
 import numbers
 import os
 import warnings
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from collections.abc import Iterable
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -28,9 +29,9 @@ _FORMAT = "clr_ext.RangeTestResult"
 _FORMAT_VERSION = 1
 
 # Fractions of the curve's total fall (or rise, for a metric) used to read the bounds.
-# _PLATEAU_TOL: how far the zero-lag trend may climb back above its best value before we say
-# the curve has "turned up"; it moves max_lr to the END of a flat valley floor rather than to
-# an arbitrary noisy point on it.
+# _PLATEAU_TOL: how close to its best value the zero-lag trend must come before we say the
+# curve has stopped improving (max_lr); a tolerance, so that on a flat, noisy floor max_lr is
+# the floor's start rather than wherever noise put the minimum.
 # _ONSET: how far the trend must have fallen (risen) before we say learning has "started".
 _PLATEAU_TOL = 0.05
 _ONSET = 0.10
@@ -138,7 +139,7 @@ class RangeTestResult:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        fig = Figure(figsize=(7.5, 4.5))
+        fig = Figure(figsize=(7.5, 5.2))
         FigureCanvasAgg(fig)
         ax = fig.add_subplot(1, 1, 1)
         n = len(self.lrs)
@@ -183,7 +184,9 @@ class RangeTestResult:
         if self.diverged and n:
             handles.append(ax.axvline(self.lrs[-1], color="0.4", ls=":", lw=1))
             labels.append(f"stopped ({self.stop_reason}) at {self.lrs[-1]:.3g}")
-        ax.legend(handles, labels, loc="best", fontsize=8)
+        # Below the axes: inside, it would hide part of the curve it explains.
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3,
+                  fontsize=8, frameon=False)
         ax.set_title(f"LR range test ({self.sweep} sweep, {len(self.lrs)} steps)")
         ax.grid(True, alpha=0.3)
         fig.tight_layout()
@@ -344,8 +347,8 @@ def _suggest_bounds(
         return float(lrs[0]), float(lrs[1]), trend_out, reading
 
     # A curve "c" where lower is better: the log of a positive loss (a blow-up is then about
-    # linear, so the symmetric window barely leaks it backwards into the valley), or the loss
-    # itself, or minus the metric (higher is better for accuracy and callables).
+    # linear, so the symmetric window leaks it backwards into the valley far less than it
+    # would in linear scale), or the loss itself, or minus the metric (higher is better).
     if reading == "loss":
         log_domain = all(v > 0 for v in values[:n])
         c = [math.log(v) for v in values[:n]] if log_domain else list(values[:n])
@@ -597,10 +600,13 @@ def range_test(
        shrinks symmetrically at the ends). A centred window has no lag, so unlike the causal
        EMA it does not shift the bounds to the right by ~``1/smooth`` steps. This zero-lag
        curve is ``result.trend``.
-    3. ``max_lr``: from the best point of the trend (lowest loss, highest metric), go right
-       while the trend stays within 5% of the curve's total improvement of its best: the last
-       such point is where the curve turns up (loss, 1803.09820) or accuracy stops rising /
-       turns ragged / falls (the paper). On a flat valley floor this picks its right end.
+    3. ``max_lr``: where the curve stops improving: going right from the curve's worst point
+       (before its best), the first point at which the trend has come within 5% of the total
+       improvement of its best value (lowest loss, highest metric). On an accuracy curve this
+       is where accuracy slows and levels off, before it turns ragged or falls (the paper);
+       on a loss curve, where the loss reaches its floor, before it turns up (1803.09820). On
+       a noisy plateau this is the plateau's start, not a random point on it: a short sweep
+       overestimates the LR that training can sustain, so the start is the safer reading.
     4. Onset: the first point after the curve's worst value (before its best) where the trend
        has improved by 10% of the total: where the loss starts to fall / the accuracy starts
        to rise.
