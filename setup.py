@@ -46,7 +46,7 @@ if shutil.which(os.environ.get("CXX", "c++")) is None and shutil.which("g++") is
 
 # -ffp-contract=off: no fused multiply-adds, so that every backend and every
 # instruction-set clone rounds exactly like the scalar code (bit-identical runs).
-COMMON_CXX = ["-O3", "-std=c++17", "-ffp-contract=off", "-fno-math-errno"]
+COMMON_CXX = ["-O3", "-std=c++17", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"]
 
 
 def _cuda_wanted():
@@ -74,14 +74,19 @@ def extensions():
             sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
             define.append(("CLR_EXT_WITH_CUDA", None))
             ext_cls = cpp_extension.CUDAExtension
+            # No -std here: torch's BuildExtension adds the standard its headers need
+            # (C++20 from torch 2.14 on) and nvcc rejects a second -std.
+            # --fmad=false: no contracted multiply-adds on the device either, so that the
+            # CUDA update rounds exactly like the CPU kernel (-ffp-contract=off).
             extra = {
-                "cxx": COMMON_CXX,
-                "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"],
+                "cxx": [f for f in COMMON_CXX if not f.startswith("-std=")],
+                "nvcc": ["-O3", "--fmad=false", "--expt-relaxed-constexpr", "-lineinfo"],
             }
         else:
             print("clr_ext: building the C++ CPU kernel without CUDA (%s)" % why_not)
             ext_cls = cpp_extension.CppExtension
-            extra = {"cxx": COMMON_CXX}
+            # No -std: BuildExtension adds the standard the installed torch's headers need.
+            extra = {"cxx": [f for f in COMMON_CXX if not f.startswith("-std=")]}
         exts.append(
             ext_cls(
                 "clr_ext._C",

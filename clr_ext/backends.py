@@ -181,9 +181,14 @@ class CudaBackend(Backend):
 
     def run(self, params, grads, buffers, counter, iteration, bounds, shape, mode, momentum, dampening,
             weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):
-        torch.ops.clr_ext.cyclic_sgd_(params, grads, buffers, counter, bounds, shape, mode, momentum, dampening,
-                                      weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale,
-                                      found_inf)
+        if torch.compiler.is_compiling():
+            torch.ops.clr_ext.cyclic_sgd_(params, grads, buffers, counter, bounds, shape, mode, momentum,
+                                          dampening, weight_decay, nesterov, maximize, cycle_momentum,
+                                          first_step, grad_scale, found_inf)
+        else:
+            _C.cyclic_sgd_cuda_(params, grads, buffers, counter, bounds, shape, mode, momentum, dampening,
+                                weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale,
+                                found_inf)
 
 
 def _dense_alike(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 import warnings
+from itertools import repeat
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
@@ -51,6 +53,13 @@ def _per_group(name: str, value: Any, n_groups: int) -> List[Any]:
             raise ValueError(f"{name}: has {len(value)} values but there are {n_groups} param groups")
         return list(value)
     return [value] * n_groups
+
+
+_GRAD = operator.attrgetter("grad")
+
+
+class _StalePlan(Exception):
+    """A step's cached plan no longer fits its tensors; nothing was written."""
 
 
 class _Bucket:
@@ -304,29 +313,38 @@ class CyclicSGD(Optimizer):
             if g.device != p.device:
                 raise RuntimeError(f"CyclicSGD: the gradient of {where} is on {g.device}, the parameter on {p.device}")
 
-    def _buckets_of(self, group_index: int, group: Dict[str, Any]) -> List["_Bucket"]:
-        """The group's params that have a gradient, grouped by (device, dtype).
+    def _buckets_of(self, group_index: int, group: Dict[str, Any]) -> List[Tuple["_Bucket", List[torch.Tensor]]]:
+        """``[(bucket, grads)]``: the group's params that have a gradient, grouped by
+        (device, dtype).
 
-        Cached across steps while the same params have gradients and keep their
-        dtypes, so a step costs a few list comprehensions in Python.
+        The grouping is cached while the same params have gradients: a step then costs
+        one pass over ``.grad`` in Python. The cache is not checked against later dtype
+        or device changes; the kernels check every tensor before writing, and a failed
+        check drops the cache and plans the step again (see ``step``).
         """
         params = group["params"]
-        with_grad = [p for p in params if p.grad is not None]
-        if not with_grad:
-            return []
-        ids = [id(p) for p in with_grad]
-        dtypes = [p.dtype for p in with_grad]
+        grads = list(map(_GRAD, params))
+        keep = None
+        if any(map(operator.is_, grads, repeat(None))):
+            keep = tuple(i for i, g in enumerate(grads) if g is not None)
+            if not keep:
+                return []
+            params = [params[i] for i in keep]
+            grads = [grads[i] for i in keep]
+        key = (id(group["params"]), len(group["params"]), keep)
         cached = self._bucket_cache.get(group_index)
-        if cached is not None and cached[0] == ids and cached[1] == dtypes and cached[2] is self.state:
-            return cached[3]
-        self._validate(group_index, with_grad)
-        grouped: Dict[Tuple[torch.device, torch.dtype], List[torch.Tensor]] = {}
-        for p in with_grad:
-            grouped.setdefault((p.device, p.dtype), []).append(p)
-        out = [_Bucket(device, ps, _backends.backend_for(self._backend_request, device))
-               for (device, _), ps in grouped.items()]
-        self._bucket_cache[group_index] = (ids, dtypes, self.state, out)
-        return out
+        if cached is None or cached[0] != key or cached[1] is not self.state:
+            self._validate(group_index, params)
+            grouped: Dict[Tuple[torch.device, torch.dtype], List[int]] = {}
+            for i, p in enumerate(params):
+                grouped.setdefault((p.device, p.dtype), []).append(i)
+            buckets = [(_Bucket(device, [params[i] for i in index],
+                                _backends.backend_for(self._backend_request, device)),
+                        None if len(grouped) == 1 else index)
+                       for (device, _), index in grouped.items()]
+            cached = (key, self.state, buckets)
+            self._bucket_cache[group_index] = cached
+        return [(bucket, grads if index is None else [grads[i] for i in index]) for bucket, index in cached[2]]
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
@@ -340,7 +358,21 @@ class CyclicSGD(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        try:
+            self._step_once()
+        except _StalePlan:
+            # A param changed dtype or device since the grouping was cached (nothing
+            # was written): check every param, so that a real error names it, and replan.
+            self._bucket_cache.clear()
+            for gi, g in enumerate(self.param_groups):
+                self._validate(gi, [p for p in g["params"] if p.grad is not None])
+            try:
+                self._step_once()
+            except _StalePlan as again:
+                raise again.__cause__ from None
+        return loss
 
+    def _step_once(self) -> None:
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         custom_scale = self._custom_scale()
@@ -359,41 +391,51 @@ class CyclicSGD(Optimizer):
                 step_momentum = self._point(group, self._iteration)[1]
             else:
                 step_momentum = group["momentum"]
-            # torch.optim.SGD keeps no buffer while momentum is 0.
+            # torch.optim.SGD keeps no buffer while momentum is 0. On CUDA the choice
+            # must not depend on the host iteration (a captured graph would freeze it):
+            # buffers are passed whenever momentum can be non-zero, and the kernel
+            # leaves them alone in a step whose momentum is 0.
             use_buffers = step_momentum != 0
+            if self.cycle_momentum:
+                momentum_possible = group["base_momentum"] != 0 or group["max_momentum"] != 0
+            else:
+                momentum_possible = step_momentum != 0
             bounds = [group["base_lr"], group["max_lr"], group["base_momentum"], group["max_momentum"]]
-            for bucket in buckets:
+            for bucket, grads in buckets:
                 device, params, backend = bucket.device, bucket.params, bucket.backend
                 devices.add(device)
-                grads = [p.grad for p in params]
-                if not use_buffers:
+                if not (use_buffers or (device.type == "cuda" and momentum_possible)):
                     work.append((backend, device, params, grads, [], False, group, bounds))
-                else:
-                    # Looked up at every step: a user may replace or delete a buffer.
-                    try:
-                        buffers = [state[p]["momentum_buffer"] for p in params]
-                    except KeyError:
-                        buffers = None
-                    if buffers is not None and not any(b is None for b in buffers):
-                        work.append((backend, device, params, grads, buffers, False, group, bounds))
-                        continue
-                    old_p, old_g, old_b, new_p, new_g, new_b = [], [], [], [], [], []
-                    for p, g in zip(params, grads):
-                        buf = state[p].get("momentum_buffer") if p in state else None
-                        if buf is None:
-                            buf = torch.zeros_like(p, memory_format=torch.preserve_format)
-                            new_p.append(p), new_g.append(g), new_b.append(buf)
-                            new_buffers.append((p, buf))
-                        else:
-                            old_p.append(p), old_g.append(g), old_b.append(buf)
-                    if old_p:
-                        work.append((backend, device, old_p, old_g, old_b, False, group, bounds))
-                    if new_p:
-                        work.append((backend, device, new_p, new_g, new_b, True, group, bounds))
+                    continue
+                # Looked up at every step: a user may replace or delete a buffer.
+                try:
+                    buffers = [state[p]["momentum_buffer"] for p in params]
+                except KeyError:
+                    buffers = None
+                if buffers is not None and not any(map(operator.is_, buffers, repeat(None))):
+                    work.append((backend, device, params, grads, buffers, False, group, bounds))
+                    continue
+                old_p, old_g, old_b, new_p, new_g, new_b = [], [], [], [], [], []
+                for p, g in zip(params, grads):
+                    buf = state[p].get("momentum_buffer") if p in state else None
+                    if buf is None:
+                        buf = torch.zeros_like(p, memory_format=torch.preserve_format)
+                        new_p.append(p), new_g.append(g), new_b.append(buf)
+                        new_buffers.append((p, buf))
+                    else:
+                        old_p.append(p), old_g.append(g), old_b.append(buf)
+                if old_p:
+                    work.append((backend, device, old_p, old_g, old_b, False, group, bounds))
+                if new_p:
+                    work.append((backend, device, new_p, new_g, new_b, True, group, bounds))
 
-        if len(work) > 1 or (work and work[0][0].name != "cpp"):
+        # One bucket through a compiled op is checked by the op itself before it writes.
+        if len(work) > 1 or (work and work[0][0].name not in ("cpp", "cuda")):
             for backend, device, ps, gs, bs, first, group, bounds in work:
-                self._check_bucket(ps, gs, bs)
+                try:
+                    self._check_bucket(ps, gs, bs)
+                except RuntimeError as err:
+                    raise _StalePlan() from err
 
         scale_on: Dict[torch.device, Optional[torch.Tensor]] = {}
         inf_on: Dict[torch.device, Optional[torch.Tensor]] = {}
@@ -402,16 +444,14 @@ class CyclicSGD(Optimizer):
             inf_on[device] = None if found_inf is None else found_inf.to(device, non_blocking=True)
 
         skipped = found_inf is not None and found_inf.device.type == "cpu" and float(found_inf) == 1.0
-        for backend, device, ps, gs, bs, first, group, bounds in work:
+        for position, (backend, device, ps, gs, bs, first, group, bounds) in enumerate(work):
             try:
                 backend.run(ps, gs, bs, self._counter(device), self._iteration, bounds, shape, self._mode_number,
                             group["momentum"], group["dampening"], group["weight_decay"], group["nesterov"],
                             group["maximize"], self.cycle_momentum, first, scale_on[device], inf_on[device])
-            except RuntimeError:
-                # Say precisely which parameter is wrong (the kernel checks before writing).
-                self._bucket_cache.clear()
-                for gi, g in enumerate(self.param_groups):
-                    self._validate(gi, [p for p in g["params"] if p.grad is not None])
+            except RuntimeError as err:
+                if position == 0:  # the op checks before it writes: nothing has changed yet
+                    raise _StalePlan() from err
                 raise
 
         # A skipped (overflow) step must not leave new buffers behind: the next
@@ -420,7 +460,6 @@ class CyclicSGD(Optimizer):
             for p, buf in new_buffers:
                 state[p]["momentum_buffer"] = buf
         self._advance(devices)
-        return loss
 
     def _check_bucket(self, params, grads, buffers) -> None:
         if _backends._C is not None:

@@ -73,21 +73,24 @@ void cyclic_sgd_cpu_(at::TensorList params, at::TensorList grads, at::TensorList
   for (size_t i = 0; i < params.size(); ++i) {
     const int64_t n = params[i].numel();
     if (n == 0) continue;
-    at::Tensor p = params[i], g = grads[i], b = use_buffers ? momentum_buffers[i] : at::Tensor();
-    const bool dense = same_dense_layout(p, g) && (!use_buffers || same_dense_layout(p, b));
-    if (!dense) {
+    // References, not copies: a Tensor copy is an atomic refcount round trip per parameter.
+    const at::Tensor& p = params[i];
+    const at::Tensor& g = grads[i];
+    const bool dense = same_dense_layout(p, g) && (!use_buffers || same_dense_layout(p, momentum_buffers[i]));
+    clr_cpu::Span sp;
+    if (dense) {
+      sp.param = p.data_ptr();
+      sp.grad = g.data_ptr();
+      sp.momentum_buffer = use_buffers ? momentum_buffers[i].data_ptr() : nullptr;
+    } else {
       staged_index.push_back((int64_t)i);
       staged_param.push_back(p.contiguous());
       staged_grad.push_back(g.contiguous());
-      staged_buffer.push_back(use_buffers ? b.contiguous() : at::Tensor());
-      p = staged_param.back();
-      g = staged_grad.back();
-      if (use_buffers) b = staged_buffer.back();
+      staged_buffer.push_back(use_buffers ? momentum_buffers[i].contiguous() : at::Tensor());
+      sp.param = staged_param.back().data_ptr();
+      sp.grad = staged_grad.back().data_ptr();
+      sp.momentum_buffer = use_buffers ? staged_buffer.back().data_ptr() : nullptr;
     }
-    clr_cpu::Span sp;
-    sp.param = p.data_ptr();
-    sp.grad = g.data_ptr();
-    sp.momentum_buffer = use_buffers ? b.data_ptr() : nullptr;
     sp.numel = n;
     spans.push_back(sp);
     offsets.push_back(offsets.back() + n);

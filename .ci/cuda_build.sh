@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Proves that the CUDA extension compiles and links (sm_90) on a machine with no GPU:
+# a second venv with torch 2.14.1+cu130 (from the local wheel store), nvcc 13.0, the
+# extension built out of tree (the CPU venv's in-place clr_ext/_C*.so is not touched),
+# then checks that the .so links, carries the kernels, imports, registers a CUDA
+# kernel for torch.ops.clr_ext.cyclic_sgd_, and that tests/test_cuda.py runs (its
+# GPU tests skip here; the registration test runs).
+#
+# Environment (all optional):
+#   CLR_EXT_CUDA_VENV   the venv to make or reuse (default ~/.cache/clr_ext/venv-cu130:
+#                       outside the clone, so that CI runs on one machine share it)
+#   CLR_EXT_CUDA_BUILD  the build folder (default build/cuda-ci in the clone)
+#   CUDA_HOME           the CUDA toolkit root (default: /usr/local/cuda-13.0 or /usr/local/cuda)
+#   MAX_JOBS            parallel compiler jobs (default: the number of cores)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+start=$(date +%s)
+say() { echo "[cuda_build $(( $(date +%s) - start ))s] $*"; }
+die() { echo "[cuda_build] FAILED: $*" >&2; exit 1; }
+
+TORCH_CUDA_VERSION=2.14.1
+VENV=${CLR_EXT_CUDA_VENV:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/clr_ext/venv-cu130}
+BUILD=${CLR_EXT_CUDA_BUILD:-$REPO/build/cuda-ci}
+PY=$VENV/bin/python
+
+# --- the CUDA toolkit (the nvcc on PATH may be a wrapper script: torch's guess of
+# CUDA_HOME from it is wrong, and linking then fails with "cannot find -lcudart").
+if [ -z "${CUDA_HOME:-}" ]; then
+  for d in /usr/local/cuda-13.0 /usr/local/cuda; do
+    if [ -x "$d/bin/nvcc" ]; then CUDA_HOME=$d; break; fi
+  done
+fi
+[ -n "${CUDA_HOME:-}" ] && [ -x "$CUDA_HOME/bin/nvcc" ] || die "no CUDA toolkit (set CUDA_HOME)"
+export CUDA_HOME
+export PATH="$CUDA_HOME/bin:$PATH"
+say "CUDA toolkit: $CUDA_HOME ($("$CUDA_HOME/bin/nvcc" --version | grep -o 'release [0-9.]*'))"
+
+# --- the venv with the CUDA build of torch
+venv_ok() {
+  [ -x "$PY" ] && "$PY" - "$TORCH_CUDA_VERSION" <<'EOF' 2>/dev/null
+import sys, torch, setuptools, ninja, pytest  # noqa: F401
+ok = torch.__version__.split("+")[0] == sys.argv[1] and (torch.version.cuda or "").startswith("13.")
+sys.exit(0 if ok else 1)
+EOF
+}
+if ! venv_ok; then
+  say "creating $VENV (torch==$TORCH_CUDA_VERSION, CUDA 13; ~90 s, 5.5 GB)"
+  rm -rf "$VENV"
+  mkdir -p "$(dirname "$VENV")"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "torch==$TORCH_CUDA_VERSION" setuptools wheel ninja numpy pytest \
+    2> >(grep -v "^WARNING: Location" >&2)
+  venv_ok || die "the venv at $VENV has no torch $TORCH_CUDA_VERSION with CUDA 13"
+fi
+say "venv: $VENV ($("$PY" -c 'import torch; print(torch.__version__)'))"
+
+SITE=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+# torch's CUDA headers include cusparse.h etc., which this toolkit lacks; the nvidia
+# pip packages that come with torch carry them.
+if [ -d "$SITE/nvidia/cu13/include" ]; then
+  export CPATH="$SITE/nvidia/cu13/include${CPATH:+:$CPATH}"
+fi
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+export CLR_EXT_FORCE_CUDA=1 CLR_EXT_NO_CYTHON=1
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+
+# --- build out of tree
+rm -rf "$BUILD/lib"
+mkdir -p "$BUILD"
+say "building clr_ext._C with CUDA for sm_${TORCH_CUDA_ARCH_LIST//./} (MAX_JOBS=$MAX_JOBS)"
+t0=$(date +%s)
+"$PY" setup.py -q build_ext --build-lib "$BUILD/lib" --build-temp "$BUILD/tmp" >"$BUILD/build.log" 2>&1 || {
+  tail -60 "$BUILD/build.log"; die "the CUDA build failed (log: $BUILD/build.log)"; }
+say "built in $(( $(date +%s) - t0 )) s"
+SO=$(ls "$BUILD"/lib/clr_ext/_C*.so 2>/dev/null | head -1)
+[ -n "$SO" ] || die "no clr_ext/_C*.so under $BUILD/lib"
+
+# --- it links: every needed library resolves (torch's own libraries from the wheel)
+TORCH_LIB=$("$PY" -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
+if LD_LIBRARY_PATH="$TORCH_LIB:$CUDA_HOME/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ldd "$SO" | grep "not found" >/dev/null; then
+  LD_LIBRARY_PATH="$TORCH_LIB:$CUDA_HOME/lib64" ldd "$SO" | grep "not found"
+  die "unresolved libraries"
+fi
+for lib in libc10_cuda libcudart; do
+  readelf -d "$SO" | grep "NEEDED.*$lib" >/dev/null || die "$SO does not link $lib"
+done
+say "links: $(readelf -d "$SO" | grep -o 'NEEDED.*\[lib[a-z0-9_]*cuda[a-z0-9_]*' | sed 's/.*\[//' | sort -u | tr '\n' ' ')"
+
+# --- it carries the kernels: host stubs for every dtype and device code for the arch
+nm -C "$SO" > "$BUILD/nm.txt"
+for t in float double clr_cuda::f16_t clr_cuda::bf16_t; do
+  grep -q "clr_cuda::cyclic_sgd_kernel<$t>" "$BUILD/nm.txt" || die "no cyclic_sgd_kernel<$t> in $SO"
+done
+grep -q "clr_ext::cyclic_sgd_cuda_" "$BUILD/nm.txt" || die "no clr_ext::cyclic_sgd_cuda_ in $SO"
+nm -D --defined-only "$SO" | grep "PyInit__C" >/dev/null || die "no PyInit__C exported"
+# the embedded fatbinary names the architectures it holds (an ELF cubin per sm_XX)
+arch=${TORCH_CUDA_ARCH_LIST%%;*}; arch=${arch//./}; arch=${arch%%+PTX}
+if ! strings -a "$SO" | grep "sm_$arch" >/dev/null; then die "no sm_$arch device code in $SO"; fi
+say "kernels: cyclic_sgd_kernel<float|double|f16|bf16> present, device code for sm_$arch"
+
+# --- the kernel's work layout (chunk -> tensor and range, 64-bit offsets) on the host,
+# for the 32 KB (CUDA 13) and the 4 KB kernel-argument tables
+for variant in "-DCUDART_VERSION=13000" "-DCUDART_VERSION=12000"; do
+  "${CXX:-g++}" -std=c++17 -O2 -Wall -Wextra -Werror $variant -I"$REPO/csrc" "$REPO/csrc/tests/test_cuda_index.cpp" \
+    -o "$BUILD/test_cuda_index" || die "csrc/tests/test_cuda_index.cpp does not compile ($variant)"
+  "$BUILD/test_cuda_index" || die "test_cuda_index failed ($variant)"
+done
+
+# --- it imports (no GPU or driver needed to load it) and registers the CUDA kernel
+STAGE=$BUILD/stage
+rm -rf "$STAGE"
+mkdir -p "$STAGE"
+cp -r "$REPO/clr_ext" "$STAGE/"
+find "$STAGE/clr_ext" -name "*.so" -delete
+find "$STAGE/clr_ext" -name "__pycache__" -prune -exec rm -rf {} +
+cp "$SO" "$STAGE/clr_ext/"
+cd "$STAGE"  # so that the clone's own clr_ext/ (maybe with a CPU-only _C) is not on sys.path
+PYTHONPATH="$STAGE" "$PY" - <<'EOF'
+import torch
+import clr_ext
+from clr_ext import _C
+assert _C.__file__.startswith(__import__("os").environ["PYTHONPATH"] + "/"), _C.__file__
+assert _C.with_cuda is True, "clr_ext._C was built without CUDA"
+assert torch._C._dispatch_has_kernel_for_dispatch_key("clr_ext::cyclic_sgd_", "CUDA"), "no CUDA kernel registered"
+assert torch._C._dispatch_has_kernel_for_dispatch_key("clr_ext::cyclic_sgd_", "CPU"), "no CPU kernel registered"
+assert "cuda" in clr_ext.available_backends(), clr_ext.available_backends()
+print("[cuda_build] import ok: torch %s, CUDA %s, backends %s, %d tensors per launch, GPU visible: %s"
+      % (torch.__version__, torch.version.cuda, clr_ext.available_backends(), _C.cuda_max_tensors_per_launch(),
+         torch.cuda.is_available()))
+EOF
+
+# --- the CUDA test file against this build (GPU tests skip without a GPU)
+say "tests/test_cuda.py against the CUDA build"
+mkdir -p "$STAGE/tests"
+cp "$REPO/tests/test_cuda.py" "$STAGE/tests/"
+printf '[pytest]\nmarkers =\n    cuda: needs a CUDA device\n' > "$STAGE/pytest.ini"
+(PYTHONPATH="$STAGE" "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -5) \
+  || die "tests/test_cuda.py failed"
+say "CUDA build OK ($SO)"

@@ -1,0 +1,89 @@
+"""CPU benchmark: one training-loop optimizer iteration, clr_ext against PyTorch.
+
+For each model size (a pytest-benchmark group), one iteration is:
+  - clr_ext:   CyclicSGD.step()                     backends cpp, cython, torch
+  - PyTorch:   torch.optim.SGD.step(); CyclicLR.step()   for-loop, foreach, fused
+with momentum 0.9 (cycled between 0.8 and 0.9 by both schedulers, as CyclicLR does by
+default) and weight decay 5e-4, fp32, gradients set once.
+
+"floor" is the memory-traffic floor measured in the same run: on flat fp32 tensors of
+the model's parameter count, ``p.add_(g); b.mul_(-1.0)`` reads three arrays and writes
+two, i.e. exactly the 20 bytes per parameter that an SGD-momentum step must move, with
+no per-tensor overhead (two streaming ATen passes on all threads; b's sign flips so it
+never decays to subnormals).
+
+Run:   pytest bench/ --benchmark-only --benchmark-json=bench/results.json
+       python bench/report.py bench/results.json
+No timing is asserted: this is a measurement, not a test.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import clr_ext
+from clr_ext.backends import available_backends
+
+from bench.conftest import BYTES_PER_PARAM, MODELS, ROUNDS, SLOW_ROUNDS, make_params, n_params
+
+BASE_LR, MAX_LR, STEP_SIZE = 0.01, 0.1, 2000
+MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4
+
+CLR_BACKENDS = ("cpp", "cython", "torch")
+TORCH_VARIANTS = ("fused", "foreach", "forloop")
+VARIANTS = tuple("clr_" + b for b in CLR_BACKENDS) + tuple("sgd_" + v for v in TORCH_VARIANTS) + ("floor",)
+SLOW = {"clr_torch", "sgd_foreach", "sgd_forloop"}
+
+
+def _clr_step(model: str, backend: str):
+    params = make_params(model)
+    opt = clr_ext.CyclicSGD(params, base_lr=BASE_LR, max_lr=MAX_LR, step_size_up=STEP_SIZE,
+                            momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, backend=backend)
+    return opt.step, (params, opt)
+
+
+def _torch_step(model: str, variant: str):
+    params = make_params(model)
+    kw = {"forloop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}[variant]
+    opt = torch.optim.SGD(params, lr=BASE_LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, **kw)
+    sched = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=BASE_LR, max_lr=MAX_LR, step_size_up=STEP_SIZE)
+
+    def step():
+        opt.step()
+        sched.step()
+
+    return step, (params, opt, sched)
+
+
+def _floor_step(model: str):
+    n = n_params(model)
+    gen = torch.Generator().manual_seed(1)
+    p, g, b = (torch.randn(n, generator=gen) for _ in range(3))
+
+    @torch.no_grad()
+    def step():
+        p.add_(g)
+        b.mul_(-1.0)
+
+    return step, (p, g, b)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("model", list(MODELS))
+def test_step(benchmark, model, variant):
+    if variant.startswith("clr_") and variant[4:] not in available_backends():
+        pytest.skip(f"backend {variant[4:]} is not built in this install")
+    if variant == "floor":
+        step, keep = _floor_step(model)
+    elif variant.startswith("clr_"):
+        step, keep = _clr_step(model, variant[4:])
+    else:
+        step, keep = _torch_step(model, variant[4:])
+
+    benchmark.group = f"{model} ({n_params(model):,} fp32 params, {len(MODELS[model])} tensors)"
+    benchmark.extra_info.update(model=model, variant=variant, n_params=n_params(model),
+                                n_tensors=len(MODELS[model]), bytes_per_step=BYTES_PER_PARAM * n_params(model),
+                                threads=torch.get_num_threads())
+    rounds, iterations, warmup = (SLOW_ROUNDS if variant in SLOW else ROUNDS)[model]
+    benchmark.pedantic(step, rounds=rounds, iterations=iterations, warmup_rounds=warmup)
+    del keep

@@ -1,0 +1,139 @@
+/*
+ * The multi-tensor launch of the CUDA step: the table of tensors passed by value as
+ * a kernel argument, the per-step scalars, and how a block finds its piece of work.
+ *
+ * Layout of the work. Every tensor is cut into chunks of kChunkElems elements (the
+ * last chunk of a tensor may be shorter); one block runs one chunk at a time. The
+ * table lists, per tensor, its three addresses (param, grad, momentum buffer), its
+ * element count and the running total of chunks up to and including it
+ * (chunk_end). A block with chunk index c finds its tensor by a binary search over
+ * chunk_end: the table then needs no per-block entries, so one launch covers any
+ * number of chunks, and only the tensor count limits what one launch can hold.
+ *
+ * Kernel-argument space. CUDA 12.1 raised the limit for kernel parameters from 4,096
+ * to 32,764 bytes on sm_70 and newer (driver >= 530). A CUDA 13 toolkit only targets
+ * sm_75 and newer and needs a driver >= 580, so every CUDA 13 build can use the large
+ * space: the table then holds kMaxTensors = ~890 tensors, enough for one launch per
+ * step for nearly every model. Older toolkits (or -DCLR_EXT_SMALL_KERNEL_ARGS) use
+ * the classic 4 KB: ~100 tensors per launch, more launches, same results.
+ * Large arguments cost nothing per step under CUDA-graph replay (they are captured by
+ * value) and need no extra host-to-device copy that could break capture, unlike a
+ * metadata buffer copied with cudaMemcpyAsync.
+ *
+ * 64-bit: element counts and offsets are int64; within a chunk the index is int32
+ * (a chunk is at most kChunkElems elements); chunk indices are int32 per launch (the
+ * host starts a new launch before 2^31 chunks).
+ *
+ * Host-compilable (no device code outside __CUDACC__) so that the index math can be
+ * checked on the host as well.
+ */
+#ifndef CLR_EXT_CUDA_MULTI_TENSOR_CUH
+#define CLR_EXT_CUDA_MULTI_TENSOR_CUH
+
+#include <stdint.h>
+
+#include "../schedule.h"
+
+#if defined(__CUDACC__)
+#include <cuda_runtime_api.h>
+#define CLR_HD __host__ __device__ __forceinline__
+#else
+#define CLR_HD inline
+#endif
+
+/* __grid_constant__ lets the kernel index its by-value table without a local copy
+   (CUDA 11.7+, sm_70+). */
+#if defined(__CUDACC__) && defined(__CUDACC_VER_MAJOR__) && \
+    (__CUDACC_VER_MAJOR__ > 11 || (__CUDACC_VER_MAJOR__ == 11 && __CUDACC_VER_MINOR__ >= 7)) && \
+    (!defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 700)
+#define CLR_GRID_CONSTANT __grid_constant__
+#else
+#define CLR_GRID_CONSTANT
+#endif
+
+namespace clr_cuda {
+
+#if defined(CUDART_VERSION) && CUDART_VERSION >= 13000 && !defined(CLR_EXT_SMALL_KERNEL_ARGS)
+constexpr int kKernelParamBytes = 32764;
+#else
+constexpr int kKernelParamBytes = 4096;
+#endif
+
+constexpr int kBlockSize = 512;           // threads per block
+constexpr int kMaxUnroll = 2;             // 16-byte vectors in flight per thread and stream
+constexpr int kMinBlocksPerSm = 2;        // caps registers at 64 per thread: 1,024+ threads per SM
+constexpr int64_t kChunkElems = 65536;    // elements per chunk: a multiple of every vector width
+constexpr int kVectorBytes = 16;
+
+/* What every block of one step needs besides the table. Device pointers only: the
+   iteration, the loss scale and the overflow flag are read on the device. */
+struct StepArgs {
+  const int64_t* iteration;
+  const void* grad_scale;  // nullptr: no unscaling
+  const void* found_inf;   // nullptr: never skip
+  clr_shape shape;
+  clr_bounds bounds;
+  double momentum;  // used when !cycle_momentum
+  double dampening;
+  double weight_decay;
+  int32_t grad_scale_is_double;  // else float32
+  int32_t found_inf_is_double;   // else float32
+  int32_t has_buffers;
+  int32_t first_step;
+  int32_t cycle_momentum;
+  int32_t nesterov;
+  int32_t maximize;
+  int32_t use_weight_decay;
+};
+
+/* Per tensor: 3 addresses, an int64 count and an int32 running chunk total. */
+constexpr int kBytesPerTensor = 3 * 8 + 8 + 4;
+constexpr int kMaxTensors =
+    (kKernelParamBytes - (int)sizeof(StepArgs) - 16 /* count + alignment slack */) / kBytesPerTensor;
+
+struct TensorTable {
+  void* param[kMaxTensors];
+  void* grad[kMaxTensors];
+  void* buffer[kMaxTensors];  // unused entries when the step has no buffers
+  int64_t numel[kMaxTensors];
+  int32_t chunk_end[kMaxTensors];  // chunks of tensors 0..t, cumulative
+  int32_t count;
+};
+
+static_assert(sizeof(TensorTable) + sizeof(StepArgs) <= (size_t)kKernelParamBytes,
+              "the kernel arguments must fit the kernel-parameter space");
+
+CLR_HD int64_t chunks_of(int64_t numel) { return (numel + kChunkElems - 1) / kChunkElems; }
+
+/* The tensor that owns chunk c: the first t with chunk_end[t] > c (count >= 1, c < chunk_end[count-1]). */
+CLR_HD int find_tensor(const int32_t* chunk_end, int count, int64_t c) {
+  int lo = 0, hi = count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi) >> 1;
+    if ((int64_t)chunk_end[mid] > c) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
+    }
+  }
+  return lo;
+}
+
+/* Elements [begin, begin + size) of tensor t form chunk c. */
+struct ChunkRange {
+  int64_t begin;
+  int32_t size;
+};
+
+CLR_HD ChunkRange chunk_range(const int32_t* chunk_end, const int64_t* numel, int t, int64_t c) {
+  const int64_t first = t == 0 ? 0 : (int64_t)chunk_end[t - 1];
+  ChunkRange r;
+  r.begin = (c - first) * kChunkElems;
+  const int64_t left = numel[t] - r.begin;
+  r.size = (int32_t)(left < kChunkElems ? left : kChunkElems);
+  return r;
+}
+
+}  // namespace clr_cuda
+
+#endif /* CLR_EXT_CUDA_MULTI_TENSOR_CUH */
