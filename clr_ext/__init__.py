@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 from .schedule import cyclic_lr  # noqa: E402  (pure Python, no torch needed)
 from .backends import available_backends  # noqa: E402
 from .optimizer import CyclicSGD  # noqa: E402
+from .convert import from_torch  # noqa: E402
 
 try:
     from .range_test import RangeTestResult, range_test  # noqa: E402
@@ -29,4 +30,5 @@ __all__ = [
     "RangeTestResult",
     "cyclic_lr",
     "available_backends",
+    "from_torch",
 ]

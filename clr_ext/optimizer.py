@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import sys
 import warnings
 from itertools import repeat
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
@@ -62,15 +63,30 @@ class _StalePlan(Exception):
     """A step's cached plan no longer fits its tensors; nothing was written."""
 
 
+def _dtensor_type() -> Any:
+    """``DTensor`` if ``torch.distributed.tensor`` was imported (no DTensor exists otherwise)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None) if module is not None else None
+
+
+def _local_tensors(tensors: List[torch.Tensor], dtensor: Any) -> List[torch.Tensor]:
+    """The local shards of DTensors (FSDP2 parameters, their grads and buffers), which the
+    kernels update in place; other tensors as they are."""
+    return [t._local_tensor if isinstance(t, dtensor) else t for t in tensors]
+
+
 class _Bucket:
     """Params of one group on one device with one dtype, and their backend."""
 
-    __slots__ = ("device", "params", "backend")
+    __slots__ = ("device", "params", "backend", "dtensor")
 
     def __init__(self, device: torch.device, params: List[torch.Tensor], backend: Any) -> None:
         self.device = device
         self.params = params
         self.backend = backend
+        # DTensor params (FSDP2): the step runs on their local shards.
+        dtensor = _dtensor_type()
+        self.dtensor = dtensor if dtensor is not None and any(isinstance(p, dtensor) for p in params) else None
 
 
 class CyclicSGD(Optimizer):
@@ -242,6 +258,7 @@ class CyclicSGD(Optimizer):
     @property
     def iteration(self) -> int:
         """The number of completed steps (the index of the next step)."""
+        self._adopt_group_iteration()  # after a torch.compile'd step (see _adopt_group_iteration)
         return self._iteration
 
     def _point(self, group: Dict[str, Any], iteration: int) -> Tuple[float, float]:
@@ -323,9 +340,14 @@ class CyclicSGD(Optimizer):
         check drops the cache and plans the step again (see ``step``).
         """
         params = group["params"]
-        grads = list(map(_GRAD, params))
+        if torch.compiler.is_compiling():  # dynamo traces neither attrgetter nor map(operator.is_)
+            grads = [p.grad for p in params]
+            missing = any(g is None for g in grads)
+        else:
+            grads = list(map(_GRAD, params))
+            missing = any(map(operator.is_, grads, repeat(None)))
         keep = None
-        if any(map(operator.is_, grads, repeat(None))):
+        if missing:
             keep = tuple(i for i, g in enumerate(grads) if g is not None)
             if not keep:
                 return []
@@ -358,6 +380,7 @@ class CyclicSGD(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._adopt_group_iteration()
         try:
             self._step_once()
         except _StalePlan:
@@ -372,6 +395,28 @@ class CyclicSGD(Optimizer):
                 raise again.__cause__ from None
         return loss
 
+    def _adopt_group_iteration(self) -> None:
+        """Takes up an ``iteration`` that was written into the param groups directly.
+
+        Wrappers that own the state dict, such as
+        ``torch.distributed.optim.ZeroRedundancyOptimizer.load_state_dict``, restore a
+        checkpoint by copying the saved group entries into this optimizer's groups
+        without calling :meth:`load_state_dict`; the schedule then continues from the
+        saved iteration as it would after ``load_state_dict``. And a ``step()`` traced by
+        torch.compile (torch 2.13, dynamo) keeps its writes into the param groups but
+        drops ``self._iteration += 1``: the groups' value is the true one then."""
+        iteration = self._iteration
+        for group in self.param_groups:
+            it = group.get("iteration", iteration)
+            if it != iteration:
+                break
+        else:
+            return
+        self._iteration = max(int(g.get("iteration", iteration)) for g in self.param_groups)
+        for counter in self._counters.values():
+            counter.fill_(self._iteration)
+        self._refresh_all()
+
     def _step_once(self) -> None:
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
@@ -381,6 +426,8 @@ class CyclicSGD(Optimizer):
 
         # Plan every bucket first: nothing is modified until all of them are known good.
         work = []
+        has_dtensor = False
+        compiling = torch.compiler.is_compiling()  # dynamo cannot trace map(operator.is_, ...)
         new_buffers: List[Tuple[torch.Tensor, torch.Tensor]] = []
         devices = set()
         for group_index, group in enumerate(self.param_groups):
@@ -404,6 +451,8 @@ class CyclicSGD(Optimizer):
             for bucket, grads in buckets:
                 device, params, backend = bucket.device, bucket.params, bucket.backend
                 devices.add(device)
+                if bucket.dtensor is not None:
+                    has_dtensor = True
                 if not (use_buffers or (device.type == "cuda" and momentum_possible)):
                     work.append((backend, device, params, grads, [], False, group, bounds))
                     continue
@@ -412,7 +461,8 @@ class CyclicSGD(Optimizer):
                     buffers = [state[p]["momentum_buffer"] for p in params]
                 except KeyError:
                     buffers = None
-                if buffers is not None and not any(map(operator.is_, buffers, repeat(None))):
+                if buffers is not None and not (any(b is None for b in buffers) if compiling
+                                                else any(map(operator.is_, buffers, repeat(None)))):
                     work.append((backend, device, params, grads, buffers, False, group, bounds))
                     continue
                 old_p, old_g, old_b, new_p, new_g, new_b = [], [], [], [], [], []
@@ -429,6 +479,10 @@ class CyclicSGD(Optimizer):
                 if new_p:
                     work.append((backend, device, new_p, new_g, new_b, True, group, bounds))
 
+        if has_dtensor:
+            dtensor = _dtensor_type()
+            work = [(b, d, _local_tensors(ps, dtensor), _local_tensors(gs, dtensor), _local_tensors(bs, dtensor))
+                    + tuple(rest) for (b, d, ps, gs, bs, *rest) in work]
         # One bucket through a compiled op is checked by the op itself before it writes.
         if len(work) > 1 or (work and work[0][0].name not in ("cpp", "cuda")):
             for backend, device, ps, gs, bs, first, group, bounds in work:
@@ -484,6 +538,7 @@ class CyclicSGD(Optimizer):
     def state_dict(self) -> Dict[str, Any]:
         """torch.optim.SGD's format (``momentum_buffer`` per parameter); each group also
         carries its schedule bounds and ``iteration``."""
+        self._adopt_group_iteration()
         for group in self.param_groups:
             group["iteration"] = self._iteration
         return super().state_dict()

@@ -83,6 +83,10 @@ StepPlan make_step_plan(at::TensorList params, at::TensorList grads, at::TensorL
                 " but the bucket is on ", iteration.device());
     TORCH_CHECK(g.layout() == at::kStrided, "clr_ext: the gradient of param ", i,
                 " is sparse; CyclicSGD does not support sparse gradients");
+    // Wrapper subclasses (DTensor, ...) have no memory of their own: pass their local tensors.
+    TORCH_CHECK(p.has_storage() && g.has_storage(), "clr_ext: param ", i,
+                " or its gradient has no storage of its own (a tensor subclass such as DTensor?); "
+                "pass its local tensor");
     TORCH_CHECK(g.scalar_type() == p.scalar_type(), "clr_ext: the gradient of param ", i, " has dtype ",
                 g.scalar_type(), " but the param has ", p.scalar_type());
     TORCH_CHECK(g.sizes() == p.sizes(), "clr_ext: the gradient of param ", i, " has shape ", g.sizes(),
@@ -91,7 +95,8 @@ StepPlan make_step_plan(at::TensorList params, at::TensorList grads, at::TensorL
                 " but the param is on ", p.device());
     if (!momentum_buffers.empty()) {
       const at::Tensor& b = momentum_buffers[i];
-      TORCH_CHECK(b.layout() == at::kStrided && b.scalar_type() == p.scalar_type() && b.sizes() == p.sizes() &&
+      TORCH_CHECK(b.layout() == at::kStrided && b.has_storage() && b.scalar_type() == p.scalar_type() &&
+                      b.sizes() == p.sizes() &&
                       b.device() == p.device(),
                   "clr_ext: the momentum buffer of param ", i, " does not match the param in dtype, shape or device");
     }
