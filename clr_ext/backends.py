@@ -157,42 +157,30 @@ class Backend:
         raise NotImplementedError
 
 
-class CppBackend(Backend):
+class _CompiledOpBackend(Backend):
+    """The op of clr_ext._C: through the dispatcher under torch.compile (so that it is
+    traced and functionalized), straight into the device's kernel in eager mode (the
+    dispatcher's boxing costs ~1 us per tensor)."""
+
+    eager_entry = ""
+
+    def run(self, params, grads, buffers, counter, iteration, bounds, shape, mode, momentum, dampening,
+            weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):
+        op = torch.ops.clr_ext.cyclic_sgd_ if torch.compiler.is_compiling() else getattr(_C, self.eager_entry)
+        op(params, grads, buffers, counter, bounds, shape, mode, momentum, dampening, weight_decay, nesterov,
+           maximize, cycle_momentum, first_step, grad_scale, found_inf)
+
+
+class CppBackend(_CompiledOpBackend):
     name = "cpp"
     device_types = ("cpu",)
-
-    def run(self, params, grads, buffers, counter, iteration, bounds, shape, mode, momentum, dampening,
-            weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):
-        if torch.compiler.is_compiling():
-            # Through the dispatcher, so that torch.compile sees (and functionalizes) the op.
-            torch.ops.clr_ext.cyclic_sgd_(params, grads, buffers, counter, bounds, shape, mode, momentum,
-                                          dampening, weight_decay, nesterov, maximize, cycle_momentum,
-                                          first_step, grad_scale, found_inf)
-        else:
-            # Straight into the kernel: the dispatcher's boxing costs ~1 us per tensor.
-            _C.cyclic_sgd_cpu_(params, grads, buffers, counter, bounds, shape, mode, momentum, dampening,
-                               weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale,
-                               found_inf)
+    eager_entry = "cyclic_sgd_cpu_"
 
 
-class CudaBackend(Backend):
+class CudaBackend(_CompiledOpBackend):
     name = "cuda"
     device_types = ("cuda",)
-
-    def run(self, params, grads, buffers, counter, iteration, bounds, shape, mode, momentum, dampening,
-            weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):
-        if torch.compiler.is_compiling():
-            torch.ops.clr_ext.cyclic_sgd_(params, grads, buffers, counter, bounds, shape, mode, momentum,
-                                          dampening, weight_decay, nesterov, maximize, cycle_momentum,
-                                          first_step, grad_scale, found_inf)
-        else:
-            _C.cyclic_sgd_cuda_(params, grads, buffers, counter, bounds, shape, mode, momentum, dampening,
-                                weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale,
-                                found_inf)
-
-
-def _dense_alike(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.is_contiguous() and b.is_contiguous()
+    eager_entry = "cyclic_sgd_cuda_"
 
 
 class CythonBackend(Backend):
