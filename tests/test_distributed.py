@@ -103,6 +103,9 @@ def _worker(rank, kind, port, out):
         resumed_lrs = _train(net2, opt2, M, K, rank)
         torch.save({"final": final, "lrs": lrs, "resumed": _flat(model2), "resumed_lrs": resumed_lrs},
                    os.path.join(out, "rank%d.pt" % rank))
+        # Tear down together: a rank that destroys its gloo group while the other is still
+        # inside a collective can abort with "terminate called without an active exception".
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -162,6 +165,7 @@ def _fsdp_worker(rank, port, out):
         lrs = _train(model, opt, K + M, 0, rank)
         full = torch.cat([p.detach().full_tensor().reshape(-1) for p in model.parameters()])
         torch.save({"final": full, "lrs": lrs}, os.path.join(out, "rank%d.pt" % rank))
+        dist.barrier()  # tear down together (see _worker)
     finally:
         dist.destroy_process_group()
 
