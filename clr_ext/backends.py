@@ -227,10 +227,6 @@ class TorchBackend(Backend):
     name = "torch"
     device_types = ("cpu", "cuda")
 
-    def __init__(self, scale_fn=None, scale_mode="cycle"):
-        self.scale_fn = scale_fn
-        self.scale_mode = scale_mode
-
     def run(self, params, grads, buffers, counter, iteration, bounds, shape, mode, momentum, dampening,
             weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):
         if found_inf is not None and float(found_inf) == 1.0:

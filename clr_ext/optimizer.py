@@ -330,6 +330,10 @@ class CyclicSGD(Optimizer):
             if g.device != p.device:
                 raise RuntimeError(f"CyclicSGD: the gradient of {where} is on {g.device}, the parameter on {p.device}")
 
+    def _validate_all(self) -> None:
+        for group_index, group in enumerate(self.param_groups):
+            self._validate(group_index, [p for p in group["params"] if p.grad is not None])
+
     def _buckets_of(self, group_index: int, group: Dict[str, Any]) -> List[Tuple["_Bucket", List[torch.Tensor]]]:
         """``[(bucket, grads)]``: the group's params that have a gradient, grouped by
         (device, dtype).
@@ -387,8 +391,7 @@ class CyclicSGD(Optimizer):
             # A param changed dtype or device since the grouping was cached (nothing
             # was written): check every param, so that a real error names it, and replan.
             self._bucket_cache.clear()
-            for gi, g in enumerate(self.param_groups):
-                self._validate(gi, [p for p in g["params"] if p.grad is not None])
+            self._validate_all()
             try:
                 self._step_once()
             except _StalePlan as again:
@@ -485,11 +488,14 @@ class CyclicSGD(Optimizer):
                     + tuple(rest) for (b, d, ps, gs, bs, *rest) in work]
         # One bucket through a compiled op is checked by the op itself before it writes.
         if len(work) > 1 or (work and work[0][0].name not in ("cpp", "cuda")):
-            for backend, device, ps, gs, bs, first, group, bounds in work:
-                try:
-                    self._check_bucket(ps, gs, bs)
-                except RuntimeError as err:
-                    raise _StalePlan() from err
+            try:
+                if _backends._C is not None:
+                    for backend, device, ps, gs, bs, first, group, bounds in work:
+                        _backends._C.check_bucket(ps, gs, bs)
+                else:
+                    self._validate_all()
+            except RuntimeError as err:
+                raise _StalePlan() from err
 
         scale_on: Dict[torch.device, Optional[torch.Tensor]] = {}
         inf_on: Dict[torch.device, Optional[torch.Tensor]] = {}
@@ -514,18 +520,6 @@ class CyclicSGD(Optimizer):
             for p, buf in new_buffers:
                 state[p]["momentum_buffer"] = buf
         self._advance(devices)
-
-    def _check_bucket(self, params, grads, buffers) -> None:
-        if _backends._C is not None:
-            try:
-                _backends._C.check_bucket(params, grads, buffers)
-                return
-            except RuntimeError:
-                pass
-        for gi, g in enumerate(self.param_groups):
-            self._validate(gi, [p for p in g["params"] if p.grad is not None])
-        if _backends._C is not None:
-            _backends._C.check_bucket(params, grads, buffers)
 
     def _advance(self, devices) -> None:
         self._iteration += 1
