@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import ProcessException
 
 import clr_ext
 
@@ -117,7 +118,7 @@ def _spawn_once(fn, args, timeout):
         while not ctx.join(timeout=1.0):
             if time.monotonic() > deadline:
                 return "distributed workers did not finish within %.0f s" % timeout
-    except mp.ProcessException as err:
+    except ProcessException as err:
         return str(err)
     finally:
         for p in ctx.processes:
