@@ -126,6 +126,8 @@ class Backend:
 
     name = "?"
     device_types: tuple = ()
+    # Whether run() reads the host ``iteration`` rather than the device ``counter``.
+    needs_host_iteration = False
 
     def run(
         self,
@@ -150,7 +152,8 @@ class Backend:
         """Updates ``params`` (and ``buffers``, and ``grads`` when unscaling) in place.
 
         ``counter`` is the device-side iteration (int64, on the bucket's device) and
-        ``iteration`` its host mirror; compiled backends read the former. ``buffers``
+        ``iteration`` its host mirror (-1 in a traced step, unless the backend sets
+        ``needs_host_iteration``); compiled backends read the former. ``buffers``
         is empty when the group has no momentum. ``first_step`` means the buffers are
         new: they receive the gradient itself, as torch.optim.SGD's do.
         """
@@ -226,6 +229,7 @@ class TorchBackend(Backend):
 
     name = "torch"
     device_types = ("cpu", "cuda")
+    needs_host_iteration = True
 
     def run(self, params, grads, buffers, counter, iteration, bounds, shape, mode, momentum, dampening,
             weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):

@@ -1,11 +1,13 @@
 """CyclicSGD: torch.optim.SGD + torch.optim.lr_scheduler.CyclicLR in one fused step."""
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import operator
 import sys
 import warnings
+import weakref
 from itertools import repeat
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -17,6 +19,30 @@ from . import schedule as _schedule
 
 _SCHEDULE_KEYS = ("base_lr", "max_lr", "base_momentum", "max_momentum")
 _VALID_SCALE_MODES = ("cycle", "iterations")
+
+# Optimizers by handle, for the op below: an op's arguments are tensors and numbers,
+# so a traced step names its optimizer by an int that stays constant across steps.
+_LIVE: "weakref.WeakValueDictionary[int, CyclicSGD]" = weakref.WeakValueDictionary()
+_HANDLES = itertools.count(1)
+
+
+@torch.library.custom_op("clr_ext::advance_schedule_", mutates_args=("counters",))
+def _advance_schedule(counters: List[torch.Tensor], handle: int) -> None:
+    """Ends a step traced by torch.compile: advances the device counters and, as the
+    compiled code runs, the optimizer's host mirror (``iteration``, ``group["lr"]``).
+
+    An opaque op, so that the traced step reads no per-step Python number (dynamo would
+    guard on it and re-trace at every step) and still leaves the host mirror right."""
+    for counter in counters:
+        counter.add_(1)
+    optimizer = _LIVE.get(handle)
+    if optimizer is not None:
+        optimizer._host_advance()
+
+
+@_advance_schedule.register_fake
+def _advance_schedule_fake(counters: List[torch.Tensor], handle: int) -> None:
+    return None
 
 
 def _as_float(name: str, value: Any) -> float:
@@ -216,6 +242,7 @@ class CyclicSGD(Optimizer):
             if not isinstance(value, (list, tuple)):
                 defaults[key] = value
         super().__init__(groups, defaults)
+        self._register()
 
     # ------------------------------------------------------------------ groups
 
@@ -331,7 +358,8 @@ class CyclicSGD(Optimizer):
                 raise RuntimeError(f"CyclicSGD: the gradient of {where} is on {g.device}, the parameter on {p.device}")
 
     def _validate_all(self) -> None:
-        for group_index, group in enumerate(self.param_groups):
+        groups = self._traced_groups() if torch.compiler.is_compiling() else self.param_groups
+        for group_index, group in enumerate(groups):
             self._validate(group_index, [p for p in group["params"] if p.grad is not None])
 
     def _buckets_of(self, group_index: int, group: Dict[str, Any]) -> List[Tuple["_Bucket", List[torch.Tensor]]]:
@@ -384,7 +412,9 @@ class CyclicSGD(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._adopt_group_iteration()
+        if not torch.compiler.is_compiling():  # a traced step must not read the host iteration
+            self._groups_alias = self.param_groups  # in case a user replaced the list
+            self._adopt_group_iteration()
         try:
             self._step_once()
         except _StalePlan:
@@ -433,23 +463,27 @@ class CyclicSGD(Optimizer):
         compiling = torch.compiler.is_compiling()  # dynamo cannot trace map(operator.is_, ...)
         new_buffers: List[Tuple[torch.Tensor, torch.Tensor]] = []
         devices = set()
-        for group_index, group in enumerate(self.param_groups):
+        for group_index, group in enumerate(self._traced_groups() if compiling else self.param_groups):
             buckets = self._buckets_of(group_index, group)
             if not buckets:
                 continue
             if self.cycle_momentum:
-                step_momentum = self._point(group, self._iteration)[1]
-            else:
-                step_momentum = group["momentum"]
-            # torch.optim.SGD keeps no buffer while momentum is 0. On CUDA the choice
-            # must not depend on the host iteration (a captured graph would freeze it):
-            # buffers are passed whenever momentum can be non-zero, and the kernel
-            # leaves them alone in a step whose momentum is 0.
-            use_buffers = step_momentum != 0
-            if self.cycle_momentum:
                 momentum_possible = group["base_momentum"] != 0 or group["max_momentum"] != 0
+                # The op computes the cycled momentum itself; a traced step passes a
+                # constant in its place (group["momentum"] changes at every step).
+                momentum_arg = group["max_momentum"] if compiling else group["momentum"]
             else:
-                momentum_possible = step_momentum != 0
+                momentum_possible = group["momentum"] != 0
+                momentum_arg = group["momentum"]
+            # torch.optim.SGD keeps no buffer while momentum is 0. On CUDA, and in a
+            # step traced by torch.compile, the choice must not depend on the host
+            # iteration (a captured graph would freeze it, dynamo would re-trace at
+            # every step): buffers are passed whenever momentum can be non-zero, and
+            # the kernel leaves them alone in a step whose momentum is 0.
+            if self.cycle_momentum and not compiling:
+                use_buffers = self._point(group, self._iteration)[1] != 0
+            else:
+                use_buffers = momentum_possible
             bounds = [group["base_lr"], group["max_lr"], group["base_momentum"], group["max_momentum"]]
             for bucket, grads in buckets:
                 device, params, backend = bucket.device, bucket.params, bucket.backend
@@ -457,7 +491,7 @@ class CyclicSGD(Optimizer):
                 if bucket.dtensor is not None:
                     has_dtensor = True
                 if not (use_buffers or (device.type == "cuda" and momentum_possible)):
-                    work.append((backend, device, params, grads, [], False, group, bounds))
+                    work.append((backend, device, params, grads, [], False, momentum_arg, group, bounds))
                     continue
                 # Looked up at every step: a user may replace or delete a buffer.
                 try:
@@ -466,7 +500,7 @@ class CyclicSGD(Optimizer):
                     buffers = None
                 if buffers is not None and not (any(b is None for b in buffers) if compiling
                                                 else any(map(operator.is_, buffers, repeat(None)))):
-                    work.append((backend, device, params, grads, buffers, False, group, bounds))
+                    work.append((backend, device, params, grads, buffers, False, momentum_arg, group, bounds))
                     continue
                 old_p, old_g, old_b, new_p, new_g, new_b = [], [], [], [], [], []
                 for p, g in zip(params, grads):
@@ -478,9 +512,9 @@ class CyclicSGD(Optimizer):
                     else:
                         old_p.append(p), old_g.append(g), old_b.append(buf)
                 if old_p:
-                    work.append((backend, device, old_p, old_g, old_b, False, group, bounds))
+                    work.append((backend, device, old_p, old_g, old_b, False, momentum_arg, group, bounds))
                 if new_p:
-                    work.append((backend, device, new_p, new_g, new_b, True, group, bounds))
+                    work.append((backend, device, new_p, new_g, new_b, True, momentum_arg, group, bounds))
 
         if has_dtensor:
             dtensor = _dtensor_type()
@@ -489,8 +523,9 @@ class CyclicSGD(Optimizer):
         # One bucket through a compiled op is checked by the op itself before it writes.
         if len(work) > 1 or (work and work[0][0].name not in ("cpp", "cuda")):
             try:
-                if _backends._C is not None:
-                    for backend, device, ps, gs, bs, first, group, bounds in work:
+                # (dynamo cannot trace the pybind check; the Python one sees the same metadata)
+                if _backends._C is not None and not compiling:
+                    for backend, device, ps, gs, bs, *_ in work:
                         _backends._C.check_bucket(ps, gs, bs)
                 else:
                     self._validate_all()
@@ -504,10 +539,13 @@ class CyclicSGD(Optimizer):
             inf_on[device] = None if found_inf is None else found_inf.to(device, non_blocking=True)
 
         skipped = found_inf is not None and found_inf.device.type == "cpu" and float(found_inf) == 1.0
-        for position, (backend, device, ps, gs, bs, first, group, bounds) in enumerate(work):
+        for position, (backend, device, ps, gs, bs, first, momentum_arg, group, bounds) in enumerate(work):
+            # Compiled backends read the device counter; a traced step hands the host
+            # iteration only to a backend that needs it (a guard, so a re-trace per step).
+            iteration = self._iteration if not compiling or backend.needs_host_iteration else -1
             try:
-                backend.run(ps, gs, bs, self._counter(device), self._iteration, bounds, shape, self._mode_number,
-                            group["momentum"], group["dampening"], group["weight_decay"], group["nesterov"],
+                backend.run(ps, gs, bs, self._counter(device), iteration, bounds, shape, self._mode_number,
+                            momentum_arg, group["dampening"], group["weight_decay"], group["nesterov"],
                             group["maximize"], self.cycle_momentum, first, scale_on[device], inf_on[device])
             except RuntimeError as err:
                 if position == 0:  # the op checks before it writes: nothing has changed yet
@@ -519,12 +557,15 @@ class CyclicSGD(Optimizer):
         if not skipped:
             for p, buf in new_buffers:
                 state[p]["momentum_buffer"] = buf
-        self._advance(devices)
+        if compiling:
+            torch.ops.clr_ext.advance_schedule_(list(self._counters.values()), self._handle)
+        else:
+            for counter in self._counters.values():
+                counter.add_(1)
+            self._host_advance()
 
-    def _advance(self, devices) -> None:
+    def _host_advance(self) -> None:
         self._iteration += 1
-        for counter in self._counters.values():
-            counter.add_(1)
         self._refresh_all()
 
     # ------------------------------------------------------------- state dict
@@ -568,6 +609,21 @@ class CyclicSGD(Optimizer):
         # Device counters and bucket caches are rebuilt on demand.
         self._counters = {}
         self._bucket_cache = {}
+        self._register()
+
+    def _traced_groups(self) -> List[Dict[str, Any]]:
+        """``param_groups`` for a step that torch.compile traces.
+
+        Dynamo guards on every value of every group once ``param_groups`` is read in a
+        traced frame, and ``lr``, ``momentum`` and ``iteration`` change at every step:
+        the step would be re-traced each time. The same list, read through another
+        attribute, gets guards on the keys the step reads (constants) only."""
+        return self._groups_alias
+
+    def _register(self) -> None:
+        self._handle = next(_HANDLES)
+        _LIVE[self._handle] = self
+        self._groups_alias = self.param_groups
 
     @classmethod
     def from_range_test(cls, params: Iterable[Any], result: Any, iters_per_epoch: int, **kwargs: Any) -> "CyclicSGD":

@@ -5,14 +5,13 @@ What torch.compile does with ``opt.step()``:
   Python planning is traceable and the update is the registered op
   ``torch.ops.clr_ext.cyclic_sgd_`` (fake impl in ``clr_ext/_ops.py``; ``opcheck`` is in
   tests/test_ops.py), which AOTAutograd functionalizes.
-- Known limitation: the schedule's host mirror (``opt.iteration``, ``group["iteration"]``,
-  ``group["lr"]`` / ``group["momentum"]`` as Python numbers) changes at every step, and
-  dynamo guards on it, so the compiled ``step`` is re-traced at every iteration; past
-  ``torch._dynamo.config.recompile_limit`` a plain ``torch.compile`` falls back to eager
-  for that frame (same numbers), and ``fullgraph=True`` raises ``FailOnRecompileLimitHit``.
-  The fullgraph test therefore raises the limit for its few steps. Removing the
-  recompiles needs the per-step scalars as tensors (as torch.optim's ``capturable``
-  optimizers keep ``lr``/``step``), a design change of CyclicSGD.
+- No re-trace per step: the traced step reads no per-step Python number. The op reads
+  the iteration from the device counter, the step reads the param groups through an
+  alias (dynamo guards on every value of ``param_groups`` when that attribute is read,
+  and ``lr``/``momentum``/``iteration`` change at every step), and the step ends with the
+  opaque op ``clr_ext::advance_schedule_``, which advances the counter and, as the
+  compiled code runs, the host mirror (``iteration``, ``group["lr"]``). A compiled step
+  is traced twice in all: before and after the momentum buffers exist.
 - The ``cython`` backend is a C extension function dynamo cannot trace (a graph break;
   numbers still equal), the ``torch`` backend reads host values (``.item()``).
 """
@@ -89,35 +88,52 @@ def test_compiled_train_step_matches_eager(backend):
 
 
 @pytest.mark.skipif("cpp" not in clr_ext.available_backends(), reason="the cpp backend (clr_ext._C) is not built")
-def test_fullgraph_optimizer_step():
-    """opt.step() compiles with fullgraph=True (no graph break) and gives eager's numbers.
+@pytest.mark.parametrize("cycle_momentum", [True, False])
+def test_fullgraph_optimizer_step_is_traced_twice_and_matches_eager(cycle_momentum):
+    """opt.step() under torch.compile(fullgraph=True), for three times dynamo's default
+    recompile limit: the same parameters, buffers and host LRs as eager at every step,
+    and two traces in all (before and after the momentum buffers exist)."""
+    steps = 3 * torch._dynamo.config.recompile_limit
+    cfg = dict(CFG, cycle_momentum=cycle_momentum)
 
-    It is re-traced at every step (see the module docstring), hence the raised limit."""
-    ref_model, ref_opt, ref_lrs, _ = _eager("cpp")
-    model, opt = _setup("cpp")
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).double()
+        return model, clr_ext.CyclicSGD(model.parameters(), backend="cpp", **cfg)
+
+    ref_model, ref_opt = make()
+    model, opt = make()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
 
     def opt_step():
         opt.step()
 
-    compiled = torch.compile(opt_step, fullgraph=True, backend="aot_eager")
-    lrs = []
-    with torch._dynamo.config.patch(recompile_limit=STEPS + 4, accumulated_recompile_limit=STEPS + 64):
-        for s in range(STEPS):
-            x, y = _data(s)
-            torch.nn.functional.mse_loss(model(x), y).backward()
-            compiled()
-            opt.zero_grad(set_to_none=True)
-            lrs.append(opt.get_last_lr())
-    assert lrs == ref_lrs
+    compiled = torch.compile(opt_step, fullgraph=True, backend=counter)
+    for s in range(steps):
+        x, y = _data(s)
+        for m, o, run in ((ref_model, ref_opt, ref_opt.step), (model, opt, compiled)):
+            torch.nn.functional.mse_loss(m(x), y).backward()
+            run()
+            o.zero_grad(set_to_none=True)
+        # the host mirror is right after every compiled call, read straight from the groups
+        assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in ref_opt.param_groups], s
+        assert [g["momentum"] for g in opt.param_groups] == [g["momentum"] for g in ref_opt.param_groups], s
+        assert opt.iteration == ref_opt.iteration == s + 1
     _assert_same(ref_model, ref_opt, model, opt)
+    assert counter.frame_count == 2
 
 
 @pytest.mark.skipif("cpp" not in clr_ext.available_backends(), reason="the cpp backend (clr_ext._C) is not built")
-def test_fullgraph_step_has_no_graph_break():
-    """torch._dynamo.explain: one graph, zero breaks, the op inside it."""
+@pytest.mark.parametrize("mixed_dtypes", [False, True], ids=["one-bucket", "two-buckets"])
+def test_fullgraph_step_has_no_graph_break(mixed_dtypes):
+    """torch._dynamo.explain: one graph, zero breaks, the op inside it (also when the
+    params form two buckets, whose pre-check runs in Python under dynamo)."""
     model, opt = _setup("cpp")
+    if mixed_dtypes:
+        model[2].float()
     x, y = _data(0)
-    torch.nn.functional.mse_loss(model(x), y).backward()
+    out = model[2](model[1](model[0](x)).to(model[2].weight.dtype))
+    torch.nn.functional.mse_loss(out.double(), y).backward()
 
     def opt_step():
         opt.step()
@@ -126,4 +142,25 @@ def test_fullgraph_step_has_no_graph_break():
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
     code = "\n".join(g.code for g in explanation.graphs)
-    assert "cyclic_sgd_" in code
+    assert code.count("clr_ext.cyclic_sgd_(") == (2 if mixed_dtypes else 1), code
+    assert "advance_schedule_" in code
+
+
+def test_compiled_step_with_inductor_matches_eager():
+    """The default backend (inductor) runs the ops as extern calls: same numbers as eager."""
+    ref_model, ref_opt, ref_lrs, _ = _eager("cpp" if "cpp" in clr_ext.available_backends() else "cython")
+    model, opt = _setup("cpp" if "cpp" in clr_ext.available_backends() else "cython")
+
+    @torch.compile
+    def opt_step():
+        opt.step()
+
+    lrs = []
+    for s in range(STEPS):
+        x, y = _data(s)
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt_step()
+        opt.zero_grad(set_to_none=True)
+        lrs.append(opt.get_last_lr())
+    assert lrs == ref_lrs
+    _assert_same(ref_model, ref_opt, model, opt)
