@@ -164,3 +164,26 @@ def test_compiled_step_with_inductor_matches_eager():
         lrs.append(opt.get_last_lr())
     assert lrs == ref_lrs
     _assert_same(ref_model, ref_opt, model, opt)
+
+
+def test_advance_schedule_op_passes_opcheck():
+    """The op that ends a traced step: its schema (counters mutated in place), fake
+    implementation and functionalization are consistent; an unknown handle only
+    advances the counters."""
+    counters = [torch.tensor(5, dtype=torch.int64), torch.tensor(7, dtype=torch.int64)]
+    torch.library.opcheck(torch.ops.clr_ext.advance_schedule_.default, (counters, -1))
+    before = [int(c) for c in counters]
+    torch.ops.clr_ext.advance_schedule_(counters, -1)
+    assert [int(c) for c in counters] == [b + 1 for b in before]
+
+
+def test_advance_schedule_op_advances_its_optimizer_only():
+    """The handle names one optimizer; copies (deepcopy, pickle) get their own."""
+    import copy
+    model = torch.nn.Linear(2, 2)
+    opt = clr_ext.CyclicSGD(model.parameters(), base_lr=0.1, max_lr=1.0, step_size_up=2)
+    twin = copy.deepcopy(opt)
+    assert twin._handle != opt._handle
+    torch.ops.clr_ext.advance_schedule_([], opt._handle)
+    assert opt.iteration == 1 and twin.iteration == 0
+    assert opt.get_last_lr() == [clr_ext.cyclic_lr(1, 0.1, 1.0, step_size_up=2)]
