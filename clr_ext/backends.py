@@ -126,8 +126,6 @@ class Backend:
 
     name = "?"
     device_types: tuple = ()
-    # Whether run() reads the host ``iteration`` rather than the device ``counter``.
-    needs_host_iteration = False
 
     def run(
         self,
@@ -152,8 +150,8 @@ class Backend:
         """Updates ``params`` (and ``buffers``, and ``grads`` when unscaling) in place.
 
         ``counter`` is the device-side iteration (int64, on the bucket's device) and
-        ``iteration`` its host mirror (-1 in a traced step, unless the backend sets
-        ``needs_host_iteration``); compiled backends read the former. ``buffers``
+        ``iteration`` its host mirror (None in a step traced by torch.compile: read
+        the counter then); compiled backends read the former. ``buffers``
         is empty when the group has no momentum. ``first_step`` means the buffers are
         new: they receive the gradient itself, as torch.optim.SGD's do.
         """
@@ -186,12 +184,55 @@ class CudaBackend(_CompiledOpBackend):
     eager_entry = "cyclic_sgd_cuda_"
 
 
-class CythonBackend(Backend):
-    name = "cython"
-    device_types = ("cpu",)
+@torch.library.custom_op("clr_ext::python_backend_step_", mutates_args=("params", "grads", "momentum_buffers"))
+def _python_backend_step(backend: str, params: List[torch.Tensor], grads: List[torch.Tensor],
+                         momentum_buffers: List[torch.Tensor], iteration: torch.Tensor, bounds: List[float],
+                         shape: List[float], schedule_mode: int, momentum: float, dampening: float,
+                         weight_decay: float, nesterov: bool, maximize: bool, cycle_momentum: bool,
+                         first_step: bool, grad_scale: Optional[torch.Tensor],
+                         found_inf: Optional[torch.Tensor]) -> None:
+    """The ``cython`` and ``torch`` backends as one op, for steps traced by torch.compile.
+
+    Dynamo cannot trace into a Cython function (a graph break), and the torch backend's
+    host-side schedule would make it re-trace at every step; as an opaque op both run
+    as they do in eager mode, with the iteration read from the counter at run time."""
+    _instance(backend)._run(params, grads, momentum_buffers, iteration, int(iteration), bounds, shape,
+                            schedule_mode, momentum, dampening, weight_decay, nesterov, maximize,
+                            cycle_momentum, first_step, grad_scale, found_inf)
+
+
+@_python_backend_step.register_fake
+def _python_backend_step_fake(backend, params, grads, momentum_buffers, iteration, bounds, shape, schedule_mode,
+                              momentum, dampening, weight_decay, nesterov, maximize, cycle_momentum, first_step,
+                              grad_scale, found_inf) -> None:
+    return None
+
+
+class _PythonBackend(Backend):
+    """A backend whose step is Python code: eager steps call it directly, traced steps
+    through the op above."""
 
     def run(self, params, grads, buffers, counter, iteration, bounds, shape, mode, momentum, dampening,
             weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):
+        if torch.compiler.is_compiling():
+            torch.ops.clr_ext.python_backend_step_(self.name, params, grads, buffers, counter, bounds, shape, mode,
+                                                   momentum, dampening, weight_decay, nesterov, maximize,
+                                                   cycle_momentum, first_step, grad_scale, found_inf)
+        else:
+            self._run(params, grads, buffers, counter, iteration, bounds, shape, mode, momentum, dampening,
+                      weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf)
+
+    def _run(self, params, grads, buffers, counter, iteration, bounds, shape, mode, momentum, dampening,
+             weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):
+        raise NotImplementedError
+
+
+class CythonBackend(_PythonBackend):
+    name = "cython"
+    device_types = ("cpu",)
+
+    def _run(self, params, grads, buffers, counter, iteration, bounds, shape, mode, momentum, dampening,
+             weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):
         if found_inf is not None and float(found_inf) == 1.0:
             return
         # The kernel walks raw memory: run odd layouts through contiguous copies.
@@ -222,17 +263,16 @@ class CythonBackend(Backend):
                 b.copy_(buffers[i])
 
 
-class TorchBackend(Backend):
+class TorchBackend(_PythonBackend):
     """PyTorch foreach ops: the slow, portable path. The schedule is the Python
     reference evaluated at the host iteration; half precision is computed in float32
     and rounded once per step, like the fused kernels."""
 
     name = "torch"
     device_types = ("cpu", "cuda")
-    needs_host_iteration = True
 
-    def run(self, params, grads, buffers, counter, iteration, bounds, shape, mode, momentum, dampening,
-            weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):
+    def _run(self, params, grads, buffers, counter, iteration, bounds, shape, mode, momentum, dampening,
+             weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):
         if found_inf is not None and float(found_inf) == 1.0:
             return
         if mode == _schedule.CUSTOM_MODE:

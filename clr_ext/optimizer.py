@@ -540,12 +540,10 @@ class CyclicSGD(Optimizer):
 
         skipped = found_inf is not None and found_inf.device.type == "cpu" and float(found_inf) == 1.0
         for position, (backend, device, ps, gs, bs, first, momentum_arg, group, bounds) in enumerate(work):
-            # Compiled backends read the device counter; a traced step hands the host
-            # iteration only to a backend that needs it (a guard, so a re-trace per step).
-            iteration = self._iteration if not compiling or backend.needs_host_iteration else -1
             try:
-                backend.run(ps, gs, bs, self._counter(device), iteration, bounds, shape, self._mode_number,
-                            momentum_arg, group["dampening"], group["weight_decay"], group["nesterov"],
+                # A traced step must not read the host iteration (dynamo would guard on it).
+                backend.run(ps, gs, bs, self._counter(device), None if compiling else self._iteration, bounds,
+                            shape, self._mode_number, momentum_arg, group["dampening"], group["weight_decay"], group["nesterov"],
                             group["maximize"], self.cycle_momentum, first, scale_on[device], inf_on[device])
             except RuntimeError as err:
                 if position == 0:  # the op checks before it writes: nothing has changed yet

@@ -12,8 +12,10 @@ What torch.compile does with ``opt.step()``:
   opaque op ``clr_ext::advance_schedule_``, which advances the counter and, as the
   compiled code runs, the host mirror (``iteration``, ``group["lr"]``). A compiled step
   is traced twice in all: before and after the momentum buffers exist.
-- The ``cython`` backend is a C extension function dynamo cannot trace (a graph break;
-  numbers still equal), the ``torch`` backend reads host values (``.item()``).
+- The ``cython`` and ``torch`` backends run under dynamo as one opaque op,
+  ``clr_ext::python_backend_step_`` (a Cython function cannot be traced, and the torch
+  backend's host schedule would re-trace per step): fullgraph, traced twice, too.
+- A Python ``scale_fn`` is evaluated on the host at every step: such a step re-traces.
 """
 from __future__ import annotations
 
@@ -87,9 +89,8 @@ def test_compiled_train_step_matches_eager(backend):
     _assert_same(ref_model, ref_opt, model, opt)
 
 
-@pytest.mark.skipif("cpp" not in clr_ext.available_backends(), reason="the cpp backend (clr_ext._C) is not built")
 @pytest.mark.parametrize("cycle_momentum", [True, False])
-def test_fullgraph_optimizer_step_is_traced_twice_and_matches_eager(cycle_momentum):
+def test_fullgraph_optimizer_step_is_traced_twice_and_matches_eager(backend, cycle_momentum):
     """opt.step() under torch.compile(fullgraph=True), for three times dynamo's default
     recompile limit: the same parameters, buffers and host LRs as eager at every step,
     and two traces in all (before and after the momentum buffers exist)."""
@@ -99,7 +100,7 @@ def test_fullgraph_optimizer_step_is_traced_twice_and_matches_eager(cycle_moment
     def make():
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).double()
-        return model, clr_ext.CyclicSGD(model.parameters(), backend="cpp", **cfg)
+        return model, clr_ext.CyclicSGD(model.parameters(), backend=backend, **cfg)
 
     ref_model, ref_opt = make()
     model, opt = make()
@@ -123,12 +124,11 @@ def test_fullgraph_optimizer_step_is_traced_twice_and_matches_eager(cycle_moment
     assert counter.frame_count == 2
 
 
-@pytest.mark.skipif("cpp" not in clr_ext.available_backends(), reason="the cpp backend (clr_ext._C) is not built")
 @pytest.mark.parametrize("mixed_dtypes", [False, True], ids=["one-bucket", "two-buckets"])
-def test_fullgraph_step_has_no_graph_break(mixed_dtypes):
-    """torch._dynamo.explain: one graph, zero breaks, the op inside it (also when the
-    params form two buckets, whose pre-check runs in Python under dynamo)."""
-    model, opt = _setup("cpp")
+def test_fullgraph_step_has_no_graph_break(backend, mixed_dtypes):
+    """torch._dynamo.explain: one graph, zero breaks, the backend's op inside it (also
+    when the params form two buckets, whose pre-check runs in Python under dynamo)."""
+    model, opt = _setup(backend)
     if mixed_dtypes:
         model[2].float()
     x, y = _data(0)
@@ -142,14 +142,15 @@ def test_fullgraph_step_has_no_graph_break(mixed_dtypes):
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
     code = "\n".join(g.code for g in explanation.graphs)
-    assert code.count("clr_ext.cyclic_sgd_(") == (2 if mixed_dtypes else 1), code
+    op = "clr_ext.cyclic_sgd_(" if backend == "cpp" else "clr_ext.python_backend_step_("
+    assert code.count(op) == (2 if mixed_dtypes else 1), code
     assert "advance_schedule_" in code
 
 
-def test_compiled_step_with_inductor_matches_eager():
+def test_compiled_step_with_inductor_matches_eager(backend):
     """The default backend (inductor) runs the ops as extern calls: same numbers as eager."""
-    ref_model, ref_opt, ref_lrs, _ = _eager("cpp" if "cpp" in clr_ext.available_backends() else "cython")
-    model, opt = _setup("cpp" if "cpp" in clr_ext.available_backends() else "cython")
+    ref_model, ref_opt, ref_lrs, _ = _eager(backend)
+    model, opt = _setup(backend)
 
     @torch.compile
     def opt_step():
