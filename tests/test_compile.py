@@ -104,6 +104,8 @@ def test_fullgraph_optimizer_step_is_traced_twice_and_matches_eager(backend, cyc
 
     ref_model, ref_opt = make()
     model, opt = make()
+    import torch._dynamo.testing
+
     counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
 
     def opt_step():

@@ -403,6 +403,39 @@ def test_one_kernel_launch_per_step():
     assert len(names) <= 6, names  # per step: the update and at most the counter's add_
 
 
+def test_compiled_step_matches_eager_and_is_traced_twice():
+    """torch.compile(fullgraph=True) of opt.step() on CUDA (issue 5): eager's numbers and
+    host LRs after every call, two traces in all (the schedule is read from the device
+    counter, so the traced step depends on no per-step Python number)."""
+    need_gpu()
+    steps = 3 * torch._dynamo.config.recompile_limit
+    x = torch.randn(16, 32, device="cuda", dtype=torch.float64)
+    ref_model, model = _tiny_model(dtype=torch.float64), _tiny_model(dtype=torch.float64)
+    cfg = dict(step_size_up=3, step_size_down=5, mode="triangular2", momentum=0.9, weight_decay=1e-4)
+    ref_opt = clr_ext.CyclicSGD(ref_model.parameters(), 0.01, 0.1, **cfg)
+    opt = clr_ext.CyclicSGD(model.parameters(), 0.01, 0.1, **cfg)
+    import torch._dynamo.testing
+
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(lambda: opt.step(), fullgraph=True, backend=counter)
+        for k in range(steps):
+            for m, o, run in ((ref_model, ref_opt, ref_opt.step), (model, opt, compiled)):
+                o.zero_grad(set_to_none=True)
+                m(x * (k + 1)).square().mean().backward()
+                run()
+            assert opt.get_last_lr() == ref_opt.get_last_lr(), k
+            assert opt.iteration == k + 1
+    finally:
+        torch._dynamo.reset()
+    assert counter.frame_count == 2
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(opt.state[p]["momentum_buffer"], ref_opt.state[q]["momentum_buffer"],
+                                   rtol=1e-13, atol=1e-13)
+
+
 def _resnet50_shapes_small():
     """ResNet-50's 161 parameter shapes, with channel counts divided by 8 (fast to allocate)."""
     from model_shapes import resnet50_param_shapes
