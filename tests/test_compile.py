@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch._dynamo.testing
 
 import clr_ext
 
@@ -104,8 +105,6 @@ def test_fullgraph_optimizer_step_is_traced_twice_and_matches_eager(backend, cyc
 
     ref_model, ref_opt = make()
     model, opt = make()
-    import torch._dynamo.testing
-
     counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
 
     def opt_step():

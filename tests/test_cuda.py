@@ -21,6 +21,7 @@ import warnings
 from typing import Dict, List, Optional, Sequence
 
 import torch
+import torch._dynamo.testing
 
 import clr_ext
 from clr_ext import backends as _backends
@@ -414,8 +415,6 @@ def test_compiled_step_matches_eager_and_is_traced_twice():
     cfg = dict(step_size_up=3, step_size_down=5, mode="triangular2", momentum=0.9, weight_decay=1e-4)
     ref_opt = clr_ext.CyclicSGD(ref_model.parameters(), 0.01, 0.1, **cfg)
     opt = clr_ext.CyclicSGD(model.parameters(), 0.01, 0.1, **cfg)
-    import torch._dynamo.testing
-
     counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
     torch._dynamo.reset()
     try:
