@@ -13,7 +13,9 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import sys
 import time
+import traceback
 
 import pytest
 import torch
@@ -74,41 +76,65 @@ def _make_opt(kind, net):
     return clr_ext.CyclicSGD(net.parameters(), **CFG)
 
 
-def _worker(rank, kind, port, out):
+def _rank_main(body, rank, port, *args):
+    """Runs ``body(rank, *args)`` on one rank of a gloo group, then leaves the process
+    without tearing the group down.
+
+    torch 2.13's gloo teardown can deadlock: ~ProcessGroupGloo (run from a pybind dealloc,
+    e.g. of DDP's Reducer, with the GIL held) joins its worker threads, while a worker
+    thread that is destroying a finished Work waits for the GIL to drop a Python object
+    from the Work's ThreadLocalState (native stacks from py-spy: main thread in
+    std::thread::join <- ~ProcessGroupGloo <- ~Reducer <- pybind11_object_dealloc; worker
+    thread in gil_scoped_acquire <- ~ThreadLocalState <- ~AsyncWork <- runLoop). The same
+    race also aborted a rank ("terminate called without an active exception"). The
+    results are on disk once ``body`` returns and both ranks pass the barrier, so each
+    rank then exits at once; an error exits with status 1 after printing its traceback."""
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
     try:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        ckpt = os.path.join(out, "ckpt.pt")
+        dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
+        body(rank, *args)
+        dist.barrier()  # no rank leaves while the other still needs it
+    except BaseException:
+        traceback.print_exc()
+        exit_code = 1
+    else:
+        exit_code = 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
 
-        model = _model()
-        net = DDP(model)
-        opt = _make_opt(kind, net)
-        lrs = _train(net, opt, K, 0, rank)
-        if kind == "zero":
-            opt.consolidate_state_dict(to=0)
-        if rank == 0:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, ckpt)
-        dist.barrier()
-        lrs += _train(net, opt, M, K, rank)
-        final = _flat(model)
 
-        model2 = _model(seed=99)  # other values: the checkpoint must bring everything back
-        net2 = DDP(model2)
-        opt2 = _make_opt(kind, net2)
-        saved = torch.load(ckpt, weights_only=False)
-        model2.load_state_dict(saved["model"])
-        opt2.load_state_dict(saved["opt"])
-        resumed_lrs = _train(net2, opt2, M, K, rank)
-        torch.save({"final": final, "lrs": lrs, "resumed": _flat(model2), "resumed_lrs": resumed_lrs},
-                   os.path.join(out, "rank%d.pt" % rank))
-        # Tear down together: a rank that destroys its gloo group while the other is still
-        # inside a collective can abort with "terminate called without an active exception".
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+def _worker(rank, kind, port, out):
+    _rank_main(_train_rank, rank, port, kind, out)
+
+
+def _train_rank(rank, kind, out):
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    ckpt = os.path.join(out, "ckpt.pt")
+
+    model = _model()
+    net = DDP(model)
+    opt = _make_opt(kind, net)
+    lrs = _train(net, opt, K, 0, rank)
+    if kind == "zero":
+        opt.consolidate_state_dict(to=0)
+    if rank == 0:
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, ckpt)
+    dist.barrier()
+    lrs += _train(net, opt, M, K, rank)
+    final = _flat(model)
+
+    model2 = _model(seed=99)  # other values: the checkpoint must bring everything back
+    net2 = DDP(model2)
+    opt2 = _make_opt(kind, net2)
+    saved = torch.load(ckpt, weights_only=False)
+    model2.load_state_dict(saved["model"])
+    opt2.load_state_dict(saved["opt"])
+    resumed_lrs = _train(net2, opt2, M, K, rank)
+    torch.save({"final": final, "lrs": lrs, "resumed": _flat(model2), "resumed_lrs": resumed_lrs},
+               os.path.join(out, "rank%d.pt" % rank))
 
 
 def _spawn_once(fn, args, timeout):
@@ -127,12 +153,12 @@ def _spawn_once(fn, args, timeout):
     return None
 
 
-def _spawn(fn, args_for_port, timeout=90.0, attempts=3):
+def _spawn(fn, args_for_port, timeout=90.0, attempts=2):
     """Runs ``fn`` on WORLD ranks with ``args_for_port(port)``, a fresh port per attempt.
 
-    The numbers are checked by the caller; what is retried is the launch only: on a
-    shared 2-core machine gloo's rendezvous or teardown sometimes hangs or aborts
-    (seen in CI with torch 2.13) although the training code is deterministic."""
+    The numbers are checked by the caller. The teardown deadlock that made launches
+    hang is avoided in ``_rank_main``; the one retry left covers the port race of
+    ``_free_port`` (another process may take the port before rank 0 binds it)."""
     errors = []
     for _ in range(attempts):
         error = _spawn_once(fn, args_for_port(_free_port()), timeout)
@@ -168,27 +194,23 @@ def test_distributed_matches_single_process_and_resumes(kind, tmp_path):
 # ------------------------------------------------------------------------ FSDP2
 
 def _fsdp_worker(rank, port, out):
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
-    try:
-        from torch.distributed.fsdp import fully_shard
-        from torch.distributed.tensor import DTensor
+    _rank_main(_fsdp_rank, rank, port, out)
 
-        model = _model()
-        for layer in model:
-            if isinstance(layer, torch.nn.Linear):
-                fully_shard(layer)
-        fully_shard(model)
-        assert all(isinstance(p, DTensor) for p in model.parameters())
-        opt = clr_ext.CyclicSGD(model.parameters(), **CFG)
-        lrs = _train(model, opt, K + M, 0, rank)
-        full = torch.cat([p.detach().full_tensor().reshape(-1) for p in model.parameters()])
-        torch.save({"final": full, "lrs": lrs}, os.path.join(out, "rank%d.pt" % rank))
-        dist.barrier()  # tear down together (see _worker)
-    finally:
-        dist.destroy_process_group()
+
+def _fsdp_rank(rank, out):
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    model = _model()
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    assert all(isinstance(p, DTensor) for p in model.parameters())
+    opt = clr_ext.CyclicSGD(model.parameters(), **CFG)
+    lrs = _train(model, opt, K + M, 0, rank)
+    full = torch.cat([p.detach().full_tensor().reshape(-1) for p in model.parameters()])
+    torch.save({"final": full, "lrs": lrs}, os.path.join(out, "rank%d.pt" % rank))
 
 
 def _fsdp2_available():
