@@ -162,6 +162,19 @@ class CyclicSGD(Optimizer):
     when cycling) hold the values the next step uses, and ``iteration`` counts the
     completed steps. After replaying a captured CUDA graph, call :meth:`sync` to bring
     these host-side values up to date.
+
+    Under ``torch.compile``, ``step()`` traces without a graph break (``fullgraph=True``)
+    and twice in all (before and after the momentum buffers exist): the traced step
+    reads the iteration from the device counter only, and the host-side values are
+    advanced by an op as the compiled code runs. A ``scale_fn`` runs on the host, so
+    with one the step is re-traced whenever its value changes.
+
+    One known difference, where no host value can say whether a step was applied (a
+    CUDA step under ``GradScaler``, or a compiled step whose cycled momentum is 0 for a
+    parameter's first step): a parameter whose first step was skipped starts from a
+    zero momentum buffer, so its first applied step stores ``(1 - dampening) * g``
+    rather than ``g``; with ``dampening=0`` (the default) it is exact. torch's fused
+    SGD leaves uninitialised memory in that case.
     """
 
     _step_supports_amp_scaling = True
@@ -543,8 +556,9 @@ class CyclicSGD(Optimizer):
             try:
                 # A traced step must not read the host iteration (dynamo would guard on it).
                 backend.run(ps, gs, bs, self._counter(device), None if compiling else self._iteration, bounds,
-                            shape, self._mode_number, momentum_arg, group["dampening"], group["weight_decay"], group["nesterov"],
-                            group["maximize"], self.cycle_momentum, first, scale_on[device], inf_on[device])
+                            shape, self._mode_number, momentum_arg, group["dampening"], group["weight_decay"],
+                            group["nesterov"], group["maximize"], self.cycle_momentum, first, scale_on[device],
+                            inf_on[device])
             except RuntimeError as err:
                 if position == 0:  # the op checks before it writes: nothing has changed yet
                     raise _StalePlan() from err
