@@ -169,12 +169,12 @@ class CyclicSGD(Optimizer):
     advanced by an op as the compiled code runs. A ``scale_fn`` runs on the host, so
     with one the step is re-traced whenever its value changes.
 
-    One known difference, where no host value can say whether a step was applied (a
-    CUDA step under ``GradScaler``, or a compiled step whose cycled momentum is 0 for a
-    parameter's first step): a parameter whose first step was skipped starts from a
-    zero momentum buffer, so its first applied step stores ``(1 - dampening) * g``
-    rather than ``g``; with ``dampening=0`` (the default) it is exact. torch's fused
-    SGD leaves uninitialised memory in that case.
+    One known difference, where the host cannot know whether a parameter's first step
+    used its momentum buffer (a CUDA step skipped by ``GradScaler`` on overflow, or a
+    compiled or CUDA first step whose cycled momentum is 0): the buffer is then created
+    as zeros, so the next step stores ``(1 - dampening) * g`` in it rather than ``g``.
+    With ``dampening=0`` (the default) this is exact. torch's fused SGD leaves
+    uninitialised memory in the skipped case.
     """
 
     _step_supports_amp_scaling = True
