@@ -10,7 +10,7 @@
 # build or a test failed (the benchmark still runs after failed tests).
 #
 # Environment (optional): PYTHON (default: python3, else python), MAX_JOBS,
-# TORCH_CUDA_ARCH_LIST, CUDA_HOME, OUT (a folder: the log and table are copied there),
+# TORCH_CUDA_ARCH_LIST, CUDA_HOME, OUT (a folder for the logs and table; else /tmp),
 # GPU_CHECK_SKIP_BUILD=1, GPU_CHECK_SKIP_TESTS=1.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,10 @@ if [ -z "$PY" ]; then
   done
 fi
 [ -n "$PY" ] || { echo "gpu_check: no python with torch on PATH (set PYTHON)"; exit 1; }
-OUTDIR=${OUT:-}
+# Logs and the table go straight into $OUT when given, so that a run cut short by a
+# time limit (or a failed build) still returns what it wrote.
+LOGDIR=${OUT:-/tmp}
+mkdir -p "$LOGDIR"
 status=0
 
 export MAX_JOBS=${MAX_JOBS:-16}
@@ -65,10 +68,10 @@ say "CUDA_HOME=$CUDA_HOME ($("$CUDA_HOME/bin/nvcc" --version | grep -o 'release 
 # --- 1. build in place
 if [ -z "${GPU_CHECK_SKIP_BUILD:-}" ]; then
   t0=$(date +%s)
-  if "$PY" setup.py -q build_ext --inplace >/tmp/gpu_check_build.log 2>&1; then
+  if "$PY" setup.py -q build_ext --inplace >"$LOGDIR/gpu_check_build.log" 2>&1; then
     say "built in $(( $(date +%s) - t0 )) s"
   else
-    tail -40 /tmp/gpu_check_build.log
+    tail -40 "$LOGDIR/gpu_check_build.log"
     say "BUILD FAILED"; exit 1
   fi
 fi
@@ -80,14 +83,14 @@ print('backends', clr_ext.available_backends(), 'tensors/launch', clr_ext.backen
 if [ -z "${GPU_CHECK_SKIP_TESTS:-}" ]; then
   t0=$(date +%s)
   if "$PY" -c "import pytest" 2>/dev/null; then
-    timeout 270 "$PY" -m pytest -q -p no:cacheprovider -rfEs tests/test_cuda.py > /tmp/gpu_check_tests.log 2>&1
+    timeout 270 "$PY" -m pytest -q -p no:cacheprovider -rfEs tests/test_cuda.py > "$LOGDIR/gpu_check_tests.log" 2>&1
     rc=$?
-    tail -40 /tmp/gpu_check_tests.log
+    tail -40 "$LOGDIR/gpu_check_tests.log"
   else
     say "pytest is not installed: running the test file's own runner"
-    timeout 270 "$PY" tests/test_cuda.py > /tmp/gpu_check_tests.log 2>&1
+    timeout 270 "$PY" tests/test_cuda.py > "$LOGDIR/gpu_check_tests.log" 2>&1
     rc=$?
-    grep -v "^ok  " /tmp/gpu_check_tests.log | tail -60
+    grep -v "^ok  " "$LOGDIR/gpu_check_tests.log" | tail -60
   fi
   say "tests: exit $rc in $(( $(date +%s) - t0 )) s"
   [ "$rc" -eq 0 ] || status=1
@@ -95,13 +98,8 @@ fi
 
 # --- 3. benchmark (the table is printed last)
 say "benchmark"
-table=/tmp/gpu_check_table.md
-timeout 150 "$PY" bench/gpu_bench.py --out "$table" > /tmp/gpu_check_bench.log 2>&1 || { tail -30 /tmp/gpu_check_bench.log; status=1; }
-if [ -n "$OUTDIR" ]; then
-  mkdir -p "$OUTDIR"
-  cp /tmp/gpu_check_*.log "$OUTDIR/" 2>/dev/null
-  [ -f "$table" ] && cp "$table" "$OUTDIR/"
-fi
+table="$LOGDIR/gpu_check_table.md"
+timeout 150 "$PY" bench/gpu_bench.py --out "$table" > "$LOGDIR/gpu_check_bench.log" 2>&1 || { tail -30 "$LOGDIR/gpu_check_bench.log"; status=1; }
 say "done (status $status)"
 echo
 [ -f "$table" ] && cat "$table"

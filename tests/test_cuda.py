@@ -319,6 +319,9 @@ def test_cyclic_sgd_matches_torch_fused(dtype, mode, variant):
     flat_mine = [p for g in mine for p in g]
     flat_ref = [p for g in ref for p in g]
     noise = torch.Generator(device="cuda").manual_seed(1)
+    # Under maximize the step climbs the gradient: flip the pull towards the targets so
+    # that both runs converge instead of growing without bound (fp16 would overflow).
+    pull = -0.5 if v.get("maximize") else 0.5
     steps = 1000
     for k in range(steps):
         for i, (pm, pr, tgt) in enumerate(zip(flat_mine, flat_ref, targets)):
@@ -327,8 +330,8 @@ def test_cyclic_sgd_matches_torch_fused(dtype, mode, variant):
                 pr.grad = None
                 continue
             n = 0.1 * torch.randn(tgt.shape, generator=noise, device="cuda", dtype=torch.float64)
-            pm.grad = (0.5 * (pm.detach().double() - tgt) + n).to(dtype)
-            pr.grad = (0.5 * (pr.detach().double() - tgt) + n).to(dtype)
+            pm.grad = (pull * (pm.detach().double() - tgt) + n).to(dtype)
+            pr.grad = (pull * (pr.detach().double() - tgt) + n).to(dtype)
         opt.step()
         sgd.step()
         sched.step()
@@ -340,7 +343,11 @@ def test_cyclic_sgd_matches_torch_fused(dtype, mode, variant):
     bm = [opt.state[p].get("momentum_buffer") for p in flat_mine]
     br = [sgd.state[p].get("momentum_buffer") for p in flat_ref]
     if v["momentum"] != 0.0 or cycle_momentum:
-        assert_close_rel(bm, br, RTOL_TORCH[dtype], "buffer")
+        # Buffers of half-precision params are stored rounded at every step: the rounding
+        # differences of the two kernels accumulate there (tests/test_parity.py allows the
+        # same factor on the CPU).
+        half = dtype in (torch.float16, torch.bfloat16)
+        assert_close_rel(bm, br, RTOL_TORCH[dtype] * (2.0 if half else 1.0), "buffer")
 
 
 # ------------------------------------------------------------------------ no host sync
@@ -396,7 +403,8 @@ def test_one_kernel_launch_per_step():
             torch.cuda.synchronize()
     except Exception as e:  # pragma: no cover - profiler unavailable
         _skip("torch.profiler unavailable: %s" % e)
-    names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+             and not getattr(e, "is_user_annotation", False)]  # kernels and copies only
     if not names:
         _skip("the profiler recorded no CUDA kernels")
     ours = [n for n in names if "cyclic_sgd_kernel" in n]
