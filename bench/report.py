@@ -15,7 +15,8 @@ import json
 import sys
 from typing import Dict, List
 
-ORDER = ["clr_cpp", "clr_cython", "clr_torch", "sgd_fused", "sgd_foreach", "sgd_forloop", "floor"]
+ORDER = ["clr_cpp", "clr_cython", "clr_torch", "sgd_fused", "sgd_foreach", "sgd_forloop", "clr_cpp_compiled",
+         "sgd_compiled", "floor"]
 LABEL = {
     "clr_cpp": "CyclicSGD cpp",
     "clr_cython": "CyclicSGD cython",
@@ -23,6 +24,8 @@ LABEL = {
     "sgd_fused": "SGD fused + CyclicLR",
     "sgd_foreach": "SGD foreach + CyclicLR",
     "sgd_forloop": "SGD for-loop + CyclicLR",
+    "clr_cpp_compiled": "CyclicSGD cpp, step compiled",
+    "sgd_compiled": "SGD (tensor lr) step compiled + CyclicLR",
     "floor": "floor: 20 B/param (flat add_ + mul_)",
 }
 MODEL_ORDER = ["200x1K", "resnet18", "50M"]

@@ -68,6 +68,51 @@ def _floor_step(model: str):
     return step, (p, g, b)
 
 
+def _compiled_clr_step(model: str):
+    """CyclicSGD.step() under torch.compile (inductor): traced twice, then replayed."""
+    step, keep = _clr_step(model, "cpp")
+    compiled = torch.compile(step)
+    return compiled, keep
+
+
+def _compiled_torch_step(model: str):
+    """What torch's docs advise for a compiled optimizer with a scheduler: SGD with a
+    tensor lr, step() compiled, CyclicLR stepping outside. CyclicLR also cycles the
+    momentum, a Python float in the group, so dynamo re-traces at every step until its
+    recompile limit and then runs the step eagerly: what a user gets."""
+    params = make_params(model)
+    opt = torch.optim.SGD(params, lr=torch.tensor(BASE_LR), momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
+                          foreach=True)
+    sched = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=BASE_LR, max_lr=MAX_LR, step_size_up=STEP_SIZE)
+    compiled = torch.compile(opt.step)
+
+    def step():
+        compiled()
+        sched.step()
+
+    return step, (params, opt, sched)
+
+
+@pytest.mark.parametrize("variant", ["clr_cpp_compiled", "sgd_compiled"])
+@pytest.mark.parametrize("model", ["200x1K", "resnet18"])
+def test_compiled_step(benchmark, model, variant):
+    """The optimizer step inside torch.compile, against eager in test_step's rows."""
+    if variant == "clr_cpp_compiled" and "cpp" not in available_backends():
+        pytest.skip("backend cpp is not built in this install")
+    torch._dynamo.reset()
+    step, keep = _compiled_clr_step(model) if variant == "clr_cpp_compiled" else _compiled_torch_step(model)
+    for _ in range(12):  # compile (and, for torch's pair, run past the recompile limit) outside the timing
+        step()
+    benchmark.group = f"{model} ({n_params(model):,} fp32 params, {len(MODELS[model])} tensors)"
+    benchmark.extra_info.update(model=model, variant=variant, n_params=n_params(model),
+                                n_tensors=len(MODELS[model]), bytes_per_step=BYTES_PER_PARAM * n_params(model),
+                                threads=torch.get_num_threads())
+    rounds, iterations, warmup = ROUNDS[model]
+    benchmark.pedantic(step, rounds=rounds, iterations=iterations, warmup_rounds=warmup)
+    del keep
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("model", list(MODELS))
 def test_step(benchmark, model, variant):

@@ -184,7 +184,15 @@ class CudaBackend(_CompiledOpBackend):
     eager_entry = "cyclic_sgd_cuda_"
 
 
-@torch.library.custom_op("clr_ext::python_backend_step_", mutates_args=("params", "grads", "momentum_buffers"))
+# A plain Library fragment rather than torch.library.custom_op: ~4 us per call, not ~18.
+_LIBRARY = torch.library.Library("clr_ext", "FRAGMENT")
+_LIBRARY.define(
+    "python_backend_step_(str backend, Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, "
+    "Tensor iteration, float[] bounds, float[] shape, int schedule_mode, float momentum, float dampening, "
+    "float weight_decay, bool nesterov, bool maximize, bool cycle_momentum, bool first_step, "
+    "Tensor? grad_scale, Tensor? found_inf) -> ()")
+
+
 def _python_backend_step(backend: str, params: List[torch.Tensor], grads: List[torch.Tensor],
                          momentum_buffers: List[torch.Tensor], iteration: torch.Tensor, bounds: List[float],
                          shape: List[float], schedule_mode: int, momentum: float, dampening: float,
@@ -201,7 +209,10 @@ def _python_backend_step(backend: str, params: List[torch.Tensor], grads: List[t
                             cycle_momentum, first_step, grad_scale, found_inf)
 
 
-@_python_backend_step.register_fake
+_LIBRARY.impl("python_backend_step_", _python_backend_step, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("clr_ext::python_backend_step_")
 def _python_backend_step_fake(backend, params, grads, momentum_buffers, iteration, bounds, shape, schedule_mode,
                               momentum, dampening, weight_decay, nesterov, maximize, cycle_momentum, first_step,
                               grad_scale, found_inf) -> None:

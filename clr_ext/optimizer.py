@@ -26,7 +26,12 @@ _LIVE: "weakref.WeakValueDictionary[int, CyclicSGD]" = weakref.WeakValueDictiona
 _HANDLES = itertools.count(1)
 
 
-@torch.library.custom_op("clr_ext::advance_schedule_", mutates_args=("counters",))
+# Ops written in Python, defined through a plain Library fragment: a call costs ~4 us
+# where torch.library.custom_op's wrapper costs ~18 us.
+_LIBRARY = torch.library.Library("clr_ext", "FRAGMENT")
+_LIBRARY.define("advance_schedule_(Tensor(a!)[] counters, int handle) -> ()")
+
+
 def _advance_schedule(counters: List[torch.Tensor], handle: int) -> None:
     """Ends a step traced by torch.compile: advances the device counters and, as the
     compiled code runs, the optimizer's host mirror (``iteration``, ``group["lr"]``).
@@ -40,7 +45,10 @@ def _advance_schedule(counters: List[torch.Tensor], handle: int) -> None:
         optimizer._host_advance()
 
 
-@_advance_schedule.register_fake
+_LIBRARY.impl("advance_schedule_", _advance_schedule, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("clr_ext::advance_schedule_")
 def _advance_schedule_fake(counters: List[torch.Tensor], handle: int) -> None:
     return None
 

@@ -189,3 +189,16 @@ def test_advance_schedule_op_advances_its_optimizer_only():
     torch.ops.clr_ext.advance_schedule_([], opt._handle)
     assert opt.iteration == 1 and twin.iteration == 0
     assert opt.get_last_lr() == [clr_ext.cyclic_lr(1, 0.1, 1.0, step_size_up=2)]
+
+
+@pytest.mark.parametrize("name", [b for b in ("cython", "torch") if b in clr_ext.available_backends()])
+def test_python_backend_step_op_passes_opcheck(name):
+    """The op through which the cython and torch backends run in a traced step: schema
+    (params, grads, buffers mutated), fake implementation, functionalization."""
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(s, generator=gen, dtype=torch.float64) for s in ((3,), (4, 5))]
+    grads = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params]
+    buffers = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params]
+    args = (name, params, grads, buffers, torch.tensor(3, dtype=torch.int64), [0.01, 0.1, 0.8, 0.9],
+            [2.0, 3.0, 1.0, 1.0], 0, 0.9, 0.0, 1e-3, False, False, True, False, None, None)
+    torch.library.opcheck(torch.ops.clr_ext.python_backend_step_.default, args)
