@@ -641,8 +641,11 @@ class CyclicSGD(Optimizer):
         return self._groups_alias
 
     def _register(self) -> None:
-        self._handle = next(_HANDLES)
-        _LIVE[self._handle] = self
+        # A copy (pickle, deepcopy) is another optimizer and gets its own handle; a
+        # load_state_dict (which runs __setstate__) keeps this one's.
+        if _LIVE.get(getattr(self, "_handle", 0)) is not self:
+            self._handle = next(_HANDLES)
+            _LIVE[self._handle] = self
         self._groups_alias = self.param_groups
 
     @classmethod

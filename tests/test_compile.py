@@ -186,6 +186,9 @@ def test_advance_schedule_op_advances_its_optimizer_only():
     opt = clr_ext.CyclicSGD(model.parameters(), base_lr=0.1, max_lr=1.0, step_size_up=2)
     twin = copy.deepcopy(opt)
     assert twin._handle != opt._handle
+    handle = opt._handle
+    opt.load_state_dict(twin.state_dict())
+    assert opt._handle == handle
     torch.ops.clr_ext.advance_schedule_([], opt._handle)
     assert opt.iteration == 1 and twin.iteration == 0
     assert opt.get_last_lr() == [clr_ext.cyclic_lr(1, 0.1, 1.0, step_size_up=2)]
@@ -202,3 +205,35 @@ def test_python_backend_step_op_passes_opcheck(name):
     args = (name, params, grads, buffers, torch.tensor(3, dtype=torch.int64), [0.01, 0.1, 0.8, 0.9],
             [2.0, 3.0, 1.0, 1.0], 0, 0.9, 0.0, 1e-3, False, False, True, False, None, None)
     torch.library.opcheck(torch.ops.clr_ext.python_backend_step_.default, args)
+
+
+def test_compiled_step_resumes_from_a_checkpoint(backend):
+    """load_state_dict between compiled steps (a new param_groups list, other counters):
+    the compiled step continues from the loaded iteration, as eager does."""
+    import copy
+
+    model, opt = _setup(backend)
+    compiled = torch.compile(lambda: opt.step(), backend="aot_eager")
+
+    def run(steps, start):
+        out = []
+        for s in range(start, start + steps):
+            x, y = _data(s)
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            compiled()
+            opt.zero_grad(set_to_none=True)
+            out.append((opt.get_last_lr(), [p.detach().clone() for p in model.parameters()]))
+        return out
+
+    run(5, 0)
+    saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    first = run(3, 5)
+    run(2, 8)  # move on, then go back
+    model.load_state_dict(saved_model)
+    opt.load_state_dict(saved_opt)
+    assert opt.iteration == 5
+    again = run(3, 5)
+    for (lr_a, ps_a), (lr_b, ps_b) in zip(first, again):
+        assert lr_a == lr_b
+        for a, b in zip(ps_a, ps_b):
+            assert torch.equal(a, b)
