@@ -306,7 +306,7 @@ class CyclicSGD(Optimizer):
     @property
     def iteration(self) -> int:
         """The number of completed steps (the index of the next step)."""
-        self._adopt_group_iteration()  # after a torch.compile'd step (see _adopt_group_iteration)
+        self._adopt_group_iteration()  # after a wrapper restored the groups (see there)
         return self._iteration
 
     def _point(self, group: Dict[str, Any], iteration: int) -> Tuple[float, float]:
@@ -456,9 +456,7 @@ class CyclicSGD(Optimizer):
         ``torch.distributed.optim.ZeroRedundancyOptimizer.load_state_dict``, restore a
         checkpoint by copying the saved group entries into this optimizer's groups
         without calling :meth:`load_state_dict`; the schedule then continues from the
-        saved iteration as it would after ``load_state_dict``. And a ``step()`` traced by
-        torch.compile (torch 2.13, dynamo) keeps its writes into the param groups but
-        drops ``self._iteration += 1``: the groups' value is the true one then."""
+        saved iteration as it would after ``load_state_dict``."""
         iteration = self._iteration
         for group in self.param_groups:
             it = group.get("iteration", iteration)
