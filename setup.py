@@ -44,8 +44,9 @@ except ImportError:
 if shutil.which(os.environ.get("CXX", "c++")) is None and shutil.which("g++") is None:
     _die("no C++ compiler found (install g++ >= 9, e.g. apt-get install g++).")
 
-# -ffp-contract=off: no fused multiply-adds, so that every backend and every
-# instruction-set clone rounds exactly like the scalar code (bit-identical runs).
+# -ffp-contract=off: no fused multiply-adds but the explicit ones in csrc/sgd_update.h
+# (where ATen has them), so that every backend and every instruction-set clone rounds
+# exactly like the scalar code and like torch.optim.SGD (bit-identical runs).
 COMMON_CXX = ["-O3", "-std=c++17", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"]
 
 

@@ -8,6 +8,14 @@
  * storage, double for float64), so half-precision parameters are updated in
  * float registers as PyTorch's fused SGD does.
  *
+ * Rounding follows ATen's CPU kernels, which compute every `x.add_(y, alpha=a)` as one
+ * fused multiply-add (Vectorized::fmadd): weight decay fma(wd, p, g), the buffer
+ * fma(1 - dampening, g, momentum * buf) after a rounded product (`buf.mul_(momentum)`),
+ * nesterov fma(momentum, buf, g) and the step fma(-lr, g, p). The fmas are explicit,
+ * and everything else is built with -ffp-contract=off (--fmad=false on CUDA), so every
+ * backend, CPU clone and device rounds the same way, and fp32/fp64 results are bit for
+ * bit those of torch.optim.SGD on the CPU (tests/test_parity.py checks the bits).
+ *
  * The flags are plain ints that callers pass as compile-time constants; after
  * inlining, the untaken branches vanish and the loop around the call vectorizes.
  */
@@ -22,9 +30,9 @@ enum {
   CLR_MOMENTUM_STEADY = 2  /* buffer = momentum * buffer + (1 - dampening) * g */
 };
 
-#define CLR_DEFINE_SGD_UPDATE(T, SUFFIX)                                                        \
+#define CLR_DEFINE_SGD_UPDATE(T, SUFFIX, FMA)                                                   \
   typedef struct clr_sgd_coeffs_##SUFFIX {                                                      \
-    T lr;                                                                                       \
+    T neg_lr; /* -lr: an exact negation, so fma(-lr, g, p) is ATen's p.add_(g, alpha=-lr) */   \
     T weight_decay;                                                                             \
     T momentum;                                                                                 \
     T one_minus_dampening;                                                                      \
@@ -35,15 +43,15 @@ enum {
                                        const clr_sgd_coeffs_##SUFFIX* c, int use_weight_decay,  \
                                        int momentum_state, int nesterov) {                      \
     T g = grad * c->grad_sign;                                                                  \
-    if (use_weight_decay) g = g + c->weight_decay * param;                                      \
+    if (use_weight_decay) g = FMA(c->weight_decay, param, g);                                   \
     if (momentum_state != CLR_MOMENTUM_NONE) {                                                  \
       const T buf = momentum_state == CLR_MOMENTUM_FIRST                                        \
                         ? g                                                                     \
-                        : c->momentum * *momentum_buffer + c->one_minus_dampening * g;          \
+                        : FMA(c->one_minus_dampening, g, c->momentum * *momentum_buffer);       \
       *momentum_buffer = buf;                                                                   \
-      g = nesterov ? g + c->momentum * buf : buf;                                               \
+      g = nesterov ? FMA(c->momentum, buf, g) : buf;                                            \
     }                                                                                           \
-    return param - c->lr * g;                                                                   \
+    return FMA(c->neg_lr, g, param);                                                            \
   }                                                                                             \
                                                                                                 \
   /* Rounds the double-precision schedule and hyper-parameters to the compute type once, */     \
@@ -51,7 +59,7 @@ enum {
   CLR_INLINE clr_sgd_coeffs_##SUFFIX clr_sgd_coeffs_make_##SUFFIX(                              \
       double lr, double weight_decay, double momentum, double dampening, int maximize) {        \
     clr_sgd_coeffs_##SUFFIX c;                                                                  \
-    c.lr = (T)lr;                                                                               \
+    c.neg_lr = -(T)lr;                                                                          \
     c.weight_decay = (T)weight_decay;                                                           \
     c.momentum = (T)momentum;                                                                   \
     c.one_minus_dampening = (T)(1.0 - dampening);                                               \
@@ -59,7 +67,7 @@ enum {
     return c;                                                                                   \
   }
 
-CLR_DEFINE_SGD_UPDATE(float, f32)
-CLR_DEFINE_SGD_UPDATE(double, f64)
+CLR_DEFINE_SGD_UPDATE(float, f32, fmaf)
+CLR_DEFINE_SGD_UPDATE(double, f64, fma)
 
 #endif /* CLR_EXT_SGD_UPDATE_H */

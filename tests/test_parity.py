@@ -633,3 +633,57 @@ def test_with_torch_amp_grad_scaler(backend):
         assert_close_rel(list(model.parameters()), list(ref_model.parameters()))
     assert opt.iteration == 20
     assert history[3] == history[2] / 2 and history[10] == history[9] / 2  # the overflows were seen
+
+
+# ------------------------------------------------------------ bit for bit on the CPU
+
+def _aten_fuses_multiply_adds() -> bool:
+    """ATen's AVX2 / AVX-512 kernels compute ``x.add_(y, alpha=a)`` as one fused
+    multiply-add (Vectorized::fmadd); its DEFAULT build rounds the product first."""
+    try:
+        return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    except AttributeError:  # pragma: no cover - older torch
+        return False
+
+
+@pytest.mark.skipif(not _aten_fuses_multiply_adds(), reason="ATen runs its DEFAULT (non-FMA) CPU kernels here")
+@pytest.mark.parametrize("foreach", (False, True), ids=("for-loop", "foreach"))
+@pytest.mark.parametrize("momentum,nesterov,dampening", MOMENTUM_VARIANTS)
+@pytest.mark.parametrize("weight_decay,maximize,cycle_momentum", ((0.0, False, True), (0.01, True, False),
+                                                                  (0.01, False, True)))
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64), ids=lambda d: DTYPE_IDS[d])
+def test_bit_identical_to_torch_sgd(backend, dtype, momentum, nesterov, dampening, weight_decay, maximize,
+                                    cycle_momentum, foreach):
+    """fp32 / fp64 on the CPU: the same bits as torch.optim.SGD + CyclicLR after every step
+    (csrc/sgd_update.h rounds where ATen rounds: each add with alpha is one fma), for
+    sizes with and without SIMD tails, 300 steps, params without a grad now and then."""
+    sizes = (1, 7, 17, 1031, 5001)
+    gen = torch.Generator().manual_seed(11)
+    init = [torch.randn(n, generator=gen, dtype=dtype) for n in sizes]
+    ours = [t.clone().requires_grad_() for t in init]
+    theirs = [t.clone().requires_grad_() for t in init]
+    sgd_kw = dict(momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
+                  maximize=maximize)
+    sched_kw = dict(base_lr=0.002, max_lr=0.05, step_size_up=37, step_size_down=63, mode="triangular2",
+                    cycle_momentum=cycle_momentum, base_momentum=0.8, max_momentum=0.9)
+    opt = clr_ext.CyclicSGD(ours, backend=backend, **sched_kw, **sgd_kw)
+    sgd = torch.optim.SGD(theirs, lr=0.002, foreach=foreach, **sgd_kw)
+    sched = torch.optim.lr_scheduler.CyclicLR(sgd, **sched_kw)
+    for k in range(300):
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            if (5 * k + i) % 13 == 0:
+                a.grad = b.grad = None
+                continue
+            g = torch.randn(a.shape, generator=gen, dtype=dtype)
+            a.grad, b.grad = g.clone(), g.clone()
+        opt.step()
+        sgd.step()
+        sched.step()
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            assert torch.equal(a, b), (k, i, (a - b).abs().max().item())
+        assert opt.get_last_lr() == sched.get_last_lr()
+    for a, b in zip(ours, theirs):
+        buf_a, buf_b = opt.state[a].get("momentum_buffer"), sgd.state[b].get("momentum_buffer")
+        assert (buf_a is None) == (buf_b is None)
+        if buf_a is not None:
+            assert torch.equal(buf_a, buf_b)

@@ -10,8 +10,9 @@
  * Vectorization: each per-dtype entry point is compiled three times (AVX-512,
  * AVX2+FMA+F16C, baseline x86-64) with GCC's target_clones and the loader picks
  * the best clone for the running CPU. Sources must be compiled with
- * -ffp-contract=off: every backend then rounds exactly like the scalar code, so
- * results are bit-identical across backends and CPUs.
+ * -ffp-contract=off (the update's fused multiply-adds are explicit fma calls): every
+ * backend then rounds exactly like the scalar code, so results are bit-identical
+ * across backends and CPUs (the baseline clone calls libm's exact fma).
  */
 #ifndef CLR_EXT_CPU_SGD_CPU_H
 #define CLR_EXT_CPU_SGD_CPU_H

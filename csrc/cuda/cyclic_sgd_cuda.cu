@@ -9,7 +9,8 @@
 // can be captured in a CUDA graph.
 //
 // Compiled with --fmad=false (setup.py): the update then rounds exactly like the
-// CPU kernel (built with -ffp-contract=off), and schedule.h uses explicitly rounded
+// CPU kernel (built with -ffp-contract=off; both have the same explicit fmas from
+// sgd_update.h), and schedule.h uses explicitly rounded
 // double intrinsics on the device, so CPU and GPU steps agree to the last bit
 // wherever the device pow() agrees with the host's.
 #include <ATen/ATen.h>

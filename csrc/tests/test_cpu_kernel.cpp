@@ -6,6 +6,7 @@
 //    vectorized ISA clone must round exactly like scalar code: -ffp-contract=off);
 //  - any split of the flattened range (as threads cut it) gives bit-identical results;
 //  - the 16-bit conversions against the compiler's own _Float16 where it has one.
+#include <cmath>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -117,13 +118,14 @@ static T scalar_update(T p, T* g, T* buf, const Config& c) {
     *g = grad;
   }
   if (c.maximize) grad = -grad;
-  if (c.weight_decay != 0.0) grad = grad + wd * p;
+  // ATen's rounding: each x.add_(y, alpha=a) is one fused multiply-add.
+  if (c.weight_decay != 0.0) grad = std::fma(wd, p, grad);
   if (c.momentum_state != CLR_MOMENTUM_NONE) {
-    const T b = c.momentum_state == CLR_MOMENTUM_FIRST ? grad : m * *buf + omd * grad;
+    const T b = c.momentum_state == CLR_MOMENTUM_FIRST ? grad : std::fma(omd, grad, (T)(m * *buf));
     *buf = b;
-    grad = c.nesterov ? grad + m * b : b;
+    grad = c.nesterov ? std::fma(m, b, grad) : b;
   }
-  return p - lr * grad;
+  return std::fma(-lr, grad, p);
 }
 
 template <typename S>
