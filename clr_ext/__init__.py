@@ -7,28 +7,24 @@
 __version__ = "0.1.0"
 
 from .schedule import cyclic_lr  # noqa: E402  (pure Python, no torch needed)
-from .backends import available_backends  # noqa: E402
-from .optimizer import CyclicSGD  # noqa: E402
-from .convert import from_torch  # noqa: E402
+
+_NEEDS_TORCH = ("CyclicSGD", "range_test", "RangeTestResult", "available_backends", "from_torch")
 
 try:
+    import torch as _torch  # noqa: F401
+except ImportError as _torch_error:
+    # cyclic_lr, the reference schedule, works without torch; the rest says what is missing.
+    _TORCH_ERROR = str(_torch_error)
+
+    def __getattr__(name):
+        if name in _NEEDS_TORCH:
+            raise ImportError(f"clr_ext.{name} needs PyTorch, which cannot be imported ({_TORCH_ERROR}); "
+                              "only clr_ext.cyclic_lr works without it")
+        raise AttributeError(f"module 'clr_ext' has no attribute {name!r}")
+else:
+    from .backends import available_backends  # noqa: E402
+    from .optimizer import CyclicSGD  # noqa: E402
+    from .convert import from_torch  # noqa: E402
     from .range_test import RangeTestResult, range_test  # noqa: E402
-except ImportError as _range_test_error:  # pragma: no cover - only while the module is missing
-    _missing = str(_range_test_error)
 
-    def range_test(*args, **kwargs):  # type: ignore[no-redef]
-        raise ImportError("clr_ext.range_test is unavailable: " + _missing)
-
-    class RangeTestResult:  # type: ignore[no-redef]
-        def __init__(self, *args, **kwargs):
-            raise ImportError("clr_ext.RangeTestResult is unavailable: " + _missing)
-
-__all__ = [
-    "__version__",
-    "CyclicSGD",
-    "range_test",
-    "RangeTestResult",
-    "cyclic_lr",
-    "available_backends",
-    "from_torch",
-]
+__all__ = ["__version__", "cyclic_lr", *_NEEDS_TORCH]

@@ -238,6 +238,8 @@ class CyclicSGD(Optimizer):
         self._counters: Dict[torch.device, torch.Tensor] = {}
         self._bucket_cache: Dict[int, Tuple[Any, ...]] = {}
 
+        if isinstance(params, torch.Tensor):  # as torch.optim.Optimizer says it
+            raise TypeError("params: should be an iterable of Tensors or dicts, but got " + torch.typename(params))
         groups = list(params)
         if len(groups) == 0:
             raise ValueError("params: optimizer got an empty parameter list")

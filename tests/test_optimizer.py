@@ -128,6 +128,15 @@ def test_empty_params():
         clr_ext.CyclicSGD([], 0.01, 0.1)
 
 
+def test_a_bare_tensor_as_params_is_a_type_error_as_in_torch():
+    weight = torch.nn.Linear(3, 2).weight
+    with pytest.raises(TypeError) as torch_error:
+        torch.optim.SGD(weight, lr=0.01)
+    with pytest.raises(TypeError, match="params") as ours:
+        clr_ext.CyclicSGD(weight, 0.01, 0.1)
+    assert "iterable of Tensors or dicts" in str(ours.value) and "iterable" in str(torch_error.value)
+
+
 def test_unbuilt_backend_raises_runtime_error_saying_how_to_build():
     missing = [b for b in ("cuda", "cpp", "cython") if b not in clr_ext.available_backends()]
     if not missing:

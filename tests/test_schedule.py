@@ -252,3 +252,21 @@ try:
             assert same_float(got[0], want[0]) and same_float(got[1], want[1])
 except ImportError:  # pragma: no cover
     pass
+
+
+def test_cyclic_lr_works_without_torch():
+    """api.md: cyclic_lr is pure Python, no torch needed. In a process where torch cannot
+    be imported, ``import clr_ext`` still gives cyclic_lr (equal to this process's), and
+    the torch-bound names raise an ImportError that says so."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import clr_ext\n"
+            "print(repr(clr_ext.cyclic_lr(1234, 0.001, 0.1, 300, 200, 'exp_range', 0.999)))\n"
+            "try:\n    clr_ext.CyclicSGD\nexcept ImportError as e:\n    print('ImportError', 'PyTorch' in str(e))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lr_line, error_line = out.stdout.strip().splitlines()
+    assert float(lr_line) == clr_ext.cyclic_lr(1234, 0.001, 0.1, 300, 200, "exp_range", 0.999)
+    assert error_line == "ImportError True"
