@@ -381,8 +381,7 @@ class CyclicSGD(Optimizer):
                 raise RuntimeError(f"CyclicSGD: the gradient of {where} is on {g.device}, the parameter on {p.device}")
 
     def _validate_all(self) -> None:
-        groups = self._traced_groups() if torch.compiler.is_compiling() else self.param_groups
-        for group_index, group in enumerate(groups):
+        for group_index, group in enumerate(self._step_groups()):
             self._validate(group_index, [p for p in group["params"] if p.grad is not None])
 
     def _buckets_of(self, group_index: int, group: Dict[str, Any]) -> List[Tuple["_Bucket", List[torch.Tensor]]]:
@@ -484,18 +483,14 @@ class CyclicSGD(Optimizer):
         compiling = torch.compiler.is_compiling()  # dynamo cannot trace map(operator.is_, ...)
         new_buffers: List[Tuple[torch.Tensor, torch.Tensor]] = []
         devices = set()
-        for group_index, group in enumerate(self._traced_groups() if compiling else self.param_groups):
+        for group_index, group in enumerate(self._step_groups()):
             buckets = self._buckets_of(group_index, group)
             if not buckets:
                 continue
             if self.cycle_momentum:
                 momentum_possible = group["base_momentum"] != 0 or group["max_momentum"] != 0
-                # The op computes the cycled momentum itself; a traced step passes a
-                # constant in its place (group["momentum"] changes at every step).
-                momentum_arg = group["max_momentum"] if compiling else group["momentum"]
             else:
                 momentum_possible = group["momentum"] != 0
-                momentum_arg = group["momentum"]
             # torch.optim.SGD keeps no buffer while momentum is 0. On CUDA, and in a
             # step traced by torch.compile, the choice must not depend on the host
             # iteration (a captured graph would freeze it, dynamo would re-trace at
@@ -512,7 +507,7 @@ class CyclicSGD(Optimizer):
                 if bucket.dtensor is not None:
                     has_dtensor = True
                 if not (use_buffers or (device.type == "cuda" and momentum_possible)):
-                    work.append((backend, device, params, grads, [], False, momentum_arg, group, bounds))
+                    work.append((backend, device, params, grads, [], False, group, bounds))
                     continue
                 # Looked up at every step: a user may replace or delete a buffer.
                 try:
@@ -521,7 +516,7 @@ class CyclicSGD(Optimizer):
                     buffers = None
                 if buffers is not None and not (any(b is None for b in buffers) if compiling
                                                 else any(map(operator.is_, buffers, repeat(None)))):
-                    work.append((backend, device, params, grads, buffers, False, momentum_arg, group, bounds))
+                    work.append((backend, device, params, grads, buffers, False, group, bounds))
                     continue
                 old_p, old_g, old_b, new_p, new_g, new_b = [], [], [], [], [], []
                 for p, g in zip(params, grads):
@@ -533,9 +528,9 @@ class CyclicSGD(Optimizer):
                     else:
                         old_p.append(p), old_g.append(g), old_b.append(buf)
                 if old_p:
-                    work.append((backend, device, old_p, old_g, old_b, False, momentum_arg, group, bounds))
+                    work.append((backend, device, old_p, old_g, old_b, False, group, bounds))
                 if new_p:
-                    work.append((backend, device, new_p, new_g, new_b, True, momentum_arg, group, bounds))
+                    work.append((backend, device, new_p, new_g, new_b, True, group, bounds))
 
         if has_dtensor:
             dtensor = _dtensor_type()
@@ -560,7 +555,10 @@ class CyclicSGD(Optimizer):
             inf_on[device] = None if found_inf is None else found_inf.to(device, non_blocking=True)
 
         skipped = found_inf is not None and found_inf.device.type == "cpu" and float(found_inf) == 1.0
-        for position, (backend, device, ps, gs, bs, first, momentum_arg, group, bounds) in enumerate(work):
+        for position, (backend, device, ps, gs, bs, first, group, bounds) in enumerate(work):
+            # When cycling, the op computes the momentum itself; a traced step passes a
+            # constant in its place (group["momentum"] changes at every step).
+            momentum_arg = group["max_momentum"] if compiling and self.cycle_momentum else group["momentum"]
             try:
                 # A traced step must not read the host iteration (dynamo would guard on it).
                 backend.run(ps, gs, bs, self._counter(device), None if compiling else self._iteration, bounds,
@@ -631,14 +629,14 @@ class CyclicSGD(Optimizer):
         self._bucket_cache = {}
         self._register()
 
-    def _traced_groups(self) -> List[Dict[str, Any]]:
-        """``param_groups`` for a step that torch.compile traces.
+    def _step_groups(self) -> List[Dict[str, Any]]:
+        """``param_groups``, read by the step.
 
         Dynamo guards on every value of every group once ``param_groups`` is read in a
         traced frame, and ``lr``, ``momentum`` and ``iteration`` change at every step:
-        the step would be re-traced each time. The same list, read through another
-        attribute, gets guards on the keys the step reads (constants) only."""
-        return self._groups_alias
+        the step would be re-traced each time. A traced step reads the same list through
+        another attribute, which gets guards on the keys the step reads (constants) only."""
+        return self._groups_alias if torch.compiler.is_compiling() else self.param_groups
 
     def _register(self) -> None:
         # A copy (pickle, deepcopy) is another optimizer and gets its own handle; a

@@ -32,10 +32,10 @@ CFG = dict(base_lr=0.01, max_lr=0.1, step_size_up=2, step_size_down=3, momentum=
            mode="triangular2")
 
 
-def _setup(backend):
+def _setup(backend, **overrides):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).double()
-    opt = clr_ext.CyclicSGD(model.parameters(), backend=backend, **CFG)
+    opt = clr_ext.CyclicSGD(model.parameters(), backend=backend, **dict(CFG, **overrides))
     return model, opt
 
 
@@ -96,15 +96,8 @@ def test_fullgraph_optimizer_step_is_traced_twice_and_matches_eager(backend, cyc
     recompile limit: the same parameters, buffers and host LRs as eager at every step,
     and two traces in all (before and after the momentum buffers exist)."""
     steps = 3 * torch._dynamo.config.recompile_limit
-    cfg = dict(CFG, cycle_momentum=cycle_momentum)
-
-    def make():
-        torch.manual_seed(0)
-        model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).double()
-        return model, clr_ext.CyclicSGD(model.parameters(), backend=backend, **cfg)
-
-    ref_model, ref_opt = make()
-    model, opt = make()
+    ref_model, ref_opt = _setup(backend, cycle_momentum=cycle_momentum)
+    model, opt = _setup(backend, cycle_momentum=cycle_momentum)
     counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
 
     def opt_step():

@@ -22,17 +22,7 @@
 #include <vector>
 
 #include "optim/cyclic_sgd.h"
-
-static int g_failures = 0;
-#define EXPECT(cond, ...)                            \
-  do {                                               \
-    if (!(cond)) {                                   \
-      ++g_failures;                                  \
-      fprintf(stderr, "FAIL line %d: ", __LINE__);   \
-      fprintf(stderr, __VA_ARGS__);                  \
-      fprintf(stderr, "\n");                         \
-    }                                                \
-  } while (0)
+#include "expect.h"
 
 static bool close(double a, double b, double rel = 1e-15) {
   return std::fabs(a - b) <= rel * std::max(1.0, std::max(std::fabs(a), std::fabs(b)));

@@ -10,17 +10,7 @@
 #include <vector>
 
 #include "schedule.h"
-
-static int g_failures = 0;
-#define EXPECT(cond, ...)                        \
-  do {                                          \
-    if (!(cond)) {                              \
-      ++g_failures;                             \
-      fprintf(stderr, "FAIL line %d: ", __LINE__); \
-      fprintf(stderr, __VA_ARGS__);             \
-      fprintf(stderr, "\n");                    \
-    }                                           \
-  } while (0)
+#include "expect.h"
 
 using OpSig = void(at::TensorList, at::TensorList, at::TensorList, const at::Tensor&, at::ArrayRef<double>,
                    at::ArrayRef<double>, int64_t, double, double, double, bool, bool, bool, bool,
