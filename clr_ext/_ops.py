@@ -16,6 +16,7 @@ def _cyclic_sgd_fake(
     params: List[torch.Tensor],
     grads: List[torch.Tensor],
     momentum_buffers: List[torch.Tensor],
+    momentum_start: List[torch.Tensor],
     iteration: torch.Tensor,
     bounds: Sequence[float],
     shape: Sequence[float],

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -121,6 +121,16 @@ def _warn_torch_fallback(device: torch.device) -> None:
         )
 
 
+def schedule_point(iteration: int, bounds: List[float], shape: List[float], mode: int) -> Tuple[float, float]:
+    """(lr, cycled momentum) of a step, from the op's arguments, by the Python reference."""
+    if mode == _schedule.CUSTOM_MODE:
+        return _schedule.cyclic_point(iteration, bounds[0], bounds[1], shape[0], shape[1], "triangular", shape[2],
+                                      bounds[2], bounds[3], scale_fn=lambda _x: shape[3], scale_mode="cycle")
+    mode_name = next(k for k, v in _schedule.MODES.items() if v == mode)
+    return _schedule.cyclic_point(iteration, bounds[0], bounds[1], shape[0], shape[1], mode_name, shape[2],
+                                  bounds[2], bounds[3])
+
+
 class Backend:
     """Runs one step of the cyclical SGD over one bucket (see ``run``)."""
 
@@ -132,6 +142,7 @@ class Backend:
         params: List[torch.Tensor],
         grads: List[torch.Tensor],
         buffers: List[torch.Tensor],
+        starts: List[torch.Tensor],
         counter: torch.Tensor,
         iteration: int,
         bounds: List[float],
@@ -153,7 +164,9 @@ class Backend:
         ``iteration`` its host mirror (None in a step traced by torch.compile: read
         the counter then); compiled backends read the former. ``buffers``
         is empty when the group has no momentum. ``first_step`` means the buffers are
-        new: they receive the gradient itself, as torch.optim.SGD's do.
+        new: they receive the gradient itself, as torch.optim.SGD's do. ``starts``, when
+        not empty, replaces ``first_step`` param by param: the op's ``momentum_start``
+        (csrc/cyclic_sgd.h), for steps whose overflow flag or momentum the host cannot read.
         """
         raise NotImplementedError
 
@@ -165,10 +178,10 @@ class _CompiledOpBackend(Backend):
 
     eager_entry = ""
 
-    def run(self, params, grads, buffers, counter, iteration, bounds, shape, mode, momentum, dampening,
+    def run(self, params, grads, buffers, starts, counter, iteration, bounds, shape, mode, momentum, dampening,
             weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):
         op = torch.ops.clr_ext.cyclic_sgd_ if torch.compiler.is_compiling() else getattr(_C, self.eager_entry)
-        op(params, grads, buffers, counter, bounds, shape, mode, momentum, dampening, weight_decay, nesterov,
+        op(params, grads, buffers, starts, counter, bounds, shape, mode, momentum, dampening, weight_decay, nesterov,
            maximize, cycle_momentum, first_step, grad_scale, found_inf)
 
 
@@ -188,13 +201,15 @@ class CudaBackend(_CompiledOpBackend):
 _LIBRARY = torch.library.Library("clr_ext", "FRAGMENT")
 _LIBRARY.define(
     "python_backend_step_(str backend, Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, "
+    "Tensor(d!)[] momentum_start, "
     "Tensor iteration, float[] bounds, float[] shape, int schedule_mode, float momentum, float dampening, "
     "float weight_decay, bool nesterov, bool maximize, bool cycle_momentum, bool first_step, "
     "Tensor? grad_scale, Tensor? found_inf) -> ()")
 
 
 def _python_backend_step(backend: str, params: List[torch.Tensor], grads: List[torch.Tensor],
-                         momentum_buffers: List[torch.Tensor], iteration: torch.Tensor, bounds: List[float],
+                         momentum_buffers: List[torch.Tensor], momentum_start: List[torch.Tensor],
+                         iteration: torch.Tensor, bounds: List[float],
                          shape: List[float], schedule_mode: int, momentum: float, dampening: float,
                          weight_decay: float, nesterov: bool, maximize: bool, cycle_momentum: bool,
                          first_step: bool, grad_scale: Optional[torch.Tensor],
@@ -204,18 +219,18 @@ def _python_backend_step(backend: str, params: List[torch.Tensor], grads: List[t
     Dynamo cannot trace into a Cython function (a graph break), and the torch backend's
     host-side schedule would make it re-trace at every step; as an opaque op both run
     as they do in eager mode, with the iteration read from the counter at run time."""
-    _instance(backend)._run(params, grads, momentum_buffers, iteration, int(iteration), bounds, shape,
-                            schedule_mode, momentum, dampening, weight_decay, nesterov, maximize,
-                            cycle_momentum, first_step, grad_scale, found_inf)
+    _instance(backend)._run_eager(params, grads, momentum_buffers, momentum_start, iteration, int(iteration),
+                                  bounds, shape, schedule_mode, momentum, dampening, weight_decay, nesterov,
+                                  maximize, cycle_momentum, first_step, grad_scale, found_inf)
 
 
 _LIBRARY.impl("python_backend_step_", _python_backend_step, "CompositeExplicitAutograd")
 
 
 @torch.library.register_fake("clr_ext::python_backend_step_")
-def _python_backend_step_fake(backend, params, grads, momentum_buffers, iteration, bounds, shape, schedule_mode,
-                              momentum, dampening, weight_decay, nesterov, maximize, cycle_momentum, first_step,
-                              grad_scale, found_inf) -> None:
+def _python_backend_step_fake(backend, params, grads, momentum_buffers, momentum_start, iteration, bounds, shape,
+                              schedule_mode, momentum, dampening, weight_decay, nesterov, maximize, cycle_momentum,
+                              first_step, grad_scale, found_inf) -> None:
     return None
 
 
@@ -223,15 +238,42 @@ class _PythonBackend(Backend):
     """A backend whose step is Python code: eager steps call it directly, traced steps
     through the op above."""
 
-    def run(self, params, grads, buffers, counter, iteration, bounds, shape, mode, momentum, dampening,
+    def run(self, params, grads, buffers, starts, counter, iteration, bounds, shape, mode, momentum, dampening,
             weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):
         if torch.compiler.is_compiling():
-            torch.ops.clr_ext.python_backend_step_(self.name, params, grads, buffers, counter, bounds, shape, mode,
-                                                   momentum, dampening, weight_decay, nesterov, maximize,
+            torch.ops.clr_ext.python_backend_step_(self.name, params, grads, buffers, starts, counter, bounds, shape,
+                                                   mode, momentum, dampening, weight_decay, nesterov, maximize,
                                                    cycle_momentum, first_step, grad_scale, found_inf)
         else:
+            self._run_eager(params, grads, buffers, starts, counter, iteration, bounds, shape, mode, momentum,
+                            dampening, weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale,
+                            found_inf)
+
+    def _run_eager(self, params, grads, buffers, starts, counter, iteration, bounds, shape, mode, momentum,
+                   dampening, weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):
+        """``_run``, with the op's ``momentum_start`` semantics when ``starts`` is given:
+        the buffers that start in this step and those that continue run as two calls."""
+        if not starts:
             self._run(params, grads, buffers, counter, iteration, bounds, shape, mode, momentum, dampening,
                       weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf)
+            return
+        if found_inf is not None and float(found_inf) == 1.0:
+            return  # skipped: no buffer starts
+        cycled = schedule_point(iteration, bounds, shape, mode)[1]
+        if (cycled if cycle_momentum else momentum) == 0:  # no buffer is touched
+            self._run(params, grads, buffers, counter, iteration, bounds, shape, mode, momentum, dampening,
+                      weight_decay, nesterov, maximize, cycle_momentum, False, grad_scale, found_inf)
+            return
+        started = [int(s) for s in starts]
+        for first in (False, True):
+            index = [i for i, value in enumerate(started) if (value >= iteration) == first]
+            if index:
+                self._run([params[i] for i in index], [grads[i] for i in index], [buffers[i] for i in index],
+                          counter, iteration, bounds, shape, mode, momentum, dampening, weight_decay, nesterov,
+                          maximize, cycle_momentum, first, grad_scale, found_inf)
+        for start, value in zip(starts, started):
+            if value > iteration:
+                start.fill_(iteration)
 
     def _run(self, params, grads, buffers, counter, iteration, bounds, shape, mode, momentum, dampening,
              weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):
@@ -286,14 +328,7 @@ class TorchBackend(_PythonBackend):
              weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):
         if found_inf is not None and float(found_inf) == 1.0:
             return
-        if mode == _schedule.CUSTOM_MODE:
-            lr, cycled = _schedule.cyclic_point(
-                iteration, bounds[0], bounds[1], shape[0], shape[1], "triangular", shape[2], bounds[2],
-                bounds[3], scale_fn=lambda _x: shape[3], scale_mode="cycle")
-        else:
-            mode_name = next(k for k, v in _schedule.MODES.items() if v == mode)
-            lr, cycled = _schedule.cyclic_point(iteration, bounds[0], bounds[1], shape[0], shape[1], mode_name,
-                                                shape[2], bounds[2], bounds[3])
+        lr, cycled = schedule_point(iteration, bounds, shape, mode)
         mom = cycled if cycle_momentum else momentum
         use_buffers = bool(buffers) and mom != 0
 

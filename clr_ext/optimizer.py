@@ -20,6 +20,11 @@ from . import schedule as _schedule
 _SCHEDULE_KEYS = ("base_lr", "max_lr", "base_momentum", "max_momentum")
 _VALID_SCALE_MODES = ("cycle", "iterations")
 
+# A param's momentum_start (csrc/cyclic_sgd.h) before its first step with momentum,
+# and for a buffer that began before it had a start (loaded, or started on the host).
+_NOT_STARTED = 2**63 - 1
+_STARTED_BEFORE = -1
+
 # Optimizers by handle, for the op below: an op's arguments are tensors and numbers,
 # so a traced step names its optimizer by an int that stays constant across steps.
 _LIVE: "weakref.WeakValueDictionary[int, CyclicSGD]" = weakref.WeakValueDictionary()
@@ -112,7 +117,7 @@ def _local_tensors(tensors: List[torch.Tensor], dtensor: Any) -> List[torch.Tens
 class _Bucket:
     """Params of one group on one device with one dtype, and their backend."""
 
-    __slots__ = ("device", "params", "backend", "dtensor")
+    __slots__ = ("device", "params", "backend", "dtensor", "starts")
 
     def __init__(self, device: torch.device, params: List[torch.Tensor], backend: Any) -> None:
         self.device = device
@@ -121,6 +126,9 @@ class _Bucket:
         # DTensor params (FSDP2): the step runs on their local shards.
         dtensor = _dtensor_type()
         self.dtensor = dtensor if dtensor is not None and any(isinstance(p, dtensor) for p in params) else None
+        # (CyclicSGD._starts_version, the params' momentum starts): saves a dict lookup
+        # per param and step on the device-decided path.
+        self.starts: Optional[Tuple[int, List[torch.Tensor]]] = None
 
 
 class CyclicSGD(Optimizer):
@@ -177,15 +185,19 @@ class CyclicSGD(Optimizer):
     advanced by an op as the compiled code runs. A ``scale_fn`` runs on the host, so
     with one the step is re-traced whenever its value changes.
 
-    One known difference, where the host cannot know whether a parameter's first step
-    used its momentum buffer (a CUDA step skipped by ``GradScaler`` on overflow, or a
-    compiled or CUDA first step whose cycled momentum is 0): the buffer is then created
-    as zeros, so the next step stores ``(1 - dampening) * g`` in it rather than ``g``.
-    With ``dampening=0`` (the default) this is exact. torch's fused SGD leaves
-    uninitialised memory in the skipped case.
+    A parameter's first step with momentum stores its gradient in the buffer (no
+    dampening), as torch.optim.SGD does. Where the host cannot know whether a step was
+    that first step (a CUDA step that ``GradScaler`` may skip on overflow, a traced
+    step whose cycled momentum may be 0), the op decides on the device, param by
+    param, from a start iteration kept with the buffer: a skipped step leaves the
+    buffer unstarted (torch's fused SGD leaves uninitialised memory there), and
+    ``state_dict()`` leaves such a buffer out, as torch.optim.SGD would have none.
     """
 
     _step_supports_amp_scaling = True
+    # Devices whose overflow flag the host does not read: the op decides there which
+    # buffers start (tests add "cpu" to run that path without a GPU).
+    _device_decided_types: Tuple[str, ...] = ("cuda",)
 
     def __init__(
         self,
@@ -237,6 +249,9 @@ class CyclicSGD(Optimizer):
         self._iteration = 0
         self._counters: Dict[torch.device, torch.Tensor] = {}
         self._bucket_cache: Dict[int, Tuple[Any, ...]] = {}
+        # param -> momentum_start, for params whose buffer's first step the op decides.
+        self._momentum_start: Dict[torch.Tensor, torch.Tensor] = {}
+        self._starts_version = 0  # changes whenever _momentum_start does
 
         if isinstance(params, torch.Tensor):  # as torch.optim.Optimizer says it
             raise TypeError("params: should be an iterable of Tensors or dicts, but got " + torch.typename(params))
@@ -468,6 +483,10 @@ class CyclicSGD(Optimizer):
         self._iteration = max(int(g.get("iteration", iteration)) for g in self.param_groups)
         for counter in self._counters.values():
             counter.fill_(self._iteration)
+        # The starts are iterations: once the counter may have gone back, a begun
+        # buffer must not look as if it began in the future.
+        for start in self._momentum_start.values():
+            start.masked_fill_(start != _NOT_STARTED, _STARTED_BEFORE)
         self._refresh_all()
 
     def _step_once(self) -> None:
@@ -481,7 +500,8 @@ class CyclicSGD(Optimizer):
         work = []
         has_dtensor = False
         compiling = torch.compiler.is_compiling()  # dynamo cannot trace map(operator.is_, ...)
-        new_buffers: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        new_buffers: List[Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = []
+        starts_of = self._momentum_start
         devices = set()
         for group_index, group in enumerate(self._step_groups()):
             buckets = self._buckets_of(group_index, group)
@@ -507,16 +527,19 @@ class CyclicSGD(Optimizer):
                 if bucket.dtensor is not None:
                     has_dtensor = True
                 if not (use_buffers or (device.type == "cuda" and momentum_possible)):
-                    work.append((backend, device, params, grads, [], False, group, bounds))
+                    work.append((backend, device, params, grads, [], [], False, group, bounds))
                     continue
                 # Looked up at every step: a user may replace or delete a buffer.
+                if (compiling or device.type in self._device_decided_types
+                        or (starts_of and any(p in starts_of for p in params))):
+                    work.append(self._plan_device_decided(bucket, grads, group, bounds, new_buffers, compiling))
+                    continue
                 try:
                     buffers = [state[p]["momentum_buffer"] for p in params]
                 except KeyError:
                     buffers = None
-                if buffers is not None and not (any(b is None for b in buffers) if compiling
-                                                else any(map(operator.is_, buffers, repeat(None)))):
-                    work.append((backend, device, params, grads, buffers, False, group, bounds))
+                if buffers is not None and not any(map(operator.is_, buffers, repeat(None))):
+                    work.append((backend, device, params, grads, buffers, [], False, group, bounds))
                     continue
                 old_p, old_g, old_b, new_p, new_g, new_b = [], [], [], [], [], []
                 for p, g in zip(params, grads):
@@ -524,13 +547,13 @@ class CyclicSGD(Optimizer):
                     if buf is None:
                         buf = torch.zeros_like(p, memory_format=torch.preserve_format)
                         new_p.append(p), new_g.append(g), new_b.append(buf)
-                        new_buffers.append((p, buf))
+                        new_buffers.append((p, buf, None))
                     else:
                         old_p.append(p), old_g.append(g), old_b.append(buf)
                 if old_p:
-                    work.append((backend, device, old_p, old_g, old_b, False, group, bounds))
+                    work.append((backend, device, old_p, old_g, old_b, [], False, group, bounds))
                 if new_p:
-                    work.append((backend, device, new_p, new_g, new_b, True, group, bounds))
+                    work.append((backend, device, new_p, new_g, new_b, [], True, group, bounds))
 
         if has_dtensor:
             dtensor = _dtensor_type()
@@ -541,8 +564,8 @@ class CyclicSGD(Optimizer):
             try:
                 # (dynamo cannot trace the pybind check; the Python one sees the same metadata)
                 if _backends._C is not None and not compiling:
-                    for backend, device, ps, gs, bs, *_ in work:
-                        _backends._C.check_bucket(ps, gs, bs)
+                    for backend, device, ps, gs, bs, ss, *_ in work:
+                        _backends._C.check_bucket(ps, gs, bs, ss)
                 else:
                     self._validate_all()
             except RuntimeError as err:
@@ -555,13 +578,13 @@ class CyclicSGD(Optimizer):
             inf_on[device] = None if found_inf is None else found_inf.to(device, non_blocking=True)
 
         skipped = found_inf is not None and found_inf.device.type == "cpu" and float(found_inf) == 1.0
-        for position, (backend, device, ps, gs, bs, first, group, bounds) in enumerate(work):
+        for position, (backend, device, ps, gs, bs, ss, first, group, bounds) in enumerate(work):
             # When cycling, the op computes the momentum itself; a traced step passes a
             # constant in its place (group["momentum"] changes at every step).
             momentum_arg = group["max_momentum"] if compiling and self.cycle_momentum else group["momentum"]
             try:
                 # A traced step must not read the host iteration (dynamo would guard on it).
-                backend.run(ps, gs, bs, self._counter(device), None if compiling else self._iteration, bounds,
+                backend.run(ps, gs, bs, ss, self._counter(device), None if compiling else self._iteration, bounds,
                             shape, self._mode_number, momentum_arg, group["dampening"], group["weight_decay"],
                             group["nesterov"], group["maximize"], self.cycle_momentum, first, scale_on[device],
                             inf_on[device])
@@ -570,10 +593,17 @@ class CyclicSGD(Optimizer):
                     raise _StalePlan() from err
                 raise
 
+        if any(start is not None for _, _, start in new_buffers):
+            self._starts_version += 1
         # A skipped (overflow) step must not leave new buffers behind: the next
         # applied step is then the parameter's first, as in torch.optim.SGD + GradScaler.
-        if not skipped:
-            for p, buf in new_buffers:
+        # Buffers with a start are kept: their start says whether they have begun.
+        for p, buf, start in new_buffers:
+            if start is not None:
+                if buf is not None:
+                    state[p]["momentum_buffer"] = buf
+                starts_of[p] = start
+            elif not skipped:
                 state[p]["momentum_buffer"] = buf
         if compiling:
             torch.ops.clr_ext.advance_schedule_(list(self._counters.values()), self._handle)
@@ -581,6 +611,50 @@ class CyclicSGD(Optimizer):
             for counter in self._counters.values():
                 counter.add_(1)
             self._host_advance()
+
+    def _plan_device_decided(self, bucket, grads, group, bounds, new_buffers, compiling):
+        """A bucket whose buffers' first step is decided by the op, param by param.
+
+        On CUDA (no host sync) and in traced steps the host cannot read the overflow
+        flag, nor, when cycling under torch.compile, the momentum: it cannot tell
+        whether a new buffer was started. Each such buffer gets a ``momentum_start``
+        (see csrc/cyclic_sgd.h), kept in ``self._momentum_start`` for as long as the
+        param lives (a captured CUDA graph holds its address)."""
+        backend, device, params = bucket.backend, bucket.device, bucket.params
+        state, starts_of = self.state, self._momentum_start
+        try:  # every step after the first: each param has its buffer and its start
+            buffers = [state[p]["momentum_buffer"] for p in params]
+            if not compiling and bucket.starts is not None and bucket.starts[0] == self._starts_version:
+                starts = bucket.starts[1]
+            else:
+                starts = [starts_of[p] for p in params]
+                if not compiling:  # (dynamo would guard on the version)
+                    bucket.starts = (self._starts_version, starts)
+            if not any(b is None for b in buffers):
+                return (backend, device, params, grads, buffers, starts, False, group, bounds)
+        except KeyError:
+            pass
+        buffers, starts = [], []
+        fresh, begun = [], []  # positions that need a start: new buffers, older ones
+        for i, p in enumerate(params):
+            buf = state[p].get("momentum_buffer") if p in state else None
+            start = starts_of.get(p)
+            if buf is None:
+                buf = torch.zeros_like(p, memory_format=torch.preserve_format)
+                fresh.append(i)
+            elif start is None:
+                begun.append(i)  # a loaded or host-started buffer
+            buffers.append(buf)
+            starts.append(start)
+        # One allocation for all the starts a step creates, not one per param. They are
+        # kept once the step has run (new_buffers), so a step that fails changes nothing.
+        for positions, value, is_new in ((fresh, _NOT_STARTED, True), (begun, _STARTED_BEFORE, False)):
+            if positions:
+                created = torch.full((len(positions),), value, dtype=torch.int64, device=device).unbind()
+                for i, start in zip(positions, created):
+                    starts[i] = start
+                    new_buffers.append((params[i], buffers[i] if is_new else None, start))
+        return (backend, device, params, grads, buffers, starts, False, group, bounds)
 
     def _host_advance(self) -> None:
         self._iteration += 1
@@ -590,11 +664,36 @@ class CyclicSGD(Optimizer):
 
     def state_dict(self) -> Dict[str, Any]:
         """torch.optim.SGD's format (``momentum_buffer`` per parameter); each group also
-        carries its schedule bounds and ``iteration``."""
+        carries its schedule bounds and ``iteration``. Once the op decides which buffers
+        start (CUDA, torch.compile), this reads their starts: one host sync."""
         self._adopt_group_iteration()
         for group in self.param_groups:
             group["iteration"] = self._iteration
-        return super().state_dict()
+        saved = super().state_dict()
+        not_started = self._not_started_params()
+        if not_started:
+            # A buffer whose every step so far was skipped (or had momentum 0) does not
+            # exist for torch.optim.SGD: it is left out, and starts afresh after loading.
+            index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
+            for p in not_started:
+                entry = saved["state"].get(index.get(id(p)))
+                if entry is not None and "momentum_buffer" in entry:
+                    saved["state"][index[id(p)]] = {k: v for k, v in entry.items() if k != "momentum_buffer"}
+        return saved
+
+    def _not_started_params(self) -> List[torch.Tensor]:
+        """Params whose buffer exists but has not started (one host sync when there are any starts)."""
+        if not self._momentum_start:
+            return []
+        entries = list(self._momentum_start.items())
+        by_device: Dict[torch.device, List[int]] = {}
+        for i, (_, start) in enumerate(entries):
+            by_device.setdefault(start.device, []).append(i)
+        not_started = []
+        for positions in by_device.values():
+            values = torch.stack([entries[i][1] for i in positions]).tolist()
+            not_started += [entries[i][0] for i, value in zip(positions, values) if value == _NOT_STARTED]
+        return not_started
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Loads a CyclicSGD or a torch.optim.SGD state dict; this optimizer then continues
@@ -612,10 +711,14 @@ class CyclicSGD(Optimizer):
         for counter in self._counters.values():
             counter.fill_(self._iteration)
         self._bucket_cache.clear()
+        # The loaded buffers have begun (torch.optim.SGD saves no other kind); the
+        # missing ones start at their next step.
+        self._momentum_start.clear()
+        self._starts_version += 1
         self._refresh_all()
 
     _PICKLED = ("mode", "gamma", "step_size_up", "step_size_down", "scale_fn", "scale_mode", "cycle_momentum",
-                "_mode_number", "_iteration", "_backend_request")
+                "_mode_number", "_iteration", "_backend_request", "_momentum_start")
 
     def __getstate__(self) -> Dict[str, Any]:
         state = super().__getstate__()
@@ -627,6 +730,8 @@ class CyclicSGD(Optimizer):
         # Device counters and bucket caches are rebuilt on demand.
         self._counters = {}
         self._bucket_cache = {}
+        self.__dict__.setdefault("_momentum_start", {})
+        self._starts_version = getattr(self, "_starts_version", 0) + 1
         self._register()
 
     def _step_groups(self) -> List[Dict[str, Any]]:

@@ -11,14 +11,30 @@ namespace clr_ext {
 // The op's schema. The iteration is read from `iteration` (an int64 tensor on the
 // params' device) and never advanced here: all buckets of one optimizer step must
 // see the same value, so the caller advances it once after the last bucket.
+//
+// Which parameters start their momentum buffer in this step (buffer = g rather than
+// momentum * buffer + (1 - dampening) * g) is decided one of two ways:
+// - `momentum_start` empty: `first_step` says it for the whole call (the host knows);
+// - otherwise one one-element int64 tensor per param: the iteration of the param's
+//   first step that used its buffer, kMomentumNotStarted until then. A param starts
+//   its buffer when that value is >= the iteration, and a step that uses momentum
+//   (not skipped on overflow, momentum != 0) records the iteration in it. The decision
+//   is then taken where found_inf and a cycled momentum are known, on the device,
+//   without a host sync. Recording the iteration, not a yes/no flag, keeps it free of
+//   races: a block that sees the value another block of the same step just wrote
+//   still decides "start".
 // No argument may be named `mode`: under torch.compile, auto_functionalized_v2 passes
 // the op's arguments as keywords to a handler whose first parameter is `mode`
 // ("got multiple values for argument 'mode'"; tests/test_ops.py::test_opcheck).
 constexpr const char* kCyclicSgdSchema =
     "cyclic_sgd_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, "
+    "Tensor(d!)[] momentum_start, "
     "Tensor iteration, float[] bounds, float[] shape, int schedule_mode, float momentum, float dampening, "
     "float weight_decay, bool nesterov, bool maximize, bool cycle_momentum, bool first_step, "
     "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()";
+
+// A param's momentum_start before its first step with momentum.
+constexpr int64_t kMomentumNotStarted = INT64_MAX;
 
 // What the host knows about one step of one bucket once the inputs are checked.
 struct StepPlan {
@@ -32,12 +48,14 @@ struct StepPlan {
 // Checks every argument (nothing has been modified when it throws) and, for CPU
 // buckets, evaluates the schedule at the current iteration.
 StepPlan make_step_plan(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                        at::TensorList momentum_start,
                         const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
                         int64_t mode, double momentum, double dampening, double weight_decay, bool nesterov,
                         bool cycle_momentum, bool first_step, const c10::optional<at::Tensor>& grad_scale,
                         const c10::optional<at::Tensor>& found_inf, c10::DeviceType device_type);
 
 void cyclic_sgd_cpu_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                     at::TensorList momentum_start,
                      const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
                      int64_t mode, double momentum, double dampening, double weight_decay, bool nesterov,
                      bool maximize, bool cycle_momentum, bool first_step,
@@ -46,6 +64,7 @@ void cyclic_sgd_cpu_(at::TensorList params, at::TensorList grads, at::TensorList
 #ifdef CLR_EXT_WITH_CUDA
 // csrc/cuda/cyclic_sgd_cuda.cu: the same op for CUDA tensors (no host sync).
 void cyclic_sgd_cuda_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                      at::TensorList momentum_start,
                       const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
                       int64_t mode, double momentum, double dampening, double weight_decay, bool nesterov,
                       bool maximize, bool cycle_momentum, bool first_step,

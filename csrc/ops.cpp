@@ -47,6 +47,7 @@ clr_bounds bounds_from(at::ArrayRef<double> bounds) {
 }  // namespace
 
 StepPlan make_step_plan(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                        at::TensorList momentum_start,
                         const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
                         int64_t mode, double momentum, double dampening, double weight_decay, bool nesterov,
                         bool cycle_momentum, bool first_step, const c10::optional<at::Tensor>& grad_scale,
@@ -60,6 +61,10 @@ StepPlan make_step_plan(at::TensorList params, at::TensorList grads, at::TensorL
               " grads");
   TORCH_CHECK(momentum_buffers.empty() || momentum_buffers.size() == params.size(), "clr_ext: got ",
               params.size(), " params but ", momentum_buffers.size(), " momentum buffers");
+  TORCH_CHECK(momentum_start.empty() || momentum_start.size() == params.size(), "clr_ext: got ", params.size(),
+              " params but ", momentum_start.size(), " momentum_start entries");
+  TORCH_CHECK(momentum_start.empty() || !momentum_buffers.empty(),
+              "clr_ext: momentum_start was given without momentum_buffers");
   TORCH_CHECK(iteration.scalar_type() == at::kLong && iteration.numel() == 1,
               "clr_ext: iteration must be a one-element int64 tensor");
   TORCH_CHECK(device_type == c10::DeviceType::Meta || iteration.device().type() == device_type,
@@ -99,6 +104,11 @@ StepPlan make_step_plan(at::TensorList params, at::TensorList grads, at::TensorL
                       b.sizes() == p.sizes() &&
                       b.device() == p.device(),
                   "clr_ext: the momentum buffer of param ", i, " does not match the param in dtype, shape or device");
+    }
+    if (!momentum_start.empty()) {
+      const at::Tensor& s = momentum_start[i];
+      TORCH_CHECK(s.scalar_type() == at::kLong && s.numel() == 1 && s.has_storage() && s.device() == p.device(),
+                  "clr_ext: momentum_start ", i, " must be a one-element int64 tensor on ", p.device());
     }
   }
 
@@ -143,12 +153,13 @@ std::vector<at::Tensor> unpack_tensors(const pybind11::list& list, const char* w
   return out;
 }
 
-using EagerStep = void (*)(at::TensorList, at::TensorList, at::TensorList, const at::Tensor&, at::ArrayRef<double>,
+using EagerStep = void (*)(at::TensorList, at::TensorList, at::TensorList, at::TensorList, const at::Tensor&, at::ArrayRef<double>,
                            at::ArrayRef<double>, int64_t, double, double, double, bool, bool, bool, bool,
                            const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&);
 
 template <EagerStep kStep>
 void eager_step(const pybind11::list& params, const pybind11::list& grads, const pybind11::list& momentum_buffers,
+                const pybind11::list& momentum_start,
                 const at::Tensor& iteration, const std::vector<double>& bounds, const std::vector<double>& shape,
                 int64_t mode, double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
                 bool cycle_momentum, bool first_step, const c10::optional<at::Tensor>& grad_scale,
@@ -156,17 +167,20 @@ void eager_step(const pybind11::list& params, const pybind11::list& grads, const
   const std::vector<at::Tensor> p = unpack_tensors(params, "params");
   const std::vector<at::Tensor> g = unpack_tensors(grads, "grads");
   const std::vector<at::Tensor> b = unpack_tensors(momentum_buffers, "momentum_buffers");
-  kStep(p, g, b, iteration, bounds, shape, mode, momentum, dampening, weight_decay, nesterov, maximize,
+  const std::vector<at::Tensor> s = unpack_tensors(momentum_start, "momentum_start");
+  kStep(p, g, b, s, iteration, bounds, shape, mode, momentum, dampening, weight_decay, nesterov, maximize,
         cycle_momentum, first_step, grad_scale, found_inf);
 }
 
 // The op's argument checks alone, so that a step over several buckets can check
 // all of them before the first one writes anything.
-void check_bucket(const pybind11::list& params, const pybind11::list& grads, const pybind11::list& momentum_buffers) {
+void check_bucket(const pybind11::list& params, const pybind11::list& grads, const pybind11::list& momentum_buffers,
+                  const pybind11::list& momentum_start) {
   const std::vector<at::Tensor> p = unpack_tensors(params, "params");
   if (p.empty()) return;
   const at::Tensor iteration = at::empty({}, p[0].options().dtype(at::kLong));
-  make_step_plan(p, unpack_tensors(grads, "grads"), unpack_tensors(momentum_buffers, "momentum_buffers"), iteration,
+  make_step_plan(p, unpack_tensors(grads, "grads"), unpack_tensors(momentum_buffers, "momentum_buffers"),
+                 unpack_tensors(momentum_start, "momentum_start"), iteration,
                  {0.0, 0.0, 0.0, 0.0}, {1.0, 1.0, 1.0, 1.0}, 0, 0.0, 0.0, 0.0, false, false, false, c10::nullopt,
                  c10::nullopt, c10::DeviceType::Meta);
 }

@@ -118,6 +118,37 @@ def test_fullgraph_optimizer_step_is_traced_twice_and_matches_eager(backend, cyc
     assert counter.frame_count == 2
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+def test_fullgraph_step_with_cycled_momentum_zero_matches_torch(backend):
+    """A traced step does not know its cycled momentum, so the op decides which buffers
+    start (csrc/cyclic_sgd.h, momentum_start). The momentum here rises from 0
+    (max_momentum=0) with dampening: torch.optim.SGD keeps no buffer in the first step
+    and starts it with the gradient in the second; a buffer started from zeros would
+    differ by the dampening."""
+    sched = dict(base_lr=0.01, max_lr=0.1, step_size_up=2, step_size_down=3, base_momentum=0.9, max_momentum=0.0)
+    model, opt = _setup(backend, **sched, dampening=0.4)
+    torch.manual_seed(0)
+    ref_model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).double()
+    sgd = torch.optim.SGD(ref_model.parameters(), lr=0.01, momentum=0.9, dampening=0.4, weight_decay=1e-3)
+    ref_sched = torch.optim.lr_scheduler.CyclicLR(sgd, mode="triangular2", **sched)
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(lambda: opt.step(), fullgraph=True, backend=counter)
+    for s in range(10):
+        x, y = _data(s)
+        for m in (model, ref_model):
+            m.zero_grad(set_to_none=True)
+            torch.nn.functional.mse_loss(m(x), y).backward()
+        compiled()
+        sgd.step()
+        ref_sched.step()
+        assert opt.get_last_lr() == ref_sched.get_last_lr(), s
+        saved = sorted(i for i, st in opt.state_dict()["state"].items() if "momentum_buffer" in st)
+        assert saved == sorted(i for i, st in sgd.state_dict()["state"].items() if "momentum_buffer" in st), s
+        for p, q in zip(model.parameters(), ref_model.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+    assert counter.frame_count == 2
+
+
 @pytest.mark.parametrize("mixed_dtypes", [False, True], ids=["one-bucket", "two-buckets"])
 def test_fullgraph_step_has_no_graph_break(backend, mixed_dtypes):
     """torch._dynamo.explain: one graph, zero breaks, the backend's op inside it (also
@@ -190,14 +221,15 @@ def test_advance_schedule_op_advances_its_optimizer_only():
 @pytest.mark.parametrize("name", [b for b in ("cython", "torch") if b in clr_ext.available_backends()])
 def test_python_backend_step_op_passes_opcheck(name):
     """The op through which the cython and torch backends run in a traced step: schema
-    (params, grads, buffers mutated), fake implementation, functionalization."""
+    (params, grads, buffers, starts mutated), fake implementation, functionalization."""
     gen = torch.Generator().manual_seed(0)
     params = [torch.randn(s, generator=gen, dtype=torch.float64) for s in ((3,), (4, 5))]
     grads = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params]
     buffers = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params]
-    args = (name, params, grads, buffers, torch.tensor(3, dtype=torch.int64), [0.01, 0.1, 0.8, 0.9],
-            [2.0, 3.0, 1.0, 1.0], 0, 0.9, 0.0, 1e-3, False, False, True, False, None, None)
-    torch.library.opcheck(torch.ops.clr_ext.python_backend_step_.default, args)
+    for starts in ([], [torch.tensor(2 ** 63 - 1), torch.tensor(1)]):
+        args = (name, params, grads, buffers, starts, torch.tensor(3, dtype=torch.int64), [0.01, 0.1, 0.8, 0.9],
+                [2.0, 3.0, 1.0, 1.0], 0, 0.9, 0.0, 1e-3, False, False, True, False, None, None)
+        torch.library.opcheck(torch.ops.clr_ext.python_backend_step_.default, args)
 
 
 def test_compiled_step_resumes_from_a_checkpoint(backend):

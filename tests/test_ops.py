@@ -13,6 +13,7 @@ from conftest import ALL_DTYPES, HALF_DTYPES, RTOL
 
 pytestmark = pytest.mark.skipif(_backends._C is None, reason="clr_ext._C (the compiled op) is not built")
 
+NOT_STARTED = 2**63 - 1  # a momentum_start before the buffer's first step
 DTYPE_IDS = {torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", torch.bfloat16: "bf16"}
 SIZES = (1, 7, 17, 1031)
 BOUNDS = [0.01, 0.1, 0.8, 0.9]  # base_lr, max_lr, base_momentum, max_momentum
@@ -33,11 +34,11 @@ def make_tensors(dtype, sizes=SIZES, seed=0, buffers=True):
 
 def op_args(params, grads, bufs, iteration=3, mode="triangular", momentum=0.9, dampening=0.0, weight_decay=0.0,
             nesterov=False, maximize=False, cycle_momentum=True, first_step=False, grad_scale=None,
-            found_inf=None, bounds=BOUNDS, shape=SHAPE):
+            found_inf=None, bounds=BOUNDS, shape=SHAPE, starts=()):
     counter = torch.tensor(iteration, dtype=torch.int64)
     mode_number = MODES[mode] if isinstance(mode, str) else mode
-    return (params, grads, bufs, counter, list(bounds), list(shape), mode_number, momentum, dampening, weight_decay,
-            nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf)
+    return (params, grads, bufs, list(starts), counter, list(bounds), list(shape), mode_number, momentum, dampening,
+            weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf)
 
 
 # ------------------------------------------------------------------------ opcheck
@@ -52,6 +53,8 @@ OPCHECK_VARIANTS = {
     "found-inf": dict(grad_scale=torch.tensor(8.0), found_inf=torch.tensor(1.0)),
     "exp-range-damp": dict(mode="exp_range", dampening=0.1, cycle_momentum=False),
     "custom-mode": dict(mode=6, shape=[5.0, 7.0, 1.0, 0.25]),
+    "momentum-start": dict(starts=[torch.tensor(v) for v in (NOT_STARTED, -1, 3, 1)]),  # not started,
+    # begun before it had a start, started in this step, started earlier
 }
 
 
@@ -73,7 +76,7 @@ def test_opcheck_empty_and_zero_element():
 def test_op_schema_mutations():
     schema = op().default._schema
     mutated = [a.name for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write]
-    assert mutated == ["params", "grads", "momentum_buffers"]
+    assert mutated == ["params", "grads", "momentum_buffers", "momentum_start"]
     assert len(schema.returns) == 0
 
 
@@ -142,7 +145,7 @@ def test_direct_call(dtype, variant, entry):
     iteration = 23  # mid-cycle in the second cycle
     want_p, want_g, want_b = expected_step(params, grads, bufs, iteration, **kwargs)
     args = op_args(params, grads, bufs, iteration=iteration, **kwargs)
-    counter = args[3]
+    counter = args[4]
     if entry == "dispatcher":
         op()(*args)
     else:
@@ -222,8 +225,14 @@ def _bad_calls():
     cases["step_size_up"] = op_args(p, g, b, shape=[0.0, 1.0, 1.0, 1.0])
     p, g, b = make_tensors(torch.float32, sizes=(3, 4), seed=4)
     args = list(op_args(p, g, b))
-    args[3] = torch.tensor(3.0)
+    args[4] = torch.tensor(3.0)
     cases["float counter"] = tuple(args)
+    p, g, b = make_tensors(torch.float32, sizes=(3, 4), seed=4)
+    cases["starts length"] = op_args(p, g, b, starts=[torch.tensor(0)])
+    p, g, b = make_tensors(torch.float32, sizes=(3, 4), seed=4)
+    cases["starts dtype"] = op_args(p, g, b, starts=[torch.tensor(0), torch.tensor(0.0)])
+    p, g, _ = make_tensors(torch.float32, sizes=(3, 4), seed=4)
+    cases["starts without buffers"] = op_args(p, g, [], starts=[torch.tensor(0), torch.tensor(0)])
     p, g, b = make_tensors(torch.float32, sizes=(3, 4), seed=4)
     cases["grad_scale shape"] = op_args(p, g, b, grad_scale=torch.ones(2))
     return cases
@@ -250,10 +259,13 @@ def test_bad_calls_raise_before_writing(case, entry):
 
 def test_check_bucket():
     p, g, b = make_tensors(torch.float32, sizes=(3, 4))
-    _backends._C.check_bucket(p, g, b)
+    _backends._C.check_bucket(p, g, b, [])
+    _backends._C.check_bucket(p, g, b, [torch.tensor(0), torch.tensor(0)])
+    with pytest.raises(RuntimeError, match="momentum_start"):
+        _backends._C.check_bucket(p, g, b, [torch.tensor(0)])
     g[0] = g[0].to_sparse()
     with pytest.raises(RuntimeError, match="sparse"):
-        _backends._C.check_bucket(p, g, b)
+        _backends._C.check_bucket(p, g, b, [])
 
 
 def test_op_under_torch_compile():
@@ -263,7 +275,7 @@ def test_op_under_torch_compile():
     counter = torch.tensor(9, dtype=torch.int64)
 
     def f(ps, gs, bs, c):
-        torch.ops.clr_ext.cyclic_sgd_(ps, gs, bs, c, BOUNDS, SHAPE, 0, 0.9, 0.0, 0.01, False, False, True, False,
+        torch.ops.clr_ext.cyclic_sgd_(ps, gs, bs, [], c, BOUNDS, SHAPE, 0, 0.9, 0.0, 0.01, False, False, True, False,
                                       None, None)
 
     try:
@@ -274,3 +286,56 @@ def test_op_under_torch_compile():
     f(*ref, torch.tensor(9, dtype=torch.int64))
     for a, b in zip(params + bufs, ref[0] + ref[2]):
         assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------- momentum_start
+
+
+START_CASES = {
+    # name: (starts before, iteration 23's update as "first" or "steady", starts after)
+    "not started": (NOT_STARTED, "first", 23),
+    "started this step": (23, "first", 23),
+    "started before": (5, "steady", 5),
+    "begun before it had a start": (-1, "steady", -1),
+}
+
+
+@pytest.mark.parametrize("entry", ("dispatcher", "pybind"))
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: DTYPE_IDS[d])
+def test_momentum_start_decides_each_param(dtype, entry):
+    """With momentum_start, each param's buffer starts (buffer = g) or continues by its
+    own start value, whatever first_step says, and a start records the iteration."""
+    names = list(START_CASES)
+    params, grads, bufs = make_tensors(dtype, sizes=(3, 17, 1031, 8), seed=7)
+    starts = [torch.tensor(START_CASES[n][0]) for n in names]
+    want = [expected_step([p], [g], [b], 23, dampening=0.3, cycle_momentum=False, momentum=0.7,
+                          first_step=START_CASES[n][1] == "first")
+            for n, p, g, b in zip(names, params, grads, bufs)]
+    args = op_args(params, grads, bufs, iteration=23, dampening=0.3, cycle_momentum=False, momentum=0.7,
+                   first_step=True, starts=starts)
+    (op() if entry == "dispatcher" else _backends._C.cyclic_sgd_cpu_)(*args)
+    # (a scale-relative absolute floor: one half-precision value cancels to 0 in the
+    # reference and to 1e-8 in the fused multiply-add)
+    tol = RTOL[dtype] if dtype not in HALF_DTYPES else torch.finfo(dtype).eps
+    for n, p, b, s, (wp, _, wb) in zip(names, params, bufs, starts, want):
+        torch.testing.assert_close(p.double(), wp[0].double(), rtol=tol, atol=tol * 1e-3)
+        torch.testing.assert_close(b.double(), wb[0].double(), rtol=tol, atol=tol * 1e-3)
+        assert int(s) == START_CASES[n][2], n
+
+
+@pytest.mark.parametrize("case", ("found_inf", "momentum 0"))
+def test_momentum_start_stays_when_no_buffer_is_used(case):
+    """A step skipped on overflow, or whose momentum is 0, starts no buffer: the starts
+    keep their values and the buffers are untouched."""
+    params, grads, bufs = make_tensors(torch.float32, sizes=(5, 6), seed=8)
+    starts = [torch.tensor(NOT_STARTED), torch.tensor(2)]
+    before = [b.clone() for b in bufs]
+    if case == "found_inf":
+        args = op_args(params, grads, bufs, iteration=23, starts=starts, grad_scale=torch.tensor(2.0),
+                       found_inf=torch.tensor(1.0))
+    else:
+        args = op_args(params, grads, bufs, iteration=23, starts=starts, momentum=0.0, cycle_momentum=False)
+    op()(*args)
+    assert [int(s) for s in starts] == [NOT_STARTED, 2]
+    for b, b0 in zip(bufs, before):
+        assert torch.equal(b, b0)

@@ -33,33 +33,11 @@ bool same_dense_layout(const at::Tensor& a, const at::Tensor& b) {
          a.strides() == b.strides();
 }
 
-}  // namespace
-
-void cyclic_sgd_cpu_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-                     const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
-                     int64_t mode, double momentum, double dampening, double weight_decay, bool nesterov,
-                     bool maximize, bool cycle_momentum, bool first_step,
-                     const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf) {
-  const StepPlan plan = make_step_plan(params, grads, momentum_buffers, iteration, bounds, shape, mode,
-                                       momentum, dampening, weight_decay, nesterov, cycle_momentum, first_step,
-                                       grad_scale, found_inf, at::kCPU);
-  // On the CPU the overflow flag is host memory: reading it costs nothing, and a
-  // skipped step must not touch a single element (grads stay scaled, as in PyTorch).
-  if (found_inf.has_value() && found_inf->item<double>() == 1.0) return;
-  if (params.empty()) return;
-
-  clr_cpu::StepArgs args;
-  args.lr = plan.point.lr;
-  args.momentum = plan.effective_momentum;
-  args.dampening = dampening;
-  args.weight_decay = weight_decay;
-  args.momentum_state = plan.momentum_state;
-  args.nesterov = nesterov ? 1 : 0;
-  args.maximize = maximize ? 1 : 0;
-  args.unscale = grad_scale.has_value() ? 1 : 0;
-  args.grad_scale = grad_scale.has_value() ? grad_scale->item<double>() : 1.0;
-
-  const bool use_buffers = plan.momentum_state != CLR_MOMENTUM_NONE;
+// One pass of the kernel over params[i] for every i in `subset` (every param when null),
+// with one momentum state for all of them.
+void apply_update(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                  const std::vector<size_t>* subset, const clr_cpu::StepArgs& args) {
+  const bool use_buffers = args.momentum_state != CLR_MOMENTUM_NONE;
   const int32_t dtype = cpu_dtype_code(params[0].scalar_type());
 
   // Tensors whose layouts differ are run through dense copies, copied back afterwards.
@@ -67,10 +45,12 @@ void cyclic_sgd_cpu_(at::TensorList params, at::TensorList grads, at::TensorList
   std::vector<int64_t> staged_index;
   std::vector<clr_cpu::Span> spans;
   std::vector<int64_t> offsets;
-  spans.reserve(params.size());
-  offsets.reserve(params.size() + 1);
+  const size_t count = subset != nullptr ? subset->size() : params.size();
+  spans.reserve(count);
+  offsets.reserve(count + 1);
   offsets.push_back(0);
-  for (size_t i = 0; i < params.size(); ++i) {
+  for (size_t k = 0; k < count; ++k) {
+    const size_t i = subset != nullptr ? (*subset)[k] : k;
     const int64_t n = params[i].numel();
     if (n == 0) continue;
     // References, not copies: a Tensor copy is an atomic refcount round trip per parameter.
@@ -110,6 +90,50 @@ void cyclic_sgd_cpu_(at::TensorList params, at::TensorList grads, at::TensorList
     if (args.unscale) grads[i].copy_(staged_grad[k]);
     if (use_buffers) momentum_buffers[i].copy_(staged_buffer[k]);
   }
+}
+
+}  // namespace
+
+void cyclic_sgd_cpu_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                     at::TensorList momentum_start,
+                     const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
+                     int64_t mode, double momentum, double dampening, double weight_decay, bool nesterov,
+                     bool maximize, bool cycle_momentum, bool first_step,
+                     const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf) {
+  const StepPlan plan = make_step_plan(params, grads, momentum_buffers, momentum_start, iteration, bounds, shape,
+                                       mode, momentum, dampening, weight_decay, nesterov, cycle_momentum,
+                                       first_step, grad_scale, found_inf, at::kCPU);
+  // On the CPU the overflow flag is host memory: reading it costs nothing, and a
+  // skipped step must not touch a single element (grads stay scaled, as in PyTorch).
+  if (found_inf.has_value() && found_inf->item<double>() == 1.0) return;
+  if (params.empty()) return;
+
+  clr_cpu::StepArgs args;
+  args.lr = plan.point.lr;
+  args.momentum = plan.effective_momentum;
+  args.dampening = dampening;
+  args.weight_decay = weight_decay;
+  args.momentum_state = plan.momentum_state;
+  args.nesterov = nesterov ? 1 : 0;
+  args.maximize = maximize ? 1 : 0;
+  args.unscale = grad_scale.has_value() ? 1 : 0;
+  args.grad_scale = grad_scale.has_value() ? grad_scale->item<double>() : 1.0;
+
+  if (momentum_start.empty() || plan.momentum_state == CLR_MOMENTUM_NONE) {
+    apply_update(params, grads, momentum_buffers, nullptr, args);
+    return;
+  }
+  // Per-param starts (see cyclic_sgd.h): two passes, the buffers that continue and
+  // those that start now; then the starts record this iteration.
+  const int64_t now = iteration.item<int64_t>();
+  std::vector<size_t> continuing, starting;
+  for (size_t i = 0; i < params.size(); ++i)
+    (*momentum_start[i].const_data_ptr<int64_t>() >= now ? starting : continuing).push_back(i);
+  args.momentum_state = CLR_MOMENTUM_STEADY;
+  if (!continuing.empty()) apply_update(params, grads, momentum_buffers, &continuing, args);
+  args.momentum_state = CLR_MOMENTUM_FIRST;
+  if (!starting.empty()) apply_update(params, grads, momentum_buffers, &starting, args);
+  for (size_t i : starting) *momentum_start[i].mutable_data_ptr<int64_t>() = now;
 }
 
 }  // namespace clr_ext

@@ -1,5 +1,5 @@
 // The CUDA implementation of clr_ext::cyclic_sgd_: one multi-tensor launch per step
-// (per ~890 tensors) that reads the iteration from the device, evaluates the
+// (per ~740 tensors) that reads the iteration from the device, evaluates the
 // schedule (csrc/schedule.h, double precision) and applies the update
 // (csrc/sgd_update.h) to every element of the bucket.
 //
@@ -202,6 +202,7 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerSm)
   __shared__ C s_scale;
   __shared__ int s_momentum_state;
   __shared__ int s_skip;
+  __shared__ int64_t s_iteration;
 
   // One thread per block evaluates the schedule (a few double operations) and the
   // step's flags; every block of every launch of the step reads the same iteration.
@@ -211,7 +212,9 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerSm)
     if (!skip) {
       const clr_shape shape = args.shape;
       const clr_bounds bounds = args.bounds;
-      const clr_point point = clr_schedule(*args.iteration, &shape, &bounds);
+      const int64_t iteration = *args.iteration;
+      s_iteration = iteration;
+      const clr_point point = clr_schedule(iteration, &shape, &bounds);
       const double momentum = args.cycle_momentum ? point.momentum : args.momentum;
       // torch.optim.SGD leaves its buffers alone in any step whose momentum is 0.
       s_momentum_state = (args.has_buffers && momentum != 0.0)
@@ -226,7 +229,8 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerSm)
   if (s_skip) return;  // AMP overflow: nothing is written, decided on the device
   const Coeffs coeffs = s_coeffs;
   const C scale = s_scale;
-  const int momentum_state = s_momentum_state;
+  const int block_momentum_state = s_momentum_state;
+  const int64_t iteration = s_iteration;
   const bool unscale = args.grad_scale != nullptr;
   const int use_wd = args.use_weight_decay;
   const int nesterov = args.nesterov;
@@ -237,6 +241,16 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerSm)
     const ChunkRange r = chunk_range(table.chunk_end, table.numel, t, chunk);
     S* p = static_cast<S*>(table.param[t]) + r.begin;
     S* g = static_cast<S*>(table.grad[t]) + r.begin;
+    int momentum_state = block_momentum_state;
+    int64_t* const start = table.momentum_start[t];
+    if (momentum_state != CLR_MOMENTUM_NONE && start != nullptr) {
+      // Every block that runs a chunk of tensor t reads either the value from before
+      // this step or this iteration, written by another block of the step: both mean
+      // "start" when the buffer had not started, so all chunks of t decide alike.
+      const int64_t started = *start;
+      momentum_state = started >= iteration ? CLR_MOMENTUM_FIRST : CLR_MOMENTUM_STEADY;
+      if (threadIdx.x == 0 && started > iteration) *start = iteration;
+    }
     S* b = momentum_state != CLR_MOMENTUM_NONE ? static_cast<S*>(table.buffer[t]) + r.begin : nullptr;
 #define CLR_RUN(MS)                                                                  \
   if (unscale)                                                                       \
@@ -260,6 +274,7 @@ struct Entry {
   void* param;
   void* grad;
   void* buffer;
+  int64_t* momentum_start;
   int64_t numel;
 };
 
@@ -285,6 +300,7 @@ void launch(const std::vector<Entry>& entries, const StepArgs& args, cudaStream_
     table.param[t] = e.param;
     table.grad[t] = e.grad;
     table.buffer[t] = e.buffer;
+    table.momentum_start[t] = e.momentum_start;
     table.numel[t] = e.numel;
     chunks += n_chunks;
     table.chunk_end[t] = (int32_t)chunks;
@@ -319,12 +335,13 @@ at::Tensor device_scalar(const c10::optional<at::Tensor>& t, int32_t* is_double)
 }  // namespace
 
 void cyclic_sgd_cuda_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                      at::TensorList momentum_start,
                       const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
                       int64_t mode, double momentum, double dampening, double weight_decay, bool nesterov,
                       bool maximize, bool cycle_momentum, bool first_step,
                       const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf) {
   // Host-only metadata checks; for CUDA the iteration is not read here.
-  const StepPlan plan = make_step_plan(params, grads, momentum_buffers, iteration, bounds, shape, mode, momentum,
+  const StepPlan plan = make_step_plan(params, grads, momentum_buffers, momentum_start, iteration, bounds, shape, mode, momentum,
                                        dampening, weight_decay, nesterov, cycle_momentum, first_step, grad_scale,
                                        found_inf, at::kCUDA);
   if (params.empty()) return;
@@ -374,6 +391,7 @@ void cyclic_sgd_cuda_(at::TensorList params, at::TensorList grads, at::TensorLis
     e.param = p.data_ptr();
     e.grad = g.data_ptr();
     e.buffer = use_buffers ? b.data_ptr() : nullptr;
+    e.momentum_start = momentum_start.empty() ? nullptr : momentum_start[i].mutable_data_ptr<int64_t>();
     e.numel = n;
     entries.push_back(e);
   }

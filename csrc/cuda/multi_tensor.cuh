@@ -13,7 +13,7 @@
  * Kernel-argument space. CUDA 12.1 raised the limit for kernel parameters from 4,096
  * to 32,764 bytes on sm_70 and newer (driver >= 530). A CUDA 13 toolkit only targets
  * sm_75 and newer and needs a driver >= 580, so every CUDA 13 build can use the large
- * space: the table then holds kMaxTensors = ~890 tensors, enough for one launch per
+ * space: the table then holds kMaxTensors = ~740 tensors, enough for one launch per
  * step for nearly every model. Older toolkits (or -DCLR_EXT_SMALL_KERNEL_ARGS) use
  * the classic 4 KB: ~100 tensors per launch, more launches, same results.
  * Large arguments cost nothing per step under CUDA-graph replay (they are captured by
@@ -79,15 +79,15 @@ struct StepArgs {
   int32_t grad_scale_is_double;  // else float32
   int32_t found_inf_is_double;   // else float32
   int32_t has_buffers;
-  int32_t first_step;
+  int32_t first_step;  // used for tensors without a momentum start
   int32_t cycle_momentum;
   int32_t nesterov;
   int32_t maximize;
   int32_t use_weight_decay;
 };
 
-/* Per tensor: 3 addresses, an int64 count and an int32 running chunk total. */
-constexpr int kBytesPerTensor = 3 * 8 + 8 + 4;
+/* Per tensor: 4 addresses, an int64 count and an int32 running chunk total. */
+constexpr int kBytesPerTensor = 4 * 8 + 8 + 4;
 constexpr int kMaxTensors =
     (kKernelParamBytes - (int)sizeof(StepArgs) - 16 /* count + alignment slack */) / kBytesPerTensor;
 
@@ -95,6 +95,7 @@ struct TensorTable {
   void* param[kMaxTensors];
   void* grad[kMaxTensors];
   void* buffer[kMaxTensors];  // unused entries when the step has no buffers
+  int64_t* momentum_start[kMaxTensors];  // nullptr: args.first_step decides
   int64_t numel[kMaxTensors];
   int32_t chunk_end[kMaxTensors];  // chunks of tensors 0..t, cumulative
   int32_t count;

@@ -67,7 +67,7 @@ clr_bounds bounds_of(const CyclicSGDOptions& o) {
   return b;
 }
 
-using OpSig = void(at::TensorList, at::TensorList, at::TensorList, const at::Tensor&, at::ArrayRef<double>,
+using OpSig = void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, const at::Tensor&, at::ArrayRef<double>,
                    at::ArrayRef<double>, int64_t, double, double, double, bool, bool, bool, bool,
                    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&);
 
@@ -342,7 +342,10 @@ torch::Tensor CyclicSGD::step(LossClosure closure) {
           fresh.params.push_back(p);
           fresh.grads.push_back(p.grad());
           fresh.buffers.push_back(buf);
-          new_buffers.emplace_back(p.unsafeGetTensorImpl(), buf);
+          // The host knows this step's momentum: a buffer that a momentum-0 step leaves
+          // alone is not kept, so the param's first step with momentum starts it (buffer
+          // = g, as torch::optim::SGD), not a zero buffer (which would give (1 - d) * g).
+          if (use_buffers) new_buffers.emplace_back(p.unsafeGetTensorImpl(), buf);
         }
       }
       if (!plain.params.empty()) work.push_back(std::move(plain));
@@ -354,7 +357,7 @@ torch::Tensor CyclicSGD::step(LossClosure closure) {
   // before the first one writes (the op's checks alone, as on the meta device).
   if (work.size() > 1) {
     for (auto& w : work) {
-      clr_ext::make_step_plan(w.params, w.grads, w.buffers, counter(w.device), {0.0, 0.0, 0.0, 0.0},
+      clr_ext::make_step_plan(w.params, w.grads, w.buffers, {}, counter(w.device), {0.0, 0.0, 0.0, 0.0},
                               {1.0, 1.0, 1.0, 1.0}, 0, 0.0, 0.0, 0.0, false, false, false, std::nullopt,
                               std::nullopt, c10::DeviceType::Meta);
     }
@@ -364,11 +367,11 @@ torch::Tensor CyclicSGD::step(LossClosure closure) {
     const CyclicSGDOptions& o = group_options(w.group);
     at::Tensor& it = counter(w.device);
     if (w.device.type() == c10::DeviceType::CPU) {
-      clr_ext::cyclic_sgd_cpu_(w.params, w.grads, w.buffers, it, group_bounds[w.group], shape_vec, mode, o.momentum(),
+      clr_ext::cyclic_sgd_cpu_(w.params, w.grads, w.buffers, {}, it, group_bounds[w.group], shape_vec, mode, o.momentum(),
                                o.dampening(), o.weight_decay(), o.nesterov(), o.maximize(), cycle_momentum, w.first,
                                std::nullopt, std::nullopt);
     } else {
-      registered_op().call(w.params, w.grads, w.buffers, it, group_bounds[w.group], shape_vec, mode, o.momentum(),
+      registered_op().call(w.params, w.grads, w.buffers, {}, it, group_bounds[w.group], shape_vec, mode, o.momentum(),
                            o.dampening(), o.weight_decay(), o.nesterov(), o.maximize(), cycle_momentum, w.first,
                            std::nullopt, std::nullopt);
     }

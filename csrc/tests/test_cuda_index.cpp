@@ -59,7 +59,7 @@ int main() {
   // chunk starts stay 16-byte aligned for 2-, 4- and 8-byte elements
   CHECK(kChunkElems * 2 % kVectorBytes == 0 && kChunkElems * 4 % kVectorBytes == 0, "chunk size\n");
   CHECK(sizeof(TensorTable) + sizeof(StepArgs) <= (size_t)kKernelParamBytes, "table too large\n");
-  CHECK(kMaxTensors >= 90, "only %d tensors per launch\n", kMaxTensors);
+  CHECK(kMaxTensors >= 80, "only %d tensors per launch\n", kMaxTensors);
 
   check_table({1});
   check_table({kChunkElems});

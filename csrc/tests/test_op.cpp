@@ -12,7 +12,7 @@
 #include "schedule.h"
 #include "expect.h"
 
-using OpSig = void(at::TensorList, at::TensorList, at::TensorList, const at::Tensor&, at::ArrayRef<double>,
+using OpSig = void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, const at::Tensor&, at::ArrayRef<double>,
                    at::ArrayRef<double>, int64_t, double, double, double, bool, bool, bool, bool,
                    const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&);
 
@@ -45,7 +45,7 @@ int main() {
     for (int64_t it = 0; it < 20; ++it) {
       counter.fill_(it);
       const bool first = it == 0;
-      op.call(params, grads, bufs, counter, bounds, shape, CLR_MODE_TRIANGULAR2, 0.0, 0.0, wd, false, false, true,
+      op.call(params, grads, bufs, {}, counter, bounds, shape, CLR_MODE_TRIANGULAR2, 0.0, 0.0, wd, false, false, true,
               first, c10::nullopt, c10::nullopt);
       EXPECT(counter.item<int64_t>() == it, "the op advanced the counter");
       const clr_point pt = clr_schedule(it, &cs, &cb);
@@ -70,7 +70,7 @@ int main() {
     for (auto& p : params) before.push_back(p.clone());
     bool threw = false;
     try {
-      op.call(params, bad_grads, bufs, counter, bounds, shape, 0, 0.0, 0.0, wd, false, false, true, false,
+      op.call(params, bad_grads, bufs, {}, counter, bounds, shape, 0, 0.0, 0.0, wd, false, false, true, false,
               c10::nullopt, c10::nullopt);
     } catch (const c10::Error&) {
       threw = true;

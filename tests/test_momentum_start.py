@@ -1,0 +1,190 @@
+"""Which step starts a momentum buffer (buffer = gradient, no dampening), when the op
+decides it.
+
+On CUDA the host never reads GradScaler's overflow flag, and a step traced by
+torch.compile does not know its cycled momentum: there each buffer carries a start
+iteration and the op decides, param by param (csrc/cyclic_sgd.h, ``momentum_start``).
+These tests run that path on the CPU (``_device_decided_types``) next to the host path,
+both against torch.optim.SGD + CyclicLR, with dampening != 0: the case where starting
+a buffer from zeros instead of the gradient would show.
+"""
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+
+import clr_ext
+
+from conftest import ReferencePair, assert_close_rel
+
+pytestmark = pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+
+SIZES = (3, 1031)
+DECIDED = {"device-decided": True, "host-decided": False}
+
+
+def make(backend, decided, params, **kwargs):
+    kwargs.setdefault("step_size_up", 2)
+    opt = clr_ext.CyclicSGD(params, 0.01, 0.05, backend=backend, **kwargs)
+    if decided:
+        opt._device_decided_types = ("cpu", "cuda")
+    return opt
+
+
+def step_with_scaler_flags(opt, params, grads, skip):
+    for p, g in zip(params, grads):
+        p.grad = None if g is None else g.clone()
+    opt.grad_scale = torch.tensor(1.0)
+    opt.found_inf = torch.tensor(1.0 if skip else 0.0)
+    opt.step()
+    del opt.grad_scale, opt.found_inf
+
+
+def saved_buffers(state_dict):
+    return sorted(i for i, s in state_dict["state"].items() if "momentum_buffer" in s)
+
+
+@pytest.mark.parametrize("decided", list(DECIDED), ids=list(DECIDED))
+def test_steps_skipped_on_overflow_start_no_buffer(backend, decided):
+    """GradScaler skips the first steps: the first applied step starts the buffers with
+    the gradient itself; state_dict() has no buffer before then, as torch.optim.SGD."""
+    gen = torch.Generator().manual_seed(31)
+    init = [torch.randn(n, generator=gen) for n in SIZES]
+    sgd = dict(momentum=0.9, dampening=0.3)
+    ref = ReferencePair([{"params": init}], sgd, dict(base_lr=0.01, max_lr=0.05, step_size_up=2, cycle_momentum=False))
+    params = [t.clone().requires_grad_(True) for t in init]
+    opt = make(backend, DECIDED[decided], params, cycle_momentum=False, **sgd)
+    for k in range(9):
+        grads = [torch.randn(t.shape, generator=gen) for t in init]
+        skip = k in (0, 1, 5)
+        step_with_scaler_flags(opt, params, grads, skip)
+        if skip:
+            ref.sched.step()
+        else:
+            ref.step(grads)
+        assert saved_buffers(opt.state_dict()) == saved_buffers(ref.sgd.state_dict()), k
+        assert_close_rel(params, ref.params)
+        for i, p in enumerate(params):
+            if ref.buffer(i) is not None:
+                assert_close_rel([opt.state[p]["momentum_buffer"]], [ref.buffer(i)], "buffer")
+
+
+@pytest.mark.parametrize("decided", list(DECIDED), ids=list(DECIDED))
+def test_cycled_momentum_zero_on_the_first_step(backend, decided):
+    """Cycled momentum rises from 0 (max_momentum=0 at the cycle's start): torch.optim.SGD
+    keeps no buffer in that step, and the next step starts it with the gradient."""
+    gen = torch.Generator().manual_seed(32)
+    init = [torch.randn(n, generator=gen) for n in SIZES]
+    ref = ReferencePair([{"params": init}], dict(momentum=0.9, dampening=0.4),
+                        dict(base_lr=0.01, max_lr=0.05, step_size_up=3, base_momentum=0.9, max_momentum=0.0))
+    params = [t.clone().requires_grad_(True) for t in init]
+    opt = make(backend, DECIDED[decided], params, momentum=0.9, dampening=0.4, base_momentum=0.9,
+               max_momentum=0.0, step_size_up=3)
+    for k in range(10):
+        grads = [torch.randn(t.shape, generator=gen) for t in init]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+        ref.step(grads)
+        assert opt.get_last_lr() == ref.last_lr()
+        assert saved_buffers(opt.state_dict()) == saved_buffers(ref.sgd.state_dict()), k
+        assert_close_rel(params, ref.params)
+
+
+def test_params_that_get_gradients_later(backend):
+    """Starts are per param: one param's buffer starts in a skipped step's aftermath,
+    another's only when its first gradient arrives."""
+    gen = torch.Generator().manual_seed(33)
+    init = [torch.randn(n, generator=gen) for n in (5, 64, 7)]
+    sgd = dict(momentum=0.8, dampening=0.25, weight_decay=0.01)
+    ref = ReferencePair([{"params": init}], sgd, dict(base_lr=0.01, max_lr=0.05, step_size_up=2, cycle_momentum=False))
+    params = [t.clone().requires_grad_(True) for t in init]
+    opt = make(backend, True, params, cycle_momentum=False, **sgd)
+    plan = [({0}, True), ({0, 1}, False), ({0, 1}, True), ({0, 1, 2}, False), ({1, 2}, False), ({0, 1, 2}, False)]
+    for has_grad, skip in plan:
+        grads = [torch.randn(t.shape, generator=gen) if i in has_grad else None for i, t in enumerate(init)]
+        step_with_scaler_flags(opt, params, grads, skip)
+        if skip:
+            ref.sched.step()
+        else:
+            ref.step(grads)
+        assert saved_buffers(opt.state_dict()) == saved_buffers(ref.sgd.state_dict())
+        assert_close_rel(params, ref.params)
+
+
+def test_host_started_buffers_continue_on_the_device_path(backend):
+    """Buffers started on the host (or loaded) get a start that says "begun": moving to
+    the device-decided path (e.g. compiling later) must not restart them."""
+    gen = torch.Generator().manual_seed(34)
+    init = [torch.randn(n, generator=gen) for n in SIZES]
+    sgd = dict(momentum=0.9, dampening=0.3)
+    ref = ReferencePair([{"params": init}], sgd, dict(base_lr=0.01, max_lr=0.05, step_size_up=2, cycle_momentum=False))
+    params = [t.clone().requires_grad_(True) for t in init]
+    opt = make(backend, False, params, cycle_momentum=False, **sgd)
+    for k in range(6):
+        if k == 3:
+            opt._device_decided_types = ("cpu",)
+        grads = [torch.randn(t.shape, generator=gen) for t in init]
+        step_with_scaler_flags(opt, params, grads, False)
+        ref.step(grads)
+        assert_close_rel(params, ref.params)
+    assert len(opt._momentum_start) == len(params)
+
+
+def test_starts_survive_copies_and_checkpoints(backend):
+    """A buffer that has not started stays so through deepcopy and pickling, and a
+    checkpoint leaves it out, so a loaded optimizer starts it at the next step."""
+    gen = torch.Generator().manual_seed(35)
+    init = [torch.randn(n, generator=gen) for n in SIZES]
+    sgd = dict(momentum=0.9, dampening=0.5)
+    ref = ReferencePair([{"params": init}], sgd, dict(base_lr=0.01, max_lr=0.05, step_size_up=2, cycle_momentum=False))
+    params = [t.clone().requires_grad_(True) for t in init]
+    opt = make(backend, True, params, cycle_momentum=False, **sgd)
+    first = [torch.randn(t.shape, generator=gen) for t in init]
+    step_with_scaler_flags(opt, params, first, True)
+    ref.sched.step()
+    assert all("momentum_buffer" in opt.state[p] for p in params)  # exists, not started
+
+    copied_params, copied_opt = copy.deepcopy((params, opt))
+    buf = io.BytesIO()
+    torch.save((params, opt), buf)
+    buf.seek(0)
+    pickled_params, pickled_opt = torch.load(buf, weights_only=False)
+    loaded_params = [t.detach().clone().requires_grad_(True) for t in params]
+    loaded_opt = make(backend, True, loaded_params, cycle_momentum=False, **sgd)
+    loaded_opt.load_state_dict(opt.state_dict())
+    assert loaded_opt.iteration == 1
+    assert all("momentum_buffer" not in s for s in loaded_opt.state.values())
+
+    candidates = [(params, opt), (copied_params, copied_opt), (pickled_params, pickled_opt),
+                  (loaded_params, loaded_opt)]
+    for k in range(4):
+        grads = [torch.randn(t.shape, generator=gen) for t in init]
+        for ps, o in candidates:
+            step_with_scaler_flags(o, ps, grads, False)
+        ref.step(grads)
+        for ps, _ in candidates:
+            assert_close_rel(ps, ref.params)
+
+
+def test_iteration_moved_back_keeps_begun_buffers(backend):
+    """A start is an iteration: when a wrapper sets the iteration back (group
+    "iteration", as ZeroRedundancyOptimizer's load does), begun buffers stay begun."""
+    results = []
+    for decided in (True, False):
+        gen = torch.Generator().manual_seed(36)
+        params = [torch.randn(n, generator=gen).requires_grad_(True) for n in SIZES]
+        opt = make(backend, decided, params, momentum=0.9, dampening=0.3, cycle_momentum=False)
+        for k in range(8):
+            if k == 5:
+                for group in opt.param_groups:
+                    group["iteration"] = 1
+            grads = [torch.randn(p.shape, generator=gen) for p in params]
+            step_with_scaler_flags(opt, params, grads, False)
+        assert opt.iteration == 4
+        results.append([p.detach().clone() for p in params])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
