@@ -264,16 +264,17 @@ class _PythonBackend(Backend):
             self._run(params, grads, buffers, counter, iteration, bounds, shape, mode, momentum, dampening,
                       weight_decay, nesterov, maximize, cycle_momentum, False, grad_scale, found_inf)
             return
-        started = [int(s) for s in starts]
+        packed = starts[0].view(-1) if len(starts) == 1 else None  # one element per param
+        started = packed.tolist() if packed is not None else [int(s) for s in starts]
         for first in (False, True):
             index = [i for i, value in enumerate(started) if (value >= iteration) == first]
             if index:
                 self._run([params[i] for i in index], [grads[i] for i in index], [buffers[i] for i in index],
                           counter, iteration, bounds, shape, mode, momentum, dampening, weight_decay, nesterov,
                           maximize, cycle_momentum, first, grad_scale, found_inf)
-        for start, value in zip(starts, started):
+        for i, value in enumerate(started):
             if value > iteration:
-                start.fill_(iteration)
+                (packed[i] if packed is not None else starts[i]).fill_(iteration)
 
     def _run(self, params, grads, buffers, counter, iteration, bounds, shape, mode, momentum, dampening,
              weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):

@@ -114,6 +114,17 @@ def _local_tensors(tensors: List[torch.Tensor], dtensor: Any) -> List[torch.Tens
     return [t._local_tensor if isinstance(t, dtensor) else t for t in tensors]
 
 
+def _starts_argument(entries: List[Tuple[torch.Tensor, int]]) -> List[torch.Tensor]:
+    """The op's ``momentum_start`` for params whose starts are ``entries`` ((tensor,
+    index) each): that tensor alone when it holds exactly these params' starts in
+    order (one input for a traced step, not one per param), else a view per param."""
+    if entries:
+        shared = entries[0][0]
+        if shared.numel() == len(entries) and all(t is shared and k == i for i, (t, k) in enumerate(entries)):
+            return [shared]
+    return [t[k] for t, k in entries]
+
+
 class _Bucket:
     """Params of one group on one device with one dtype, and their backend."""
 
@@ -195,9 +206,9 @@ class CyclicSGD(Optimizer):
     """
 
     _step_supports_amp_scaling = True
-    # Devices whose overflow flag the host does not read: the op decides there which
-    # buffers start (tests add "cpu" to run that path without a GPU).
-    _device_decided_types: Tuple[str, ...] = ("cuda",)
+    # Devices whose overflow flag the host reads for free; on all others the op decides
+    # which buffers start (tests empty this to run that path without a GPU).
+    _host_decided_types: Tuple[str, ...] = ("cpu",)
 
     def __init__(
         self,
@@ -249,8 +260,9 @@ class CyclicSGD(Optimizer):
         self._iteration = 0
         self._counters: Dict[torch.device, torch.Tensor] = {}
         self._bucket_cache: Dict[int, Tuple[Any, ...]] = {}
-        # param -> momentum_start, for params whose buffer's first step the op decides.
-        self._momentum_start: Dict[torch.Tensor, torch.Tensor] = {}
+        # param -> (int64 tensor, index): its momentum_start, where the op decides which
+        # step is its buffer's first (see _plan_device_decided).
+        self._momentum_start: Dict[torch.Tensor, Tuple[torch.Tensor, int]] = {}
         self._starts_version = 0  # changes whenever _momentum_start does
 
         if isinstance(params, torch.Tensor):  # as torch.optim.Optimizer says it
@@ -485,8 +497,8 @@ class CyclicSGD(Optimizer):
             counter.fill_(self._iteration)
         # The starts are iterations: once the counter may have gone back, a begun
         # buffer must not look as if it began in the future.
-        for start in self._momentum_start.values():
-            start.masked_fill_(start != _NOT_STARTED, _STARTED_BEFORE)
+        for starts in {id(t): t for t, _ in self._momentum_start.values()}.values():
+            starts.masked_fill_(starts != _NOT_STARTED, _STARTED_BEFORE)
         self._refresh_all()
 
     def _step_once(self) -> None:
@@ -500,7 +512,8 @@ class CyclicSGD(Optimizer):
         work = []
         has_dtensor = False
         compiling = torch.compiler.is_compiling()  # dynamo cannot trace map(operator.is_, ...)
-        new_buffers: List[Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = []
+        # (param, its new buffer or None, its new start or None)
+        new_buffers: List[Tuple[torch.Tensor, Optional[torch.Tensor], Optional[Tuple[torch.Tensor, int]]]] = []
         starts_of = self._momentum_start
         devices = set()
         for group_index, group in enumerate(self._step_groups()):
@@ -530,7 +543,7 @@ class CyclicSGD(Optimizer):
                     work.append((backend, device, params, grads, [], [], False, group, bounds))
                     continue
                 # Looked up at every step: a user may replace or delete a buffer.
-                if (compiling or device.type in self._device_decided_types
+                if (compiling or device.type not in self._host_decided_types
                         or (starts_of and any(p in starts_of for p in params))):
                     work.append(self._plan_device_decided(bucket, grads, group, bounds, new_buffers, compiling))
                     continue
@@ -618,8 +631,9 @@ class CyclicSGD(Optimizer):
         On CUDA (no host sync) and in traced steps the host cannot read the overflow
         flag, nor, when cycling under torch.compile, the momentum: it cannot tell
         whether a new buffer was started. Each such buffer gets a ``momentum_start``
-        (see csrc/cyclic_sgd.h), kept in ``self._momentum_start`` for as long as the
-        param lives (a captured CUDA graph holds its address)."""
+        (see csrc/cyclic_sgd.h): ``self._momentum_start`` maps the param to (an int64
+        tensor, an index in it), kept for as long as the param lives (a captured CUDA
+        graph holds its address)."""
         backend, device, params = bucket.backend, bucket.device, bucket.params
         state, starts_of = self.state, self._momentum_start
         try:  # every step after the first: each param has its buffer and its start
@@ -627,34 +641,36 @@ class CyclicSGD(Optimizer):
             if not compiling and bucket.starts is not None and bucket.starts[0] == self._starts_version:
                 starts = bucket.starts[1]
             else:
-                starts = [starts_of[p] for p in params]
+                starts = _starts_argument([starts_of[p] for p in params])
                 if not compiling:  # (dynamo would guard on the version)
                     bucket.starts = (self._starts_version, starts)
             if not any(b is None for b in buffers):
                 return (backend, device, params, grads, buffers, starts, False, group, bounds)
         except KeyError:
             pass
-        buffers, starts = [], []
-        fresh, begun = [], []  # positions that need a start: new buffers, older ones
+        buffers, entries, needs_start, begun = [], [], [], []
         for i, p in enumerate(params):
             buf = state[p].get("momentum_buffer") if p in state else None
-            start = starts_of.get(p)
-            if buf is None:
+            entry = starts_of.get(p)
+            if buf is None:  # a new buffer (and a new start, whatever the old one said)
                 buf = torch.zeros_like(p, memory_format=torch.preserve_format)
-                fresh.append(i)
-            elif start is None:
-                begun.append(i)  # a loaded or host-started buffer
+                needs_start.append(i)
+            elif entry is None:  # a loaded or host-started buffer
+                needs_start.append(i)
+                begun.append(i)
             buffers.append(buf)
-            starts.append(start)
-        # One allocation for all the starts a step creates, not one per param. They are
-        # kept once the step has run (new_buffers), so a step that fails changes nothing.
-        for positions, value, is_new in ((fresh, _NOT_STARTED, True), (begun, _STARTED_BEFORE, False)):
-            if positions:
-                created = torch.full((len(positions),), value, dtype=torch.int64, device=device).unbind()
-                for i, start in zip(positions, created):
-                    starts[i] = start
-                    new_buffers.append((params[i], buffers[i] if is_new else None, start))
-        return (backend, device, params, grads, buffers, starts, False, group, bounds)
+            entries.append(entry)
+        # One tensor for the starts this bucket creates: in the usual first step, all
+        # of the bucket's, and the op then takes that tensor alone. They are kept once
+        # the step has run (new_buffers), so a step that fails changes nothing.
+        created = torch.full((len(needs_start),), _NOT_STARTED, dtype=torch.int64, device=device)
+        begun_set = set(begun)
+        for k, i in enumerate(needs_start):  # (never empty: the fast path above failed)
+            entries[i] = (created, k)
+            if i in begun_set:
+                created[k].fill_(_STARTED_BEFORE)  # rare: once per param, after a load
+            new_buffers.append((params[i], None if i in begun_set else buffers[i], entries[i]))
+        return (backend, device, params, grads, buffers, _starts_argument(entries), False, group, bounds)
 
     def _host_advance(self) -> None:
         self._iteration += 1
@@ -685,14 +701,13 @@ class CyclicSGD(Optimizer):
         """Params whose buffer exists but has not started (one host sync when there are any starts)."""
         if not self._momentum_start:
             return []
-        entries = list(self._momentum_start.items())
-        by_device: Dict[torch.device, List[int]] = {}
-        for i, (_, start) in enumerate(entries):
-            by_device.setdefault(start.device, []).append(i)
+        members: Dict[int, Tuple[torch.Tensor, List[Tuple[torch.Tensor, int]]]] = {}
+        for p, (starts, k) in self._momentum_start.items():
+            members.setdefault(id(starts), (starts, []))[1].append((p, k))
         not_started = []
-        for positions in by_device.values():
-            values = torch.stack([entries[i][1] for i in positions]).tolist()
-            not_started += [entries[i][0] for i, value in zip(positions, values) if value == _NOT_STARTED]
+        for starts, owners in members.values():
+            values = starts.tolist()
+            not_started += [p for p, k in owners if values[k] == _NOT_STARTED]
         return not_started
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:

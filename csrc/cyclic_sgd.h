@@ -15,8 +15,10 @@ namespace clr_ext {
 // Which parameters start their momentum buffer in this step (buffer = g rather than
 // momentum * buffer + (1 - dampening) * g) is decided one of two ways:
 // - `momentum_start` empty: `first_step` says it for the whole call (the host knows);
-// - otherwise one one-element int64 tensor per param: the iteration of the param's
-//   first step that used its buffer, kMomentumNotStarted until then. A param starts
+// - otherwise, per param, the iteration of its first step that used its buffer
+//   (kMomentumNotStarted until then), as one one-element int64 tensor per param or
+//   packed into one contiguous int64 tensor with an element per param (one input
+//   rather than hundreds for a traced step). A param starts
 //   its buffer when that value is >= the iteration, and a step that uses momentum
 //   (not skipped on overflow, momentum != 0) records the iteration in it. The decision
 //   is then taken where found_inf and a cycled momentum are known, on the device,
@@ -35,6 +37,12 @@ constexpr const char* kCyclicSgdSchema =
 
 // A param's momentum_start before its first step with momentum.
 constexpr int64_t kMomentumNotStarted = INT64_MAX;
+
+// Where param i's start lives in a checked momentum_start (see above).
+inline int64_t* momentum_start_of(at::TensorList momentum_start, size_t i) {
+  return momentum_start.size() == 1 ? momentum_start[0].mutable_data_ptr<int64_t>() + i
+                                    : momentum_start[i].mutable_data_ptr<int64_t>();
+}
 
 // What the host knows about one step of one bucket once the inputs are checked.
 struct StepPlan {

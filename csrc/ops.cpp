@@ -61,8 +61,17 @@ StepPlan make_step_plan(at::TensorList params, at::TensorList grads, at::TensorL
               " grads");
   TORCH_CHECK(momentum_buffers.empty() || momentum_buffers.size() == params.size(), "clr_ext: got ",
               params.size(), " params but ", momentum_buffers.size(), " momentum buffers");
-  TORCH_CHECK(momentum_start.empty() || momentum_start.size() == params.size(), "clr_ext: got ", params.size(),
-              " params but ", momentum_start.size(), " momentum_start entries");
+  const bool packed_starts = momentum_start.size() == 1;
+  if (packed_starts) {
+    const at::Tensor& s = momentum_start[0];
+    TORCH_CHECK(s.scalar_type() == at::kLong && s.numel() == (int64_t)params.size() && s.is_contiguous() &&
+                    s.has_storage() && s.device() == iteration.device(),
+                "clr_ext: a single momentum_start must be a contiguous int64 tensor with one element per param (",
+                params.size(), ") on ", iteration.device());
+  } else {
+    TORCH_CHECK(momentum_start.empty() || momentum_start.size() == params.size(), "clr_ext: got ", params.size(),
+                " params but ", momentum_start.size(), " momentum_start entries");
+  }
   TORCH_CHECK(momentum_start.empty() || !momentum_buffers.empty(),
               "clr_ext: momentum_start was given without momentum_buffers");
   TORCH_CHECK(iteration.scalar_type() == at::kLong && iteration.numel() == 1,
@@ -105,7 +114,7 @@ StepPlan make_step_plan(at::TensorList params, at::TensorList grads, at::TensorL
                       b.device() == p.device(),
                   "clr_ext: the momentum buffer of param ", i, " does not match the param in dtype, shape or device");
     }
-    if (!momentum_start.empty()) {
+    if (!momentum_start.empty() && !packed_starts) {
       const at::Tensor& s = momentum_start[i];
       TORCH_CHECK(s.scalar_type() == at::kLong && s.numel() == 1 && s.has_storage() && s.device() == p.device(),
                   "clr_ext: momentum_start ", i, " must be a one-element int64 tensor on ", p.device());
@@ -153,9 +162,9 @@ std::vector<at::Tensor> unpack_tensors(const pybind11::list& list, const char* w
   return out;
 }
 
-using EagerStep = void (*)(at::TensorList, at::TensorList, at::TensorList, at::TensorList, const at::Tensor&, at::ArrayRef<double>,
-                           at::ArrayRef<double>, int64_t, double, double, double, bool, bool, bool, bool,
-                           const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&);
+using EagerStep = void (*)(at::TensorList, at::TensorList, at::TensorList, at::TensorList, const at::Tensor&,
+                           at::ArrayRef<double>, at::ArrayRef<double>, int64_t, double, double, double, bool, bool,
+                           bool, bool, const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&);
 
 template <EagerStep kStep>
 void eager_step(const pybind11::list& params, const pybind11::list& grads, const pybind11::list& momentum_buffers,

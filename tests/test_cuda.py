@@ -265,7 +265,7 @@ def test_many_tensors_span_several_launches():
 NOT_STARTED = 2 ** 63 - 1  # a momentum_start before the buffer's first step
 
 
-@parametrize("case", ("applied", "found_inf", "momentum-0"))
+@parametrize("case", ("applied", "found_inf", "momentum-0", "applied-packed"))
 def test_momentum_start_matches_cpu_op(case):
     """Per-param starts decided in the kernel: the same buffers start (buffer = g) as on
     the CPU, in tensors of many chunks (many blocks read and write one start), and a
@@ -279,21 +279,26 @@ def test_momentum_start_matches_cpu_op(case):
     for dev in ("cpu", "cuda"):
         gen.manual_seed(12)
         ps, gs, bs = ([torch.randn(n, generator=gen).to(dev) for n in sizes] for _ in range(3))
-        ss = [torch.tensor(v, device=dev) for v in start_values]
+        if case.endswith("packed"):  # one tensor, an element per param
+            packed = torch.tensor(start_values, device=dev)
+            ss, op_ss = list(packed), [packed]
+        else:
+            ss = op_ss = [torch.tensor(v, device=dev) for v in start_values]
         bounds = [0.01, 0.1, 0.0 if case == "momentum-0" else 0.8, 0.9]
         found_inf = torch.tensor(1.0 if case == "found_inf" else 0.0, device=dev)
         before = [b.clone() for b in bs]
-        op()(ps, gs, bs, ss, torch.tensor(iteration, device=dev), bounds, [5.0, 5.0, 1.0, 1.0], 0, 0.9, 0.3, 0.0, False,
+        op()(ps, gs, bs, op_ss, torch.tensor(iteration, device=dev), bounds, [5.0, 5.0, 1.0, 1.0], 0, 0.9, 0.3, 0.0, False,
              False, True, False, torch.tensor(1.0, device=dev), found_inf)
         sides[dev] = (ps, bs, ss, before)
     torch.cuda.synchronize()
     (pc, bc, sc, bc0), (pg, bg, sg, _) = sides["cpu"], sides["cuda"]
     assert [int(s) for s in sg] == [int(s) for s in sc]
-    want = [iteration, iteration, 5, -1, iteration] if case == "applied" else list(start_values)
+    applied = case.startswith("applied")
+    want = [iteration, iteration, 5, -1, iteration] if applied else list(start_values)
     assert [int(s) for s in sg] == want
     assert_close_rel([t.cpu() for t in pg], pc, RTOL_CPU[torch.float32], "param")
     assert_close_rel([t.cpu() for t in bg], bc, RTOL_CPU[torch.float32], "buffer")
-    if case != "applied":
+    if not applied:
         for b, b0 in zip(bg, bc0):
             assert torch.equal(b.cpu(), b0)
 

@@ -4,7 +4,7 @@ decides it.
 On CUDA the host never reads GradScaler's overflow flag, and a step traced by
 torch.compile does not know its cycled momentum: there each buffer carries a start
 iteration and the op decides, param by param (csrc/cyclic_sgd.h, ``momentum_start``).
-These tests run that path on the CPU (``_device_decided_types``) next to the host path,
+These tests run that path on the CPU (``_host_decided_types``) next to the host path,
 both against torch.optim.SGD + CyclicLR, with dampening != 0: the case where starting
 a buffer from zeros instead of the gradient would show.
 """
@@ -30,7 +30,7 @@ def make(backend, decided, params, **kwargs):
     kwargs.setdefault("step_size_up", 2)
     opt = clr_ext.CyclicSGD(params, 0.01, 0.05, backend=backend, **kwargs)
     if decided:
-        opt._device_decided_types = ("cpu", "cuda")
+        opt._host_decided_types = ()
     return opt
 
 
@@ -126,7 +126,7 @@ def test_host_started_buffers_continue_on_the_device_path(backend):
     opt = make(backend, False, params, cycle_momentum=False, **sgd)
     for k in range(6):
         if k == 3:
-            opt._device_decided_types = ("cpu",)
+            opt._host_decided_types = ()
         grads = [torch.randn(t.shape, generator=gen) for t in init]
         step_with_scaler_flags(opt, params, grads, False)
         ref.step(grads)
@@ -188,3 +188,26 @@ def test_iteration_moved_back_keeps_begun_buffers(backend):
         results.append([p.detach().clone() for p in params])
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+def test_starts_reach_the_op_as_one_tensor(backend, monkeypatch):
+    """In the usual case (every param of a bucket has its gradient) the op gets the
+    bucket's starts as one tensor: a traced step then has one more input, not one per
+    param. With a param missing its gradient, it gets a view per param."""
+    seen = []
+    backend_class = type(clr_ext.backends._instance(backend))
+    original = backend_class.run
+
+    def recording_run(self, params, grads, buffers, starts, *rest):
+        seen.append((len(params), len(starts), [tuple(s.shape) for s in starts]))
+        return original(self, params, grads, buffers, starts, *rest)
+
+    monkeypatch.setattr(backend_class, "run", recording_run)
+    gen = torch.Generator().manual_seed(37)
+    params = [torch.randn(n, generator=gen).requires_grad_(True) for n in (3, 5, 7)]
+    opt = make(backend, True, params, momentum=0.9, cycle_momentum=False)
+    for k in range(3):
+        for i, p in enumerate(params):
+            p.grad = None if (k == 2 and i == 1) else torch.randn(p.shape, generator=gen)
+        opt.step()
+    assert seen == [(3, 1, [(3,)]), (3, 1, [(3,)]), (2, 2, [(), ()])]

@@ -55,6 +55,7 @@ OPCHECK_VARIANTS = {
     "custom-mode": dict(mode=6, shape=[5.0, 7.0, 1.0, 0.25]),
     "momentum-start": dict(starts=[torch.tensor(v) for v in (NOT_STARTED, -1, 3, 1)]),  # not started,
     # begun before it had a start, started in this step, started earlier
+    "momentum-start-packed": dict(starts=[torch.tensor([NOT_STARTED, -1, 3, 1])]),
 }
 
 
@@ -234,6 +235,10 @@ def _bad_calls():
     p, g, _ = make_tensors(torch.float32, sizes=(3, 4), seed=4)
     cases["starts without buffers"] = op_args(p, g, [], starts=[torch.tensor(0), torch.tensor(0)])
     p, g, b = make_tensors(torch.float32, sizes=(3, 4), seed=4)
+    cases["packed starts length"] = op_args(p, g, b, starts=[torch.zeros(3, dtype=torch.int64)])
+    p, g, b = make_tensors(torch.float32, sizes=(3, 4), seed=4)
+    cases["packed starts strided"] = op_args(p, g, b, starts=[torch.zeros(4, dtype=torch.int64)[::2]])
+    p, g, b = make_tensors(torch.float32, sizes=(3, 4), seed=4)
     cases["grad_scale shape"] = op_args(p, g, b, grad_scale=torch.ones(2))
     return cases
 
@@ -300,19 +305,26 @@ START_CASES = {
 }
 
 
+@pytest.mark.parametrize("layout", ("per-param", "packed"))
 @pytest.mark.parametrize("entry", ("dispatcher", "pybind"))
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: DTYPE_IDS[d])
-def test_momentum_start_decides_each_param(dtype, entry):
+def test_momentum_start_decides_each_param(dtype, entry, layout):
     """With momentum_start, each param's buffer starts (buffer = g) or continues by its
-    own start value, whatever first_step says, and a start records the iteration."""
+    own start value, whatever first_step says, and a start records the iteration. The
+    starts come one tensor per param, or packed in one tensor (an element per param)."""
     names = list(START_CASES)
     params, grads, bufs = make_tensors(dtype, sizes=(3, 17, 1031, 8), seed=7)
-    starts = [torch.tensor(START_CASES[n][0]) for n in names]
+    if layout == "packed":
+        packed = torch.tensor([START_CASES[n][0] for n in names])
+        starts = list(packed)  # views, read after the call
+        op_starts = [packed]
+    else:
+        starts = op_starts = [torch.tensor(START_CASES[n][0]) for n in names]
     want = [expected_step([p], [g], [b], 23, dampening=0.3, cycle_momentum=False, momentum=0.7,
                           first_step=START_CASES[n][1] == "first")
             for n, p, g, b in zip(names, params, grads, bufs)]
     args = op_args(params, grads, bufs, iteration=23, dampening=0.3, cycle_momentum=False, momentum=0.7,
-                   first_step=True, starts=starts)
+                   first_step=True, starts=op_starts)
     (op() if entry == "dispatcher" else _backends._C.cyclic_sgd_cpu_)(*args)
     # (a scale-relative absolute floor: one half-precision value cancels to 0 in the
     # reference and to 1e-8 in the fused multiply-add)

@@ -128,12 +128,12 @@ void cyclic_sgd_cpu_(at::TensorList params, at::TensorList grads, at::TensorList
   const int64_t now = iteration.item<int64_t>();
   std::vector<size_t> continuing, starting;
   for (size_t i = 0; i < params.size(); ++i)
-    (*momentum_start[i].const_data_ptr<int64_t>() >= now ? starting : continuing).push_back(i);
+    (*momentum_start_of(momentum_start, i) >= now ? starting : continuing).push_back(i);
   args.momentum_state = CLR_MOMENTUM_STEADY;
   if (!continuing.empty()) apply_update(params, grads, momentum_buffers, &continuing, args);
   args.momentum_state = CLR_MOMENTUM_FIRST;
   if (!starting.empty()) apply_update(params, grads, momentum_buffers, &starting, args);
-  for (size_t i : starting) *momentum_start[i].mutable_data_ptr<int64_t>() = now;
+  for (size_t i : starting) *momentum_start_of(momentum_start, i) = now;
 }
 
 }  // namespace clr_ext

@@ -341,9 +341,9 @@ void cyclic_sgd_cuda_(at::TensorList params, at::TensorList grads, at::TensorLis
                       bool maximize, bool cycle_momentum, bool first_step,
                       const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf) {
   // Host-only metadata checks; for CUDA the iteration is not read here.
-  const StepPlan plan = make_step_plan(params, grads, momentum_buffers, momentum_start, iteration, bounds, shape, mode, momentum,
-                                       dampening, weight_decay, nesterov, cycle_momentum, first_step, grad_scale,
-                                       found_inf, at::kCUDA);
+  const StepPlan plan = make_step_plan(params, grads, momentum_buffers, momentum_start, iteration, bounds, shape,
+                                       mode, momentum, dampening, weight_decay, nesterov, cycle_momentum,
+                                       first_step, grad_scale, found_inf, at::kCUDA);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(iteration.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -391,7 +391,7 @@ void cyclic_sgd_cuda_(at::TensorList params, at::TensorList grads, at::TensorLis
     e.param = p.data_ptr();
     e.grad = g.data_ptr();
     e.buffer = use_buffers ? b.data_ptr() : nullptr;
-    e.momentum_start = momentum_start.empty() ? nullptr : momentum_start[i].mutable_data_ptr<int64_t>();
+    e.momentum_start = momentum_start.empty() ? nullptr : momentum_start_of(momentum_start, i);
     e.numel = n;
     entries.push_back(e);
   }

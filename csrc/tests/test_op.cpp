@@ -12,8 +12,8 @@
 #include "schedule.h"
 #include "expect.h"
 
-using OpSig = void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, const at::Tensor&, at::ArrayRef<double>,
-                   at::ArrayRef<double>, int64_t, double, double, double, bool, bool, bool, bool,
+using OpSig = void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, const at::Tensor&,
+                   at::ArrayRef<double>, at::ArrayRef<double>, int64_t, double, double, double, bool, bool, bool, bool,
                    const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&);
 
 int main() {
