@@ -42,6 +42,9 @@ def _resnet18_shapes() -> List[Shape]:
 
 MODELS: Dict[str, List[Shape]] = {
     "200x1K": [(1000,)] * 200,
+    # one element per tensor: the step's time is its host work (Python, binding, checks,
+    # launches), what a GPU step of many small tensors costs on the host
+    "200x1": [(1,)] * 200,
     "resnet18": _resnet18_shapes(),
     "50M": [(50_000_000,)],
 }
@@ -53,11 +56,12 @@ assert sum(math.prod(s) for s in MODELS["resnet18"]) == 11_689_512
 # few minutes on 2 cores; the 50M case gets few rounds (one step moves 1 GB).
 ROUNDS = {
     "200x1K": (300, 10, 20),
+    "200x1": (300, 10, 20),
     "resnet18": (100, 1, 5),
     "50M": (20, 1, 3),
 }
 # The slow reference paths get fewer rounds (they take 3-10x longer per step).
-SLOW_ROUNDS = {"200x1K": (100, 5, 10), "resnet18": (30, 1, 3), "50M": (6, 1, 1)}
+SLOW_ROUNDS = {"200x1K": (100, 5, 10), "200x1": (100, 5, 10), "resnet18": (30, 1, 3), "50M": (6, 1, 1)}
 
 BYTES_PER_PARAM = 20  # fp32 SGD-momentum: read param, grad, buffer; write param, buffer
 

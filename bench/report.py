@@ -16,7 +16,7 @@ import sys
 from typing import Dict, List
 
 ORDER = ["clr_cpp", "clr_cython", "clr_torch", "sgd_fused", "sgd_foreach", "sgd_forloop", "clr_cpp_compiled",
-         "sgd_compiled", "floor"]
+         "sgd_compiled", "clr_cpp_device_path", "sgd_fused_lr_tensor", "floor"]
 LABEL = {
     "clr_cpp": "CyclicSGD cpp",
     "clr_cython": "CyclicSGD cython",
@@ -26,9 +26,11 @@ LABEL = {
     "sgd_forloop": "SGD for-loop + CyclicLR",
     "clr_cpp_compiled": "CyclicSGD cpp, step compiled",
     "sgd_compiled": "SGD (tensor lr) step compiled + CyclicLR",
+    "clr_cpp_device_path": "CyclicSGD cpp, a CUDA step's path (starts decided by the op)",
+    "sgd_fused_lr_tensor": "SGD fused, lr tensor + CyclicLR",
     "floor": "floor: 20 B/param (flat add_ + mul_)",
 }
-MODEL_ORDER = ["200x1K", "resnet18", "50M"]
+MODEL_ORDER = ["200x1K", "200x1", "resnet18", "50M"]
 # (model, variant, reference, minimum speed-up) -- the targets.
 TARGETS = [
     ("200x1K", "clr_cpp", "sgd_fused", 3.0),

@@ -93,6 +93,44 @@ def _compiled_torch_step(model: str):
     return step, (params, opt, sched)
 
 
+def _host_work_step(variant: str):
+    """The host side of a GPU step, measured on the CPU: CyclicSGD on the path a CUDA
+    step takes (the op decides which buffers start, no host read of the overflow flag
+    or the momentum), and torch's fused SGD with its lr in a tensor (the capturable
+    setup torch advises) + CyclicLR."""
+    params = make_params("200x1")
+    if variant == "clr_cpp_device_path":
+        opt = clr_ext.CyclicSGD(params, base_lr=BASE_LR, max_lr=MAX_LR, step_size_up=STEP_SIZE,
+                                momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, backend="cpp")
+        opt._host_decided_types = ()
+        return opt.step, (params, opt)
+    opt = torch.optim.SGD(params, lr=torch.tensor(BASE_LR), momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
+                          fused=True)
+    sched = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=BASE_LR, max_lr=MAX_LR, step_size_up=STEP_SIZE)
+
+    def step():
+        opt.step()
+        sched.step()
+
+    return step, (params, opt, sched)
+
+
+@pytest.mark.parametrize("variant", ["clr_cpp_device_path", "sgd_fused_lr_tensor"])
+def test_host_work(benchmark, variant):
+    """200 one-element tensors: against test_step's 200x1 rows."""
+    if variant.startswith("clr_") and "cpp" not in available_backends():
+        pytest.skip("backend cpp is not built in this install")
+    step, keep = _host_work_step(variant)
+    model = "200x1"
+    benchmark.group = f"{model} ({n_params(model):,} fp32 params, {len(MODELS[model])} tensors)"
+    benchmark.extra_info.update(model=model, variant=variant, n_params=n_params(model),
+                                n_tensors=len(MODELS[model]), bytes_per_step=BYTES_PER_PARAM * n_params(model),
+                                threads=torch.get_num_threads())
+    rounds, iterations, warmup = ROUNDS[model]
+    benchmark.pedantic(step, rounds=rounds, iterations=iterations, warmup_rounds=warmup)
+    del keep
+
+
 @pytest.mark.parametrize("variant", ["clr_cpp_compiled", "sgd_compiled"])
 @pytest.mark.parametrize("model", ["200x1K", "resnet18"])
 def test_compiled_step(benchmark, model, variant):
