@@ -93,6 +93,16 @@ def _compiled_torch_step(model: str):
     return step, (params, opt, sched)
 
 
+def _measure(benchmark, model: str, variant: str, step, rounds_by_model) -> None:
+    """Times ``step`` in the model's benchmark group, with what report.py reads."""
+    benchmark.group = f"{model} ({n_params(model):,} fp32 params, {len(MODELS[model])} tensors)"
+    benchmark.extra_info.update(model=model, variant=variant, n_params=n_params(model),
+                                n_tensors=len(MODELS[model]), bytes_per_step=BYTES_PER_PARAM * n_params(model),
+                                threads=torch.get_num_threads())
+    rounds, iterations, warmup = rounds_by_model[model]
+    benchmark.pedantic(step, rounds=rounds, iterations=iterations, warmup_rounds=warmup)
+
+
 def _host_work_step(variant: str):
     """The host side of a GPU step, measured on the CPU: CyclicSGD on the path a CUDA
     step takes (the op decides which buffers start, no host read of the overflow flag
@@ -121,13 +131,7 @@ def test_host_work(benchmark, variant):
     if variant.startswith("clr_") and "cpp" not in available_backends():
         pytest.skip("backend cpp is not built in this install")
     step, keep = _host_work_step(variant)
-    model = "200x1"
-    benchmark.group = f"{model} ({n_params(model):,} fp32 params, {len(MODELS[model])} tensors)"
-    benchmark.extra_info.update(model=model, variant=variant, n_params=n_params(model),
-                                n_tensors=len(MODELS[model]), bytes_per_step=BYTES_PER_PARAM * n_params(model),
-                                threads=torch.get_num_threads())
-    rounds, iterations, warmup = ROUNDS[model]
-    benchmark.pedantic(step, rounds=rounds, iterations=iterations, warmup_rounds=warmup)
+    _measure(benchmark, "200x1", variant, step, ROUNDS)
     del keep
 
 
@@ -141,12 +145,7 @@ def test_compiled_step(benchmark, model, variant):
     step, keep = _compiled_clr_step(model) if variant == "clr_cpp_compiled" else _compiled_torch_step(model)
     for _ in range(12):  # compile (and, for torch's pair, run past the recompile limit) outside the timing
         step()
-    benchmark.group = f"{model} ({n_params(model):,} fp32 params, {len(MODELS[model])} tensors)"
-    benchmark.extra_info.update(model=model, variant=variant, n_params=n_params(model),
-                                n_tensors=len(MODELS[model]), bytes_per_step=BYTES_PER_PARAM * n_params(model),
-                                threads=torch.get_num_threads())
-    rounds, iterations, warmup = ROUNDS[model]
-    benchmark.pedantic(step, rounds=rounds, iterations=iterations, warmup_rounds=warmup)
+    _measure(benchmark, model, variant, step, ROUNDS)
     del keep
     torch._dynamo.reset()
 
@@ -163,10 +162,5 @@ def test_step(benchmark, model, variant):
     else:
         step, keep = _torch_step(model, variant[4:])
 
-    benchmark.group = f"{model} ({n_params(model):,} fp32 params, {len(MODELS[model])} tensors)"
-    benchmark.extra_info.update(model=model, variant=variant, n_params=n_params(model),
-                                n_tensors=len(MODELS[model]), bytes_per_step=BYTES_PER_PARAM * n_params(model),
-                                threads=torch.get_num_threads())
-    rounds, iterations, warmup = (SLOW_ROUNDS if variant in SLOW else ROUNDS)[model]
-    benchmark.pedantic(step, rounds=rounds, iterations=iterations, warmup_rounds=warmup)
+    _measure(benchmark, model, variant, step, SLOW_ROUNDS if variant in SLOW else ROUNDS)
     del keep

@@ -43,6 +43,15 @@ def step_with_scaler_flags(opt, params, grads, skip):
     del opt.grad_scale, opt.found_inf
 
 
+def problem(seed, sizes, sgd):
+    """(generator, initial values, torch.optim.SGD + CyclicLR on them, our params)."""
+    gen = torch.Generator().manual_seed(seed)
+    init = [torch.randn(n, generator=gen) for n in sizes]
+    ref = ReferencePair([{"params": init}], sgd,
+                        dict(base_lr=0.01, max_lr=0.05, step_size_up=2, cycle_momentum=False))
+    return gen, init, ref, [t.clone().requires_grad_(True) for t in init]
+
+
 def saved_buffers(state_dict):
     return sorted(i for i, s in state_dict["state"].items() if "momentum_buffer" in s)
 
@@ -51,11 +60,8 @@ def saved_buffers(state_dict):
 def test_steps_skipped_on_overflow_start_no_buffer(backend, decided):
     """GradScaler skips the first steps: the first applied step starts the buffers with
     the gradient itself; state_dict() has no buffer before then, as torch.optim.SGD."""
-    gen = torch.Generator().manual_seed(31)
-    init = [torch.randn(n, generator=gen) for n in SIZES]
     sgd = dict(momentum=0.9, dampening=0.3)
-    ref = ReferencePair([{"params": init}], sgd, dict(base_lr=0.01, max_lr=0.05, step_size_up=2, cycle_momentum=False))
-    params = [t.clone().requires_grad_(True) for t in init]
+    gen, init, ref, params = problem(31, SIZES, sgd)
     opt = make(backend, DECIDED[decided], params, cycle_momentum=False, **sgd)
     for k in range(9):
         grads = [torch.randn(t.shape, generator=gen) for t in init]
@@ -97,11 +103,8 @@ def test_cycled_momentum_zero_on_the_first_step(backend, decided):
 def test_params_that_get_gradients_later(backend):
     """Starts are per param: one param's buffer starts in a skipped step's aftermath,
     another's only when its first gradient arrives."""
-    gen = torch.Generator().manual_seed(33)
-    init = [torch.randn(n, generator=gen) for n in (5, 64, 7)]
     sgd = dict(momentum=0.8, dampening=0.25, weight_decay=0.01)
-    ref = ReferencePair([{"params": init}], sgd, dict(base_lr=0.01, max_lr=0.05, step_size_up=2, cycle_momentum=False))
-    params = [t.clone().requires_grad_(True) for t in init]
+    gen, init, ref, params = problem(33, (5, 64, 7), sgd)
     opt = make(backend, True, params, cycle_momentum=False, **sgd)
     plan = [({0}, True), ({0, 1}, False), ({0, 1}, True), ({0, 1, 2}, False), ({1, 2}, False), ({0, 1, 2}, False)]
     for has_grad, skip in plan:
@@ -118,11 +121,8 @@ def test_params_that_get_gradients_later(backend):
 def test_host_started_buffers_continue_on_the_device_path(backend):
     """Buffers started on the host (or loaded) get a start that says "begun": moving to
     the device-decided path (e.g. compiling later) must not restart them."""
-    gen = torch.Generator().manual_seed(34)
-    init = [torch.randn(n, generator=gen) for n in SIZES]
     sgd = dict(momentum=0.9, dampening=0.3)
-    ref = ReferencePair([{"params": init}], sgd, dict(base_lr=0.01, max_lr=0.05, step_size_up=2, cycle_momentum=False))
-    params = [t.clone().requires_grad_(True) for t in init]
+    gen, init, ref, params = problem(34, SIZES, sgd)
     opt = make(backend, False, params, cycle_momentum=False, **sgd)
     for k in range(6):
         if k == 3:
@@ -137,11 +137,8 @@ def test_host_started_buffers_continue_on_the_device_path(backend):
 def test_starts_survive_copies_and_checkpoints(backend):
     """A buffer that has not started stays so through deepcopy and pickling, and a
     checkpoint leaves it out, so a loaded optimizer starts it at the next step."""
-    gen = torch.Generator().manual_seed(35)
-    init = [torch.randn(n, generator=gen) for n in SIZES]
     sgd = dict(momentum=0.9, dampening=0.5)
-    ref = ReferencePair([{"params": init}], sgd, dict(base_lr=0.01, max_lr=0.05, step_size_up=2, cycle_momentum=False))
-    params = [t.clone().requires_grad_(True) for t in init]
+    gen, init, ref, params = problem(35, SIZES, sgd)
     opt = make(backend, True, params, cycle_momentum=False, **sgd)
     first = [torch.randn(t.shape, generator=gen) for t in init]
     step_with_scaler_flags(opt, params, first, True)
