@@ -208,3 +208,59 @@ def test_starts_reach_the_op_as_one_tensor(backend, monkeypatch):
             p.grad = None if (k == 2 and i == 1) else torch.randn(p.shape, generator=gen)
         opt.step()
     assert seen == [(3, 1, [(3,)]), (3, 1, [(3,)]), (2, 2, [(), ()])]
+
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def scenarios(draw):
+    n_params = draw(st.integers(1, 4))
+    steps = draw(st.integers(1, 9))
+    cycle_momentum = draw(st.booleans())
+    return dict(
+        sizes=draw(st.lists(st.sampled_from([1, 3, 17]), min_size=n_params, max_size=n_params)),
+        dampening=draw(st.sampled_from([0.0, 0.3])),
+        cycle_momentum=cycle_momentum,
+        # with cycling, a bound of 0 makes some steps' momentum exactly 0
+        base_momentum=draw(st.sampled_from([0.0, 0.8])) if cycle_momentum else 0.8,
+        max_momentum=draw(st.sampled_from([0.0, 0.9])) if cycle_momentum else 0.9,
+        skips=draw(st.lists(st.booleans(), min_size=steps, max_size=steps)),
+        has_grad=draw(st.lists(st.lists(st.booleans(), min_size=n_params, max_size=n_params),
+                               min_size=steps, max_size=steps)),
+        seed=draw(st.integers(0, 2 ** 31 - 1)),
+    )
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(scenario=scenarios())
+def test_any_sequence_of_skips_gaps_and_zero_momentum(backend, scenario):
+    """Property: whatever mix of skipped steps, missing gradients and momentum-0 steps,
+    the op's per-param decisions give torch.optim.SGD + CyclicLR's params and the same
+    saved buffers, as the host's decisions do."""
+    s = scenario
+    sgd = dict(momentum=0.9, dampening=s["dampening"])
+    sched = dict(base_lr=0.01, max_lr=0.05, step_size_up=2, cycle_momentum=s["cycle_momentum"],
+                 base_momentum=s["base_momentum"], max_momentum=s["max_momentum"])
+    gen = torch.Generator().manual_seed(s["seed"])
+    init = [torch.randn(n, generator=gen, dtype=torch.float64) for n in s["sizes"]]
+    ref = ReferencePair([{"params": init}], sgd, sched)
+    runs = []
+    for decided in (True, False):
+        params = [t.clone().requires_grad_(True) for t in init]
+        kwargs = {k: v for k, v in sched.items() if k not in ("base_lr", "max_lr")}
+        runs.append((params, make(backend, decided, params, **sgd, **kwargs)))
+    for skip, mask in zip(s["skips"], s["has_grad"]):
+        grads = [torch.randn(t.shape, generator=gen, dtype=t.dtype) if has else None
+                 for t, has in zip(init, mask)]
+        for params, opt in runs:
+            step_with_scaler_flags(opt, params, grads, skip)
+        if skip:
+            ref.sched.step()
+        else:
+            ref.step(grads)
+        for params, opt in runs:
+            assert saved_buffers(opt.state_dict()) == saved_buffers(ref.sgd.state_dict())
+            assert_close_rel(params, ref.params)
