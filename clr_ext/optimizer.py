@@ -648,7 +648,7 @@ class CyclicSGD(Optimizer):
                 return (backend, device, params, grads, buffers, starts, False, group, bounds)
         except KeyError:
             pass
-        buffers, entries, needs_start, begun = [], [], [], []
+        buffers, entries, needs_start, begun = [], [], [], set()
         for i, p in enumerate(params):
             buf = state[p].get("momentum_buffer") if p in state else None
             entry = starts_of.get(p)
@@ -657,19 +657,18 @@ class CyclicSGD(Optimizer):
                 needs_start.append(i)
             elif entry is None:  # a loaded or host-started buffer
                 needs_start.append(i)
-                begun.append(i)
+                begun.add(i)
             buffers.append(buf)
             entries.append(entry)
         # One tensor for the starts this bucket creates: in the usual first step, all
         # of the bucket's, and the op then takes that tensor alone. They are kept once
         # the step has run (new_buffers), so a step that fails changes nothing.
         created = torch.full((len(needs_start),), _NOT_STARTED, dtype=torch.int64, device=device)
-        begun_set = set(begun)
         for k, i in enumerate(needs_start):  # (never empty: the fast path above failed)
             entries[i] = (created, k)
-            if i in begun_set:
+            if i in begun:
                 created[k].fill_(_STARTED_BEFORE)  # rare: once per param, after a load
-            new_buffers.append((params[i], None if i in begun_set else buffers[i], entries[i]))
+            new_buffers.append((params[i], None if i in begun else buffers[i], entries[i]))
         return (backend, device, params, grads, buffers, _starts_argument(entries), False, group, bounds)
 
     def _host_advance(self) -> None:
@@ -692,9 +691,9 @@ class CyclicSGD(Optimizer):
             # exist for torch.optim.SGD: it is left out, and starts afresh after loading.
             index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
             for p in not_started:
-                entry = saved["state"].get(index.get(id(p)))
-                if entry is not None and "momentum_buffer" in entry:
-                    saved["state"][index[id(p)]] = {k: v for k, v in entry.items() if k != "momentum_buffer"}
+                i = index.get(id(p))
+                if "momentum_buffer" in saved["state"].get(i, {}):
+                    saved["state"][i] = {k: v for k, v in saved["state"][i].items() if k != "momentum_buffer"}
         return saved
 
     def _not_started_params(self) -> List[torch.Tensor]:
