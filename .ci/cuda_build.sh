@@ -106,6 +106,12 @@ for variant in "-DCUDART_VERSION=13000" "-DCUDART_VERSION=12000"; do
     -o "$BUILD/test_cuda_index" || die "csrc/tests/test_cuda_index.cpp does not compile ($variant)"
   "$BUILD/test_cuda_index" || die "test_cuda_index failed ($variant)"
 done
+# --- the kernel itself emulated on the host with the 32 KB table of a CUDA 13 build
+# (the 4 KB one runs in CTest and under the sanitizers)
+"${CXX:-g++}" -std=c++17 -O2 -ffp-contract=off -fno-math-errno -Wall -Wextra -Werror -Wno-unknown-pragmas \
+  -DCUDART_VERSION=13000 -I"$REPO/csrc" "$REPO/csrc/tests/test_cuda_kernel_host.cpp" -o "$BUILD/test_cuda_kernel_host" ||
+  die "csrc/tests/test_cuda_kernel_host.cpp does not compile"
+"$BUILD/test_cuda_kernel_host" 30 || die "test_cuda_kernel_host failed (32 KB tables)"
 
 # --- it imports (no GPU or driver needed to load it) and registers the CUDA kernel
 STAGE=$BUILD/stage

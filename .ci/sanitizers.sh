@@ -6,7 +6,8 @@
 # momentum state, flag combination and sizes around the SIMD widths (tails), any
 # thread split of the range, the 16-bit conversions; csrc/tests/test_schedule.cpp:
 # every mode, long runs and iterations up to 2^50; csrc/tests/test_cuda_index.cpp: the
-# CUDA launcher's host-side chunk/table arithmetic) with the release flags plus
+# CUDA launcher's host-side chunk/table arithmetic; csrc/tests/test_cuda_kernel_host.cpp:
+# the CUDA kernel run on the host, thread by thread, against the CPU kernel) with the release flags plus
 # -fsanitize=address,undefined and runs them. Any report fails the run
 # (-fno-sanitize-recover=all, halt_on_error). No torch needed: about a minute.
 #
@@ -41,9 +42,11 @@ build test_schedule csrc/tests/test_schedule.cpp
 build test_cpu_kernel csrc/tests/test_cpu_kernel.cpp
 build test_cpu_kernel_baseline csrc/tests/test_cpu_kernel.cpp -DCLR_EXT_NO_TARGET_CLONES
 build test_cuda_index csrc/tests/test_cuda_index.cpp
+# the CUDA kernel itself, emulated on the host (csrc/tests/cuda_host_emulation.h)
+build test_cuda_kernel_host csrc/tests/test_cuda_kernel_host.cpp -Wno-unknown-pragmas
 
 status=0
-for t in test_schedule test_cpu_kernel test_cpu_kernel_baseline test_cuda_index; do
+for t in test_schedule test_cpu_kernel test_cpu_kernel_baseline test_cuda_index test_cuda_kernel_host; do
   echo "--- run $t (ASan + UBSan)"
   log="$BUILD_DIR/$t.log"
   ok=1

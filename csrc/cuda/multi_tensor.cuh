@@ -135,6 +135,45 @@ CLR_HD ChunkRange chunk_range(const int32_t* chunk_end, const int64_t* numel, in
   return r;
 }
 
+// ------------------------------------------------------------------ packing
+
+struct Entry {
+  void* param;
+  void* grad;
+  void* buffer;
+  int64_t* momentum_start;
+  int64_t numel;  // > 0, fewer than INT32_MAX chunks (the launcher checks)
+};
+
+/* Packs the entries, in order, into as few tables as possible and calls
+   launch_table(table, chunks) for each full one and the last: one kernel launch per
+   table, chunks blocks. A table closes at kMaxTensors tensors or before its chunk
+   count would reach INT32_MAX (the grid's x limit). Host code. */
+template <typename LaunchTable>
+inline void for_each_table(const Entry* entries, int64_t n_entries, TensorTable& table, LaunchTable&& launch_table) {
+  table.count = 0;
+  int64_t chunks = 0;
+  for (int64_t k = 0; k < n_entries; ++k) {
+    const Entry& e = entries[k];
+    const int64_t n_chunks = chunks_of(e.numel);
+    if (table.count == kMaxTensors || chunks + n_chunks >= INT32_MAX) {
+      launch_table(table, chunks);
+      table.count = 0;
+      chunks = 0;
+    }
+    const int t = table.count;
+    table.param[t] = e.param;
+    table.grad[t] = e.grad;
+    table.buffer[t] = e.buffer;
+    table.momentum_start[t] = e.momentum_start;
+    table.numel[t] = e.numel;
+    chunks += n_chunks;
+    table.chunk_end[t] = (int32_t)chunks;
+    table.count = t + 1;
+  }
+  if (table.count > 0) launch_table(table, chunks);
+}
+
 }  // namespace clr_cuda
 
 #endif /* CLR_EXT_CUDA_MULTI_TENSOR_CUH */

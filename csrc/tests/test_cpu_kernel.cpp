@@ -329,7 +329,9 @@ static void check_half_conversions() {
 
 int main() {
   std::mt19937_64 rng(12345);
-#if defined(__GNUC__) && defined(__x86_64__)
+#if defined(CLR_EXT_NO_TARGET_CLONES)
+  printf("test_cpu_kernel: running the baseline loops (no target_clones)\n");
+#elif defined(__GNUC__) && defined(__x86_64__)
   __builtin_cpu_init();
   printf("test_cpu_kernel: running the %s clone\n",
          __builtin_cpu_supports("avx512f") ? "AVX-512" : __builtin_cpu_supports("avx2") ? "AVX2" : "baseline");

@@ -1,0 +1,273 @@
+/*
+ * The CUDA step's device code: storage conversions, one element, one chunk, the
+ * kernel. (The tables it reads are packed on the host by multi_tensor.cuh.)
+ *
+ * Kept apart from the launcher (cyclic_sgd_cuda.cu, which needs ATen) so that it
+ * compiles as plain host C++ too: csrc/tests/test_cuda_kernel_host.cpp runs this
+ * very kernel on the CPU, block by block and thread by thread, under ASan/UBSan,
+ * against the CPU kernel. That checks the chunk walk, the vector/tail split at
+ * every alignment, the momentum-start race and the AMP paths where no GPU is lent.
+ *
+ * Without nvcc the includer must first define the CUDA builtins used here
+ * (__global__, __device__, __shared__, threadIdx, __syncthreads, the 16-bit
+ * conversions): csrc/tests/cuda_host_emulation.h does.
+ */
+#ifndef CLR_EXT_CUDA_CYCLIC_SGD_KERNEL_CUH
+#define CLR_EXT_CUDA_CYCLIC_SGD_KERNEL_CUH
+
+#include <stdint.h>
+
+#if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#elif !defined(CLR_CUDA_HOST_EMULATION)
+#error "cyclic_sgd_kernel.cuh needs nvcc, or csrc/tests/cuda_host_emulation.h included first"
+#endif
+
+#include "../sgd_update.h"
+#include "multi_tensor.cuh"
+
+namespace clr_cuda {
+
+// ---------------------------------------------------------------- storage types
+
+struct f16_t {
+  unsigned short bits;
+};
+struct bf16_t {
+  unsigned short bits;
+};
+
+template <typename S>
+struct Storage;
+
+template <>
+struct Storage<float> {
+  typedef float compute;
+  static __device__ __forceinline__ float load(float v) { return v; }
+  static __device__ __forceinline__ float store(float v) { return v; }
+};
+
+template <>
+struct Storage<double> {
+  typedef double compute;
+  static __device__ __forceinline__ double load(double v) { return v; }
+  static __device__ __forceinline__ double store(double v) { return v; }
+};
+
+// Round to nearest even, as torch.float16 / torch.bfloat16 conversions do.
+template <>
+struct Storage<f16_t> {
+  typedef float compute;
+  static __device__ __forceinline__ float load(f16_t v) { return __half2float(__ushort_as_half(v.bits)); }
+  static __device__ __forceinline__ f16_t store(float v) {
+    f16_t out;
+    out.bits = __half_as_ushort(__float2half_rn(v));
+    return out;
+  }
+};
+
+template <>
+struct Storage<bf16_t> {
+  typedef float compute;
+  static __device__ __forceinline__ float load(bf16_t v) {
+    return __bfloat162float(__ushort_as_bfloat16(v.bits));
+  }
+  static __device__ __forceinline__ bf16_t store(float v) {
+    bf16_t out;
+    out.bits = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+    return out;
+  }
+};
+
+// The compute type's coefficients and update, from sgd_update.h.
+template <typename C>
+struct Math;
+
+template <>
+struct Math<float> {
+  typedef clr_sgd_coeffs_f32 coeffs;
+  static __device__ __forceinline__ coeffs make(double lr, double wd, double m, double d, int maximize) {
+    return clr_sgd_coeffs_make_f32(lr, wd, m, d, maximize);
+  }
+  static __device__ __forceinline__ float update(float p, float g, float* b, const coeffs* c, int wd, int ms,
+                                                 int nesterov) {
+    return clr_sgd_update_f32(p, g, b, c, wd, ms, nesterov);
+  }
+};
+
+template <>
+struct Math<double> {
+  typedef clr_sgd_coeffs_f64 coeffs;
+  static __device__ __forceinline__ coeffs make(double lr, double wd, double m, double d, int maximize) {
+    return clr_sgd_coeffs_make_f64(lr, wd, m, d, maximize);
+  }
+  static __device__ __forceinline__ double update(double p, double g, double* b, const coeffs* c, int wd,
+                                                  int ms, int nesterov) {
+    return clr_sgd_update_f64(p, g, b, c, wd, ms, nesterov);
+  }
+};
+
+template <typename S>
+struct alignas(kVectorBytes) Vec {
+  static constexpr int kWidth = kVectorBytes / (int)sizeof(S);
+  S v[kWidth];
+};
+
+// ------------------------------------------------------------------ the element
+
+// One element: the CPU kernel's loop body (csrc/cpu/sgd_cpu.h, span_loop), same order.
+template <typename S, int kMomentum, bool kUnscale>
+__device__ __forceinline__ void update_element(S& param, S& grad, S& buffer,
+                                               const typename Math<typename Storage<S>::compute>::coeffs& c,
+                                               typename Storage<S>::compute scale, int use_wd, int nesterov) {
+  typedef typename Storage<S>::compute C;
+  C g = Storage<S>::load(grad);
+  if (kUnscale) {
+    g = g / scale;
+    grad = Storage<S>::store(g);
+  }
+  C b = kMomentum == CLR_MOMENTUM_STEADY ? Storage<S>::load(buffer) : C(0);
+  const C p = Math<C>::update(Storage<S>::load(param), g, &b, &c, use_wd, kMomentum, nesterov);
+  if (kMomentum != CLR_MOMENTUM_NONE) buffer = Storage<S>::store(b);
+  param = Storage<S>::store(p);
+}
+
+// ------------------------------------------------------------------- one chunk
+
+// n (<= kChunkElems) elements from p, g, b. 16-byte vectors when every stream that is
+// touched is 16-byte aligned (chunk starts keep the alignment of the tensor's start),
+// then a scalar tail; element by element otherwise.
+template <typename S, int kMomentum, bool kUnscale>
+__device__ __forceinline__ void run_chunk(S* __restrict__ p, S* __restrict__ g, S* __restrict__ b, int n,
+                                          const typename Math<typename Storage<S>::compute>::coeffs& c,
+                                          typename Storage<S>::compute scale, int use_wd, int nesterov) {
+  constexpr int W = Vec<S>::kWidth;
+  // 16-bit types carry 8 elements per vector: one vector per stream keeps them in registers.
+  constexpr int kUnroll = sizeof(S) >= 4 ? kMaxUnroll : 1;
+  const uintptr_t addresses =
+      (uintptr_t)p | (uintptr_t)g | (kMomentum != CLR_MOMENTUM_NONE ? (uintptr_t)b : (uintptr_t)0);
+  int done = 0;
+  if ((addresses % kVectorBytes) == 0) {
+    const int n_vec = n / W;
+    Vec<S>* __restrict__ vp = reinterpret_cast<Vec<S>*>(p);
+    Vec<S>* __restrict__ vg = reinterpret_cast<Vec<S>*>(g);
+    Vec<S>* __restrict__ vb = reinterpret_cast<Vec<S>*>(b);
+    for (int base = threadIdx.x; base < n_vec; base += kBlockSize * kUnroll) {
+      Vec<S> rp[kUnroll], rg[kUnroll], rb[kUnroll];
+      // All loads first (kUnroll x 2-3 independent 16-byte loads in flight), then math, then stores.
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int i = base + u * kBlockSize;
+        if (i < n_vec) {
+          rp[u] = vp[i];
+          rg[u] = vg[i];
+          if (kMomentum == CLR_MOMENTUM_STEADY) rb[u] = vb[i];
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int i = base + u * kBlockSize;
+        if (i < n_vec) {
+#pragma unroll
+          for (int k = 0; k < W; ++k)
+            update_element<S, kMomentum, kUnscale>(rp[u].v[k], rg[u].v[k], rb[u].v[k], c, scale, use_wd, nesterov);
+          vp[i] = rp[u];
+          if (kUnscale) vg[i] = rg[u];
+          if (kMomentum != CLR_MOMENTUM_NONE) vb[i] = rb[u];
+        }
+      }
+    }
+    done = n_vec * W;
+  }
+  for (int i = done + (int)threadIdx.x; i < n; i += kBlockSize) {
+    S dummy;
+    update_element<S, kMomentum, kUnscale>(p[i], g[i], kMomentum != CLR_MOMENTUM_NONE ? b[i] : dummy, c, scale,
+                                           use_wd, nesterov);
+  }
+}
+
+// -------------------------------------------------------------------- the kernel
+
+__device__ __forceinline__ double read_scalar(const void* ptr, int is_double) {
+  return is_double ? *static_cast<const double*>(ptr) : (double)*static_cast<const float*>(ptr);
+}
+
+template <typename S>
+__global__ void __launch_bounds__(kBlockSize, kMinBlocksPerSm)
+    cyclic_sgd_kernel(const CLR_GRID_CONSTANT TensorTable table, const CLR_GRID_CONSTANT StepArgs args) {
+  typedef typename Storage<S>::compute C;
+  typedef typename Math<C>::coeffs Coeffs;
+  __shared__ Coeffs s_coeffs;
+  __shared__ C s_scale;
+  __shared__ int s_momentum_state;
+  __shared__ int s_skip;
+  __shared__ int64_t s_iteration;
+
+  // One thread per block evaluates the schedule (a few double operations) and the
+  // step's flags; every block of every launch of the step reads the same iteration.
+  if (threadIdx.x == 0) {
+    const int skip = args.found_inf != nullptr && read_scalar(args.found_inf, args.found_inf_is_double) == 1.0;
+    s_skip = skip;
+    if (!skip) {
+      const clr_shape shape = args.shape;
+      const clr_bounds bounds = args.bounds;
+      const int64_t iteration = *args.iteration;
+      s_iteration = iteration;
+      const clr_point point = clr_schedule(iteration, &shape, &bounds);
+      const double momentum = args.cycle_momentum ? point.momentum : args.momentum;
+      // torch.optim.SGD leaves its buffers alone in any step whose momentum is 0.
+      s_momentum_state = (args.has_buffers && momentum != 0.0)
+                             ? (args.first_step ? CLR_MOMENTUM_FIRST : CLR_MOMENTUM_STEADY)
+                             : CLR_MOMENTUM_NONE;
+      s_coeffs = Math<C>::make(point.lr, args.weight_decay, momentum, args.dampening, args.maximize);
+      s_scale = args.grad_scale != nullptr ? (C)read_scalar(args.grad_scale, args.grad_scale_is_double)
+                                           : C(1);
+    }
+  }
+  __syncthreads();
+  if (s_skip) return;  // AMP overflow: nothing is written, decided on the device
+  const Coeffs coeffs = s_coeffs;
+  const C scale = s_scale;
+  const int block_momentum_state = s_momentum_state;
+  const int64_t iteration = s_iteration;
+  const bool unscale = args.grad_scale != nullptr;
+  const int use_wd = args.use_weight_decay;
+  const int nesterov = args.nesterov;
+
+  const int64_t total_chunks = table.chunk_end[table.count - 1];
+  for (int64_t chunk = blockIdx.x; chunk < total_chunks; chunk += gridDim.x) {
+    const int t = find_tensor(table.chunk_end, table.count, chunk);
+    const ChunkRange r = chunk_range(table.chunk_end, table.numel, t, chunk);
+    S* p = static_cast<S*>(table.param[t]) + r.begin;
+    S* g = static_cast<S*>(table.grad[t]) + r.begin;
+    int momentum_state = block_momentum_state;
+    int64_t* const start = table.momentum_start[t];
+    if (momentum_state != CLR_MOMENTUM_NONE && start != nullptr) {
+      // Every block that runs a chunk of tensor t reads either the value from before
+      // this step or this iteration, written by another block of the step: both mean
+      // "start" when the buffer had not started, so all chunks of t decide alike.
+      const int64_t started = *start;
+      momentum_state = started >= iteration ? CLR_MOMENTUM_FIRST : CLR_MOMENTUM_STEADY;
+      if (threadIdx.x == 0 && started > iteration) *start = iteration;
+    }
+    S* b = momentum_state != CLR_MOMENTUM_NONE ? static_cast<S*>(table.buffer[t]) + r.begin : nullptr;
+#define CLR_RUN(MS)                                                                  \
+  if (unscale)                                                                       \
+    run_chunk<S, MS, true>(p, g, b, r.size, coeffs, scale, use_wd, nesterov);        \
+  else                                                                               \
+    run_chunk<S, MS, false>(p, g, b, r.size, coeffs, scale, use_wd, nesterov)
+    if (momentum_state == CLR_MOMENTUM_STEADY) {
+      CLR_RUN(CLR_MOMENTUM_STEADY);
+    } else if (momentum_state == CLR_MOMENTUM_FIRST) {
+      CLR_RUN(CLR_MOMENTUM_FIRST);
+    } else {
+      CLR_RUN(CLR_MOMENTUM_NONE);
+    }
+#undef CLR_RUN
+  }
+}
+
+}  // namespace clr_cuda
+
+#endif /* CLR_EXT_CUDA_CYCLIC_SGD_KERNEL_CUH */
