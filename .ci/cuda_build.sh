@@ -5,6 +5,8 @@
 # then checks that the .so links, carries the kernels, imports, registers a CUDA
 # kernel for torch.ops.clr_ext.cyclic_sgd_, and that tests/test_cuda.py runs (its
 # GPU tests skip here; the registration test runs).
+# Also: the kernel emulated on the host with CUDA 13's 32 KB tables, and the libtorch
+# library built through CMake with -DCLR_EXT_CUDA=ON (CLR_EXT_SKIP_CMAKE_CUDA=1 skips it).
 #
 # Environment (all optional):
 #   CLR_EXT_CUDA_VENV   the venv to make or reuse (default ~/.cache/clr_ext/venv-cu130:
@@ -112,6 +114,29 @@ done
   -DCUDART_VERSION=13000 -I"$REPO/csrc" "$REPO/csrc/tests/test_cuda_kernel_host.cpp" -o "$BUILD/test_cuda_kernel_host" ||
   die "csrc/tests/test_cuda_kernel_host.cpp does not compile"
 "$BUILD/test_cuda_kernel_host" 30 || die "test_cuda_kernel_host failed (32 KB tables)"
+
+# --- the libtorch library through CMake with -DCLR_EXT_CUDA=ON (the C++ users' build):
+# it configures with no GPU, compiles the .cu with the same flags, carries the kernels
+if [ "${CLR_EXT_SKIP_CMAKE_CUDA:-0}" != 1 ]; then
+  TORCH_PREFIX=$("$PY" -c "import torch; print(torch.utils.cmake_prefix_path)")
+  NINJA=$(dirname "$PY")/ninja
+  NVRTC=$(ls "$SITE"/nvidia/cu13/lib/libnvrtc.so.13 2>/dev/null || true)  # this toolkit has none
+  t0=$(date +%s)
+  rm -rf "$BUILD/cmake"
+  cmake -S "$REPO" -B "$BUILD/cmake" -G Ninja -DCMAKE_MAKE_PROGRAM="$NINJA" -DCMAKE_BUILD_TYPE=Release \
+    -DCLR_EXT_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_COMPILER="$CUDA_HOME/bin/nvcc" \
+    -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" -DBUILD_TESTING=OFF ${NVRTC:+-DCUDA_nvrtc_LIBRARY="$NVRTC"} \
+    >"$BUILD/cmake.log" 2>&1 || { tail -40 "$BUILD/cmake.log"; die "CMake -DCLR_EXT_CUDA=ON does not configure"; }
+  cmake --build "$BUILD/cmake" -j"$MAX_JOBS" >>"$BUILD/cmake.log" 2>&1 ||
+    { tail -40 "$BUILD/cmake.log"; die "CMake -DCLR_EXT_CUDA=ON does not build"; }
+  LIB=$(ls "$BUILD"/cmake/libclr_ext.so | head -1)
+  # (whole outputs to grep: with pipefail, grep -q closing the pipe early would fail it)
+  nm -C "$LIB" >"$BUILD/cmake-nm.txt"
+  grep "clr_cuda::cyclic_sgd_kernel<float>" "$BUILD/cmake-nm.txt" >/dev/null || die "no CUDA kernel in $LIB"
+  readelf -d "$LIB" | grep "NEEDED.*libcudart" >/dev/null || die "$LIB does not link libcudart"
+  strings -a "$LIB" | grep "sm_90" >/dev/null || die "no sm_90 device code in $LIB"
+  say "CMake -DCLR_EXT_CUDA=ON: libclr_ext.so with the CUDA kernel for sm_90, built in $(( $(date +%s) - t0 )) s"
+fi
 
 # --- it imports (no GPU or driver needed to load it) and registers the CUDA kernel
 STAGE=$BUILD/stage
