@@ -9,6 +9,12 @@ conditions fail instead of skipping, so a GPU run can't pass by skipping everyth
 
 Runs under pytest, and without it (the GPU machine may lack pytest):
 ``python tests/test_cuda.py [-k substring]`` runs every test function and case.
+
+Dry run on the CPU: ``CLR_EXT_CUDA_TESTS_DEVICE=cpu`` runs every test that needs no
+CUDA-only API (sync debug mode, profiler, graphs, 16 GiB tensors) on CPU tensors with
+CyclicSGD forced onto the device-decided path the CUDA step takes. CI runs it so that
+this file's own code, references and tolerances are known to work before a GPU is lent
+(GPU time is short); on the CPU it proves nothing about the CUDA kernel.
 """
 from __future__ import annotations
 
@@ -46,6 +52,10 @@ except ImportError:  # pragma: no cover - the fallback runner at the bottom is u
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 
 REQUIRE = os.environ.get("CLR_EXT_REQUIRE_CUDA", "").strip() in ("1", "true", "yes")
+DEVICE = os.environ.get("CLR_EXT_CUDA_TESTS_DEVICE", "cuda").strip() or "cuda"
+DRY_RUN = DEVICE != "cuda"
+#: the backend CyclicSGD is asked for: the CPU's fastest in a dry run
+BACKEND = "cuda" if not DRY_RUN else "cpp"
 _C = _backends._C
 ALL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 DTYPE_IDS = {torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", torch.bfloat16: "bf16"}
@@ -81,9 +91,35 @@ def need_cuda_build():
 
 
 def need_gpu():
+    """The test runs on DEVICE: a GPU, or the CPU in a dry run."""
+    if DRY_RUN:
+        if _C is None:
+            _skip("clr_ext._C is not built")
+        return
+    need_real_gpu()
+
+
+def need_real_gpu():
+    """The test uses CUDA-only APIs: skipped in a dry run."""
+    if DRY_RUN:
+        _skip("uses CUDA-only APIs (dry run on %s)" % DEVICE)
     need_cuda_build()
     if not torch.cuda.is_available():
         _skip("no CUDA device", hard=True)
+
+
+def synchronize():
+    if not DRY_RUN:
+        torch.cuda.synchronize()
+
+
+def cyclic_sgd(*args, **kwargs) -> clr_ext.CyclicSGD:
+    """CyclicSGD as the tests use it on CUDA; in a dry run, forced onto the path a CUDA
+    step takes (first momentum steps decided by the op, not the host)."""
+    opt = clr_ext.CyclicSGD(*args, **kwargs)
+    if DRY_RUN:
+        opt._host_decided_types = ()
+    return opt
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor, scale: Optional[float] = None) -> float:
@@ -188,9 +224,9 @@ def test_op_matches_cpu_op(dtype, config):
     gen = torch.Generator().manual_seed(17)
     cpu = _layout_zoo(dtype, gen, "cpu")
     gen = torch.Generator().manual_seed(17)
-    gpu = _layout_zoo(dtype, gen, "cuda")
+    gpu = _layout_zoo(dtype, gen, DEVICE)
     sides = []
-    for triples, dev in ((cpu, "cpu"), (gpu, "cuda")):
+    for triples, dev in ((cpu, "cpu"), (gpu, DEVICE)):
         ps = [t[0] for t in triples]
         bs = [t[2].zero_() for t in triples] if buffers else []
         counter = torch.zeros((), dtype=torch.int64, device=dev)
@@ -206,7 +242,7 @@ def test_op_matches_cpu_op(dtype, config):
             op()(ps, gs, bs, [], counter, bounds, shape, mode_number, kw["momentum"], kw["dampening"],
                  kw["weight_decay"], kw["nesterov"], kw["maximize"], kw["cycle_momentum"], step == 0, gs_t, fi)
             counter.add_(1)
-    torch.cuda.synchronize()
+    synchronize()
     (pc, gc, bc, _, _), (pg, gg, bg, _, _) = sides
     rtol = RTOL_CPU[dtype]
     assert_close_rel([t.cpu() for t in pg], pc, rtol, "param")
@@ -222,22 +258,22 @@ def test_found_inf_writes_nothing():
     need_gpu()
     gen = torch.Generator().manual_seed(3)
     for dtype in ALL_DTYPES:
-        ps = [torch.randn(n, generator=gen).to(dtype).cuda() for n in (5, 4096, 70001)]
-        gs = [torch.randn(p.shape, generator=gen).to(dtype).cuda() for p in ps]
-        bs = [torch.randn(p.shape, generator=gen).to(dtype).cuda() for p in ps]
+        ps = [torch.randn(n, generator=gen).to(dtype).to(DEVICE) for n in (5, 4096, 70001)]
+        gs = [torch.randn(p.shape, generator=gen).to(dtype).to(DEVICE) for p in ps]
+        bs = [torch.randn(p.shape, generator=gen).to(dtype).to(DEVICE) for p in ps]
         before = [t.clone() for t in ps + gs + bs]
-        counter = torch.tensor(4, device="cuda")
+        counter = torch.tensor(4, device=DEVICE)
         for inf_dtype in (torch.float32, torch.float64, torch.float16):
             for first in (False, True):
                 op()(ps, gs, bs, [], counter, [0.01, 0.1, 0.8, 0.9], [5.0, 5.0, 1.0, 1.0], 0, 0.9, 0.0, 0.01, False,
-                     False, True, first, torch.tensor(256.0, device="cuda"),
-                     torch.ones((), dtype=inf_dtype, device="cuda"))
+                     False, True, first, torch.tensor(256.0, device=DEVICE),
+                     torch.ones((), dtype=inf_dtype, device=DEVICE))
         for a, b in zip(ps + gs + bs, before):
             assert torch.equal(a, b)
         assert int(counter) == 4
         # found_inf == 0: the step applies and the grads come back unscaled
         op()(ps, gs, bs, [], counter, [0.01, 0.1, 0.8, 0.9], [5.0, 5.0, 1.0, 1.0], 0, 0.9, 0.0, 0.01, False,
-             False, True, False, torch.tensor(256.0, device="cuda"), torch.zeros((), device="cuda"))
+             False, True, False, torch.tensor(256.0, device=DEVICE), torch.zeros((), device=DEVICE))
         assert not torch.equal(ps[1], before[1])
         compute = torch.float64 if dtype == torch.float64 else torch.float32
         assert torch.equal(gs[1], (before[4].to(compute) / 256.0).to(dtype))
@@ -246,18 +282,19 @@ def test_found_inf_writes_nothing():
 def test_many_tensors_span_several_launches():
     """More tensors than one kernel-argument table holds: several launches, one iteration."""
     need_gpu()
-    n = 2 * _C.cuda_max_tensors_per_launch() + 3
+    per_launch = _C.cuda_max_tensors_per_launch() if not DRY_RUN else 740  # a CUDA 13 build's
+    n = 2 * per_launch + 3
     gen = torch.Generator().manual_seed(11)
     sizes = [int(s) for s in torch.randint(1, 300, (n,), generator=gen)]
     sizes[n // 2] = 65536 * 2 + 1
     pc = [torch.randn(s, generator=gen) for s in sizes]
     gc = [torch.randn(s, generator=gen) for s in sizes]
     bc = [torch.randn(s, generator=gen) for s in sizes]
-    pg, gg, bg = ([t.cuda() for t in ts] for ts in (pc, gc, bc))
+    pg, gg, bg = ([t.to(DEVICE) for t in ts] for ts in (pc, gc, bc))
     args = ([0.01, 0.1, 0.8, 0.9], [3.0, 3.0, 1.0, 1.0], 1, 0.0, 0.0, 0.001, False, False, True, False, None, None)
     for step in range(5):
         op()(pc, gc, bc, [], torch.tensor(step), *args)
-        op()(pg, gg, bg, [], torch.tensor(step, device="cuda"), *args)
+        op()(pg, gg, bg, [], torch.tensor(step, device=DEVICE), *args)
     assert_close_rel([t.cpu() for t in pg], pc, RTOL_CPU[torch.float32], "param")
     assert_close_rel([t.cpu() for t in bg], bc, RTOL_CPU[torch.float32], "buffer")
 
@@ -276,7 +313,7 @@ def test_momentum_start_matches_cpu_op(case):
     iteration = 15  # the peak of the second cycle: the cycled momentum is exactly base_momentum
     start_values = (NOT_STARTED, iteration, 5, -1, NOT_STARTED)
     sides = {}
-    for dev in ("cpu", "cuda"):
+    for dev in ("cpu", DEVICE):
         gen.manual_seed(12)
         ps, gs, bs = ([torch.randn(n, generator=gen).to(dev) for n in sizes] for _ in range(3))
         if case.endswith("packed"):  # one tensor, an element per param
@@ -290,8 +327,8 @@ def test_momentum_start_matches_cpu_op(case):
         op()(ps, gs, bs, op_ss, torch.tensor(iteration, device=dev), bounds, [5.0, 5.0, 1.0, 1.0], 0, 0.9, 0.3, 0.0, False,
              False, True, False, torch.tensor(1.0, device=dev), found_inf)
         sides[dev] = (ps, bs, ss, before)
-    torch.cuda.synchronize()
-    (pc, bc, sc, bc0), (pg, bg, sg, _) = sides["cpu"], sides["cuda"]
+    synchronize()
+    (pc, bc, sc, bc0), (pg, bg, sg, _) = sides["cpu"], sides[DEVICE]
     assert [int(s) for s in sg] == [int(s) for s in sc]
     applied = case.startswith("applied")
     want = [iteration, iteration, 5, -1, iteration] if applied else list(start_values)
@@ -310,14 +347,14 @@ def test_opcheck_cuda():
         for variant in (dict(), dict(first_step=True), dict(grad_scale=8.0), dict(buffers=False)):
             v = dict(variant)
             buffers = v.pop("buffers", True)
-            ps = [torch.randn(n, generator=gen).to(dtype).cuda() for n in (1, 17, 1031)]
-            gs = [torch.randn(n, generator=gen).to(dtype).cuda() for n in (1, 17, 1031)]
-            bs = [torch.randn(n, generator=gen).to(dtype).cuda() for n in (1, 17, 1031)] if buffers else []
+            ps = [torch.randn(n, generator=gen).to(dtype).to(DEVICE) for n in (1, 17, 1031)]
+            gs = [torch.randn(n, generator=gen).to(dtype).to(DEVICE) for n in (1, 17, 1031)]
+            bs = [torch.randn(n, generator=gen).to(dtype).to(DEVICE) for n in (1, 17, 1031)] if buffers else []
             scale = v.pop("grad_scale", None)
-            args = (ps, gs, bs, [], torch.tensor(3, device="cuda"), [0.01, 0.1, 0.8, 0.9], [5.0, 7.0, 0.99, 1.0], 0,
+            args = (ps, gs, bs, [], torch.tensor(3, device=DEVICE), [0.01, 0.1, 0.8, 0.9], [5.0, 7.0, 0.99, 1.0], 0,
                     0.9 if buffers else 0.0, 0.0, 0.0, False, False, buffers, v.get("first_step", False),
-                    None if scale is None else torch.tensor(scale, device="cuda"),
-                    None if scale is None else torch.zeros((), device="cuda"))
+                    None if scale is None else torch.tensor(scale, device=DEVICE),
+                    None if scale is None else torch.zeros((), device=DEVICE))
             torch.library.opcheck(op(), args)
 
 
@@ -328,7 +365,7 @@ def _make_problem(dtype, seed):
     gen = torch.Generator().manual_seed(seed)
     shapes = [[(3,), (1031,), (70001,)], [(17, 5), (8,)]]
     init = [[torch.randn(s, generator=gen, dtype=torch.float64) for s in g] for g in shapes]
-    targets = [torch.randn(s, generator=gen, dtype=torch.float64).cuda() for g in shapes for s in g]
+    targets = [torch.randn(s, generator=gen, dtype=torch.float64).to(DEVICE) for g in shapes for s in g]
     return init, targets
 
 
@@ -352,37 +389,43 @@ def test_cyclic_sgd_matches_torch_fused(dtype, mode, variant):
     sched_kw = dict(base_lr=[0.01, 0.002], max_lr=[0.05, 0.02], step_size_up=130, step_size_down=90, mode=mode,
                     gamma=0.9995, cycle_momentum=cycle_momentum, base_momentum=0.8, max_momentum=0.9)
     init, targets = _make_problem(dtype, seed=7 + variant)
-    mine = [[t.to(device="cuda", dtype=dtype, copy=True).requires_grad_() for t in g] for g in init]
-    ref = [[t.to(device="cuda", dtype=dtype, copy=True).requires_grad_() for t in g] for g in init]
-    opt = clr_ext.CyclicSGD([{"params": g} for g in mine], backend="cuda", **sched_kw, **v)
-    sgd = torch.optim.SGD([{"params": g} for g in ref], lr=0.01, fused=True, **v)
-    sched = torch.optim.lr_scheduler.CyclicLR(sgd, **sched_kw)
+    mine = [[t.to(device=DEVICE, dtype=dtype, copy=True).requires_grad_() for t in g] for g in init]
+    opt = cyclic_sgd([{"params": g} for g in mine], backend=BACKEND, **sched_kw, **v)
+    ref = _TorchFusedPair([[t.to(device=DEVICE, dtype=dtype) for t in g] for g in init], v, sched_kw)
+    if DRY_RUN and dtype in (torch.float16, torch.bfloat16):
+        # torch versions whose CPU fused SGD skips float16/bfloat16 vector blocks
+        # (PyTorch #191763) are replaced by the fp32 emulation of the fused semantics
+        # that the CPU tests use (tests/conftest.py).
+        from conftest import ReferencePair, fused_half_sgd_is_correct
+        if not fused_half_sgd_is_correct():
+            ref = ReferencePair([{"params": [t.to(dtype) for t in g]} for g in init], v, sched_kw, fused=False)
     flat_mine = [p for g in mine for p in g]
-    flat_ref = [p for g in ref for p in g]
-    noise = torch.Generator(device="cuda").manual_seed(1)
+    flat_ref = ref.params
+    noise = torch.Generator(device=DEVICE).manual_seed(1)
     # Under maximize the step climbs the gradient: flip the pull towards the targets so
     # that both runs converge instead of growing without bound (fp16 would overflow).
     pull = -0.5 if v.get("maximize") else 0.5
     steps = 1000
     for k in range(steps):
+        ref_grads = []
         for i, (pm, pr, tgt) in enumerate(zip(flat_mine, flat_ref, targets)):
             if i == 0 and k % 9 == 4:  # a param without a gradient now and then
                 pm.grad = None
-                pr.grad = None
+                ref_grads.append(None)
                 continue
-            n = 0.1 * torch.randn(tgt.shape, generator=noise, device="cuda", dtype=torch.float64)
+            n = 0.1 * torch.randn(tgt.shape, generator=noise, device=DEVICE, dtype=torch.float64)
             pm.grad = (pull * (pm.detach().double() - tgt) + n).to(dtype)
-            pr.grad = (pull * (pr.detach().double() - tgt) + n).to(dtype)
+            ref_grads.append((pull * (pr.detach().double() - tgt) + n).to(dtype))
         opt.step()
-        sgd.step()
-        sched.step()
-        assert opt.get_last_lr() == sched.get_last_lr(), (k, opt.get_last_lr(), sched.get_last_lr())
+        ref.step(ref_grads)
+        assert opt.get_last_lr() == ref.last_lr(), (k, opt.get_last_lr(), ref.last_lr())
         if cycle_momentum:
-            assert [g["momentum"] for g in opt.param_groups] == [g["momentum"] for g in sgd.param_groups], k
+            assert [g["momentum"] for g in opt.param_groups] == [ref.group_momentum(i) for i in range(len(init))], k
     assert opt.iteration == steps
     assert_close_rel(flat_mine, flat_ref, RTOL_TORCH[dtype], "param")
     bm = [opt.state[p].get("momentum_buffer") for p in flat_mine]
-    br = [sgd.state[p].get("momentum_buffer") for p in flat_ref]
+    br = [ref.buffer(i) for i in range(len(flat_ref))]
+    assert [b is None for b in bm] == [b is None for b in br]
     if v["momentum"] != 0.0 or cycle_momentum:
         # Buffers of half-precision params are stored rounded at every step: the rounding
         # differences of the two kernels accumulate there (tests/test_parity.py allows the
@@ -391,30 +434,57 @@ def test_cyclic_sgd_matches_torch_fused(dtype, mode, variant):
         assert_close_rel(bm, br, RTOL_TORCH[dtype] * (2.0 if half else 1.0), "buffer")
 
 
+class _TorchFusedPair:
+    """torch.optim.SGD(fused=True) + CyclicLR on copies of ``groups`` (lists of tensors),
+    with the interface of tests/conftest.py's ReferencePair (which imports pytest, which
+    the GPU machine may lack)."""
+
+    def __init__(self, groups, sgd_kwargs, sched_kwargs):
+        self._groups = [[t.detach().clone().requires_grad_() for t in g] for g in groups]
+        self.params = [p for g in self._groups for p in g]
+        self.sgd = torch.optim.SGD([{"params": g} for g in self._groups], lr=0.01, fused=True, **sgd_kwargs)
+        self.sched = torch.optim.lr_scheduler.CyclicLR(self.sgd, **sched_kwargs)
+
+    def step(self, grads):
+        for p, g in zip(self.params, grads):
+            p.grad = g
+        self.sgd.step()
+        self.sched.step()
+
+    def last_lr(self):
+        return self.sched.get_last_lr()
+
+    def group_momentum(self, gi):
+        return self.sgd.param_groups[gi]["momentum"]
+
+    def buffer(self, i):
+        return self.sgd.state.get(self.params[i], {}).get("momentum_buffer")
+
+
 # ------------------------------------------------------------------------ no host sync
 
 
 def _tiny_model(seed=0, dtype=torch.float32):
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)).to(
-        device="cuda", dtype=dtype)
+        device=DEVICE, dtype=dtype)
 
 
 def test_step_issues_no_host_sync():
     """opt.step() under torch.cuda.set_sync_debug_mode("error"): the first step (buffers
     created), later steps, params without grads, and AMP's grad_scale / found_inf."""
-    need_gpu()
+    need_real_gpu()
     model = _tiny_model()
-    opt = clr_ext.CyclicSGD(model.parameters(), 0.01, 0.1, step_size_up=4, weight_decay=1e-4)
-    x = torch.randn(16, 32, device="cuda")
+    opt = cyclic_sgd(model.parameters(), 0.01, 0.1, step_size_up=4, weight_decay=1e-4)
+    x = torch.randn(16, 32, device=DEVICE)
     for k in range(8):
         model.zero_grad(set_to_none=True)
         model(x).square().mean().backward()
         if k == 3:
             model[0].bias.grad = None
         if k >= 5:
-            opt.grad_scale = torch.tensor(1.0, device="cuda")
-            opt.found_inf = torch.tensor(float(k == 6), device="cuda")
+            opt.grad_scale = torch.tensor(1.0, device=DEVICE)
+            opt.found_inf = torch.tensor(float(k == 6), device=DEVICE)
         torch.cuda.set_sync_debug_mode("error")
         try:
             opt.step()
@@ -423,25 +493,25 @@ def test_step_issues_no_host_sync():
         for name in ("grad_scale", "found_inf"):
             if hasattr(opt, name):
                 delattr(opt, name)
-    torch.cuda.synchronize()
+    synchronize()
     assert opt.iteration == 8
 
 
 def test_one_kernel_launch_per_step():
     """ResNet-50's 161 parameter tensors: one cyclic_sgd kernel per step (+ the counter)."""
-    need_gpu()
-    params = [torch.zeros(s, device="cuda", requires_grad=True) for s in _resnet50_shapes_small()]
+    need_real_gpu()
+    params = [torch.zeros(s, device=DEVICE, requires_grad=True) for s in _resnet50_shapes_small()]
     for p in params:
         p.grad = torch.ones_like(p)
-    opt = clr_ext.CyclicSGD(params, 0.01, 0.1)
+    opt = cyclic_sgd(params, 0.01, 0.1)
     opt.step()
-    torch.cuda.synchronize()
+    synchronize()
     try:
         from torch.profiler import ProfilerActivity, profile
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(3):
                 opt.step()
-            torch.cuda.synchronize()
+            synchronize()
     except Exception as e:  # pragma: no cover - profiler unavailable
         _skip("torch.profiler unavailable: %s" % e)
     names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
@@ -459,11 +529,11 @@ def test_compiled_step_matches_eager_and_is_traced_twice():
     counter, so the traced step depends on no per-step Python number)."""
     need_gpu()
     steps = 3 * torch._dynamo.config.recompile_limit
-    x = torch.randn(16, 32, device="cuda", dtype=torch.float64)
+    x = torch.randn(16, 32, device=DEVICE, dtype=torch.float64)
     ref_model, model = _tiny_model(dtype=torch.float64), _tiny_model(dtype=torch.float64)
     cfg = dict(step_size_up=3, step_size_down=5, mode="triangular2", momentum=0.9, weight_decay=1e-4)
-    ref_opt = clr_ext.CyclicSGD(ref_model.parameters(), 0.01, 0.1, **cfg)
-    opt = clr_ext.CyclicSGD(model.parameters(), 0.01, 0.1, **cfg)
+    ref_opt = cyclic_sgd(ref_model.parameters(), 0.01, 0.1, **cfg)
+    opt = cyclic_sgd(model.parameters(), 0.01, 0.1, **cfg)
     counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
     torch._dynamo.reset()
     try:
@@ -497,12 +567,12 @@ def test_whole_training_step_in_a_cuda_graph():
     """Forward, backward and opt.step() captured once and replayed N times give the same
     params, momentum buffers and lr sequence as N eager steps; opt.sync() refreshes the
     host mirror after replays."""
-    need_gpu()
+    need_real_gpu()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     warmup, replays = 3, 25
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    batches = [(torch.randn(64, 32, device="cuda", generator=gen), torch.randn(64, 10, device="cuda", generator=gen))
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    batches = [(torch.randn(64, 32, device=DEVICE, generator=gen), torch.randn(64, 10, device=DEVICE, generator=gen))
                for _ in range(warmup + replays)]
     kw = dict(base_lr=0.01, max_lr=0.1, step_size_up=5, step_size_down=3, mode="triangular2", weight_decay=1e-3)
 
@@ -511,7 +581,7 @@ def test_whole_training_step_in_a_cuda_graph():
 
     # eager reference
     eager = _tiny_model(seed=1)
-    opt_e = clr_ext.CyclicSGD(eager.parameters(), **kw)
+    opt_e = cyclic_sgd(eager.parameters(), **kw)
     eager_lrs = []
     for x, y in batches:
         opt_e.zero_grad(set_to_none=True)
@@ -521,9 +591,9 @@ def test_whole_training_step_in_a_cuda_graph():
 
     # captured
     model = _tiny_model(seed=1)
-    opt = clr_ext.CyclicSGD(model.parameters(), **kw)
-    static_x = torch.zeros(64, 32, device="cuda")
-    static_y = torch.zeros(64, 10, device="cuda")
+    opt = cyclic_sgd(model.parameters(), **kw)
+    static_x = torch.zeros(64, 32, device=DEVICE)
+    static_y = torch.zeros(64, 10, device=DEVICE)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     graph_lrs = []
@@ -548,7 +618,7 @@ def test_whole_training_step_in_a_cuda_graph():
         graph.replay()
         assert opt.sync() == len(graph_lrs) + 1
         graph_lrs.append(opt.get_last_lr()[0])
-    torch.cuda.synchronize()
+    synchronize()
     assert opt.iteration == opt_e.iteration == warmup + replays
     assert graph_lrs == eager_lrs
     for a, b in zip(model.parameters(), eager.parameters()):
@@ -559,10 +629,10 @@ def test_whole_training_step_in_a_cuda_graph():
 
 def test_replays_without_sync_then_sync():
     """The device counter advances on every replay; sync() brings the host mirror there."""
-    need_gpu()
-    p = torch.zeros(1000, device="cuda", requires_grad=True)
+    need_real_gpu()
+    p = torch.zeros(1000, device=DEVICE, requires_grad=True)
     p.grad = torch.ones_like(p)
-    opt = clr_ext.CyclicSGD([p], 0.01, 0.1, step_size_up=3)
+    opt = cyclic_sgd([p], 0.01, 0.1, step_size_up=3)
     opt.step()  # eager: buffers exist
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -589,7 +659,7 @@ def _amp_pair(dtype_model=torch.float32, seed=3, **kw):
 
 @parametrize("overflow_steps", [(3, 9), (0, 1, 7)], ids=lambda s: "overflow-at-" + "-".join(map(str, s)))
 def test_grad_scaler_matches_torch_fused(overflow_steps):
-    """torch.amp.GradScaler("cuda") with CyclicSGD against torch.optim.SGD(fused=True) +
+    """torch.amp.GradScaler(DEVICE) with CyclicSGD against torch.optim.SGD(fused=True) +
     CyclicLR, including overflow steps (skipped on the device; the schedule advances)."""
     need_gpu()
     if 0 in overflow_steps:
@@ -601,18 +671,18 @@ def test_grad_scaler_matches_torch_fused(overflow_steps):
     kw = dict(base_lr=0.01, max_lr=0.1, step_size_up=4, step_size_down=6, mode="triangular")
     mine, ref = _amp_pair()
     # dampening != 0: a buffer started from zeros instead of the gradient would show
-    opt = clr_ext.CyclicSGD(mine.parameters(), momentum=0.9, dampening=0.3, **kw)
+    opt = cyclic_sgd(mine.parameters(), momentum=0.9, dampening=0.3, **kw)
     sgd = torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9, dampening=0.3, fused=fused)
     sched = torch.optim.lr_scheduler.CyclicLR(sgd, **kw)
-    s_mine = torch.amp.GradScaler("cuda", init_scale=2.0 ** 12, growth_interval=4)
-    s_ref = torch.amp.GradScaler("cuda", init_scale=2.0 ** 12, growth_interval=4)
-    gen = torch.Generator(device="cuda").manual_seed(4)
+    s_mine = torch.amp.GradScaler(DEVICE, init_scale=2.0 ** 12, growth_interval=4)
+    s_ref = torch.amp.GradScaler(DEVICE, init_scale=2.0 ** 12, growth_interval=4)
+    gen = torch.Generator(device=DEVICE).manual_seed(4)
     for k in range(16):
-        x = torch.randn(32, 32, device="cuda", generator=gen)
-        y = torch.randn(32, 10, device="cuda", generator=gen)
+        x = torch.randn(32, 32, device=DEVICE, generator=gen)
+        y = torch.randn(32, 10, device=DEVICE, generator=gen)
         for model, scaler in ((mine, s_mine), (ref, s_ref)):
             model.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=torch.float16):
+            with torch.autocast(DEVICE, dtype=torch.float16):
                 loss = torch.nn.functional.mse_loss(model(x).float(), y)
             scaler.scale(loss).backward()
             if k in overflow_steps:
@@ -639,12 +709,12 @@ def test_first_step_with_cycled_momentum_zero():
     need_gpu()
     kw = dict(base_lr=0.01, max_lr=0.05, step_size_up=3, base_momentum=0.9, max_momentum=0.0)
     mine, ref = _tiny_model(seed=5), _tiny_model(seed=5)
-    opt = clr_ext.CyclicSGD(mine.parameters(), momentum=0.9, dampening=0.4, **kw)
+    opt = cyclic_sgd(mine.parameters(), momentum=0.9, dampening=0.4, **kw)
     sgd = torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9, dampening=0.4)
     sched = torch.optim.lr_scheduler.CyclicLR(sgd, **kw)
-    gen = torch.Generator(device="cuda").manual_seed(6)
+    gen = torch.Generator(device=DEVICE).manual_seed(6)
     for k in range(8):
-        x = torch.randn(16, 32, device="cuda", generator=gen)
+        x = torch.randn(16, 32, device=DEVICE, generator=gen)
         for model in (mine, ref):
             model.zero_grad(set_to_none=True)
             model(x).square().mean().backward()
@@ -669,18 +739,18 @@ def _free_gib():
 def test_more_than_2_31_elements(dtype, misaligned):
     """One tensor of 2^31 + 33 elements: every element is updated, including those past
     2^31 and the tail (int64 offsets; vector and scalar paths)."""
-    need_gpu()
+    need_real_gpu()
     n = 2 ** 31 + 33
     need = 3 * (n + 1) * torch.tensor([], dtype=dtype).element_size() / 2 ** 30 + 2
     if _free_gib() < need:
         _skip("needs %.0f GiB of free GPU memory" % need)
 
     def make(value):
-        t = torch.full((n + 1,), value, dtype=dtype, device="cuda")
+        t = torch.full((n + 1,), value, dtype=dtype, device=DEVICE)
         return t[1:] if misaligned else t[:n]
 
     p, g, b = make(0.5), make(1.0), make(0.0)
-    counter = torch.tensor(2, device="cuda")
+    counter = torch.tensor(2, device=DEVICE)
     args = ([0.01, 0.1, 0.8, 0.9], [5.0, 5.0, 1.0, 1.0], 0, 0.9, 0.0, 0.0, False, False, True)
     # reference: the CPU op on one element with the same inputs
     pr, gr, br = (torch.full((1,), v, dtype=dtype) for v in (0.5, 1.0, 0.0))
@@ -688,7 +758,7 @@ def test_more_than_2_31_elements(dtype, misaligned):
         op()([p], [g], [b], [], counter, *args, first, None, None)
         op()([pr], [gr], [br], [], torch.tensor(int(counter)), *args, first, None, None)
         counter.add_(1)
-    torch.cuda.synchronize()
+    synchronize()
     assert float(pr[0]) != 0.5 and float(br[0]) != 0.0
     for t, r in ((p, pr), (b, br)):
         expected = float(r[0])
