@@ -539,7 +539,7 @@ class CyclicSGD(Optimizer):
                 devices.add(device)
                 if bucket.dtensor is not None:
                     has_dtensor = True
-                if not (use_buffers or (device.type == "cuda" and momentum_possible)):
+                if not (use_buffers or (device.type not in self._host_decided_types and momentum_possible)):
                     work.append((backend, device, params, grads, [], [], False, group, bounds))
                     continue
                 # Looked up at every step: a user may replace or delete a buffer.
@@ -590,7 +590,10 @@ class CyclicSGD(Optimizer):
             scale_on[device] = None if grad_scale is None else grad_scale.to(device, non_blocking=True)
             inf_on[device] = None if found_inf is None else found_inf.to(device, non_blocking=True)
 
-        skipped = found_inf is not None and found_inf.device.type == "cpu" and float(found_inf) == 1.0
+        # Read on the host only where that costs no sync; elsewhere the op skips by itself
+        # and every new buffer has a start, so nothing below needs to know.
+        skipped = (found_inf is not None and found_inf.device.type in self._host_decided_types
+                   and float(found_inf) == 1.0)
         for position, (backend, device, ps, gs, bs, ss, first, group, bounds) in enumerate(work):
             # When cycling, the op computes the momentum itself; a traced step passes a
             # constant in its place (group["momentum"] changes at every step).

@@ -56,7 +56,7 @@ def _eager(backend):
     model, opt = _setup(backend)
     lrs, losses = [], []
     for s in range(STEPS):
-        losses.append(float(_train_step(model, opt, *_data(s))))
+        losses.append(float(_train_step(model, opt, *_data(s)).detach()))
         lrs.append(opt.get_last_lr())
     return model, opt, lrs, losses
 
@@ -83,7 +83,7 @@ def test_compiled_train_step_matches_eager(backend):
     compiled = torch.compile(_train_step, backend="aot_eager")
     lrs, losses = [], []
     for s in range(STEPS):
-        losses.append(float(compiled(model, opt, *_data(s))))
+        losses.append(float(compiled(model, opt, *_data(s)).detach()))
         lrs.append(opt.get_last_lr())
     assert lrs == ref_lrs
     assert losses == pytest.approx(ref_losses, rel=1e-12, abs=0)

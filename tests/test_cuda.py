@@ -497,6 +497,87 @@ def test_step_issues_no_host_sync():
     assert opt.iteration == 8
 
 
+class _WrapperOps:
+    """Records the ops that CyclicSGD.step() dispatches itself, apart from those inside
+    the backend's op (the CPU op of a dry run reads its scalars on the host, as it may),
+    and how many times the op ran."""
+
+    SCALAR_READS = ("aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.nonzero", "aten.equal")
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        record = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                name = str(func)
+                if record.inside_op == 0 and not name.startswith("profiler."):
+                    record.ops.append(name)
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode()
+        self.ops: List[str] = []
+        self.op_runs = 0
+        self.inside_op = 0
+
+    def __enter__(self):
+        original = _backends._CompiledOpBackend.run
+        record = self
+
+        def run(backend, *args, **kwargs):
+            record.op_runs += 1
+            record.inside_op += 1
+            try:
+                return original(backend, *args, **kwargs)
+            finally:
+                record.inside_op -= 1
+
+        self._original = original
+        _backends._CompiledOpBackend.run = run
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+        _backends._CompiledOpBackend.run = self._original
+
+    def scalar_reads(self):
+        return [op for op in self.ops if op.startswith(self.SCALAR_READS)]
+
+
+def test_step_dispatches_one_op_and_reads_no_device_value():
+    """What the Python step itself dispatches on the CUDA path: from the second step on,
+    one op call per bucket plus the counter's add_, and never a read of a device value
+    (the usual sources of host syncs: .item(), bool(), nonzero), also with AMP's
+    grad_scale / found_inf, a param without a gradient, and a param that gets its first
+    gradient late. On a GPU, test_step_issues_no_host_sync checks the syncs themselves;
+    this also runs in the CPU dry run."""
+    need_gpu()
+    params = [torch.zeros(s, device=DEVICE, requires_grad=True) for s in _resnet50_shapes_small()]
+    late = torch.zeros(7, device=DEVICE, requires_grad=True)
+    opt = cyclic_sgd(params + [late], 0.01, 0.1, step_size_up=3, momentum=0.9, dampening=0.1, weight_decay=1e-4)
+    for k in range(8):
+        for p in params:
+            p.grad = torch.full_like(p, 0.01 * (k + 1))
+        if k == 2:
+            params[5].grad = None
+        if k >= 4:
+            late.grad = torch.ones_like(late)
+            opt.grad_scale = torch.tensor(2.0, device=DEVICE)
+            opt.found_inf = torch.tensor(float(k == 6), device=DEVICE)
+        with _WrapperOps() as seen:
+            opt.step()
+        assert seen.scalar_reads() == [], (k, seen.ops)
+        assert seen.op_runs == 1, (k, seen.op_runs)
+        # In a steady step nothing else runs. (When the set of params with gradients
+        # changes, the starts are passed as one view per param until it is steady again.)
+        if k in (1, 6, 7):
+            assert seen.ops == ["aten.add_.Tensor"], (k, seen.ops)
+    synchronize()
+    assert opt.iteration == 8
+
+
 def test_one_kernel_launch_per_step():
     """ResNet-50's 161 parameter tensors: one cyclic_sgd kernel per step (+ the counter)."""
     need_real_gpu()
