@@ -539,12 +539,12 @@ class CyclicSGD(Optimizer):
                 devices.add(device)
                 if bucket.dtensor is not None:
                     has_dtensor = True
-                if not (use_buffers or (device.type not in self._host_decided_types and momentum_possible)):
+                host_decided = device.type in self._host_decided_types
+                if not (use_buffers or (not host_decided and momentum_possible)):
                     work.append((backend, device, params, grads, [], [], False, group, bounds))
                     continue
                 # Looked up at every step: a user may replace or delete a buffer.
-                if (compiling or device.type not in self._host_decided_types
-                        or (starts_of and any(p in starts_of for p in params))):
+                if compiling or not host_decided or (starts_of and any(p in starts_of for p in params)):
                     work.append(self._plan_device_decided(bucket, grads, group, bounds, new_buffers, compiling))
                     continue
                 try:

@@ -38,54 +38,43 @@ static long long g_cases = 0, g_launches = 0, g_multi_table_steps = 0, g_racing_
 
 namespace {
 
-// One storage dtype: the CUDA kernel's type, the CPU kernel's entry point, random values.
+// One storage dtype: the CUDA kernel's type, its twin in the CPU kernel and that
+// kernel's entry point. Values are written through the CPU kernel's own conversions.
 template <typename CudaS>
 struct Dtype;
 template <>
 struct Dtype<float> {
+  typedef float Cpu;
   static constexpr const char* name = "float32";
-  static constexpr int size = 4;
-  static void cpu_span(void* p, void* g, void* b, int64_t n, const clr_cpu::StepArgs* a) {
-    clr_cpu::span_f32(p, g, b, n, a);
-  }
-  static void store(void* at, double v) {
-    const float f = (float)v;
-    memcpy(at, &f, 4);
-  }
+  static constexpr auto cpu_span = clr_cpu::span_f32;
 };
 template <>
 struct Dtype<double> {
+  typedef double Cpu;
   static constexpr const char* name = "float64";
-  static constexpr int size = 8;
-  static void cpu_span(void* p, void* g, void* b, int64_t n, const clr_cpu::StepArgs* a) {
-    clr_cpu::span_f64(p, g, b, n, a);
-  }
-  static void store(void* at, double v) { memcpy(at, &v, 8); }
+  static constexpr auto cpu_span = clr_cpu::span_f64;
 };
 template <>
 struct Dtype<clr_cuda::f16_t> {
+  typedef clr_cpu::Fp16 Cpu;
   static constexpr const char* name = "float16";
-  static constexpr int size = 2;
-  static void cpu_span(void* p, void* g, void* b, int64_t n, const clr_cpu::StepArgs* a) {
-    clr_cpu::span_f16(p, g, b, n, a);
-  }
-  static void store(void* at, double v) {
-    const uint16_t h = clr_cpu::float_to_fp16((float)v);
-    memcpy(at, &h, 2);
-  }
+  static constexpr auto cpu_span = clr_cpu::span_f16;
 };
 template <>
 struct Dtype<clr_cuda::bf16_t> {
+  typedef clr_cpu::Bf16 Cpu;
   static constexpr const char* name = "bfloat16";
-  static constexpr int size = 2;
-  static void cpu_span(void* p, void* g, void* b, int64_t n, const clr_cpu::StepArgs* a) {
-    clr_cpu::span_bf16(p, g, b, n, a);
-  }
-  static void store(void* at, double v) {
-    const uint16_t h = clr_cpu::float_to_bf16((float)v);
-    memcpy(at, &h, 2);
-  }
+  static constexpr auto cpu_span = clr_cpu::span_bf16;
 };
+
+// v rounded to S's compute type, then stored as S rounds it.
+template <typename S>
+void store_value(void* at, double v) {
+  typedef clr_cpu::Io<typename Dtype<S>::Cpu> Io;
+  const auto stored = Io::store((typename Io::compute)v);
+  static_assert(sizeof stored == sizeof(S), "the CPU and CUDA storage types differ in size");
+  memcpy(at, &stored, sizeof stored);
+}
 
 // One stream of one tensor: an allocation whose data starts `offset` elements past a
 // 16-byte boundary and ends a few guard bytes after the tensor.
@@ -138,7 +127,7 @@ int64_t pick_numel(std::mt19937_64& rng, int esize, bool many) {
 template <typename S>
 void run_case(std::mt19937_64& rng, int case_index) {
   typedef Dtype<S> D;
-  const int esize = D::size;
+  const int esize = (int)sizeof(S);
   const int width = clr_cuda::kVectorBytes / esize;
   const bool many = rng() % 6 == 0;  // more tensors than one table holds
   const int n_tensors = many ? clr_cuda::kMaxTensors + 1 + (int)(rng() % (size_t)(2 * clr_cuda::kMaxTensors))
@@ -196,9 +185,9 @@ void run_case(std::mt19937_64& rng, int case_index) {
     t.numel = pick_numel(rng, esize, many);
     const int aligned = rng() % 3 != 0;
     auto offset = [&]() { return aligned ? width * (int)(rng() % 3) : (int)(rng() % (2 * width)); };
-    t.param = make_stream(rng, t.numel, esize, offset(), 2.0, D::store);
-    t.grad = make_stream(rng, t.numel, esize, offset(), unscale ? 1000.0 : 1.0, D::store);
-    t.buffer = make_stream(rng, t.numel, esize, offset(), 1.0, D::store);
+    t.param = make_stream(rng, t.numel, esize, offset(), 2.0, store_value<S>);
+    t.grad = make_stream(rng, t.numel, esize, offset(), unscale ? 1000.0 : 1.0, store_value<S>);
+    t.buffer = make_stream(rng, t.numel, esize, offset(), 1.0, store_value<S>);
     t.has_start = use_starts && rng() % 4 != 0;
     const int kind = (int)(rng() % 3);
     t.start = kind == 0 ? std::numeric_limits<int64_t>::max()
