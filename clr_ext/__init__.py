@@ -1,14 +1,15 @@
 """clr_ext: Cyclical Learning Rates (Leslie N. Smith, 2017) for PyTorch.
 
 - :class:`CyclicSGD`: torch.optim.SGD + CyclicLR in one fused, device-side step.
+- :class:`OneCycleSGD`: torch.optim.SGD + OneCycleLR, likewise.
 - :func:`range_test`: the paper's LR range test, which suggests the bounds.
-- :func:`cyclic_lr`: the schedule as a plain Python function (the reference).
+- :func:`cyclic_lr`, :func:`one_cycle_lr`: the schedules as plain Python functions (the references).
 """
 __version__ = "0.1.0"
 
-from .schedule import cyclic_lr  # noqa: E402  (pure Python, no torch needed)
+from .schedule import cyclic_lr, one_cycle_lr  # noqa: E402  (pure Python, no torch needed)
 
-_NEEDS_TORCH = ("CyclicSGD", "range_test", "RangeTestResult", "available_backends", "from_torch")
+_NEEDS_TORCH = ("CyclicSGD", "OneCycleSGD", "range_test", "RangeTestResult", "available_backends", "from_torch")
 
 try:
     import torch as _torch  # noqa: F401
@@ -19,12 +20,12 @@ except ImportError as _torch_error:
     def __getattr__(name):
         if name in _NEEDS_TORCH:
             raise ImportError(f"clr_ext.{name} needs PyTorch, which cannot be imported ({_TORCH_ERROR}); "
-                              "only clr_ext.cyclic_lr works without it")
+                              "only clr_ext.cyclic_lr and clr_ext.one_cycle_lr work without it")
         raise AttributeError(f"module 'clr_ext' has no attribute {name!r}")
 else:
     from .backends import available_backends  # noqa: E402
-    from .optimizer import CyclicSGD  # noqa: E402
+    from .optimizer import CyclicSGD, OneCycleSGD  # noqa: E402
     from .convert import from_torch  # noqa: E402
     from .range_test import RangeTestResult, range_test  # noqa: E402
 
-__all__ = ["__version__", "cyclic_lr", *_NEEDS_TORCH]
+__all__ = ["__version__", "cyclic_lr", "one_cycle_lr", *_NEEDS_TORCH]

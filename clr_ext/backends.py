@@ -123,6 +123,11 @@ def _warn_torch_fallback(device: torch.device) -> None:
 
 def schedule_point(iteration: int, bounds: List[float], shape: List[float], mode: int) -> Tuple[float, float]:
     """(lr, cycled momentum) of a step, from the op's arguments, by the Python reference."""
+    if mode in _schedule.ONE_CYCLE_MODES.values():
+        strategy = next(k for k, v in _schedule.ONE_CYCLE_MODES.items() if v == mode)
+        ends = tuple(shape[: int(shape[3])])
+        return _schedule.one_cycle_point(iteration, bounds[0], bounds[1], bounds[4], ends, strategy, bounds[2],
+                                         bounds[3])
     if mode == _schedule.CUSTOM_MODE:
         return _schedule.cyclic_point(iteration, bounds[0], bounds[1], shape[0], shape[1], "triangular", shape[2],
                                       bounds[2], bounds[3], scale_fn=lambda _x: shape[3], scale_mode="cycle")

@@ -1,11 +1,12 @@
-"""Converting a running ``torch.optim.SGD`` + ``CyclicLR`` pair into a :class:`CyclicSGD`."""
+"""Converting a running ``torch.optim.SGD`` + ``CyclicLR`` / ``OneCycleLR`` pair into a
+:class:`CyclicSGD` / :class:`OneCycleSGD`."""
 from __future__ import annotations
 
 from typing import Any, Dict, List, Tuple
 
 import torch
 
-from .optimizer import CyclicSGD
+from .optimizer import CyclicSGD, OneCycleSGD
 
 __all__ = ["from_torch"]
 
@@ -26,9 +27,9 @@ def _step_sizes(total_size: float, step_ratio: float) -> Tuple[float, float]:
     return exact, total_size - exact
 
 
-def from_torch(optimizer: torch.optim.SGD, scheduler: torch.optim.lr_scheduler.CyclicLR,
-               backend: str = "auto") -> CyclicSGD:
-    """A :class:`CyclicSGD` that continues where ``optimizer`` + ``scheduler`` stand.
+def from_torch(optimizer: torch.optim.SGD, scheduler: Any, backend: str = "auto") -> Any:
+    """A :class:`CyclicSGD` (for a ``CyclicLR``) or a :class:`OneCycleSGD` (for a
+    ``OneCycleLR``) that continues where ``optimizer`` + ``scheduler`` stand.
 
     The result has the same parameters and param groups, the same per-group SGD
     hyper-parameters (``momentum``, ``dampening``, ``weight_decay``, ``nesterov``,
@@ -54,12 +55,15 @@ def from_torch(optimizer: torch.optim.SGD, scheduler: torch.optim.lr_scheduler.C
     """
     if not isinstance(optimizer, torch.optim.SGD):
         raise TypeError(f"optimizer: must be a torch.optim.SGD, got {type(optimizer).__name__}")
-    if not isinstance(scheduler, torch.optim.lr_scheduler.CyclicLR):
-        raise TypeError(f"scheduler: must be a torch.optim.lr_scheduler.CyclicLR, got {type(scheduler).__name__}")
+    if not isinstance(scheduler, (torch.optim.lr_scheduler.CyclicLR, torch.optim.lr_scheduler.OneCycleLR)):
+        raise TypeError("scheduler: must be a torch.optim.lr_scheduler.CyclicLR or OneCycleLR, got "
+                        f"{type(scheduler).__name__}")
     if scheduler.optimizer is not optimizer:
         raise ValueError("scheduler: is attached to another optimizer")
     if getattr(scheduler, "use_beta1", False):
         raise ValueError("scheduler: cycles betas, not SGD momentum")
+    if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
+        return _continue(optimizer, scheduler, _one_cycle_sgd(optimizer, scheduler, backend))
 
     n = len(optimizer.param_groups)
     cycle = bool(scheduler.cycle_momentum)
@@ -87,7 +91,33 @@ def from_torch(optimizer: torch.optim.SGD, scheduler: torch.optim.lr_scheduler.C
         kwargs["mode"] = scheduler.mode
     new = CyclicSGD(groups, [g["base_lr"] for g in groups], [g["max_lr"] for g in groups], **kwargs)
 
-    # Iteration and momentum buffers through the public state-dict path.
+    return _continue(optimizer, scheduler, new)
+
+
+def _one_cycle_sgd(optimizer: torch.optim.SGD, scheduler: Any, backend: str) -> OneCycleSGD:
+    """OneCycleLR keeps its phases' ends and each group's initial/max/min LR, not the
+    factors they came from: they are taken over as they are."""
+    ends = tuple(float(phase["end_step"]) for phase in scheduler._schedule_phases)
+    total = int(scheduler.total_steps)
+    cycle = bool(scheduler.cycle_momentum)
+    groups: List[Dict[str, Any]] = []
+    for g in optimizer.param_groups:
+        group: Dict[str, Any] = {"params": list(g["params"])}
+        for key in _SGD_GROUP_KEYS + ("initial_lr", "max_lr", "min_lr"):
+            group[key] = g[key]
+        if cycle:
+            group["base_momentum"] = float(g["base_momentum"])
+            group["max_momentum"] = float(g["max_momentum"])
+        groups.append(group)
+    new = OneCycleSGD(groups, [g["max_lr"] for g in groups], total, pct_start=(ends[0] + 1) / total,
+                      anneal_strategy=scheduler._anneal_func_type, three_phase=len(ends) == 3,
+                      cycle_momentum=cycle, backend=backend)
+    new._schedule.phase_ends = ends
+    return new
+
+
+def _continue(optimizer: torch.optim.SGD, scheduler: Any, new: Any) -> Any:
+    # The iteration and momentum buffers through the public state-dict path.
     state = new.state_dict()
     iteration = max(int(scheduler.last_epoch), 0)
     for group in state["param_groups"]:

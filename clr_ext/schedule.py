@@ -1,8 +1,8 @@
-"""The cyclical learning-rate schedule in pure Python: the reference.
+"""The schedules in pure Python: the references.
 
-This is an independent transcription of ``torch.optim.lr_scheduler.CyclicLR``'s
-arithmetic (same operations in the same order, in double precision), so that it
-agrees with PyTorch to the last bit. The compiled backends evaluate the same
+These are independent transcriptions of ``torch.optim.lr_scheduler.CyclicLR``'s and
+``OneCycleLR``'s arithmetic (same operations in the same order, in double precision),
+so that they agree with PyTorch to the last bit. The compiled backends evaluate the same
 formula from ``csrc/schedule.h``; the tests hold every backend to this oracle and
 this oracle to PyTorch. It needs no torch.
 """
@@ -22,6 +22,8 @@ MODES = {
 }
 #: The op's number for a user ``scale_fn`` (its value is computed on the host).
 CUSTOM_MODE = 6
+#: The 1cycle policy's numbers in the op, by ``anneal_strategy``.
+ONE_CYCLE_MODES = {"cos": 7, "linear": 8}
 #: The modes of torch.optim.lr_scheduler.CyclicLR.
 PYTORCH_MODES = ("triangular", "triangular2", "exp_range")
 
@@ -118,3 +120,75 @@ def cyclic_lr(
     Also accepts the paper's ``"fixed"``, ``"exp"`` and ``"decay"`` policies.
     """
     return cyclic_point(iteration, base_lr, max_lr, step_size_up, step_size_down, mode, gamma)[0]
+
+
+def one_cycle_phase_ends(total_steps: int, pct_start: float = 0.3, three_phase: bool = False) -> Tuple[float, ...]:
+    """The last step of each phase, as OneCycleLR's ``_schedule_phases[i]["end_step"]``."""
+    if three_phase:
+        return (float(pct_start * total_steps) - 1, float(2 * pct_start * total_steps) - 2, float(total_steps - 1))
+    return (float(pct_start * total_steps) - 1, float(total_steps - 1))
+
+
+def _anneal(strategy: str, start: float, end: float, pct: float) -> float:
+    if strategy == "cos":
+        return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+    if strategy == "linear":
+        return (end - start) * pct + start
+    raise ValueError(f"anneal_strategy: must be 'cos' or 'linear', got {strategy!r}")
+
+
+def one_cycle_point(
+    iteration: int,
+    initial_lr: float,
+    max_lr: float,
+    min_lr: float,
+    phase_ends: Tuple[float, ...],
+    anneal_strategy: str = "cos",
+    base_momentum: float = 0.85,
+    max_momentum: float = 0.95,
+) -> Tuple[float, float]:
+    """``(lr, momentum)`` of the step with index ``iteration`` under the 1cycle policy, from
+    a group's ``initial_lr``, ``max_lr`` and ``min_lr`` (as OneCycleLR stores them) and the
+    phases' last steps (:func:`one_cycle_phase_ends`). Past the last phase the final values
+    are held (OneCycleLR raises there)."""
+    step = min(int(iteration), phase_ends[-1])
+    if len(phase_ends) == 3:
+        lrs = ((initial_lr, max_lr), (max_lr, initial_lr), (initial_lr, min_lr))
+        momenta = ((max_momentum, base_momentum), (base_momentum, max_momentum), (max_momentum, max_momentum))
+    else:
+        lrs = ((initial_lr, max_lr), (max_lr, min_lr))
+        momenta = ((max_momentum, base_momentum), (base_momentum, max_momentum))
+    start = 0.0
+    for phase, end in enumerate(phase_ends):
+        if step <= end or phase == len(phase_ends) - 1:
+            pct = (step - start) / (end - start)
+            return (_anneal(anneal_strategy, *lrs[phase], pct), _anneal(anneal_strategy, *momenta[phase], pct))
+        start = end
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def one_cycle_lr(
+    iteration: int,
+    max_lr: float,
+    total_steps: int,
+    pct_start: float = 0.3,
+    anneal_strategy: str = "cos",
+    div_factor: float = 25.0,
+    final_div_factor: float = 1e4,
+    three_phase: bool = False,
+) -> float:
+    """The lr that the step with 0-based index ``iteration`` uses under the 1cycle policy.
+
+    Exactly what ``torch.optim.lr_scheduler.OneCycleLR`` puts in ``group["lr"]`` when its
+    ``last_epoch == iteration``, for ``iteration < total_steps``: the LR rises from
+    ``initial_lr = max_lr / div_factor`` to ``max_lr`` over the first ``pct_start`` of the
+    steps, then falls to ``min_lr = initial_lr / final_div_factor`` (with ``three_phase``:
+    back to ``initial_lr`` over as many steps, then to ``min_lr``), each phase annealed by
+    ``anneal_strategy`` (``"cos"``: ``end + (start - end) / 2 * (cos(pi * pct) + 1)``,
+    ``"linear"``: ``(end - start) * pct + start``, ``pct`` the position in the phase).
+    From ``total_steps`` on it stays at the last step's LR, ``min_lr``.
+    """
+    initial_lr = max_lr / div_factor
+    min_lr = initial_lr / final_div_factor
+    ends = one_cycle_phase_ends(total_steps, pct_start, three_phase)
+    return one_cycle_point(iteration, initial_lr, max_lr, min_lr, ends, anneal_strategy)[0]

@@ -20,27 +20,44 @@ bool supported_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
 
+bool is_one_cycle(int64_t mode) { return mode == CLR_MODE_ONE_CYCLE_COS || mode == CLR_MODE_ONE_CYCLE_LINEAR; }
+
+// `shape` is [step_size_up, step_size_down, gamma, custom_scale] for the cyclical modes
+// and [phase_end_0, phase_end_1, phase_end_2, phases] for 1cycle (phase_end_2 unread
+// with two phases).
 clr_shape shape_from(at::ArrayRef<double> shape, int64_t mode) {
-  TORCH_CHECK(shape.size() == 4, "clr_ext: shape must be [step_size_up, step_size_down, gamma, custom_scale]");
   TORCH_CHECK(mode >= 0 && mode < CLR_MODE_COUNT, "clr_ext: unknown schedule mode ", mode);
+  clr_shape s = {};
+  s.mode = (int32_t)mode;
+  if (is_one_cycle(mode)) {
+    TORCH_CHECK(shape.size() == 4, "clr_ext: a 1cycle shape must be [phase_end_0, phase_end_1, phase_end_2, phases]");
+    TORCH_CHECK(shape[3] == 2.0 || shape[3] == 3.0, "clr_ext: a 1cycle schedule has 2 or 3 phases, got ", shape[3]);
+    s.phases = (int32_t)shape[3];
+    for (int i = 0; i < s.phases; ++i) s.phase_end[i] = shape[i];
+    // Step 0 in a first phase of no length is 0 / 0 (OneCycleLR raises ZeroDivisionError).
+    TORCH_CHECK(shape[0] != 0.0, "clr_ext: the first 1cycle phase has no length (pct_start * total_steps == 1)");
+    return s;
+  }
+  TORCH_CHECK(shape.size() == 4, "clr_ext: shape must be [step_size_up, step_size_down, gamma, custom_scale]");
   TORCH_CHECK(shape[0] > 0.0, "clr_ext: step_size_up must be positive, got ", shape[0]);
   TORCH_CHECK(shape[1] >= 0.0, "clr_ext: step_size_down must be non-negative, got ", shape[1]);
-  clr_shape s;
   s.step_size_up = shape[0];
   s.step_size_down = shape[1];
   s.gamma = shape[2];
   s.custom_scale = shape[3];
-  s.mode = (int32_t)mode;
   return s;
 }
 
+// [base_lr, max_lr, base_momentum, max_momentum] and, for 1cycle, min_lr.
 clr_bounds bounds_from(at::ArrayRef<double> bounds) {
-  TORCH_CHECK(bounds.size() == 4, "clr_ext: bounds must be [base_lr, max_lr, base_momentum, max_momentum]");
+  TORCH_CHECK(bounds.size() == 4 || bounds.size() == 5,
+              "clr_ext: bounds must be [base_lr, max_lr, base_momentum, max_momentum(, min_lr)]");
   clr_bounds b;
   b.base_lr = bounds[0];
   b.max_lr = bounds[1];
   b.base_momentum = bounds[2];
   b.max_momentum = bounds[3];
+  b.min_lr = bounds.size() == 5 ? bounds[4] : bounds[0];
   return b;
 }
 
@@ -147,6 +164,15 @@ std::pair<double, double> schedule_point(int64_t iteration, double base_lr, doub
   return {p.lr, p.momentum};
 }
 
+// Any schedule from the op's own arguments (bounds, shape, mode), as the kernels see them.
+std::pair<double, double> schedule_at(int64_t iteration, const std::vector<double>& bounds,
+                                      const std::vector<double>& shape, int64_t mode) {
+  const clr_shape s = shape_from(shape, mode);
+  const clr_bounds b = bounds_from(bounds);
+  const clr_point p = clr_schedule(iteration, &s, &b);
+  return {p.lr, p.momentum};
+}
+
 #ifndef CLR_EXT_NO_PYTHON
 // The eager entry points take Python lists and unpack them here: pybind11's own
 // list-of-Tensor caster goes through a Python object per element (~60 ns each,
@@ -225,6 +251,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("base_momentum"), pybind11::arg("max_momentum"), pybind11::arg("step_size_up"),
         pybind11::arg("step_size_down"), pybind11::arg("mode"), pybind11::arg("gamma"),
         pybind11::arg("custom_scale") = 1.0);
+  m.def("schedule_at", &clr_ext::schedule_at,
+        "(lr, momentum) of the step with this 0-based iteration, from the op's bounds, shape and mode",
+        pybind11::arg("iteration"), pybind11::arg("bounds"), pybind11::arg("shape"), pybind11::arg("mode"));
   m.def("cyclic_sgd_cpu_", &clr_ext::eager_step<&clr_ext::cyclic_sgd_cpu_>,
         "The CPU kernel called directly, bypassing the dispatcher (eager fast path)");
   m.def("check_bucket", &clr_ext::check_bucket, "Raises if the tensors of one bucket do not fit the op");

@@ -472,7 +472,9 @@ def test_state_dict_format(backend):
     opt, params = _make_opt(values, backend)
     _train(opt, params, torch.Generator().manual_seed(0), 5)
     sd = opt.state_dict()
-    assert set(sd) == {"state", "param_groups"}
+    # As CyclicLR's own state dict, the schedule's shape travels with it (issue 11).
+    assert set(sd) == {"state", "param_groups", "schedule"}
+    assert sd["schedule"]["kind"] == "cyclic" and sd["schedule"]["mode"] == opt.mode
     assert sorted(sd["state"]) == [0, 1, 2, 3]
     for i, p in enumerate(params):
         assert set(sd["state"][i]) == {"momentum_buffer"}
@@ -484,6 +486,7 @@ def test_state_dict_format(backend):
     pickle.loads(pickle.dumps(sd))  # no lambdas inside
     again = _roundtrip(sd)  # weights_only=True
     assert again["param_groups"] == sd["param_groups"]
+    assert again["schedule"] == sd["schedule"]
 
 
 def test_state_dict_with_lambda_scale_fn_pickles(backend):

@@ -21,16 +21,21 @@ cdef extern from "schedule.h" nogil:
         double gamma
         double custom_scale
         int32_t mode
+        int32_t phases
+        double phase_end[3]
     ctypedef struct clr_bounds:
         double base_lr
         double max_lr
         double base_momentum
         double max_momentum
+        double min_lr
     ctypedef struct clr_point:
         double lr
         double momentum
     clr_point clr_schedule(int64_t iteration, const clr_shape* shape, const clr_bounds* b)
     int CLR_MODE_COUNT
+    int CLR_MODE_ONE_CYCLE_COS
+    int CLR_MODE_ONE_CYCLE_LINEAR
 
 
 cdef extern from "sgd_update.h" nogil:
@@ -61,31 +66,63 @@ cdef extern from "cpu/sgd_cpu.h" namespace "clr_cpu" nogil:
     const int64_t kRangeAlign
 
 
-cdef inline clr_shape _shape(double step_size_up, double step_size_down, int mode, double gamma,
-                             double custom_scale) except *:
+cdef inline clr_shape _shape(shape, int mode) except *:
+    """The op's ``shape`` list as csrc/ops.cpp's shape_from reads it."""
     if mode < 0 or mode >= CLR_MODE_COUNT:
         raise ValueError("unknown schedule mode %d" % mode)
-    if not step_size_up > 0.0:
-        raise ValueError("step_size_up must be positive")
+    if len(shape) != 4:
+        raise ValueError("shape must have 4 values, got %d" % len(shape))
     cdef clr_shape s
-    s.step_size_up = step_size_up
-    s.step_size_down = step_size_down
-    s.gamma = gamma
-    s.custom_scale = custom_scale
+    cdef int i
     s.mode = mode
+    s.step_size_up = 0.0
+    s.step_size_down = 0.0
+    s.gamma = 1.0
+    s.custom_scale = 1.0
+    s.phases = 0
+    s.phase_end[0] = s.phase_end[1] = s.phase_end[2] = 0.0
+    if mode == CLR_MODE_ONE_CYCLE_COS or mode == CLR_MODE_ONE_CYCLE_LINEAR:
+        if shape[3] != 2.0 and shape[3] != 3.0:
+            raise ValueError("a 1cycle schedule has 2 or 3 phases, got %r" % shape[3])
+        if shape[0] == 0.0:
+            raise ValueError("the first 1cycle phase has no length (pct_start * total_steps == 1)")
+        s.phases = <int32_t>shape[3]
+        for i in range(s.phases):
+            s.phase_end[i] = shape[i]
+        return s
+    if not shape[0] > 0.0:
+        raise ValueError("step_size_up must be positive")
+    s.step_size_up = shape[0]
+    s.step_size_down = shape[1]
+    s.gamma = shape[2]
+    s.custom_scale = shape[3]
     return s
+
+
+cdef inline clr_bounds _bounds(bounds) except *:
+    if len(bounds) != 4 and len(bounds) != 5:
+        raise ValueError("bounds must be [base_lr, max_lr, base_momentum, max_momentum(, min_lr)]")
+    cdef clr_bounds b
+    b.base_lr = bounds[0]
+    b.max_lr = bounds[1]
+    b.base_momentum = bounds[2]
+    b.max_momentum = bounds[3]
+    b.min_lr = bounds[4] if len(bounds) == 5 else bounds[0]
+    return b
 
 
 def schedule(long long iteration, double base_lr, double max_lr, double base_momentum,
              double max_momentum, double step_size_up, double step_size_down, int mode,
              double gamma, double custom_scale=1.0):
     """(lr, momentum) that the step with this 0-based iteration uses (csrc/schedule.h)."""
-    cdef clr_shape s = _shape(step_size_up, step_size_down, mode, gamma, custom_scale)
-    cdef clr_bounds b
-    b.base_lr = base_lr
-    b.max_lr = max_lr
-    b.base_momentum = base_momentum
-    b.max_momentum = max_momentum
+    return schedule_at(iteration, [base_lr, max_lr, base_momentum, max_momentum],
+                       [step_size_up, step_size_down, gamma, custom_scale], mode)
+
+
+def schedule_at(long long iteration, bounds, shape, int mode):
+    """Any schedule from the op's own arguments (bounds, shape, mode)."""
+    cdef clr_shape s = _shape(shape, mode)
+    cdef clr_bounds b = _bounds(bounds)
     cdef clr_point p = clr_schedule(iteration, &s, &b)
     return p.lr, p.momentum
 
@@ -99,12 +136,8 @@ def cyclic_sgd_(int dtype_code, list params, list grads, list momentum_buffers, 
     cdef Py_ssize_t n = len(params)
     if len(grads) != n or (momentum_buffers and len(momentum_buffers) != n):
         raise ValueError("params, grads and momentum_buffers differ in length")
-    cdef clr_shape s = _shape(shape[0], shape[1], mode, shape[2], shape[3])
-    cdef clr_bounds b
-    b.base_lr = bounds[0]
-    b.max_lr = bounds[1]
-    b.base_momentum = bounds[2]
-    b.max_momentum = bounds[3]
+    cdef clr_shape s = _shape(shape, mode)
+    cdef clr_bounds b = _bounds(bounds)
     cdef int64_t it = (<int64_t*><uintptr_t>iteration.data_ptr())[0]
     cdef clr_point point = clr_schedule(it, &s, &b)
 

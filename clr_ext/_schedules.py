@@ -1,0 +1,215 @@
+"""The schedules a scheduled optimizer can follow, as the optimizer core sees them.
+
+A schedule is a pure function of the iteration and of a param group's own bounds. For
+the host it is evaluated by the Python oracle (``clr_ext.schedule``); for the kernels it
+is described by the op's ``schedule_mode``, ``shape`` (one for all groups) and ``bounds``
+(per group), which ``csrc/schedule.h`` evaluates on the device. The optimizer core
+(``clr_ext.optimizer``) knows neither formula: it asks its schedule for these.
+
+A new schedule adds a class here with the same methods, its formula in
+``csrc/schedule.h`` and ``clr_ext/schedule.py``, and a thin public optimizer class.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from . import schedule as _oracle
+from ._checks import as_float, non_negative, positive_int
+
+_SCALE_MODES = ("cycle", "iterations")
+
+
+class CyclicSchedule:
+    """CyclicLR's schedule (plus the paper's fixed / exp / decay policies)."""
+
+    kind = "cyclic"
+    #: Per-group keys the schedule reads, in the order the constructor takes them.
+    group_keys = ("base_lr", "max_lr", "base_momentum", "max_momentum")
+    #: What CyclicLR saves of its shape; saved and restored with the optimizer.
+    _SAVED = ("mode", "step_size_up", "step_size_down", "gamma", "scale_mode")
+
+    def __init__(self, step_size_up: Any = 2000, step_size_down: Any = None, mode: str = "triangular",
+                 gamma: Any = 1.0, scale_fn: Optional[Callable[[float], float]] = None,
+                 scale_mode: str = "cycle") -> None:
+        if isinstance(step_size_up, bool):
+            raise ValueError(f"step_size_up: must be a positive number, got {step_size_up!r}")
+        up = as_float("step_size_up", step_size_up)
+        if up <= 0:
+            raise ValueError(f"step_size_up: must be positive, got {step_size_up!r}")
+        down = up if step_size_down is None else non_negative("step_size_down", step_size_down)
+        gamma = as_float("gamma", gamma)
+        if gamma <= 0:
+            raise ValueError(f"gamma: must be positive, got {gamma!r}")
+        if scale_fn is not None and not callable(scale_fn):
+            raise ValueError(f"scale_fn: must be callable, got {scale_fn!r}")
+        if scale_fn is None and mode not in _oracle.MODES:
+            raise ValueError(f"mode: must be one of {', '.join(_oracle.MODES)} (or give a scale_fn), got {mode!r}")
+        if scale_mode not in _SCALE_MODES:
+            raise ValueError(f"scale_mode: must be 'cycle' or 'iterations', got {scale_mode!r}")
+        self.mode = mode
+        self.step_size_up = up
+        self.step_size_down = down
+        self.gamma = gamma
+        self.scale_fn = scale_fn
+        self.scale_mode = scale_mode
+
+    @property
+    def op_mode(self) -> int:
+        return _oracle.CUSTOM_MODE if self.scale_fn is not None else _oracle.MODES[self.mode]
+
+    def init_group(self, group: Dict[str, Any], where: str) -> None:
+        """Checks a group's bounds and sets what a scheduler would (``initial_lr``)."""
+        for key in ("base_lr", "max_lr"):
+            group[key] = non_negative(key + where, group[key])
+        if group["max_lr"] < group["base_lr"]:
+            raise ValueError(f"max_lr{where}: must be >= base_lr ({group['base_lr']}), got {group['max_lr']}")
+        group.setdefault("initial_lr", group["base_lr"])
+
+    def op_shape(self, iteration: int) -> List[float]:
+        """The op's ``shape``: the same for every group. A ``scale_fn`` is evaluated here,
+        on the host, at ``iteration``."""
+        custom = 1.0
+        if self.scale_fn is not None:
+            if self.scale_mode == "cycle":
+                custom = float(self.scale_fn(math.floor(1 + iteration / (self.step_size_up + self.step_size_down))))
+            else:
+                custom = float(self.scale_fn(iteration))
+        return [self.step_size_up, self.step_size_down, self.gamma, custom]
+
+    def op_bounds(self, group: Dict[str, Any]) -> List[float]:
+        return [group["base_lr"], group["max_lr"], group["base_momentum"], group["max_momentum"]]
+
+    def point(self, group: Dict[str, Any], iteration: int) -> Tuple[float, float]:
+        """``(lr, cycled momentum)`` of the step with index ``iteration``, by the oracle."""
+        return _oracle.cyclic_point(iteration, group["base_lr"], group["max_lr"], self.step_size_up,
+                                    self.step_size_down, self.mode, self.gamma, group["base_momentum"],
+                                    group["max_momentum"], self.scale_fn, self.scale_mode)
+
+    def check_iteration(self, iteration: int) -> None:
+        """Called before each step: nothing to say for a schedule without an end."""
+
+    @property
+    def host_evaluated(self) -> bool:
+        """Whether each step needs a value computed on the host (a ``scale_fn``)."""
+        return self.scale_fn is not None
+
+    def state_dict(self) -> Dict[str, Any]:
+        state: Dict[str, Any] = {"kind": self.kind}
+        state.update({key: getattr(self, key) for key in self._SAVED})
+        # A user function is not saved (as CyclicLR saves none); say that one was used.
+        state["scale_fn"] = None if self.scale_fn is None else getattr(self.scale_fn, "__qualname__", "custom")
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        _check_kind(self, state)
+        if state.get("scale_fn") is not None and self.scale_fn is None:
+            raise ValueError("state_dict: was saved with a scale_fn (not saved with it); build the optimizer with "
+                             "the same scale_fn before loading")
+        if state.get("scale_fn") is None and self.scale_fn is not None:
+            self.scale_fn = None  # the saved schedule used a mode
+        restored = CyclicSchedule(state["step_size_up"], state["step_size_down"], state["mode"], state["gamma"],
+                                  self.scale_fn, state["scale_mode"])
+        self.__dict__.update(restored.__dict__)
+
+
+class OneCycleSchedule:
+    """OneCycleLR's 1cycle policy."""
+
+    kind = "one_cycle"
+    group_keys = ("max_lr", "base_momentum", "max_momentum")
+    _SAVED = ("total_steps", "pct_start", "anneal_strategy", "div_factor", "final_div_factor", "three_phase",
+              "phase_ends")
+
+    def __init__(self, total_steps: Any = None, epochs: Any = None, steps_per_epoch: Any = None,
+                 pct_start: Any = 0.3, anneal_strategy: str = "cos", div_factor: Any = 25.0,
+                 final_div_factor: Any = 1e4, three_phase: bool = False) -> None:
+        if total_steps is not None:
+            total = positive_int("total_steps", total_steps)
+        elif epochs is not None and steps_per_epoch is not None:
+            total = positive_int("epochs", epochs) * positive_int("steps_per_epoch", steps_per_epoch)
+        else:
+            raise ValueError("total_steps: give total_steps, or both epochs and steps_per_epoch")
+        pct_start = as_float("pct_start", pct_start)
+        if not 0.0 < pct_start < 1.0:
+            raise ValueError(f"pct_start: must be in (0, 1), got {pct_start!r}")
+        if anneal_strategy not in _oracle.ONE_CYCLE_MODES:
+            raise ValueError(f"anneal_strategy: must be 'cos' or 'linear', got {anneal_strategy!r}")
+        for name, value in (("div_factor", div_factor), ("final_div_factor", final_div_factor)):
+            if as_float(name, value) <= 0:
+                raise ValueError(f"{name}: must be positive, got {value!r}")
+        ends = _oracle.one_cycle_phase_ends(total, pct_start, bool(three_phase))
+        if ends[0] == 0.0:  # OneCycleLR divides 0 by 0 at step 0
+            raise ValueError(f"pct_start: pct_start * total_steps must not be 1 (the first phase would have no "
+                             f"steps), got {pct_start} * {total}")
+        self.total_steps = total
+        self.pct_start = pct_start
+        self.anneal_strategy = anneal_strategy
+        self.div_factor = float(div_factor)
+        self.final_div_factor = float(final_div_factor)
+        self.three_phase = bool(three_phase)
+        self.phase_ends = ends
+        self._warned_end = False
+
+    @property
+    def op_mode(self) -> int:
+        return _oracle.ONE_CYCLE_MODES[self.anneal_strategy]
+
+    def init_group(self, group: Dict[str, Any], where: str) -> None:
+        """Checks a group's ``max_lr`` and sets ``initial_lr`` and ``min_lr`` as OneCycleLR does."""
+        group["max_lr"] = non_negative("max_lr" + where, group["max_lr"])
+        if "initial_lr" not in group:
+            group["initial_lr"] = group["max_lr"] / self.div_factor
+            group["min_lr"] = group["initial_lr"] / self.final_div_factor
+        for key in ("initial_lr", "min_lr"):
+            group[key] = non_negative(key + where, group[key])
+
+    def op_shape(self, iteration: int) -> List[float]:
+        ends = list(self.phase_ends) + [0.0] * (3 - len(self.phase_ends))
+        return ends + [float(len(self.phase_ends))]
+
+    def op_bounds(self, group: Dict[str, Any]) -> List[float]:
+        return [group["initial_lr"], group["max_lr"], group["base_momentum"], group["max_momentum"], group["min_lr"]]
+
+    def point(self, group: Dict[str, Any], iteration: int) -> Tuple[float, float]:
+        return _oracle.one_cycle_point(iteration, group["initial_lr"], group["max_lr"], group["min_lr"],
+                                       self.phase_ends, self.anneal_strategy, group["base_momentum"],
+                                       group["max_momentum"])
+
+    def check_iteration(self, iteration: int) -> None:
+        if iteration >= self.total_steps and not self._warned_end:
+            self._warned_end = True
+            warnings.warn(f"clr_ext: step {iteration + 1} of a 1cycle schedule of total_steps={self.total_steps}: "
+                          "the final LR and momentum are kept from here on (OneCycleLR would raise)",
+                          UserWarning, stacklevel=4)
+
+    host_evaluated = False
+
+    def state_dict(self) -> Dict[str, Any]:
+        state: Dict[str, Any] = {"kind": self.kind}
+        state.update({key: getattr(self, key) for key in self._SAVED})
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        _check_kind(self, state)
+        restored = OneCycleSchedule(state["total_steps"], None, None, state["pct_start"], state["anneal_strategy"],
+                                    state["div_factor"], state["final_div_factor"], state["three_phase"])
+        if "phase_ends" in state:  # exact, also for a schedule taken over from OneCycleLR
+            restored.phase_ends = tuple(float(end) for end in state["phase_ends"])
+        self.__dict__.update(restored.__dict__)
+
+
+def _check_kind(schedule: Any, state: Dict[str, Any]) -> None:
+    if state.get("kind") != schedule.kind:
+        raise ValueError(f"state_dict: holds a {state.get('kind')!r} schedule, this optimizer follows a "
+                         f"{schedule.kind!r} one")
+
+
+def per_group(name: str, value: Any, n_groups: int) -> Sequence[Any]:
+    """A scalar for every group, or a list with one value per group (as the schedulers take)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != n_groups:
+            raise ValueError(f"{name}: has {len(value)} values but there are {n_groups} param groups")
+        return list(value)
+    return [value] * n_groups
