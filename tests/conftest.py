@@ -98,7 +98,8 @@ def half_reference_kind() -> str:
 
 
 class ReferencePair:
-    """``torch.optim.SGD`` + ``CyclicLR`` on copies of the given initial values.
+    """``torch.optim.SGD`` + ``CyclicLR`` (or another ``scheduler`` class, e.g. ``OneCycleLR``)
+    on copies of the given initial values.
 
     ``groups``: list of dicts with ``"params"`` (a list of tensors: the initial values,
     cloned here) and optional per-group SGD keys (momentum, dampening, weight_decay,
@@ -113,7 +114,8 @@ class ReferencePair:
     """
 
     def __init__(self, groups: Sequence[Dict[str, Any]], sgd_kwargs: Dict[str, Any],
-                 sched_kwargs: Dict[str, Any], fused: Optional[bool] = None):
+                 sched_kwargs: Dict[str, Any], fused: Optional[bool] = None,
+                 scheduler: Any = torch.optim.lr_scheduler.CyclicLR):
         self.params: List[torch.Tensor] = []  # the reference values, in their dtype
         self.compute: List[torch.Tensor] = []  # what torch.optim.SGD updates
         dtypes = set(t.dtype for g in groups for t in g["params"])
@@ -149,7 +151,7 @@ class ReferencePair:
                     expanded[k].append(values[gi])
         sched_kwargs.update(expanded)
         self.sgd = torch.optim.SGD(sgd_groups, lr=0.0, fused=self.fused, **sgd_kwargs)
-        self.sched = torch.optim.lr_scheduler.CyclicLR(self.sgd, **sched_kwargs)
+        self.sched = scheduler(self.sgd, **sched_kwargs)
 
     def group_lr(self, gi: int) -> float:
         return self.sgd.param_groups[self._first_group[gi]]["lr"]
