@@ -1,0 +1,306 @@
+"""What :func:`clr_ext.range_test` returns: the recorded curve, the suggested CLR bounds,
+single-LR suggestions, a plot, and JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+from .reading import SUGGEST_METHODS, suggest_single
+
+__all__ = ["RangeTestResult"]
+
+_FORMAT = "clr_ext.RangeTestResult"
+_FORMAT_VERSION = 1
+
+
+class RangeTestResult:
+    """What :func:`range_test` returns: the recorded curve and the suggested CLR bounds.
+
+    Attributes (lists have one entry per step taken; a step that produced a NaN/inf loss is
+    recorded, and is the last one):
+
+    - ``lrs``: the LR each step used.
+    - ``losses``: the raw loss of each step (the training-batch loss, the mean over the
+      step's batches with ``accumulation_steps``, or the validation loss when a
+      ``val_loader`` was given); under ``torch.distributed``, the mean over the ranks.
+    - ``smoothed_losses``: the bias-corrected exponential moving average of ``losses`` that
+      the divergence stop looks at (causal, so it lags the raw curve by about
+      ``(1 - smooth) / smooth`` steps; the bounds are NOT read from it, see ``trend``).
+    - ``metrics``: the metric per step, or None for ``metric="loss"``.
+    - ``diverged``: True when the test stopped early (loss blew up, or was NaN/inf).
+    - ``base_lr``, ``max_lr``: the suggested bounds, ``start_lr <= base_lr < max_lr <= end_lr``
+      (also ``suggest("clr")``; :meth:`suggest` gives single LRs by other readings).
+    - ``trend``: the zero-lag (centred) smoothing of the curve the bounds were read from
+      (the loss, or the metric), in that curve's units; NaN past the last finite point.
+    - ``reading``: ``"loss"`` or ``"metric"``: which curve the bounds were read from.
+    - ``measured_on``: ``"train"`` (the training batch, before the step) or ``"val"`` (the
+      validation loader, after the step).
+    - ``sweep``, ``metric`` (its name), ``start_lr``, ``end_lr``, ``num_iters`` (planned),
+      ``smooth``, ``diverge_factor``: the settings of the test.
+    - ``stop_reason``: None (ran to the end), ``"nan"`` (a NaN/inf loss) or ``"diverged"``
+      (the smoothed loss exceeded ``diverge_factor`` times its best).
+    """
+
+    def __init__(
+        self,
+        *,
+        lrs: Sequence[float],
+        losses: Sequence[float],
+        smoothed_losses: Sequence[float],
+        metrics: Optional[Sequence[float]],
+        diverged: bool,
+        base_lr: float,
+        max_lr: float,
+        trend: Sequence[float] = (),
+        reading: str = "loss",
+        measured_on: str = "train",
+        sweep: str = "linear",
+        metric: str = "loss",
+        start_lr: Optional[float] = None,
+        end_lr: Optional[float] = None,
+        num_iters: Optional[int] = None,
+        smooth: float = 0.05,
+        diverge_factor: float = 4.0,
+        stop_reason: Optional[str] = None,
+    ) -> None:
+        self.lrs = [float(v) for v in lrs]
+        self.losses = [float(v) for v in losses]
+        self.smoothed_losses = [float(v) for v in smoothed_losses]
+        self.metrics = None if metrics is None else [float(v) for v in metrics]
+        self.diverged = bool(diverged)
+        self.base_lr = float(base_lr)
+        self.max_lr = float(max_lr)
+        self.trend = [float(v) for v in trend]
+        self.reading = reading
+        self.measured_on = measured_on
+        self.sweep = sweep
+        self.metric = metric
+        self.start_lr = float(start_lr) if start_lr is not None else (self.lrs[0] if self.lrs else None)
+        self.end_lr = float(end_lr) if end_lr is not None else (self.lrs[-1] if self.lrs else None)
+        self.num_iters = int(num_iters) if num_iters is not None else len(self.lrs)
+        self.smooth = float(smooth)
+        self.diverge_factor = float(diverge_factor)
+        self.stop_reason = stop_reason
+
+    def __repr__(self) -> str:
+        state = f"diverged ({self.stop_reason})" if self.diverged else "completed"
+        return (
+            f"RangeTestResult({self.sweep} sweep {self.start_lr:.3g} -> {self.end_lr:.3g}, "
+            f"{len(self.lrs)}/{self.num_iters} steps, {state}, read from the {self.reading} "
+            f"on {self.measured_on}: base_lr={self.base_lr:.4g}, max_lr={self.max_lr:.4g})"
+        )
+
+    # -- advice ----------------------------------------------------------------------
+    def step_size(self, iters_per_epoch: float, epochs_per_half_cycle: float = 4) -> int:
+        """The paper's cycle-length advice: ``stepsize`` (iterations in HALF a cycle) =
+        ``epochs_per_half_cycle`` epochs. The paper found 2-10 epochs good (its CIFAR-10
+        run used 4); ``iters_per_epoch`` is training samples / batch size."""
+        for name, value in (("iters_per_epoch", iters_per_epoch),
+                            ("epochs_per_half_cycle", epochs_per_half_cycle)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+                    or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        return max(1, int(round(float(iters_per_epoch) * float(epochs_per_half_cycle))))
+
+    def suggest(self, method: str = "clr") -> Union[Tuple[float, float], float]:
+        """The suggested LR(s), read from the recorded curve (no plot, no matplotlib needed).
+
+        - ``"clr"``: ``(base_lr, max_lr)``, the range for cyclical LRs; the same as the
+          attributes (see :func:`clr_ext.range_test` for how they are read: the paper's reading).
+        - ``"steepest"``: one LR, where the curve improves fastest: the most negative slope of
+          the zero-lag trend (``trend``; log of the loss, or the metric) against log(LR),
+          at or before the valley's bottom. This is torch-lr-finder's and Lightning's
+          suggestion (and fastai's ``steep``); they take the gradient of the raw or
+          EMA-smoothed loss, here of the lag-free trend.
+        - ``"valley"``: one LR, halfway along the longest valley: the longest decreasing
+          subsequence of the trend, and the point halfway from its first to its last point.
+          This is fastai's default ``valley`` suggestion (which takes about the same point,
+          start + L/3 + L/6 of a run of length L).
+        - ``"min/10"``: one LR, a tenth of the LR at the valley's bottom (where the loss is
+          lowest before it turns up, or the metric best): the "one order of magnitude before
+          the minimum" rule of fastai's ``minimum`` suggestion and of the fast.ai course.
+
+        Training-batch readings are attributed to the step before (as for the bounds). Every
+        method returns LRs inside the swept range ``[lrs[0], lrs[-1]]``. For a fixed LR,
+        ``max_lr / 2``..``max_lr / 3`` is also a sound choice; for 1cycle, ``max_lr`` itself.
+        Unknown ``method``: ``ValueError``.
+        """
+        if method == "clr":
+            return self.base_lr, self.max_lr
+        if not isinstance(method, str) or method not in SUGGEST_METHODS:
+            raise ValueError(f"method must be one of {SUGGEST_METHODS}, got {method!r}")
+        if len(self.lrs) < 2:
+            return self.lrs[0] if self.lrs else self.base_lr
+        return suggest_single(method, self.lrs, self.losses, self.metrics, smooth=self.smooth,
+                              measured_on=self.measured_on)
+
+    # -- plotting --------------------------------------------------------------------
+    def plot(self, path: Optional[Union[str, os.PathLike]] = None, suggest: Union[None, str, Sequence[str]] = None):
+        """A matplotlib Figure of the curve with the suggested bounds marked.
+
+        Raw values are drawn faint, the zero-lag trend the bounds were read from bold; the
+        x-axis is logarithmic for an exponential sweep. Saves a PNG when ``path`` is given.
+        ``suggest``: a :meth:`suggest` method name, or several, to mark as well (e.g.
+        ``suggest="valley"`` or ``suggest=("steepest", "valley", "min/10")``; the bounds,
+        ``"clr"``, are always marked). The figure is built without pyplot (Agg canvas), so
+        this works headless and leaves the user's matplotlib backend alone.
+        """
+        if suggest is None:
+            marks: Tuple[str, ...] = ()
+        elif isinstance(suggest, str):
+            marks = (suggest,)
+        else:
+            marks = tuple(suggest)
+        for m in marks:
+            if not isinstance(m, str) or m not in SUGGEST_METHODS:
+                raise ValueError(f"suggest must name methods among {SUGGEST_METHODS}, got {m!r}")
+        singles = [(m, self.suggest(m)) for m in marks if m != "clr"]
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(7.5, 5.2))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        n = len(self.lrs)
+        finite = [i for i in range(n) if math.isfinite(self.losses[i])]
+        loss_lrs = [self.lrs[i] for i in finite]
+        loss_vals = [self.losses[i] for i in finite]
+        loss_label = "validation loss" if self.measured_on == "val" else "training loss"
+        ax.plot(loss_lrs, loss_vals, color="tab:blue", alpha=0.3, lw=1, label=f"{loss_label} (raw)")
+        trend_lrs = [self.lrs[i] for i in range(min(n, len(self.trend))) if math.isfinite(self.trend[i])]
+        trend_vals = [v for v in self.trend[: len(trend_lrs)]]
+        if self.reading == "loss" and trend_vals:
+            ax.plot(trend_lrs, trend_vals, color="tab:blue", lw=2, label=f"{loss_label} (zero-lag trend)")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel(loss_label, color="tab:blue")
+        if self.sweep == "exp":
+            ax.set_xscale("log")
+        if loss_vals:
+            # A diverged curve ends in huge values; clip the view to the part worth reading.
+            lo = min(loss_vals)
+            upto = loss_vals[: max(1, len(loss_vals) * 9 // 10)]
+            hi = max(max(upto[: 5] or upto), min(max(upto), 3 * max(abs(lo), 1e-12) + lo))
+            pad = 0.05 * (hi - lo if hi > lo else max(abs(hi), 1.0))
+            ax.set_ylim(lo - pad, hi + pad)
+        handles, labels = ax.get_legend_handles_labels()
+        if self.metrics is not None:
+            ax2 = ax.twinx()
+            mlabel = self.metric + (" (validation)" if self.measured_on == "val" else " (training batch)")
+            m_pairs = [(self.lrs[i], v) for i, v in enumerate(self.metrics) if math.isfinite(v)]
+            if m_pairs:
+                ax2.plot(*zip(*m_pairs), color="tab:orange", alpha=0.35, lw=1, label=f"{mlabel} (raw)")
+            if self.reading == "metric" and trend_vals:
+                ax2.plot(trend_lrs, trend_vals, color="tab:orange", lw=2, label=f"{mlabel} (zero-lag trend)")
+            ax2.set_ylabel(mlabel, color="tab:orange")
+            h2, l2 = ax2.get_legend_handles_labels()
+            handles += h2
+            labels += l2
+        ax.axvspan(self.base_lr, self.max_lr, color="tab:green", alpha=0.08)
+        handles.append(ax.axvline(self.base_lr, color="tab:green", ls="--", lw=1.5))
+        labels.append(f"base_lr = {self.base_lr:.3g}")
+        handles.append(ax.axvline(self.max_lr, color="tab:red", ls="--", lw=1.5))
+        labels.append(f"max_lr = {self.max_lr:.3g}")
+        styles = {"steepest": ("tab:purple", "-."), "valley": ("tab:brown", "-."), "min/10": ("tab:olive", "-.")}
+        for m, lr in singles:
+            color, ls = styles[m]
+            handles.append(ax.axvline(lr, color=color, ls=ls, lw=1.2))
+            labels.append(f"{m} = {lr:.3g}")
+        if self.diverged and n:
+            handles.append(ax.axvline(self.lrs[-1], color="0.4", ls=":", lw=1))
+            labels.append(f"stopped ({self.stop_reason}) at {self.lrs[-1]:.3g}")
+        # Below the axes: inside, it would hide part of the curve it explains.
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3,
+                  fontsize=8, frameon=False)
+        ax.set_title(f"LR range test ({self.sweep} sweep, {len(self.lrs)} steps)")
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(os.fspath(path), dpi=100, format="png")
+        return fig
+
+    # -- serialisation ---------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-ready dict. Non-finite floats are written as the strings "NaN",
+        "Infinity", "-Infinity" (plain JSON has no such numbers); :meth:`load` reads them back."""
+        return {
+            "format": _FORMAT,
+            "version": _FORMAT_VERSION,
+            "sweep": self.sweep,
+            "metric": self.metric,
+            "reading": self.reading,
+            "measured_on": self.measured_on,
+            "start_lr": _enc(self.start_lr),
+            "end_lr": _enc(self.end_lr),
+            "num_iters": self.num_iters,
+            "smooth": self.smooth,
+            "diverge_factor": _enc(self.diverge_factor),
+            "diverged": self.diverged,
+            "stop_reason": self.stop_reason,
+            "base_lr": self.base_lr,
+            "max_lr": self.max_lr,
+            "lrs": [_enc(v) for v in self.lrs],
+            "losses": [_enc(v) for v in self.losses],
+            "smoothed_losses": [_enc(v) for v in self.smoothed_losses],
+            "metrics": None if self.metrics is None else [_enc(v) for v in self.metrics],
+            "trend": [_enc(v) for v in self.trend],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "RangeTestResult":
+        if not isinstance(d, dict) or d.get("format") != _FORMAT:
+            raise ValueError("not a saved clr_ext.RangeTestResult")
+        metrics = d.get("metrics")
+        return cls(
+            lrs=[_dec(v) for v in d["lrs"]],
+            losses=[_dec(v) for v in d["losses"]],
+            smoothed_losses=[_dec(v) for v in d["smoothed_losses"]],
+            metrics=None if metrics is None else [_dec(v) for v in metrics],
+            diverged=d["diverged"],
+            base_lr=d["base_lr"],
+            max_lr=d["max_lr"],
+            trend=[_dec(v) for v in d.get("trend", [])],
+            reading=d.get("reading", "loss"),
+            measured_on=d.get("measured_on", "train"),
+            sweep=d.get("sweep", "linear"),
+            metric=d.get("metric", "loss"),
+            start_lr=_dec(d.get("start_lr")) if d.get("start_lr") is not None else None,
+            end_lr=_dec(d.get("end_lr")) if d.get("end_lr") is not None else None,
+            num_iters=d.get("num_iters"),
+            smooth=d.get("smooth", 0.05),
+            diverge_factor=_dec(d.get("diverge_factor", 4.0)),
+            stop_reason=d.get("stop_reason"),
+        )
+
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Write the result as JSON."""
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=1, allow_nan=False)
+            f.write("\n")
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> "RangeTestResult":
+        """Read a result written by :meth:`save`."""
+        with open(path, "r", encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+
+def _enc(v: Optional[float]):
+    if v is None:
+        return None
+    v = float(v)
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "Infinity" if v > 0 else "-Infinity"
+    return v
+
+
+def _dec(v) -> float:
+    if isinstance(v, str):
+        return float(v.replace("Infinity", "inf"))  # "NaN", "inf", "-inf" parse
+    return float(v)
+
