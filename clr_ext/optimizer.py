@@ -12,6 +12,7 @@ import copy
 import itertools
 import operator
 import sys
+import warnings
 import weakref
 from itertools import repeat
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
@@ -159,6 +160,9 @@ class _ScheduledSGD(Optimizer):
         self._momentum_start: Dict[torch.Tensor, Tuple[torch.Tensor, int]] = {}
         self._starts_version = 0  # changes whenever _momentum_start does
         self._loading: Optional[Tuple[Any, ...]] = None
+        # group id -> the lr object this optimizer last wrote there (see _check_outside_writes)
+        self._written_lr: Dict[int, float] = {}
+        self._warned_outside_lr: set = set()
 
         if isinstance(params, torch.Tensor):  # worded as torch.optim.Optimizer words it
             raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
@@ -237,6 +241,7 @@ class _ScheduledSGD(Optimizer):
     def _refresh_group(self, group: Dict[str, Any]) -> None:
         lr, momentum = self._point(group, self._iteration)
         group["lr"] = lr
+        self._written_lr[id(group)] = lr
         group["iteration"] = self._iteration
         if self.cycle_momentum:
             group["momentum"] = momentum
@@ -350,6 +355,7 @@ class _ScheduledSGD(Optimizer):
             self._groups_alias = self.param_groups  # in case a user replaced the list
             self._adopt_group_iteration()
             self._schedule.check_iteration(self._iteration)
+            self._check_outside_writes()
         try:
             self._step_once()
         except _StalePlan:
@@ -362,6 +368,35 @@ class _ScheduledSGD(Optimizer):
             except _StalePlan as again:
                 raise again.__cause__ from None
         return loss
+
+    def _check_outside_writes(self) -> None:
+        """Warns once per group when ``group["lr"]`` is not what this optimizer last wrote
+        there: an outside scheduler (LambdaLR, ReduceLROnPlateau, SWALR, a trainer's
+        warmup, an lr_find) would otherwise be ignored without a word. The schedule wins:
+        the step uses its own LR and writes it back."""
+        written = self._written_lr
+        for index, group in enumerate(self.param_groups):
+            lr = group["lr"]
+            mine = written.get(id(group))
+            if mine is None or lr is mine or lr == mine or index in self._warned_outside_lr:
+                continue
+            self._warned_outside_lr.add(index)
+            warnings.warn(
+                f"clr_ext: param group {index}'s lr was set to {lr!r} from outside {type(self).__name__}, which "
+                f"follows its own schedule and uses lr={mine!r} for this step (the outside value is overwritten). "
+                "Drop the outside LR scheduler; where a framework needs one, pass opt.as_scheduler(), which reports "
+                "this optimizer's schedule (docs/api.md, 'Outside writes to group[\"lr\"]').",
+                UserWarning, stacklevel=5)
+
+    def as_scheduler(self) -> Any:
+        """This optimizer's own schedule as an LR scheduler, for frameworks that want one
+        (``Trainer(optimizers=(opt, opt.as_scheduler()))``, Lightning's
+        ``{"optimizer": opt, "lr_scheduler": ...}``): its ``step()`` does nothing (the
+        optimizer's step advances the schedule), ``get_last_lr()`` reports the LR the
+        next step uses, and its state dict round-trips."""
+        from ._lr_adapter import ScheduleAdapter
+
+        return ScheduleAdapter(self)
 
     def _adopt_group_iteration(self) -> None:
         """Takes up an ``iteration`` that was written into the param groups directly.
@@ -653,6 +688,8 @@ class _ScheduledSGD(Optimizer):
         self._counters = {}
         self._bucket_cache = {}
         self.__dict__.setdefault("_momentum_start", {})
+        self.__dict__.setdefault("_written_lr", {})
+        self.__dict__.setdefault("_warned_outside_lr", set())
         self._starts_version = getattr(self, "_starts_version", 0) + 1
         self._register()
         loading = self.__dict__.get("_loading")
