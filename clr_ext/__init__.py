@@ -2,6 +2,7 @@
 
 - :class:`CyclicSGD`: torch.optim.SGD + CyclicLR in one fused, device-side step.
 - :class:`OneCycleSGD`: torch.optim.SGD + OneCycleLR, likewise.
+- :class:`CyclicAdamW`, :class:`OneCycleAdamW`: torch.optim.AdamW + CyclicLR / OneCycleLR (beta1 cycled).
 - :func:`range_test`: the paper's LR range test, which suggests the bounds.
 - :func:`cyclic_lr`, :func:`one_cycle_lr`: the schedules as plain Python functions (the references).
 """
@@ -9,7 +10,7 @@ __version__ = "0.1.0"
 
 from .schedule import cyclic_lr, one_cycle_lr  # noqa: E402  (pure Python, no torch needed)
 
-_NEEDS_TORCH = ("CyclicSGD", "OneCycleSGD", "range_test", "RangeTestResult", "available_backends", "from_torch")
+_NEEDS_TORCH = ("CyclicSGD", "OneCycleSGD", "CyclicAdamW", "OneCycleAdamW", "range_test", "RangeTestResult", "available_backends", "from_torch")
 
 try:
     import torch as _torch  # noqa: F401
@@ -25,6 +26,7 @@ except ImportError as _torch_error:
 else:
     from .backends import available_backends  # noqa: E402
     from .optimizer import CyclicSGD, OneCycleSGD  # noqa: E402
+    from .adamw import CyclicAdamW, OneCycleAdamW  # noqa: E402
     from .convert import from_torch  # noqa: E402
     from .range_test import RangeTestResult, range_test  # noqa: E402
 

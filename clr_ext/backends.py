@@ -176,6 +176,29 @@ class Backend:
         raise NotImplementedError
 
 
+    def adamw(self, *, params: List[torch.Tensor], grads: List[torch.Tensor], exp_avgs: List[torch.Tensor],
+              exp_avg_sqs: List[torch.Tensor], max_exp_avg_sqs: List[torch.Tensor], state_steps: List[torch.Tensor],
+              counter: torch.Tensor, iteration: Optional[int], bounds: List[float], shape: List[float],
+              schedule_mode: int, beta1: float, beta2: float, eps: float, weight_decay: float, amsgrad: bool,
+              maximize: bool, cycle_momentum: bool, grad_scale: Optional[torch.Tensor],
+              found_inf: Optional[torch.Tensor]) -> None:
+        """One AdamW step (torch.optim.AdamW's) over a bucket, with this iteration's lr
+        and, when cycling, beta1 from the schedule; ``state_steps`` (float32, one per
+        param) count each param's own steps and are advanced unless the step is skipped
+        (``found_inf``), which changes nothing at all. Same conventions as ``run``."""
+        _instance("torch").adamw(**_adamw_args(locals()))
+
+
+def _adamw_args(local_vars: Dict[str, object]) -> Dict[str, object]:
+    return {k: v for k, v in local_vars.items() if k not in ("self", "__class__")}
+
+
+#: The AdamW op's arguments after the backend name, in the schema's order.
+_ADAMW_ARGS = ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "state_steps", "counter", "bounds",
+               "shape", "schedule_mode", "beta1", "beta2", "eps", "weight_decay", "amsgrad", "maximize",
+               "cycle_momentum", "grad_scale", "found_inf")
+
+
 class _CompiledOpBackend(Backend):
     """The op of clr_ext._C: through the dispatcher under torch.compile (so that it is
     traced and functionalized), straight into the device's kernel in eager mode (the
@@ -190,6 +213,16 @@ class _CompiledOpBackend(Backend):
            maximize, cycle_momentum, first_step, grad_scale, found_inf)
 
 
+    def adamw(self, **kw) -> None:
+        eager = getattr(_C, self.eager_entry.replace("sgd", "adamw"), None)
+        if eager is None:  # a build from before the AdamW op
+            _instance("torch").adamw(**kw)
+        elif torch.compiler.is_compiling():
+            torch.ops.clr_ext.cyclic_adamw_(*[kw[k] for k in _ADAMW_ARGS])
+        else:
+            eager(*[kw[k] for k in _ADAMW_ARGS])
+
+
 class CppBackend(_CompiledOpBackend):
     name = "cpp"
     device_types = ("cpu",)
@@ -200,6 +233,10 @@ class CudaBackend(_CompiledOpBackend):
     name = "cuda"
     device_types = ("cuda",)
     eager_entry = "cyclic_sgd_cuda_"
+
+    def adamw(self, **kw) -> None:
+        # No CUDA AdamW kernel yet: the PyTorch ops, with the schedule read on the host.
+        _instance("torch").adamw(**kw)
 
 
 # A plain Library fragment rather than torch.library.custom_op: ~4 us per call, not ~18.
@@ -239,6 +276,29 @@ def _python_backend_step_fake(backend, params, grads, momentum_buffers, momentum
     return None
 
 
+_LIBRARY.define(
+    "python_backend_adamw_(str backend, Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, "
+    "Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] state_steps, Tensor iteration, "
+    "float[] bounds, float[] shape, int schedule_mode, float beta1, float beta2, float eps, float weight_decay, "
+    "bool amsgrad, bool maximize, bool cycle_momentum, Tensor? grad_scale, Tensor? found_inf) -> ()")
+
+
+def _python_backend_adamw(backend: str, *args) -> None:
+    """The ``cython`` and ``torch`` AdamW steps as one opaque op, for steps traced by
+    torch.compile (as ``python_backend_step_`` for SGD)."""
+    kw = dict(zip(_ADAMW_ARGS, args))
+    kw["iteration"] = int(kw["counter"])
+    _instance(backend)._adamw_eager(**kw)
+
+
+_LIBRARY.impl("python_backend_adamw_", _python_backend_adamw, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("clr_ext::python_backend_adamw_")
+def _python_backend_adamw_fake(backend, *args) -> None:
+    return None
+
+
 class _PythonBackend(Backend):
     """A backend whose step is Python code: eager steps call it directly, traced steps
     through the op above."""
@@ -253,6 +313,15 @@ class _PythonBackend(Backend):
             self._run_eager(params, grads, buffers, starts, counter, iteration, bounds, shape, mode, momentum,
                             dampening, weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale,
                             found_inf)
+
+    def adamw(self, **kw) -> None:
+        if torch.compiler.is_compiling():
+            torch.ops.clr_ext.python_backend_adamw_(self.name, *[kw[k] for k in _ADAMW_ARGS])
+        else:
+            self._adamw_eager(**kw)
+
+    def _adamw_eager(self, **kw) -> None:
+        raise NotImplementedError
 
     def _run_eager(self, params, grads, buffers, starts, counter, iteration, bounds, shape, mode, momentum,
                    dampening, weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):
@@ -322,6 +391,35 @@ class CythonBackend(_PythonBackend):
                 b.copy_(buffers[i])
 
 
+    def _adamw_eager(self, *, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, counter,
+                     iteration, bounds, shape, schedule_mode, beta1, beta2, eps, weight_decay, amsgrad, maximize,
+                     cycle_momentum, grad_scale, found_inf) -> None:
+        if not hasattr(_cython_cpu, "cyclic_adamw_"):  # a build from before the AdamW op
+            _instance("torch")._adamw_eager(params=params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs,
+                                            max_exp_avg_sqs=max_exp_avg_sqs, state_steps=state_steps,
+                                            counter=counter, iteration=iteration, bounds=bounds, shape=shape,
+                                            schedule_mode=schedule_mode, beta1=beta1, beta2=beta2, eps=eps,
+                                            weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+                                            cycle_momentum=cycle_momentum, grad_scale=grad_scale,
+                                            found_inf=found_inf)
+            return
+        # The kernel walks raw memory: odd layouts run through contiguous copies.
+        lists = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
+        staged = [i for i in range(len(params)) if not all(t[i].is_contiguous() for t in lists)]
+        dense = [list(t) for t in lists]
+        for i in staged:
+            for t in dense:
+                t[i] = t[i].contiguous()
+        _cython_cpu.cyclic_adamw_(
+            _DTYPE_CODES[params[0].dtype], dense[0], dense[1], dense[2], dense[3], dense[4] if amsgrad else [],
+            list(state_steps), counter, bounds, shape, schedule_mode, beta1, beta2, eps, weight_decay, amsgrad,
+            maximize, cycle_momentum, grad_scale, found_inf, torch.get_num_threads())
+        for i in staged:
+            for original, copy in zip(lists, dense):
+                if copy[i] is not original[i]:
+                    original[i].copy_(copy[i])
+
+
 class TorchBackend(_PythonBackend):
     """PyTorch foreach ops: the slow, portable path. The schedule is the Python
     reference evaluated at the host iteration; half precision is computed in float32
@@ -368,6 +466,50 @@ class TorchBackend(_PythonBackend):
                 p.copy_(pc)
             for b, bc in zip(buffers if use_buffers else [], b_c):
                 b.copy_(bc)
+
+
+    def _adamw_eager(self, *, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, counter,
+                     iteration, bounds, shape, schedule_mode, beta1, beta2, eps, weight_decay, amsgrad, maximize,
+                     cycle_momentum, grad_scale, found_inf) -> None:
+        """torch.optim.AdamW's single-tensor step, op for op (so fp32/fp64 round as it
+        does); half precision runs on float32 copies rounded once per step."""
+        if found_inf is not None and float(found_inf) == 1.0:
+            return
+        lr, cycled = schedule_point(int(counter) if iteration is None else iteration, bounds, shape, schedule_mode)
+        if cycle_momentum:
+            beta1 = cycled
+        for i, param in enumerate(params):
+            grad = grads[i]
+            if grad_scale is not None:
+                grad.div_(grad_scale.to(grad.dtype))
+            low = param.dtype in (torch.float16, torch.bfloat16)
+            p, g, m, v = ((t.float() for t in (param, grad, exp_avgs[i], exp_avg_sqs[i])) if low
+                          else (param, grad, exp_avgs[i], exp_avg_sqs[i]))
+            vmax = (max_exp_avg_sqs[i].float() if low else max_exp_avg_sqs[i]) if amsgrad else None
+            if maximize:
+                g = -g
+            step_t = state_steps[i]
+            step_t += 1
+            if weight_decay != 0:
+                p.mul_(1 - lr * weight_decay)
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            step = float(step_t)
+            bias_correction1 = 1 - beta1 ** step
+            bias_correction2 = 1 - beta2 ** step
+            step_size = lr / bias_correction1
+            bias_correction2_sqrt = bias_correction2 ** 0.5
+            if amsgrad:
+                torch.maximum(vmax, v, out=vmax)
+                denom = (vmax.sqrt() / bias_correction2_sqrt).add_(eps)
+            else:
+                denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
+            p.addcdiv_(m, denom, value=-step_size)
+            if low:
+                for original, computed in zip((param, exp_avgs[i], exp_avg_sqs[i]), (p, m, v)):
+                    original.copy_(computed)
+                if amsgrad:
+                    max_exp_avg_sqs[i].copy_(vmax)
 
 
 _INSTANCES: Dict[str, Backend] = {}

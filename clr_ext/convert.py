@@ -1,16 +1,27 @@
-"""Converting a running ``torch.optim.SGD`` + ``CyclicLR`` / ``OneCycleLR`` pair into a
-:class:`CyclicSGD` / :class:`OneCycleSGD`."""
+"""Converting a running ``torch.optim.SGD`` or ``AdamW`` + ``CyclicLR`` / ``OneCycleLR``
+pair into the clr_ext optimizer that does the same step."""
 from __future__ import annotations
 
 from typing import Any, Dict, List, Tuple
 
 import torch
 
+from .adamw import CyclicAdamW, OneCycleAdamW
 from .optimizer import CyclicSGD, OneCycleSGD
 
 __all__ = ["from_torch"]
 
 _SGD_GROUP_KEYS = ("momentum", "dampening", "weight_decay", "nesterov", "maximize")
+_ADAMW_GROUP_KEYS = ("betas", "eps", "weight_decay", "amsgrad", "maximize")
+
+
+def _rule_of(optimizer: Any) -> Tuple[Tuple[str, ...], Any, Any]:
+    """(the group keys to take over, the cyclic class, the 1cycle class) for a torch optimizer."""
+    if isinstance(optimizer, torch.optim.AdamW):
+        return _ADAMW_GROUP_KEYS, CyclicAdamW, OneCycleAdamW
+    if isinstance(optimizer, torch.optim.SGD):
+        return _SGD_GROUP_KEYS, CyclicSGD, OneCycleSGD
+    raise TypeError(f"optimizer: must be a torch.optim.SGD or torch.optim.AdamW, got {type(optimizer).__name__}")
 
 
 def _step_sizes(total_size: float, step_ratio: float) -> Tuple[float, float]:
@@ -27,9 +38,12 @@ def _step_sizes(total_size: float, step_ratio: float) -> Tuple[float, float]:
     return exact, total_size - exact
 
 
-def from_torch(optimizer: torch.optim.SGD, scheduler: Any, backend: str = "auto") -> Any:
-    """A :class:`CyclicSGD` (for a ``CyclicLR``) or a :class:`OneCycleSGD` (for a
-    ``OneCycleLR``) that continues where ``optimizer`` + ``scheduler`` stand.
+def from_torch(optimizer: Any, scheduler: Any, backend: str = "auto") -> Any:
+    """The clr_ext optimizer that continues where ``optimizer`` + ``scheduler`` stand:
+    :class:`CyclicSGD` / :class:`OneCycleSGD` for a ``torch.optim.SGD`` with a
+    ``CyclicLR`` / ``OneCycleLR``, :class:`CyclicAdamW` / :class:`OneCycleAdamW` for a
+    ``torch.optim.AdamW`` (the schedulers then cycle ``betas[0]``). What follows says
+    it for CyclicSGD; the others take over their own hyper-parameters and state alike.
 
     The result has the same parameters and param groups, the same per-group SGD
     hyper-parameters (``momentum``, ``dampening``, ``weight_decay``, ``nesterov``,
@@ -53,17 +67,14 @@ def from_torch(optimizer: torch.optim.SGD, scheduler: Any, backend: str = "auto"
         opt = clr_ext.from_torch(sgd, sched)
         ...  # opt.step() from here on
     """
-    if not isinstance(optimizer, torch.optim.SGD):
-        raise TypeError(f"optimizer: must be a torch.optim.SGD, got {type(optimizer).__name__}")
+    keys, cyclic_cls, one_cycle_cls = _rule_of(optimizer)
     if not isinstance(scheduler, (torch.optim.lr_scheduler.CyclicLR, torch.optim.lr_scheduler.OneCycleLR)):
         raise TypeError("scheduler: must be a torch.optim.lr_scheduler.CyclicLR or OneCycleLR, got "
                         f"{type(scheduler).__name__}")
     if scheduler.optimizer is not optimizer:
         raise ValueError("scheduler: is attached to another optimizer")
-    if getattr(scheduler, "use_beta1", False):
-        raise ValueError("scheduler: cycles betas, not SGD momentum")
     if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
-        return _continue(optimizer, scheduler, _one_cycle_sgd(optimizer, scheduler, backend))
+        return _continue(optimizer, scheduler, _one_cycle(optimizer, scheduler, backend, keys, one_cycle_cls))
 
     n = len(optimizer.param_groups)
     cycle = bool(scheduler.cycle_momentum)
@@ -73,7 +84,7 @@ def from_torch(optimizer: torch.optim.SGD, scheduler: Any, backend: str = "auto"
         group: Dict[str, Any] = {"params": list(g["params"]),
                                  "base_lr": float(scheduler.base_lrs[i]),
                                  "max_lr": float(scheduler.max_lrs[i])}
-        for key in _SGD_GROUP_KEYS:
+        for key in keys:
             group[key] = g[key]
         if cycle:
             group["base_momentum"] = float(scheduler.base_momentums[i])
@@ -89,12 +100,12 @@ def from_torch(optimizer: torch.optim.SGD, scheduler: Any, backend: str = "auto"
         kwargs.update(scale_fn=scale_fn, scale_mode=scheduler.scale_mode)
     else:
         kwargs["mode"] = scheduler.mode
-    new = CyclicSGD(groups, [g["base_lr"] for g in groups], [g["max_lr"] for g in groups], **kwargs)
+    new = cyclic_cls(groups, [g["base_lr"] for g in groups], [g["max_lr"] for g in groups], **kwargs)
 
     return _continue(optimizer, scheduler, new)
 
 
-def _one_cycle_sgd(optimizer: torch.optim.SGD, scheduler: Any, backend: str) -> OneCycleSGD:
+def _one_cycle(optimizer: Any, scheduler: Any, backend: str, keys: Tuple[str, ...], cls: Any) -> Any:
     """OneCycleLR keeps its phases' ends and each group's initial/max/min LR, not the
     factors they came from: they are taken over as they are."""
     ends = tuple(float(phase["end_step"]) for phase in scheduler._schedule_phases)
@@ -103,21 +114,21 @@ def _one_cycle_sgd(optimizer: torch.optim.SGD, scheduler: Any, backend: str) -> 
     groups: List[Dict[str, Any]] = []
     for g in optimizer.param_groups:
         group: Dict[str, Any] = {"params": list(g["params"])}
-        for key in _SGD_GROUP_KEYS + ("initial_lr", "max_lr", "min_lr"):
+        for key in keys + ("initial_lr", "max_lr", "min_lr"):
             group[key] = g[key]
         if cycle:
             group["base_momentum"] = float(g["base_momentum"])
             group["max_momentum"] = float(g["max_momentum"])
         groups.append(group)
-    new = OneCycleSGD(groups, [g["max_lr"] for g in groups], total, pct_start=(ends[0] + 1) / total,
+    new = cls(groups, [g["max_lr"] for g in groups], total, pct_start=(ends[0] + 1) / total,
                       anneal_strategy=scheduler._anneal_func_type, three_phase=len(ends) == 3,
                       cycle_momentum=cycle, backend=backend)
     new._schedule.phase_ends = ends
     return new
 
 
-def _continue(optimizer: torch.optim.SGD, scheduler: Any, new: Any) -> Any:
-    # The iteration and momentum buffers through the public state-dict path.
+def _continue(optimizer: Any, scheduler: Any, new: Any) -> Any:
+    # The iteration and the per-param state (copies) through the public state-dict path.
     state = new.state_dict()
     iteration = max(int(scheduler.last_epoch), 0)
     for group in state["param_groups"]:
@@ -126,9 +137,10 @@ def _continue(optimizer: torch.optim.SGD, scheduler: Any, new: Any) -> Any:
     buffers: Dict[int, Dict[str, Any]] = {}
     for g in optimizer.param_groups:
         for p in g["params"]:
-            buf = optimizer.state.get(p, {}).get("momentum_buffer")
-            if buf is not None:
-                buffers[index] = {"momentum_buffer": buf.detach().clone()}
+            saved = {k: v.detach().clone() if isinstance(v, torch.Tensor) else v
+                     for k, v in optimizer.state.get(p, {}).items() if v is not None}
+            if saved:
+                buffers[index] = saved
             index += 1
     state["state"] = buffers
     new.load_state_dict(state)

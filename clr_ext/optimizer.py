@@ -133,12 +133,17 @@ class _Bucket:
         self.starts: Optional[Tuple[int, List[torch.Tensor]]] = None
 
 
-class _ScheduledSGD(Optimizer):
-    """SGD with momentum whose LR (and momentum) follow a schedule, in one fused step.
+class _ScheduledOptimizer(Optimizer):
+    """An optimizer whose LR (and momentum or beta1) follow a schedule, in one fused step.
 
-    The shared core of :class:`CyclicSGD` and :class:`OneCycleSGD`: ``schedule`` (see
-    ``clr_ext._schedules``) gives the formula's arguments; ``group_bounds`` are the
-    schedule's per-group values (a float, or a list with one value per group).
+    The shared core of every scheduled optimizer: param groups, buckets per device and
+    dtype, the device counter and its host mirror, AMP, DTensor shards and complex views,
+    torch.compile, state dicts, outside writes. ``schedule`` (``clr_ext._schedules``)
+    gives the formula's arguments; ``group_bounds`` are its per-group values (a float, or
+    a list with one value per group). An update rule is a subclass: it checks its own
+    group keys (``_check_rule_group``), reports the cycled momentum where its PyTorch
+    optimizer keeps it (``_report_momentum``) and plans and runs the step
+    (``_step_once``), with the helpers below.
     """
 
     _step_supports_amp_scaling = True
@@ -146,19 +151,14 @@ class _ScheduledSGD(Optimizer):
     # which buffers start (tests empty this to run that path without a GPU).
     _host_decided_types: Tuple[str, ...] = ("cpu",)
 
-    def __init__(self, params: Iterable[Any], schedule: Any, group_bounds: Dict[str, Any], *,
-                 momentum: float, dampening: float, weight_decay: float, nesterov: bool, maximize: bool,
-                 cycle_momentum: bool, backend: str) -> None:
+    def __init__(self, params: Iterable[Any], schedule: Any, group_bounds: Dict[str, Any],
+                 rule_defaults: Dict[str, Any], *, cycle_momentum: bool, backend: str) -> None:
         self._backend_request = _backends.requested_backend(backend)
         self._schedule = schedule
         self.cycle_momentum = bool(cycle_momentum)
         self._iteration = 0
         self._counters: Dict[torch.device, torch.Tensor] = {}
         self._bucket_cache: Dict[int, Tuple[Any, ...]] = {}
-        # param -> (int64 tensor, index): its momentum_start, where the op decides which
-        # step is its buffer's first (see _plan_device_decided).
-        self._momentum_start: Dict[torch.Tensor, Tuple[torch.Tensor, int]] = {}
-        self._starts_version = 0  # changes whenever _momentum_start does
         self._loading: Optional[Tuple[Any, ...]] = None
         # group id -> the lr object this optimizer last wrote there (see _check_outside_writes)
         self._written_lr: Dict[int, float] = {}
@@ -177,17 +177,8 @@ class _ScheduledSGD(Optimizer):
         for key, value in group_bounds.items():
             for group, value_of_group in zip(groups, per_group(key, value, len(groups))):
                 group.setdefault(key, value_of_group)
-        defaults = dict(
-            lr=0.0,  # replaced by the schedule for every group
-            momentum=momentum,
-            dampening=dampening,
-            weight_decay=weight_decay,
-            nesterov=nesterov,
-            maximize=maximize,
-            foreach=None,
-            fused=None,
-            differentiable=False,
-        )
+        defaults = dict(lr=0.0, **rule_defaults)  # lr: replaced by the schedule for every group
+        defaults.update(foreach=None, fused=None, differentiable=False)
         for key, value in group_bounds.items():
             if not isinstance(value, (list, tuple)):
                 defaults[key] = value
@@ -217,15 +208,19 @@ class _ScheduledSGD(Optimizer):
     def _check_group(self, group: Dict[str, Any], index: int) -> None:
         where = "" if index == 0 else f" (param group {index})"
         self._schedule.init_group(group, where)
-        group["weight_decay"] = non_negative("weight_decay" + where, group["weight_decay"])
-        for key in ("base_momentum", "max_momentum", "momentum"):
+        for key in ("base_momentum", "max_momentum"):
             group[key] = momentum_value(key + where, group[key])
-        group["dampening"] = as_float("dampening" + where, group["dampening"])
-        group["nesterov"] = bool(group["nesterov"])
-        group["maximize"] = bool(group["maximize"])
-        # As torch.optim.SGD checks it: on the momentum argument, before any cycling.
-        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
-            raise ValueError(f"nesterov{where}: Nesterov momentum requires a momentum > 0 and zero dampening")
+        self._check_rule_group(group, where)
+
+    def _check_rule_group(self, group: Dict[str, Any], where: str) -> None:
+        raise NotImplementedError
+
+    def _report_momentum(self, group: Dict[str, Any], momentum: float) -> None:
+        """Writes the cycled momentum where the rule's PyTorch optimizer keeps it."""
+        raise NotImplementedError
+
+    def _step_once(self) -> None:
+        raise NotImplementedError
 
     # ---------------------------------------------------------------- schedule
 
@@ -244,7 +239,7 @@ class _ScheduledSGD(Optimizer):
         self._written_lr[id(group)] = lr
         group["iteration"] = self._iteration
         if self.cycle_momentum:
-            group["momentum"] = momentum
+            self._report_momentum(group, momentum)
 
     def _refresh_all(self) -> None:
         for group in self.param_groups:
@@ -416,14 +411,209 @@ class _ScheduledSGD(Optimizer):
         self._iteration = max(int(g.get("iteration", iteration)) for g in self.param_groups)
         for counter in self._counters.values():
             counter.fill_(self._iteration)
+        self._iteration_moved()
+        self._refresh_all()
+
+    def _iteration_moved(self) -> None:
+        """The iteration was set back or forth from outside (hook for the rules)."""
+
+    @staticmethod
+    def _kernel_tensors(tensors: List[torch.Tensor], bucket: "_Bucket") -> List[torch.Tensor]:
+        """What the kernels update in place: DTensors' local shards, complex tensors' real views."""
+        if bucket.dtensor is not None:
+            tensors = _local_tensors(tensors, bucket.dtensor)
+        if bucket.complex:
+            tensors = _real_views(tensors)
+        return tensors
+
+    def _device_inputs(self, devices: Iterable[torch.device]) -> Tuple[Dict[Any, Any], Dict[Any, Any], Dict[Any, Any]]:
+        """Per device: the step counter (made before any bucket runs), and GradScaler's
+        ``grad_scale`` / ``found_inf`` (None without AMP), moved without a sync."""
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        counter_on = {device: self._counter(device) for device in devices}
+        scale_on = {d: None if grad_scale is None else grad_scale.to(d, non_blocking=True) for d in counter_on}
+        inf_on = {d: None if found_inf is None else found_inf.to(d, non_blocking=True) for d in counter_on}
+        return counter_on, scale_on, inf_on
+
+    def _advance(self, compiling: bool) -> None:
+        """Ends a step: the device counters, then the host mirror."""
+        if compiling:
+            torch.ops.clr_ext.advance_schedule_(list(self._counters.values()), self._handle)
+        else:
+            for counter in self._counters.values():
+                counter.add_(1)
+            self._host_advance()
+
+    def _host_advance(self) -> None:
+        self._iteration += 1
+        self._refresh_all()
+
+    # ------------------------------------------------------------- state dict
+
+    def state_dict(self) -> Dict[str, Any]:
+        """torch.optim.SGD's format (``momentum_buffer`` per parameter); each group also
+        carries its schedule bounds and ``iteration``, and ``"schedule"`` the schedule's
+        shape (as the scheduler's own state dict would). Once the op decides which buffers
+        start (CUDA, torch.compile), this reads their starts: one host sync."""
+        self._adopt_group_iteration()
+        for group in self.param_groups:
+            group["iteration"] = self._iteration
+        saved = super().state_dict()
+        saved["schedule"] = self._schedule.state_dict()
+        return saved
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Loads a state dict of this class or of ``torch.optim.SGD`` (whose groups lack the
+        schedule's keys: this optimizer's are kept, and so is its iteration). The saved
+        schedule (``state_dict["schedule"]``) replaces this one's, as CyclicLR's and
+        OneCycleLR's ``load_state_dict`` restore theirs. ``group["lr"]`` is recomputed
+        before the load_state_dict post-hooks run."""
+        schedule = None
+        if state_dict.get("schedule") is not None:  # checked before anything changes
+            schedule = copy.copy(self._schedule)
+            schedule.load_state_dict(state_dict["schedule"])
+        kept = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
+        self._loading = (kept, schedule)
+        try:
+            super().load_state_dict(state_dict)  # runs __setstate__, then the post-hooks
+        finally:
+            self._loading = None
+
+    def _finish_load(self, kept: List[Dict[str, Any]], schedule: Any) -> None:
+        if schedule is not None:
+            self._schedule = schedule
+        iterations = []
+        for group, old in zip(self.param_groups, kept):
+            for key, value in old.items():
+                group.setdefault(key, value)
+            if "iteration" in group:
+                iterations.append(int(group["iteration"]))
+        if iterations:
+            self._iteration = max(iterations)
+        self._loaded()
+        self._refresh_all()
+
+    def _loaded(self) -> None:
+        """A state dict was loaded (hook for the rules)."""
+
+    _PICKLED: Tuple[str, ...] = ("_schedule", "cycle_momentum", "_iteration", "_backend_request")
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = super().__getstate__()
+        state.update({key: getattr(self, key) for key in self._PICKLED})
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        super().__setstate__(state)
+        # Device counters and bucket caches are rebuilt on demand.
+        self._counters = {}
+        self._bucket_cache = {}
+        self.__dict__.setdefault("_written_lr", {})
+        self.__dict__.setdefault("_warned_outside_lr", set())
+        self._register()
+        self._unpickled()
+        loading = self.__dict__.get("_loading")
+        if loading is not None:  # inside load_state_dict: finish before its post-hooks
+            self._finish_load(*loading)
+        else:
+            self._loading = None
+
+    def _unpickled(self) -> None:
+        """After ``__setstate__`` (unpickling, deepcopy, load_state_dict): hook for the rules."""
+
+    def _step_groups(self) -> List[Dict[str, Any]]:
+        """``param_groups``, read by the step.
+
+        Dynamo guards on every value of every group once ``param_groups`` is read in a
+        traced frame, and ``lr``, ``momentum`` and ``iteration`` change at every step:
+        the step would be re-traced each time. A traced step reads the same list through
+        another attribute, which gets guards on the keys the step reads (constants) only."""
+        return self._groups_alias if torch.compiler.is_compiling() else self.param_groups
+
+    def _register(self) -> None:
+        # A copy (pickle, deepcopy) is another optimizer and gets its own handle; a
+        # load_state_dict (which runs __setstate__) keeps this one's.
+        if _LIVE.get(getattr(self, "_handle", 0)) is not self:
+            self._handle = next(_HANDLES)
+            _LIVE[self._handle] = self
+        self._groups_alias = self.param_groups
+
+
+class _ScheduledSGD(_ScheduledOptimizer):
+    """The SGD-with-momentum rule (torch.optim.SGD's): momentum buffers, and where the
+    host cannot tell a buffer's first step, per-param start markers (``momentum_start``)
+    decided by the op."""
+
+    def __init__(self, params: Iterable[Any], schedule: Any, group_bounds: Dict[str, Any], *, momentum: float,
+                 dampening: float, weight_decay: float, nesterov: bool, maximize: bool, cycle_momentum: bool,
+                 backend: str) -> None:
+        # param -> (int64 tensor, index): its momentum_start, where the op decides which
+        # step is its buffer's first (see _plan_device_decided).
+        self._momentum_start: Dict[torch.Tensor, Tuple[torch.Tensor, int]] = {}
+        self._starts_version = 0  # changes whenever _momentum_start does
+        super().__init__(params, schedule, group_bounds,
+                         dict(momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
+                              maximize=maximize),
+                         cycle_momentum=cycle_momentum, backend=backend)
+
+    _PICKLED = _ScheduledOptimizer._PICKLED + ("_momentum_start",)
+
+    def _check_rule_group(self, group: Dict[str, Any], where: str) -> None:
+        group["weight_decay"] = non_negative("weight_decay" + where, group["weight_decay"])
+        group["momentum"] = momentum_value("momentum" + where, group["momentum"])
+        group["dampening"] = as_float("dampening" + where, group["dampening"])
+        group["nesterov"] = bool(group["nesterov"])
+        group["maximize"] = bool(group["maximize"])
+        # As torch.optim.SGD checks it: on the momentum argument, before any cycling.
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError(f"nesterov{where}: Nesterov momentum requires a momentum > 0 and zero dampening")
+
+    def _report_momentum(self, group: Dict[str, Any], momentum: float) -> None:
+        group["momentum"] = momentum
+
+    def _iteration_moved(self) -> None:
         # The starts are iterations: once the counter may have gone back, a begun
         # buffer must not look as if it began in the future.
         for starts in {id(t): t for t, _ in self._momentum_start.values()}.values():
             starts.masked_fill_(starts != _NOT_STARTED, _STARTED_BEFORE)
-        self._refresh_all()
+
+    def _loaded(self) -> None:
+        # The loaded buffers have begun (torch.optim.SGD saves no other kind); the
+        # missing ones start at their next step.
+        self._momentum_start.clear()
+
+    def _unpickled(self) -> None:
+        self.__dict__.setdefault("_momentum_start", {})
+        self._starts_version = getattr(self, "_starts_version", 0) + 1
+
+    def state_dict(self) -> Dict[str, Any]:
+        saved = super().state_dict()
+        not_started = self._not_started_params()
+        if not_started:
+            # A buffer whose every step so far was skipped (or had momentum 0) does not
+            # exist for torch.optim.SGD: it is left out, and starts afresh after loading.
+            index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
+            for p in not_started:
+                i = index.get(id(p))
+                if "momentum_buffer" in saved["state"].get(i, {}):
+                    saved["state"][i] = {k: v for k, v in saved["state"][i].items() if k != "momentum_buffer"}
+        return saved
+
+    def _not_started_params(self) -> List[torch.Tensor]:
+        """Params whose buffer exists but has not started (one host sync when there are any starts)."""
+        if not self._momentum_start:
+            return []
+        members: Dict[int, Tuple[torch.Tensor, List[Tuple[torch.Tensor, int]]]] = {}
+        for p, (starts, k) in self._momentum_start.items():
+            members.setdefault(id(starts), (starts, []))[1].append((p, k))
+        not_started = []
+        for starts, owners in members.values():
+            values = starts.tolist()
+            not_started += [p for p, k in owners if values[k] == _NOT_STARTED]
+        return not_started
 
     def _step_once(self) -> None:
-        grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         # (a schedule evaluated on the host reads the iteration; dynamo re-traces as it changes)
         shape = self._schedule.op_shape(self._iteration if self._schedule.host_evaluated else 0)
@@ -432,6 +622,12 @@ class _ScheduledSGD(Optimizer):
         # Plan every bucket first: nothing is modified until all of them are known good.
         work = []
         has_dtensor = has_complex = False
+        dtensor = _dtensor_type()
+
+        def _views(tensors):
+            tensors = _local_tensors(tensors, dtensor) if has_dtensor else tensors
+            return _real_views(tensors) if has_complex else tensors
+
         compiling = torch.compiler.is_compiling()  # dynamo cannot trace map(operator.is_, ...)
         # (param, its new buffer or None, its new start or None)
         new_buffers: List[Tuple[torch.Tensor, Optional[torch.Tensor], Optional[Tuple[torch.Tensor, int]]]] = []
@@ -491,13 +687,8 @@ class _ScheduledSGD(Optimizer):
                 if new_p:
                     work.append((backend, device, new_p, new_g, new_b, [], True, group, bounds))
 
-        if has_dtensor:
-            dtensor = _dtensor_type()
-            work = [(b, d, _local_tensors(ps, dtensor), _local_tensors(gs, dtensor), _local_tensors(bs, dtensor))
-                    + tuple(rest) for (b, d, ps, gs, bs, *rest) in work]
-        if has_complex:
-            work = [(b, d, _real_views(ps), _real_views(gs), _real_views(bs)) + tuple(rest)
-                    for (b, d, ps, gs, bs, *rest) in work]
+        if has_dtensor or has_complex:
+            work = [(b, d, _views(ps), _views(gs), _views(bs)) + tuple(rest) for (b, d, ps, gs, bs, *rest) in work]
         # One bucket through a compiled op is checked by the op itself before it writes.
         if len(work) > 1 or (work and work[0][0].name not in ("cpp", "cuda")):
             try:
@@ -510,12 +701,7 @@ class _ScheduledSGD(Optimizer):
             except RuntimeError as err:
                 raise _StalePlan() from err
 
-        scale_on: Dict[torch.device, Optional[torch.Tensor]] = {}
-        inf_on: Dict[torch.device, Optional[torch.Tensor]] = {}
-        counter_on = {device: self._counter(device) for device in devices}  # (made before any bucket runs)
-        for device in devices:
-            scale_on[device] = None if grad_scale is None else grad_scale.to(device, non_blocking=True)
-            inf_on[device] = None if found_inf is None else found_inf.to(device, non_blocking=True)
+        counter_on, scale_on, inf_on = self._device_inputs(devices)
 
         # Read on the host only where that costs no sync; elsewhere the op skips by itself
         # and every new buffer has a start, so nothing below needs to know.
@@ -548,12 +734,7 @@ class _ScheduledSGD(Optimizer):
                 starts_of[p] = start
             elif not skipped:
                 state[p]["momentum_buffer"] = buf
-        if compiling:
-            torch.ops.clr_ext.advance_schedule_(list(self._counters.values()), self._handle)
-        else:
-            for counter in self._counters.values():
-                counter.add_(1)
-            self._host_advance()
+        self._advance(compiling)
 
     def _plan_device_decided(self, bucket, grads, group, bounds, new_buffers, compiling):
         """A bucket whose buffers' first step is decided by the op, param by param.
@@ -602,118 +783,6 @@ class _ScheduledSGD(Optimizer):
             new_buffers.append((params[i], None if i in begun else buffers[i], entries[i]))
         return (backend, device, params, grads, buffers, _starts_argument(entries), False, group, bounds)
 
-    def _host_advance(self) -> None:
-        self._iteration += 1
-        self._refresh_all()
-
-    # ------------------------------------------------------------- state dict
-
-    def state_dict(self) -> Dict[str, Any]:
-        """torch.optim.SGD's format (``momentum_buffer`` per parameter); each group also
-        carries its schedule bounds and ``iteration``, and ``"schedule"`` the schedule's
-        shape (as the scheduler's own state dict would). Once the op decides which buffers
-        start (CUDA, torch.compile), this reads their starts: one host sync."""
-        self._adopt_group_iteration()
-        for group in self.param_groups:
-            group["iteration"] = self._iteration
-        saved = super().state_dict()
-        saved["schedule"] = self._schedule.state_dict()
-        not_started = self._not_started_params()
-        if not_started:
-            # A buffer whose every step so far was skipped (or had momentum 0) does not
-            # exist for torch.optim.SGD: it is left out, and starts afresh after loading.
-            index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
-            for p in not_started:
-                i = index.get(id(p))
-                if "momentum_buffer" in saved["state"].get(i, {}):
-                    saved["state"][i] = {k: v for k, v in saved["state"][i].items() if k != "momentum_buffer"}
-        return saved
-
-    def _not_started_params(self) -> List[torch.Tensor]:
-        """Params whose buffer exists but has not started (one host sync when there are any starts)."""
-        if not self._momentum_start:
-            return []
-        members: Dict[int, Tuple[torch.Tensor, List[Tuple[torch.Tensor, int]]]] = {}
-        for p, (starts, k) in self._momentum_start.items():
-            members.setdefault(id(starts), (starts, []))[1].append((p, k))
-        not_started = []
-        for starts, owners in members.values():
-            values = starts.tolist()
-            not_started += [p for p, k in owners if values[k] == _NOT_STARTED]
-        return not_started
-
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        """Loads a state dict of this class or of ``torch.optim.SGD`` (whose groups lack the
-        schedule's keys: this optimizer's are kept, and so is its iteration). The saved
-        schedule (``state_dict["schedule"]``) replaces this one's, as CyclicLR's and
-        OneCycleLR's ``load_state_dict`` restore theirs. ``group["lr"]`` is recomputed
-        before the load_state_dict post-hooks run."""
-        schedule = None
-        if state_dict.get("schedule") is not None:  # checked before anything changes
-            schedule = copy.copy(self._schedule)
-            schedule.load_state_dict(state_dict["schedule"])
-        kept = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
-        self._loading = (kept, schedule)
-        try:
-            super().load_state_dict(state_dict)  # runs __setstate__, then the post-hooks
-        finally:
-            self._loading = None
-
-    def _finish_load(self, kept: List[Dict[str, Any]], schedule: Any) -> None:
-        if schedule is not None:
-            self._schedule = schedule
-        iterations = []
-        for group, old in zip(self.param_groups, kept):
-            for key, value in old.items():
-                group.setdefault(key, value)
-            if "iteration" in group:
-                iterations.append(int(group["iteration"]))
-        if iterations:
-            self._iteration = max(iterations)
-        # The loaded buffers have begun (torch.optim.SGD saves no other kind); the
-        # missing ones start at their next step.
-        self._momentum_start.clear()
-        self._refresh_all()
-
-    _PICKLED = ("_schedule", "cycle_momentum", "_iteration", "_backend_request", "_momentum_start")
-
-    def __getstate__(self) -> Dict[str, Any]:
-        state = super().__getstate__()
-        state.update({key: getattr(self, key) for key in self._PICKLED})
-        return state
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        super().__setstate__(state)
-        # Device counters and bucket caches are rebuilt on demand.
-        self._counters = {}
-        self._bucket_cache = {}
-        self.__dict__.setdefault("_momentum_start", {})
-        self.__dict__.setdefault("_written_lr", {})
-        self.__dict__.setdefault("_warned_outside_lr", set())
-        self._starts_version = getattr(self, "_starts_version", 0) + 1
-        self._register()
-        loading = self.__dict__.get("_loading")
-        if loading is not None:  # inside load_state_dict: finish before its post-hooks
-            self._finish_load(*loading)
-        else:
-            self._loading = None
-
-    def _step_groups(self) -> List[Dict[str, Any]]:
-        """``param_groups``, read by the step.
-
-        Dynamo guards on every value of every group once ``param_groups`` is read in a
-        traced frame, and ``lr``, ``momentum`` and ``iteration`` change at every step:
-        the step would be re-traced each time. A traced step reads the same list through
-        another attribute, which gets guards on the keys the step reads (constants) only."""
-        return self._groups_alias if torch.compiler.is_compiling() else self.param_groups
-
-    def _register(self) -> None:
-        # A copy (pickle, deepcopy) is another optimizer and gets its own handle; a
-        # load_state_dict (which runs __setstate__) keeps this one's.
-        if _LIVE.get(getattr(self, "_handle", 0)) is not self:
-            self._handle = next(_HANDLES)
-            _LIVE[self._handle] = self
-        self._groups_alias = self.param_groups
 
 
 class CyclicSGD(_ScheduledSGD):

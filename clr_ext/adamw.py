@@ -1,0 +1,254 @@
+"""AdamW with a cyclical or 1cycle schedule: torch.optim.AdamW + CyclicLR / OneCycleLR in
+one fused step (the AdamW update rule on the scheduled-optimizer core)."""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import torch
+
+from ._checks import as_float, non_negative
+from ._schedules import CyclicSchedule, OneCycleSchedule
+from .optimizer import _ScheduledOptimizer, _StalePlan, _refuse_capture
+
+__all__ = ["CyclicAdamW", "OneCycleAdamW"]
+
+#: The per-param state, named as torch.optim.AdamW names it.
+_MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def _beta(name: str, value: Any) -> float:
+    value = as_float(name, value)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}: must be in [0, 1), got {value!r}")
+    return value
+
+
+class _ScheduledAdamW(_ScheduledOptimizer):
+    """The AdamW rule (torch.optim.AdamW's, decoupled weight decay): per param ``step``
+    (a float32 tensor on the param's device, so that the kernel advances it without a
+    sync and a skipped step leaves it alone), ``exp_avg``, ``exp_avg_sq`` and, with
+    ``amsgrad``, ``max_exp_avg_sq``. With ``cycle_momentum`` the schedule's momentum is
+    beta1, reported in ``group["betas"][0]`` as CyclicLR / OneCycleLR report it."""
+
+    def __init__(self, params: Iterable[Any], schedule: Any, group_bounds: Dict[str, Any], *,
+                 betas: Tuple[float, float], eps: float, weight_decay: float, amsgrad: bool, maximize: bool,
+                 cycle_momentum: bool, backend: str) -> None:
+        super().__init__(params, schedule, group_bounds,
+                         dict(betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize),
+                         cycle_momentum=cycle_momentum, backend=backend)
+
+    def _check_rule_group(self, group: Dict[str, Any], where: str) -> None:
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas{where}: must be a pair (beta1, beta2), got {betas!r}")
+        group["betas"] = (_beta("betas[0]" + where, betas[0]), _beta("betas[1]" + where, betas[1]))
+        if self.cycle_momentum:  # the cycled beta1 must be a beta too
+            for key in ("base_momentum", "max_momentum"):
+                group[key] = _beta(key + where, group[key])
+        group["eps"] = non_negative("eps" + where, group["eps"])
+        group["weight_decay"] = non_negative("weight_decay" + where, group["weight_decay"])
+        group["amsgrad"] = bool(group["amsgrad"])
+        group["maximize"] = bool(group["maximize"])
+
+    def _report_momentum(self, group: Dict[str, Any], momentum: float) -> None:
+        group["betas"] = (momentum, group["betas"][1])
+
+    def _loaded(self) -> None:
+        # torch.optim.AdamW keeps `step` on the CPU (float32, or float64 under a float64
+        # default dtype); the kernels read and advance it on the param's device.
+        for group in self.param_groups:
+            for p in group["params"]:
+                step = self.state.get(p, {}).get("step")
+                if step is None:
+                    continue
+                if not isinstance(step, torch.Tensor):
+                    step = torch.tensor(float(step))
+                if step.dtype != torch.float32 or step.device != p.device:
+                    self.state[p]["step"] = step.to(device=p.device, dtype=torch.float32)
+
+    def _step_once(self) -> None:
+        compiling = torch.compiler.is_compiling()
+        shape = self._schedule.op_shape(self._iteration if self._schedule.host_evaluated else 0)
+        state = self.state
+        work: List[Tuple[Any, ...]] = []
+        created: List[Tuple[torch.Tensor, Dict[str, torch.Tensor]]] = []  # kept once the step has run
+        devices = set()
+        for group_index, group in enumerate(self._step_groups()):
+            buckets = self._buckets_of(group_index, group)
+            if not buckets:
+                continue
+            bounds = self._schedule.op_bounds(group)
+            amsgrad = group["amsgrad"]
+            keys = ("step",) + _MOMENTS + (("max_exp_avg_sq",) if amsgrad else ())
+            for bucket, grads in buckets:
+                params = bucket.params
+                devices.add(bucket.device)
+                try:  # every step after a param's first
+                    columns = [[state[p][k] for p in params] for k in keys]
+                except KeyError:
+                    columns = self._state_with_new(params, keys, created)
+                view = self._kernel_tensors
+                steps = columns[0]
+                work.append((bucket.backend, bucket.device, view(params, bucket), view(grads, bucket),
+                             [view(c, bucket) for c in columns[1:]], steps, group, bounds))
+        if len(work) > 1:
+            try:  # every bucket is checked before the first one writes
+                self._validate_all()
+            except RuntimeError as err:
+                raise _StalePlan() from err
+
+        counter_on, scale_on, inf_on = self._device_inputs(devices)
+        for position, (backend, device, params, grads, moments, steps, group, bounds) in enumerate(work):
+            beta1, beta2 = group["betas"]
+            try:
+                backend.adamw(
+                    params=params, grads=grads, exp_avgs=moments[0], exp_avg_sqs=moments[1],
+                    max_exp_avg_sqs=moments[2] if group["amsgrad"] else [], state_steps=steps,
+                    counter=counter_on[device], iteration=None if compiling else self._iteration, bounds=bounds,
+                    shape=shape, schedule_mode=self._schedule.op_mode,
+                    # a traced step passes a constant beta1 when cycling (the op computes it)
+                    beta1=group["max_momentum"] if compiling and self.cycle_momentum else beta1,
+                    beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"], amsgrad=group["amsgrad"],
+                    maximize=group["maximize"], cycle_momentum=self.cycle_momentum, grad_scale=scale_on[device],
+                    found_inf=inf_on[device])
+            except RuntimeError as err:
+                if position == 0:  # the op checks before it writes: nothing has changed yet
+                    raise _StalePlan() from err
+                raise
+        for p, new in created:
+            state[p].update(new)
+        self._advance(compiling)
+
+    def _state_with_new(self, params: List[torch.Tensor], keys: Tuple[str, ...],
+                        created: List[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]) -> List[List[torch.Tensor]]:
+        """The state columns of ``params``, zeros (as AdamW starts) where a param has none
+        yet; the new tensors join the state only once the step has run."""
+        columns: List[List[torch.Tensor]] = [[] for _ in keys]
+        for p in params:
+            have = self.state[p] if p in self.state else {}
+            new = {}
+            for k in keys:
+                if k not in have:
+                    _refuse_capture(p.device, "AdamW state")
+                    new[k] = (torch.zeros((), dtype=torch.float32, device=p.device) if k == "step"
+                              else torch.zeros_like(p, memory_format=torch.preserve_format))
+            if new:
+                created.append((p, new))
+            for column, k in zip(columns, keys):
+                column.append(have[k] if k in have else new[k])
+        return columns
+
+
+class CyclicAdamW(_ScheduledAdamW):
+    r"""AdamW whose learning rate (and beta1) follow a cyclical schedule, in one fused step.
+
+    One ``step()`` does what ``adamw.step(); sched.step()`` does for::
+
+        adamw = torch.optim.AdamW(params, lr=base_lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                  amsgrad=amsgrad, maximize=maximize)
+        sched = torch.optim.lr_scheduler.CyclicLR(adamw, base_lr, max_lr, step_size_up, step_size_down,
+                                                  mode, gamma, scale_fn, scale_mode, cycle_momentum,
+                                                  base_momentum, max_momentum)
+
+    with the same numbers. With ``cycle_momentum`` (the default, as in CyclicLR) beta1
+    cycles inversely to the LR between ``base_momentum`` and ``max_momentum`` and
+    ``group["betas"][0]`` reports the next step's. The schedule's arguments are
+    :class:`~clr_ext.CyclicSGD`'s; ``betas``, ``eps``, ``weight_decay``, ``amsgrad``,
+    ``maximize`` are AdamW's, per group too. Each param's bias correction uses its own
+    step count (``state[p]["step"]``), so a param that misses steps has a smaller one,
+    as in PyTorch; a step that ``GradScaler`` skips changes nothing, step counts included.
+    The state per param is AdamW's, so a ``torch.optim.AdamW`` state dict loads.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        base_lr: Any,
+        max_lr: Any,
+        step_size_up: float = 2000,
+        step_size_down: Optional[float] = None,
+        mode: str = "triangular",
+        gamma: float = 1.0,
+        scale_fn: Optional[Callable[[float], float]] = None,
+        scale_mode: str = "cycle",
+        *,
+        betas: Tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        maximize: bool = False,
+        cycle_momentum: bool = True,
+        base_momentum: Any = 0.8,
+        max_momentum: Any = 0.9,
+        backend: str = "auto",
+    ) -> None:
+        schedule = CyclicSchedule(step_size_up, step_size_down, mode, gamma, scale_fn, scale_mode)
+        super().__init__(params, schedule,
+                         dict(base_lr=base_lr, max_lr=max_lr, base_momentum=base_momentum, max_momentum=max_momentum),
+                         betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+                         cycle_momentum=cycle_momentum, backend=backend)
+
+    mode = property(lambda self: self._schedule.mode)
+    gamma = property(lambda self: self._schedule.gamma)
+    step_size_up = property(lambda self: self._schedule.step_size_up)
+    step_size_down = property(lambda self: self._schedule.step_size_down)
+    scale_fn = property(lambda self: self._schedule.scale_fn)
+    scale_mode = property(lambda self: self._schedule.scale_mode)
+
+    @classmethod
+    def from_range_test(cls, params: Iterable[Any], result: Any, iters_per_epoch: int,
+                        **kwargs: Any) -> "CyclicAdamW":
+        """The range test's suggested bounds and step size, as :meth:`CyclicSGD.from_range_test`
+        (run the range test with ``optimizer="adamw"`` for AdamW's own range)."""
+        half_cycle = kwargs.pop("epochs_per_half_cycle", None)
+        step = result.step_size(iters_per_epoch) if half_cycle is None else result.step_size(iters_per_epoch,
+                                                                                               half_cycle)
+        kwargs.setdefault("step_size_up", step)
+        return cls(params, kwargs.pop("base_lr", result.base_lr), kwargs.pop("max_lr", result.max_lr), **kwargs)
+
+
+class OneCycleAdamW(_ScheduledAdamW):
+    r"""AdamW under the 1cycle policy, in one fused step: ``adamw.step(); sched.step()`` for
+    ``torch.optim.AdamW`` + ``OneCycleLR`` (beta1 cycled between ``max_momentum`` and
+    ``base_momentum`` with ``cycle_momentum``). The schedule's arguments and its end are
+    :class:`~clr_ext.OneCycleSGD`'s, the update's :class:`CyclicAdamW`'s."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        max_lr: Any,
+        total_steps: Optional[int] = None,
+        *,
+        epochs: Optional[int] = None,
+        steps_per_epoch: Optional[int] = None,
+        pct_start: float = 0.3,
+        anneal_strategy: str = "cos",
+        div_factor: float = 25.0,
+        final_div_factor: float = 1e4,
+        three_phase: bool = False,
+        betas: Tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        maximize: bool = False,
+        cycle_momentum: bool = True,
+        base_momentum: Any = 0.85,
+        max_momentum: Any = 0.95,
+        backend: str = "auto",
+    ) -> None:
+        schedule = OneCycleSchedule(total_steps, epochs, steps_per_epoch, pct_start, anneal_strategy, div_factor,
+                                    final_div_factor, three_phase)
+        super().__init__(params, schedule, dict(max_lr=max_lr, base_momentum=base_momentum, max_momentum=max_momentum),
+                         betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+                         cycle_momentum=cycle_momentum, backend=backend)
+
+    total_steps = property(lambda self: self._schedule.total_steps)
+    pct_start = property(lambda self: self._schedule.pct_start)
+    anneal_strategy = property(lambda self: self._schedule.anneal_strategy)
+    three_phase = property(lambda self: self._schedule.three_phase)
+
+    @classmethod
+    def from_range_test(cls, params: Iterable[Any], result: Any, total_steps: int,
+                        **kwargs: Any) -> "OneCycleAdamW":
+        """``max_lr`` from the range test's ``result.max_lr``, as :meth:`OneCycleSGD.from_range_test`."""
+        return cls(params, kwargs.pop("max_lr", result.max_lr), total_steps, **kwargs)

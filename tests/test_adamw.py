@@ -1,0 +1,348 @@
+"""CyclicAdamW and OneCycleAdamW against torch.optim.AdamW + CyclicLR / OneCycleLR (docs/api.md,
+"The 1cycle policy and AdamW": one ``opt.step()`` is ``adamw.step(); sched.step()``, beta1
+cycled in ``group["betas"][0]``), for every CPU backend: every flag, several groups with
+per-group bounds, params that miss steps; state dicts, AMP skips, from_torch, errors."""
+from __future__ import annotations
+
+import copy
+import itertools
+import pickle
+import warnings
+
+import pytest
+import torch
+import torch._dynamo.testing
+
+import clr_ext
+
+from conftest import HALF_DTYPES, assert_close_rel
+from test_parity import Problem
+
+CyclicLR = torch.optim.lr_scheduler.CyclicLR
+OneCycleLR = torch.optim.lr_scheduler.OneCycleLR
+
+BASE_LR = [0.001, 0.0005, 0.002]
+MAX_LR = [0.01, 0.004, 0.02]
+BASE_MOMENTUM = [0.8, 0.85, 0.7]
+MAX_MOMENTUM = [0.9, 0.95, 0.9]
+DTYPE_IDS = {torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", torch.bfloat16: "bf16"}
+
+
+class AdamWReference:
+    """torch.optim.AdamW + a scheduler on copies of the initial values. Half-precision
+    params run on float32 shadows, params and state rounded to the half type once per
+    step (the fused kernels' semantics; torch.optim.AdamW itself rounds after every op)."""
+
+    def __init__(self, groups, adamw_kwargs, scheduler, sched_kwargs):
+        self.params = [t.detach().clone() for g in groups for t in g]
+        self.compute = [p.float().requires_grad_(True) if p.dtype in HALF_DTYPES else p.requires_grad_(True)
+                        for p in self.params]
+        it = iter(self.compute)
+        adamw_groups = [{"params": [next(it) for _ in g]} for g in groups]
+        self.opt = torch.optim.AdamW(adamw_groups, lr=0.0, **adamw_kwargs)
+        self.sched = scheduler(self.opt, **sched_kwargs)
+        self.last = False
+
+    def step(self, grads):
+        for p, c, g in zip(self.params, self.compute, grads):
+            if c is not p:
+                c.data.copy_(p)  # exact: every half value is a float32 value
+            c.grad = None if g is None else g.detach().to(c.dtype).clone()
+        self.opt.step()
+        if not self.last:
+            self.sched.step()
+        for p, c in zip(self.params, self.compute):
+            if c is not p:
+                p.copy_(c.detach())
+                for k, v in self.opt.state.get(c, {}).items():
+                    if k != "step":
+                        v.copy_(v.to(p.dtype).float())
+
+    def state(self, i, key):
+        value = self.opt.state.get(self.compute[i], {}).get(key)
+        return None if value is None else value.to(self.params[i].dtype if key != "step" else value.dtype)
+
+
+def run_adamw(backend, dtype, kind, amsgrad, maximize, weight_decay, cycle_momentum, steps=40, bounds_as="lists",
+              mode="triangular"):
+    problem = Problem(dtype)
+    adamw_kwargs = dict(betas=(0.9, 0.99), eps=1e-6, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
+    if kind == "cyclic":
+        sched_kwargs = dict(base_lr=BASE_LR, max_lr=MAX_LR, step_size_up=5, step_size_down=8, mode=mode,
+                            gamma=0.97, cycle_momentum=cycle_momentum, base_momentum=BASE_MOMENTUM,
+                            max_momentum=MAX_MOMENTUM)
+        scheduler = CyclicLR
+    else:
+        sched_kwargs = dict(max_lr=MAX_LR, total_steps=steps, pct_start=0.3, anneal_strategy="cos",
+                            cycle_momentum=cycle_momentum, base_momentum=BASE_MOMENTUM, max_momentum=MAX_MOMENTUM)
+        scheduler = OneCycleLR
+    ref = AdamWReference(problem.groups, adamw_kwargs, scheduler, sched_kwargs)
+    params, groups = [], []
+    for g in problem.groups:
+        ps = [t.clone().requires_grad_(True) for t in g]
+        params += ps
+        groups.append({"params": ps})
+    kwargs = dict(sched_kwargs)
+    bound_keys = ("base_lr", "max_lr", "base_momentum", "max_momentum") if kind == "cyclic" else (
+        "max_lr", "base_momentum", "max_momentum")
+    if bounds_as == "dict":  # per-group dict values win over the constructor's (different) scalars
+        for gi, d in enumerate(groups):
+            for key in bound_keys:
+                d[key] = kwargs[key][gi]
+        kwargs.update({key: 0.5 if "lr" in key else 0.1 for key in bound_keys})
+    if kind == "cyclic":
+        opt = clr_ext.CyclicAdamW(groups, kwargs.pop("base_lr"), kwargs.pop("max_lr"), backend=backend,
+                                  **adamw_kwargs, **kwargs)
+    else:
+        opt = clr_ext.OneCycleAdamW(groups, kwargs.pop("max_lr"), kwargs.pop("total_steps"), backend=backend,
+                                    **adamw_kwargs, **kwargs)
+
+    def check_reported(where):
+        for gi, (mine, theirs) in enumerate(zip(opt.param_groups, ref.opt.param_groups)):
+            assert mine["lr"] == theirs["lr"], (where, gi, mine["lr"], theirs["lr"])
+            assert mine["betas"] == theirs["betas"], (where, gi, mine["betas"], theirs["betas"])
+
+    check_reported("after construction")
+    for k in range(steps):
+        noise = problem.noise()
+        ref.last = kind == "one_cycle" and k == steps - 1  # OneCycleLR raises past its end
+        ref.step(problem.grads(ref.params, noise, k, maximize))
+        for p, g in zip(params, problem.grads(params, noise, k, maximize)):
+            p.grad = g
+        opt.step()
+        if not ref.last:
+            check_reported("after step %d" % k)
+    assert_close_rel(params, ref.params)
+    keys = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
+    for key in keys:
+        mine = [opt.state[p][key] for p in params if p in opt.state]
+        theirs = [ref.state(i, key) for i, p in enumerate(params) if p in opt.state]
+        assert_close_rel(mine, theirs, what=key, half_factor=2.0)
+    for i, p in enumerate(params):  # each param's own step count (params miss steps)
+        assert float(opt.state[p]["step"]) == float(ref.state(i, "step")), i
+    for p, p0 in zip(params, [t for g in problem.groups for t in g]):
+        assert not torch.equal(p.detach(), p0)
+    return opt, params, ref
+
+
+def _cases():
+    out = []
+    for kind, amsgrad, maximize, wd, cycle, dtype in itertools.product(
+            ("cyclic", "one_cycle"), (False, True), (False, True), (0.0, 0.01), (True, False),
+            (torch.float32, torch.float64, torch.float16, torch.bfloat16)):
+        if maximize and (wd == 0.0 or not cycle):
+            continue
+        bounds_as = "dict" if amsgrad != maximize else "lists"
+        cid = "%s%s%s-wd%g-%s-%s-%s" % (kind, "-ams" if amsgrad else "", "-max" if maximize else "", wd,
+                                        "cyc" if cycle else "nocyc", DTYPE_IDS[dtype], bounds_as)
+        out.append(pytest.param(kind, amsgrad, maximize, wd, cycle, dtype, bounds_as, id=cid))
+    return out
+
+
+@pytest.mark.parametrize("kind,amsgrad,maximize,weight_decay,cycle_momentum,dtype,bounds_as", _cases())
+def test_parity_with_torch_adamw_and_scheduler(backend, kind, amsgrad, maximize, weight_decay, cycle_momentum, dtype,
+                                               bounds_as):
+    run_adamw(backend, dtype, kind, amsgrad, maximize, weight_decay, cycle_momentum, bounds_as=bounds_as)
+
+
+@pytest.mark.parametrize("kind", ["cyclic", "one_cycle"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_parity_over_1000_steps_within_api_tolerance(backend, kind, dtype):
+    """api.md: fp32 within 1e-5, fp64 within 1e-12 relative, over 1,000 steps."""
+    run_adamw(backend, dtype, kind, True, False, 0.01, True, steps=1000, mode="triangular2")
+
+
+@pytest.mark.parametrize("mode", ["triangular2", "exp_range"])
+def test_cyclic_modes(backend, mode):
+    run_adamw(backend, torch.float32, "cyclic", False, False, 0.01, True, steps=30, mode=mode)
+
+
+def _train(opt, params, gen, steps):
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+        opt.step()
+
+
+@pytest.mark.parametrize("cls", ["CyclicAdamW", "OneCycleAdamW"])
+def test_state_dict_resumes_bit_for_bit(backend, cls):
+    init = [torch.randn(17, dtype=torch.float32), torch.randn(3, 4, dtype=torch.float32)]
+
+    def make(ps):
+        if cls == "CyclicAdamW":
+            return clr_ext.CyclicAdamW(ps, 1e-3, 1e-2, step_size_up=4, amsgrad=True, backend=backend)
+        return clr_ext.OneCycleAdamW(ps, 1e-2, 30, amsgrad=True, backend=backend)
+
+    full = [torch.nn.Parameter(t.clone()) for t in init]
+    a = make(full)
+    _train(a, full, torch.Generator().manual_seed(0), 30)
+    half = [torch.nn.Parameter(t.clone()) for t in init]
+    b = make(half)
+    gen = torch.Generator().manual_seed(0)
+    _train(b, half, gen, 11)
+    saved = pickle.loads(pickle.dumps(b.state_dict()))
+    assert set(saved["state"][0]) == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
+    resumed = [torch.nn.Parameter(p.detach().clone()) for p in half]
+    c = make(resumed)
+    c.load_state_dict(saved)
+    _train(c, resumed, gen, 19)
+    for p, q in zip(resumed, full):
+        assert torch.equal(p, q)
+    assert c.get_last_lr() == a.get_last_lr()
+
+
+def test_torch_adamw_state_dict_loads_and_continues(backend):
+    init = torch.randn(25, dtype=torch.float64)
+    p = torch.nn.Parameter(init.clone())
+    adamw = torch.optim.AdamW([p], lr=0.1, weight_decay=0.05)
+    sched = CyclicLR(adamw, 1e-3, 1e-2, step_size_up=3)
+    gen = torch.Generator().manual_seed(7)
+    grads = [torch.randn(25, generator=gen, dtype=torch.float64) for _ in range(20)]
+    for g in grads[:9]:
+        p.grad = g.clone()
+        adamw.step()
+        sched.step()
+    q = torch.nn.Parameter(p.detach().clone())
+    opt = clr_ext.CyclicAdamW([q], 1e-3, 1e-2, step_size_up=3, weight_decay=0.05, backend=backend)
+    saved = copy.deepcopy(adamw.state_dict())
+    for group in saved["param_groups"]:
+        group["iteration"] = sched.last_epoch
+    opt.load_state_dict(saved)
+    assert opt.state[q]["step"].dtype == torch.float32 and float(opt.state[q]["step"]) == 9
+    for g in grads[9:]:
+        p.grad, q.grad = g.clone(), g.clone()
+        adamw.step()
+        sched.step()
+        opt.step()
+        assert torch.equal(p, q)
+        assert opt.param_groups[0]["betas"] == adamw.param_groups[0]["betas"]
+
+
+@pytest.mark.parametrize("scheduler", ["cyclic", "one_cycle"])
+def test_from_torch_converts_a_running_adamw_pair(backend, scheduler):
+    init = [torch.randn(9), torch.randn(4, 4)]
+    ps = [torch.nn.Parameter(t.clone()) for t in init]
+    twin = [torch.nn.Parameter(t.clone()) for t in init]
+    pairs = []
+    for params in (ps, twin):
+        adamw = torch.optim.AdamW([{"params": params[:1]}, {"params": params[1:], "weight_decay": 0.1}], lr=0.1,
+                                  amsgrad=True)
+        sched = (CyclicLR(adamw, [1e-3, 2e-3], [1e-2, 3e-2], step_size_up=4) if scheduler == "cyclic"
+                 else OneCycleLR(adamw, [1e-2, 3e-2], total_steps=40, three_phase=True))
+        pairs.append((adamw, sched))
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(13):
+        for p, t in zip(ps, twin):
+            g = torch.randn(p.shape, generator=gen)
+            p.grad, t.grad = g.clone(), g.clone()
+        for adamw, sched in pairs:
+            adamw.step()
+            sched.step()
+    opt = clr_ext.from_torch(*pairs[0], backend=backend)
+    assert type(opt).__name__ == ("CyclicAdamW" if scheduler == "cyclic" else "OneCycleAdamW")
+    assert opt.iteration == 13 and opt.get_last_lr() == pairs[1][1].get_last_lr()
+    for _ in range(20):
+        for p, t in zip(ps, twin):
+            g = torch.randn(p.shape, generator=gen)
+            p.grad, t.grad = g.clone(), g.clone()
+        opt.step()
+        pairs[1][0].step()
+        pairs[1][1].step()
+        assert opt.get_last_lr() == pairs[1][1].get_last_lr()
+        assert [g["betas"] for g in opt.param_groups] == [g["betas"] for g in pairs[1][0].param_groups]
+        for p, t in zip(ps, twin):
+            assert torch.equal(p, t)
+
+
+def test_grad_scaler_skip_changes_nothing_step_counts_included(backend):
+    init = torch.randn(40)
+    p = torch.nn.Parameter(init.clone())
+    opt = clr_ext.CyclicAdamW([p], 1e-3, 1e-2, step_size_up=5, backend=backend)
+    p.grad = torch.full_like(p, 64.0)
+    opt.grad_scale = torch.tensor(64.0)
+    opt.found_inf = torch.tensor(1.0)
+    opt.step()
+    assert torch.equal(p.detach(), init) and opt.iteration == 1
+    assert not opt.state.get(p) or float(opt.state[p]["step"]) == 0.0
+    opt.found_inf = torch.tensor(0.0)
+    opt.step()  # unscaled in the step: AdamW's first step moves every element by lr (sign of g)
+    assert float(opt.state[p]["step"]) == 1.0
+    assert torch.equal(p.grad, torch.ones_like(p))
+    lr = clr_ext.cyclic_lr(1, 1e-3, 1e-2, 5)
+    expected = init * (1 - lr * 0.01) - lr * 1.0 / (1.0 + 1e-8)
+    assert torch.allclose(p.detach(), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(betas=(1.0, 0.999)), "betas"),
+    (dict(betas=(0.9, -0.1)), "betas"),
+    (dict(betas=(0.9,)), "betas"),
+    (dict(eps=-1e-8), "eps"),
+    (dict(eps=float("nan")), "eps"),
+    (dict(weight_decay=-0.1), "weight_decay"),
+    (dict(weight_decay=float("inf")), "weight_decay"),
+    (dict(max_momentum=1.0), "max_momentum"),
+    (dict(base_momentum=float("nan")), "base_momentum"),
+    (dict(base_lr=float("nan")), "base_lr"),
+    (dict(max_lr=-1.0), "max_lr"),
+    (dict(step_size_up=0), "step_size_up"),
+])
+def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
+    kwargs = dict(kwargs)
+    base_lr, max_lr = kwargs.pop("base_lr", 1e-3), kwargs.pop("max_lr", 1e-2)
+    with pytest.raises(ValueError, match=name):
+        clr_ext.CyclicAdamW([torch.nn.Parameter(torch.zeros(2))], base_lr, max_lr, **kwargs)
+
+
+def test_one_cycle_adamw_errors_and_end():
+    with pytest.raises(ValueError, match="total_steps"):
+        clr_ext.OneCycleAdamW([torch.nn.Parameter(torch.zeros(2))], 0.01)
+    with pytest.raises(ValueError, match="anneal_strategy"):
+        clr_ext.OneCycleAdamW([torch.nn.Parameter(torch.zeros(2))], 0.01, 10, anneal_strategy="exp")
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = clr_ext.OneCycleAdamW([p], 0.01, 5)
+    p.grad = torch.ones(2)
+    for _ in range(5):
+        opt.step()
+    final = (opt.get_last_lr(), opt.param_groups[0]["betas"])
+    with pytest.warns(UserWarning, match="total_steps=5"):
+        opt.step()
+    assert (opt.get_last_lr(), opt.param_groups[0]["betas"]) == final
+
+
+def test_from_range_test_for_both_classes():
+    result = clr_ext.RangeTestResult(lrs=[1e-4 * (i + 1) for i in range(50)], losses=[1.0] * 50,
+                                     smoothed_losses=[1.0] * 50, metrics=None, diverged=False, base_lr=1e-3,
+                                     max_lr=4e-3)
+    cyc = clr_ext.CyclicAdamW.from_range_test([torch.nn.Parameter(torch.zeros(3))], result, 25)
+    assert (cyc.param_groups[0]["base_lr"], cyc.param_groups[0]["max_lr"]) == (1e-3, 4e-3)
+    assert cyc.step_size_up == result.step_size(25)
+    one = clr_ext.OneCycleAdamW.from_range_test([torch.nn.Parameter(torch.zeros(3))], result, 300)
+    assert one.param_groups[0]["max_lr"] == 4e-3 and one.total_steps == 300
+
+
+def test_compiled_step_is_traced_twice_and_matches_eager(backend):
+    torch._dynamo.reset()
+    steps = 3 * torch._dynamo.config.recompile_limit
+    init = [torch.randn(31), torch.randn(4, 5)]
+    eager_p = [torch.nn.Parameter(t.clone()) for t in init]
+    comp_p = [torch.nn.Parameter(t.clone()) for t in init]
+    eager = clr_ext.CyclicAdamW(eager_p, 1e-3, 1e-2, step_size_up=3, amsgrad=True, backend=backend)
+    compiled_opt = clr_ext.CyclicAdamW(comp_p, 1e-3, 1e-2, step_size_up=3, amsgrad=True, backend=backend)
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(lambda: compiled_opt.step(), fullgraph=True, backend=counter)
+    gen = torch.Generator().manual_seed(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for s in range(steps):
+            for a, b in zip(eager_p, comp_p):
+                g = torch.randn(a.shape, generator=gen)
+                a.grad, b.grad = g.clone(), g.clone()
+            eager.step()
+            compiled()
+            assert compiled_opt.get_last_lr() == eager.get_last_lr(), s
+            assert compiled_opt.param_groups[0]["betas"] == eager.param_groups[0]["betas"], s
+    for a, b in zip(eager_p, comp_p):
+        assert torch.equal(a, b)
+    assert counter.frame_count <= 2
+    torch._dynamo.reset()
