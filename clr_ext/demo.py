@@ -155,6 +155,11 @@ def run_demo(out_dir: str, config: Optional[DemoConfig] = None, *, progress: boo
     log(f"digits: {len(data.x_train)} train / {len(data.x_val)} validation / {len(data.x_test)} "
         f"test images; batch {cfg.batch_size} ({iters_per_epoch} iterations per epoch); "
         f"{cfg.seeds} seeds")
+    # The numbers are reproducible run to run on one machine; across machines the rounding
+    # differs with these (README: "Reproducing the demo's numbers").
+    numerics = {"torch_threads": torch.get_num_threads(), "cpu_capability": _cpu_capability()}
+    log(f"numerics: torch {torch.__version__}, {numerics['torch_threads']} thread(s), "
+        f"CPU kernels {numerics['cpu_capability']}")
 
     # 1. One range test (the paper's: linear sweep, accuracy read on held-out data).
     torch.manual_seed(cfg.split_seed)
@@ -280,6 +285,7 @@ def run_demo(out_dir: str, config: Optional[DemoConfig] = None, *, progress: boo
         "verdict": verdict,
         "runtime_s": round(elapsed, 2),
         "versions": {"torch": torch.__version__, "clr_ext": _version()},
+        "numerics": numerics,
     }
     with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1, allow_nan=False, default=_json_default)
@@ -298,6 +304,14 @@ def _version() -> str:
         from . import __version__
         return __version__
     except Exception:  # the package __init__ may be mid-build; the version is informative only
+        return "unknown"
+
+
+def _cpu_capability() -> str:
+    # The vector ISA ATen's CPU kernels run with (e.g. AVX2, AVX512): one of what sets the rounding.
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # older torch; informative only
         return "unknown"
 
 
