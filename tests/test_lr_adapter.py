@@ -43,20 +43,36 @@ def _groups(net):
     return [{"params": net[0].parameters()}, {"params": net[2].parameters(), "weight_decay": 1e-3}]
 
 
+CLASSES = {
+    "cyclic": (clr_ext.CyclicSGD, {"base_lr": [0.01, 0.02], "max_lr": [0.1, 0.2], "step_size_up": 3,
+                                   "momentum": 0.9}),
+    "one_cycle": (clr_ext.OneCycleSGD, {"max_lr": [0.1, 0.2], "total_steps": 20, "momentum": 0.9}),
+    "cyclic_adamw": (clr_ext.CyclicAdamW, {"base_lr": [0.001, 0.002], "max_lr": [0.01, 0.02], "step_size_up": 3}),
+    "one_cycle_adamw": (clr_ext.OneCycleAdamW, {"max_lr": [0.01, 0.02], "total_steps": 20}),
+}
+KINDS = list(CLASSES)
+
+
 def _make(kind: str, net: torch.nn.Module, backend: str = "auto"):
-    if kind == "cyclic":
-        return clr_ext.CyclicSGD(_groups(net), base_lr=[0.01, 0.02], max_lr=[0.1, 0.2], step_size_up=3,
-                                 momentum=0.9, backend=backend)
-    return clr_ext.OneCycleSGD(_groups(net), max_lr=[0.1, 0.2], total_steps=20, momentum=0.9, backend=backend)
+    cls, kwargs = CLASSES[kind]
+    return cls(_groups(net), backend=backend, **kwargs)
+
+
+def _one_group_kwargs(kind: str):
+    """The constructor's arguments for a single group (ZeroRedundancyOptimizer, add_param_group)."""
+    return {k: v[0] if isinstance(v, list) else v for k, v in CLASSES[kind][1].items()}
 
 
 def _torch_pair(kind: str, net: torch.nn.Module):
-    """torch.optim.SGD + the scheduler each class fuses (what the adapter must report like)."""
-    if kind == "cyclic":
-        sgd = torch.optim.SGD(_groups(net), lr=0.01, momentum=0.9)
-        return sgd, CyclicLR(sgd, base_lr=[0.01, 0.02], max_lr=[0.1, 0.2], step_size_up=3)
-    sgd = torch.optim.SGD(_groups(net), lr=0.1, momentum=0.9)
-    return sgd, OneCycleLR(sgd, max_lr=[0.1, 0.2], total_steps=20)
+    """The torch optimizer + scheduler each class fuses (what the adapter must report like)."""
+    kwargs = CLASSES[kind][1]
+    if kind.endswith("adamw"):
+        opt = torch.optim.AdamW(_groups(net), lr=0.001)
+    else:
+        opt = torch.optim.SGD(_groups(net), lr=0.01, momentum=0.9)
+    if kind.startswith("cyclic"):
+        return opt, CyclicLR(opt, base_lr=kwargs["base_lr"], max_lr=kwargs["max_lr"], step_size_up=3)
+    return opt, OneCycleLR(opt, max_lr=kwargs["max_lr"], total_steps=20)
 
 
 def _batch(k: int):
@@ -100,8 +116,6 @@ class _Record(warnings.catch_warnings):
         warnings.simplefilter("always")
         return log
 
-
-KINDS = ["cyclic", "one_cycle"]
 
 
 # ------------------------------------------------------------------- the warning
@@ -217,8 +231,8 @@ def test_no_warning_alone_with_equal_copies_load_deepcopy_pickle(kind):
         _assert_same(_params(net), _params(net3))
         # a param group added mid-run
         extra = torch.nn.Parameter(torch.ones(3))
-        opt.add_param_group({"params": [extra], "base_lr": 0.01, "max_lr": 0.1} if kind == "cyclic"
-                            else {"params": [extra], "max_lr": 0.1})
+        bounds = {k: v for k, v in _one_group_kwargs(kind).items() if k in ("base_lr", "max_lr")}
+        opt.add_param_group({"params": [extra], **bounds})
         opt.zero_grad()
         _backward(net, 7)
         extra.grad = torch.ones(3)
@@ -238,14 +252,9 @@ def test_zero_redundancy_optimizer_syncs_equal_values_without_warning(kind, tmp_
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
     try:
         net, twin = _net(), _net()
-        if kind == "cyclic":
-            kwargs = {"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 3, "momentum": 0.9}
-            zero = ZeroRedundancyOptimizer(net.parameters(), optimizer_class=clr_ext.CyclicSGD, **kwargs)
-            twin_opt = clr_ext.CyclicSGD(twin.parameters(), **kwargs)
-        else:
-            kwargs = {"max_lr": 0.1, "total_steps": 20, "momentum": 0.9}
-            zero = ZeroRedundancyOptimizer(net.parameters(), optimizer_class=clr_ext.OneCycleSGD, **kwargs)
-            twin_opt = clr_ext.OneCycleSGD(twin.parameters(), **kwargs)
+        cls, kwargs = CLASSES[kind][0], _one_group_kwargs(kind)
+        zero = ZeroRedundancyOptimizer(net.parameters(), optimizer_class=cls, **kwargs)
+        twin_opt = cls(twin.parameters(), **kwargs)
 
         def run():
             for k in range(6):
@@ -272,7 +281,8 @@ def test_adapter_is_an_lr_scheduler_that_changes_nothing(kind):
     # LRScheduler.__init__ did not run: no group value changed, optimizer.step is not wrapped
     assert [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] == before
     assert opt.step == step_before and not hasattr(opt.step, "_wrapped_by_lr_sched")
-    assert sched.base_lrs == ([0.01, 0.02] if kind == "cyclic" else [0.1 / 25, 0.2 / 25])
+    kwargs = CLASSES[kind][1]
+    assert sched.base_lrs == (kwargs["base_lr"] if "base_lr" in kwargs else [lr / 25 for lr in kwargs["max_lr"]])
 
     def calls():
         # step() before any optimizer step (torch would warn "Detected call of lr_scheduler.step()
@@ -289,8 +299,8 @@ def test_adapter_is_an_lr_scheduler_that_changes_nothing(kind):
 
     _no_clr_warning(calls)
     assert opt.iteration == 4
-    assert [{k: v for k, v in g.items() if k not in ("params", "lr", "momentum", "iteration")}
-            for g in opt.param_groups] == [{k: v for k, v in g.items() if k not in ("lr", "momentum", "iteration")}
+    assert [{k: v for k, v in g.items() if k not in ("params", "lr", "momentum", "betas", "iteration")}
+            for g in opt.param_groups] == [{k: v for k, v in g.items() if k not in ("lr", "momentum", "betas", "iteration")}
                                            for g in before]
 
 
@@ -316,7 +326,10 @@ def test_adapter_reports_what_torchs_scheduler_reports_at_every_point(kind):
         sched.step(), ref.step()
         assert sched.get_last_lr() == ref.get_last_lr() == opt.get_last_lr()
         assert sched.last_epoch == ref.last_epoch == opt.iteration == k + 1
-    _assert_same(_params(net), _params(ref_net))
+    if kind.endswith("adamw"):  # (AdamW's parity is to a relative tolerance: tests/test_adamw.py)
+        torch.testing.assert_close(_params(net), _params(ref_net), rtol=1e-5, atol=1e-7)
+    else:
+        _assert_same(_params(net), _params(ref_net))
 
 
 @pytest.mark.parametrize("kind", KINDS)
