@@ -3,9 +3,12 @@ batches, the CPU snapshot, AdamW, val_batches, discriminative LRs, the argument 
 come before any training, and the single-LR suggestions."""
 
 import math
+import warnings
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from clr_ext.range_test import SUGGEST_METHODS, RangeTestResult, range_test
@@ -397,3 +400,22 @@ def test_suggest_on_nan_curves_stays_in_range():
     with pytest.warns(RuntimeWarning):
         for method in SUGGEST_METHODS[1:]:
             assert lrs[0] <= r.suggest(method) <= lrs[-1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(min_value=-5, max_value=5, allow_nan=False), min_size=2, max_size=80),
+       st.sampled_from(["train", "val"]), st.booleans(), st.sampled_from([0.0, 0.05, 0.3]),
+       st.integers(min_value=0, max_value=3))
+def test_every_suggestion_is_inside_the_sweep_on_any_curve(values, measured_on, as_metric, smooth, nans):
+    n = len(values)
+    lrs = [1e-3 * (1000 ** (i / (n - 1))) for i in range(n)]
+    losses = [math.exp(v) for v in values]
+    losses[n - min(nans, n - 1):] = [math.nan] * min(nans, n - 1)  # a NaN tail, as after a blow-up
+    metrics = [1 / (1 + math.exp(-v)) for v in values] if as_metric else None
+    r = RangeTestResult(lrs=lrs, losses=losses, smoothed_losses=losses, metrics=metrics, diverged=nans > 0,
+                        base_lr=lrs[0], max_lr=lrs[-1], measured_on=measured_on, smooth=smooth)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for method in SUGGEST_METHODS[1:]:
+            lr = r.suggest(method)
+            assert lrs[0] <= lr <= lrs[-1], (method, lr)
