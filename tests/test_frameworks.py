@@ -1,0 +1,388 @@
+"""CyclicSGD inside the real frameworks (issue 16): Lightning, the HF Trainer, accelerate.
+
+Tiny models, a few dozen steps, CPU only, one torch thread (a tiny model gains nothing from
+more, and a loaded machine loses much). Each test skips when its framework is not
+installed; ``.ci/run`` installs them. Every comparison is with the pair CyclicSGD fuses,
+``torch.optim.SGD`` + ``CyclicLR`` in a plain loop, on the same data and initial values,
+bit for bit (fp32), and the logged LR is compared with the LR that pair applied.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import clr_ext
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+BASE_LR, MAX_LR, STEP_UP = 0.01, 0.1, 3
+SGD_KW = {"momentum": 0.9, "weight_decay": 1e-4}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _cyclic(params):
+    return clr_ext.CyclicSGD(params, base_lr=BASE_LR, max_lr=MAX_LR, step_size_up=STEP_UP, **SGD_KW)
+
+
+def _pair(params):
+    sgd = torch.optim.SGD(params, lr=BASE_LR, **SGD_KW)
+    return sgd, torch.optim.lr_scheduler.CyclicLR(sgd, base_lr=BASE_LR, max_lr=MAX_LR, step_size_up=STEP_UP)
+
+
+def _assert_bitwise(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for name in sa:
+        assert torch.equal(sa[name], sb[name]), name
+
+
+def _clr_warnings(record):
+    return [str(w.message) for w in record if "clr_ext" in str(w.message)
+            or "lr_scheduler.step()" in str(w.message)]
+
+
+# ==================================================================== Lightning
+
+N_SAMPLES, BATCH = 32, 4  # 8 batches per epoch
+
+
+def _dataset():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N_SAMPLES, 8, generator=g)
+    return torch.utils.data.TensorDataset(x, torch.tanh(x.sum(1, keepdim=True)))
+
+
+def _loader():
+    return torch.utils.data.DataLoader(_dataset(), batch_size=BATCH, shuffle=False)
+
+
+def _mlp(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+
+
+def _reference_run(net, epochs: int, accumulate: int = 1, autocast: torch.dtype | None = None):
+    """The plain loop with torch.optim.SGD + CyclicLR; returns the LR each step applied."""
+    sgd, sched = _pair(net.parameters())
+    applied = []
+    for _ in range(epochs):
+        for i, (x, y) in enumerate(_loader()):
+            if i % accumulate == 0:
+                sgd.zero_grad()
+            if autocast is None:
+                loss = F.mse_loss(net(x), y)
+            else:  # as Lightning's MixedPrecision: forward and loss under autocast, backward outside
+                with torch.autocast("cpu", dtype=autocast, cache_enabled=False):
+                    loss = F.mse_loss(net(x), y)
+            (loss / accumulate).backward()
+            if (i + 1) % accumulate == 0:
+                applied.append(sched.get_last_lr()[0])
+                sgd.step()
+                sched.step()
+    return applied
+
+
+def _lightning_classes():
+    pl = pytest.importorskip("lightning.pytorch")
+
+    class Module(pl.LightningModule):
+        def __init__(self, seed: int, form: str = "adapter"):
+            super().__init__()
+            self.net = _mlp(seed)
+            self.form = form
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return F.mse_loss(self.net(x), y)
+
+        def configure_optimizers(self):
+            opt = _cyclic(self.parameters())
+            if self.form == "plain":
+                return opt
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": opt.as_scheduler(), "interval": "step"}}
+
+    class MemoryLogger(pl.loggers.Logger):
+        """Keeps what LearningRateMonitor logs: (step, {name: value})."""
+
+        def __init__(self):
+            super().__init__()
+            self.logged = []
+
+        @property
+        def name(self):
+            return "memory"
+
+        @property
+        def version(self):
+            return 0
+
+        def log_metrics(self, metrics, step=None):
+            self.logged.append((step, dict(metrics)))
+
+        def log_hyperparams(self, *args, **kwargs):
+            pass
+
+    return pl, Module, MemoryLogger
+
+
+def _lightning_fit(module, epochs: int, ckpt_path=None, **trainer_kwargs):
+    pl, _, MemoryLogger = _lightning_classes()
+    logger = MemoryLogger()
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=logger,
+                         callbacks=[pl.callbacks.LearningRateMonitor(logging_interval="step")],
+                         log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, num_sanity_val_steps=0, **trainer_kwargs)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer.fit(module, train_dataloaders=_loader(), ckpt_path=ckpt_path)
+    assert _clr_warnings(record) == []  # no outside write, no scheduler-order warning
+    # The LR LearningRateMonitor logged for each optimizer step (several batches log the same
+    # step under accumulation: they must agree).
+    logged = {}
+    for step, metrics in logger.logged:
+        for name, value in metrics.items():
+            if name.startswith("lr-"):
+                assert logged.setdefault(step, value) == value
+    return trainer, logged
+
+
+@pytest.mark.parametrize("form", ["adapter", "plain"])
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_lightning_trains_bitwise_like_sgd_cycliclr_and_logs_the_applied_lr(form, precision):
+    _, Module, _ = _lightning_classes()
+    module = Module(0, form)
+    trainer, logged = _lightning_fit(module, epochs=2, precision=precision)
+    ref = _mlp(0)
+    applied = _reference_run(ref, epochs=2, autocast=torch.bfloat16 if precision == "bf16-mixed" else None)
+    _assert_bitwise(module.net, ref)
+    assert logged == dict(enumerate(applied))
+    opt = trainer.optimizers[0]
+    assert isinstance(opt, clr_ext.CyclicSGD) and opt.iteration == len(applied) == 16
+    if form == "adapter":
+        assert trainer.lr_scheduler_configs[0].scheduler.get_last_lr() == opt.get_last_lr()
+
+
+def test_lightning_gradient_accumulation():
+    _, Module, _ = _lightning_classes()
+    module = Module(0)
+    trainer, logged = _lightning_fit(module, epochs=2, accumulate_grad_batches=2)
+    ref = _mlp(0)
+    applied = _reference_run(ref, epochs=2, accumulate=2)
+    _assert_bitwise(module.net, ref)
+    assert logged == dict(enumerate(applied))
+    assert trainer.optimizers[0].iteration == len(applied) == 8
+
+
+@pytest.mark.parametrize("form", ["adapter", "plain"])
+def test_lightning_checkpoint_resume_continues_bit_for_bit(form, tmp_path):
+    _, Module, _ = _lightning_classes()
+    first = Module(0, form)
+    trainer, _ = _lightning_fit(first, epochs=1)
+    ckpt = tmp_path / "epoch1.ckpt"
+    trainer.save_checkpoint(ckpt)
+
+    resumed = Module(1, form)  # other initial values: everything must come from the checkpoint
+    trainer, logged = _lightning_fit(resumed, epochs=2, ckpt_path=ckpt)
+    ref = _mlp(0)
+    applied = _reference_run(ref, epochs=2)
+    _assert_bitwise(resumed.net, ref)
+    assert logged == {step: lr for step, lr in enumerate(applied) if step >= 8}
+    assert trainer.optimizers[0].iteration == 16
+
+
+def test_lightning_lr_find_on_a_scheduled_optimizer_warns(tmp_path):
+    """Tuner.lr_find sweeps group["lr"] with its own scheduler: CyclicSGD keeps its cycle
+    and says so (the README: use clr_ext.range_test and the bounds instead)."""
+    pl, Module, _ = _lightning_classes()
+    from lightning.pytorch.tuner import Tuner
+
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=str(tmp_path))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        Tuner(trainer).lr_find(Module(0, "plain"), train_dataloaders=_loader(), min_lr=1e-4, max_lr=1.0,
+                               num_training=6, update_attr=False)
+    messages = _clr_warnings(record)
+    assert len(messages) == 1 and "param group 0's lr was set to" in messages[0]
+
+
+def test_lightning_fp16_clipping_rule():
+    """Lightning's fp16 (16-mixed) refuses gradient clipping for optimizers that unscale in
+    their step, as CyclicSGD does (as torch's fused optimizers do); the README says: bf16, or
+    no clipping. (16-mixed needs a GPU in a Trainer; its precision plugin shows the rule.)"""
+    pytest.importorskip("lightning.pytorch")
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    opt = _cyclic(_mlp(0).parameters())
+    with pytest.raises(RuntimeError, match="does not allow for gradient clipping"):
+        plugin.clip_gradients(opt, clip_val=1.0)
+    plugin.clip_gradients(opt, clip_val=0.0)  # no clipping: fine
+
+
+# ============================================================== the HF Trainer
+
+N_TOKENS, SEQ = 32, 8
+
+
+def _gpt2(seed: int):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(vocab_size=N_TOKENS, n_positions=SEQ, n_embd=16, n_layer=1, n_head=2,
+                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return transformers.GPT2LMHeadModel(config)
+
+
+class _Tokens(torch.utils.data.Dataset):
+    def __init__(self):
+        self.ids = torch.randint(0, N_TOKENS, (N_SAMPLES, SEQ), generator=torch.Generator().manual_seed(1))
+
+    def __len__(self):
+        return N_SAMPLES
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def _record_forward_calls(model):
+    """The keyword arguments of every forward call the Trainer makes (batch, labels,
+    num_items_in_batch), so that the plain loop replays exactly the same calls."""
+    calls = []
+
+    def hook(module, args, kwargs):
+        calls.append({k: v.clone() if torch.is_tensor(v) else v for k, v in kwargs.items()})
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+    return calls
+
+
+def _hf_train(model, out, optimizers, max_steps=12, accumulation=1, resume=None, **kwargs):
+    transformers = pytest.importorskip("transformers")
+    args = transformers.TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=BATCH, gradient_accumulation_steps=accumulation,
+        max_steps=max_steps, max_grad_norm=1.0, use_cpu=True, report_to=[], logging_steps=1, seed=0,
+        disable_tqdm=True, dataloader_num_workers=0, save_strategy=kwargs.pop("save_strategy", "no"), **kwargs)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=_Tokens(), optimizers=optimizers)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer.train(resume_from_checkpoint=resume)
+    logged = {h["step"]: h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h}
+    return trainer, logged, _clr_warnings(record)
+
+
+def _hf_reference(model, calls, accumulation=1):
+    """The Trainer's step as a plain loop: the recorded forward calls, clipping to 1.0, SGD + CyclicLR."""
+    sgd, sched = _pair(model.parameters())
+    model.train()
+    applied = []
+    for i, call in enumerate(calls):
+        model(**call).loss.backward()
+        if (i + 1) % accumulation == 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            applied.append(sched.get_last_lr()[0])
+            sgd.step()
+            sched.step()
+            sgd.zero_grad()
+    return applied
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_hf_trainer_with_the_adapter_logs_the_applied_lr_and_matches_sgd_cycliclr(accumulation, tmp_path):
+    model = _gpt2(0)
+    ref = copy.deepcopy(model)
+    calls = _record_forward_calls(model)
+    opt = _cyclic(model.parameters())
+    _, logged, clr = _hf_train(model, tmp_path, (opt, opt.as_scheduler()), accumulation=accumulation)
+    assert clr == []
+    applied = _hf_reference(ref, calls, accumulation)
+    assert len(applied) == 12 == opt.iteration
+    _assert_bitwise(model, ref)
+    assert logged == {step + 1: lr for step, lr in enumerate(applied)}  # the Trainer counts steps from 1
+
+
+def test_hf_trainer_resume_mid_epoch_continues_exactly(tmp_path):
+    model = _gpt2(0)
+    opt = _cyclic(model.parameters())
+    _, logged, _ = _hf_train(model, tmp_path / "a", (opt, opt.as_scheduler()), save_strategy="steps", save_steps=6)
+    checkpoint = tmp_path / "a" / "checkpoint-6"  # step 6 of 8 in the first epoch
+    assert (checkpoint / "scheduler.pt").exists()
+    assert torch.load(checkpoint / "scheduler.pt", weights_only=True) == {"iteration": 6, "seen": 6, "_step_count": 7}
+
+    resumed = _gpt2(1)  # other initial values: everything must come from the checkpoint
+    opt2 = _cyclic(resumed.parameters())
+    _, logged2, clr = _hf_train(resumed, tmp_path / "b", (opt2, opt2.as_scheduler()), resume=str(checkpoint))
+    assert clr == []
+    _assert_bitwise(resumed, model)
+    assert opt2.iteration == 12
+    assert logged2 == logged  # (steps 1-6 from the checkpoint's trainer_state.json, 7-12 logged anew)
+    assert sorted(logged2) == list(range(1, 13))
+
+
+def test_hf_trainer_without_the_adapter_warns_and_the_schedule_still_wins(tmp_path):
+    """``optimizers=(opt, None)``: the Trainer builds its own (linear) scheduler, which writes
+    group["lr"]. The optimizer warns once, keeps its own schedule, and trains as SGD +
+    CyclicLR; only the Trainer's log is wrong (it shows its own scheduler's LR)."""
+    model = _gpt2(0)
+    ref = copy.deepcopy(model)
+    calls = _record_forward_calls(model)
+    opt = _cyclic(model.parameters())
+    _, logged, clr = _hf_train(model, tmp_path, (opt, None), max_steps=6)
+    assert len(clr) == 1 and "param group 0's lr was set to" in clr[0] and "as_scheduler" in clr[0]
+    applied = _hf_reference(ref, calls)
+    _assert_bitwise(model, ref)
+    assert list(logged.values()) != applied  # what the warning is about
+
+
+# =============================================================== accelerate
+
+
+def test_accelerate_prepare_accumulate_save_and_load_state(tmp_path):
+    """accelerate's own loop: prepare() wraps the adapter in its AcceleratedScheduler, which
+    steps it only on sync steps; save_state/load_state round-trip the optimizer and adapter."""
+    accelerate = pytest.importorskip("accelerate")
+
+    def run(net, epochs, state_in=None, state_out=None):
+        accelerator = accelerate.Accelerator(cpu=True, gradient_accumulation_steps=2)
+        opt = _cyclic(net.parameters())
+        model, opt_p, sched, loader = accelerator.prepare(net, opt, opt.as_scheduler(), _loader())
+        if state_in is not None:
+            accelerator.load_state(state_in)
+        for _ in range(epochs):
+            for x, y in loader:
+                with accelerator.accumulate(model):
+                    accelerator.backward(F.mse_loss(model(x), y))
+                    opt_p.step()
+                    sched.step()
+                    opt_p.zero_grad()
+        if state_out is not None:
+            accelerator.save_state(state_out)
+        return opt
+
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        net = _mlp(0)
+        opt = run(net, 1, state_out=str(tmp_path / "state"))
+        assert opt.iteration == 4
+        resumed = _mlp(1)
+        opt2 = run(resumed, 1, state_in=str(tmp_path / "state"))
+    assert _clr_warnings(record) == []
+    ref = _mlp(0)
+    _reference_run(ref, epochs=2, accumulate=2)
+    assert opt2.iteration == 8
+    _assert_bitwise(resumed, ref)  # (accelerate restored the checkpoint into `resumed`)
