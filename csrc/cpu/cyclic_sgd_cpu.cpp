@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "../cyclic_sgd.h"
+#include "../dense_layout.h"  // same_dense_layout: the kernel walks raw memory
 #include "sgd_cpu.h"
 
 namespace clr_ext {
@@ -25,12 +26,6 @@ int32_t cpu_dtype_code(at::ScalarType t) {
     default:
       return -1;
   }
-}
-
-// The kernel walks raw memory, so param, grad and buffer must share one dense layout.
-bool same_dense_layout(const at::Tensor& a, const at::Tensor& b) {
-  return a.is_non_overlapping_and_dense() && b.is_non_overlapping_and_dense() &&
-         a.strides() == b.strides();
 }
 
 // One pass of the kernel over params[i] for every i in `subset` (every param when null),

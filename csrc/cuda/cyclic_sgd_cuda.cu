@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "../cyclic_sgd.h"
+#include "../dense_layout.h"  // same_dense_layout: the kernel walks raw memory
 #include "cyclic_sgd_kernel.cuh"
 
 namespace clr_cuda {
@@ -42,11 +43,6 @@ void launch(const std::vector<Entry>& entries, const StepArgs& args, cudaStream_
 namespace clr_ext {
 
 namespace {
-
-// The kernel walks raw memory, so param, grad and buffer must share one dense layout.
-bool same_dense_layout(const at::Tensor& a, const at::Tensor& b) {
-  return a.is_non_overlapping_and_dense() && b.is_non_overlapping_and_dense() && a.strides() == b.strides();
-}
 
 // The kernel reads float32 or float64 scalars; anything else is converted on the device.
 at::Tensor device_scalar(const c10::optional<at::Tensor>& t, int32_t* is_double) {
