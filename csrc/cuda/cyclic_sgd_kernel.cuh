@@ -207,12 +207,20 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerSm)
   // One thread per block evaluates the schedule (a few double operations) and the
   // step's flags; every block of every launch of the step reads the same iteration.
   if (threadIdx.x == 0) {
-    const int skip = args.found_inf != nullptr && read_scalar(args.found_inf, args.found_inf_is_double) == 1.0;
+    // The three device loads first, unconditionally, so that they are in flight together
+    // (one memory latency, not three, while the block waits at the barrier); only then
+    // the decisions and the schedule's double pow(). Every pointer is valid whenever it
+    // is non-null, so reading grad_scale in a step that found_inf skips is harmless.
+    const double found_inf =
+        args.found_inf != nullptr ? read_scalar(args.found_inf, args.found_inf_is_double) : 0.0;
+    const int64_t iteration = *args.iteration;
+    const double grad_scale =
+        args.grad_scale != nullptr ? read_scalar(args.grad_scale, args.grad_scale_is_double) : 1.0;
+    const int skip = found_inf == 1.0;
     s_skip = skip;
     if (!skip) {
       const clr_shape shape = args.shape;
       const clr_bounds bounds = args.bounds;
-      const int64_t iteration = *args.iteration;
       s_iteration = iteration;
       const clr_point point = clr_schedule(iteration, &shape, &bounds);
       const double momentum = args.cycle_momentum ? point.momentum : args.momentum;
@@ -221,8 +229,7 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerSm)
                              ? (args.first_step ? CLR_MOMENTUM_FIRST : CLR_MOMENTUM_STEADY)
                              : CLR_MOMENTUM_NONE;
       s_coeffs = Math<C>::make(point.lr, args.weight_decay, momentum, args.dampening, args.maximize);
-      s_scale = args.grad_scale != nullptr ? (C)read_scalar(args.grad_scale, args.grad_scale_is_double)
-                                           : C(1);
+      s_scale = (C)grad_scale;  // exact: a float scale widened to double and back, or a double
     }
   }
   __syncthreads();
