@@ -84,7 +84,8 @@ class _ScheduledAdamW(_ScheduledOptimizer):
                 params = bucket.params
                 devices.add(bucket.device)
                 try:  # every step after a param's first
-                    columns = [[state[p][k] for p in params] for k in keys]
+                    dicts = [state[p] for p in params] if compiling else bucket.states(state)
+                    columns = [[d[k] for d in dicts] for k in keys]
                 except KeyError:
                     columns = self._state_with_new(params, keys, created)
                 view = self._kernel_tensors
