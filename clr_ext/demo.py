@@ -461,10 +461,11 @@ def run_cifar10(data_root: str, out_dir: str, config: Optional[CifarConfig] = No
             if it in drops:
                 # Caffe's multistep baseline: the fixed LR drops tenfold. CyclicSGD reads
                 # each group's bounds at every step, so lowering them takes effect at the next
-                # step; "lr" (what the next step uses, in "fixed" mode base_lr) is kept in line.
+                # step; sync() brings "lr" (what the next step uses) in line with them.
                 for group in opt.param_groups:
-                    for key in ("base_lr", "max_lr", "lr"):
+                    for key in ("base_lr", "max_lr"):
                         group[key] *= drops[it]
+                opt.sync()
             if it % eval_every == 0 or it == iters:
                 curve_it.append(it)
                 curve_acc.append(_accuracy(model, x_test, y_test, batch=1000, transform=preprocess))
