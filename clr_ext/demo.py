@@ -109,6 +109,9 @@ class DemoConfig:
     range_test_iters: int = 300          # about 8 epochs, the paper's "several epochs"
     range_start_lr: float = 1e-3
     range_end_lr: float = 0.5            # this CNN stops learning at about 0.35 (momentum 0.9)
+    adamw_start_lr: float = 1e-5         # AdamW's range test (geometric sweep)
+    adamw_end_lr: float = 0.1
+    adamw_weight_decay: float = 1e-2     # AdamW's default (decoupled) weight decay
     evals_per_run: int = 50
     val_size: int = 300
     test_size: int = 360
@@ -145,7 +148,8 @@ def run_demo(out_dir: str, config: Optional[DemoConfig] = None, *, progress: boo
              log: Log = print) -> Dict:
     """Run the demo, print the table, write ``range_test.png``, ``lr_schedule.png``,
     ``accuracy.png`` and ``results.json`` into ``out_dir``; returns what results.json holds."""
-    from .optimizer import CyclicSGD
+    from .adamw import CyclicAdamW, OneCycleAdamW
+    from .optimizer import CyclicSGD, OneCycleSGD
 
     cfg = config or DemoConfig()
     t_start = time.perf_counter()
@@ -172,6 +176,14 @@ def run_demo(out_dir: str, config: Optional[DemoConfig] = None, *, progress: boo
     rt.plot(os.path.join(out_dir, "range_test.png"))
     base_lr, max_lr = rt.base_lr, rt.max_lr
     rt_iters = len(rt.lrs)  # the steps it actually took (it may stop early)
+    # AdamW's own range: its LRs are an order of magnitude below SGD's, swept geometrically.
+    torch.manual_seed(cfg.split_seed)
+    rt_adamw = range_test(
+        DigitsCNN(), TensorLoader(data.x_train, data.y_train, cfg.batch_size, drop_last=True, seed=cfg.split_seed),
+        F.cross_entropy, start_lr=cfg.adamw_start_lr, end_lr=cfg.adamw_end_lr, num_iters=cfg.range_test_iters,
+        sweep="exp", metric="accuracy", optimizer="adamw", weight_decay=cfg.adamw_weight_decay,
+        val_loader=TensorLoader(data.x_val, data.y_val, len(data.x_val), shuffle=False), progress=progress)
+    adamw_base, adamw_max, adamw_rt_iters = rt_adamw.base_lr, rt_adamw.max_lr, len(rt_adamw.lrs)
     step = rt.step_size(iters_per_epoch, cfg.epochs_per_half_cycle)
     iters = 2 * step * cfg.cycles
     eval_every = max(1, iters // cfg.evals_per_run)
@@ -179,6 +191,8 @@ def run_demo(out_dir: str, config: Optional[DemoConfig] = None, *, progress: boo
     log(f"range test ({rt_iters} of {rt.num_iters} iterations, linear {cfg.range_start_lr:g} -> "
         f"{cfg.range_end_lr:g}, validation accuracy): base_lr = {_fmt_lr(base_lr)}, max_lr = {_fmt_lr(max_lr)}"
         + (" (stopped early: diverged)" if rt.diverged else ""))
+    log(f"AdamW range test ({adamw_rt_iters} of {rt_adamw.num_iters} iterations, exp {cfg.adamw_start_lr:g} -> "
+        f"{cfg.adamw_end_lr:g}): base_lr = {_fmt_lr(adamw_base)}, max_lr = {_fmt_lr(adamw_max)}")
     log(f"every run: {iters} iterations = {cfg.cycles} cycles of stepsize {step} "
         f"({cfg.epochs_per_half_cycle:g} x {iters_per_epoch} iterations); momentum {cfg.momentum}, "
         f"weight decay {cfg.weight_decay}")
@@ -201,6 +215,16 @@ def run_demo(out_dir: str, config: Optional[DemoConfig] = None, *, progress: boo
          lambda p: CyclicSGD(p, base_lr, max_lr, step_size_up=step, mode="decay", **common)),
         ("exp", f"{_fmt_lr(max_lr)} x {exp_gamma:.5f}^it", "1 + range test",
          lambda p: CyclicSGD(p, max_lr, max_lr, mode="exp", gamma=exp_gamma, **common)),
+        # Smith's 1cycle (OneCycleLR's defaults: 30% up from max_lr/25, cosine, momentum
+        # cycled 0.95-0.85) over the same iterations, peaking at the range test's max_lr.
+        ("1cycle", f"{_fmt_lr(max_lr / 25)} -> {_fmt_lr(max_lr)} -> {_fmt_lr(max_lr / 25 / 1e4)}",
+         "1 + range test",
+         lambda p: OneCycleSGD(p, max_lr, iters, weight_decay=cfg.weight_decay)),
+        ("triangular (AdamW)", f"{_fmt_lr(adamw_base)}-{_fmt_lr(adamw_max)}", "1 + AdamW range test",
+         lambda p: CyclicAdamW(p, adamw_base, adamw_max, step_size_up=step, weight_decay=cfg.adamw_weight_decay,
+                               cycle_momentum=False)),
+        ("1cycle (AdamW)", f"{_fmt_lr(adamw_max / 25)} -> {_fmt_lr(adamw_max)} -> ...", "1 + AdamW range test",
+         lambda p: OneCycleAdamW(p, adamw_max, iters, weight_decay=cfg.adamw_weight_decay)),
     ]
     for lr in cfg.grid:
         policies.append((f"fixed {_fmt_lr(lr)} (grid)", _fmt_lr(lr), f"{len(cfg.grid)} (grid)",
@@ -232,7 +256,8 @@ def run_demo(out_dir: str, config: Optional[DemoConfig] = None, *, progress: boo
         r = runs[name]
         label = "fixed (best of grid)" if name == best_fixed else name
         # The tuning cost, per seed: the grid's runs, or the range test plus one run.
-        r["iterations_in_all"] = len(cfg.grid) * iters if name in grid_names else rt_iters + iters
+        r["iterations_in_all"] = (len(cfg.grid) * iters if name in grid_names
+                                  else (adamw_rt_iters if "AdamW" in name else rt_iters) + iters)
         rows.append([label, r["lr"], r["runs_needed"], f"{r['iterations_in_all']:,d}",
                      _reach_cell(r["iters_to_target"]),
                      f"{100 * r['final_mean']:.1f} +- {100 * r['final_std']:.1f}"])
@@ -256,7 +281,9 @@ def run_demo(out_dir: str, config: Optional[DemoConfig] = None, *, progress: boo
     log(verdict)
 
     # 4. Plots and results.json.
-    _plot_schedules(os.path.join(out_dir, "lr_schedule.png"), runs, shown, best_fixed, step)
+    # (AdamW's LRs are two orders of magnitude lower: they would flatten the SGD curves)
+    _plot_schedules(os.path.join(out_dir, "lr_schedule.png"), runs, [n for n in shown if "AdamW" not in n],
+                    best_fixed, step)
     _plot_accuracy(os.path.join(out_dir, "accuracy.png"), runs, shown, best_fixed, target)
     elapsed = time.perf_counter() - t_start
     results = {
@@ -267,6 +294,8 @@ def run_demo(out_dir: str, config: Optional[DemoConfig] = None, *, progress: boo
         "range_test": rt.to_dict(),
         "bounds": {"base_lr": base_lr, "max_lr": max_lr, "step_size": step, "iterations": iters,
                    "fixed_from_range_test": fixed_rt},
+        "adamw_range_test": rt_adamw.to_dict(),
+        "adamw_bounds": {"base_lr": adamw_base, "max_lr": adamw_max},
         "best_fixed": best_fixed,
         "target_accuracy": target,
         "policies": {
