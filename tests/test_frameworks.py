@@ -2,9 +2,10 @@
 
 Tiny models, a few dozen steps, CPU only, one torch thread (a tiny model gains nothing from
 more, and a loaded machine loses much). Each test skips when its framework is not
-installed; ``.ci/run`` installs them. Every comparison is with the pair CyclicSGD fuses,
-``torch.optim.SGD`` + ``CyclicLR`` in a plain loop, on the same data and initial values,
-bit for bit (fp32), and the logged LR is compared with the LR that pair applied.
+installed; ``.ci/run`` installs them. Every comparison is with the pair the optimizer fuses,
+``torch.optim.SGD`` + ``CyclicLR`` (OneCycleSGD: ``OneCycleLR``) in a plain loop, on the same
+data and initial values, bit for bit (fp32; Lightning's bf16-mixed too), and the logged LR is
+compared with the LR that pair applied.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 BASE_LR, MAX_LR, STEP_UP = 0.01, 0.1, 3
+TOTAL_STEPS = 16  # OneCycleSGD's: the longest run here
 SGD_KW = {"momentum": 0.9, "weight_decay": 1e-4}
 
 
@@ -35,12 +37,17 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _cyclic(params):
+def _cyclic(params, kind: str = "cyclic"):
+    if kind == "one_cycle":
+        return clr_ext.OneCycleSGD(params, max_lr=MAX_LR, total_steps=TOTAL_STEPS, **SGD_KW)
     return clr_ext.CyclicSGD(params, base_lr=BASE_LR, max_lr=MAX_LR, step_size_up=STEP_UP, **SGD_KW)
 
 
-def _pair(params):
+def _pair(params, kind: str = "cyclic"):
+    """The pair the optimizer fuses: torch.optim.SGD + CyclicLR (or OneCycleLR)."""
     sgd = torch.optim.SGD(params, lr=BASE_LR, **SGD_KW)
+    if kind == "one_cycle":
+        return sgd, torch.optim.lr_scheduler.OneCycleLR(sgd, max_lr=MAX_LR, total_steps=TOTAL_STEPS)
     return sgd, torch.optim.lr_scheduler.CyclicLR(sgd, base_lr=BASE_LR, max_lr=MAX_LR, step_size_up=STEP_UP)
 
 
@@ -76,9 +83,9 @@ def _mlp(seed: int) -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
 
 
-def _reference_run(net, epochs: int, accumulate: int = 1, autocast: torch.dtype | None = None):
+def _reference_run(net, epochs: int, accumulate: int = 1, autocast: torch.dtype | None = None, kind="cyclic"):
     """The plain loop with torch.optim.SGD + CyclicLR; returns the LR each step applied."""
-    sgd, sched = _pair(net.parameters())
+    sgd, sched = _pair(net.parameters(), kind)
     applied = []
     for _ in range(epochs):
         for i, (x, y) in enumerate(_loader()):
@@ -101,17 +108,18 @@ def _lightning_classes():
     pl = pytest.importorskip("lightning.pytorch")
 
     class Module(pl.LightningModule):
-        def __init__(self, seed: int, form: str = "adapter"):
+        def __init__(self, seed: int, form: str = "adapter", kind: str = "cyclic"):
             super().__init__()
             self.net = _mlp(seed)
             self.form = form
+            self.kind = kind
 
         def training_step(self, batch, batch_idx):
             x, y = batch
             return F.mse_loss(self.net(x), y)
 
         def configure_optimizers(self):
-            opt = _cyclic(self.parameters())
+            opt = _cyclic(self.parameters(), self.kind)
             if self.form == "plain":
                 return opt
             return {"optimizer": opt, "lr_scheduler": {"scheduler": opt.as_scheduler(), "interval": "step"}}
@@ -161,18 +169,21 @@ def _lightning_fit(module, epochs: int, ckpt_path=None, **trainer_kwargs):
     return trainer, logged
 
 
-@pytest.mark.parametrize("form", ["adapter", "plain"])
-@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
-def test_lightning_trains_bitwise_like_sgd_cycliclr_and_logs_the_applied_lr(form, precision):
+@pytest.mark.parametrize(("form", "precision", "kind"), [
+    ("adapter", "32-true", "cyclic"), ("plain", "32-true", "cyclic"), ("adapter", "bf16-mixed", "cyclic"),
+    ("plain", "bf16-mixed", "cyclic"), ("adapter", "32-true", "one_cycle")])
+def test_lightning_trains_bitwise_like_sgd_cycliclr_and_logs_the_applied_lr(form, precision, kind):
     _, Module, _ = _lightning_classes()
-    module = Module(0, form)
+    module = Module(0, form, kind)
     trainer, logged = _lightning_fit(module, epochs=2, precision=precision)
     ref = _mlp(0)
-    applied = _reference_run(ref, epochs=2, autocast=torch.bfloat16 if precision == "bf16-mixed" else None)
+    applied = _reference_run(ref, epochs=2, autocast=torch.bfloat16 if precision == "bf16-mixed" else None,
+                             kind=kind)
     _assert_bitwise(module.net, ref)
     assert logged == dict(enumerate(applied))
     opt = trainer.optimizers[0]
-    assert isinstance(opt, clr_ext.CyclicSGD) and opt.iteration == len(applied) == 16
+    assert isinstance(opt, clr_ext.OneCycleSGD if kind == "one_cycle" else clr_ext.CyclicSGD)
+    assert opt.iteration == len(applied) == 16
     if form == "adapter":
         assert trainer.lr_scheduler_configs[0].scheduler.get_last_lr() == opt.get_last_lr()
 
@@ -286,9 +297,9 @@ def _hf_train(model, out, optimizers, max_steps=12, accumulation=1, resume=None,
     return trainer, logged, _clr_warnings(record)
 
 
-def _hf_reference(model, calls, accumulation=1):
+def _hf_reference(model, calls, accumulation=1, kind="cyclic"):
     """The Trainer's step as a plain loop: the recorded forward calls, clipping to 1.0, SGD + CyclicLR."""
-    sgd, sched = _pair(model.parameters())
+    sgd, sched = _pair(model.parameters(), kind)
     model.train()
     applied = []
     for i, call in enumerate(calls):
@@ -302,15 +313,15 @@ def _hf_reference(model, calls, accumulation=1):
     return applied
 
 
-@pytest.mark.parametrize("accumulation", [1, 2])
-def test_hf_trainer_with_the_adapter_logs_the_applied_lr_and_matches_sgd_cycliclr(accumulation, tmp_path):
+@pytest.mark.parametrize(("accumulation", "kind"), [(1, "cyclic"), (2, "cyclic"), (1, "one_cycle")])
+def test_hf_trainer_with_the_adapter_logs_the_applied_lr_and_matches_sgd_cycliclr(accumulation, kind, tmp_path):
     model = _gpt2(0)
     ref = copy.deepcopy(model)
     calls = _record_forward_calls(model)
-    opt = _cyclic(model.parameters())
+    opt = _cyclic(model.parameters(), kind)
     _, logged, clr = _hf_train(model, tmp_path, (opt, opt.as_scheduler()), accumulation=accumulation)
     assert clr == []
-    applied = _hf_reference(ref, calls, accumulation)
+    applied = _hf_reference(ref, calls, accumulation, kind)
     assert len(applied) == 12 == opt.iteration
     _assert_bitwise(model, ref)
     assert logged == {step + 1: lr for step, lr in enumerate(applied)}  # the Trainer counts steps from 1
