@@ -144,6 +144,7 @@ class Backend:
 
     def run(
         self,
+        *,
         params: List[torch.Tensor],
         grads: List[torch.Tensor],
         buffers: List[torch.Tensor],
@@ -206,7 +207,7 @@ class _CompiledOpBackend(Backend):
 
     eager_entry = ""
 
-    def run(self, params, grads, buffers, starts, counter, iteration, bounds, shape, mode, momentum, dampening,
+    def run(self, *, params, grads, buffers, starts, counter, iteration, bounds, shape, mode, momentum, dampening,
             weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):
         op = torch.ops.clr_ext.cyclic_sgd_ if torch.compiler.is_compiling() else getattr(_C, self.eager_entry)
         op(params, grads, buffers, starts, counter, bounds, shape, mode, momentum, dampening, weight_decay, nesterov,
@@ -303,7 +304,7 @@ class _PythonBackend(Backend):
     """A backend whose step is Python code: eager steps call it directly, traced steps
     through the op above."""
 
-    def run(self, params, grads, buffers, starts, counter, iteration, bounds, shape, mode, momentum, dampening,
+    def run(self, *, params, grads, buffers, starts, counter, iteration, bounds, shape, mode, momentum, dampening,
             weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):
         if torch.compiler.is_compiling():
             torch.ops.clr_ext.python_backend_step_(self.name, params, grads, buffers, starts, counter, bounds, shape,

@@ -15,7 +15,7 @@ import sys
 import warnings
 import weakref
 from itertools import repeat
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch.optim import Optimizer
@@ -90,6 +90,18 @@ def _real_views(tensors: List[torch.Tensor]) -> List[torch.Tensor]:
 _COMPLEX_DTYPES = (torch.complex64, torch.complex128)
 
 
+def _caller_stacklevel() -> int:
+    """The stacklevel of the first frame outside clr_ext and torch.optim (the optimizer
+    step's wrappers, a scheduler's patched step), so that a warning shows the user's line."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None:
+        path = frame.f_code.co_filename.replace("\\", "/")
+        if "/clr_ext/" not in path and "/torch/optim/" not in path and "/torch/utils/_contextlib" not in path:
+            return level
+        frame, level = frame.f_back, level + 1
+    return 1
+
+
 def _capturing(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
@@ -113,6 +125,20 @@ def _starts_argument(entries: List[Tuple[torch.Tensor, int]]) -> List[torch.Tens
         if shared.numel() == len(entries) and all(t is shared and k == i for i, (t, k) in enumerate(entries)):
             return [shared]
     return [t[k] for t, k in entries]
+
+
+class _SGDWork(NamedTuple):
+    """One op call of an SGD step: a bucket's params (or part of them) with one momentum state."""
+
+    backend: Any
+    device: torch.device
+    params: List[torch.Tensor]
+    grads: List[torch.Tensor]
+    buffers: List[torch.Tensor]  # empty: no momentum in this step
+    starts: List[torch.Tensor]  # the op's momentum_start; empty: first_step decides
+    first_step: bool  # the buffers are new (buffer = gradient), when starts is empty
+    group: Dict[str, Any]
+    bounds: List[float]
 
 
 class _Bucket:
@@ -252,6 +278,7 @@ class _ScheduledOptimizer(Optimizer):
             self._report_momentum(group, momentum)
 
     def _refresh_all(self) -> None:
+        self._written_lr = {}  # (keyed by id: no group that has gone may leave its id behind)
         for group in self.param_groups:
             self._refresh_group(group)
 
@@ -394,7 +421,7 @@ class _ScheduledOptimizer(Optimizer):
                 f"follows its own schedule and uses lr={mine!r} for this step (the outside value is overwritten). "
                 "Drop the outside LR scheduler; where a framework needs one, pass opt.as_scheduler(), which reports "
                 "this optimizer's schedule (docs/api.md, 'Outside writes to group[\"lr\"]').",
-                UserWarning, stacklevel=5)
+                UserWarning, stacklevel=_caller_stacklevel())
 
     def as_scheduler(self) -> Any:
         """This optimizer's own schedule as an LR scheduler, for frameworks that want one
@@ -673,7 +700,7 @@ class _ScheduledSGD(_ScheduledOptimizer):
                     has_complex = True
                 host_decided = device.type in self._host_decided_types
                 if not (use_buffers or (not host_decided and momentum_possible)):
-                    work.append((backend, device, params, grads, [], [], False, group, bounds))
+                    work.append(_SGDWork(backend, device, params, grads, [], [], False, group, bounds))
                     continue
                 # Looked up at every step: a user may replace or delete a buffer.
                 if compiling or not host_decided or (starts_of and any(p in starts_of for p in params)):
@@ -684,7 +711,7 @@ class _ScheduledSGD(_ScheduledOptimizer):
                 except KeyError:
                     buffers = None
                 if buffers is not None and not any(map(operator.is_, buffers, repeat(None))):
-                    work.append((backend, device, params, grads, buffers, [], False, group, bounds))
+                    work.append(_SGDWork(backend, device, params, grads, buffers, [], False, group, bounds))
                     continue
                 old_p, old_g, old_b, new_p, new_g, new_b = [], [], [], [], [], []
                 for p, g in zip(params, grads):
@@ -696,19 +723,19 @@ class _ScheduledSGD(_ScheduledOptimizer):
                     else:
                         old_p.append(p), old_g.append(g), old_b.append(buf)
                 if old_p:
-                    work.append((backend, device, old_p, old_g, old_b, [], False, group, bounds))
+                    work.append(_SGDWork(backend, device, old_p, old_g, old_b, [], False, group, bounds))
                 if new_p:
-                    work.append((backend, device, new_p, new_g, new_b, [], True, group, bounds))
+                    work.append(_SGDWork(backend, device, new_p, new_g, new_b, [], True, group, bounds))
 
         if has_dtensor or has_complex:
-            work = [(b, d, _views(ps), _views(gs), _views(bs)) + tuple(rest) for (b, d, ps, gs, bs, *rest) in work]
+            work = [w._replace(params=_views(w.params), grads=_views(w.grads), buffers=_views(w.buffers)) for w in work]
         # One bucket through a compiled op is checked by the op itself before it writes.
-        if len(work) > 1 or (work and work[0][0].name not in ("cpp", "cuda")):
+        if len(work) > 1 or (work and work[0].backend.name not in ("cpp", "cuda")):
             try:
                 # (dynamo cannot trace the pybind check; the Python one sees the same metadata)
                 if _backends._C is not None and not compiling:
-                    for backend, device, ps, gs, bs, ss, *_ in work:
-                        _backends._C.check_bucket(ps, gs, bs, ss)
+                    for w in work:
+                        _backends._C.check_bucket(w.params, w.grads, w.buffers, w.starts)
                 else:
                     self._validate_all()
             except RuntimeError as err:
@@ -720,16 +747,20 @@ class _ScheduledSGD(_ScheduledOptimizer):
         # and every new buffer has a start, so nothing below needs to know.
         skipped = (found_inf is not None and found_inf.device.type in self._host_decided_types
                    and float(found_inf) == 1.0)
-        for position, (backend, device, ps, gs, bs, ss, first, group, bounds) in enumerate(work):
-            # When cycling, the op computes the momentum itself; a traced step passes a
-            # constant in its place (group["momentum"] changes at every step).
-            momentum_arg = group["max_momentum"] if compiling and self.cycle_momentum else group["momentum"]
+        for position, w in enumerate(work):
+            group = w.group
             try:
-                # A traced step must not read the host iteration (dynamo would guard on it).
-                backend.run(ps, gs, bs, ss, counter_on[device], None if compiling else self._iteration, bounds,
-                            shape, self._schedule.op_mode, momentum_arg, group["dampening"], group["weight_decay"],
-                            group["nesterov"], group["maximize"], self.cycle_momentum, first, scale_on[device],
-                            inf_on[device])
+                w.backend.run(
+                    params=w.params, grads=w.grads, buffers=w.buffers, starts=w.starts, counter=counter_on[w.device],
+                    # a traced step must not read the host iteration (dynamo would guard on it)
+                    iteration=None if compiling else self._iteration, bounds=w.bounds, shape=shape,
+                    mode=self._schedule.op_mode,
+                    # when cycling the op computes the momentum; a traced step passes a constant
+                    # in its place (group["momentum"] changes at every step)
+                    momentum=group["max_momentum"] if compiling and self.cycle_momentum else group["momentum"],
+                    dampening=group["dampening"], weight_decay=group["weight_decay"], nesterov=group["nesterov"],
+                    maximize=group["maximize"], cycle_momentum=self.cycle_momentum, first_step=w.first_step,
+                    grad_scale=scale_on[w.device], found_inf=inf_on[w.device])
             except RuntimeError as err:
                 if position == 0:  # the op checks before it writes: nothing has changed yet
                     raise _StalePlan() from err
@@ -770,7 +801,7 @@ class _ScheduledSGD(_ScheduledOptimizer):
                 if not compiling:  # (dynamo would guard on the version)
                     bucket.starts = (self._starts_version, starts)
             if not any(b is None for b in buffers):
-                return (backend, device, params, grads, buffers, starts, False, group, bounds)
+                return _SGDWork(backend, device, params, grads, buffers, starts, False, group, bounds)
         except KeyError:
             pass
         _refuse_capture(device, "momentum buffers")
@@ -795,7 +826,7 @@ class _ScheduledSGD(_ScheduledOptimizer):
             if i in begun:
                 created[k].fill_(_STARTED_BEFORE)  # rare: once per param, after a load
             new_buffers.append((params[i], None if i in begun else buffers[i], entries[i]))
-        return (backend, device, params, grads, buffers, _starts_argument(entries), False, group, bounds)
+        return _SGDWork(backend, device, params, grads, buffers, _starts_argument(entries), False, group, bounds)
 
 
 

@@ -195,9 +195,9 @@ def test_starts_reach_the_op_as_one_tensor(backend, monkeypatch):
     backend_class = type(clr_ext.backends._instance(backend))
     original = backend_class.run
 
-    def recording_run(self, params, grads, buffers, starts, *rest):
-        seen.append((len(params), len(starts), [tuple(s.shape) for s in starts]))
-        return original(self, params, grads, buffers, starts, *rest)
+    def recording_run(self, **kw):
+        seen.append((len(kw["params"]), len(kw["starts"]), [tuple(s.shape) for s in kw["starts"]]))
+        return original(self, **kw)
 
     monkeypatch.setattr(backend_class, "run", recording_run)
     gen = torch.Generator().manual_seed(37)
