@@ -5,7 +5,9 @@
 # then checks that the .so links, carries the kernels, imports, registers a CUDA
 # kernel for torch.ops.clr_ext.cyclic_sgd_, and that tests/test_cuda.py runs (its
 # GPU tests skip here; the registration test runs).
-# Also: the kernel emulated on the host with CUDA 13's 32 KB tables, and the libtorch
+# Also: what the compiler made of the kernels (bench/sass_report.sh: 128-bit loads per
+# instantiation, which must exist for float32, registers, spills; into build/cuda-ci/sass.md),
+# the kernel emulated on the host with CUDA 13's 32 KB tables, and the libtorch
 # library built through CMake with -DCLR_EXT_CUDA=ON (CLR_EXT_SKIP_CMAKE_CUDA=1 skips it).
 #
 # Environment (all optional):
@@ -100,6 +102,25 @@ nm -D --defined-only "$SO" | grep "PyInit__C" >/dev/null || die "no PyInit__C ex
 arch=${TORCH_CUDA_ARCH_LIST%%;*}; arch=${arch//./}; arch=${arch%%+PTX}
 if ! strings -a "$SO" | grep "sm_$arch" >/dev/null; then die "no sm_$arch device code in $SO"; fi
 say "kernels: cyclic_sgd_kernel<float|double|f16|bf16> present, device code for sm_$arch"
+
+# --- what the compiler made of them (bench/sass_report.sh, as bench/gpu_check.sh runs it
+# on the GPU machine): 128-bit loads per instantiation, registers, spills. The vector
+# path must exist: LDG.E.128 in cyclic_sgd_kernel<float>. This toolkit has no cuobjdump
+# or nvdisasm: NVIDIA's wheels of them go into the venv (a few MB).
+if [ ! -x "$CUDA_HOME/bin/cuobjdump" ] && ! ls "$SITE"/nvidia/*/bin/cuobjdump >/dev/null 2>&1; then
+  say "installing cuobjdump and nvdisasm into the venv (nvidia-cuda-cuobjdump, nvidia-cuda-nvdisasm)"
+  "$VENV/bin/pip" install -q --disable-pip-version-check nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm \
+    2> >(grep -v "^WARNING: Location" >&2) || say "could not install them"
+fi
+rm -f "$BUILD/sass.md"
+sass_rc=0
+SASS_REQUIRE_VECTOR=1 PYTHON="$PY" bash "$REPO/bench/sass_report.sh" "$SO" "$BUILD/sass.md" || sass_rc=$?
+case $sass_rc in
+  0) say "SASS report: $BUILD/sass.md" ;;
+  2) say "SASS report skipped: no cuobjdump / nvdisasm could be had" ;;
+  *) die "bench/sass_report.sh: no 128-bit loads (LDG.E.128) in cyclic_sgd_kernel<float>: the vector path is gone (exit $sass_rc)" ;;
+esac
+bash -n "$REPO/bench/gpu_check.sh" || die "bench/gpu_check.sh does not parse"
 
 # --- the kernel's work layout (chunk -> tensor and range, 64-bit offsets) on the host,
 # for the 32 KB (CUDA 13) and the 4 KB kernel-argument tables
