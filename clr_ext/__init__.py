@@ -25,9 +25,7 @@ except ImportError as _torch_error:
         raise AttributeError(f"module 'clr_ext' has no attribute {name!r}")
 else:
     from .backends import available_backends  # noqa: E402
-    from .optimizer import CyclicSGD, OneCycleSGD  # noqa: E402
-    from .adamw import CyclicAdamW, OneCycleAdamW  # noqa: E402
-    from .convert import from_torch  # noqa: E402
+    from .optim import CyclicAdamW, CyclicSGD, OneCycleAdamW, OneCycleSGD, from_torch  # noqa: E402
     from .range_test import RangeTestResult, range_test  # noqa: E402
 
 __all__ = ["__version__", "cyclic_lr", "one_cycle_lr", *_NEEDS_TORCH]

@@ -1,6 +1,6 @@
 """``python -m clr_ext``: the ``clr-ext`` command line."""
 import sys
 
-from .cli import main
+from .apps.cli import main
 
 sys.exit(main())

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import clr_ext
-from clr_ext import optimizer as core
+from clr_ext.optim import core
 
 
 @pytest.fixture

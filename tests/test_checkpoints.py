@@ -1,5 +1,5 @@
 """Checkpoints across backends, and converting a torch.optim.SGD + CyclicLR run mid-way
-(clr_ext.convert.from_torch)."""
+(clr_ext.from_torch)."""
 from __future__ import annotations
 
 import io
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import clr_ext
-from clr_ext.convert import from_torch
+from clr_ext import from_torch
 
 from conftest import same_float
 

@@ -1,4 +1,4 @@
-"""Tests of the clr-ext command line (clr_ext.cli.main, and python -m clr_ext)."""
+"""Tests of the clr-ext command line (clr_ext.apps.cli.main, and python -m clr_ext)."""
 
 import json
 import os
@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from clr_ext import cli
+from clr_ext.apps import cli
 from clr_ext.range_test import RangeTestResult
 
 PNG = b"\x89PNG\r\n\x1a\n"
-DEMO_POLICIES = ["fixed (range test)", "triangular", "triangular2", "exp_range", "decay", "exp"]
+DEMO_POLICIES = ["fixed (range test)", "triangular", "triangular2", "exp_range", "decay", "exp", "1cycle",
+                 "triangular (AdamW)", "1cycle (AdamW)"]
 
 
 @pytest.fixture(autouse=True)
@@ -167,6 +168,12 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     # The tuning cost: the grid's 3 runs, against the range test plus one run.
     assert policies[best]["iterations_in_all"] == 3 * iterations
     assert policies["triangular"]["iterations_in_all"] == len(rt.lrs) + iterations
+    # AdamW's own range test: its bounds sit below SGD's, and its rows count its iterations.
+    adamw_rt = RangeTestResult.from_dict(results["adamw_range_test"])
+    adamw = results["adamw_bounds"]
+    assert adamw_rt.base_lr == adamw["base_lr"] < adamw["max_lr"] == adamw_rt.max_lr < results["bounds"]["max_lr"]
+    assert policies["1cycle (AdamW)"]["iterations_in_all"] == len(adamw_rt.lrs) + iterations
+    assert policies["1cycle"]["final_mean"] > 0.5 and policies["1cycle (AdamW)"]["final_mean"] > 0.5
 
 
 # ---------------------------------------------------------------------- range-test

@@ -1,4 +1,4 @@
-"""Tests of clr_ext.data: the digits split, the CNNs, the CIFAR-10 pickle loader."""
+"""Tests of clr_ext.apps.data: the digits split, the CNNs, the CIFAR-10 pickle loader."""
 
 import os
 import pickle
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clr_ext.data import (CaffeCifar10Full, CaffeMeanSubtract, CifarFormatError, DigitsCNN, TensorLoader,
+from clr_ext.apps.data import (CaffeCifar10Full, CaffeMeanSubtract, CifarFormatError, DigitsCNN, TensorLoader,
                           WithinChannelLRN, find_cifar10, load_cifar10, load_digits_split)
 
 

@@ -6,9 +6,9 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
-from ._checks import as_float, non_negative
-from ._schedules import CyclicSchedule, OneCycleSchedule
-from .optimizer import _ScheduledOptimizer, _StalePlan, _refuse_capture
+from .._checks import as_float, non_negative
+from .core import _ScheduledOptimizer, _StalePlan, _refuse_capture
+from .schedules import CyclicSchedule, OneCycleSchedule
 
 __all__ = ["CyclicAdamW", "OneCycleAdamW"]
 

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Tuple
 import torch
 
 from .adamw import CyclicAdamW, OneCycleAdamW
-from .optimizer import CyclicSGD, OneCycleSGD
+from .sgd import CyclicSGD, OneCycleSGD
 
 __all__ = ["from_torch"]
 

@@ -4,7 +4,7 @@ A schedule is a pure function of the iteration and of a param group's own bounds
 the host it is evaluated by the Python oracle (``clr_ext.schedule``); for the kernels it
 is described by the op's ``schedule_mode``, ``shape`` (one for all groups) and ``bounds``
 (per group), which ``csrc/schedule.h`` evaluates on the device. The optimizer core
-(``clr_ext.optimizer``) knows neither formula: it asks its schedule for these.
+(``clr_ext.optim.core``) knows neither formula: it asks its schedule for these.
 
 A new schedule adds a class here with the same methods, its formula in
 ``csrc/schedule.h`` and ``clr_ext/schedule.py``, and a thin public optimizer class.
@@ -15,8 +15,8 @@ import math
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import schedule as _oracle
-from ._checks import as_float, non_negative, positive_int
+from .. import schedule as _oracle
+from .._checks import as_float, non_negative, positive_int
 
 _SCALE_MODES = ("cycle", "iterations")
 

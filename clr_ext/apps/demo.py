@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .data import (CaffeCifar10Full, CaffeMeanSubtract, DigitsCNN, TensorLoader, load_cifar10,
                    load_digits_split)
-from .range_test import range_test
+from ..range_test import range_test
 
 __all__ = ["DemoConfig", "run_demo", "CifarConfig", "run_cifar10", "PAPER_TABLE1_CIFAR10"]
 
@@ -148,8 +148,7 @@ def run_demo(out_dir: str, config: Optional[DemoConfig] = None, *, progress: boo
              log: Log = print) -> Dict:
     """Run the demo, print the table, write ``range_test.png``, ``lr_schedule.png``,
     ``accuracy.png`` and ``results.json`` into ``out_dir``; returns what results.json holds."""
-    from .adamw import CyclicAdamW, OneCycleAdamW
-    from .optimizer import CyclicSGD, OneCycleSGD
+    from ..optim import CyclicAdamW, CyclicSGD, OneCycleAdamW, OneCycleSGD
 
     cfg = config or DemoConfig()
     t_start = time.perf_counter()
@@ -330,7 +329,7 @@ def _json_default(o):
 
 def _version() -> str:
     try:
-        from . import __version__
+        from .. import __version__
         return __version__
     except Exception:  # the package __init__ may be mid-build; the version is informative only
         return "unknown"
@@ -427,7 +426,7 @@ def run_cifar10(data_root: str, out_dir: str, config: Optional[CifarConfig] = No
     """Train Caffe's CIFAR-10 "full" network with the paper's policies and print the
     measured table beside the paper's Table 1. Writes ``cifar10_results.json`` and
     ``cifar10_accuracy.png`` into ``out_dir``."""
-    from .optimizer import CyclicSGD
+    from ..optim import CyclicSGD
 
     cfg = config or CifarConfig()
     unknown = [p for p in cfg.policies if p not in CIFAR_POLICIES]

@@ -199,7 +199,7 @@ def _add_threads(parser: argparse.ArgumentParser, default: Optional[int]) -> Non
 
 def _version() -> str:
     try:
-        from . import __version__
+        from .. import __version__
         return __version__
     except Exception:  # e.g. a half-built checkout; the version is informative only
         return "unknown"
@@ -244,7 +244,7 @@ def _cmd_range_test(args) -> int:
     import torch.nn.functional as F
 
     from .data import DigitsCNN, TensorLoader, load_digits_split
-    from .range_test import range_test
+    from ..range_test import range_test
 
     if not args.end_lr > args.start_lr:
         raise UserError(f"--end-lr ({args.end_lr:g}) must be greater than --start-lr ({args.start_lr:g})")
@@ -312,7 +312,7 @@ def _cmd_info(args) -> int:
     lines = [f"clr_ext {_version()}", f"torch {torch.__version__} (Python {platform.python_version()}, "
              f"{platform.machine()})"]
     try:
-        from . import available_backends
+        from .. import available_backends
         backends = ", ".join(available_backends())
     except Exception as e:  # report a broken build rather than crash the diagnostic command
         backends = f"unavailable ({type(e).__name__}: {e})"

@@ -1,0 +1,552 @@
+"""The scheduled-optimizer core: what every scheduled optimizer shares.
+
+Param groups, buckets per device and dtype, the device counter and its host mirror,
+AMP inputs, DTensor shards and complex views, the torch.compile op, state dicts,
+pickling and outside writes, in ``_ScheduledOptimizer``. A schedule
+(``clr_ext.optim.schedules``) supplies the formula's arguments; an update rule is a
+subclass (``clr_ext.optim.sgd``, ``clr_ext.optim.adamw``) that checks its group keys,
+reports the cycled momentum where its PyTorch optimizer keeps it, and plans and runs
+the step with the helpers here.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import operator
+import sys
+import warnings
+import weakref
+from itertools import repeat
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import torch
+from torch.optim import Optimizer
+
+from .. import backends as _backends
+from .._checks import momentum_value
+from .schedules import per_group
+
+# Optimizers by handle, for the op below: an op's arguments are tensors and numbers,
+# so a traced step names its optimizer by an int that stays constant across steps.
+_LIVE: "weakref.WeakValueDictionary[int, _ScheduledOptimizer]" = weakref.WeakValueDictionary()
+_HANDLES = itertools.count(1)
+
+
+# Ops written in Python, defined through a plain Library fragment: a call costs ~4 us
+# where torch.library.custom_op's wrapper costs ~18 us.
+_LIBRARY = torch.library.Library("clr_ext", "FRAGMENT")
+_LIBRARY.define("advance_schedule_(Tensor(a!)[] counters, int handle) -> ()")
+
+
+def _advance_schedule(counters: List[torch.Tensor], handle: int) -> None:
+    """Ends a step traced by torch.compile: advances the device counters and, as the
+    compiled code runs, the optimizer's host mirror (``iteration``, ``group["lr"]``).
+
+    An opaque op, so that the traced step reads no per-step Python number (dynamo would
+    guard on it and re-trace at every step) and still leaves the host mirror right."""
+    for counter in counters:
+        counter.add_(1)
+    optimizer = _LIVE.get(handle)
+    if optimizer is not None:
+        optimizer._host_advance()
+
+
+_LIBRARY.impl("advance_schedule_", _advance_schedule, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("clr_ext::advance_schedule_")
+def _advance_schedule_fake(counters: List[torch.Tensor], handle: int) -> None:
+    return None
+
+
+_GRAD = operator.attrgetter("grad")
+
+
+class _StalePlan(Exception):
+    """A step's cached plan no longer fits its tensors; nothing was written."""
+
+
+def _dtensor_type() -> Any:
+    """``DTensor`` if ``torch.distributed.tensor`` was imported (no DTensor exists otherwise)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None) if module is not None else None
+
+
+def _local_tensors(tensors: List[torch.Tensor], dtensor: Any) -> List[torch.Tensor]:
+    """The local shards of DTensors (FSDP2 parameters, their grads and buffers), which the
+    kernels update in place; other tensors as they are."""
+    return [t._local_tensor if isinstance(t, dtensor) else t for t in tensors]
+
+
+def _real_views(tensors: List[torch.Tensor]) -> List[torch.Tensor]:
+    """Complex tensors as real views (..., 2), as torch.optim.SGD steps them: the update
+    is element-wise and linear, so real and imaginary parts update independently."""
+    return [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
+
+
+_COMPLEX_DTYPES = (torch.complex64, torch.complex128)
+
+
+def _caller_stacklevel() -> int:
+    """The stacklevel of the first frame outside clr_ext and torch.optim (the optimizer
+    step's wrappers, a scheduler's patched step), so that a warning shows the user's line."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None:
+        path = frame.f_code.co_filename.replace("\\", "/")
+        if "/clr_ext/" not in path and "/torch/optim/" not in path and "/torch/utils/_contextlib" not in path:
+            return level
+        frame, level = frame.f_back, level + 1
+    return 1
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _refuse_capture(device: torch.device, what: str) -> None:
+    """State created while a CUDA graph is captured becomes a fill inside the graph: every
+    replay would reset it (the counter to its first value, momentum to a fresh start)."""
+    if _capturing(device):
+        raise RuntimeError(
+            f"clr_ext: {what} would be created inside CUDA-graph capture, where every replay would reset it. "
+            "Take one eager opt.step() (e.g. warm-up iterations on a side stream, as PyTorch's CUDA-graph docs "
+            "advise for optimizers) before capturing the step; nothing was changed")
+
+
+class _Bucket:
+    """Params of one group on one device with one dtype, and their backend."""
+
+    __slots__ = ("device", "params", "backend", "dtensor", "complex", "starts", "_states")
+
+    def __init__(self, device: torch.device, params: List[torch.Tensor], backend: Any) -> None:
+        self.device = device
+        self.params = params
+        self.backend = backend
+        # DTensor params (FSDP2): the step runs on their local shards.
+        dtensor = _dtensor_type()
+        self.dtensor = dtensor if dtensor is not None and any(isinstance(p, dtensor) for p in params) else None
+        self.complex = params[0].dtype in _COMPLEX_DTYPES
+        # (CyclicSGD._starts_version, the params' momentum starts): saves a dict lookup
+        # per param and step on the device-decided path.
+        self.starts: Optional[Tuple[int, List[torch.Tensor]]] = None
+        self._states: Optional[List[Dict[str, Any]]] = None
+
+    def states(self, state: Dict[torch.Tensor, Dict[str, Any]]) -> List[Dict[str, Any]]:
+        """The params' state dicts, looked up once: a lookup by tensor calls the Python
+        ``Tensor.__hash__`` (~0.2 us; 40 us a step for 200 params), a lookup by key in a
+        param's dict does not. The bucket lives no longer than ``state`` and its size
+        (see ``_buckets_of``), so a buffer replaced or deleted in a param's dict is seen."""
+        if self._states is None:
+            self._states = [state[p] for p in self.params]
+        return self._states
+
+
+class _ScheduledOptimizer(Optimizer):
+    """An optimizer whose LR (and momentum or beta1) follow a schedule, in one fused step.
+
+    The shared core of every scheduled optimizer: param groups, buckets per device and
+    dtype, the device counter and its host mirror, AMP, DTensor shards and complex views,
+    torch.compile, state dicts, outside writes. ``schedule`` (``clr_ext.optim.schedules``)
+    gives the formula's arguments; ``group_bounds`` are its per-group values (a float, or
+    a list with one value per group). An update rule is a subclass: it checks its own
+    group keys (``_check_rule_group``), reports the cycled momentum where its PyTorch
+    optimizer keeps it (``_report_momentum``) and plans and runs the step
+    (``_step_once``), with the helpers below.
+    """
+
+    _step_supports_amp_scaling = True
+    # Devices whose overflow flag the host reads for free; on all others the op decides
+    # which buffers start (tests empty this to run that path without a GPU).
+    _host_decided_types: Tuple[str, ...] = ("cpu",)
+
+    def __init__(self, params: Iterable[Any], schedule: Any, group_bounds: Dict[str, Any],
+                 rule_defaults: Dict[str, Any], *, cycle_momentum: bool, backend: str) -> None:
+        self._backend_request = _backends.requested_backend(backend)
+        self._schedule = schedule
+        self.cycle_momentum = bool(cycle_momentum)
+        self._iteration = 0
+        self._counters: Dict[torch.device, torch.Tensor] = {}
+        self._bucket_cache: Dict[int, Tuple[Any, ...]] = {}
+        self._loading: Optional[Tuple[Any, ...]] = None
+        # group id -> the lr object this optimizer last wrote there (see _check_outside_writes)
+        self._written_lr: Dict[int, float] = {}
+        self._warned_outside_lr: set = set()
+
+        if isinstance(params, torch.Tensor):  # worded as torch.optim.Optimizer words it
+            raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
+                            "but got " + torch.typename(params))
+        groups = list(params)
+        if len(groups) == 0:
+            raise ValueError("params: optimizer got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        else:
+            groups = [dict(g) for g in groups]  # never write into the caller's dicts
+        for key, value in group_bounds.items():
+            for group, value_of_group in zip(groups, per_group(key, value, len(groups))):
+                group.setdefault(key, value_of_group)
+        defaults = dict(lr=0.0, **rule_defaults)  # lr: replaced by the schedule for every group
+        defaults.update(foreach=None, fused=None, differentiable=False)
+        for key, value in group_bounds.items():
+            if not isinstance(value, (list, tuple)):
+                defaults[key] = value
+        super().__init__(groups, defaults)
+        self._register()
+
+    # ------------------------------------------------------------------ groups
+
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        """Adds a group; its schedule starts at the optimizer's current iteration."""
+        param_group = dict(param_group)
+        for key in self._schedule.group_keys:
+            if key not in param_group and key not in self.defaults:
+                raise ValueError(
+                    f"{key}: was given per group at construction; a new param group must carry its own {key}")
+        n_before = len(self.param_groups)
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            self._check_group(group, len(self.param_groups) - 1)
+        except Exception:
+            del self.param_groups[n_before:]
+            raise
+        group["iteration"] = self._iteration
+        self._refresh_group(group)
+
+    def _check_group(self, group: Dict[str, Any], index: int) -> None:
+        where = "" if index == 0 else f" (param group {index})"
+        self._schedule.init_group(group, where)
+        for key in ("base_momentum", "max_momentum"):
+            group[key] = momentum_value(key + where, group[key])
+        self._check_rule_group(group, where)
+
+    def _check_rule_group(self, group: Dict[str, Any], where: str) -> None:
+        raise NotImplementedError
+
+    def _report_momentum(self, group: Dict[str, Any], momentum: float) -> None:
+        """Writes the cycled momentum where the rule's PyTorch optimizer keeps it."""
+        raise NotImplementedError
+
+    def _step_once(self) -> None:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- schedule
+
+    @property
+    def iteration(self) -> int:
+        """The number of completed steps (the index of the next step)."""
+        self._adopt_group_iteration()  # after a wrapper restored the groups (see there)
+        return self._iteration
+
+    def _point(self, group: Dict[str, Any], iteration: int) -> Tuple[float, float]:
+        return self._schedule.point(group, iteration)
+
+    def _refresh_group(self, group: Dict[str, Any]) -> None:
+        lr, momentum = self._point(group, self._iteration)
+        group["lr"] = lr
+        self._written_lr[id(group)] = lr
+        group["iteration"] = self._iteration
+        if self.cycle_momentum:
+            self._report_momentum(group, momentum)
+
+    def _refresh_all(self) -> None:
+        self._written_lr = {}  # (keyed by id: no group that has gone may leave its id behind)
+        for group in self.param_groups:
+            self._refresh_group(group)
+
+    def get_last_lr(self) -> List[float]:
+        """The lr of every group for the next step (as CyclicLR.get_last_lr())."""
+        return [group["lr"] for group in self.param_groups]
+
+    def _counter(self, device: torch.device) -> torch.Tensor:
+        counter = self._counters.get(device)
+        if counter is None:
+            _refuse_capture(device, "the step counter")
+            counter = torch.full((), self._iteration, dtype=torch.int64, device=device)
+            self._counters[device] = counter
+        return counter
+
+    def sync(self) -> int:
+        """Refreshes the host mirror (``iteration``, ``group["lr"]``, ``group["momentum"]``)
+        from the device counter, e.g. after replaying a captured CUDA graph. One host
+        sync; returns the iteration."""
+        if self._counters:
+            self._iteration = max(int(c.item()) for c in self._counters.values())
+            for c in self._counters.values():
+                c.fill_(self._iteration)
+        self._refresh_all()
+        return self._iteration
+
+    # -------------------------------------------------------------------- step
+
+    def _validate(self, group_index: int, params: List[torch.Tensor]) -> None:
+        """The precise, per-parameter checks (the kernels check the same things)."""
+        for i, p in enumerate(params):
+            g = p.grad
+            where = f"parameter {i} of param group {group_index}"
+            if p.dtype not in _backends.SUPPORTED_DTYPES and p.dtype not in _COMPLEX_DTYPES:
+                raise RuntimeError(f"{type(self).__name__}: {where} has dtype {p.dtype}; only floating-point "
+                                   "parameters (float32, float64, float16, bfloat16, complex64, complex128) "
+                                   "can be optimized")
+            if p.layout != torch.strided:
+                raise RuntimeError(f"{type(self).__name__}: {where} is not a dense (strided) tensor")
+            if g.layout != torch.strided or g.is_sparse:
+                raise RuntimeError(f"{type(self).__name__}: the gradient of {where} is sparse; CyclicSGD does not support "
+                                   "sparse gradients")
+            if g.dtype != p.dtype:
+                raise RuntimeError(f"{type(self).__name__}: the gradient of {where} has dtype {g.dtype}, the parameter {p.dtype}")
+            if g.shape != p.shape:
+                raise RuntimeError(f"{type(self).__name__}: the gradient of {where} has shape {tuple(g.shape)}, "
+                                   f"the parameter {tuple(p.shape)}")
+            if g.device != p.device:
+                raise RuntimeError(f"{type(self).__name__}: the gradient of {where} is on {g.device}, the parameter on {p.device}")
+
+    def _validate_all(self) -> None:
+        for group_index, group in enumerate(self._step_groups()):
+            self._validate(group_index, [p for p in group["params"] if p.grad is not None])
+
+    def _buckets_of(self, group_index: int, group: Dict[str, Any]) -> List[Tuple["_Bucket", List[torch.Tensor]]]:
+        """``[(bucket, grads)]``: the group's params that have a gradient, grouped by
+        (device, dtype).
+
+        The grouping is cached while the same params have gradients: a step then costs
+        one pass over ``.grad`` in Python. The cache is not checked against later dtype
+        or device changes; the kernels check every tensor before writing, and a failed
+        check drops the cache and plans the step again (see ``step``).
+        """
+        params = group["params"]
+        if torch.compiler.is_compiling():  # dynamo traces neither attrgetter nor map(operator.is_)
+            grads = [p.grad for p in params]
+            missing = any(g is None for g in grads)
+        else:
+            grads = list(map(_GRAD, params))
+            missing = any(map(operator.is_, grads, repeat(None)))
+        keep = None
+        if missing:
+            keep = tuple(i for i, g in enumerate(grads) if g is not None)
+            if not keep:
+                return []
+            params = [params[i] for i in keep]
+            grads = [grads[i] for i in keep]
+        key = (id(group["params"]), len(group["params"]), keep)
+        cached = self._bucket_cache.get(group_index)
+        # (the state's size matters to the eager path only, which keeps the params' state
+        # dicts in the bucket; a traced step would re-trace as it changes)
+        if (cached is None or cached[0] != key or cached[1] is not self.state
+                or (cached[2] != len(self.state) and not torch.compiler.is_compiling())):
+            self._validate(group_index, params)
+            grouped: Dict[Tuple[torch.device, torch.dtype], List[int]] = {}
+            for i, p in enumerate(params):
+                grouped.setdefault((p.device, p.dtype), []).append(i)
+            buckets = [(_Bucket(device, [params[i] for i in index],
+                                _backends.backend_for(self._backend_request, device)),
+                        None if len(grouped) == 1 else index)
+                       for (device, _), index in grouped.items()]
+            cached = (key, self.state, len(self.state), buckets)
+            self._bucket_cache[group_index] = cached
+        return [(bucket, grads if index is None else [grads[i] for i in index]) for bucket, index in cached[3]]
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+        """One SGD step with this iteration's lr and momentum, then the schedule advances.
+
+        Returns the closure's loss. Params whose ``.grad`` is None are skipped. Under
+        ``torch.amp.GradScaler`` the gradients are unscaled inside the kernel and the
+        update is skipped on overflow; the schedule advances either way.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if not torch.compiler.is_compiling():  # a traced step must not read the host iteration
+            self._groups_alias = self.param_groups  # in case a user replaced the list
+            self._adopt_group_iteration()
+            self._schedule.check_iteration(self._iteration)
+            self._check_outside_writes()
+        try:
+            self._step_once()
+        except _StalePlan:
+            # A param changed dtype or device since the grouping was cached (nothing
+            # was written): check every param, so that a real error names it, and replan.
+            self._bucket_cache.clear()
+            self._validate_all()
+            try:
+                self._step_once()
+            except _StalePlan as again:
+                raise again.__cause__ from None
+        return loss
+
+    def _check_outside_writes(self) -> None:
+        """Warns once per group when ``group["lr"]`` is not what this optimizer last wrote
+        there: an outside scheduler (LambdaLR, ReduceLROnPlateau, SWALR, a trainer's
+        warmup, an lr_find) would otherwise be ignored without a word. The schedule wins:
+        the step uses its own LR and writes it back."""
+        written = self._written_lr
+        for index, group in enumerate(self.param_groups):
+            lr = group["lr"]
+            mine = written.get(id(group))
+            if mine is None or lr is mine or lr == mine or index in self._warned_outside_lr:
+                continue
+            self._warned_outside_lr.add(index)
+            warnings.warn(
+                f"clr_ext: param group {index}'s lr was set to {lr!r} from outside {type(self).__name__}, which "
+                f"follows its own schedule and uses lr={mine!r} for this step (the outside value is overwritten). "
+                "Drop the outside LR scheduler; where a framework needs one, pass opt.as_scheduler(), which reports "
+                "this optimizer's schedule (docs/api.md, 'Outside writes to group[\"lr\"]').",
+                UserWarning, stacklevel=_caller_stacklevel())
+
+    def as_scheduler(self) -> Any:
+        """This optimizer's own schedule as an LR scheduler, for frameworks that want one
+        (``Trainer(optimizers=(opt, opt.as_scheduler()))``, Lightning's
+        ``{"optimizer": opt, "lr_scheduler": ...}``): its ``step()`` does nothing (the
+        optimizer's step advances the schedule), ``get_last_lr()`` reports the LR the
+        next step uses, and its state dict round-trips."""
+        from ._lr_adapter import ScheduleAdapter
+
+        return ScheduleAdapter(self)
+
+    def _adopt_group_iteration(self) -> None:
+        """Takes up an ``iteration`` that was written into the param groups directly.
+
+        Wrappers that own the state dict, such as
+        ``torch.distributed.optim.ZeroRedundancyOptimizer.load_state_dict``, restore a
+        checkpoint by copying the saved group entries into this optimizer's groups
+        without calling :meth:`load_state_dict`; the schedule then continues from the
+        saved iteration as it would after ``load_state_dict``."""
+        iteration = self._iteration
+        for group in self.param_groups:
+            it = group.get("iteration", iteration)
+            if it != iteration:
+                break
+        else:
+            return
+        self._iteration = max(int(g.get("iteration", iteration)) for g in self.param_groups)
+        for counter in self._counters.values():
+            counter.fill_(self._iteration)
+        self._iteration_moved()
+        self._refresh_all()
+
+    def _iteration_moved(self) -> None:
+        """The iteration was set back or forth from outside (hook for the rules)."""
+
+    @staticmethod
+    def _kernel_tensors(tensors: List[torch.Tensor], bucket: "_Bucket") -> List[torch.Tensor]:
+        """What the kernels update in place: DTensors' local shards, complex tensors' real views."""
+        if bucket.dtensor is not None:
+            tensors = _local_tensors(tensors, bucket.dtensor)
+        if bucket.complex:
+            tensors = _real_views(tensors)
+        return tensors
+
+    def _device_inputs(self, devices: Iterable[torch.device]) -> Tuple[Dict[Any, Any], Dict[Any, Any], Dict[Any, Any]]:
+        """Per device: the step counter (made before any bucket runs), and GradScaler's
+        ``grad_scale`` / ``found_inf`` (None without AMP), moved without a sync."""
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        counter_on = {device: self._counter(device) for device in devices}
+        scale_on = {d: None if grad_scale is None else grad_scale.to(d, non_blocking=True) for d in counter_on}
+        inf_on = {d: None if found_inf is None else found_inf.to(d, non_blocking=True) for d in counter_on}
+        return counter_on, scale_on, inf_on
+
+    def _advance(self, compiling: bool) -> None:
+        """Ends a step: the device counters, then the host mirror."""
+        if compiling:
+            torch.ops.clr_ext.advance_schedule_(list(self._counters.values()), self._handle)
+        else:
+            for counter in self._counters.values():
+                counter.add_(1)
+            self._host_advance()
+
+    def _host_advance(self) -> None:
+        self._iteration += 1
+        self._refresh_all()
+
+    # ------------------------------------------------------------- state dict
+
+    def state_dict(self) -> Dict[str, Any]:
+        """torch.optim.SGD's format (``momentum_buffer`` per parameter); each group also
+        carries its schedule bounds and ``iteration``, and ``"schedule"`` the schedule's
+        shape (as the scheduler's own state dict would). Once the op decides which buffers
+        start (CUDA, torch.compile), this reads their starts: one host sync."""
+        self._adopt_group_iteration()
+        for group in self.param_groups:
+            group["iteration"] = self._iteration
+        saved = super().state_dict()
+        saved["schedule"] = self._schedule.state_dict()
+        return saved
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Loads a state dict of this class or of ``torch.optim.SGD`` (whose groups lack the
+        schedule's keys: this optimizer's are kept, and so is its iteration). The saved
+        schedule (``state_dict["schedule"]``) replaces this one's, as CyclicLR's and
+        OneCycleLR's ``load_state_dict`` restore theirs. ``group["lr"]`` is recomputed
+        before the load_state_dict post-hooks run."""
+        schedule = None
+        if state_dict.get("schedule") is not None:  # checked before anything changes
+            schedule = copy.copy(self._schedule)
+            schedule.load_state_dict(state_dict["schedule"])
+        kept = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
+        self._loading = (kept, schedule)
+        try:
+            super().load_state_dict(state_dict)  # runs __setstate__, then the post-hooks
+        finally:
+            self._loading = None
+
+    def _finish_load(self, kept: List[Dict[str, Any]], schedule: Any) -> None:
+        if schedule is not None:
+            self._schedule = schedule
+        iterations = []
+        for group, old in zip(self.param_groups, kept):
+            for key, value in old.items():
+                group.setdefault(key, value)
+            if "iteration" in group:
+                iterations.append(int(group["iteration"]))
+        if iterations:
+            self._iteration = max(iterations)
+        self._loaded()
+        self._refresh_all()
+
+    def _loaded(self) -> None:
+        """A state dict was loaded (hook for the rules)."""
+
+    _PICKLED: Tuple[str, ...] = ("_schedule", "cycle_momentum", "_iteration", "_backend_request")
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = super().__getstate__()
+        state.update({key: getattr(self, key) for key in self._PICKLED})
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        super().__setstate__(state)
+        # Device counters and bucket caches are rebuilt on demand.
+        self._counters = {}
+        self._bucket_cache = {}
+        self.__dict__.setdefault("_written_lr", {})
+        self.__dict__.setdefault("_warned_outside_lr", set())
+        self._register()
+        self._unpickled()
+        loading = self.__dict__.get("_loading")
+        if loading is not None:  # inside load_state_dict: finish before its post-hooks
+            self._finish_load(*loading)
+        else:
+            self._loading = None
+
+    def _unpickled(self) -> None:
+        """After ``__setstate__`` (unpickling, deepcopy, load_state_dict): hook for the rules."""
+
+    def _step_groups(self) -> List[Dict[str, Any]]:
+        """``param_groups``, read by the step.
+
+        Dynamo guards on every value of every group once ``param_groups`` is read in a
+        traced frame, and ``lr``, ``momentum`` and ``iteration`` change at every step:
+        the step would be re-traced each time. A traced step reads the same list through
+        another attribute, which gets guards on the keys the step reads (constants) only."""
+        return self._groups_alias if torch.compiler.is_compiling() else self.param_groups
+
+    def _register(self) -> None:
+        # A copy (pickle, deepcopy) is another optimizer and gets its own handle; a
+        # load_state_dict (which runs __setstate__) keeps this one's.
+        if _LIVE.get(getattr(self, "_handle", 0)) is not self:
+            self._handle = next(_HANDLES)
+            _LIVE[self._handle] = self
+        self._groups_alias = self.param_groups
