@@ -202,6 +202,9 @@ OP_CONFIGS = {
     "exp": dict(mode="exp", gamma=0.97),
     "decay": dict(mode="decay"),
     "custom-scale": dict(mode=6, custom_scale=0.37),
+    # 1cycle: phase ends and the phase count in `shape`, min_lr as a fifth bound
+    "1cycle-cos": dict(mode=7, one_cycle=[9.0, 35.0, 0.0, 2.0]),
+    "1cycle-linear-3phase": dict(mode=8, one_cycle=[9.0, 18.0, 35.0, 3.0], momentum=0.9, cycle_momentum=False),
 }
 
 
@@ -220,6 +223,9 @@ def test_op_matches_cpu_op(dtype, config):
     custom = cfg.pop("custom_scale", 1.0)
     bounds = [0.01, 0.05, cfg.pop("base_momentum", 0.8), 0.9]
     shape = [7.0, 5.0, gamma, custom]
+    if "one_cycle" in cfg:
+        shape = cfg.pop("one_cycle")
+        bounds.append(1e-4)
     kw = dict(momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False, cycle_momentum=True)
     kw.update(cfg)
 
@@ -517,22 +523,70 @@ def test_cyclic_sgd_matches_torch_fused(dtype, mode, variant):
         assert_close_rel(bm, br, RTOL_TORCH[dtype] * (2.0 if half else 1.0), "buffer")
 
 
+ONE_CYCLE_VARIANTS = [
+    dict(anneal_strategy="cos", three_phase=False, momentum=0.9, cycle_momentum=True),
+    dict(anneal_strategy="linear", three_phase=True, momentum=0.9, cycle_momentum=False, dampening=0.1,
+         weight_decay=0.01),
+    dict(anneal_strategy="cos", three_phase=False, momentum=0.9, cycle_momentum=True, nesterov=True,
+         maximize=True),
+]
+
+
+@parametrize("variant", range(len(ONE_CYCLE_VARIANTS)))
+@parametrize("dtype", ALL_DTYPES, ids=lambda d: DTYPE_IDS[d])
+def test_one_cycle_sgd_matches_torch_fused(dtype, variant):
+    """A whole 1cycle schedule (600 steps) of OneCycleSGD on CUDA against
+    torch.optim.SGD + OneCycleLR, as test_cyclic_sgd_matches_torch_fused does for CyclicLR."""
+    need_gpu()
+    v = dict(ONE_CYCLE_VARIANTS[variant])
+    steps = 600 if not DRY_RUN else 150  # (the dry run proves this code, not the kernel)
+    sched_kw = dict(max_lr=[0.05, 0.02], total_steps=steps, pct_start=0.3, anneal_strategy=v.pop("anneal_strategy"),
+                    three_phase=v.pop("three_phase"), cycle_momentum=v.pop("cycle_momentum"), base_momentum=0.85,
+                    max_momentum=0.95)
+    init, targets = _make_problem(dtype, seed=11 + variant)
+    mine = [[t.to(device=DEVICE, dtype=dtype, copy=True).requires_grad_() for t in g] for g in init]
+    opt = clr_ext.OneCycleSGD([{"params": g} for g in mine], backend=BACKEND, **sched_kw, **v)
+    if DRY_RUN:
+        opt._host_decided_types = ()
+    half = dtype in (torch.float16, torch.bfloat16)
+    pair = _HalfViaFp32Pair if half else _TorchFusedPair
+    ref = pair([[t.to(device=DEVICE, dtype=dtype) for t in g] for g in init], v, sched_kw,
+               scheduler=torch.optim.lr_scheduler.OneCycleLR)
+    flat_mine, flat_ref = [p for g in mine for p in g], ref.params
+    noise = torch.Generator(device=DEVICE).manual_seed(2)
+    pull = -0.5 if v.get("maximize") else 0.5
+    for k in range(steps):
+        ref_grads = []
+        for i, (pm, pr, tgt) in enumerate(zip(flat_mine, flat_ref, targets)):
+            n = 0.1 * torch.randn(tgt.shape, generator=noise, device=DEVICE, dtype=torch.float64)
+            pm.grad = (pull * (pm.detach().double() - tgt) + n).to(dtype)
+            ref_grads.append((pull * (pr.detach().double() - tgt) + n).to(dtype))
+        ref.last = k == steps - 1
+        opt.step()
+        ref.step(ref_grads)
+        if not ref.last:
+            assert opt.get_last_lr() == ref.last_lr(), (k, opt.get_last_lr(), ref.last_lr())
+    assert_close_rel(flat_mine, flat_ref, RTOL_TORCH[dtype], "param")
+
+
 class _TorchFusedPair:
     """torch.optim.SGD(fused=True) + CyclicLR on copies of ``groups`` (lists of tensors),
     with the interface of tests/conftest.py's ReferencePair (which imports pytest, which
     the GPU machine may lack)."""
 
-    def __init__(self, groups, sgd_kwargs, sched_kwargs):
+    def __init__(self, groups, sgd_kwargs, sched_kwargs, scheduler=torch.optim.lr_scheduler.CyclicLR):
         self._groups = [[t.detach().clone().requires_grad_() for t in g] for g in groups]
         self.params = [p for g in self._groups for p in g]
         self.sgd = torch.optim.SGD([{"params": g} for g in self._groups], lr=0.01, fused=True, **sgd_kwargs)
-        self.sched = torch.optim.lr_scheduler.CyclicLR(self.sgd, **sched_kwargs)
+        self.sched = scheduler(self.sgd, **sched_kwargs)
+        self.last = False  # OneCycleLR raises on a step past its end: set before the last step
 
     def step(self, grads):
         for p, g in zip(self.params, grads):
             p.grad = g
         self.sgd.step()
-        self.sched.step()
+        if not self.last:
+            self.sched.step()
 
     def last_lr(self):
         return self.sched.get_last_lr()
@@ -556,19 +610,21 @@ class _HalfViaFp32Pair(_TorchFusedPair):
     gradient feeds the difference back over 1,000 steps: a tolerance set on the CPU
     references would fail the one GPU run for no fault of either kernel (issue 15)."""
 
-    def __init__(self, groups, sgd_kwargs, sched_kwargs):
+    def __init__(self, groups, sgd_kwargs, sched_kwargs, scheduler=torch.optim.lr_scheduler.CyclicLR):
         self.params = [t.detach().clone() for g in groups for t in g]
         self._shadow_groups = [[t.detach().float().requires_grad_() for t in g] for g in groups]
         self._shadows = [c for g in self._shadow_groups for c in g]
         self.sgd = torch.optim.SGD([{"params": g} for g in self._shadow_groups], lr=0.01, **sgd_kwargs)
-        self.sched = torch.optim.lr_scheduler.CyclicLR(self.sgd, **sched_kwargs)
+        self.sched = scheduler(self.sgd, **sched_kwargs)
+        self.last = False
 
     def step(self, grads):
         for p, c, g in zip(self.params, self._shadows, grads):
             c.data.copy_(p)  # exact: every half value is a float32 value
             c.grad = None if g is None else g.detach().float()
         self.sgd.step()
-        self.sched.step()
+        if not self.last:
+            self.sched.step()
         for p, c in zip(self.params, self._shadows):
             p.copy_(c.detach())  # the one rounding per step
             buf = self.sgd.state.get(c, {}).get("momentum_buffer")
@@ -589,12 +645,14 @@ def _tiny_model(seed=0, dtype=torch.float32):
         device=DEVICE, dtype=dtype)
 
 
-def test_step_issues_no_host_sync():
+@parametrize("kind", ["cyclic", "one_cycle"])
+def test_step_issues_no_host_sync(kind):
     """opt.step() under torch.cuda.set_sync_debug_mode("error"): the first step (buffers
-    created), later steps, params without grads, and AMP's grad_scale / found_inf."""
+    created), later steps, params without grads, and AMP's grad_scale / found_inf; for
+    CyclicSGD and OneCycleSGD."""
     need_real_gpu()
     model = _tiny_model()
-    opt = cyclic_sgd(model.parameters(), 0.01, 0.1, step_size_up=4, weight_decay=1e-4)
+    opt = _scheduled(kind, model.parameters(), base_lr=0.01, max_lr=0.1, step_size_up=4, weight_decay=1e-4)
     x = torch.randn(16, 32, device=DEVICE)
     for k in range(8):
         model.zero_grad(set_to_none=True)
@@ -763,10 +821,21 @@ def _resnet50_shapes_small():
 # ------------------------------------------------------------------- CUDA graph capture
 
 
-def test_whole_training_step_in_a_cuda_graph():
+def _scheduled(kind, params, **kw):
+    if kind == "one_cycle":
+        opt = clr_ext.OneCycleSGD(params, 0.1, 40, momentum=0.9, weight_decay=kw.get("weight_decay", 0.0))
+        if DRY_RUN:
+            opt._host_decided_types = ()
+        return opt
+    return cyclic_sgd(params, **kw)
+
+
+@parametrize("kind", ["cyclic", "one_cycle"])
+def test_whole_training_step_in_a_cuda_graph(kind):
     """Forward, backward and opt.step() captured once and replayed N times give the same
     params, momentum buffers and lr sequence as N eager steps; opt.sync() refreshes the
-    host mirror after replays."""
+    host mirror after replays. For CyclicSGD and OneCycleSGD (the 1cycle schedule runs on
+    the device too, past its end included)."""
     need_real_gpu()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -781,7 +850,7 @@ def test_whole_training_step_in_a_cuda_graph():
 
     # eager reference
     eager = _tiny_model(seed=1)
-    opt_e = cyclic_sgd(eager.parameters(), **kw)
+    opt_e = _scheduled(kind, eager.parameters(), **kw)
     eager_lrs = []
     for x, y in batches:
         opt_e.zero_grad(set_to_none=True)
@@ -791,7 +860,7 @@ def test_whole_training_step_in_a_cuda_graph():
 
     # captured
     model = _tiny_model(seed=1)
-    opt = cyclic_sgd(model.parameters(), **kw)
+    opt = _scheduled(kind, model.parameters(), **kw)
     static_x = torch.zeros(64, 32, device=DEVICE)
     static_y = torch.zeros(64, 10, device=DEVICE)
     side = torch.cuda.Stream()
@@ -825,6 +894,36 @@ def test_whole_training_step_in_a_cuda_graph():
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(opt.state[a]["momentum_buffer"], opt_e.state[b]["momentum_buffer"], rtol=1e-6,
                                    atol=1e-7)
+
+
+@parametrize("kind", ["cyclic", "one_cycle"])
+def test_capture_of_a_first_step_raises(kind):
+    """Issue 15: state made inside capture would be a fill in the graph (the counter and
+    momentum reset at every replay); the step refuses, with nothing changed, and works
+    once an eager step has made it."""
+    need_real_gpu()
+    p = torch.zeros(1000, device=DEVICE, requires_grad=True)
+    p.grad = torch.ones_like(p)
+    opt = _scheduled(kind, [p], base_lr=0.01, max_lr=0.1, step_size_up=3, momentum=0.9)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    raised = None
+    try:
+        with torch.cuda.graph(graph):
+            opt.step()
+    except RuntimeError as err:
+        raised = err
+    assert raised is not None and "one eager opt.step()" in str(raised), raised
+    torch.cuda.synchronize()
+    assert opt.iteration == 0 and bool((p == 0).all()) and not opt._counters
+    opt.step()  # eager
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step()
+    for _ in range(4):
+        graph.replay()
+    assert opt.sync() == 5
 
 
 def test_replays_without_sync_then_sync():
