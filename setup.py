@@ -66,7 +66,11 @@ def _cuda_wanted():
 def extensions():
     exts = []
     if not _flag("CLR_EXT_NO_CPP"):
-        sources = [os.path.join("csrc", "ops.cpp"), os.path.join("csrc", "cpu", "cyclic_sgd_cpu.cpp")]
+        sources = [
+            os.path.join("csrc", "ops.cpp"),
+            os.path.join("csrc", "cpu", "cyclic_sgd_cpu.cpp"),
+            os.path.join("csrc", "cpu", "cyclic_adamw_cpu.cpp"),
+        ]
         cuda, why_not = _cuda_wanted()
         define = []
         if cuda:

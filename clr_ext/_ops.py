@@ -32,3 +32,28 @@ def _cyclic_sgd_fake(
     found_inf: Optional[torch.Tensor] = None,
 ) -> None:
     return None
+
+
+@torch.library.register_fake("clr_ext::cyclic_adamw_")
+def _cyclic_adamw_fake(
+    params: List[torch.Tensor],
+    grads: List[torch.Tensor],
+    exp_avgs: List[torch.Tensor],
+    exp_avg_sqs: List[torch.Tensor],
+    max_exp_avg_sqs: List[torch.Tensor],
+    state_steps: List[torch.Tensor],
+    iteration: torch.Tensor,
+    bounds: Sequence[float],
+    shape: Sequence[float],
+    schedule_mode: int,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    amsgrad: bool,
+    maximize: bool,
+    cycle_momentum: bool,
+    grad_scale: Optional[torch.Tensor] = None,
+    found_inf: Optional[torch.Tensor] = None,
+) -> None:
+    return None

@@ -69,6 +69,41 @@ void cyclic_sgd_cpu_(at::TensorList params, at::TensorList grads, at::TensorList
                      bool maximize, bool cycle_momentum, bool first_step,
                      const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf);
 
+// AdamW (torch.optim.AdamW's rule) under the same schedule: lr and, with cycle_momentum,
+// beta1 (the cycled momentum) come from clr_schedule at `iteration`, which is not advanced
+// here. state_steps holds each param's own step count (one float32 element each, as
+// torch.optim.AdamW's state["step"]): a step advances it, and its bias corrections use it.
+// max_exp_avg_sqs is empty unless amsgrad. With found_inf == 1 nothing at all changes.
+constexpr const char* kCyclicAdamwSchema =
+    "cyclic_adamw_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_avg_sqs, "
+    "Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] state_steps, Tensor iteration, float[] bounds, float[] shape, "
+    "int schedule_mode, float beta1, float beta2, float eps, float weight_decay, bool amsgrad, bool maximize, "
+    "bool cycle_momentum, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()";
+
+// What the host knows about one AdamW step of one bucket once the inputs are checked.
+struct AdamwPlan {
+  clr_shape shape;
+  clr_bounds bounds;
+  clr_point point;  // only filled when the iteration lives on the host (CPU)
+  double beta1;     // this step's beta1: the cycled momentum or the argument; idem
+};
+
+// Checks every AdamW argument (nothing has been modified when it throws) and, for CPU
+// buckets, evaluates the schedule at the current iteration.
+AdamwPlan make_adamw_plan(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                          at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList state_steps,
+                          const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
+                          int64_t mode, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
+                          bool cycle_momentum, const c10::optional<at::Tensor>& grad_scale,
+                          const c10::optional<at::Tensor>& found_inf, c10::DeviceType device_type);
+
+void cyclic_adamw_cpu_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                       at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList state_steps,
+                       const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
+                       int64_t mode, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
+                       bool maximize, bool cycle_momentum, const c10::optional<at::Tensor>& grad_scale,
+                       const c10::optional<at::Tensor>& found_inf);
+
 #ifdef CLR_EXT_WITH_CUDA
 // csrc/cuda/cyclic_sgd_cuda.cu: the same op for CUDA tensors (no host sync).
 void cyclic_sgd_cuda_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,

@@ -152,6 +152,99 @@ StepPlan make_step_plan(at::TensorList params, at::TensorList grads, at::TensorL
   return plan;
 }
 
+AdamwPlan make_adamw_plan(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                          at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList state_steps,
+                          const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
+                          int64_t mode, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
+                          bool cycle_momentum, const c10::optional<at::Tensor>& grad_scale,
+                          const c10::optional<at::Tensor>& found_inf, c10::DeviceType device_type) {
+  (void)weight_decay;
+  AdamwPlan plan;
+  plan.shape = shape_from(shape, mode);
+  plan.bounds = bounds_from(bounds);
+  // Every comparison is false for NaN, so these refuse NaN as well.
+  TORCH_CHECK(beta1 >= 0.0 && beta1 < 1.0, "clr_ext: beta1 must be in [0, 1), got ", beta1);
+  TORCH_CHECK(beta2 >= 0.0 && beta2 < 1.0, "clr_ext: beta2 must be in [0, 1), got ", beta2);
+  TORCH_CHECK(eps >= 0.0, "clr_ext: eps must be non-negative, got ", eps);
+  if (cycle_momentum) {
+    TORCH_CHECK(plan.bounds.base_momentum >= 0.0 && plan.bounds.base_momentum < 1.0 &&
+                    plan.bounds.max_momentum >= 0.0 && plan.bounds.max_momentum < 1.0,
+                "clr_ext: with cycle_momentum the momentum bounds are beta1's and must be in [0, 1), got ",
+                plan.bounds.base_momentum, " and ", plan.bounds.max_momentum);
+  }
+  const size_t n = params.size();
+  TORCH_CHECK(grads.size() == n, "clr_ext: got ", n, " params but ", grads.size(), " grads");
+  TORCH_CHECK(exp_avgs.size() == n, "clr_ext: got ", n, " params but ", exp_avgs.size(), " exp_avgs");
+  TORCH_CHECK(exp_avg_sqs.size() == n, "clr_ext: got ", n, " params but ", exp_avg_sqs.size(), " exp_avg_sqs");
+  TORCH_CHECK(state_steps.size() == n, "clr_ext: got ", n, " params but ", state_steps.size(), " state_steps");
+  if (amsgrad) {
+    TORCH_CHECK(max_exp_avg_sqs.size() == n, "clr_ext: amsgrad needs one max_exp_avg_sq per param: got ", n,
+                " params but ", max_exp_avg_sqs.size(), " max_exp_avg_sqs");
+  } else {
+    TORCH_CHECK(max_exp_avg_sqs.empty(), "clr_ext: max_exp_avg_sqs must be empty without amsgrad, got ",
+                max_exp_avg_sqs.size());
+  }
+  TORCH_CHECK(iteration.scalar_type() == at::kLong && iteration.numel() == 1,
+              "clr_ext: iteration must be a one-element int64 tensor");
+  TORCH_CHECK(device_type == c10::DeviceType::Meta || iteration.device().type() == device_type,
+              "clr_ext: iteration must be on the params' device");
+  for (const auto* t : {&grad_scale, &found_inf}) {
+    if (t->has_value()) {
+      TORCH_CHECK((*t)->numel() == 1 && at::isFloatingType((*t)->scalar_type()),
+                  "clr_ext: grad_scale and found_inf must be one-element floating tensors");
+      TORCH_CHECK((*t)->device() == iteration.device(), "clr_ext: grad_scale and found_inf must be on ",
+                  iteration.device());
+    }
+  }
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& p = params[i];
+    TORCH_CHECK(p.layout() == at::kStrided, "clr_ext: param ", i, " is not a strided (dense) tensor");
+    TORCH_CHECK(supported_dtype(p.scalar_type()), "clr_ext: param ", i, " has dtype ", p.scalar_type(),
+                "; AdamW updates float32, float64, float16 and bfloat16 parameters");
+    TORCH_CHECK(p.scalar_type() == params[0].scalar_type(), "clr_ext: all params of one call must share a dtype");
+    TORCH_CHECK(p.device() == iteration.device(), "clr_ext: param ", i, " is on ", p.device(),
+                " but the bucket is on ", iteration.device());
+    // Wrapper subclasses (DTensor, ...) have no memory of their own: pass their local tensors.
+    TORCH_CHECK(p.has_storage(), "clr_ext: param ", i,
+                " has no storage of its own (a tensor subclass such as DTensor?); pass its local tensor");
+    const std::pair<const char*, const at::Tensor*> alike[] = {
+        {"grad", &grads[i]},
+        {"exp_avg", &exp_avgs[i]},
+        {"exp_avg_sq", &exp_avg_sqs[i]},
+        {"max_exp_avg_sq", amsgrad ? &max_exp_avg_sqs[i] : nullptr}};
+    for (const auto& named : alike) {
+      if (named.second == nullptr) continue;
+      const at::Tensor& t = *named.second;
+      TORCH_CHECK(t.layout() == at::kStrided, "clr_ext: the ", named.first, " of param ", i,
+                  " is not a strided (dense) tensor; sparse gradients are not supported");
+      TORCH_CHECK(t.has_storage(), "clr_ext: the ", named.first, " of param ", i,
+                  " has no storage of its own (a tensor subclass such as DTensor?); pass its local tensor");
+      TORCH_CHECK(t.scalar_type() == p.scalar_type(), "clr_ext: the ", named.first, " of param ", i, " has dtype ",
+                  t.scalar_type(), " but the param has ", p.scalar_type());
+      TORCH_CHECK(t.sizes() == p.sizes(), "clr_ext: the ", named.first, " of param ", i, " has shape ", t.sizes(),
+                  " but the param has ", p.sizes());
+      TORCH_CHECK(t.device() == p.device(), "clr_ext: the ", named.first, " of param ", i, " is on ", t.device(),
+                  " but the param is on ", p.device());
+    }
+    const at::Tensor& s = state_steps[i];
+    TORCH_CHECK(s.layout() == at::kStrided && s.has_storage() && s.scalar_type() == at::kFloat && s.numel() == 1 &&
+                    s.device() == p.device(),
+                "clr_ext: state_steps ", i, " must be a one-element float32 tensor on ", p.device(), ", got ",
+                s.scalar_type(), " with ", s.numel(), " elements on ", s.device());
+  }
+
+  plan.point.lr = 0.0;
+  plan.point.momentum = 0.0;
+  plan.beta1 = beta1;
+  if (device_type == at::kCPU) {
+    plan.point = clr_schedule(iteration.item<int64_t>(), &plan.shape, &plan.bounds);
+    if (cycle_momentum) plan.beta1 = plan.point.momentum;
+    TORCH_CHECK(plan.beta1 >= 0.0 && plan.beta1 < 1.0, "clr_ext: the cycled beta1 at iteration ",
+                iteration.item<int64_t>(), " is ", plan.beta1, ", outside [0, 1)");
+  }
+  return plan;
+}
+
 namespace {
 
 // The schedule as the kernels evaluate it, for the host mirror, the tests and tools.
@@ -221,6 +314,36 @@ void check_bucket(const pybind11::list& params, const pybind11::list& grads, con
 }
 #endif  // CLR_EXT_NO_PYTHON
 
+#ifndef CLR_EXT_NO_PYTHON
+// cyclic_adamw_cpu_ called from Python with lists (see unpack_tensors).
+void eager_adamw_step(const pybind11::list& params, const pybind11::list& grads, const pybind11::list& exp_avgs,
+                      const pybind11::list& exp_avg_sqs, const pybind11::list& max_exp_avg_sqs,
+                      const pybind11::list& state_steps, const at::Tensor& iteration,
+                      const std::vector<double>& bounds, const std::vector<double>& shape, int64_t mode,
+                      double beta1, double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
+                      bool cycle_momentum, const c10::optional<at::Tensor>& grad_scale,
+                      const c10::optional<at::Tensor>& found_inf) {
+  cyclic_adamw_cpu_(unpack_tensors(params, "params"), unpack_tensors(grads, "grads"),
+                    unpack_tensors(exp_avgs, "exp_avgs"), unpack_tensors(exp_avg_sqs, "exp_avg_sqs"),
+                    unpack_tensors(max_exp_avg_sqs, "max_exp_avg_sqs"), unpack_tensors(state_steps, "state_steps"),
+                    iteration, bounds, shape, mode, beta1, beta2, eps, weight_decay, amsgrad, maximize,
+                    cycle_momentum, grad_scale, found_inf);
+}
+
+// The AdamW op's tensor checks alone, for every bucket of a step before the first writes.
+void check_adamw_bucket(const pybind11::list& params, const pybind11::list& grads, const pybind11::list& exp_avgs,
+                        const pybind11::list& exp_avg_sqs, const pybind11::list& max_exp_avg_sqs,
+                        const pybind11::list& state_steps, bool amsgrad) {
+  const std::vector<at::Tensor> p = unpack_tensors(params, "params");
+  if (p.empty()) return;
+  const at::Tensor iteration = at::empty({}, p[0].options().dtype(at::kLong));
+  make_adamw_plan(p, unpack_tensors(grads, "grads"), unpack_tensors(exp_avgs, "exp_avgs"),
+                  unpack_tensors(exp_avg_sqs, "exp_avg_sqs"), unpack_tensors(max_exp_avg_sqs, "max_exp_avg_sqs"),
+                  unpack_tensors(state_steps, "state_steps"), iteration, {0.0, 0.0, 0.0, 0.0}, {1.0, 1.0, 1.0, 1.0},
+                  0, 0.0, 0.0, 0.0, 0.0, amsgrad, false, c10::nullopt, c10::nullopt, c10::DeviceType::Meta);
+}
+#endif  // CLR_EXT_NO_PYTHON
+
 std::string compiled_isa() {
 #if defined(CLR_EXT_NO_TARGET_CLONES)
   return "baseline";
@@ -242,6 +365,10 @@ TORCH_LIBRARY(clr_ext, m) { m.def(clr_ext::kCyclicSgdSchema); }
 
 TORCH_LIBRARY_IMPL(clr_ext, CPU, m) { m.impl("cyclic_sgd_", &clr_ext::cyclic_sgd_cpu_); }
 
+TORCH_LIBRARY_FRAGMENT(clr_ext, m) { m.def(clr_ext::kCyclicAdamwSchema); }
+
+TORCH_LIBRARY_IMPL(clr_ext, CPU, m) { m.impl("cyclic_adamw_", &clr_ext::cyclic_adamw_cpu_); }
+
 #ifndef CLR_EXT_NO_PYTHON
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "clr_ext compiled core: the fused cyclical-LR SGD op (registered as torch.ops.clr_ext)";
@@ -258,6 +385,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "The CPU kernel called directly, bypassing the dispatcher (eager fast path)");
   m.def("check_bucket", &clr_ext::check_bucket, "Raises if the tensors of one bucket do not fit the op");
   m.def("cpu_isa", &clr_ext::compiled_isa, "The instruction set the CPU kernel's clones run with here");
+  m.def("cyclic_adamw_cpu_", &clr_ext::eager_adamw_step,
+        "The CPU AdamW kernel called directly, bypassing the dispatcher (eager fast path)", pybind11::arg("params"),
+        pybind11::arg("grads"), pybind11::arg("exp_avgs"), pybind11::arg("exp_avg_sqs"),
+        pybind11::arg("max_exp_avg_sqs"), pybind11::arg("state_steps"), pybind11::arg("iteration"),
+        pybind11::arg("bounds"), pybind11::arg("shape"), pybind11::arg("schedule_mode"), pybind11::arg("beta1"),
+        pybind11::arg("beta2"), pybind11::arg("eps"), pybind11::arg("weight_decay"), pybind11::arg("amsgrad"),
+        pybind11::arg("maximize"), pybind11::arg("cycle_momentum"), pybind11::arg("grad_scale") = pybind11::none(),
+        pybind11::arg("found_inf") = pybind11::none());
+  m.def("check_adamw_bucket", &clr_ext::check_adamw_bucket,
+        "Raises if the tensors of one AdamW bucket do not fit the op", pybind11::arg("params"),
+        pybind11::arg("grads"), pybind11::arg("exp_avgs"), pybind11::arg("exp_avg_sqs"),
+        pybind11::arg("max_exp_avg_sqs"), pybind11::arg("state_steps"), pybind11::arg("amsgrad"));
 #ifdef CLR_EXT_WITH_CUDA
   m.def("cyclic_sgd_cuda_", &clr_ext::eager_step<&clr_ext::cyclic_sgd_cuda_>,
         "The CUDA kernel called directly, bypassing the dispatcher (eager fast path; no host sync)");

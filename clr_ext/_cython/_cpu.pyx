@@ -203,3 +203,127 @@ def cyclic_sgd_(int dtype_code, list params, list grads, list momentum_buffers, 
             hi = total
         if lo < hi:
             run_range(dtype, spans.data(), offsets.data(), n_spans, lo, hi, a)
+
+
+# ------------------------------------------------------------------------------ AdamW
+# The same loops as clr_ext._C's cyclic_adamw_cpu_: csrc/adamw_update.h, csrc/cpu/adamw_cpu.h.
+
+cdef extern from "cpu/adamw_cpu.h" namespace "clr_cpu" nogil:
+    cdef struct VectorSqrt:
+        pass
+    cdef struct AdamwSpan:
+        void* param
+        void* grad
+        void* exp_avg
+        void* exp_avg_sq
+        void* max_exp_avg_sq
+        int64_t numel
+        double step_size
+        double bias_correction2_sqrt
+    cdef struct AdamwArgs:
+        double lr
+        double beta1
+        double beta2
+        double eps
+        double weight_decay
+        int32_t amsgrad
+        int32_t maximize
+        int32_t unscale
+        double grad_scale
+        const VectorSqrt* vsqrt
+    void adamw_prepare_span(AdamwSpan* span, float* state_step, const AdamwArgs& a)
+    void adamw_run_range(int32_t dtype, const AdamwSpan* spans, const int64_t* offsets, int64_t n_spans,
+                         int64_t begin, int64_t end, const AdamwArgs& a)
+    const VectorSqrt* torch_vector_sqrt()
+
+
+def cyclic_adamw_(int dtype_code, list params, list grads, list exp_avgs, list exp_avg_sqs,
+                  list max_exp_avg_sqs, list state_steps, iteration, bounds, shape, int mode,
+                  double beta1, double beta2, double eps, double weight_decay, bint amsgrad,
+                  bint maximize, bint cycle_momentum, grad_scale=None, found_inf=None,
+                  int num_threads=1):
+    """One AdamW step over a bucket of same-dtype CPU tensors, as clr_ext._C's
+    cyclic_adamw_cpu_ (same loops, same bits): lr and, with cycle_momentum, beta1 from the
+    schedule at the int64 counter `iteration` (not advanced here); each float32 tensor of
+    `state_steps` is advanced by one. grad_scale / found_inf: one-element tensors or
+    floats; with found_inf == 1 nothing changes."""
+    cdef Py_ssize_t n = len(params)
+    if (len(grads) != n or len(exp_avgs) != n or len(exp_avg_sqs) != n or len(state_steps) != n
+            or len(max_exp_avg_sqs) != (n if amsgrad else 0)):
+        raise ValueError("params, grads, exp_avgs, exp_avg_sqs, state_steps (and max_exp_avg_sqs "
+                         "with amsgrad, none without) differ in length")
+    if not (0.0 <= beta1 < 1.0) or not (0.0 <= beta2 < 1.0):
+        raise ValueError("beta1 and beta2 must be in [0, 1), got %r and %r" % (beta1, beta2))
+    if not eps >= 0.0:
+        raise ValueError("eps must be non-negative, got %r" % eps)
+    cdef clr_shape s = _shape(shape, mode)
+    cdef clr_bounds b = _bounds(bounds)
+    cdef int64_t it = (<int64_t*><uintptr_t>iteration.data_ptr())[0]
+    cdef clr_point point = clr_schedule(it, &s, &b)
+    cdef double step_beta1 = point.momentum if cycle_momentum else beta1
+    if not (0.0 <= step_beta1 < 1.0):
+        raise ValueError("the cycled beta1 at iteration %d is %r, outside [0, 1)" % (it, step_beta1))
+    # A CPU flag: reading it is free, and a skipped step changes nothing, step counts included.
+    if found_inf is not None and float(found_inf) == 1.0:
+        return
+
+    cdef AdamwArgs a
+    a.lr = point.lr
+    a.beta1 = step_beta1
+    a.beta2 = beta2
+    a.eps = eps
+    a.weight_decay = weight_decay
+    a.amsgrad = amsgrad
+    a.maximize = maximize
+    a.unscale = grad_scale is not None
+    a.grad_scale = float(grad_scale) if grad_scale is not None else 1.0
+    a.vsqrt = torch_vector_sqrt()
+
+    cdef vector[AdamwSpan] spans
+    cdef vector[int64_t] offsets
+    spans.reserve(n)
+    offsets.reserve(n + 1)
+    offsets.push_back(0)
+    cdef AdamwSpan sp
+    cdef Py_ssize_t i
+    cdef int64_t numel
+    for i in range(n):
+        # Once per param, before any thread runs; params without elements count steps too.
+        adamw_prepare_span(&sp, <float*><uintptr_t>state_steps[i].data_ptr(), a)
+        p = params[i]
+        numel = p.numel()
+        if numel == 0:
+            continue
+        sp.param = <void*><uintptr_t>p.data_ptr()
+        sp.grad = <void*><uintptr_t>grads[i].data_ptr()
+        sp.exp_avg = <void*><uintptr_t>exp_avgs[i].data_ptr()
+        sp.exp_avg_sq = <void*><uintptr_t>exp_avg_sqs[i].data_ptr()
+        sp.max_exp_avg_sq = <void*><uintptr_t>max_exp_avg_sqs[i].data_ptr() if amsgrad else NULL
+        sp.numel = numel
+        spans.push_back(sp)
+        offsets.push_back(offsets.back() + numel)
+
+    cdef int64_t total = offsets.back()
+    cdef int64_t n_spans = spans.size()
+    cdef int32_t dtype = dtype_code
+    cdef int threads = num_threads
+    cdef int64_t n_blocks = (total + kRangeAlign - 1) // kRangeAlign
+    cdef int64_t per_thread, lo, hi
+    cdef int tid
+    if threads > 1 and total > kParallelGrain:
+        if threads > total // kParallelGrain:
+            threads = <int>(total // kParallelGrain)
+    if threads <= 1 or total <= kParallelGrain:
+        with nogil:
+            adamw_run_range(dtype, spans.data(), offsets.data(), n_spans, 0, total, a)
+        return
+    # Even shares of the flattened element space, cut at kRangeAlign boundaries.
+    per_thread = (n_blocks + threads - 1) // threads
+    with nogil, parallel(num_threads=threads):
+        tid = openmp.omp_get_thread_num()
+        lo = tid * per_thread * kRangeAlign
+        hi = (tid + 1) * per_thread * kRangeAlign
+        if hi > total:
+            hi = total
+        if lo < hi:
+            adamw_run_range(dtype, spans.data(), offsets.data(), n_spans, lo, hi, a)

@@ -1,0 +1,221 @@
+/*
+ * The multi-tensor CPU AdamW step: every parameter of a (dtype) bucket in one pass.
+ *
+ * The same design as sgd_cpu.h (whose storage types, Io conversions, ISA clones and
+ * grain it reuses): header-only, no torch headers, so that clr_ext._C (parallel through
+ * ATen) and the Cython fallback (OpenMP) run the very same loops over the flattened
+ * element space of all tensors. AdamW differs in one way: each parameter has its own
+ * step count, hence its own step_size and bias_correction2_sqrt, which the host derives
+ * once per parameter (adamw_prepare_span) before the element pass.
+ */
+#ifndef CLR_EXT_CPU_ADAMW_CPU_H
+#define CLR_EXT_CPU_ADAMW_CPU_H
+
+#include <dlfcn.h>
+
+#include "../adamw_update.h"
+#include "sgd_cpu.h"
+
+namespace clr_cpu {
+
+/* One parameter's memory (param, grad, moments: dense and alike) and its step scalars. */
+struct AdamwSpan {
+  void* param;
+  void* grad;
+  void* exp_avg;
+  void* exp_avg_sq;
+  void* max_exp_avg_sq; /* nullptr unless amsgrad */
+  int64_t numel;
+  double step_size; /* lr / bias_correction1 of this param's own step */
+  double bias_correction2_sqrt;
+};
+
+/*
+ * torch.sqrt on a float32/float64 CPU tensor is MKL's vector sqrt wherever torch is built
+ * with MKL (ATen/cpu/vml.h: vmsSqrt / vmdSqrt, VML_HA, denormals kept). It is within 1 ulp
+ * but not correctly rounded (about 1 result in 6 differs from sqrtf in float32), so the
+ * loops call the same functions, found in the loaded libtorch_cpu, to round like
+ * torch.optim.AdamW; without them they use IEEE sqrt, which is what torch uses then.
+ * n is passed as 64 bits: right for ILP64 MKL, and LP64 MKL reads the low half. The names
+ * are MKL's C interfaces (mkl_set_num_threads_local, lowercase, is the Fortran one: it takes
+ * a pointer).
+ */
+typedef void (*MklVsqrtF32)(long long n, const float* a, float* r, long long mode);
+typedef void (*MklVsqrtF64)(long long n, const double* a, double* r, long long mode);
+typedef int (*MklSetNumThreadsLocal)(int n);
+struct VectorSqrt {
+  MklVsqrtF32 f32;
+  MklVsqrtF64 f64;
+  MklSetNumThreadsLocal set_num_threads_local; /* may be null */
+};
+static const long long kMklVmlMode = 0x2 | 0x140000 | 0x100; /* VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE */
+
+/* The functions torch.sqrt uses in this process, or null when it uses IEEE sqrt. */
+inline const VectorSqrt* torch_vector_sqrt() {
+  static const VectorSqrt found = [] {
+    VectorSqrt v = {nullptr, nullptr, nullptr};
+    void* torch_cpu = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
+    void* scope = torch_cpu != nullptr ? torch_cpu : RTLD_DEFAULT;
+    v.f32 = (MklVsqrtF32)dlsym(scope, "vmsSqrt");
+    v.f64 = (MklVsqrtF64)dlsym(scope, "vmdSqrt");
+    v.set_num_threads_local = (MklSetNumThreadsLocal)dlsym(scope, "MKL_Set_Num_Threads_Local");
+    if (v.f32 == nullptr || v.f64 == nullptr) v.f32 = nullptr, v.f64 = nullptr;
+    return v;
+  }();
+  return found.f32 != nullptr ? &found : nullptr;
+}
+
+/* What is the same for every element of one bucket in one step. */
+struct AdamwArgs {
+  double lr;
+  double beta1; /* already the cycled momentum when the schedule cycles it */
+  double beta2;
+  double eps;
+  double weight_decay;
+  int32_t amsgrad;
+  int32_t maximize;
+  int32_t unscale;   /* divide the gradient by grad_scale and write it back (AMP) */
+  double grad_scale; /* the loss scale, only read when unscale */
+  const VectorSqrt* vsqrt; /* torch_vector_sqrt() */
+};
+
+/*
+ * A param's host work before the element pass: step_t += 1 (float32, as torch.optim.AdamW
+ * keeps state["step"]), then the scalars of that step. Called once per param of a step
+ * that is not skipped, including params with no elements (their step still counts).
+ */
+inline void adamw_prepare_span(AdamwSpan* span, float* state_step, const AdamwArgs& a) {
+  const float step = *state_step + 1.0f;
+  *state_step = step;
+  clr_adamw_step_scalars(a.lr, a.beta1, a.beta2, (double)step, &span->step_size, &span->bias_correction2_sqrt);
+}
+
+/* Elements per block: the moments pass, the square roots and the parameter pass of one
+   block run while its values are in L1. */
+static const int64_t kAdamwBlock = 512;
+
+template <typename C>
+CLR_ALWAYS_INLINE void block_sqrt(const VectorSqrt* vsqrt, int64_t n, const C* in, C* out);
+template <>
+CLR_ALWAYS_INLINE void block_sqrt<float>(const VectorSqrt* vsqrt, int64_t n, const float* in, float* out) {
+  if (vsqrt != nullptr) {
+    vsqrt->f32(n, in, out, kMklVmlMode);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) out[i] = clr_sqrt(in[i]);
+}
+template <>
+CLR_ALWAYS_INLINE void block_sqrt<double>(const VectorSqrt* vsqrt, int64_t n, const double* in, double* out) {
+  if (vsqrt != nullptr) {
+    vsqrt->f64(n, in, out, kMklVmlMode);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) out[i] = clr_sqrt(in[i]);
+}
+
+template <typename S, bool kWeightDecay, bool kAmsgrad, bool kUnscale>
+CLR_ALWAYS_INLINE void adamw_span_loop(S* __restrict param, S* __restrict grad, S* __restrict exp_avg,
+                                       S* __restrict exp_avg_sq, S* __restrict max_exp_avg_sq, int64_t n,
+                                       const clr_adamw_coeffs<typename Io<S>::compute>& c,
+                                       typename Io<S>::compute grad_scale, const VectorSqrt* vsqrt) {
+  typedef typename Io<S>::compute C;
+  // The parameter pass uses the compute-type moments, not their rounded 16-bit copies, so
+  // that half storage rounds once per step, as an fp32 step on float copies would.
+  C first[kAdamwBlock], second[kAdamwBlock], root[kAdamwBlock];
+  for (int64_t b = 0; b < n; b += kAdamwBlock) {
+    const int64_t len = std::min(kAdamwBlock, n - b);
+    for (int64_t i = 0; i < len; ++i) {
+      const int64_t k = b + i;
+      C g = Io<S>::load(grad[k]);
+      if (kUnscale) {
+        g = g / grad_scale;
+        grad[k] = Io<S>::store(g);
+      }
+      C m = Io<S>::load(exp_avg[k]);
+      C v = Io<S>::load(exp_avg_sq[k]);
+      C vmax = kAmsgrad ? Io<S>::load(max_exp_avg_sq[k]) : C(0);
+      second[i] = clr_adamw_moments<C, kAmsgrad>(g, &m, &v, &vmax, c);
+      first[i] = m;
+      exp_avg[k] = Io<S>::store(m);
+      exp_avg_sq[k] = Io<S>::store(v);
+      if (kAmsgrad) max_exp_avg_sq[k] = Io<S>::store(vmax);
+    }
+    block_sqrt<C>(vsqrt, len, second, root);
+    for (int64_t i = 0; i < len; ++i) {
+      const int64_t k = b + i;
+      param[k] = Io<S>::store(clr_adamw_finish<C, kWeightDecay>(Io<S>::load(param[k]), first[i], root[i], c));
+    }
+  }
+}
+
+/* Elements [lo, lo + n) of one span. */
+template <typename S, bool kUnscale>
+CLR_ALWAYS_INLINE void adamw_span_dispatch(const AdamwSpan& sp, int64_t lo, int64_t n, const AdamwArgs& a) {
+  typedef typename Io<S>::compute C;
+  const clr_adamw_coeffs<C> c = clr_adamw_coeffs_make<C>(a.lr, a.beta1, a.beta2, a.eps, a.weight_decay,
+                                                         a.maximize, sp.step_size, sp.bias_correction2_sqrt);
+  const C scale = (C)a.grad_scale;
+  S* param = (S*)sp.param + lo;
+  S* grad = (S*)sp.grad + lo;
+  S* exp_avg = (S*)sp.exp_avg + lo;
+  S* exp_avg_sq = (S*)sp.exp_avg_sq + lo;
+  S* max_exp_avg_sq = a.amsgrad ? (S*)sp.max_exp_avg_sq + lo : nullptr;
+  // torch.optim.AdamW skips param.mul_ when weight_decay == 0; a multiply by 1 would be exact anyway.
+  const bool wd = a.weight_decay != 0.0;
+#define CLR_SPAN(WD, AMS) \
+  adamw_span_loop<S, WD, AMS, kUnscale>(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, n, c, scale, \
+                                        a.vsqrt)
+  if (a.amsgrad) {
+    if (wd) CLR_SPAN(true, true);
+    else CLR_SPAN(false, true);
+  } else {
+    if (wd) CLR_SPAN(true, false);
+    else CLR_SPAN(false, false);
+  }
+#undef CLR_SPAN
+}
+
+/* One entry point per storage type: these are the functions that get ISA clones. */
+#define CLR_DEFINE_ADAMW_ENTRY(NAME, S)                                                          \
+  CLR_CPU_CLONES __attribute__((noinline)) static void NAME(const AdamwSpan* sp, int64_t lo,    \
+                                                           int64_t n, const AdamwArgs* a) {     \
+    if (a->unscale)                                                                              \
+      adamw_span_dispatch<S, true>(*sp, lo, n, *a);                                              \
+    else                                                                                         \
+      adamw_span_dispatch<S, false>(*sp, lo, n, *a);                                             \
+  }
+
+CLR_DEFINE_ADAMW_ENTRY(adamw_span_f32, float)
+CLR_DEFINE_ADAMW_ENTRY(adamw_span_f64, double)
+CLR_DEFINE_ADAMW_ENTRY(adamw_span_f16, Fp16)
+CLR_DEFINE_ADAMW_ENTRY(adamw_span_bf16, Bf16)
+#undef CLR_DEFINE_ADAMW_ENTRY
+
+/*
+ * Runs elements [begin, end) of the flattened bucket; `offsets` as in run_range (prefix
+ * sums of the spans' numel), so any thread finds its first span by binary search.
+ */
+inline void adamw_run_range(int32_t dtype, const AdamwSpan* spans, const int64_t* offsets, int64_t n_spans,
+                            int64_t begin, int64_t end, const AdamwArgs& a) {
+  if (begin >= end) return;
+  // The caller's threads are the parallelism: after torch.set_num_threads(n) MKL would
+  // otherwise treat each call as a region of n threads of its own (3x slower on 2 cores).
+  const MklSetNumThreadsLocal set_local = a.vsqrt != nullptr ? a.vsqrt->set_num_threads_local : nullptr;
+  const int previous = set_local != nullptr ? set_local(1) : 0;
+  void (*span_fn)(const AdamwSpan*, int64_t, int64_t, const AdamwArgs*) =
+      dtype == kFloat32   ? adamw_span_f32
+      : dtype == kFloat64 ? adamw_span_f64
+      : dtype == kFloat16 ? adamw_span_f16
+                          : adamw_span_bf16;
+  int64_t s = (int64_t)(std::upper_bound(offsets, offsets + n_spans + 1, begin) - offsets) - 1;
+  for (; s < n_spans && offsets[s] < end; ++s) {
+    const int64_t lo = std::max(begin, offsets[s]) - offsets[s];
+    const int64_t hi = std::min(end, offsets[s + 1]) - offsets[s];
+    if (hi > lo) span_fn(&spans[s], lo, hi - lo, &a);
+  }
+  if (set_local != nullptr) set_local(previous);
+}
+
+}  // namespace clr_cpu
+
+#endif /* CLR_EXT_CPU_ADAMW_CPU_H */
