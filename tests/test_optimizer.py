@@ -624,3 +624,32 @@ def test_load_into_an_optimizer_that_already_stepped(backend):
     for a, b in zip(pa, pb):
         assert torch.equal(a.detach(), b.detach())
         assert torch.equal(opt_a.state[a]["momentum_buffer"], opt_b.state[b]["momentum_buffer"])
+
+
+@pytest.mark.parametrize("cls", ["CyclicSGD", "OneCycleSGD", "CyclicAdamW"])
+def test_step_hooks_and_profiler_label_still_work(backend, cls):
+    """The step skips torch's wrapper only when nothing would see it: step pre/post hooks
+    (per optimizer and global) still run, and a profiler still sees the step's label."""
+    p = torch.nn.Parameter(torch.zeros(4))
+    p.grad = torch.ones(4)
+    opt = {"CyclicSGD": lambda: clr_ext.CyclicSGD([p], 0.01, 0.1, backend=backend),
+           "OneCycleSGD": lambda: clr_ext.OneCycleSGD([p], 0.1, 10, backend=backend),
+           "CyclicAdamW": lambda: clr_ext.CyclicAdamW([p], 0.01, 0.1, backend=backend)}[cls]()
+    calls = []
+    pre = opt.register_step_pre_hook(lambda o, a, k: calls.append(("pre", o.iteration)))
+    post = opt.register_step_post_hook(lambda o, a, k: calls.append(("post", o.iteration)))
+    opt.step()
+    pre.remove()
+    post.remove()
+    opt.step()
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    handle = register_optimizer_step_post_hook(lambda o, a, k: calls.append(("global", 0)))
+    opt.step()
+    handle.remove()
+    opt.step()
+    assert calls == [("pre", 0), ("post", 1), ("global", 0)]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt.step()
+    assert any(e.name == f"Optimizer.step#{cls}.step" for e in prof.events())
+    assert opt.iteration == 5

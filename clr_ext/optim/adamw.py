@@ -2,6 +2,7 @@
 one fused step (the AdamW update rule on the scheduled-optimizer core)."""
 from __future__ import annotations
 
+import operator
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
@@ -85,7 +86,7 @@ class _ScheduledAdamW(_ScheduledOptimizer):
                 devices.add(bucket.device)
                 try:  # every step after a param's first
                     dicts = [state[p] for p in params] if compiling else bucket.states(state)
-                    columns = [[d[k] for d in dicts] for k in keys]
+                    columns = [list(map(operator.itemgetter(k), dicts)) for k in keys]
                 except KeyError:
                     columns = self._state_with_new(params, keys, created)
                 view = self._kernel_tensors

@@ -11,6 +11,7 @@ the step with the helpers here.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import operator
 import sys
@@ -21,6 +22,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch.optim import Optimizer
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from .. import backends as _backends
 from .._checks import momentum_value
@@ -155,6 +157,27 @@ class _ScheduledOptimizer(Optimizer):
     """
 
     _step_supports_amp_scaling = True
+
+    @staticmethod
+    def profile_hook_step(func: Callable[..., Any]) -> Callable[..., Any]:
+        """torch.optim.Optimizer's step wrapper (step hooks, the profiler's record_function),
+        entered only when there are hooks, a profiler, or a trace: its record_function alone
+        costs ~10 us per step, a fifth of a 200-param step. Otherwise the step runs
+        directly, with what the wrapper does besides (``_optimizer_step_code``)."""
+        hooked = Optimizer.profile_hook_step(func)
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            self = args[0]
+            if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks or _global_optimizer_pre_hooks
+                    or _global_optimizer_post_hooks or torch.compiler.is_compiling()
+                    or torch.autograd._profiler_enabled()):
+                return hooked(*args, **kwargs)
+            out = func(*args, **kwargs)
+            self._optimizer_step_code()
+            return out
+
+        return wrapper
     # Devices whose overflow flag the host reads for free; on all others the op decides
     # which buffers start (tests empty this to run that path without a GPU).
     _host_decided_types: Tuple[str, ...] = ("cpu",)
@@ -401,7 +424,7 @@ class _ScheduledOptimizer(Optimizer):
         ``{"optimizer": opt, "lr_scheduler": ...}``): its ``step()`` does nothing (the
         optimizer's step advances the schedule), ``get_last_lr()`` reports the LR the
         next step uses, and its state dict round-trips."""
-        from ._lr_adapter import ScheduleAdapter
+        from .._lr_adapter import ScheduleAdapter
 
         return ScheduleAdapter(self)
 

@@ -15,6 +15,8 @@ from .schedules import CyclicSchedule, OneCycleSchedule
 
 __all__ = ["CyclicSGD", "OneCycleSGD"]
 
+_BUFFER = operator.itemgetter("momentum_buffer")
+
 # A param's momentum_start (csrc/cyclic_sgd.h) before its first step with momentum,
 # and for a buffer that began before it had a start (loaded, or started on the host).
 _NOT_STARTED = 2**63 - 1
@@ -173,7 +175,7 @@ class _ScheduledSGD(_ScheduledOptimizer):
                     work.append(self._plan_device_decided(bucket, grads, group, bounds, new_buffers, compiling))
                     continue
                 try:
-                    buffers = [d["momentum_buffer"] for d in bucket.states(state)]
+                    buffers = list(map(_BUFFER, bucket.states(state)))
                 except KeyError:
                     buffers = None
                 if buffers is not None and not any(map(operator.is_, buffers, repeat(None))):
@@ -259,7 +261,7 @@ class _ScheduledSGD(_ScheduledOptimizer):
         state, starts_of = self.state, self._momentum_start
         try:  # every step after the first: each param has its buffer and its start
             buffers = ([state[p]["momentum_buffer"] for p in params] if compiling
-                       else [d["momentum_buffer"] for d in bucket.states(state)])
+                       else list(map(_BUFFER, bucket.states(state))))
             if not compiling and bucket.starts is not None and bucket.starts[0] == self._starts_version:
                 starts = bucket.starts[1]
             else:
