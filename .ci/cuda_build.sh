@@ -97,11 +97,18 @@ for t in float double clr_cuda::f16_t clr_cuda::bf16_t; do
   grep -q "clr_cuda::cyclic_sgd_kernel<$t>" "$BUILD/nm.txt" || die "no cyclic_sgd_kernel<$t> in $SO"
 done
 grep -q "clr_ext::cyclic_sgd_cuda_" "$BUILD/nm.txt" || die "no clr_ext::cyclic_sgd_cuda_ in $SO"
+for t in float double clr_cuda::f16_t clr_cuda::bf16_t; do
+  for ams in false true; do
+    grep -q "clr_cuda::cyclic_adamw_kernel<$t, $ams>" "$BUILD/nm.txt" || die "no cyclic_adamw_kernel<$t, $ams> in $SO"
+  done
+done
+grep -q "clr_cuda::adamw_step_count_kernel" "$BUILD/nm.txt" || die "no adamw_step_count_kernel in $SO"
+grep -q "clr_ext::cyclic_adamw_cuda_" "$BUILD/nm.txt" || die "no clr_ext::cyclic_adamw_cuda_ in $SO"
 nm -D --defined-only "$SO" | grep "PyInit__C" >/dev/null || die "no PyInit__C exported"
 # the embedded fatbinary names the architectures it holds (an ELF cubin per sm_XX)
 arch=${TORCH_CUDA_ARCH_LIST%%;*}; arch=${arch//./}; arch=${arch%%+PTX}
 if ! strings -a "$SO" | grep "sm_$arch" >/dev/null; then die "no sm_$arch device code in $SO"; fi
-say "kernels: cyclic_sgd_kernel<float|double|f16|bf16> present, device code for sm_$arch"
+say "kernels: cyclic_sgd_kernel and cyclic_adamw_kernel<float|double|f16|bf16, amsgrad or not>, adamw_step_count_kernel present, device code for sm_$arch"
 
 # --- what the compiler made of them (bench/sass_report.sh, as bench/gpu_check.sh runs it
 # on the GPU machine): 128-bit loads per instantiation, registers, spills. The vector
@@ -135,6 +142,11 @@ done
   -DCUDART_VERSION=13000 -I"$REPO/csrc" "$REPO/csrc/tests/test_cuda_kernel_host.cpp" -o "$BUILD/test_cuda_kernel_host" ||
   die "csrc/tests/test_cuda_kernel_host.cpp does not compile"
 "$BUILD/test_cuda_kernel_host" 30 || die "test_cuda_kernel_host failed (32 KB tables)"
+# --- the AdamW kernels (update, step counts) emulated on the host, 32 KB tables
+"${CXX:-g++}" -std=c++17 -O2 -ffp-contract=off -fno-math-errno -Wall -Wextra -Werror -Wno-unknown-pragmas \
+  -DCUDART_VERSION=13000 -I"$REPO/csrc" "$REPO/csrc/tests/test_cuda_adamw_host.cpp" -o "$BUILD/test_cuda_adamw_host" ||
+  die "csrc/tests/test_cuda_adamw_host.cpp does not compile"
+"$BUILD/test_cuda_adamw_host" 20 || die "test_cuda_adamw_host failed (32 KB tables)"
 
 # --- the libtorch library through CMake with -DCLR_EXT_CUDA=ON (the C++ users' build):
 # it configures with no GPU, compiles the .cu with the same flags, carries the kernels
@@ -176,6 +188,8 @@ assert _C.__file__.startswith(__import__("os").environ["PYTHONPATH"] + "/"), _C.
 assert _C.with_cuda is True, "clr_ext._C was built without CUDA"
 assert torch._C._dispatch_has_kernel_for_dispatch_key("clr_ext::cyclic_sgd_", "CUDA"), "no CUDA kernel registered"
 assert torch._C._dispatch_has_kernel_for_dispatch_key("clr_ext::cyclic_sgd_", "CPU"), "no CPU kernel registered"
+assert torch._C._dispatch_has_kernel_for_dispatch_key("clr_ext::cyclic_adamw_", "CUDA"), "no CUDA AdamW kernel registered"
+assert callable(getattr(_C, "cyclic_adamw_cuda_", None)), "no _C.cyclic_adamw_cuda_"
 assert "cuda" in clr_ext.available_backends(), clr_ext.available_backends()
 print("[cuda_build] import ok: torch %s, CUDA %s, backends %s, %d tensors per launch, GPU visible: %s"
       % (torch.__version__, torch.version.cuda, clr_ext.available_backends(), _C.cuda_max_tensors_per_launch(),

@@ -236,8 +236,17 @@ class CudaBackend(_CompiledOpBackend):
     eager_entry = "cyclic_sgd_cuda_"
 
     def adamw(self, **kw) -> None:
-        # No CUDA AdamW kernel yet: the PyTorch ops, with the schedule read on the host.
-        _instance("torch").adamw(**kw)
+        # The CUDA AdamW op (csrc/cuda/cyclic_adamw_cuda.cu: schedule, step counts and the
+        # overflow flag read on the device): straight into the kernel in eager mode, through
+        # the dispatcher when traced. A build from before that op has no _C.cyclic_adamw_cuda_:
+        # the PyTorch ops then, with the schedule read on the host.
+        eager = getattr(_C, "cyclic_adamw_cuda_", None)
+        if eager is None:
+            _instance("torch").adamw(**kw)
+        elif torch.compiler.is_compiling():
+            torch.ops.clr_ext.cyclic_adamw_(*[kw[k] for k in _ADAMW_ARGS])
+        else:
+            eager(*[kw[k] for k in _ADAMW_ARGS])
 
 
 # A plain Library fragment rather than torch.library.custom_op: ~4 us per call, not ~18.

@@ -115,6 +115,18 @@ void cyclic_sgd_cuda_(at::TensorList params, at::TensorList grads, at::TensorLis
 
 // How many tensors one kernel launch takes (the kernel-argument table's size).
 int64_t cuda_max_tensors_per_launch();
+
+// csrc/cuda/cyclic_adamw_cuda.cu: the AdamW op for CUDA tensors (no host sync; the
+// schedule and the step counts are read on the device, and the counts advanced there).
+void cyclic_adamw_cuda_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                        at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList state_steps,
+                        const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
+                        int64_t mode, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
+                        bool maximize, bool cycle_momentum, const c10::optional<at::Tensor>& grad_scale,
+                        const c10::optional<at::Tensor>& found_inf);
+
+// How many tensors one AdamW update launch takes.
+int64_t cuda_adamw_max_tensors_per_launch();
 #endif
 
 }  // namespace clr_ext

@@ -352,6 +352,23 @@ void eager_adamw_step(const pybind11::list& params, const pybind11::list& grads,
                     cycle_momentum, grad_scale, found_inf);
 }
 
+#ifdef CLR_EXT_WITH_CUDA
+// cyclic_adamw_cuda_ called from Python with lists (see unpack_tensors).
+void eager_adamw_cuda_step(const pybind11::list& params, const pybind11::list& grads, const pybind11::list& exp_avgs,
+                           const pybind11::list& exp_avg_sqs, const pybind11::list& max_exp_avg_sqs,
+                           const pybind11::list& state_steps, const at::Tensor& iteration,
+                           const std::vector<double>& bounds, const std::vector<double>& shape, int64_t mode,
+                           double beta1, double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
+                           bool cycle_momentum, const c10::optional<at::Tensor>& grad_scale,
+                           const c10::optional<at::Tensor>& found_inf) {
+  cyclic_adamw_cuda_(unpack_tensors(params, "params"), unpack_tensors(grads, "grads"),
+                     unpack_tensors(exp_avgs, "exp_avgs"), unpack_tensors(exp_avg_sqs, "exp_avg_sqs"),
+                     unpack_tensors(max_exp_avg_sqs, "max_exp_avg_sqs"), unpack_tensors(state_steps, "state_steps"),
+                     iteration, bounds, shape, mode, beta1, beta2, eps, weight_decay, amsgrad, maximize,
+                     cycle_momentum, grad_scale, found_inf);
+}
+#endif  // CLR_EXT_WITH_CUDA
+
 // The AdamW op's tensor checks alone, for every bucket of a step before the first writes.
 void check_adamw_bucket(const pybind11::list& params, const pybind11::list& grads, const pybind11::list& exp_avgs,
                         const pybind11::list& exp_avg_sqs, const pybind11::list& max_exp_avg_sqs,
@@ -424,6 +441,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "The CUDA kernel called directly, bypassing the dispatcher (eager fast path; no host sync)");
   m.def("cuda_max_tensors_per_launch", &clr_ext::cuda_max_tensors_per_launch,
         "How many tensors one CUDA kernel launch takes");
+  m.def("cyclic_adamw_cuda_", &clr_ext::eager_adamw_cuda_step,
+        "The CUDA AdamW kernel called directly, bypassing the dispatcher (eager fast path; no host sync)",
+        pybind11::arg("params"), pybind11::arg("grads"), pybind11::arg("exp_avgs"), pybind11::arg("exp_avg_sqs"),
+        pybind11::arg("max_exp_avg_sqs"), pybind11::arg("state_steps"), pybind11::arg("iteration"),
+        pybind11::arg("bounds"), pybind11::arg("shape"), pybind11::arg("schedule_mode"), pybind11::arg("beta1"),
+        pybind11::arg("beta2"), pybind11::arg("eps"), pybind11::arg("weight_decay"), pybind11::arg("amsgrad"),
+        pybind11::arg("maximize"), pybind11::arg("cycle_momentum"), pybind11::arg("grad_scale") = pybind11::none(),
+        pybind11::arg("found_inf") = pybind11::none());
+  m.def("cuda_adamw_max_tensors_per_launch", &clr_ext::cuda_adamw_max_tensors_per_launch,
+        "How many tensors one CUDA AdamW update launch takes");
   m.attr("with_cuda") = true;
 #else
   m.attr("with_cuda") = false;

@@ -174,6 +174,121 @@ inline void for_each_table(const Entry* entries, int64_t n_entries, TensorTable&
   if (table.count > 0) launch_table(table, chunks);
 }
 
+// ------------------------------------------------------------------ AdamW's tables
+
+/* What every block of one AdamW step needs besides its table: the device pointers
+   (iteration, loss scale, overflow flag) and the rule's scalars. */
+struct AdamwStepArgs {
+  const int64_t* iteration;
+  const void* grad_scale;  // nullptr: no unscaling
+  const void* found_inf;   // nullptr: never skip
+  clr_shape shape;
+  clr_bounds bounds;
+  double beta1;  // used when !cycle_momentum
+  double beta2;
+  double eps;
+  double weight_decay;
+  int32_t grad_scale_is_double;  // else float32
+  int32_t found_inf_is_double;   // else float32
+  int32_t cycle_momentum;
+  int32_t maximize;
+};
+
+/* Per tensor: 6 addresses (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step), an
+   int64 count and an int32 running chunk total: ~540 tensors per launch with 32 KB of
+   kernel parameters, ~65 with 4 KB. */
+constexpr int kAdamwBytesPerTensor = 6 * 8 + 8 + 4;
+constexpr int kAdamwMaxTensors =
+    (kKernelParamBytes - (int)sizeof(AdamwStepArgs) - 16 /* count + alignment slack */) / kAdamwBytesPerTensor;
+
+struct AdamwTensorTable {
+  void* param[kAdamwMaxTensors];
+  void* grad[kAdamwMaxTensors];
+  void* exp_avg[kAdamwMaxTensors];
+  void* exp_avg_sq[kAdamwMaxTensors];
+  void* max_exp_avg_sq[kAdamwMaxTensors];  // unused entries without amsgrad
+  const float* step[kAdamwMaxTensors];     // the step count before this step (read only here)
+  int64_t numel[kAdamwMaxTensors];
+  int32_t chunk_end[kAdamwMaxTensors];  // chunks of tensors 0..t, cumulative
+  int32_t count;
+};
+
+static_assert(sizeof(AdamwTensorTable) + sizeof(AdamwStepArgs) <= (size_t)kKernelParamBytes,
+              "the AdamW kernel arguments must fit the kernel-parameter space");
+
+struct AdamwEntry {
+  void* param;
+  void* grad;
+  void* exp_avg;
+  void* exp_avg_sq;
+  void* max_exp_avg_sq;  // nullptr without amsgrad
+  const float* step;
+  int64_t numel;  // > 0, fewer than INT32_MAX chunks (the launcher checks)
+};
+
+/* for_each_table for AdamW entries: the same packing rules (in order; a table closes at
+   kAdamwMaxTensors tensors or before its chunk count would reach INT32_MAX). Host code. */
+template <typename LaunchTable>
+inline void for_each_adamw_table(const AdamwEntry* entries, int64_t n_entries, AdamwTensorTable& table,
+                                 LaunchTable&& launch_table) {
+  table.count = 0;
+  int64_t chunks = 0;
+  for (int64_t k = 0; k < n_entries; ++k) {
+    const AdamwEntry& e = entries[k];
+    const int64_t n_chunks = chunks_of(e.numel);
+    if (table.count == kAdamwMaxTensors || chunks + n_chunks >= INT32_MAX) {
+      launch_table(table, chunks);
+      table.count = 0;
+      chunks = 0;
+    }
+    const int t = table.count;
+    table.param[t] = e.param;
+    table.grad[t] = e.grad;
+    table.exp_avg[t] = e.exp_avg;
+    table.exp_avg_sq[t] = e.exp_avg_sq;
+    table.max_exp_avg_sq[t] = e.max_exp_avg_sq;
+    table.step[t] = e.step;
+    table.numel[t] = e.numel;
+    chunks += n_chunks;
+    table.chunk_end[t] = (int32_t)chunks;
+    table.count = t + 1;
+  }
+  if (table.count > 0) launch_table(table, chunks);
+}
+
+/* The second launch of an AdamW step: every param's step count (empty params included)
+   advanced by one thread each, unless found_inf says the step was skipped. */
+struct StepCountArgs {
+  const void* found_inf;  // nullptr: never skip
+  int32_t found_inf_is_double;
+};
+
+constexpr int kStepCountBlock = 256;  // threads per block of the step-count launch
+constexpr int kMaxStepCounts = (kKernelParamBytes - (int)sizeof(StepCountArgs) - 16) / 8;
+
+struct StepCountTable {
+  float* step[kMaxStepCounts];
+  int32_t count;
+};
+
+static_assert(sizeof(StepCountTable) + sizeof(StepCountArgs) <= (size_t)kKernelParamBytes,
+              "the step-count kernel arguments must fit the kernel-parameter space");
+
+/* Packs the step counts kMaxStepCounts at a time; launch_table(table) for each. Host code. */
+template <typename LaunchTable>
+inline void for_each_step_table(float* const* steps, int64_t n_steps, StepCountTable& table,
+                                LaunchTable&& launch_table) {
+  table.count = 0;
+  for (int64_t k = 0; k < n_steps; ++k) {
+    if (table.count == kMaxStepCounts) {
+      launch_table(table);
+      table.count = 0;
+    }
+    table.step[table.count++] = steps[k];
+  }
+  if (table.count > 0) launch_table(table);
+}
+
 }  // namespace clr_cuda
 
 #endif /* CLR_EXT_CUDA_MULTI_TENSOR_CUH */

@@ -1,0 +1,194 @@
+/*
+ * The CUDA AdamW step's device code: one element, one chunk, the update kernel and the
+ * step-count kernel. The tables are packed on the host (multi_tensor.cuh); the storage
+ * conversions, vectors and scalar reads are the SGD kernel's (cyclic_sgd_kernel.cuh).
+ *
+ * Host-compilable like the SGD kernel: csrc/tests/test_cuda_adamw_host.cpp runs these
+ * very kernels on the CPU, block by block (csrc/tests/cuda_host_emulation.h), against
+ * the CPU AdamW loops (csrc/cpu/adamw_cpu.h).
+ *
+ * NOTE (step counts). torch.optim.AdamW advances each param's `step` before its update
+ * and takes the bias corrections from the new value. Many blocks cover one tensor and
+ * blocks run in any order, so a block cannot advance the count in place: a block that
+ * reads it after another block of the same step wrote it would use step + 2. Choices:
+ * (a) every block computes with stored_step + 1, read-only, and a second tiny launch
+ *     advances the counts after the update launches, skipping when found_inf is set;
+ * (b) one block per tensor advances it after a grid-wide barrier (cooperative launch:
+ *     not capturable everywhere, limits the grid) or the last block of a tensor, found
+ *     with an atomic ticket per tensor (needs a zeroed device buffer per step and a
+ *     memory fence; the buffer must be allocated and reset, which breaks "no allocation,
+ *     capturable" or needs persistent state in the op);
+ * (c) the host advances them (a host sync, or wrong under GradScaler skips).
+ * (a) is chosen: no atomics, no scratch memory, no ordering assumption between blocks;
+ * under stream order the second launch sees every read of the first done. It costs one
+ * extra launch per step (per ~4,000 params), a few microseconds, also under graph
+ * replay. It also counts the steps of params without elements, which have no chunk and
+ * so no block in the update launch, exactly as the CPU op does.
+ *
+ * The per-param step scalars (lr / bias_correction1, sqrt(bias_correction2): two double
+ * pow()s) are computed by every thread for each chunk it runs, not by thread 0 through
+ * shared memory: the values are warp-uniform and identical in every thread, no barrier
+ * is needed inside the grid-stride loop (a per-chunk barrier would also break the host
+ * emulation, which runs a block's threads one after another), and the cost is small
+ * next to a chunk's 65,536 elements. The schedule (per step, one for every block) is
+ * evaluated by thread 0 as in the SGD kernel.
+ *
+ * Rounding: adamw_update.h's math with the device's correctly rounded sqrtf / sqrt (nvcc's
+ * default -prec-sqrt=true; no --use_fast_math) and --fmad=false; on the CPU, torch and the
+ * CPU op take MKL's vector sqrt (within 1 ulp), so CPU and GPU compare with a tolerance.
+ */
+#ifndef CLR_EXT_CUDA_CYCLIC_ADAMW_KERNEL_CUH
+#define CLR_EXT_CUDA_CYCLIC_ADAMW_KERNEL_CUH
+
+#include <stdint.h>
+
+#include "../adamw_update.h"
+#include "cyclic_sgd_kernel.cuh"  // Storage, Vec, read_scalar
+#include "multi_tensor.cuh"
+
+namespace clr_cuda {
+
+// One block of 512 threads per SM at least, not two as for SGD: capped at 64 registers
+// (two blocks) ptxas spills the coefficients inside the element loop (up to 512 bytes of
+// spill loads with amsgrad); with 80-110 registers nothing spills, and 512 threads with
+// 4-5 16-byte loads each still keep ~32 KB per SM in flight. A GPU run can compare both
+// (-DCLR_ADAMW_MIN_BLOCKS=2).
+#ifndef CLR_ADAMW_MIN_BLOCKS
+#define CLR_ADAMW_MIN_BLOCKS 1
+#endif
+constexpr int kAdamwMinBlocksPerSm = CLR_ADAMW_MIN_BLOCKS;
+
+// One element: the CPU loop body (csrc/cpu/adamw_cpu.h, adamw_span_loop), same order. The
+// weight decay is always applied: with weight_decay == 0 the factor is exactly 1 and the
+// product is the param itself (torch skips the multiply; the bits are the same).
+template <typename S, bool kAmsgrad, bool kUnscale>
+__device__ __forceinline__ void adamw_element(S& param, S& grad, S& exp_avg, S& exp_avg_sq, S& max_exp_avg_sq,
+                                              const clr_adamw_coeffs<typename Storage<S>::compute>& c,
+                                              typename Storage<S>::compute scale) {
+  typedef typename Storage<S>::compute C;
+  C g = Storage<S>::load(grad);
+  if (kUnscale) {
+    g = g / scale;
+    grad = Storage<S>::store(g);
+  }
+  C m = Storage<S>::load(exp_avg);
+  C v = Storage<S>::load(exp_avg_sq);
+  C vmax = kAmsgrad ? Storage<S>::load(max_exp_avg_sq) : C(0);
+  // The parameter uses the compute-type moments, not their rounded 16-bit copies.
+  const C p = clr_adamw_update<C, true, kAmsgrad>(Storage<S>::load(param), g, &m, &v, &vmax, c);
+  exp_avg = Storage<S>::store(m);
+  exp_avg_sq = Storage<S>::store(v);
+  if (kAmsgrad) max_exp_avg_sq = Storage<S>::store(vmax);
+  param = Storage<S>::store(p);
+}
+
+// n (<= kChunkElems) elements of one tensor. 16-byte vectors when every stream touched is
+// 16-byte aligned, then a scalar tail; element by element otherwise. One vector per stream
+// and thread in flight: 4-5 streams already keep 64-80 bytes per thread loading.
+template <typename S, bool kAmsgrad, bool kUnscale>
+__device__ __forceinline__ void run_adamw_chunk(S* __restrict__ p, S* __restrict__ g, S* __restrict__ m,
+                                                S* __restrict__ v, S* __restrict__ vmax, int n,
+                                                const clr_adamw_coeffs<typename Storage<S>::compute>& c,
+                                                typename Storage<S>::compute scale) {
+  constexpr int W = Vec<S>::kWidth;
+  const uintptr_t addresses =
+      (uintptr_t)p | (uintptr_t)g | (uintptr_t)m | (uintptr_t)v | (kAmsgrad ? (uintptr_t)vmax : (uintptr_t)0);
+  int done = 0;
+  if ((addresses % kVectorBytes) == 0) {
+    const int n_vec = n / W;
+    Vec<S>* __restrict__ vp = reinterpret_cast<Vec<S>*>(p);
+    Vec<S>* __restrict__ vg = reinterpret_cast<Vec<S>*>(g);
+    Vec<S>* __restrict__ vm = reinterpret_cast<Vec<S>*>(m);
+    Vec<S>* __restrict__ vv = reinterpret_cast<Vec<S>*>(v);
+    Vec<S>* __restrict__ vx = reinterpret_cast<Vec<S>*>(vmax);
+    for (int i = threadIdx.x; i < n_vec; i += kBlockSize) {
+      // All loads first, then the math, then the stores.
+      Vec<S> rp = vp[i], rg = vg[i], rm = vm[i], rv = vv[i], rx;
+      if (kAmsgrad) rx = vx[i];
+#pragma unroll
+      for (int k = 0; k < W; ++k)
+        adamw_element<S, kAmsgrad, kUnscale>(rp.v[k], rg.v[k], rm.v[k], rv.v[k], rx.v[k], c, scale);
+      vp[i] = rp;
+      if (kUnscale) vg[i] = rg;
+      vm[i] = rm;
+      vv[i] = rv;
+      if (kAmsgrad) vx[i] = rx;
+    }
+    done = n_vec * W;
+  }
+  for (int i = done + (int)threadIdx.x; i < n; i += kBlockSize) {
+    S dummy;
+    adamw_element<S, kAmsgrad, kUnscale>(p[i], g[i], m[i], v[i], kAmsgrad ? vmax[i] : dummy, c, scale);
+  }
+}
+
+// The update launch: every element of every tensor of the table. Reads the step counts,
+// never writes them (adamw_step_count_kernel does, after this launch).
+template <typename S, bool kAmsgrad>
+__global__ void __launch_bounds__(kBlockSize, kAdamwMinBlocksPerSm)
+    cyclic_adamw_kernel(const CLR_GRID_CONSTANT AdamwTensorTable table, const CLR_GRID_CONSTANT AdamwStepArgs args) {
+  typedef typename Storage<S>::compute C;
+  __shared__ double s_lr;
+  __shared__ double s_beta1;
+  __shared__ C s_scale;
+  __shared__ int s_skip;
+
+  if (threadIdx.x == 0) {
+    // The three device loads first, together (as in cyclic_sgd_kernel), then the schedule.
+    const double found_inf = args.found_inf != nullptr ? read_scalar(args.found_inf, args.found_inf_is_double) : 0.0;
+    const int64_t iteration = *args.iteration;
+    const double grad_scale =
+        args.grad_scale != nullptr ? read_scalar(args.grad_scale, args.grad_scale_is_double) : 1.0;
+    const int skip = found_inf == 1.0;
+    s_skip = skip;
+    if (!skip) {
+      const clr_shape shape = args.shape;
+      const clr_bounds bounds = args.bounds;
+      const clr_point point = clr_schedule(iteration, &shape, &bounds);
+      s_lr = point.lr;
+      s_beta1 = args.cycle_momentum ? point.momentum : args.beta1;
+      s_scale = (C)grad_scale;  // exact: a float scale widened to double and back, or a double
+    }
+  }
+  __syncthreads();
+  if (s_skip) return;  // AMP overflow: nothing is written, decided on the device
+  const double lr = s_lr;
+  const double beta1 = s_beta1;
+  const C scale = s_scale;
+  const bool unscale = args.grad_scale != nullptr;
+
+  const int64_t total_chunks = table.chunk_end[table.count - 1];
+  for (int64_t chunk = blockIdx.x; chunk < total_chunks; chunk += gridDim.x) {
+    const int t = find_tensor(table.chunk_end, table.count, chunk);
+    const ChunkRange r = chunk_range(table.chunk_end, table.numel, t, chunk);
+    // This step's count, as torch.optim.AdamW's step_t += 1 makes it (float32).
+    const float step = *table.step[t] + 1.0f;
+    double step_size, bias_correction2_sqrt;
+    clr_adamw_step_scalars(lr, beta1, args.beta2, (double)step, &step_size, &bias_correction2_sqrt);
+    const clr_adamw_coeffs<C> c = clr_adamw_coeffs_make<C>(lr, beta1, args.beta2, args.eps, args.weight_decay,
+                                                           args.maximize, step_size, bias_correction2_sqrt);
+    S* p = static_cast<S*>(table.param[t]) + r.begin;
+    S* g = static_cast<S*>(table.grad[t]) + r.begin;
+    S* m = static_cast<S*>(table.exp_avg[t]) + r.begin;
+    S* v = static_cast<S*>(table.exp_avg_sq[t]) + r.begin;
+    S* vmax = kAmsgrad ? static_cast<S*>(table.max_exp_avg_sq[t]) + r.begin : nullptr;
+    if (unscale)
+      run_adamw_chunk<S, kAmsgrad, true>(p, g, m, v, vmax, r.size, c, scale);
+    else
+      run_adamw_chunk<S, kAmsgrad, false>(p, g, m, v, vmax, r.size, c, scale);
+  }
+}
+
+// The step-count launch: one thread per param, after every update launch of the step.
+__global__ void __launch_bounds__(kStepCountBlock)
+    adamw_step_count_kernel(const CLR_GRID_CONSTANT StepCountTable table, const CLR_GRID_CONSTANT StepCountArgs args) {
+  const int i = (int)(blockIdx.x * kStepCountBlock + threadIdx.x);
+  if (i >= table.count) return;
+  if (args.found_inf != nullptr && read_scalar(args.found_inf, args.found_inf_is_double) == 1.0) return;
+  float* const step = table.step[i];
+  *step = *step + 1.0f;
+}
+
+}  // namespace clr_cuda
+
+#endif /* CLR_EXT_CUDA_CYCLIC_ADAMW_KERNEL_CUH */
