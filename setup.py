@@ -11,6 +11,7 @@ fallback, CLR_EXT_NO_CUDA=1 never builds CUDA, CLR_EXT_FORCE_CUDA=1 builds it
 without a visible GPU (honours TORCH_CUDA_ARCH_LIST; default "9.0" then).
 Install with: pip install --no-build-isolation .   (or -e .)
 """
+
 import glob
 import os
 import shutil

@@ -44,9 +44,11 @@ build test_cpu_kernel_baseline csrc/tests/test_cpu_kernel.cpp -DCLR_EXT_NO_TARGE
 build test_cuda_index csrc/tests/test_cuda_index.cpp
 # the CUDA kernel itself, emulated on the host (csrc/tests/cuda_host_emulation.h)
 build test_cuda_kernel_host csrc/tests/test_cuda_kernel_host.cpp -Wno-unknown-pragmas
+build test_cuda_adamw_host csrc/tests/test_cuda_adamw_host.cpp -Wno-unknown-pragmas
 
 status=0
-for t in test_schedule test_cpu_kernel test_cpu_kernel_baseline test_cuda_index test_cuda_kernel_host; do
+for t in test_schedule test_cpu_kernel test_cpu_kernel_baseline test_cuda_index test_cuda_kernel_host \
+         test_cuda_adamw_host; do
   echo "--- run $t (ASan + UBSan)"
   log="$BUILD_DIR/$t.log"
   ok=1

@@ -5,6 +5,7 @@ with gradients set once (never zeroed or set to None between steps), so a step
 reads param + grad + momentum buffer and writes param + buffer: 20 bytes per
 parameter for fp32 SGD with momentum.
 """
+
 from __future__ import annotations
 
 import gc
@@ -101,15 +102,19 @@ _LOAD_AT_START = _loadavg()
 
 def pytest_report_header(config):
     """The machine's load is part of the result: 2-thread ratios are not comparable under load."""
-    lines = ["clr_ext bench: torch %s, %d intra-op threads, %s cores, loadavg %s"
-             % (torch.__version__, torch.get_num_threads(), os.cpu_count(), _LOAD_AT_START)]
+    lines = [
+        "clr_ext bench: torch %s, %d intra-op threads, %s cores, loadavg %s"
+        % (torch.__version__, torch.get_num_threads(), os.cpu_count(), _LOAD_AT_START)
+    ]
     try:
         load1 = float(_LOAD_AT_START.split()[0])
     except ValueError:
         load1 = 0.0
     if load1 > 0.5 * (os.cpu_count() or 1):
-        lines.append("clr_ext bench: WARNING the machine is busy (loadavg %.1f): multi-threaded medians "
-                     "will reflect scheduler stalls; CLR_BENCH_THREADS=1 is steadier" % load1)
+        lines.append(
+            "clr_ext bench: WARNING the machine is busy (loadavg %.1f): multi-threaded medians "
+            "will reflect scheduler stalls; CLR_BENCH_THREADS=1 is steadier" % load1
+        )
     return lines
 
 

@@ -24,6 +24,7 @@ to work before a GPU is lent. Its numbers say nothing about the GPU.
 ``GPU_BENCH_FAIL=substring`` makes the cases whose name contains it raise (to check
 that a failing case loses nothing else).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,10 @@ BYTES_PER_PARAM = 20
 SCHED = dict(base_lr=0.001, max_lr=0.01, step_size_up=50)
 DEVICE = "cuda"
 
-HEADER = ("| case | tensors | params | CyclicSGD us/step | torch fused+CyclicLR us/step | speedup | "
-          "CyclicSGD GB/s (20 B/param) | % of copy BW |")
+HEADER = (
+    "| case | tensors | params | CyclicSGD us/step | torch fused+CyclicLR us/step | speedup | "
+    "CyclicSGD GB/s (20 B/param) | % of copy BW |"
+)
 RULE = "|---|---:|---:|---:|---:|---:|---:|---:|"
 
 
@@ -83,9 +86,10 @@ def median_step_ms(step: Callable[[], None], iters: int, repeats: int, warmup: i
 def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=DEVICE).uniform_()
     dst = torch.empty_like(src)
-    ms = median_step_ms(lambda: dst.copy_(src), iters=20 if DEVICE == "cuda" else 3, repeats=7 if DEVICE == "cuda"
-                        else 3)
-    del src, dst
+    ms = median_step_ms(
+        lambda: dst.copy_(src), iters=20 if DEVICE == "cuda" else 3, repeats=7 if DEVICE == "cuda" else 3
+    )
+    src = dst = None  # (frees the 2 GB before the next row; a del would unbind what the lambda reads)
     return 2 * nbytes / (ms * 1e-3) / 1e9
 
 
@@ -157,13 +161,14 @@ def run_case(name: str, shapes, iters: int, repeats: int, graph: bool = False) -
                 row["torch_ms"] = None
                 row["note"] = "torch capture failed: %s" % (str(e).splitlines()[0][:80],)
             else:
+
                 def torch_step():
                     g_torch.replay()
                     sched.step()  # the host computes the lr and fill_()s the lr tensor
 
                 row["torch_ms"] = median_step_ms(torch_step, iters, repeats)
     finally:
-        del opt, sgd, sched
+        opt = sgd = sched = None  # (frees the memory before the next row)
         if DEVICE == "cuda":
             torch.cuda.empty_cache()
     return row
@@ -177,9 +182,12 @@ def format_row(r: Dict[str, object], copy_gbs: Optional[float]) -> str:
     torch_ms = r.get("torch_ms")
     gbs = BYTES_PER_PARAM * r["params"] / (ours_ms * 1e-3) / 1e9
     line = head + "%.1f | %s | %s | %.0f | %s |" % (
-        ours_ms * 1e3, "n/a" if torch_ms is None else "%.1f" % (torch_ms * 1e3),
-        "n/a" if torch_ms is None else "%.2fx" % (torch_ms / ours_ms), gbs,
-        "n/a" if not copy_gbs else "%.0f%%" % (100 * gbs / copy_gbs))
+        ours_ms * 1e3,
+        "n/a" if torch_ms is None else "%.1f" % (torch_ms * 1e3),
+        "n/a" if torch_ms is None else "%.2fx" % (torch_ms / ours_ms),
+        gbs,
+        "n/a" if not copy_gbs else "%.0f%%" % (100 * gbs / copy_gbs),
+    )
     if r.get("note"):
         line += "\n|  note: %s |||||||" % r["note"]
     return line
@@ -226,8 +234,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--out", help="also write the table (markdown) to this file at the end")
     ap.add_argument("--rows", help="append each row to this file as soon as it is measured")
     ap.add_argument("--quick", action="store_true", help="fewer iterations")
-    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
-                    help="cpu: a dry run of this script on the CPU (small sizes; numbers mean nothing)")
+    ap.add_argument(
+        "--device",
+        default="cuda",
+        choices=("cuda", "cpu"),
+        help="cpu: a dry run of this script on the CPU (small sizes; numbers mean nothing)",
+    )
     args = ap.parse_args(argv)
     DEVICE = args.device
     dry_run = DEVICE != "cuda"
@@ -248,12 +260,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     interrupted = False
     if dry_run:
         where = "CPU dry run (%d threads), torch %s, clr_ext %s, backends %s" % (
-            torch.get_num_threads(), torch.__version__, clr_ext.__version__, clr_ext.available_backends())
+            torch.get_num_threads(),
+            torch.__version__,
+            clr_ext.__version__,
+            clr_ext.available_backends(),
+        )
     else:
         props = torch.cuda.get_device_properties(0)
         where = "GPU: %s (%d SMs), torch %s, CUDA %s, clr_ext %s; %d tensors per launch" % (
-            props.name, props.multi_processor_count, torch.__version__, torch.version.cuda, clr_ext.__version__,
-            clr_ext.backends._C.cuda_max_tensors_per_launch())
+            props.name,
+            props.multi_processor_count,
+            torch.__version__,
+            torch.version.cuda,
+            clr_ext.__version__,
+            clr_ext.backends._C.cuda_max_tensors_per_launch(),
+        )
     copy_gbs: Optional[float] = None
     rows: List[Dict[str, object]] = []
     try:
@@ -269,8 +290,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         out.emit(RULE)
         for name, shapes, iters, graph in cases(dry_run):
             if graph and dry_run:
-                row = dict(case=name, tensors=len(shapes), params=sum(numel(s) for s in shapes),
-                           error="skipped: CUDA graphs need a GPU")
+                row = dict(
+                    case=name,
+                    tensors=len(shapes),
+                    params=sum(numel(s) for s in shapes),
+                    error="skipped: CUDA graphs need a GPU",
+                )
             else:
                 t_case = time.time()
                 try:
@@ -278,8 +303,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                 except Exception as e:  # noqa: BLE001 - one failing case must not lose the others
                     failures += 1
                     msg = (str(e).splitlines() or [""])[0][:120]
-                    row = dict(case=name, tensors=len(shapes), params=sum(numel(s) for s in shapes),
-                               error="FAILED: %s: %s" % (type(e).__name__, msg))
+                    row = dict(
+                        case=name,
+                        tensors=len(shapes),
+                        params=sum(numel(s) for s in shapes),
+                        error="FAILED: %s: %s" % (type(e).__name__, msg),
+                    )
                     traceback.print_exc()
                     if DEVICE == "cuda":
                         torch.cuda.empty_cache()
@@ -288,8 +317,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             out.emit(format_row(row, copy_gbs))
     except KeyboardInterrupt:
         interrupted = True
-        out.emit("|  INTERRUPTED after %.0f s (timeout): the rows above are those measured |||||||"
-                 % (time.time() - t0))
+        out.emit(
+            "|  INTERRUPTED after %.0f s (timeout): the rows above are those measured |||||||" % (time.time() - t0)
+        )
 
     def ratio(r):
         if r is None or r.get("error") or r.get("torch_ms") is None:
@@ -315,8 +345,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     for name, value, need, shown in targets:
         verdict = "NOT MEASURED" if value is None else ("MET" if value >= need else "MISSED")
         out.emit("target %-34s %s%s" % (name, verdict, " (%s)" % shown if shown else ""))
-    out.emit("gpu_bench: %d rows, %d failed%s, %.0f s" % (len(rows), failures, ", interrupted" if interrupted else "",
-                                                          time.time() - t0))
+    out.emit(
+        "gpu_bench: %d rows, %d failed%s, %.0f s"
+        % (len(rows), failures, ", interrupted" if interrupted else "", time.time() - t0)
+    )
     if args.out:
         with open(args.out, "w") as f:
             f.write("\n".join(out.lines) + "\n")

@@ -1,4 +1,5 @@
 """Parameter shapes of reference models, for benchmarks and tests (no torchvision needed)."""
+
 from __future__ import annotations
 
 from typing import List, Tuple

@@ -9,14 +9,26 @@ faster), the memory throughput achieved (20 bytes per fp32 parameter / median), 
 the issue's targets, judged on medians from the same run. Several JSON files are
 reported one after the other (one table per run), never mixed.
 """
+
 from __future__ import annotations
 
 import json
 import sys
 from typing import Dict, List
 
-ORDER = ["clr_cpp", "clr_cython", "clr_torch", "sgd_fused", "sgd_foreach", "sgd_forloop", "clr_cpp_compiled",
-         "sgd_compiled", "clr_cpp_device_path", "sgd_fused_lr_tensor", "floor"]
+ORDER = [
+    "clr_cpp",
+    "clr_cython",
+    "clr_torch",
+    "sgd_fused",
+    "sgd_foreach",
+    "sgd_forloop",
+    "clr_cpp_compiled",
+    "sgd_compiled",
+    "clr_cpp_device_path",
+    "sgd_fused_lr_tensor",
+    "floor",
+]
 LABEL = {
     "clr_cpp": "CyclicSGD cpp",
     "clr_cython": "CyclicSGD cython",
@@ -63,8 +75,10 @@ def table(runs: Dict[str, Dict[str, dict]]) -> List[str]:
         rows = runs[model]
         any_row = next(iter(rows.values()))
         out.append("")
-        out.append("**%s**: %s fp32 parameters in %d tensors, %.1f MB moved per step"
-                   % (model, format(any_row["n_params"], ","), any_row["n_tensors"], any_row["bytes_per_step"] / 1e6))
+        out.append(
+            "**%s**: %s fp32 parameters in %d tensors, %.1f MB moved per step"
+            % (model, format(any_row["n_params"], ","), any_row["n_tensors"], any_row["bytes_per_step"] / 1e6)
+        )
         out.append("")
         out.append("| variant | median | IQR | rounds | vs fused | vs foreach | GB/s |")
         out.append("|---|---:|---:|---:|---:|---:|---:|")
@@ -73,11 +87,18 @@ def table(runs: Dict[str, Dict[str, dict]]) -> List[str]:
         for v in [v for v in ORDER if v in rows]:
             r = rows[v]
             med = r["median"]
-            out.append("| %s | %s | %s | %d | %s | %s | %.1f |" % (
-                LABEL.get(v, v), _fmt_time(med), _fmt_time(r["iqr"]), r["rounds"],
-                "%.2fx" % (fused / med) if fused else "-",
-                "%.2fx" % (foreach / med) if foreach else "-",
-                r["bytes_per_step"] / med / 1e9))
+            out.append(
+                "| %s | %s | %s | %d | %s | %s | %.1f |"
+                % (
+                    LABEL.get(v, v),
+                    _fmt_time(med),
+                    _fmt_time(r["iqr"]),
+                    r["rounds"],
+                    "%.2fx" % (fused / med) if fused else "-",
+                    "%.2fx" % (foreach / med) if foreach else "-",
+                    r["bytes_per_step"] / med / 1e9,
+                )
+            )
     return out
 
 
@@ -108,10 +129,18 @@ def main(argv: List[str]) -> int:
         mi = data.get("machine_info", {})
         print("### %s" % path)
         print("")
-        print("%s; %s; torch %s, %s threads; loadavg %s -> %s; %s" % (
-            data.get("datetime", "?"), mi.get("cpu", {}).get("brand_raw", "?"), meta.get("torch", "?"),
-            meta.get("threads", "?"), meta.get("loadavg_start", "?"), meta.get("loadavg_end", "?"),
-            "median per optimizer iteration (step + scheduler step)"))
+        print(
+            "%s; %s; torch %s, %s threads; loadavg %s -> %s; %s"
+            % (
+                data.get("datetime", "?"),
+                mi.get("cpu", {}).get("brand_raw", "?"),
+                meta.get("torch", "?"),
+                meta.get("threads", "?"),
+                meta.get("loadavg_start", "?"),
+                meta.get("loadavg_end", "?"),
+                "median per optimizer iteration (step + scheduler step)",
+            )
+        )
         print("\n".join(table(runs)))
         print("\n".join(targets(runs)))
         print("")

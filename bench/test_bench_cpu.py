@@ -16,15 +16,15 @@ Run:   pytest bench/ --benchmark-only --benchmark-json=bench/results.json
        python bench/report.py bench/results.json
 No timing is asserted: this is a measurement, not a test.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 import clr_ext
-from clr_ext.backends import available_backends
-
 from bench.conftest import BYTES_PER_PARAM, MODELS, ROUNDS, SLOW_ROUNDS, make_params, n_params
+from clr_ext.backends import available_backends
 
 BASE_LR, MAX_LR, STEP_SIZE = 0.01, 0.1, 2000
 MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4
@@ -37,8 +37,15 @@ SLOW = {"clr_torch", "sgd_foreach", "sgd_forloop"}
 
 def _clr_step(model: str, backend: str):
     params = make_params(model)
-    opt = clr_ext.CyclicSGD(params, base_lr=BASE_LR, max_lr=MAX_LR, step_size_up=STEP_SIZE,
-                            momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, backend=backend)
+    opt = clr_ext.CyclicSGD(
+        params,
+        base_lr=BASE_LR,
+        max_lr=MAX_LR,
+        step_size_up=STEP_SIZE,
+        momentum=MOMENTUM,
+        weight_decay=WEIGHT_DECAY,
+        backend=backend,
+    )
     return opt.step, (params, opt)
 
 
@@ -81,8 +88,7 @@ def _compiled_torch_step(model: str):
     momentum, a Python float in the group, so dynamo re-traces at every step until its
     recompile limit and then runs the step eagerly: what a user gets."""
     params = make_params(model)
-    opt = torch.optim.SGD(params, lr=torch.tensor(BASE_LR), momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
-                          foreach=True)
+    opt = torch.optim.SGD(params, lr=torch.tensor(BASE_LR), momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, foreach=True)
     sched = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=BASE_LR, max_lr=MAX_LR, step_size_up=STEP_SIZE)
     compiled = torch.compile(opt.step)
 
@@ -96,9 +102,14 @@ def _compiled_torch_step(model: str):
 def _measure(benchmark, model: str, variant: str, step, rounds_by_model) -> None:
     """Times ``step`` in the model's benchmark group, with what report.py reads."""
     benchmark.group = f"{model} ({n_params(model):,} fp32 params, {len(MODELS[model])} tensors)"
-    benchmark.extra_info.update(model=model, variant=variant, n_params=n_params(model),
-                                n_tensors=len(MODELS[model]), bytes_per_step=BYTES_PER_PARAM * n_params(model),
-                                threads=torch.get_num_threads())
+    benchmark.extra_info.update(
+        model=model,
+        variant=variant,
+        n_params=n_params(model),
+        n_tensors=len(MODELS[model]),
+        bytes_per_step=BYTES_PER_PARAM * n_params(model),
+        threads=torch.get_num_threads(),
+    )
     rounds, iterations, warmup = rounds_by_model[model]
     benchmark.pedantic(step, rounds=rounds, iterations=iterations, warmup_rounds=warmup)
 
@@ -110,12 +121,18 @@ def _host_work_step(variant: str):
     setup torch advises) + CyclicLR."""
     params = make_params("200x1")
     if variant == "clr_cpp_device_path":
-        opt = clr_ext.CyclicSGD(params, base_lr=BASE_LR, max_lr=MAX_LR, step_size_up=STEP_SIZE,
-                                momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, backend="cpp")
+        opt = clr_ext.CyclicSGD(
+            params,
+            base_lr=BASE_LR,
+            max_lr=MAX_LR,
+            step_size_up=STEP_SIZE,
+            momentum=MOMENTUM,
+            weight_decay=WEIGHT_DECAY,
+            backend="cpp",
+        )
         opt._host_decided_types = ()
         return opt.step, (params, opt)
-    opt = torch.optim.SGD(params, lr=torch.tensor(BASE_LR), momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
-                          fused=True)
+    opt = torch.optim.SGD(params, lr=torch.tensor(BASE_LR), momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, fused=True)
     sched = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=BASE_LR, max_lr=MAX_LR, step_size_up=STEP_SIZE)
 
     def step():

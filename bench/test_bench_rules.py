@@ -15,19 +15,27 @@ fp32, gradients set once, weight decay 1e-2, amsgrad off.
 Run:   pytest bench/test_bench_rules.py --benchmark-only --benchmark-json=bench/rules.json
 No timing is asserted: this is a measurement, not a test.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 import clr_ext
+from bench.conftest import MODELS, ROUNDS, SLOW_ROUNDS, make_params, n_params
 from clr_ext.backends import available_backends
 
-from bench.conftest import MODELS, ROUNDS, SLOW_ROUNDS, make_params, n_params
-
 TOTAL_STEPS = 10**9  # 1cycle: a schedule that does not end inside the benchmark
-VARIANTS = ("clr_cyclic_sgd", "clr_onecycle_sgd", "clr_cyclic_adamw", "clr_onecycle_adamw", "adamw_fused_cyclic",
-            "adamw_fused_onecycle", "adamw_forloop_cyclic", "adamw_floor")
+VARIANTS = (
+    "clr_cyclic_sgd",
+    "clr_onecycle_sgd",
+    "clr_cyclic_adamw",
+    "clr_onecycle_adamw",
+    "adamw_fused_cyclic",
+    "adamw_fused_onecycle",
+    "adamw_forloop_cyclic",
+    "adamw_floor",
+)
 SLOW = {"adamw_forloop_cyclic"}
 BYTES_PER_PARAM = {"sgd": 20, "adamw": 28}
 
@@ -35,8 +43,7 @@ BYTES_PER_PARAM = {"sgd": 20, "adamw": 28}
 def _clr(model: str, variant: str):
     params = make_params(model)
     if variant == "clr_cyclic_sgd":
-        opt = clr_ext.CyclicSGD(params, 0.01, 0.1, step_size_up=2000, momentum=0.9, weight_decay=5e-4,
-                                backend="cpp")
+        opt = clr_ext.CyclicSGD(params, 0.01, 0.1, step_size_up=2000, momentum=0.9, weight_decay=5e-4, backend="cpp")
     elif variant == "clr_onecycle_sgd":
         opt = clr_ext.OneCycleSGD(params, 0.1, TOTAL_STEPS, momentum=0.9, weight_decay=5e-4, backend="cpp")
     elif variant == "clr_cyclic_adamw":
@@ -88,9 +95,13 @@ def test_rules(benchmark, model, variant):
         step, keep = _torch_adamw(model, variant)
     rule = "sgd" if variant.endswith("_sgd") else "adamw"
     benchmark.group = f"rules: {model} ({n_params(model):,} fp32 params, {len(MODELS[model])} tensors)"
-    benchmark.extra_info.update(model=model, variant=variant, n_params=n_params(model),
-                                bytes_per_step=BYTES_PER_PARAM[rule] * n_params(model),
-                                threads=torch.get_num_threads())
+    benchmark.extra_info.update(
+        model=model,
+        variant=variant,
+        n_params=n_params(model),
+        bytes_per_step=BYTES_PER_PARAM[rule] * n_params(model),
+        threads=torch.get_num_threads(),
+    )
     rounds, iterations, warmup = (SLOW_ROUNDS if variant in SLOW else ROUNDS)[model]
     benchmark.pedantic(step, rounds=rounds, iterations=iterations, warmup_rounds=warmup)
     del keep

@@ -6,11 +6,21 @@
 - :func:`range_test`: the paper's LR range test, which suggests the bounds.
 - :func:`cyclic_lr`, :func:`one_cycle_lr`: the schedules as plain Python functions (the references).
 """
+
 __version__ = "0.1.0"
 
 from .schedule import cyclic_lr, one_cycle_lr  # noqa: E402  (pure Python, no torch needed)
 
-_NEEDS_TORCH = ("CyclicSGD", "OneCycleSGD", "CyclicAdamW", "OneCycleAdamW", "range_test", "RangeTestResult", "available_backends", "from_torch")
+_NEEDS_TORCH = (
+    "CyclicSGD",
+    "OneCycleSGD",
+    "CyclicAdamW",
+    "OneCycleAdamW",
+    "range_test",
+    "RangeTestResult",
+    "available_backends",
+    "from_torch",
+)
 
 try:
     import torch as _torch  # noqa: F401
@@ -20,12 +30,14 @@ except ImportError as _torch_error:
 
     def __getattr__(name):
         if name in _NEEDS_TORCH:
-            raise ImportError(f"clr_ext.{name} needs PyTorch, which cannot be imported ({_TORCH_ERROR}); "
-                              "only clr_ext.cyclic_lr and clr_ext.one_cycle_lr work without it")
+            raise ImportError(
+                f"clr_ext.{name} needs PyTorch, which cannot be imported ({_TORCH_ERROR}); "
+                "only clr_ext.cyclic_lr and clr_ext.one_cycle_lr work without it"
+            )
         raise AttributeError(f"module 'clr_ext' has no attribute {name!r}")
 else:
-    from .backends import available_backends  # noqa: E402
-    from .optim import CyclicAdamW, CyclicSGD, OneCycleAdamW, OneCycleSGD, from_torch  # noqa: E402
-    from .range_test import RangeTestResult, range_test  # noqa: E402
+    from .backends import available_backends  # noqa: E402, F401  (re-exported: __all__)
+    from .optim import CyclicAdamW, CyclicSGD, OneCycleAdamW, OneCycleSGD, from_torch  # noqa: E402, F401
+    from .range_test import RangeTestResult, range_test  # noqa: E402, F401
 
 __all__ = ["__version__", "cyclic_lr", "one_cycle_lr", *_NEEDS_TORCH]

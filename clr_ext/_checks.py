@@ -1,5 +1,6 @@
 """Scalar argument checks: each raises ``ValueError`` naming the argument, before anything
 is changed. Shared by the optimizers and their schedules."""
+
 from __future__ import annotations
 
 import math
@@ -38,8 +39,9 @@ def momentum_value(name: str, value: Any) -> float:
     """A momentum: >= 0; above 1 only a warning, as PyTorch allows it."""
     value = non_negative(name, value)
     if value > 1:
-        warnings.warn(f"{name}={value} is outside [0, 1]: the momentum buffer will grow without bound",
-                      UserWarning, stacklevel=5)
+        warnings.warn(
+            f"{name}={value} is outside [0, 1]: the momentum buffer will grow without bound", UserWarning, stacklevel=5
+        )
     return value
 
 

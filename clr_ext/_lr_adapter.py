@@ -10,6 +10,7 @@ is that object: it changes nothing and reports what the optimizer does.
 
 No framework is imported here.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -70,7 +71,8 @@ class ScheduleAdapter(LRScheduler):
             raise AttributeError(
                 f"clr_ext: the schedule's position is {type(self.optimizer).__name__}.iteration "
                 f"({self.optimizer.iteration}); a ScheduleAdapter cannot set it to {value}. Load the "
-                "optimizer's state dict to move it")
+                "optimizer's state dict to move it"
+            )
 
     def get_last_lr(self) -> list[float]:
         """The LR of every group for the step in progress (see the class docstring)."""
@@ -92,8 +94,9 @@ class ScheduleAdapter(LRScheduler):
     def base_lrs(self) -> list[float]:  # type: ignore[override]
         """Every group's lower bound (``base_lr``; for the 1cycle policy the initial LR), as
         CyclicLR's and OneCycleLR's ``base_lrs``."""
-        return [group["base_lr"] if "base_lr" in group else group["initial_lr"]
-                for group in self.optimizer.param_groups]
+        return [
+            group["base_lr"] if "base_lr" in group else group["initial_lr"] for group in self.optimizer.param_groups
+        ]
 
     # ----------------------------------------------------------------- stepping
 
@@ -107,8 +110,11 @@ class ScheduleAdapter(LRScheduler):
 
     def state_dict(self) -> dict[str, Any]:
         """``{"iteration", "seen", "_step_count"}``: plain ints (loads with ``weights_only=True``)."""
-        return {"iteration": int(self.optimizer.iteration), "seen": int(self._seen),
-                "_step_count": int(self._step_count)}
+        return {
+            "iteration": int(self.optimizer.iteration),
+            "seen": int(self._seen),
+            "_step_count": int(self._step_count),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restores what this object reports between the optimizer's step and its own;
@@ -124,7 +130,10 @@ class ScheduleAdapter(LRScheduler):
                 f"clr_ext: this scheduler state was saved at iteration {saved}, but the "
                 f"{type(self.optimizer).__name__} is at iteration {iteration}. The optimizer's own state dict "
                 "carries the schedule: load it (optimizer.load_state_dict) to resume there; the scheduler "
-                "state changes nothing", UserWarning, stacklevel=2)
+                "state changes nothing",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def __repr__(self) -> str:
         return f"ScheduleAdapter({type(self.optimizer).__name__}, iteration={self.optimizer.iteration})"

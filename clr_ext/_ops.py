@@ -4,6 +4,7 @@ The op mutates its inputs in place and returns nothing, so its fake (meta)
 implementation has nothing to compute: registering it lets torch.compile trace
 through the op (FakeTensor propagation) and ``torch.library.opcheck`` pass.
 """
+
 from __future__ import annotations
 
 from typing import List, Optional, Sequence

@@ -10,6 +10,7 @@ Python reference ``clr_ext.schedule``) and the same update (``csrc/sgd_update.h`
 - ``cython``: the Cython fallback ``clr_ext._cython._cpu`` (CPU tensors).
 - ``torch``: PyTorch foreach ops (any device; slow, host-side schedule).
 """
+
 from __future__ import annotations
 
 import os
@@ -83,9 +84,7 @@ def check_backend_name(backend: str) -> str:
     """Validates a ``backend=`` argument (ValueError for an unknown name, RuntimeError
     for a known one that this install lacks). Returns the name."""
     if not isinstance(backend, str) or backend not in BACKEND_NAMES + ("auto",):
-        raise ValueError(
-            "backend: must be one of %s, got %r" % (", ".join(("auto",) + BACKEND_NAMES), backend)
-        )
+        raise ValueError("backend: must be one of %s, got %r" % (", ".join(("auto",) + BACKEND_NAMES), backend))
     if backend != "auto" and backend not in available_backends():
         raise RuntimeError(
             "backend=%r is not built in this install: %s; %s" % (backend, _why_missing(backend), _BUILD_HINT)
@@ -126,14 +125,27 @@ def schedule_point(iteration: int, bounds: List[float], shape: List[float], mode
     if mode in _schedule.ONE_CYCLE_MODES.values():
         strategy = next(k for k, v in _schedule.ONE_CYCLE_MODES.items() if v == mode)
         ends = tuple(shape[: int(shape[3])])
-        return _schedule.one_cycle_point(iteration, bounds[0], bounds[1], bounds[4], ends, strategy, bounds[2],
-                                         bounds[3])
+        return _schedule.one_cycle_point(
+            iteration, bounds[0], bounds[1], bounds[4], ends, strategy, bounds[2], bounds[3]
+        )
     if mode == _schedule.CUSTOM_MODE:
-        return _schedule.cyclic_point(iteration, bounds[0], bounds[1], shape[0], shape[1], "triangular", shape[2],
-                                      bounds[2], bounds[3], scale_fn=lambda _x: shape[3], scale_mode="cycle")
+        return _schedule.cyclic_point(
+            iteration,
+            bounds[0],
+            bounds[1],
+            shape[0],
+            shape[1],
+            "triangular",
+            shape[2],
+            bounds[2],
+            bounds[3],
+            scale_fn=lambda _x: shape[3],
+            scale_mode="cycle",
+        )
     mode_name = next(k for k, v in _schedule.MODES.items() if v == mode)
-    return _schedule.cyclic_point(iteration, bounds[0], bounds[1], shape[0], shape[1], mode_name, shape[2],
-                                  bounds[2], bounds[3])
+    return _schedule.cyclic_point(
+        iteration, bounds[0], bounds[1], shape[0], shape[1], mode_name, shape[2], bounds[2], bounds[3]
+    )
 
 
 class Backend:
@@ -176,13 +188,30 @@ class Backend:
         """
         raise NotImplementedError
 
-
-    def adamw(self, *, params: List[torch.Tensor], grads: List[torch.Tensor], exp_avgs: List[torch.Tensor],
-              exp_avg_sqs: List[torch.Tensor], max_exp_avg_sqs: List[torch.Tensor], state_steps: List[torch.Tensor],
-              counter: torch.Tensor, iteration: Optional[int], bounds: List[float], shape: List[float],
-              schedule_mode: int, beta1: float, beta2: float, eps: float, weight_decay: float, amsgrad: bool,
-              maximize: bool, cycle_momentum: bool, grad_scale: Optional[torch.Tensor],
-              found_inf: Optional[torch.Tensor]) -> None:
+    def adamw(
+        self,
+        *,
+        params: List[torch.Tensor],
+        grads: List[torch.Tensor],
+        exp_avgs: List[torch.Tensor],
+        exp_avg_sqs: List[torch.Tensor],
+        max_exp_avg_sqs: List[torch.Tensor],
+        state_steps: List[torch.Tensor],
+        counter: torch.Tensor,
+        iteration: Optional[int],
+        bounds: List[float],
+        shape: List[float],
+        schedule_mode: int,
+        beta1: float,
+        beta2: float,
+        eps: float,
+        weight_decay: float,
+        amsgrad: bool,
+        maximize: bool,
+        cycle_momentum: bool,
+        grad_scale: Optional[torch.Tensor],
+        found_inf: Optional[torch.Tensor],
+    ) -> None:
         """One AdamW step (torch.optim.AdamW's) over a bucket, with this iteration's lr
         and, when cycling, beta1 from the schedule; ``state_steps`` (float32, one per
         param) count each param's own steps and are advanced unless the step is skipped
@@ -195,9 +224,27 @@ def _adamw_args(local_vars: Dict[str, object]) -> Dict[str, object]:
 
 
 #: The AdamW op's arguments after the backend name, in the schema's order.
-_ADAMW_ARGS = ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "state_steps", "counter", "bounds",
-               "shape", "schedule_mode", "beta1", "beta2", "eps", "weight_decay", "amsgrad", "maximize",
-               "cycle_momentum", "grad_scale", "found_inf")
+_ADAMW_ARGS = (
+    "params",
+    "grads",
+    "exp_avgs",
+    "exp_avg_sqs",
+    "max_exp_avg_sqs",
+    "state_steps",
+    "counter",
+    "bounds",
+    "shape",
+    "schedule_mode",
+    "beta1",
+    "beta2",
+    "eps",
+    "weight_decay",
+    "amsgrad",
+    "maximize",
+    "cycle_momentum",
+    "grad_scale",
+    "found_inf",
+)
 
 
 class _CompiledOpBackend(Backend):
@@ -207,12 +254,48 @@ class _CompiledOpBackend(Backend):
 
     eager_entry = ""
 
-    def run(self, *, params, grads, buffers, starts, counter, iteration, bounds, shape, mode, momentum, dampening,
-            weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):
+    def run(
+        self,
+        *,
+        params,
+        grads,
+        buffers,
+        starts,
+        counter,
+        iteration,
+        bounds,
+        shape,
+        mode,
+        momentum,
+        dampening,
+        weight_decay,
+        nesterov,
+        maximize,
+        cycle_momentum,
+        first_step,
+        grad_scale,
+        found_inf,
+    ):
         op = torch.ops.clr_ext.cyclic_sgd_ if torch.compiler.is_compiling() else getattr(_C, self.eager_entry)
-        op(params, grads, buffers, starts, counter, bounds, shape, mode, momentum, dampening, weight_decay, nesterov,
-           maximize, cycle_momentum, first_step, grad_scale, found_inf)
-
+        op(
+            params,
+            grads,
+            buffers,
+            starts,
+            counter,
+            bounds,
+            shape,
+            mode,
+            momentum,
+            dampening,
+            weight_decay,
+            nesterov,
+            maximize,
+            cycle_momentum,
+            first_step,
+            grad_scale,
+            found_inf,
+        )
 
     def adamw(self, **kw) -> None:
         eager = getattr(_C, self.eager_entry.replace("sgd", "adamw"), None)
@@ -256,33 +339,81 @@ _LIBRARY.define(
     "Tensor(d!)[] momentum_start, "
     "Tensor iteration, float[] bounds, float[] shape, int schedule_mode, float momentum, float dampening, "
     "float weight_decay, bool nesterov, bool maximize, bool cycle_momentum, bool first_step, "
-    "Tensor? grad_scale, Tensor? found_inf) -> ()")
+    "Tensor? grad_scale, Tensor? found_inf) -> ()"
+)
 
 
-def _python_backend_step(backend: str, params: List[torch.Tensor], grads: List[torch.Tensor],
-                         momentum_buffers: List[torch.Tensor], momentum_start: List[torch.Tensor],
-                         iteration: torch.Tensor, bounds: List[float],
-                         shape: List[float], schedule_mode: int, momentum: float, dampening: float,
-                         weight_decay: float, nesterov: bool, maximize: bool, cycle_momentum: bool,
-                         first_step: bool, grad_scale: Optional[torch.Tensor],
-                         found_inf: Optional[torch.Tensor]) -> None:
+def _python_backend_step(
+    backend: str,
+    params: List[torch.Tensor],
+    grads: List[torch.Tensor],
+    momentum_buffers: List[torch.Tensor],
+    momentum_start: List[torch.Tensor],
+    iteration: torch.Tensor,
+    bounds: List[float],
+    shape: List[float],
+    schedule_mode: int,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    maximize: bool,
+    cycle_momentum: bool,
+    first_step: bool,
+    grad_scale: Optional[torch.Tensor],
+    found_inf: Optional[torch.Tensor],
+) -> None:
     """The ``cython`` and ``torch`` backends as one op, for steps traced by torch.compile.
 
     Dynamo cannot trace into a Cython function (a graph break), and the torch backend's
     host-side schedule would make it re-trace at every step; as an opaque op both run
     as they do in eager mode, with the iteration read from the counter at run time."""
-    _instance(backend)._run_eager(params, grads, momentum_buffers, momentum_start, iteration, int(iteration),
-                                  bounds, shape, schedule_mode, momentum, dampening, weight_decay, nesterov,
-                                  maximize, cycle_momentum, first_step, grad_scale, found_inf)
+    _instance(backend)._run_eager(
+        params,
+        grads,
+        momentum_buffers,
+        momentum_start,
+        iteration,
+        int(iteration),
+        bounds,
+        shape,
+        schedule_mode,
+        momentum,
+        dampening,
+        weight_decay,
+        nesterov,
+        maximize,
+        cycle_momentum,
+        first_step,
+        grad_scale,
+        found_inf,
+    )
 
 
 _LIBRARY.impl("python_backend_step_", _python_backend_step, "CompositeExplicitAutograd")
 
 
 @torch.library.register_fake("clr_ext::python_backend_step_")
-def _python_backend_step_fake(backend, params, grads, momentum_buffers, momentum_start, iteration, bounds, shape,
-                              schedule_mode, momentum, dampening, weight_decay, nesterov, maximize, cycle_momentum,
-                              first_step, grad_scale, found_inf) -> None:
+def _python_backend_step_fake(
+    backend,
+    params,
+    grads,
+    momentum_buffers,
+    momentum_start,
+    iteration,
+    bounds,
+    shape,
+    schedule_mode,
+    momentum,
+    dampening,
+    weight_decay,
+    nesterov,
+    maximize,
+    cycle_momentum,
+    first_step,
+    grad_scale,
+    found_inf,
+) -> None:
     return None
 
 
@@ -290,7 +421,8 @@ _LIBRARY.define(
     "python_backend_adamw_(str backend, Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, "
     "Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] state_steps, Tensor iteration, "
     "float[] bounds, float[] shape, int schedule_mode, float beta1, float beta2, float eps, float weight_decay, "
-    "bool amsgrad, bool maximize, bool cycle_momentum, Tensor? grad_scale, Tensor? found_inf) -> ()")
+    "bool amsgrad, bool maximize, bool cycle_momentum, Tensor? grad_scale, Tensor? found_inf) -> ()"
+)
 
 
 def _python_backend_adamw(backend: str, *args) -> None:
@@ -313,16 +445,70 @@ class _PythonBackend(Backend):
     """A backend whose step is Python code: eager steps call it directly, traced steps
     through the op above."""
 
-    def run(self, *, params, grads, buffers, starts, counter, iteration, bounds, shape, mode, momentum, dampening,
-            weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):
+    def run(
+        self,
+        *,
+        params,
+        grads,
+        buffers,
+        starts,
+        counter,
+        iteration,
+        bounds,
+        shape,
+        mode,
+        momentum,
+        dampening,
+        weight_decay,
+        nesterov,
+        maximize,
+        cycle_momentum,
+        first_step,
+        grad_scale,
+        found_inf,
+    ):
         if torch.compiler.is_compiling():
-            torch.ops.clr_ext.python_backend_step_(self.name, params, grads, buffers, starts, counter, bounds, shape,
-                                                   mode, momentum, dampening, weight_decay, nesterov, maximize,
-                                                   cycle_momentum, first_step, grad_scale, found_inf)
+            torch.ops.clr_ext.python_backend_step_(
+                self.name,
+                params,
+                grads,
+                buffers,
+                starts,
+                counter,
+                bounds,
+                shape,
+                mode,
+                momentum,
+                dampening,
+                weight_decay,
+                nesterov,
+                maximize,
+                cycle_momentum,
+                first_step,
+                grad_scale,
+                found_inf,
+            )
         else:
-            self._run_eager(params, grads, buffers, starts, counter, iteration, bounds, shape, mode, momentum,
-                            dampening, weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale,
-                            found_inf)
+            self._run_eager(
+                params,
+                grads,
+                buffers,
+                starts,
+                counter,
+                iteration,
+                bounds,
+                shape,
+                mode,
+                momentum,
+                dampening,
+                weight_decay,
+                nesterov,
+                maximize,
+                cycle_momentum,
+                first_step,
+                grad_scale,
+                found_inf,
+            )
 
     def adamw(self, **kw) -> None:
         if torch.compiler.is_compiling():
@@ -333,35 +519,122 @@ class _PythonBackend(Backend):
     def _adamw_eager(self, **kw) -> None:
         raise NotImplementedError
 
-    def _run_eager(self, params, grads, buffers, starts, counter, iteration, bounds, shape, mode, momentum,
-                   dampening, weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):
+    def _run_eager(
+        self,
+        params,
+        grads,
+        buffers,
+        starts,
+        counter,
+        iteration,
+        bounds,
+        shape,
+        mode,
+        momentum,
+        dampening,
+        weight_decay,
+        nesterov,
+        maximize,
+        cycle_momentum,
+        first_step,
+        grad_scale,
+        found_inf,
+    ):
         """``_run``, with the op's ``momentum_start`` semantics when ``starts`` is given:
         the buffers that start in this step and those that continue run as two calls."""
         if not starts:
-            self._run(params, grads, buffers, counter, iteration, bounds, shape, mode, momentum, dampening,
-                      weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf)
+            self._run(
+                params,
+                grads,
+                buffers,
+                counter,
+                iteration,
+                bounds,
+                shape,
+                mode,
+                momentum,
+                dampening,
+                weight_decay,
+                nesterov,
+                maximize,
+                cycle_momentum,
+                first_step,
+                grad_scale,
+                found_inf,
+            )
             return
         if found_inf is not None and float(found_inf) == 1.0:
             return  # skipped: no buffer starts
         cycled = schedule_point(iteration, bounds, shape, mode)[1]
         if (cycled if cycle_momentum else momentum) == 0:  # no buffer is touched
-            self._run(params, grads, buffers, counter, iteration, bounds, shape, mode, momentum, dampening,
-                      weight_decay, nesterov, maximize, cycle_momentum, False, grad_scale, found_inf)
+            self._run(
+                params,
+                grads,
+                buffers,
+                counter,
+                iteration,
+                bounds,
+                shape,
+                mode,
+                momentum,
+                dampening,
+                weight_decay,
+                nesterov,
+                maximize,
+                cycle_momentum,
+                False,
+                grad_scale,
+                found_inf,
+            )
             return
         packed = starts[0].view(-1) if len(starts) == 1 else None  # one element per param
         started = packed.tolist() if packed is not None else [int(s) for s in starts]
         for first in (False, True):
             index = [i for i, value in enumerate(started) if (value >= iteration) == first]
             if index:
-                self._run([params[i] for i in index], [grads[i] for i in index], [buffers[i] for i in index],
-                          counter, iteration, bounds, shape, mode, momentum, dampening, weight_decay, nesterov,
-                          maximize, cycle_momentum, first, grad_scale, found_inf)
+                self._run(
+                    [params[i] for i in index],
+                    [grads[i] for i in index],
+                    [buffers[i] for i in index],
+                    counter,
+                    iteration,
+                    bounds,
+                    shape,
+                    mode,
+                    momentum,
+                    dampening,
+                    weight_decay,
+                    nesterov,
+                    maximize,
+                    cycle_momentum,
+                    first,
+                    grad_scale,
+                    found_inf,
+                )
         for i, value in enumerate(started):
             if value > iteration:
                 (packed[i] if packed is not None else starts[i]).fill_(iteration)
 
-    def _run(self, params, grads, buffers, counter, iteration, bounds, shape, mode, momentum, dampening,
-             weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):
+    def _run(
+        self,
+        params,
+        grads,
+        buffers,
+        counter,
+        iteration,
+        bounds,
+        shape,
+        mode,
+        momentum,
+        dampening,
+        weight_decay,
+        nesterov,
+        maximize,
+        cycle_momentum,
+        first_step,
+        grad_scale,
+        found_inf,
+    ):
         raise NotImplementedError
 
 
@@ -369,8 +642,26 @@ class CythonBackend(_PythonBackend):
     name = "cython"
     device_types = ("cpu",)
 
-    def _run(self, params, grads, buffers, counter, iteration, bounds, shape, mode, momentum, dampening,
-             weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):
+    def _run(
+        self,
+        params,
+        grads,
+        buffers,
+        counter,
+        iteration,
+        bounds,
+        shape,
+        mode,
+        momentum,
+        dampening,
+        weight_decay,
+        nesterov,
+        maximize,
+        cycle_momentum,
+        first_step,
+        grad_scale,
+        found_inf,
+    ):
         if found_inf is not None and float(found_inf) == 1.0:
             return
         # The kernel walks raw memory: run odd layouts through contiguous copies.
@@ -389,9 +680,23 @@ class CythonBackend(_PythonBackend):
                 if b is not None:
                     buffers[i] = b.contiguous()
         _cython_cpu.cyclic_sgd_(
-            _DTYPE_CODES[params[0].dtype], params, grads, buffers, counter, bounds, shape, mode, momentum,
-            dampening, weight_decay, nesterov, maximize, cycle_momentum, first_step,
-            None if grad_scale is None else float(grad_scale), torch.get_num_threads(),
+            _DTYPE_CODES[params[0].dtype],
+            params,
+            grads,
+            buffers,
+            counter,
+            bounds,
+            shape,
+            mode,
+            momentum,
+            dampening,
+            weight_decay,
+            nesterov,
+            maximize,
+            cycle_momentum,
+            first_step,
+            None if grad_scale is None else float(grad_scale),
+            torch.get_num_threads(),
         )
         for i, p, g, b in staged:
             p.copy_(params[i])
@@ -400,18 +705,53 @@ class CythonBackend(_PythonBackend):
             if b is not None:
                 b.copy_(buffers[i])
 
-
-    def _adamw_eager(self, *, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, counter,
-                     iteration, bounds, shape, schedule_mode, beta1, beta2, eps, weight_decay, amsgrad, maximize,
-                     cycle_momentum, grad_scale, found_inf) -> None:
+    def _adamw_eager(
+        self,
+        *,
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        max_exp_avg_sqs,
+        state_steps,
+        counter,
+        iteration,
+        bounds,
+        shape,
+        schedule_mode,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+        amsgrad,
+        maximize,
+        cycle_momentum,
+        grad_scale,
+        found_inf,
+    ) -> None:
         if not hasattr(_cython_cpu, "cyclic_adamw_"):  # a build from before the AdamW op
-            _instance("torch")._adamw_eager(params=params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs,
-                                            max_exp_avg_sqs=max_exp_avg_sqs, state_steps=state_steps,
-                                            counter=counter, iteration=iteration, bounds=bounds, shape=shape,
-                                            schedule_mode=schedule_mode, beta1=beta1, beta2=beta2, eps=eps,
-                                            weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
-                                            cycle_momentum=cycle_momentum, grad_scale=grad_scale,
-                                            found_inf=found_inf)
+            _instance("torch")._adamw_eager(
+                params=params,
+                grads=grads,
+                exp_avgs=exp_avgs,
+                exp_avg_sqs=exp_avg_sqs,
+                max_exp_avg_sqs=max_exp_avg_sqs,
+                state_steps=state_steps,
+                counter=counter,
+                iteration=iteration,
+                bounds=bounds,
+                shape=shape,
+                schedule_mode=schedule_mode,
+                beta1=beta1,
+                beta2=beta2,
+                eps=eps,
+                weight_decay=weight_decay,
+                amsgrad=amsgrad,
+                maximize=maximize,
+                cycle_momentum=cycle_momentum,
+                grad_scale=grad_scale,
+                found_inf=found_inf,
+            )
             return
         # The kernel walks raw memory: odd layouts run through contiguous copies.
         lists = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
@@ -421,9 +761,28 @@ class CythonBackend(_PythonBackend):
             for t in dense:
                 t[i] = t[i].contiguous()
         _cython_cpu.cyclic_adamw_(
-            _DTYPE_CODES[params[0].dtype], dense[0], dense[1], dense[2], dense[3], dense[4] if amsgrad else [],
-            list(state_steps), counter, bounds, shape, schedule_mode, beta1, beta2, eps, weight_decay, amsgrad,
-            maximize, cycle_momentum, grad_scale, found_inf, torch.get_num_threads())
+            _DTYPE_CODES[params[0].dtype],
+            dense[0],
+            dense[1],
+            dense[2],
+            dense[3],
+            dense[4] if amsgrad else [],
+            list(state_steps),
+            counter,
+            bounds,
+            shape,
+            schedule_mode,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            amsgrad,
+            maximize,
+            cycle_momentum,
+            grad_scale,
+            found_inf,
+            torch.get_num_threads(),
+        )
         for i in staged:
             for original, copy in zip(lists, dense):
                 if copy[i] is not original[i]:
@@ -438,8 +797,26 @@ class TorchBackend(_PythonBackend):
     name = "torch"
     device_types = ("cpu", "cuda")
 
-    def _run(self, params, grads, buffers, counter, iteration, bounds, shape, mode, momentum, dampening,
-             weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf):
+    def _run(
+        self,
+        params,
+        grads,
+        buffers,
+        counter,
+        iteration,
+        bounds,
+        shape,
+        mode,
+        momentum,
+        dampening,
+        weight_decay,
+        nesterov,
+        maximize,
+        cycle_momentum,
+        first_step,
+        grad_scale,
+        found_inf,
+    ):
         if found_inf is not None and float(found_inf) == 1.0:
             return
         lr, cycled = schedule_point(iteration, bounds, shape, mode)
@@ -477,10 +854,30 @@ class TorchBackend(_PythonBackend):
             for b, bc in zip(buffers if use_buffers else [], b_c):
                 b.copy_(bc)
 
-
-    def _adamw_eager(self, *, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, counter,
-                     iteration, bounds, shape, schedule_mode, beta1, beta2, eps, weight_decay, amsgrad, maximize,
-                     cycle_momentum, grad_scale, found_inf) -> None:
+    def _adamw_eager(
+        self,
+        *,
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        max_exp_avg_sqs,
+        state_steps,
+        counter,
+        iteration,
+        bounds,
+        shape,
+        schedule_mode,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+        amsgrad,
+        maximize,
+        cycle_momentum,
+        grad_scale,
+        found_inf,
+    ) -> None:
         """torch.optim.AdamW's single-tensor step, op for op (so fp32/fp64 round as it
         does); half precision runs on float32 copies rounded once per step."""
         if found_inf is not None and float(found_inf) == 1.0:
@@ -493,8 +890,11 @@ class TorchBackend(_PythonBackend):
             if grad_scale is not None:
                 grad.div_(grad_scale.to(grad.dtype))
             low = param.dtype in (torch.float16, torch.bfloat16)
-            p, g, m, v = ((t.float() for t in (param, grad, exp_avgs[i], exp_avg_sqs[i])) if low
-                          else (param, grad, exp_avgs[i], exp_avg_sqs[i]))
+            p, g, m, v = (
+                (t.float() for t in (param, grad, exp_avgs[i], exp_avg_sqs[i]))
+                if low
+                else (param, grad, exp_avgs[i], exp_avg_sqs[i])
+            )
             vmax = (max_exp_avg_sqs[i].float() if low else max_exp_avg_sqs[i]) if amsgrad else None
             if maximize:
                 g = -g
@@ -505,10 +905,10 @@ class TorchBackend(_PythonBackend):
             m.lerp_(g, 1 - beta1)
             v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
             step = float(step_t)
-            bias_correction1 = 1 - beta1 ** step
-            bias_correction2 = 1 - beta2 ** step
+            bias_correction1 = 1 - beta1**step
+            bias_correction2 = 1 - beta2**step
             step_size = lr / bias_correction1
-            bias_correction2_sqrt = bias_correction2 ** 0.5
+            bias_correction2_sqrt = bias_correction2**0.5
             if amsgrad:
                 torch.maximum(vmax, v, out=vmax)
                 denom = (vmax.sqrt() / bias_correction2_sqrt).add_(eps)
@@ -527,8 +927,9 @@ _INSTANCES: Dict[str, Backend] = {}
 
 def _instance(name: str) -> Backend:
     if name not in _INSTANCES:
-        _INSTANCES[name] = {"cuda": CudaBackend, "cpp": CppBackend, "cython": CythonBackend,
-                            "torch": TorchBackend}[name]()
+        _INSTANCES[name] = {"cuda": CudaBackend, "cpp": CppBackend, "cython": CythonBackend, "torch": TorchBackend}[
+            name
+        ]()
     return _INSTANCES[name]
 
 

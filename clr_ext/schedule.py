@@ -6,6 +6,7 @@ so that they agree with PyTorch to the last bit. The compiled backends evaluate 
 formula from ``csrc/schedule.h``; the tests hold every backend to this oracle and
 this oracle to PyTorch. It needs no torch.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,7 +33,7 @@ def _pow(base: float, exponent: float) -> float:
     """``base ** exponent`` as C's ``pow`` computes it: Python raises OverflowError where C
     returns inf (triangular2's ``2.0 ** (cycle - 1)`` past cycle 1024, a gamma > 1 far out)."""
     try:
-        return base ** exponent
+        return base**exponent
     except OverflowError:
         return math.inf
 

@@ -68,15 +68,15 @@ struct clr_adamw_coeffs {
   T beta2;
   T one_minus_beta2;
   T eps;
-  T neg_step_size;   /* -step_size: addcdiv's value */
+  T neg_step_size; /* -step_size: addcdiv's value */
   T bias_correction2_sqrt;
 };
 
 /* The double expressions are Python's (1 - beta1 etc. in double, then one rounding). */
 template <typename T>
 CLR_INLINE clr_adamw_coeffs<T> clr_adamw_coeffs_make(double lr, double beta1, double beta2, double eps,
-                                                    double weight_decay, int maximize, double step_size,
-                                                    double bias_correction2_sqrt) {
+                                                     double weight_decay, int maximize, double step_size,
+                                                     double bias_correction2_sqrt) {
   clr_adamw_coeffs<T> c;
   c.decay = (T)CLR_DSUB(1.0, CLR_DMUL(lr, weight_decay));
   c.grad_sign = maximize ? (T)-1 : (T)1;

@@ -56,17 +56,16 @@ struct StepPlan {
 // Checks every argument (nothing has been modified when it throws) and, for CPU
 // buckets, evaluates the schedule at the current iteration.
 StepPlan make_step_plan(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-                        at::TensorList momentum_start,
-                        const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
-                        int64_t mode, double momentum, double dampening, double weight_decay, bool nesterov,
-                        bool cycle_momentum, bool first_step, const c10::optional<at::Tensor>& grad_scale,
-                        const c10::optional<at::Tensor>& found_inf, c10::DeviceType device_type);
+                        at::TensorList momentum_start, const at::Tensor& iteration, at::ArrayRef<double> bounds,
+                        at::ArrayRef<double> shape, int64_t mode, double momentum, double dampening,
+                        double weight_decay, bool nesterov, bool cycle_momentum, bool first_step,
+                        const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
+                        c10::DeviceType device_type);
 
 void cyclic_sgd_cpu_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-                     at::TensorList momentum_start,
-                     const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
-                     int64_t mode, double momentum, double dampening, double weight_decay, bool nesterov,
-                     bool maximize, bool cycle_momentum, bool first_step,
+                     at::TensorList momentum_start, const at::Tensor& iteration, at::ArrayRef<double> bounds,
+                     at::ArrayRef<double> shape, int64_t mode, double momentum, double dampening, double weight_decay,
+                     bool nesterov, bool maximize, bool cycle_momentum, bool first_step,
                      const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf);
 
 // AdamW (torch.optim.AdamW's rule) under the same schedule: lr and, with cycle_momentum,
@@ -97,20 +96,18 @@ AdamwPlan make_adamw_plan(at::TensorList params, at::TensorList grads, at::Tenso
                           bool cycle_momentum, const c10::optional<at::Tensor>& grad_scale,
                           const c10::optional<at::Tensor>& found_inf, c10::DeviceType device_type);
 
-void cyclic_adamw_cpu_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                       at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList state_steps,
-                       const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
-                       int64_t mode, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
-                       bool maximize, bool cycle_momentum, const c10::optional<at::Tensor>& grad_scale,
-                       const c10::optional<at::Tensor>& found_inf);
+void cyclic_adamw_cpu_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                       at::TensorList max_exp_avg_sqs, at::TensorList state_steps, const at::Tensor& iteration,
+                       at::ArrayRef<double> bounds, at::ArrayRef<double> shape, int64_t mode, double beta1,
+                       double beta2, double eps, double weight_decay, bool amsgrad, bool maximize, bool cycle_momentum,
+                       const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf);
 
 #ifdef CLR_EXT_WITH_CUDA
 // csrc/cuda/cyclic_sgd_cuda.cu: the same op for CUDA tensors (no host sync).
 void cyclic_sgd_cuda_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-                      at::TensorList momentum_start,
-                      const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
-                      int64_t mode, double momentum, double dampening, double weight_decay, bool nesterov,
-                      bool maximize, bool cycle_momentum, bool first_step,
+                      at::TensorList momentum_start, const at::Tensor& iteration, at::ArrayRef<double> bounds,
+                      at::ArrayRef<double> shape, int64_t mode, double momentum, double dampening, double weight_decay,
+                      bool nesterov, bool maximize, bool cycle_momentum, bool first_step,
                       const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf);
 
 // How many tensors one kernel launch takes (the kernel-argument table's size).

@@ -64,20 +64,19 @@ clr_bounds bounds_from(at::ArrayRef<double> bounds) {
 }  // namespace
 
 StepPlan make_step_plan(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-                        at::TensorList momentum_start,
-                        const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
-                        int64_t mode, double momentum, double dampening, double weight_decay, bool nesterov,
-                        bool cycle_momentum, bool first_step, const c10::optional<at::Tensor>& grad_scale,
-                        const c10::optional<at::Tensor>& found_inf, c10::DeviceType device_type) {
+                        at::TensorList momentum_start, const at::Tensor& iteration, at::ArrayRef<double> bounds,
+                        at::ArrayRef<double> shape, int64_t mode, double momentum, double dampening,
+                        double weight_decay, bool nesterov, bool cycle_momentum, bool first_step,
+                        const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
+                        c10::DeviceType device_type) {
   (void)weight_decay;
   (void)nesterov;
   StepPlan plan;
   plan.shape = shape_from(shape, mode);
   plan.bounds = bounds_from(bounds);
-  TORCH_CHECK(grads.size() == params.size(), "clr_ext: got ", params.size(), " params but ", grads.size(),
-              " grads");
-  TORCH_CHECK(momentum_buffers.empty() || momentum_buffers.size() == params.size(), "clr_ext: got ",
-              params.size(), " params but ", momentum_buffers.size(), " momentum buffers");
+  TORCH_CHECK(grads.size() == params.size(), "clr_ext: got ", params.size(), " params but ", grads.size(), " grads");
+  TORCH_CHECK(momentum_buffers.empty() || momentum_buffers.size() == params.size(), "clr_ext: got ", params.size(),
+              " params but ", momentum_buffers.size(), " momentum buffers");
   const bool packed_starts = momentum_start.size() == 1;
   if (packed_starts) {
     const at::Tensor& s = momentum_start[0];
@@ -110,8 +109,8 @@ StepPlan make_step_plan(at::TensorList params, at::TensorList grads, at::TensorL
     TORCH_CHECK(supported_dtype(p.scalar_type()), "clr_ext: param ", i, " has dtype ", p.scalar_type(),
                 "; CyclicSGD updates float32, float64, float16 and bfloat16 parameters");
     TORCH_CHECK(p.scalar_type() == params[0].scalar_type(), "clr_ext: all params of one call must share a dtype");
-    TORCH_CHECK(p.device() == iteration.device(), "clr_ext: param ", i, " is on ", p.device(),
-                " but the bucket is on ", iteration.device());
+    TORCH_CHECK(p.device() == iteration.device(), "clr_ext: param ", i, " is on ", p.device(), " but the bucket is on ",
+                iteration.device());
     TORCH_CHECK(g.layout() == at::kStrided, "clr_ext: the gradient of param ", i,
                 " is sparse; CyclicSGD does not support sparse gradients");
     // Wrapper subclasses (DTensor, ...) have no memory of their own: pass their local tensors.
@@ -127,8 +126,7 @@ StepPlan make_step_plan(at::TensorList params, at::TensorList grads, at::TensorL
     if (!momentum_buffers.empty()) {
       const at::Tensor& b = momentum_buffers[i];
       TORCH_CHECK(b.layout() == at::kStrided && b.has_storage() && b.scalar_type() == p.scalar_type() &&
-                      b.sizes() == p.sizes() &&
-                      b.device() == p.device(),
+                      b.sizes() == p.sizes() && b.device() == p.device(),
                   "clr_ext: the momentum buffer of param ", i, " does not match the param in dtype, shape or device");
     }
     if (!momentum_start.empty() && !packed_starts) {
@@ -202,8 +200,8 @@ AdamwPlan make_adamw_plan(at::TensorList params, at::TensorList grads, at::Tenso
     TORCH_CHECK(supported_dtype(p.scalar_type()), "clr_ext: param ", i, " has dtype ", p.scalar_type(),
                 "; AdamW updates float32, float64, float16 and bfloat16 parameters");
     TORCH_CHECK(p.scalar_type() == params[0].scalar_type(), "clr_ext: all params of one call must share a dtype");
-    TORCH_CHECK(p.device() == iteration.device(), "clr_ext: param ", i, " is on ", p.device(),
-                " but the bucket is on ", iteration.device());
+    TORCH_CHECK(p.device() == iteration.device(), "clr_ext: param ", i, " is on ", p.device(), " but the bucket is on ",
+                iteration.device());
     // Wrapper subclasses (DTensor, ...) have no memory of their own: pass their local tensors.
     TORCH_CHECK(p.has_storage(), "clr_ext: param ", i,
                 " has no storage of its own (a tensor subclass such as DTensor?); pass its local tensor");
@@ -249,8 +247,8 @@ namespace {
 
 // The schedule as the kernels evaluate it, for the host mirror, the tests and tools.
 std::pair<double, double> schedule_point(int64_t iteration, double base_lr, double max_lr, double base_momentum,
-                                         double max_momentum, double step_size_up, double step_size_down,
-                                         int64_t mode, double gamma, double custom_scale) {
+                                         double max_momentum, double step_size_up, double step_size_down, int64_t mode,
+                                         double gamma, double custom_scale) {
   const clr_shape s = shape_from({step_size_up, step_size_down, gamma, custom_scale}, mode);
   const clr_bounds b = bounds_from({base_lr, max_lr, base_momentum, max_momentum});
   const clr_point p = clr_schedule(iteration, &s, &b);
@@ -296,8 +294,8 @@ BorrowedTensors unpack_tensors(const pybind11::list& list, const char* what) {
   BorrowedTensors out;
   out.reserve(list.size());
   for (const pybind11::handle item : list) {
-    TORCH_CHECK_TYPE(THPVariable_Check(item.ptr()), "clr_ext: ", what, " must be a list of tensors, got an element of type ",
-                     Py_TYPE(item.ptr())->tp_name);
+    TORCH_CHECK_TYPE(THPVariable_Check(item.ptr()), "clr_ext: ", what,
+                     " must be a list of tensors, got an element of type ", Py_TYPE(item.ptr())->tp_name);
     out.push_back(THPVariable_Unpack(item.ptr()));
   }
   return out;
@@ -309,11 +307,10 @@ using EagerStep = void (*)(at::TensorList, at::TensorList, at::TensorList, at::T
 
 template <EagerStep kStep>
 void eager_step(const pybind11::list& params, const pybind11::list& grads, const pybind11::list& momentum_buffers,
-                const pybind11::list& momentum_start,
-                const at::Tensor& iteration, const std::vector<double>& bounds, const std::vector<double>& shape,
-                int64_t mode, double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
-                bool cycle_momentum, bool first_step, const c10::optional<at::Tensor>& grad_scale,
-                const c10::optional<at::Tensor>& found_inf) {
+                const pybind11::list& momentum_start, const at::Tensor& iteration, const std::vector<double>& bounds,
+                const std::vector<double>& shape, int64_t mode, double momentum, double dampening, double weight_decay,
+                bool nesterov, bool maximize, bool cycle_momentum, bool first_step,
+                const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf) {
   const BorrowedTensors p = unpack_tensors(params, "params");
   const BorrowedTensors g = unpack_tensors(grads, "grads");
   const BorrowedTensors b = unpack_tensors(momentum_buffers, "momentum_buffers");
@@ -330,9 +327,9 @@ void check_bucket(const pybind11::list& params, const pybind11::list& grads, con
   if (p.empty()) return;
   const at::Tensor iteration = at::empty({}, p[0].options().dtype(at::kLong));
   make_step_plan(p, unpack_tensors(grads, "grads"), unpack_tensors(momentum_buffers, "momentum_buffers"),
-                 unpack_tensors(momentum_start, "momentum_start"), iteration,
-                 {0.0, 0.0, 0.0, 0.0}, {1.0, 1.0, 1.0, 1.0}, 0, 0.0, 0.0, 0.0, false, false, false, c10::nullopt,
-                 c10::nullopt, c10::DeviceType::Meta);
+                 unpack_tensors(momentum_start, "momentum_start"), iteration, {0.0, 0.0, 0.0, 0.0},
+                 {1.0, 1.0, 1.0, 1.0}, 0, 0.0, 0.0, 0.0, false, false, false, c10::nullopt, c10::nullopt,
+                 c10::DeviceType::Meta);
 }
 #endif  // CLR_EXT_NO_PYTHON
 
@@ -340,16 +337,15 @@ void check_bucket(const pybind11::list& params, const pybind11::list& grads, con
 // cyclic_adamw_cpu_ called from Python with lists (see unpack_tensors).
 void eager_adamw_step(const pybind11::list& params, const pybind11::list& grads, const pybind11::list& exp_avgs,
                       const pybind11::list& exp_avg_sqs, const pybind11::list& max_exp_avg_sqs,
-                      const pybind11::list& state_steps, const at::Tensor& iteration,
-                      const std::vector<double>& bounds, const std::vector<double>& shape, int64_t mode,
-                      double beta1, double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
-                      bool cycle_momentum, const c10::optional<at::Tensor>& grad_scale,
-                      const c10::optional<at::Tensor>& found_inf) {
+                      const pybind11::list& state_steps, const at::Tensor& iteration, const std::vector<double>& bounds,
+                      const std::vector<double>& shape, int64_t mode, double beta1, double beta2, double eps,
+                      double weight_decay, bool amsgrad, bool maximize, bool cycle_momentum,
+                      const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf) {
   cyclic_adamw_cpu_(unpack_tensors(params, "params"), unpack_tensors(grads, "grads"),
                     unpack_tensors(exp_avgs, "exp_avgs"), unpack_tensors(exp_avg_sqs, "exp_avg_sqs"),
                     unpack_tensors(max_exp_avg_sqs, "max_exp_avg_sqs"), unpack_tensors(state_steps, "state_steps"),
-                    iteration, bounds, shape, mode, beta1, beta2, eps, weight_decay, amsgrad, maximize,
-                    cycle_momentum, grad_scale, found_inf);
+                    iteration, bounds, shape, mode, beta1, beta2, eps, weight_decay, amsgrad, maximize, cycle_momentum,
+                    grad_scale, found_inf);
 }
 
 #ifdef CLR_EXT_WITH_CUDA
@@ -364,8 +360,8 @@ void eager_adamw_cuda_step(const pybind11::list& params, const pybind11::list& g
   cyclic_adamw_cuda_(unpack_tensors(params, "params"), unpack_tensors(grads, "grads"),
                      unpack_tensors(exp_avgs, "exp_avgs"), unpack_tensors(exp_avg_sqs, "exp_avg_sqs"),
                      unpack_tensors(max_exp_avg_sqs, "max_exp_avg_sqs"), unpack_tensors(state_steps, "state_steps"),
-                     iteration, bounds, shape, mode, beta1, beta2, eps, weight_decay, amsgrad, maximize,
-                     cycle_momentum, grad_scale, found_inf);
+                     iteration, bounds, shape, mode, beta1, beta2, eps, weight_decay, amsgrad, maximize, cycle_momentum,
+                     grad_scale, found_inf);
 }
 #endif  // CLR_EXT_WITH_CUDA
 
@@ -378,8 +374,8 @@ void check_adamw_bucket(const pybind11::list& params, const pybind11::list& grad
   const at::Tensor iteration = at::empty({}, p[0].options().dtype(at::kLong));
   make_adamw_plan(p, unpack_tensors(grads, "grads"), unpack_tensors(exp_avgs, "exp_avgs"),
                   unpack_tensors(exp_avg_sqs, "exp_avg_sqs"), unpack_tensors(max_exp_avg_sqs, "max_exp_avg_sqs"),
-                  unpack_tensors(state_steps, "state_steps"), iteration, {0.0, 0.0, 0.0, 0.0}, {1.0, 1.0, 1.0, 1.0},
-                  0, 0.0, 0.0, 0.0, 0.0, amsgrad, false, c10::nullopt, c10::nullopt, c10::DeviceType::Meta);
+                  unpack_tensors(state_steps, "state_steps"), iteration, {0.0, 0.0, 0.0, 0.0}, {1.0, 1.0, 1.0, 1.0}, 0,
+                  0.0, 0.0, 0.0, 0.0, amsgrad, false, c10::nullopt, c10::nullopt, c10::DeviceType::Meta);
 }
 #endif  // CLR_EXT_NO_PYTHON
 
@@ -413,10 +409,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "clr_ext compiled core: the fused cyclical-LR SGD op (registered as torch.ops.clr_ext)";
   m.def("schedule", &clr_ext::schedule_point,
         "(lr, momentum) that the step with this 0-based iteration uses, from csrc/schedule.h",
-        pybind11::arg("iteration"), pybind11::arg("base_lr"), pybind11::arg("max_lr"),
-        pybind11::arg("base_momentum"), pybind11::arg("max_momentum"), pybind11::arg("step_size_up"),
-        pybind11::arg("step_size_down"), pybind11::arg("mode"), pybind11::arg("gamma"),
-        pybind11::arg("custom_scale") = 1.0);
+        pybind11::arg("iteration"), pybind11::arg("base_lr"), pybind11::arg("max_lr"), pybind11::arg("base_momentum"),
+        pybind11::arg("max_momentum"), pybind11::arg("step_size_up"), pybind11::arg("step_size_down"),
+        pybind11::arg("mode"), pybind11::arg("gamma"), pybind11::arg("custom_scale") = 1.0);
   m.def("schedule_at", &clr_ext::schedule_at,
         "(lr, momentum) of the step with this 0-based iteration, from the op's bounds, shape and mode",
         pybind11::arg("iteration"), pybind11::arg("bounds"), pybind11::arg("shape"), pybind11::arg("mode"));
@@ -433,9 +428,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("maximize"), pybind11::arg("cycle_momentum"), pybind11::arg("grad_scale") = pybind11::none(),
         pybind11::arg("found_inf") = pybind11::none());
   m.def("check_adamw_bucket", &clr_ext::check_adamw_bucket,
-        "Raises if the tensors of one AdamW bucket do not fit the op", pybind11::arg("params"),
-        pybind11::arg("grads"), pybind11::arg("exp_avgs"), pybind11::arg("exp_avg_sqs"),
-        pybind11::arg("max_exp_avg_sqs"), pybind11::arg("state_steps"), pybind11::arg("amsgrad"));
+        "Raises if the tensors of one AdamW bucket do not fit the op", pybind11::arg("params"), pybind11::arg("grads"),
+        pybind11::arg("exp_avgs"), pybind11::arg("exp_avg_sqs"), pybind11::arg("max_exp_avg_sqs"),
+        pybind11::arg("state_steps"), pybind11::arg("amsgrad"));
 #ifdef CLR_EXT_WITH_CUDA
   m.def("cyclic_sgd_cuda_", &clr_ext::eager_step<&clr_ext::cyclic_sgd_cuda_>,
         "The CUDA kernel called directly, bypassing the dispatcher (eager fast path; no host sync)");

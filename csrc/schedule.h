@@ -40,10 +40,10 @@ enum {
   CLR_MODE_TRIANGULAR = 0,
   CLR_MODE_TRIANGULAR2 = 1,
   CLR_MODE_EXP_RANGE = 2,
-  CLR_MODE_FIXED = 3,  /* the paper's Caffe baseline: lr = base_lr */
-  CLR_MODE_EXP = 4,    /* Caffe's exp: lr = base_lr * gamma**iteration */
-  CLR_MODE_DECAY = 5,  /* max_lr falling linearly to base_lr over step_size_up, then flat */
-  CLR_MODE_CUSTOM = 6, /* a user scale_fn evaluated on the host; its value arrives as custom_scale */
+  CLR_MODE_FIXED = 3,            /* the paper's Caffe baseline: lr = base_lr */
+  CLR_MODE_EXP = 4,              /* Caffe's exp: lr = base_lr * gamma**iteration */
+  CLR_MODE_DECAY = 5,            /* max_lr falling linearly to base_lr over step_size_up, then flat */
+  CLR_MODE_CUSTOM = 6,           /* a user scale_fn evaluated on the host; its value arrives as custom_scale */
   CLR_MODE_ONE_CYCLE_COS = 7,    /* the 1cycle policy (OneCycleLR), cosine annealing */
   CLR_MODE_ONE_CYCLE_LINEAR = 8, /* the 1cycle policy, linear annealing */
   CLR_MODE_COUNT = 9
@@ -85,8 +85,7 @@ typedef struct clr_point {
  * factor = x/ratio on the way up, (x-1)/(ratio-1) on the way down.
  * The int64 -> double conversion is exact below 2^53 iterations.
  */
-CLR_INLINE double clr_cycle_position(int64_t iteration, double step_size_up, double step_size_down,
-                                     double* cycle_out) {
+CLR_INLINE double clr_cycle_position(int64_t iteration, double step_size_up, double step_size_down, double* cycle_out) {
   const double total = CLR_DADD(step_size_up, step_size_down);
   const double ratio = CLR_DDIV(step_size_up, total);
   const double it_over_total = CLR_DDIV((double)iteration, total);
@@ -180,8 +179,8 @@ CLR_INLINE clr_point clr_schedule(int64_t iteration, const clr_shape* shape, con
   }
   /* Same association as CyclicLR: base + ((max - base) * factor) * scale. */
   out.lr = CLR_DADD(b->base_lr, CLR_DMUL(CLR_DMUL(CLR_DSUB(b->max_lr, b->base_lr), factor), scale));
-  out.momentum = CLR_DSUB(b->max_momentum,
-                          CLR_DMUL(CLR_DMUL(CLR_DSUB(b->max_momentum, b->base_momentum), factor), scale));
+  out.momentum =
+      CLR_DSUB(b->max_momentum, CLR_DMUL(CLR_DMUL(CLR_DSUB(b->max_momentum, b->base_momentum), factor), scale));
   return out;
 }
 

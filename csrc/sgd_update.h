@@ -25,46 +25,44 @@
 #include "schedule.h"
 
 enum {
-  CLR_MOMENTUM_NONE = 0,   /* momentum == 0: no buffer is read or written */
-  CLR_MOMENTUM_FIRST = 1,  /* the parameter's first step with momentum: buffer = g */
-  CLR_MOMENTUM_STEADY = 2  /* buffer = momentum * buffer + (1 - dampening) * g */
+  CLR_MOMENTUM_NONE = 0,  /* momentum == 0: no buffer is read or written */
+  CLR_MOMENTUM_FIRST = 1, /* the parameter's first step with momentum: buffer = g */
+  CLR_MOMENTUM_STEADY = 2 /* buffer = momentum * buffer + (1 - dampening) * g */
 };
 
-#define CLR_DEFINE_SGD_UPDATE(T, SUFFIX, FMA)                                                   \
-  typedef struct clr_sgd_coeffs_##SUFFIX {                                                      \
-    T neg_lr; /* -lr: an exact negation, so fma(-lr, g, p) is ATen's p.add_(g, alpha=-lr) */   \
-    T weight_decay;                                                                             \
-    T momentum;                                                                                 \
-    T one_minus_dampening;                                                                      \
-    T grad_sign; /* -1 when maximizing: an exact negation that needs no branch */               \
-  } clr_sgd_coeffs_##SUFFIX;                                                                    \
-                                                                                                \
-  CLR_INLINE T clr_sgd_update_##SUFFIX(T param, T grad, T* momentum_buffer,                     \
-                                       const clr_sgd_coeffs_##SUFFIX* c, int use_weight_decay,  \
-                                       int momentum_state, int nesterov) {                      \
-    T g = grad * c->grad_sign;                                                                  \
-    if (use_weight_decay) g = FMA(c->weight_decay, param, g);                                   \
-    if (momentum_state != CLR_MOMENTUM_NONE) {                                                  \
-      const T buf = momentum_state == CLR_MOMENTUM_FIRST                                        \
-                        ? g                                                                     \
-                        : FMA(c->one_minus_dampening, g, c->momentum * *momentum_buffer);       \
-      *momentum_buffer = buf;                                                                   \
-      g = nesterov ? FMA(c->momentum, buf, g) : buf;                                            \
-    }                                                                                           \
-    return FMA(c->neg_lr, g, param);                                                            \
-  }                                                                                             \
-                                                                                                \
-  /* Rounds the double-precision schedule and hyper-parameters to the compute type once, */     \
-  /* as PyTorch does when it passes Python floats as scalars to a float tensor op. */           \
-  CLR_INLINE clr_sgd_coeffs_##SUFFIX clr_sgd_coeffs_make_##SUFFIX(                              \
-      double lr, double weight_decay, double momentum, double dampening, int maximize) {        \
-    clr_sgd_coeffs_##SUFFIX c;                                                                  \
-    c.neg_lr = -(T)lr;                                                                          \
-    c.weight_decay = (T)weight_decay;                                                           \
-    c.momentum = (T)momentum;                                                                   \
-    c.one_minus_dampening = (T)(1.0 - dampening);                                               \
-    c.grad_sign = maximize ? (T)-1 : (T)1;                                                      \
-    return c;                                                                                   \
+#define CLR_DEFINE_SGD_UPDATE(T, SUFFIX, FMA)                                                                        \
+  typedef struct clr_sgd_coeffs_##SUFFIX {                                                                           \
+    T neg_lr; /* -lr: an exact negation, so fma(-lr, g, p) is ATen's p.add_(g, alpha=-lr) */                         \
+    T weight_decay;                                                                                                  \
+    T momentum;                                                                                                      \
+    T one_minus_dampening;                                                                                           \
+    T grad_sign; /* -1 when maximizing: an exact negation that needs no branch */                                    \
+  } clr_sgd_coeffs_##SUFFIX;                                                                                         \
+                                                                                                                     \
+  CLR_INLINE T clr_sgd_update_##SUFFIX(T param, T grad, T* momentum_buffer, const clr_sgd_coeffs_##SUFFIX* c,        \
+                                       int use_weight_decay, int momentum_state, int nesterov) {                     \
+    T g = grad * c->grad_sign;                                                                                       \
+    if (use_weight_decay) g = FMA(c->weight_decay, param, g);                                                        \
+    if (momentum_state != CLR_MOMENTUM_NONE) {                                                                       \
+      const T buf =                                                                                                  \
+          momentum_state == CLR_MOMENTUM_FIRST ? g : FMA(c->one_minus_dampening, g, c->momentum * *momentum_buffer); \
+      *momentum_buffer = buf;                                                                                        \
+      g = nesterov ? FMA(c->momentum, buf, g) : buf;                                                                 \
+    }                                                                                                                \
+    return FMA(c->neg_lr, g, param);                                                                                 \
+  }                                                                                                                  \
+                                                                                                                     \
+  /* Rounds the double-precision schedule and hyper-parameters to the compute type once, */                          \
+  /* as PyTorch does when it passes Python floats as scalars to a float tensor op. */                                \
+  CLR_INLINE clr_sgd_coeffs_##SUFFIX clr_sgd_coeffs_make_##SUFFIX(double lr, double weight_decay, double momentum,   \
+                                                                  double dampening, int maximize) {                  \
+    clr_sgd_coeffs_##SUFFIX c;                                                                                       \
+    c.neg_lr = -(T)lr;                                                                                               \
+    c.weight_decay = (T)weight_decay;                                                                                \
+    c.momentum = (T)momentum;                                                                                        \
+    c.one_minus_dampening = (T)(1.0 - dampening);                                                                    \
+    c.grad_sign = maximize ? (T) - 1 : (T)1;                                                                         \
+    return c;                                                                                                        \
   }
 
 CLR_DEFINE_SGD_UPDATE(float, f32, fmaf)

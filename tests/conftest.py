@@ -15,6 +15,7 @@ References (nothing here calls clr_ext's own arithmetic):
 - the pure-Python oracle ``clr_ext.cyclic_lr`` / ``clr_ext.schedule.cyclic_point``, which
   tests/test_schedule.py holds to CyclicLR bit for bit.
 """
+
 from __future__ import annotations
 
 import functools
@@ -52,8 +53,14 @@ def pytest_generate_tests(metafunc):
 def pytest_report_header(config):
     return [
         "clr_ext %s, torch %s, built backends %s, %s=%r, torch threads %d"
-        % (clr_ext.__version__, torch.__version__, clr_ext.available_backends(), ENV_VAR,
-           os.environ.get(ENV_VAR), torch.get_num_threads()),
+        % (
+            clr_ext.__version__,
+            torch.__version__,
+            clr_ext.available_backends(),
+            ENV_VAR,
+            os.environ.get(ENV_VAR),
+            torch.get_num_threads(),
+        ),
         "half-precision reference: %s" % half_reference_kind(),
     ]
 
@@ -90,8 +97,11 @@ def fused_half_sgd_is_correct() -> bool:
 
 
 def half_reference_kind() -> str:
-    return "torch.optim.SGD(fused=True)" if fused_half_sgd_is_correct() else (
-        "fp32 emulation (CPU fused SGD is broken for float16/bfloat16 in torch %s)" % torch.__version__)
+    return (
+        "torch.optim.SGD(fused=True)"
+        if fused_half_sgd_is_correct()
+        else ("fp32 emulation (CPU fused SGD is broken for float16/bfloat16 in torch %s)" % torch.__version__)
+    )
 
 
 # ------------------------------------------------------------------- reference pair
@@ -113,9 +123,14 @@ class ReferencePair:
     ``group_lr`` / ``group_momentum`` / ``last_lr`` report per given group either way.
     """
 
-    def __init__(self, groups: Sequence[Dict[str, Any]], sgd_kwargs: Dict[str, Any],
-                 sched_kwargs: Dict[str, Any], fused: Optional[bool] = None,
-                 scheduler: Any = torch.optim.lr_scheduler.CyclicLR):
+    def __init__(
+        self,
+        groups: Sequence[Dict[str, Any]],
+        sgd_kwargs: Dict[str, Any],
+        sched_kwargs: Dict[str, Any],
+        fused: Optional[bool] = None,
+        scheduler: Any = torch.optim.lr_scheduler.CyclicLR,
+    ):
         self.params: List[torch.Tensor] = []  # the reference values, in their dtype
         self.compute: List[torch.Tensor] = []  # what torch.optim.SGD updates
         dtypes = set(t.dtype for g in groups for t in g["params"])
@@ -128,8 +143,11 @@ class ReferencePair:
         sgd_groups = []
         self._first_group: List[int] = []  # the SGD group that reports for given group gi
         sched_kwargs = dict(sched_kwargs)
-        per_group = {k: sched_kwargs[k] for k in ("base_lr", "max_lr", "base_momentum", "max_momentum")
-                     if isinstance(sched_kwargs.get(k), (list, tuple))}
+        per_group = {
+            k: sched_kwargs[k]
+            for k in ("base_lr", "max_lr", "base_momentum", "max_momentum")
+            if isinstance(sched_kwargs.get(k), (list, tuple))
+        }
         expanded: Dict[str, List[Any]] = {k: [] for k in per_group}
         for gi, g in enumerate(groups):
             extra = {k: v for k, v in g.items() if k != "params"}
@@ -207,8 +225,8 @@ class ReferencePair:
 RTOL = {
     torch.float32: 1e-5,
     torch.float64: 1e-12,
-    torch.float16: 4 * 2.0 ** -10,
-    torch.bfloat16: 4 * 2.0 ** -7,
+    torch.float16: 4 * 2.0**-10,
+    torch.bfloat16: 4 * 2.0**-7,
 }
 
 
@@ -235,7 +253,13 @@ def assert_close_rel(actual_list, expected_list, what="param", half_factor=1.0):
         err = rel_err(a, e, scale)
         tol = RTOL[a.dtype] * (half_factor if a.dtype in HALF_DTYPES else 1.0)
         assert err <= tol, "%s %d (%s, shape %s): relative error %.3g > %.3g" % (
-            what, i, a.dtype, tuple(a.shape), err, tol)
+            what,
+            i,
+            a.dtype,
+            tuple(a.shape),
+            err,
+            tol,
+        )
 
 
 def same_float(a: float, b: float) -> bool:

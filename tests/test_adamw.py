@@ -2,6 +2,7 @@
 "The 1cycle policy and AdamW": one ``opt.step()`` is ``adamw.step(); sched.step()``, beta1
 cycled in ``group["betas"][0]``), for every CPU backend: every flag, several groups with
 per-group bounds, params that miss steps; state dicts, AMP skips, from_torch, errors."""
+
 from __future__ import annotations
 
 import copy
@@ -12,11 +13,10 @@ import warnings
 import pytest
 import torch
 import torch._dynamo.testing
-
-import clr_ext
-
 from conftest import HALF_DTYPES, assert_close_rel
 from test_parity import Problem
+
+import clr_ext
 
 CyclicLR = torch.optim.lr_scheduler.CyclicLR
 OneCycleLR = torch.optim.lr_scheduler.OneCycleLR
@@ -35,8 +35,9 @@ class AdamWReference:
 
     def __init__(self, groups, adamw_kwargs, scheduler, sched_kwargs):
         self.params = [t.detach().clone() for g in groups for t in g]
-        self.compute = [p.float().requires_grad_(True) if p.dtype in HALF_DTYPES else p.requires_grad_(True)
-                        for p in self.params]
+        self.compute = [
+            p.float().requires_grad_(True) if p.dtype in HALF_DTYPES else p.requires_grad_(True) for p in self.params
+        ]
         it = iter(self.compute)
         adamw_groups = [{"params": [next(it) for _ in g]} for g in groups]
         self.opt = torch.optim.AdamW(adamw_groups, lr=0.0, **adamw_kwargs)
@@ -63,18 +64,43 @@ class AdamWReference:
         return None if value is None else value.to(self.params[i].dtype if key != "step" else value.dtype)
 
 
-def run_adamw(backend, dtype, kind, amsgrad, maximize, weight_decay, cycle_momentum, steps=40, bounds_as="lists",
-              mode="triangular"):
+def run_adamw(
+    backend,
+    dtype,
+    kind,
+    amsgrad,
+    maximize,
+    weight_decay,
+    cycle_momentum,
+    steps=40,
+    bounds_as="lists",
+    mode="triangular",
+):
     problem = Problem(dtype)
     adamw_kwargs = dict(betas=(0.9, 0.99), eps=1e-6, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
     if kind == "cyclic":
-        sched_kwargs = dict(base_lr=BASE_LR, max_lr=MAX_LR, step_size_up=5, step_size_down=8, mode=mode,
-                            gamma=0.97, cycle_momentum=cycle_momentum, base_momentum=BASE_MOMENTUM,
-                            max_momentum=MAX_MOMENTUM)
+        sched_kwargs = dict(
+            base_lr=BASE_LR,
+            max_lr=MAX_LR,
+            step_size_up=5,
+            step_size_down=8,
+            mode=mode,
+            gamma=0.97,
+            cycle_momentum=cycle_momentum,
+            base_momentum=BASE_MOMENTUM,
+            max_momentum=MAX_MOMENTUM,
+        )
         scheduler = CyclicLR
     else:
-        sched_kwargs = dict(max_lr=MAX_LR, total_steps=steps, pct_start=0.3, anneal_strategy="cos",
-                            cycle_momentum=cycle_momentum, base_momentum=BASE_MOMENTUM, max_momentum=MAX_MOMENTUM)
+        sched_kwargs = dict(
+            max_lr=MAX_LR,
+            total_steps=steps,
+            pct_start=0.3,
+            anneal_strategy="cos",
+            cycle_momentum=cycle_momentum,
+            base_momentum=BASE_MOMENTUM,
+            max_momentum=MAX_MOMENTUM,
+        )
         scheduler = OneCycleLR
     ref = AdamWReference(problem.groups, adamw_kwargs, scheduler, sched_kwargs)
     params, groups = [], []
@@ -83,19 +109,24 @@ def run_adamw(backend, dtype, kind, amsgrad, maximize, weight_decay, cycle_momen
         params += ps
         groups.append({"params": ps})
     kwargs = dict(sched_kwargs)
-    bound_keys = ("base_lr", "max_lr", "base_momentum", "max_momentum") if kind == "cyclic" else (
-        "max_lr", "base_momentum", "max_momentum")
+    bound_keys = (
+        ("base_lr", "max_lr", "base_momentum", "max_momentum")
+        if kind == "cyclic"
+        else ("max_lr", "base_momentum", "max_momentum")
+    )
     if bounds_as == "dict":  # per-group dict values win over the constructor's (different) scalars
         for gi, d in enumerate(groups):
             for key in bound_keys:
                 d[key] = kwargs[key][gi]
         kwargs.update({key: 0.5 if "lr" in key else 0.1 for key in bound_keys})
     if kind == "cyclic":
-        opt = clr_ext.CyclicAdamW(groups, kwargs.pop("base_lr"), kwargs.pop("max_lr"), backend=backend,
-                                  **adamw_kwargs, **kwargs)
+        opt = clr_ext.CyclicAdamW(
+            groups, kwargs.pop("base_lr"), kwargs.pop("max_lr"), backend=backend, **adamw_kwargs, **kwargs
+        )
     else:
-        opt = clr_ext.OneCycleAdamW(groups, kwargs.pop("max_lr"), kwargs.pop("total_steps"), backend=backend,
-                                    **adamw_kwargs, **kwargs)
+        opt = clr_ext.OneCycleAdamW(
+            groups, kwargs.pop("max_lr"), kwargs.pop("total_steps"), backend=backend, **adamw_kwargs, **kwargs
+        )
 
     def check_reported(where):
         for gi, (mine, theirs) in enumerate(zip(opt.param_groups, ref.opt.param_groups)):
@@ -128,20 +159,33 @@ def run_adamw(backend, dtype, kind, amsgrad, maximize, weight_decay, cycle_momen
 def _cases():
     out = []
     for kind, amsgrad, maximize, wd, cycle, dtype in itertools.product(
-            ("cyclic", "one_cycle"), (False, True), (False, True), (0.0, 0.01), (True, False),
-            (torch.float32, torch.float64, torch.float16, torch.bfloat16)):
+        ("cyclic", "one_cycle"),
+        (False, True),
+        (False, True),
+        (0.0, 0.01),
+        (True, False),
+        (torch.float32, torch.float64, torch.float16, torch.bfloat16),
+    ):
         if maximize and (wd == 0.0 or not cycle):
             continue
         bounds_as = "dict" if amsgrad != maximize else "lists"
-        cid = "%s%s%s-wd%g-%s-%s-%s" % (kind, "-ams" if amsgrad else "", "-max" if maximize else "", wd,
-                                        "cyc" if cycle else "nocyc", DTYPE_IDS[dtype], bounds_as)
+        cid = "%s%s%s-wd%g-%s-%s-%s" % (
+            kind,
+            "-ams" if amsgrad else "",
+            "-max" if maximize else "",
+            wd,
+            "cyc" if cycle else "nocyc",
+            DTYPE_IDS[dtype],
+            bounds_as,
+        )
         out.append(pytest.param(kind, amsgrad, maximize, wd, cycle, dtype, bounds_as, id=cid))
     return out
 
 
 @pytest.mark.parametrize("kind,amsgrad,maximize,weight_decay,cycle_momentum,dtype,bounds_as", _cases())
-def test_parity_with_torch_adamw_and_scheduler(backend, kind, amsgrad, maximize, weight_decay, cycle_momentum, dtype,
-                                               bounds_as):
+def test_parity_with_torch_adamw_and_scheduler(
+    backend, kind, amsgrad, maximize, weight_decay, cycle_momentum, dtype, bounds_as
+):
     run_adamw(backend, dtype, kind, amsgrad, maximize, weight_decay, cycle_momentum, bounds_as=bounds_as)
 
 
@@ -225,10 +269,14 @@ def test_from_torch_converts_a_running_adamw_pair(backend, scheduler):
     twin = [torch.nn.Parameter(t.clone()) for t in init]
     pairs = []
     for params in (ps, twin):
-        adamw = torch.optim.AdamW([{"params": params[:1]}, {"params": params[1:], "weight_decay": 0.1}], lr=0.1,
-                                  amsgrad=True)
-        sched = (CyclicLR(adamw, [1e-3, 2e-3], [1e-2, 3e-2], step_size_up=4) if scheduler == "cyclic"
-                 else OneCycleLR(adamw, [1e-2, 3e-2], total_steps=40, three_phase=True))
+        adamw = torch.optim.AdamW(
+            [{"params": params[:1]}, {"params": params[1:], "weight_decay": 0.1}], lr=0.1, amsgrad=True
+        )
+        sched = (
+            CyclicLR(adamw, [1e-3, 2e-3], [1e-2, 3e-2], step_size_up=4)
+            if scheduler == "cyclic"
+            else OneCycleLR(adamw, [1e-2, 3e-2], total_steps=40, three_phase=True)
+        )
         pairs.append((adamw, sched))
     gen = torch.Generator().manual_seed(1)
     for _ in range(13):
@@ -273,20 +321,23 @@ def test_grad_scaler_skip_changes_nothing_step_counts_included(backend):
     assert torch.allclose(p.detach(), expected, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs,name", [
-    (dict(betas=(1.0, 0.999)), "betas"),
-    (dict(betas=(0.9, -0.1)), "betas"),
-    (dict(betas=(0.9,)), "betas"),
-    (dict(eps=-1e-8), "eps"),
-    (dict(eps=float("nan")), "eps"),
-    (dict(weight_decay=-0.1), "weight_decay"),
-    (dict(weight_decay=float("inf")), "weight_decay"),
-    (dict(max_momentum=1.0), "max_momentum"),
-    (dict(base_momentum=float("nan")), "base_momentum"),
-    (dict(base_lr=float("nan")), "base_lr"),
-    (dict(max_lr=-1.0), "max_lr"),
-    (dict(step_size_up=0), "step_size_up"),
-])
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(betas=(1.0, 0.999)), "betas"),
+        (dict(betas=(0.9, -0.1)), "betas"),
+        (dict(betas=(0.9,)), "betas"),
+        (dict(eps=-1e-8), "eps"),
+        (dict(eps=float("nan")), "eps"),
+        (dict(weight_decay=-0.1), "weight_decay"),
+        (dict(weight_decay=float("inf")), "weight_decay"),
+        (dict(max_momentum=1.0), "max_momentum"),
+        (dict(base_momentum=float("nan")), "base_momentum"),
+        (dict(base_lr=float("nan")), "base_lr"),
+        (dict(max_lr=-1.0), "max_lr"),
+        (dict(step_size_up=0), "step_size_up"),
+    ],
+)
 def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
     kwargs = dict(kwargs)
     base_lr, max_lr = kwargs.pop("base_lr", 1e-3), kwargs.pop("max_lr", 1e-2)
@@ -311,9 +362,15 @@ def test_one_cycle_adamw_errors_and_end():
 
 
 def test_from_range_test_for_both_classes():
-    result = clr_ext.RangeTestResult(lrs=[1e-4 * (i + 1) for i in range(50)], losses=[1.0] * 50,
-                                     smoothed_losses=[1.0] * 50, metrics=None, diverged=False, base_lr=1e-3,
-                                     max_lr=4e-3)
+    result = clr_ext.RangeTestResult(
+        lrs=[1e-4 * (i + 1) for i in range(50)],
+        losses=[1.0] * 50,
+        smoothed_losses=[1.0] * 50,
+        metrics=None,
+        diverged=False,
+        base_lr=1e-3,
+        max_lr=4e-3,
+    )
     cyc = clr_ext.CyclicAdamW.from_range_test([torch.nn.Parameter(torch.zeros(3))], result, 25)
     assert (cyc.param_groups[0]["base_lr"], cyc.param_groups[0]["max_lr"]) == (1e-3, 4e-3)
     assert cyc.step_size_up == result.step_size(25)

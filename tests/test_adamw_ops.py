@@ -8,10 +8,11 @@ bounds[3]) with cycle_momentum off unless a test says otherwise, so lr and beta1
 AdamW constants. fp32/fp64 must match bit for bit; half types are checked against an fp32
 AdamW step on float32 copies of the half values, rounded once per step.
 """
+
 from __future__ import annotations
 
 import itertools
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import pytest
 import torch
@@ -47,20 +48,56 @@ CPP_ENTRY_POINTS = [e for e in ENTRY_POINTS if e != "cython"]
 pytestmark = pytest.mark.skipif(not ENTRY_POINTS, reason="neither clr_ext._C nor the Cython fallback is built")
 
 
-def call(entry, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, iteration, bounds, shape,
-         mode, beta1, beta2, eps, weight_decay, amsgrad, maximize, cycle_momentum, grad_scale=None,
-         found_inf=None):
-    args = (list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), list(max_exp_avg_sqs), list(state_steps),
-            iteration, list(bounds), list(shape), mode, beta1, beta2, eps, weight_decay, amsgrad, maximize,
-            cycle_momentum)
+def call(
+    entry,
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    max_exp_avg_sqs,
+    state_steps,
+    iteration,
+    bounds,
+    shape,
+    mode,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    amsgrad,
+    maximize,
+    cycle_momentum,
+    grad_scale=None,
+    found_inf=None,
+):
+    args = (
+        list(params),
+        list(grads),
+        list(exp_avgs),
+        list(exp_avg_sqs),
+        list(max_exp_avg_sqs),
+        list(state_steps),
+        iteration,
+        list(bounds),
+        list(shape),
+        mode,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+        amsgrad,
+        maximize,
+        cycle_momentum,
+    )
     if entry == "op":
         torch.ops.clr_ext.cyclic_adamw_(*args, grad_scale, found_inf)
     elif entry == "pybind":
         _C.cyclic_adamw_cpu_(*args, grad_scale=grad_scale, found_inf=found_inf)
     else:
         code = CODES[params[0].dtype] if params else 0
-        _cython_cpu.cyclic_adamw_(code, *args, grad_scale=grad_scale, found_inf=found_inf,
-                                  num_threads=torch.get_num_threads())
+        _cython_cpu.cyclic_adamw_(
+            code, *args, grad_scale=grad_scale, found_inf=found_inf, num_threads=torch.get_num_threads()
+        )
 
 
 class State:
@@ -78,16 +115,26 @@ class State:
     def subset(self, keep):
         """The lists restricted to params whose index is in keep (a step that skips others)."""
         pick = lambda xs: [x for i, x in enumerate(xs) if i in keep]  # noqa: E731
-        return (pick(self.params), pick(self.exp_avgs), pick(self.exp_avg_sqs), pick(self.max_exp_avg_sqs),
-                pick(self.state_steps))
+        return (
+            pick(self.params),
+            pick(self.exp_avgs),
+            pick(self.exp_avg_sqs),
+            pick(self.max_exp_avg_sqs),
+            pick(self.state_steps),
+        )
 
     def snapshot(self):
-        return [t.clone() for t in itertools.chain(self.params, self.exp_avgs, self.exp_avg_sqs,
-                                                    self.max_exp_avg_sqs, self.state_steps)]
+        return [
+            t.clone()
+            for t in itertools.chain(
+                self.params, self.exp_avgs, self.exp_avg_sqs, self.max_exp_avg_sqs, self.state_steps
+            )
+        ]
 
     def tensors(self):
-        return list(itertools.chain(self.params, self.exp_avgs, self.exp_avg_sqs, self.max_exp_avg_sqs,
-                                    self.state_steps))
+        return list(
+            itertools.chain(self.params, self.exp_avgs, self.exp_avg_sqs, self.max_exp_avg_sqs, self.state_steps)
+        )
 
 
 def make_grads(shapes, dtype, step, gen):
@@ -95,16 +142,49 @@ def make_grads(shapes, dtype, step, gen):
     return [(torch.randn(s, generator=gen) * 10.0 ** (step % 6 - 3)).to(dtype) for s in shapes]
 
 
-def step_op(entry, st: State, grads, keep=None, beta1=0.9, beta2=0.999, weight_decay=0.0, maximize=False,
-            eps=EPS, iteration=None, grad_scale=None, found_inf=None, bounds=None, shape=None, mode=FIXED,
-            cycle_momentum=False):
+def step_op(
+    entry,
+    st: State,
+    grads,
+    keep=None,
+    beta1=0.9,
+    beta2=0.999,
+    weight_decay=0.0,
+    maximize=False,
+    eps=EPS,
+    iteration=None,
+    grad_scale=None,
+    found_inf=None,
+    bounds=None,
+    shape=None,
+    mode=FIXED,
+    cycle_momentum=False,
+):
     keep = set(range(len(st.params))) if keep is None else keep
     params, exp_avgs, exp_avg_sqs, max_sqs, steps = st.subset(keep)
     grads = [g for i, g in enumerate(grads) if i in keep]
-    call(entry, params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps,
-         torch.tensor(0) if iteration is None else iteration,
-         [LR, LR, 0.8, beta1] if bounds is None else bounds, [1.0, 1.0, 1.0, 1.0] if shape is None else shape,
-         mode, beta1, beta2, eps, weight_decay, st.amsgrad, maximize, cycle_momentum, grad_scale, found_inf)
+    call(
+        entry,
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        max_sqs,
+        steps,
+        torch.tensor(0) if iteration is None else iteration,
+        [LR, LR, 0.8, beta1] if bounds is None else bounds,
+        [1.0, 1.0, 1.0, 1.0] if shape is None else shape,
+        mode,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+        st.amsgrad,
+        maximize,
+        cycle_momentum,
+        grad_scale,
+        found_inf,
+    )
 
 
 def assert_same_as_adamw(st: State, ref: List[torch.Tensor], opt: torch.optim.AdamW, what=""):
@@ -130,8 +210,16 @@ def assert_same_as_adamw(st: State, ref: List[torch.Tensor], opt: torch.optim.Ad
 def test_bitwise_vs_torch_adamw(entry, dtype, amsgrad, maximize, weight_decay):
     st = State(dtype, amsgrad=amsgrad)
     ref = [p.clone().requires_grad_() for p in st.params]
-    opt = torch.optim.AdamW(ref, lr=LR, betas=(0.9, 0.999), eps=EPS, weight_decay=weight_decay, amsgrad=amsgrad,
-                            maximize=maximize, foreach=False)
+    opt = torch.optim.AdamW(
+        ref,
+        lr=LR,
+        betas=(0.9, 0.999),
+        eps=EPS,
+        weight_decay=weight_decay,
+        amsgrad=amsgrad,
+        maximize=maximize,
+        foreach=False,
+    )
     gen = torch.Generator().manual_seed(1)
     for k in range(12):
         grads = make_grads(SHAPES, dtype, k, gen)
@@ -149,8 +237,7 @@ def test_bitwise_lerp_weights(entry, dtype, beta1):
     """exp_avg.lerp_(g, 1 - beta1) takes ATen's other formula for weights >= 0.5."""
     st = State(dtype, shapes=[(7,), (1031,)], amsgrad=True)
     ref = [p.clone().requires_grad_() for p in st.params]
-    opt = torch.optim.AdamW(ref, lr=LR, betas=(beta1, 0.99), eps=1e-6, weight_decay=0.01, amsgrad=True,
-                            foreach=False)
+    opt = torch.optim.AdamW(ref, lr=LR, betas=(beta1, 0.99), eps=1e-6, weight_decay=0.01, amsgrad=True, foreach=False)
     gen = torch.Generator().manual_seed(2)
     for k in range(6):
         grads = make_grads([(7,), (1031,)], dtype, k, gen)
@@ -195,15 +282,30 @@ def test_bitwise_cycled_schedule_1000_steps(entry, mode):
     ref = [p.clone().requires_grad_() for p in st.params]
     opt = torch.optim.AdamW(ref, lr=0.001, betas=(0.9, 0.999), weight_decay=0.01, foreach=False)
     if mode == "triangular2":
-        sched = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=0.001, max_lr=0.01, step_size_up=70,
-                                                  step_size_down=50, mode="triangular2", cycle_momentum=True,
-                                                  base_momentum=0.8, max_momentum=0.95)
+        sched = torch.optim.lr_scheduler.CyclicLR(
+            opt,
+            base_lr=0.001,
+            max_lr=0.01,
+            step_size_up=70,
+            step_size_down=50,
+            mode="triangular2",
+            cycle_momentum=True,
+            base_momentum=0.8,
+            max_momentum=0.95,
+        )
         bounds, shape, mode_number = [0.001, 0.01, 0.8, 0.95], [70.0, 50.0, 1.0, 1.0], 1
     else:
         total, max_lr, div, final_div = 1000, 0.01, 25.0, 1e4
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total, pct_start=0.3,
-                                                    div_factor=div, final_div_factor=final_div,
-                                                    base_momentum=0.8, max_momentum=0.95)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt,
+            max_lr=max_lr,
+            total_steps=total,
+            pct_start=0.3,
+            div_factor=div,
+            final_div_factor=final_div,
+            base_momentum=0.8,
+            max_momentum=0.95,
+        )
         initial = max_lr / div
         bounds = [initial, max_lr, 0.8, 0.95, initial / final_div]
         shape, mode_number = [float(0.3 * total) - 1, float(total - 1), 0.0, 2.0], 7
@@ -215,8 +317,18 @@ def test_bitwise_cycled_schedule_1000_steps(entry, mode):
             r.grad = g.clone()
         opt.step()
         sched.step()
-        step_op(entry, st, grads, iteration=iteration, bounds=bounds, shape=shape, mode=mode_number,
-                cycle_momentum=True, weight_decay=0.01, beta1=0.9)
+        step_op(
+            entry,
+            st,
+            grads,
+            iteration=iteration,
+            bounds=bounds,
+            shape=shape,
+            mode=mode_number,
+            cycle_momentum=True,
+            weight_decay=0.01,
+            beta1=0.9,
+        )
         iteration += 1
         if k % 100 == 99:
             assert_same_as_adamw(st, ref, opt, f"step {k}")
@@ -230,20 +342,38 @@ def fp32_reference_step(st: State, grads, weight_decay, maximize, beta1=0.9, bet
     """torch.optim.AdamW on float32 copies of the half state, results rounded once."""
     dtype = st.params[0].dtype
     ref = [p.float().requires_grad_() for p in st.params]
-    opt = torch.optim.AdamW(ref, lr=LR, betas=(beta1, beta2), eps=EPS, weight_decay=weight_decay,
-                            amsgrad=st.amsgrad, maximize=maximize, foreach=False)
+    opt = torch.optim.AdamW(
+        ref,
+        lr=LR,
+        betas=(beta1, beta2),
+        eps=EPS,
+        weight_decay=weight_decay,
+        amsgrad=st.amsgrad,
+        maximize=maximize,
+        foreach=False,
+    )
     for i, r in enumerate(ref):
         r.grad = grads[i].float()
-        opt.state[r] = {"step": st.state_steps[i].clone(), "exp_avg": st.exp_avgs[i].float(),
-                        "exp_avg_sq": st.exp_avg_sqs[i].float()}
+        opt.state[r] = {
+            "step": st.state_steps[i].clone(),
+            "exp_avg": st.exp_avgs[i].float(),
+            "exp_avg_sq": st.exp_avg_sqs[i].float(),
+        }
         if st.amsgrad:
             opt.state[r]["max_exp_avg_sq"] = st.max_exp_avg_sqs[i].float()
     opt.step()
     out = []
     for r in ref:
         s = opt.state[r]
-        out.append((r.detach().to(dtype), s["exp_avg"].to(dtype), s["exp_avg_sq"].to(dtype),
-                    s["max_exp_avg_sq"].to(dtype) if st.amsgrad else None, s["step"]))
+        out.append(
+            (
+                r.detach().to(dtype),
+                s["exp_avg"].to(dtype),
+                s["exp_avg_sq"].to(dtype),
+                s["max_exp_avg_sq"].to(dtype) if st.amsgrad else None,
+                s["step"],
+            )
+        )
     return out
 
 
@@ -318,8 +448,26 @@ def test_iteration_is_not_advanced(entry):
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_empty_bucket_and_zero_element_params(entry):
-    call(entry, [], [], [], [], [], [], torch.tensor(0), [LR, LR, 0.8, 0.9], [1.0, 1.0, 1.0, 1.0], FIXED, 0.9,
-         0.999, EPS, 0.0, False, False, False)
+    call(
+        entry,
+        [],
+        [],
+        [],
+        [],
+        [],
+        [],
+        torch.tensor(0),
+        [LR, LR, 0.8, 0.9],
+        [1.0, 1.0, 1.0, 1.0],
+        FIXED,
+        0.9,
+        0.999,
+        EPS,
+        0.0,
+        False,
+        False,
+        False,
+    )
     st = State(torch.float32, shapes=[(0,), (5,), (0, 3)])
     step_op(entry, st, [torch.ones(0), torch.ones(5), torch.ones(0, 3)])
     # Every param's step counts, with or without elements, as in torch.optim.AdamW.
@@ -378,11 +526,18 @@ BAD_INPUTS = {
     "exp-avg-sq-shape": (lambda st, g, kw: st.exp_avg_sqs.__setitem__(2, torch.zeros(2)), "exp_avg_sq of param 2"),
     "max-shape": (lambda st, g, kw: st.max_exp_avg_sqs.__setitem__(2, torch.zeros(1)), "max_exp_avg_sq of param 2"),
     "param-dtype": (lambda st, g, kw: st.params.__setitem__(2, st.params[2].double()), "share a dtype"),
-    "int-params": (lambda st, g, kw: [xs.__setitem__(i, xs[i].long()) for xs in (st.params, g, st.exp_avgs,
-                                                                          st.exp_avg_sqs, st.max_exp_avg_sqs)
-                                      for i in range(3)], "dtype"),
-    "step-dtype": (lambda st, g, kw: st.state_steps.__setitem__(2, torch.tensor(0.0, dtype=torch.float64)),
-                   "state_steps 2"),
+    "int-params": (
+        lambda st, g, kw: [
+            xs.__setitem__(i, xs[i].long())
+            for xs in (st.params, g, st.exp_avgs, st.exp_avg_sqs, st.max_exp_avg_sqs)
+            for i in range(3)
+        ],
+        "dtype",
+    ),
+    "step-dtype": (
+        lambda st, g, kw: st.state_steps.__setitem__(2, torch.tensor(0.0, dtype=torch.float64)),
+        "state_steps 2",
+    ),
     "step-numel": (lambda st, g, kw: st.state_steps.__setitem__(2, torch.zeros(2)), "state_steps 2"),
     # Through the dispatcher a sparse tensor picks the (absent) SparseCPU kernel: it raises too.
     "sparse-grad": (lambda st, g, kw: g.__setitem__(2, g[2].to_sparse()), "grad of param 2|SparseCPU"),
@@ -401,34 +556,82 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_raises_before_writing(entry, case):
     st, grads = _good_args()
-    kw: Dict[str, object] = dict(beta1=0.9, beta2=0.999, eps=EPS, amsgrad=True, cycle_momentum=False, mode=FIXED,
-                                 bounds=[LR, LR, 0.8, 0.9], iteration=torch.tensor(0), grad_scale=None)
+    kw: Dict[str, object] = dict(
+        beta1=0.9,
+        beta2=0.999,
+        eps=EPS,
+        amsgrad=True,
+        cycle_momentum=False,
+        mode=FIXED,
+        bounds=[LR, LR, 0.8, 0.9],
+        iteration=torch.tensor(0),
+        grad_scale=None,
+    )
     before, grads_before = st.snapshot(), [g.clone() for g in grads]
     breaker, fragment = BAD_INPUTS[case]
     breaker(st, grads, kw)
     with pytest.raises(RuntimeError, match=fragment):
-        call(entry, st.params, grads, st.exp_avgs, st.exp_avg_sqs, st.max_exp_avg_sqs, st.state_steps,
-             kw["iteration"], kw["bounds"], [1.0, 1.0, 1.0, 1.0], kw["mode"], kw["beta1"], kw["beta2"], kw["eps"],
-             0.01, kw["amsgrad"], False, kw["cycle_momentum"], kw["grad_scale"])
+        call(
+            entry,
+            st.params,
+            grads,
+            st.exp_avgs,
+            st.exp_avg_sqs,
+            st.max_exp_avg_sqs,
+            st.state_steps,
+            kw["iteration"],
+            kw["bounds"],
+            [1.0, 1.0, 1.0, 1.0],
+            kw["mode"],
+            kw["beta1"],
+            kw["beta2"],
+            kw["eps"],
+            0.01,
+            kw["amsgrad"],
+            False,
+            kw["cycle_momentum"],
+            kw["grad_scale"],
+        )
     after = st.snapshot()
     same = [torch.equal(a, b) for a, b in zip(before, after) if a.shape == b.shape and a.dtype == b.dtype]
     assert all(same)
-    assert all(torch.equal(a, b) for a, b in zip(grads_before, grads) if a.shape == b.shape and a.dtype == b.dtype
-               and b.layout == torch.strided)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(grads_before, grads)
+        if a.shape == b.shape and a.dtype == b.dtype and b.layout == torch.strided
+    )
 
 
 @pytest.mark.skipif(_cython_cpu is None, reason="the Cython fallback is not built")
-@pytest.mark.parametrize("change", [dict(beta1=1.0), dict(beta2=-0.5), dict(eps=-1.0), dict(drop_max=True),
-                                    dict(amsgrad=False), dict(mode=99)])
+@pytest.mark.parametrize(
+    "change",
+    [dict(beta1=1.0), dict(beta2=-0.5), dict(eps=-1.0), dict(drop_max=True), dict(amsgrad=False), dict(mode=99)],
+)
 def test_cython_bad_arguments_raise_before_writing(change):
     st, grads = _good_args()
     max_sqs = st.max_exp_avg_sqs[:-1] if change.get("drop_max") else st.max_exp_avg_sqs
     before = st.snapshot()
     with pytest.raises(ValueError):
-        _cython_cpu.cyclic_adamw_(0, st.params, grads, st.exp_avgs, st.exp_avg_sqs, max_sqs, st.state_steps,
-                                  torch.tensor(0), [LR, LR, 0.8, 0.9], [1.0, 1.0, 1.0, 1.0], change.get("mode", FIXED),
-                                  change.get("beta1", 0.9), change.get("beta2", 0.999), change.get("eps", EPS), 0.0,
-                                  change.get("amsgrad", True), False, False)
+        _cython_cpu.cyclic_adamw_(
+            0,
+            st.params,
+            grads,
+            st.exp_avgs,
+            st.exp_avg_sqs,
+            max_sqs,
+            st.state_steps,
+            torch.tensor(0),
+            [LR, LR, 0.8, 0.9],
+            [1.0, 1.0, 1.0, 1.0],
+            change.get("mode", FIXED),
+            change.get("beta1", 0.9),
+            change.get("beta2", 0.999),
+            change.get("eps", EPS),
+            0.0,
+            change.get("amsgrad", True),
+            False,
+            False,
+        )
     assert all(torch.equal(a, b) for a, b in zip(before, st.snapshot()))
 
 
@@ -437,8 +640,15 @@ def test_check_adamw_bucket():
     st, grads = _good_args()
     _C.check_adamw_bucket(st.params, grads, st.exp_avgs, st.exp_avg_sqs, st.max_exp_avg_sqs, st.state_steps, True)
     with pytest.raises(RuntimeError, match="state_steps 1"):
-        _C.check_adamw_bucket(st.params, grads, st.exp_avgs, st.exp_avg_sqs, st.max_exp_avg_sqs,
-                              [st.state_steps[0], torch.tensor(0), st.state_steps[2]], True)
+        _C.check_adamw_bucket(
+            st.params,
+            grads,
+            st.exp_avgs,
+            st.exp_avg_sqs,
+            st.max_exp_avg_sqs,
+            [st.state_steps[0], torch.tensor(0), st.state_steps[2]],
+            True,
+        )
     assert all(s.item() == 0.0 for s in st.state_steps)
 
 
@@ -451,8 +661,9 @@ OPCHECK_VARIANTS = {
     "grad-scale": dict(grad_scale=torch.tensor(8.0), found_inf=torch.tensor(0.0)),
     "found-inf": dict(grad_scale=torch.tensor(8.0), found_inf=torch.tensor(1.0)),
     "cycled": dict(mode=0, shape=[5.0, 7.0, 1.0, 1.0], cycle_momentum=True, iteration=3),
-    "one-cycle": dict(mode=7, shape=[29.0, 99.0, 0.0, 2.0], bounds=[0.0004, 0.01, 0.85, 0.95, 4e-8],
-                      cycle_momentum=True, iteration=40),
+    "one-cycle": dict(
+        mode=7, shape=[29.0, 99.0, 0.0, 2.0], bounds=[0.0004, 0.01, 0.85, 0.95, 4e-8], cycle_momentum=True, iteration=40
+    ),
 }
 
 
@@ -466,11 +677,27 @@ def test_opcheck(dtype, variant):
     for i, s in enumerate(st.state_steps):
         s.fill_(float(i))
     grads = [torch.randn(p.shape).to(dtype) for p in st.params]
-    args = (st.params, grads, st.exp_avgs, st.exp_avg_sqs, st.max_exp_avg_sqs, st.state_steps,
-            torch.tensor(kw.get("iteration", 0)), kw.get("bounds", [LR, 0.1, 0.8, 0.9]),
-            kw.get("shape", [1.0, 1.0, 1.0, 1.0]), kw.get("mode", FIXED), 0.9, 0.999, EPS,
-            kw.get("weight_decay", 0.0), amsgrad, kw.get("maximize", False), kw.get("cycle_momentum", False),
-            kw.get("grad_scale"), kw.get("found_inf"))
+    args = (
+        st.params,
+        grads,
+        st.exp_avgs,
+        st.exp_avg_sqs,
+        st.max_exp_avg_sqs,
+        st.state_steps,
+        torch.tensor(kw.get("iteration", 0)),
+        kw.get("bounds", [LR, 0.1, 0.8, 0.9]),
+        kw.get("shape", [1.0, 1.0, 1.0, 1.0]),
+        kw.get("mode", FIXED),
+        0.9,
+        0.999,
+        EPS,
+        kw.get("weight_decay", 0.0),
+        amsgrad,
+        kw.get("maximize", False),
+        kw.get("cycle_momentum", False),
+        kw.get("grad_scale"),
+        kw.get("found_inf"),
+    )
     torch.library.opcheck(torch.ops.clr_ext.cyclic_adamw_.default, args)
 
 

@@ -2,6 +2,7 @@
 buffers and their starts must exist before capture, or the step refuses, with nothing
 changed. Run on the CPU by making every device look as if it were being captured (the
 real capture is in tests/test_cuda.py)."""
+
 from __future__ import annotations
 
 import pytest

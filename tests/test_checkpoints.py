@@ -1,5 +1,6 @@
 """Checkpoints across backends, and converting a torch.optim.SGD + CyclicLR run mid-way
 (clr_ext.from_torch)."""
+
 from __future__ import annotations
 
 import io
@@ -7,17 +8,25 @@ import itertools
 
 import pytest
 import torch
+from conftest import same_float
 
 import clr_ext
 from clr_ext import from_torch
 
-from conftest import same_float
-
 CPU_BACKENDS = [b for b in ("cpp", "cython", "torch") if b in clr_ext.available_backends()]
 PAIRS = [(a, b) for a, b in itertools.product(CPU_BACKENDS, CPU_BACKENDS) if a != b]
 
-CONFIG = dict(base_lr=[0.01, 0.02], max_lr=[0.1, 0.3], step_size_up=3, step_size_down=5, mode="triangular2",
-              momentum=0.9, weight_decay=1e-3, base_momentum=[0.8, 0.7], max_momentum=[0.9, 0.95])
+CONFIG = dict(
+    base_lr=[0.01, 0.02],
+    max_lr=[0.1, 0.3],
+    step_size_up=3,
+    step_size_down=5,
+    mode="triangular2",
+    momentum=0.9,
+    weight_decay=1e-3,
+    base_momentum=[0.8, 0.7],
+    max_momentum=[0.9, 0.95],
+)
 
 
 def _init(dtype=torch.float64):
@@ -99,15 +108,20 @@ def test_state_dict_is_sgd_format(backend):
 
 CONVERT_CASES = [
     dict(mode="triangular", step_size_up=4, step_size_down=None, momentum=0.9, cycle_momentum=True),
-    dict(mode="triangular2", step_size_up=3, step_size_down=7, momentum=0.9, cycle_momentum=True,
-         nesterov=True),
-    dict(mode="exp_range", gamma=0.97, step_size_up=5, step_size_down=2, momentum=0.5, cycle_momentum=False,
-         dampening=0.1, weight_decay=1e-2),
-    dict(mode="triangular", step_size_up=2, step_size_down=3, momentum=0.0, cycle_momentum=False,
-         maximize=True),
+    dict(mode="triangular2", step_size_up=3, step_size_down=7, momentum=0.9, cycle_momentum=True, nesterov=True),
+    dict(
+        mode="exp_range",
+        gamma=0.97,
+        step_size_up=5,
+        step_size_down=2,
+        momentum=0.5,
+        cycle_momentum=False,
+        dampening=0.1,
+        weight_decay=1e-2,
+    ),
+    dict(mode="triangular", step_size_up=2, step_size_down=3, momentum=0.0, cycle_momentum=False, maximize=True),
     dict(scale_fn="half", scale_mode="cycle", step_size_up=3, momentum=0.9, cycle_momentum=True),
-    dict(scale_fn="iter", scale_mode="iterations", step_size_up=3, step_size_down=4, momentum=0.9,
-         cycle_momentum=True),
+    dict(scale_fn="iter", scale_mode="iterations", step_size_up=3, step_size_down=4, momentum=0.9, cycle_momentum=True),
 ]
 
 
@@ -116,7 +130,7 @@ def _scale_half(x):
 
 
 def _scale_iter(x):
-    return 0.99 ** x
+    return 0.99**x
 
 
 @pytest.mark.parametrize("case", range(len(CONVERT_CASES)))
@@ -131,8 +145,9 @@ def test_from_torch_continues_identically(case, backend):
         params = [v.clone().requires_grad_(True) for v in values]
         groups = [{"params": params[:2]}, {"params": params[2:], "weight_decay": 0.0}]
         sgd = torch.optim.SGD(groups, lr=0.1, **sgd_kw)
-        sched = torch.optim.lr_scheduler.CyclicLR(sgd, base_lr=[0.01, 0.05], max_lr=[0.1, 0.2],
-                                                  base_momentum=[0.8, 0.85], max_momentum=[0.9, 0.95], **cfg)
+        sched = torch.optim.lr_scheduler.CyclicLR(
+            sgd, base_lr=[0.01, 0.05], max_lr=[0.1, 0.2], base_momentum=[0.8, 0.85], max_momentum=[0.9, 0.95], **cfg
+        )
         return params, sgd, sched
 
     # Two identical (deterministic) torch runs: one goes on as the reference, the other

@@ -15,8 +15,17 @@ from clr_ext.apps import cli
 from clr_ext.range_test import RangeTestResult
 
 PNG = b"\x89PNG\r\n\x1a\n"
-DEMO_POLICIES = ["fixed (range test)", "triangular", "triangular2", "exp_range", "decay", "exp", "1cycle",
-                 "triangular (AdamW)", "1cycle (AdamW)"]
+DEMO_POLICIES = [
+    "fixed (range test)",
+    "triangular",
+    "triangular2",
+    "exp_range",
+    "decay",
+    "exp",
+    "1cycle",
+    "triangular (AdamW)",
+    "1cycle (AdamW)",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -33,8 +42,11 @@ def write_fake_cifar10(folder, n_per_batch=10, n_test=10, seed=0):
     os.makedirs(folder, exist_ok=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         n = n_test if name == "test_batch" else n_per_batch
-        d = {b"batch_label": name.encode(), b"labels": [int(v) for v in rng.integers(0, 10, n)],
-             b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8)}
+        d = {
+            b"batch_label": name.encode(),
+            b"labels": [int(v) for v in rng.integers(0, 10, n)],
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        }
         with open(os.path.join(folder, name), "wb") as f:
             pickle.dump(d, f, protocol=2)
 
@@ -58,20 +70,23 @@ def test_help_works(capsys):
         assert "usage: clr-ext " + command in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv", [
-    ["demo", "--seeds", "-1"],
-    ["demo", "--seeds", "abc"],
-    ["demo", "--seeds", "0"],
-    ["demo", "--grid", "0.1", "nan"],
-    ["demo", "--bogus"],
-    ["range-test", "--num-iters", "1.5"],
-    ["range-test", "--momentum", "2"],
-    ["range-test", "--sweep", "cosine"],
-    ["reproduce-cifar10"],  # --data-root is required
-    ["reproduce-cifar10", "--data-root", ".", "--iters-scale", "-0.5"],
-    ["nonsense"],
-    [],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["demo", "--seeds", "-1"],
+        ["demo", "--seeds", "abc"],
+        ["demo", "--seeds", "0"],
+        ["demo", "--grid", "0.1", "nan"],
+        ["demo", "--bogus"],
+        ["range-test", "--num-iters", "1.5"],
+        ["range-test", "--momentum", "2"],
+        ["range-test", "--sweep", "cosine"],
+        ["reproduce-cifar10"],  # --data-root is required
+        ["reproduce-cifar10", "--data-root", ".", "--iters-scale", "-0.5"],
+        ["nonsense"],
+        [],
+    ],
+)
 def test_bad_arguments_give_one_line_and_exit_code_2(argv, capsys):
     rc = cli.main(argv)
     captured = capsys.readouterr()
@@ -98,16 +113,19 @@ def test_user_errors_give_one_line_and_exit_code_2(tmp_path, capsys):
 
 def test_python_dash_m_exit_codes():
     """The real process: exit status and stderr as a user sees them."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(cli.__file__)),
-                                                       os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(cli.__file__)), os.environ.get("PYTHONPATH", "")]),
+    )
     ok = subprocess.run([sys.executable, "-m", "clr_ext", "--help"], capture_output=True, text=True, env=env)
     assert ok.returncode == 0 and "reproduce-cifar10" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "clr_ext", "demo", "--seeds", "-1"], capture_output=True,
-                         text=True, env=env)
+    bad = subprocess.run(
+        [sys.executable, "-m", "clr_ext", "demo", "--seeds", "-1"], capture_output=True, text=True, env=env
+    )
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip().splitlines() == [
-        "clr-ext demo: error: argument --seeds: expected a positive integer, got '-1' "
-        "(see 'clr-ext demo --help')"]
+        "clr-ext demo: error: argument --seeds: expected a positive integer, got '-1' (see 'clr-ext demo --help')"
+    ]
 
 
 # ---------------------------------------------------------------------------- info
@@ -179,8 +197,22 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
 # ---------------------------------------------------------------------- range-test
 def test_range_test_command(tmp_path, capsys):
     out_dir = tmp_path / "rt"
-    rc = cli.main(["range-test", "--sweep", "exp", "--start-lr", "1e-4", "--end-lr", "2", "--num-iters", "60",
-                   "--quiet", "--out", str(out_dir)])
+    rc = cli.main(
+        [
+            "range-test",
+            "--sweep",
+            "exp",
+            "--start-lr",
+            "1e-4",
+            "--end-lr",
+            "2",
+            "--num-iters",
+            "60",
+            "--quiet",
+            "--out",
+            str(out_dir),
+        ]
+    )
     assert rc == 0
     stdout = capsys.readouterr().out
     assert (out_dir / "range_test.png").read_bytes()[:8] == PNG
@@ -196,15 +228,34 @@ def test_reproduce_cifar10_on_tiny_fake_data(tmp_path, capsys):
     write_fake_cifar10(str(data))
     out_dir = tmp_path / "out"
     t0 = time.perf_counter()
-    rc = cli.main(["reproduce-cifar10", "--data-root", str(tmp_path), "--iters-scale", "0.0002",
-                   "--batch-size", "10", "--device", "cpu", "--threads", "1", "--out", str(out_dir)])
+    rc = cli.main(
+        [
+            "reproduce-cifar10",
+            "--data-root",
+            str(tmp_path),
+            "--iters-scale",
+            "0.0002",
+            "--batch-size",
+            "10",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--out",
+            str(out_dir),
+        ]
+    )
     assert rc == 0
     assert time.perf_counter() - t0 < 30
     stdout = capsys.readouterr().out
     # The paper's Table 1 beside the measured one.
-    for policy, iters, acc in (("fixed", "70,000", "81.4"), ("triangular2", "25,000", "81.4"),
-                               ("decay", "25,000", "78.5"), ("exp", "70,000", "79.1"),
-                               ("exp_range", "42,000", "82.2")):
+    for policy, iters, acc in (
+        ("fixed", "70,000", "81.4"),
+        ("triangular2", "25,000", "81.4"),
+        ("decay", "25,000", "78.5"),
+        ("exp", "70,000", "79.1"),
+        ("exp_range", "42,000", "82.2"),
+    ):
         row = next(line for line in stdout.splitlines() if line.startswith(policy + " "))
         assert iters in row and row.rstrip().endswith(acc)
     assert "paper: acc." in stdout

@@ -17,6 +17,7 @@ What torch.compile does with ``opt.step()``:
   backend's host schedule would re-trace per step): fullgraph, traced twice, too.
 - A Python ``scale_fn`` is evaluated on the host at every step: such a step re-traces.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -28,8 +29,9 @@ import clr_ext
 pytestmark = pytest.mark.skipif(not hasattr(torch, "compile"), reason="torch.compile is not available")
 
 STEPS = 8
-CFG = dict(base_lr=0.01, max_lr=0.1, step_size_up=2, step_size_down=3, momentum=0.9, weight_decay=1e-3,
-           mode="triangular2")
+CFG = dict(
+    base_lr=0.01, max_lr=0.1, step_size_up=2, step_size_down=3, momentum=0.9, weight_decay=1e-3, mode="triangular2"
+)
 
 
 def _setup(backend, **overrides):
@@ -64,8 +66,9 @@ def _eager(backend):
 def _assert_same(model_a, opt_a, model_b, opt_b):
     for pa, pb in zip(model_a.parameters(), model_b.parameters()):
         torch.testing.assert_close(pb, pa, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(opt_b.state[pb]["momentum_buffer"], opt_a.state[pa]["momentum_buffer"],
-                                   rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            opt_b.state[pb]["momentum_buffer"], opt_a.state[pa]["momentum_buffer"], rtol=1e-12, atol=1e-12
+        )
     assert opt_b.iteration == opt_a.iteration
 
 
@@ -206,6 +209,7 @@ def test_advance_schedule_op_passes_opcheck():
 def test_advance_schedule_op_advances_its_optimizer_only():
     """The handle names one optimizer; copies (deepcopy, pickle) get their own."""
     import copy
+
     model = torch.nn.Linear(2, 2)
     opt = clr_ext.CyclicSGD(model.parameters(), base_lr=0.1, max_lr=1.0, step_size_up=2)
     twin = copy.deepcopy(opt)
@@ -226,9 +230,27 @@ def test_python_backend_step_op_passes_opcheck(name):
     params = [torch.randn(s, generator=gen, dtype=torch.float64) for s in ((3,), (4, 5))]
     grads = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params]
     buffers = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params]
-    for starts in ([], [torch.tensor(2 ** 63 - 1), torch.tensor(1)]):
-        args = (name, params, grads, buffers, starts, torch.tensor(3, dtype=torch.int64), [0.01, 0.1, 0.8, 0.9],
-                [2.0, 3.0, 1.0, 1.0], 0, 0.9, 0.0, 1e-3, False, False, True, False, None, None)
+    for starts in ([], [torch.tensor(2**63 - 1), torch.tensor(1)]):
+        args = (
+            name,
+            params,
+            grads,
+            buffers,
+            starts,
+            torch.tensor(3, dtype=torch.int64),
+            [0.01, 0.1, 0.8, 0.9],
+            [2.0, 3.0, 1.0, 1.0],
+            0,
+            0.9,
+            0.0,
+            1e-3,
+            False,
+            False,
+            True,
+            False,
+            None,
+            None,
+        )
         torch.library.opcheck(torch.ops.clr_ext.python_backend_step_.default, args)
 
 

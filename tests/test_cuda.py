@@ -17,15 +17,15 @@ CyclicSGD forced onto the device-decided path the CUDA step takes. CI runs it so
 this file's own code, references and tolerances are known to work before a GPU is lent
 (GPU time is short); on the CPU it proves nothing about the CUDA kernel.
 """
+
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import sys
 import unittest
 import warnings
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch._dynamo.testing
@@ -66,13 +66,11 @@ DTYPE_IDS = {torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", t
 #: place of their own precision for the half types, against an fp32 run rounded once per
 #: step (_HalfViaFp32Pair, as tests/conftest.py): the reference may contract multiply-adds,
 #: ours does not, so a value can land on the other side of a half rounding boundary.
-RTOL_TORCH = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 4 * 2.0 ** -10,
-              torch.bfloat16: 4 * 2.0 ** -7}
+RTOL_TORCH = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 4 * 2.0**-10, torch.bfloat16: 4 * 2.0**-7}
 #: Against the CPU op: the same arithmetic in the same order (--fmad=false,
 #: -ffp-contract=off), so only the device pow() (exp_range, exp, triangular2) may differ
 #: in the last bit of the lr.
-RTOL_CPU = {torch.float32: 1e-6, torch.float64: 1e-13, torch.float16: 2 * 2.0 ** -10,
-            torch.bfloat16: 2 * 2.0 ** -7}
+RTOL_CPU = {torch.float32: 1e-6, torch.float64: 1e-13, torch.float16: 2 * 2.0**-10, torch.bfloat16: 2 * 2.0**-7}
 
 
 def _skip(reason: str, hard: bool = False):
@@ -142,7 +140,13 @@ def assert_close_rel(actual: Sequence[torch.Tensor], expected: Sequence[torch.Te
         assert a.shape == e.shape and a.dtype == e.dtype, (what, i, a.shape, e.shape, a.dtype, e.dtype)
         err = rel_err(a, e, scale)
         assert err <= rtol, "%s %d (%s, shape %s): relative error %.3g > %.3g" % (
-            what, i, a.dtype, tuple(a.shape), err, rtol)
+            what,
+            i,
+            a.dtype,
+            tuple(a.shape),
+            err,
+            rtol,
+        )
 
 
 def op():
@@ -193,8 +197,9 @@ OP_CONFIGS = {
     # mode, momentum, dampening, weight_decay, nesterov, maximize, cycle_momentum, buffers, grad_scale
     "tri-cycled": dict(mode="triangular", momentum=0.0, cycle_momentum=True),
     "tri2-const-damp": dict(mode="triangular2", momentum=0.9, dampening=0.1, cycle_momentum=False),
-    "exp_range-nesterov-wd": dict(mode="exp_range", momentum=0.9, nesterov=True, weight_decay=0.01,
-                                  cycle_momentum=False),
+    "exp_range-nesterov-wd": dict(
+        mode="exp_range", momentum=0.9, nesterov=True, weight_decay=0.01, cycle_momentum=False
+    ),
     "tri-max-scale": dict(mode="triangular", maximize=True, grad_scale=1024.0),
     "no-buffers-wd": dict(mode="triangular", momentum=0.0, cycle_momentum=False, buffers=False, weight_decay=0.02),
     "zero-momentum-peaks": dict(mode="triangular", base_momentum=0.0),
@@ -247,8 +252,25 @@ def test_op_matches_cpu_op(dtype, config):
                 g.copy_((new * (scale or 1.0)).to(dtype))
             gs_t = torch.tensor(scale, device=dev) if scale is not None else None
             fi = torch.zeros((), device=dev) if scale is not None else None
-            op()(ps, gs, bs, [], counter, bounds, shape, mode_number, kw["momentum"], kw["dampening"],
-                 kw["weight_decay"], kw["nesterov"], kw["maximize"], kw["cycle_momentum"], step == 0, gs_t, fi)
+            op()(
+                ps,
+                gs,
+                bs,
+                [],
+                counter,
+                bounds,
+                shape,
+                mode_number,
+                kw["momentum"],
+                kw["dampening"],
+                kw["weight_decay"],
+                kw["nesterov"],
+                kw["maximize"],
+                kw["cycle_momentum"],
+                step == 0,
+                gs_t,
+                fi,
+            )
             counter.add_(1)
     synchronize()
     (pc, gc, bc, _, _), (pg, gg, bg, _, _) = sides
@@ -282,10 +304,18 @@ SIZE_ONE_LAYOUTS = {
     "depthwise-contig-param-cl-grad": ((64, 1, 3, 3), lambda t: t, _channels_last, lambda t: t),
     "depthwise-cl-param-contig-grad": ((64, 1, 5, 5), _channels_last, lambda t: t, _channels_last),
     # several chunks, a different stride on the size-1 dimension in each tensor
-    "depthwise-odd-strides-chunks": ((300, 1, 15, 15), lambda t: _with_size1_stride(t, 1, 1),
-                                     lambda t: _with_size1_stride(t, 1, 12345), lambda t: _with_size1_stride(t, 1, 2)),
-    "row-from-transpose": ((1, 4099), lambda t: t, lambda t: t.t().contiguous().t(),
-                           lambda t: _with_size1_stride(t, 0, 7)),
+    "depthwise-odd-strides-chunks": (
+        (300, 1, 15, 15),
+        lambda t: _with_size1_stride(t, 1, 1),
+        lambda t: _with_size1_stride(t, 1, 12345),
+        lambda t: _with_size1_stride(t, 1, 2),
+    ),
+    "row-from-transpose": (
+        (1, 4099),
+        lambda t: t,
+        lambda t: t.t().contiguous().t(),
+        lambda t: _with_size1_stride(t, 0, 7),
+    ),
 }
 _COPY_OPS = ("aten::contiguous", "aten::clone", "aten::copy_", "aten::empty_like", "aten::empty_strided")
 
@@ -294,6 +324,7 @@ def _aten_ops_run_by(fn):
     """The op names dispatched while ``fn`` runs (inside the op too), or None without a profiler."""
     try:
         from torch.profiler import ProfilerActivity, profile
+
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             fn()
     except Exception:  # noqa: BLE001 - the profiler is optional here
@@ -321,13 +352,32 @@ def test_size_one_strides_are_not_staged(dtype):
                 if scale is not None:
                     gs[0].mul_(scale)
                 # made here, not in the profiled call: torch.tensor(x, device="cuda") copies
-                scalars = (torch.tensor(step, device=dev),
-                           None if scale is None else torch.tensor(scale, device=dev),
-                           None if scale is None else torch.zeros((), device=dev))
+                scalars = (
+                    torch.tensor(step, device=dev),
+                    None if scale is None else torch.tensor(scale, device=dev),
+                    None if scale is None else torch.zeros((), device=dev),
+                )
 
                 def call():
-                    op()(ps, gs, bs, [], scalars[0], [0.01, 0.1, 0.8, 0.9], [5.0, 7.0, 0.99, 1.0],
-                         0, 0.9, 0.1, 0.01, False, False, True, step == 0, scalars[1], scalars[2])
+                    op()(
+                        ps,
+                        gs,
+                        bs,
+                        [],
+                        scalars[0],
+                        [0.01, 0.1, 0.8, 0.9],
+                        [5.0, 7.0, 0.99, 1.0],
+                        0,
+                        0.9,
+                        0.1,
+                        0.01,
+                        False,
+                        False,
+                        True,
+                        step == 0,
+                        scalars[1],
+                        scalars[2],
+                    )
 
                 if dev == "cpu":
                     call()
@@ -356,15 +406,48 @@ def test_found_inf_writes_nothing():
         counter = torch.tensor(4, device=DEVICE)
         for inf_dtype in (torch.float32, torch.float64, torch.float16):
             for first in (False, True):
-                op()(ps, gs, bs, [], counter, [0.01, 0.1, 0.8, 0.9], [5.0, 5.0, 1.0, 1.0], 0, 0.9, 0.0, 0.01, False,
-                     False, True, first, torch.tensor(256.0, device=DEVICE),
-                     torch.ones((), dtype=inf_dtype, device=DEVICE))
+                op()(
+                    ps,
+                    gs,
+                    bs,
+                    [],
+                    counter,
+                    [0.01, 0.1, 0.8, 0.9],
+                    [5.0, 5.0, 1.0, 1.0],
+                    0,
+                    0.9,
+                    0.0,
+                    0.01,
+                    False,
+                    False,
+                    True,
+                    first,
+                    torch.tensor(256.0, device=DEVICE),
+                    torch.ones((), dtype=inf_dtype, device=DEVICE),
+                )
         for a, b in zip(ps + gs + bs, before):
             assert torch.equal(a, b)
         assert int(counter) == 4
         # found_inf == 0: the step applies and the grads come back unscaled
-        op()(ps, gs, bs, [], counter, [0.01, 0.1, 0.8, 0.9], [5.0, 5.0, 1.0, 1.0], 0, 0.9, 0.0, 0.01, False,
-             False, True, False, torch.tensor(256.0, device=DEVICE), torch.zeros((), device=DEVICE))
+        op()(
+            ps,
+            gs,
+            bs,
+            [],
+            counter,
+            [0.01, 0.1, 0.8, 0.9],
+            [5.0, 5.0, 1.0, 1.0],
+            0,
+            0.9,
+            0.0,
+            0.01,
+            False,
+            False,
+            True,
+            False,
+            torch.tensor(256.0, device=DEVICE),
+            torch.zeros((), device=DEVICE),
+        )
         assert not torch.equal(ps[1], before[1])
         compute = torch.float64 if dtype == torch.float64 else torch.float32
         assert torch.equal(gs[1], (before[4].to(compute) / 256.0).to(dtype))
@@ -390,7 +473,7 @@ def test_many_tensors_span_several_launches():
     assert_close_rel([t.cpu() for t in bg], bc, RTOL_CPU[torch.float32], "buffer")
 
 
-NOT_STARTED = 2 ** 63 - 1  # a momentum_start before the buffer's first step
+NOT_STARTED = 2**63 - 1  # a momentum_start before the buffer's first step
 
 
 @parametrize("case", ("applied", "found_inf", "momentum-0", "applied-packed"))
@@ -415,8 +498,25 @@ def test_momentum_start_matches_cpu_op(case):
         bounds = [0.01, 0.1, 0.0 if case == "momentum-0" else 0.8, 0.9]
         found_inf = torch.tensor(1.0 if case == "found_inf" else 0.0, device=dev)
         before = [b.clone() for b in bs]
-        op()(ps, gs, bs, op_ss, torch.tensor(iteration, device=dev), bounds, [5.0, 5.0, 1.0, 1.0], 0, 0.9, 0.3, 0.0, False,
-             False, True, False, torch.tensor(1.0, device=dev), found_inf)
+        op()(
+            ps,
+            gs,
+            bs,
+            op_ss,
+            torch.tensor(iteration, device=dev),
+            bounds,
+            [5.0, 5.0, 1.0, 1.0],
+            0,
+            0.9,
+            0.3,
+            0.0,
+            False,
+            False,
+            True,
+            False,
+            torch.tensor(1.0, device=dev),
+            found_inf,
+        )
         sides[dev] = (ps, bs, ss, before)
     synchronize()
     (pc, bc, sc, bc0), (pg, bg, sg, _) = sides["cpu"], sides[DEVICE]
@@ -442,10 +542,25 @@ def test_opcheck_cuda():
             gs = [torch.randn(n, generator=gen).to(dtype).to(DEVICE) for n in (1, 17, 1031)]
             bs = [torch.randn(n, generator=gen).to(dtype).to(DEVICE) for n in (1, 17, 1031)] if buffers else []
             scale = v.pop("grad_scale", None)
-            args = (ps, gs, bs, [], torch.tensor(3, device=DEVICE), [0.01, 0.1, 0.8, 0.9], [5.0, 7.0, 0.99, 1.0], 0,
-                    0.9 if buffers else 0.0, 0.0, 0.0, False, False, buffers, v.get("first_step", False),
-                    None if scale is None else torch.tensor(scale, device=DEVICE),
-                    None if scale is None else torch.zeros((), device=DEVICE))
+            args = (
+                ps,
+                gs,
+                bs,
+                [],
+                torch.tensor(3, device=DEVICE),
+                [0.01, 0.1, 0.8, 0.9],
+                [5.0, 7.0, 0.99, 1.0],
+                0,
+                0.9 if buffers else 0.0,
+                0.0,
+                0.0,
+                False,
+                False,
+                buffers,
+                v.get("first_step", False),
+                None if scale is None else torch.tensor(scale, device=DEVICE),
+                None if scale is None else torch.zeros((), device=DEVICE),
+            )
             torch.library.opcheck(op(), args)
 
 
@@ -478,8 +593,17 @@ def test_cyclic_sgd_matches_torch_fused(dtype, mode, variant):
     need_gpu()
     v = dict(TORCH_VARIANTS[variant])
     cycle_momentum = v.pop("cycle_momentum")
-    sched_kw = dict(base_lr=[0.01, 0.002], max_lr=[0.05, 0.02], step_size_up=130, step_size_down=90, mode=mode,
-                    gamma=0.9995, cycle_momentum=cycle_momentum, base_momentum=0.8, max_momentum=0.9)
+    sched_kw = dict(
+        base_lr=[0.01, 0.002],
+        max_lr=[0.05, 0.02],
+        step_size_up=130,
+        step_size_down=90,
+        mode=mode,
+        gamma=0.9995,
+        cycle_momentum=cycle_momentum,
+        base_momentum=0.8,
+        max_momentum=0.9,
+    )
     init, targets = _make_problem(dtype, seed=7 + variant)
     mine = [[t.to(device=DEVICE, dtype=dtype, copy=True).requires_grad_() for t in g] for g in init]
     opt = cyclic_sgd([{"params": g} for g in mine], backend=BACKEND, **sched_kw, **v)
@@ -525,10 +649,10 @@ def test_cyclic_sgd_matches_torch_fused(dtype, mode, variant):
 
 ONE_CYCLE_VARIANTS = [
     dict(anneal_strategy="cos", three_phase=False, momentum=0.9, cycle_momentum=True),
-    dict(anneal_strategy="linear", three_phase=True, momentum=0.9, cycle_momentum=False, dampening=0.1,
-         weight_decay=0.01),
-    dict(anneal_strategy="cos", three_phase=False, momentum=0.9, cycle_momentum=True, nesterov=True,
-         maximize=True),
+    dict(
+        anneal_strategy="linear", three_phase=True, momentum=0.9, cycle_momentum=False, dampening=0.1, weight_decay=0.01
+    ),
+    dict(anneal_strategy="cos", three_phase=False, momentum=0.9, cycle_momentum=True, nesterov=True, maximize=True),
 ]
 
 
@@ -540,9 +664,16 @@ def test_one_cycle_sgd_matches_torch_fused(dtype, variant):
     need_gpu()
     v = dict(ONE_CYCLE_VARIANTS[variant])
     steps = 600 if not DRY_RUN else 150  # (the dry run proves this code, not the kernel)
-    sched_kw = dict(max_lr=[0.05, 0.02], total_steps=steps, pct_start=0.3, anneal_strategy=v.pop("anneal_strategy"),
-                    three_phase=v.pop("three_phase"), cycle_momentum=v.pop("cycle_momentum"), base_momentum=0.85,
-                    max_momentum=0.95)
+    sched_kw = dict(
+        max_lr=[0.05, 0.02],
+        total_steps=steps,
+        pct_start=0.3,
+        anneal_strategy=v.pop("anneal_strategy"),
+        three_phase=v.pop("three_phase"),
+        cycle_momentum=v.pop("cycle_momentum"),
+        base_momentum=0.85,
+        max_momentum=0.95,
+    )
     init, targets = _make_problem(dtype, seed=11 + variant)
     mine = [[t.to(device=DEVICE, dtype=dtype, copy=True).requires_grad_() for t in g] for g in init]
     opt = clr_ext.OneCycleSGD([{"params": g} for g in mine], backend=BACKEND, **sched_kw, **v)
@@ -550,8 +681,12 @@ def test_one_cycle_sgd_matches_torch_fused(dtype, variant):
         opt._host_decided_types = ()
     half = dtype in (torch.float16, torch.bfloat16)
     pair = _HalfViaFp32Pair if half else _TorchFusedPair
-    ref = pair([[t.to(device=DEVICE, dtype=dtype) for t in g] for g in init], v, sched_kw,
-               scheduler=torch.optim.lr_scheduler.OneCycleLR)
+    ref = pair(
+        [[t.to(device=DEVICE, dtype=dtype) for t in g] for g in init],
+        v,
+        sched_kw,
+        scheduler=torch.optim.lr_scheduler.OneCycleLR,
+    )
     flat_mine, flat_ref = [p for g in mine for p in g], ref.params
     noise = torch.Generator(device=DEVICE).manual_seed(2)
     pull = -0.5 if v.get("maximize") else 0.5
@@ -642,7 +777,8 @@ class _HalfViaFp32Pair(_TorchFusedPair):
 def _tiny_model(seed=0, dtype=torch.float32):
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)).to(
-        device=DEVICE, dtype=dtype)
+        device=DEVICE, dtype=dtype
+    )
 
 
 @parametrize("kind", ["cyclic", "one_cycle"])
@@ -766,14 +902,18 @@ def test_one_kernel_launch_per_step():
     synchronize()
     try:
         from torch.profiler import ProfilerActivity, profile
+
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(3):
                 opt.step()
             synchronize()
     except Exception as e:  # pragma: no cover - profiler unavailable
         _skip("torch.profiler unavailable: %s" % e)
-    names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
-             and not getattr(e, "is_user_annotation", False)]  # kernels and copies only
+    names = [
+        e.name
+        for e in prof.events()
+        if e.device_type == torch.autograd.DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+    ]  # kernels and copies only
     if not names:
         _skip("the profiler recorded no CUDA kernels")
     ours = [n for n in names if "cyclic_sgd_kernel" in n]
@@ -808,13 +948,15 @@ def test_compiled_step_matches_eager_and_is_traced_twice():
     assert counter.frame_count == 2
     for p, q in zip(model.parameters(), ref_model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-13, atol=1e-13)
-        torch.testing.assert_close(opt.state[p]["momentum_buffer"], ref_opt.state[q]["momentum_buffer"],
-                                   rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(
+            opt.state[p]["momentum_buffer"], ref_opt.state[q]["momentum_buffer"], rtol=1e-13, atol=1e-13
+        )
 
 
 def _resnet50_shapes_small():
     """ResNet-50's 161 parameter shapes, with channel counts divided by 8 (fast to allocate)."""
     from model_shapes import resnet50_param_shapes
+
     return [tuple(max(1, d // 8) if i < 2 else d for i, d in enumerate(s)) for s in resnet50_param_shapes()]
 
 
@@ -841,8 +983,10 @@ def test_whole_training_step_in_a_cuda_graph(kind):
     torch.backends.cudnn.allow_tf32 = False
     warmup, replays = 3, 25
     gen = torch.Generator(device=DEVICE).manual_seed(0)
-    batches = [(torch.randn(64, 32, device=DEVICE, generator=gen), torch.randn(64, 10, device=DEVICE, generator=gen))
-               for _ in range(warmup + replays)]
+    batches = [
+        (torch.randn(64, 32, device=DEVICE, generator=gen), torch.randn(64, 10, device=DEVICE, generator=gen))
+        for _ in range(warmup + replays)
+    ]
     kw = dict(base_lr=0.01, max_lr=0.1, step_size_up=5, step_size_down=3, mode="triangular2", weight_decay=1e-3)
 
     def loss_fn(model, x, y):
@@ -892,8 +1036,9 @@ def test_whole_training_step_in_a_cuda_graph(kind):
     assert graph_lrs == eager_lrs
     for a, b in zip(model.parameters(), eager.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
-        torch.testing.assert_close(opt.state[a]["momentum_buffer"], opt_e.state[b]["momentum_buffer"], rtol=1e-6,
-                                   atol=1e-7)
+        torch.testing.assert_close(
+            opt.state[a]["momentum_buffer"], opt_e.state[b]["momentum_buffer"], rtol=1e-6, atol=1e-7
+        )
 
 
 @parametrize("kind", ["cyclic", "one_cycle"])
@@ -973,8 +1118,8 @@ def test_grad_scaler_matches_torch_fused(overflow_steps):
     opt = cyclic_sgd(mine.parameters(), momentum=0.9, dampening=0.3, **kw)
     sgd = torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9, dampening=0.3, fused=fused)
     sched = torch.optim.lr_scheduler.CyclicLR(sgd, **kw)
-    s_mine = torch.amp.GradScaler(DEVICE, init_scale=2.0 ** 12, growth_interval=4)
-    s_ref = torch.amp.GradScaler(DEVICE, init_scale=2.0 ** 12, growth_interval=4)
+    s_mine = torch.amp.GradScaler(DEVICE, init_scale=2.0**12, growth_interval=4)
+    s_ref = torch.amp.GradScaler(DEVICE, init_scale=2.0**12, growth_interval=4)
     gen = torch.Generator(device=DEVICE).manual_seed(4)
     for k in range(16):
         x = torch.randn(32, 32, device=DEVICE, generator=gen)
@@ -1030,17 +1175,18 @@ def test_first_step_with_cycled_momentum_zero():
 
 def _free_gib():
     free, _ = torch.cuda.mem_get_info()
-    return free / 2 ** 30
+    return free / 2**30
 
 
-@parametrize("dtype,misaligned", [(torch.bfloat16, False), (torch.bfloat16, True), (torch.float32, False)],
-             ids=lambda v: str(v))
+@parametrize(
+    "dtype,misaligned", [(torch.bfloat16, False), (torch.bfloat16, True), (torch.float32, False)], ids=lambda v: str(v)
+)
 def test_more_than_2_31_elements(dtype, misaligned):
     """One tensor of 2^31 + 33 elements: every element is updated, including those past
     2^31 and the tail (int64 offsets; vector and scalar paths)."""
     need_real_gpu()
-    n = 2 ** 31 + 33
-    need = 3 * (n + 1) * torch.tensor([], dtype=dtype).element_size() / 2 ** 30 + 2
+    n = 2**31 + 33
+    need = 3 * (n + 1) * torch.tensor([], dtype=dtype).element_size() / 2**30 + 2
     if _free_gib() < need:
         _skip("needs %.0f GiB of free GPU memory" % need)
 
@@ -1061,7 +1207,7 @@ def test_more_than_2_31_elements(dtype, misaligned):
     assert float(pr[0]) != 0.5 and float(br[0]) != 0.0
     for t, r in ((p, pr), (b, br)):
         expected = float(r[0])
-        assert float(t[0]) == expected and float(t[2 ** 31]) == expected and float(t[n - 1]) == expected
+        assert float(t[0]) == expected and float(t[2**31]) == expected and float(t[n - 1]) == expected
         assert bool((t == expected).all()), "some elements were not updated"
     del p, g, b
     torch.cuda.empty_cache()
@@ -1101,8 +1247,9 @@ ADAMW_OP_CONFIGS = {
     "tri-cycled-wd": dict(mode="triangular", weight_decay=0.01),
     "tri2-fixed-beta1-amsgrad": dict(mode="triangular2", cycle_momentum=False, amsgrad=True),
     "exp_range-max-scale": dict(mode="exp_range", maximize=True, grad_scale=1024.0, weight_decay=0.1),
-    "beta1-small-amsgrad-scale": dict(mode="triangular", cycle_momentum=False, beta1=0.3, amsgrad=True,
-                                      grad_scale=64.0),
+    "beta1-small-amsgrad-scale": dict(
+        mode="triangular", cycle_momentum=False, beta1=0.3, amsgrad=True, grad_scale=64.0
+    ),
     "1cycle-cos": dict(mode=7, one_cycle=[9.0, 35.0, 0.0, 2.0]),
     "1cycle-linear-3phase-amsgrad": dict(mode=8, one_cycle=[9.0, 18.0, 35.0, 3.0], amsgrad=True),
 }
@@ -1145,10 +1292,27 @@ def test_adamw_op_matches_cpu_op(dtype, config):
             use = [i for i in range(len(zoo)) if not (i == 1 and step % 3 == 2)]
             gs_t = torch.tensor(scale, device=dev) if scale is not None else None
             fi = torch.zeros((), device=dev) if scale is not None else None
-            adamw_op()([zoo[i][0] for i in use], [zoo[i][1] for i in use], [zoo[i][2] for i in use],
-                       [zoo[i][3] for i in use], [zoo[i][4] for i in use] if amsgrad else [],
-                       [steps[i] for i in use], counter, bounds, shape, mode_number, kw["beta1"], kw["beta2"],
-                       kw["eps"], kw["weight_decay"], amsgrad, kw["maximize"], kw["cycle_momentum"], gs_t, fi)
+            adamw_op()(
+                [zoo[i][0] for i in use],
+                [zoo[i][1] for i in use],
+                [zoo[i][2] for i in use],
+                [zoo[i][3] for i in use],
+                [zoo[i][4] for i in use] if amsgrad else [],
+                [steps[i] for i in use],
+                counter,
+                bounds,
+                shape,
+                mode_number,
+                kw["beta1"],
+                kw["beta2"],
+                kw["eps"],
+                kw["weight_decay"],
+                amsgrad,
+                kw["maximize"],
+                kw["cycle_momentum"],
+                gs_t,
+                fi,
+            )
             counter.add_(1)
     synchronize()
     (zc, sc, _, _), (zg, sg, _, _) = sides
@@ -1180,16 +1344,37 @@ def test_adamw_found_inf_changes_nothing():
             steps = [torch.tensor(float(k), device=DEVICE) for k in (0, 1, 7, 2)]
             before = [t.clone() for t in ps + gs + ms + vs + xs + steps]
             counter = torch.tensor(4, device=DEVICE)
-            args = (counter, [0.001, 0.01, 0.85, 0.95], [5.0, 5.0, 1.0, 1.0], 0, 0.9, 0.999, 1e-8, 0.01, amsgrad,
-                    False, True)
+            args = (
+                counter,
+                [0.001, 0.01, 0.85, 0.95],
+                [5.0, 5.0, 1.0, 1.0],
+                0,
+                0.9,
+                0.999,
+                1e-8,
+                0.01,
+                amsgrad,
+                False,
+                True,
+            )
             for inf_dtype in (torch.float32, torch.float64, torch.float16):
-                adamw_op()(ps, gs, ms, vs, xs, steps, *args, torch.tensor(256.0, device=DEVICE),
-                           torch.ones((), dtype=inf_dtype, device=DEVICE))
+                adamw_op()(
+                    ps,
+                    gs,
+                    ms,
+                    vs,
+                    xs,
+                    steps,
+                    *args,
+                    torch.tensor(256.0, device=DEVICE),
+                    torch.ones((), dtype=inf_dtype, device=DEVICE),
+                )
             for a, b in zip(ps + gs + ms + vs + xs + steps, before):
                 assert torch.equal(a, b), (dtype, amsgrad)
             assert int(counter) == 4
-            adamw_op()(ps, gs, ms, vs, xs, steps, *args, torch.tensor(256.0, device=DEVICE),
-                       torch.zeros((), device=DEVICE))
+            adamw_op()(
+                ps, gs, ms, vs, xs, steps, *args, torch.tensor(256.0, device=DEVICE), torch.zeros((), device=DEVICE)
+            )
             assert not torch.equal(ps[1], before[1])
             assert [float(s) for s in steps] == [1.0, 2.0, 8.0, 3.0]
             compute = torch.float64 if dtype == torch.float64 else torch.float32
@@ -1210,8 +1395,7 @@ def test_adamw_many_tensors_span_several_launches():
     host_steps = [torch.tensor(float(k % 5)) for k in range(n)]
     dev = [[t.to(DEVICE, copy=True) for t in ts] for ts in host]
     dev_steps = [s.to(DEVICE, copy=True) for s in host_steps]
-    args = ([0.001, 0.01, 0.85, 0.95], [3.0, 3.0, 1.0, 1.0], 1, 0.9, 0.999, 1e-8, 0.01, False, False, True, None,
-            None)
+    args = ([0.001, 0.01, 0.85, 0.95], [3.0, 3.0, 1.0, 1.0], 1, 0.9, 0.999, 1e-8, 0.01, False, False, True, None, None)
     for step in range(4):
         adamw_op()(*host, [], host_steps, torch.tensor(step), *args)
         adamw_op()(*dev, [], dev_steps, torch.tensor(step, device=DEVICE), *args)
@@ -1293,8 +1477,10 @@ def _run_adamw_vs_torch(dtype, opt_factory, ref_factory, steps, seed, maximize, 
     mine = [[t.to(device=DEVICE, dtype=dtype, copy=True).requires_grad_() for t in g] for g in init]
     opt = opt_factory([{"params": g} for g in mine])
     half = dtype in (torch.float16, torch.bfloat16)
-    ref = ref_factory(_HalfAdamWViaFp32Pair if half else _TorchAdamWPair,
-                      [[t.to(device=DEVICE, dtype=dtype) for t in g] for g in init])
+    ref = ref_factory(
+        _HalfAdamWViaFp32Pair if half else _TorchAdamWPair,
+        [[t.to(device=DEVICE, dtype=dtype) for t in g] for g in init],
+    )
     flat_mine, flat_ref = [p for g in mine for p in g], ref.params
     noise = torch.Generator(device=DEVICE).manual_seed(seed)
     pull = -0.5 if maximize else 0.5
@@ -1324,8 +1510,9 @@ def _run_adamw_vs_torch(dtype, opt_factory, ref_factory, steps, seed, maximize, 
         if got[0] is not None:
             # moments of half params are stored rounded at every step (as for SGD's buffers)
             assert_close_rel(got, want, rtol * (2.0 if half else 1.0), key)
-    assert [float(opt.state[p]["step"]) for p in flat_mine] == [float(ref.state(i, "step"))
-                                                                  for i in range(len(flat_ref))]
+    assert [float(opt.state[p]["step"]) for p in flat_mine] == [
+        float(ref.state(i, "step")) for i in range(len(flat_ref))
+    ]
     assert all(opt.state[p]["step"].device == p.device for p in flat_mine)
 
 
@@ -1339,12 +1526,25 @@ def test_cyclic_adamw_matches_torch_fused(dtype, variant):
     need_gpu()
     v = dict(ADAMW_TORCH_VARIANTS[variant])
     steps = 1000 if not DRY_RUN else 20  # (the dry run proves this code, not the kernel)
-    sched_kw = dict(base_lr=[0.001, 0.0005], max_lr=[0.01, 0.004], step_size_up=130 if not DRY_RUN else 7,
-                    step_size_down=90 if not DRY_RUN else 5, mode=v.pop("mode"), gamma=0.9995,
-                    cycle_momentum=v.pop("cycle_momentum"), base_momentum=0.8, max_momentum=0.9)
+    sched_kw = dict(
+        base_lr=[0.001, 0.0005],
+        max_lr=[0.01, 0.004],
+        step_size_up=130 if not DRY_RUN else 7,
+        step_size_down=90 if not DRY_RUN else 5,
+        mode=v.pop("mode"),
+        gamma=0.9995,
+        cycle_momentum=v.pop("cycle_momentum"),
+        base_momentum=0.8,
+        max_momentum=0.9,
+    )
     _run_adamw_vs_torch(
-        dtype, lambda groups: clr_ext.CyclicAdamW(groups, backend=BACKEND, **sched_kw, **v),
-        lambda pair, groups: pair(groups, v, sched_kw), steps, 21 + variant, v.get("maximize", False))
+        dtype,
+        lambda groups: clr_ext.CyclicAdamW(groups, backend=BACKEND, **sched_kw, **v),
+        lambda pair, groups: pair(groups, v, sched_kw),
+        steps,
+        21 + variant,
+        v.get("maximize", False),
+    )
 
 
 ADAMW_ONE_CYCLE_VARIANTS = [
@@ -1361,19 +1561,37 @@ def test_one_cycle_adamw_matches_torch_fused(dtype, variant):
     need_gpu()
     v = dict(ADAMW_ONE_CYCLE_VARIANTS[variant])
     steps = 600 if not DRY_RUN else 20
-    sched_kw = dict(max_lr=[0.01, 0.004], total_steps=steps, pct_start=0.3, anneal_strategy=v.pop("anneal_strategy"),
-                    three_phase=v.pop("three_phase"), cycle_momentum=v.pop("cycle_momentum"), base_momentum=0.85,
-                    max_momentum=0.95)
+    sched_kw = dict(
+        max_lr=[0.01, 0.004],
+        total_steps=steps,
+        pct_start=0.3,
+        anneal_strategy=v.pop("anneal_strategy"),
+        three_phase=v.pop("three_phase"),
+        cycle_momentum=v.pop("cycle_momentum"),
+        base_momentum=0.85,
+        max_momentum=0.95,
+    )
     _run_adamw_vs_torch(
-        dtype, lambda groups: clr_ext.OneCycleAdamW(groups, backend=BACKEND, **sched_kw, **v),
-        lambda pair, groups: pair(groups, v, sched_kw, scheduler=torch.optim.lr_scheduler.OneCycleLR), steps,
-        31 + variant, v.get("maximize", False), one_cycle=True)
+        dtype,
+        lambda groups: clr_ext.OneCycleAdamW(groups, backend=BACKEND, **sched_kw, **v),
+        lambda pair, groups: pair(groups, v, sched_kw, scheduler=torch.optim.lr_scheduler.OneCycleLR),
+        steps,
+        31 + variant,
+        v.get("maximize", False),
+        one_cycle=True,
+    )
 
 
 def _scheduled_adamw(kind, params, **kw):
     if kind == "one_cycle":
-        return clr_ext.OneCycleAdamW(params, 0.01, 40, weight_decay=kw.get("weight_decay", 0.01),
-                                     amsgrad=kw.get("amsgrad", False), backend=BACKEND)
+        return clr_ext.OneCycleAdamW(
+            params,
+            0.01,
+            40,
+            weight_decay=kw.get("weight_decay", 0.01),
+            amsgrad=kw.get("amsgrad", False),
+            backend=BACKEND,
+        )
     return clr_ext.CyclicAdamW(params, backend=BACKEND, **kw)
 
 
@@ -1384,8 +1602,9 @@ def test_adamw_step_issues_no_host_sync(kind):
     found_inf (a skipped step among them), amsgrad."""
     need_real_gpu()
     model = _tiny_model()
-    opt = _scheduled_adamw(kind, model.parameters(), base_lr=0.001, max_lr=0.01, step_size_up=4, weight_decay=1e-2,
-                           amsgrad=True)
+    opt = _scheduled_adamw(
+        kind, model.parameters(), base_lr=0.001, max_lr=0.01, step_size_up=4, weight_decay=1e-2, amsgrad=True
+    )
     x = torch.randn(16, 32, device=DEVICE)
     for k in range(8):
         model.zero_grad(set_to_none=True)
@@ -1419,8 +1638,10 @@ def test_adamw_whole_training_step_in_a_cuda_graph(kind):
     torch.backends.cudnn.allow_tf32 = False
     warmup, replays = 3, 25
     gen = torch.Generator(device=DEVICE).manual_seed(0)
-    batches = [(torch.randn(64, 32, device=DEVICE, generator=gen), torch.randn(64, 10, device=DEVICE, generator=gen))
-               for _ in range(warmup + replays)]
+    batches = [
+        (torch.randn(64, 32, device=DEVICE, generator=gen), torch.randn(64, 10, device=DEVICE, generator=gen))
+        for _ in range(warmup + replays)
+    ]
     kw = dict(base_lr=0.001, max_lr=0.01, step_size_up=5, step_size_down=3, mode="triangular2", weight_decay=1e-2)
 
     def loss_fn(model, x, y):
@@ -1483,8 +1704,8 @@ def test_adamw_grad_scaler_matches_torch_fused(overflow_steps):
     opt = clr_ext.CyclicAdamW(mine.parameters(), weight_decay=0.01, amsgrad=True, backend=BACKEND, **kw)
     adamw = torch.optim.AdamW(ref.parameters(), lr=0.001, weight_decay=0.01, amsgrad=True, fused=True)
     sched = torch.optim.lr_scheduler.CyclicLR(adamw, base_momentum=0.8, max_momentum=0.9, **kw)
-    s_mine = torch.amp.GradScaler(DEVICE, init_scale=2.0 ** 12, growth_interval=4)
-    s_ref = torch.amp.GradScaler(DEVICE, init_scale=2.0 ** 12, growth_interval=4)
+    s_mine = torch.amp.GradScaler(DEVICE, init_scale=2.0**12, growth_interval=4)
+    s_ref = torch.amp.GradScaler(DEVICE, init_scale=2.0**12, growth_interval=4)
     gen = torch.Generator(device=DEVICE).manual_seed(4)
     for k in range(16):
         x = torch.randn(32, 32, device=DEVICE, generator=gen)
@@ -1535,8 +1756,12 @@ def _cases(fn):
         for part in combo:
             kwargs.update(part)
         # pytest's ids for dtypes (f32, bf16, ...), so that the same -k expressions select alike
-        yield "[" + "-".join(DTYPE_IDS.get(v, str(v)) if isinstance(v, torch.dtype) else str(v)
-                             for v in kwargs.values()) + "]", kwargs
+        yield (
+            "["
+            + "-".join(DTYPE_IDS.get(v, str(v)) if isinstance(v, torch.dtype) else str(v) for v in kwargs.values())
+            + "]",
+            kwargs,
+        )
 
 
 def _k_matcher(expr: str):

@@ -8,8 +8,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clr_ext.apps.data import (CaffeCifar10Full, CaffeMeanSubtract, CifarFormatError, DigitsCNN, TensorLoader,
-                          WithinChannelLRN, find_cifar10, load_cifar10, load_digits_split)
+from clr_ext.apps.data import (
+    CaffeCifar10Full,
+    CaffeMeanSubtract,
+    CifarFormatError,
+    DigitsCNN,
+    TensorLoader,
+    WithinChannelLRN,
+    find_cifar10,
+    load_cifar10,
+    load_digits_split,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -28,9 +37,12 @@ def write_fake_cifar10(folder, n_per_batch=6, n_test=8, seed=0, protocol=2):
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     for name in names:
         n = n_test if name == "test_batch" else n_per_batch
-        d = {b"batch_label": name.encode(), b"labels": [int(v) for v in rng.integers(0, 10, n)],
-             b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-             b"filenames": [f"img_{k}.png".encode() for k in range(n)]}
+        d = {
+            b"batch_label": name.encode(),
+            b"labels": [int(v) for v in rng.integers(0, 10, n)],
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"filenames": [f"img_{k}.png".encode() for k in range(n)],
+        }
         with open(os.path.join(folder, name), "wb") as f:
             pickle.dump(d, f, protocol=protocol)  # the real files are protocol-2 (Python 2) pickles
     return folder
@@ -197,7 +209,7 @@ def test_within_channel_lrn_matches_caffe_formula():
     expected = torch.empty_like(x)
     for i in range(5):
         for j in range(6):
-            s = padded[:, :, i:i + 3, j:j + 3].sum(dim=(2, 3))
+            s = padded[:, :, i : i + 3, j : j + 3].sum(dim=(2, 3))
             expected[:, :, i, j] = x[:, :, i, j] / (1 + 5e-3 / 9 * s) ** 0.75
     assert torch.allclose(lrn(x), expected, rtol=1e-12)
     with pytest.raises(ValueError):

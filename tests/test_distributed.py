@@ -8,6 +8,7 @@ fresh model and optimizer on both ranks and run the same M steps again. The pare
 compares: parameters identical across ranks, equal (1e-12) to one process training on the
 whole batch, the same LR sequence, and the resumed run identical to the uninterrupted one.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -25,13 +26,21 @@ from torch.multiprocessing.spawn import ProcessException
 
 import clr_ext
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available"
+)
 
 WORLD = 2
 K, M = 4, 3
-CFG = dict(base_lr=0.05, max_lr=0.4, step_size_up=2, step_size_down=3, mode="triangular2", momentum=0.9,
-           weight_decay=1e-3)
+CFG = dict(
+    base_lr=0.05, max_lr=0.4, step_size_up=2, step_size_down=3, mode="triangular2", momentum=0.9, weight_decay=1e-3
+)
+#: Every scheduled optimizer goes through the same core; each is checked under DDP and ZeRO.
+OPTIMIZERS = {
+    "CyclicSGD": (clr_ext.CyclicSGD, CFG),
+    "OneCycleSGD": (clr_ext.OneCycleSGD, dict(max_lr=0.4, total_steps=K + M + 1, momentum=0.9, weight_decay=1e-3)),
+    "CyclicAdamW": (clr_ext.CyclicAdamW, dict(base_lr=0.01, max_lr=0.05, step_size_up=2, weight_decay=1e-2)),
+}
 
 
 def _model(seed=0):
@@ -69,11 +78,13 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _make_opt(kind, net):
+def _make_opt(kind, net, optim="CyclicSGD"):
+    cls, cfg = OPTIMIZERS[optim]
     if kind == "zero":
         from torch.distributed.optim import ZeroRedundancyOptimizer
-        return ZeroRedundancyOptimizer(net.parameters(), optimizer_class=clr_ext.CyclicSGD, **CFG)
-    return clr_ext.CyclicSGD(net.parameters(), **CFG)
+
+        return ZeroRedundancyOptimizer(net.parameters(), optimizer_class=cls, **cfg)
+    return cls(net.parameters(), **cfg)
 
 
 def _rank_main(body, rank, port, *args):
@@ -106,17 +117,18 @@ def _rank_main(body, rank, port, *args):
     os._exit(exit_code)
 
 
-def _worker(rank, kind, port, out):
-    _rank_main(_train_rank, rank, port, kind, out)
+def _worker(rank, kind, optim, port, out):
+    _rank_main(_train_rank, rank, port, kind, optim, out)
 
 
-def _train_rank(rank, kind, out):
+def _train_rank(rank, kind, optim, out):
     from torch.nn.parallel import DistributedDataParallel as DDP
+
     ckpt = os.path.join(out, "ckpt.pt")
 
     model = _model()
     net = DDP(model)
-    opt = _make_opt(kind, net)
+    opt = _make_opt(kind, net, optim)
     lrs = _train(net, opt, K, 0, rank)
     if kind == "zero":
         opt.consolidate_state_dict(to=0)
@@ -128,13 +140,15 @@ def _train_rank(rank, kind, out):
 
     model2 = _model(seed=99)  # other values: the checkpoint must bring everything back
     net2 = DDP(model2)
-    opt2 = _make_opt(kind, net2)
+    opt2 = _make_opt(kind, net2, optim)
     saved = torch.load(ckpt, weights_only=False)
     model2.load_state_dict(saved["model"])
     opt2.load_state_dict(saved["opt"])
     resumed_lrs = _train(net2, opt2, M, K, rank)
-    torch.save({"final": final, "lrs": lrs, "resumed": _flat(model2), "resumed_lrs": resumed_lrs},
-               os.path.join(out, "rank%d.pt" % rank))
+    torch.save(
+        {"final": final, "lrs": lrs, "resumed": _flat(model2), "resumed_lrs": resumed_lrs},
+        os.path.join(out, "rank%d.pt" % rank),
+    )
 
 
 def _spawn_once(fn, args, timeout):
@@ -168,18 +182,19 @@ def _spawn(fn, args_for_port, timeout=90.0, attempts=2):
     pytest.fail("distributed workers failed %d times: %s" % (attempts, " | ".join(errors)))
 
 
-def _single_process():
+def _single_process(optim="CyclicSGD"):
     model = _model()
-    opt = clr_ext.CyclicSGD(model.parameters(), **CFG)
+    opt = _make_opt("single", model, optim)
     lrs = _train(model, opt, K + M, 0)
     return _flat(model), lrs
 
 
+@pytest.mark.parametrize("optim", list(OPTIMIZERS))
 @pytest.mark.parametrize("kind", ["ddp", "zero"])
-def test_distributed_matches_single_process_and_resumes(kind, tmp_path):
-    _spawn(_worker, lambda port: (kind, port, str(tmp_path)))
+def test_distributed_matches_single_process_and_resumes(kind, optim, tmp_path):
+    _spawn(_worker, lambda port: (kind, optim, port, str(tmp_path)))
     results = [torch.load(tmp_path / ("rank%d.pt" % r), weights_only=False) for r in range(WORLD)]
-    ref, ref_lrs = _single_process()
+    ref, ref_lrs = _single_process(optim)
     for r, res in enumerate(results):
         # identical across ranks
         assert torch.equal(res["final"], results[0]["final"]), r
@@ -192,6 +207,7 @@ def test_distributed_matches_single_process_and_resumes(kind, tmp_path):
 
 
 # ------------------------------------------------------------------------ FSDP2
+
 
 def _fsdp_worker(rank, port, out):
     _rank_main(_fsdp_rank, rank, port, out)

@@ -7,6 +7,7 @@ installed; ``.ci/run`` installs them. Every comparison is with the pair the opti
 data and initial values, bit for bit (fp32; Lightning's bf16-mixed too), and the logged LR is
 compared with the LR that pair applied.
 """
+
 from __future__ import annotations
 
 import copy
@@ -59,8 +60,7 @@ def _assert_bitwise(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 
 def _clr_warnings(record):
-    return [str(w.message) for w in record if "clr_ext" in str(w.message)
-            or "lr_scheduler.step()" in str(w.message)]
+    return [str(w.message) for w in record if "clr_ext" in str(w.message) or "lr_scheduler.step()" in str(w.message)]
 
 
 # ==================================================================== Lightning
@@ -151,10 +151,19 @@ def _lightning_classes():
 def _lightning_fit(module, epochs: int, ckpt_path=None, **trainer_kwargs):
     pl, _, MemoryLogger = _lightning_classes()
     logger = MemoryLogger()
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=logger,
-                         callbacks=[pl.callbacks.LearningRateMonitor(logging_interval="step")],
-                         log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False,
-                         enable_checkpointing=False, num_sanity_val_steps=0, **trainer_kwargs)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        logger=logger,
+        callbacks=[pl.callbacks.LearningRateMonitor(logging_interval="step")],
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        **trainer_kwargs,
+    )
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         trainer.fit(module, train_dataloaders=_loader(), ckpt_path=ckpt_path)
@@ -169,16 +178,22 @@ def _lightning_fit(module, epochs: int, ckpt_path=None, **trainer_kwargs):
     return trainer, logged
 
 
-@pytest.mark.parametrize(("form", "precision", "kind"), [
-    ("adapter", "32-true", "cyclic"), ("plain", "32-true", "cyclic"), ("adapter", "bf16-mixed", "cyclic"),
-    ("plain", "bf16-mixed", "cyclic"), ("adapter", "32-true", "one_cycle")])
+@pytest.mark.parametrize(
+    ("form", "precision", "kind"),
+    [
+        ("adapter", "32-true", "cyclic"),
+        ("plain", "32-true", "cyclic"),
+        ("adapter", "bf16-mixed", "cyclic"),
+        ("plain", "bf16-mixed", "cyclic"),
+        ("adapter", "32-true", "one_cycle"),
+    ],
+)
 def test_lightning_trains_bitwise_like_sgd_cycliclr_and_logs_the_applied_lr(form, precision, kind):
     _, Module, _ = _lightning_classes()
     module = Module(0, form, kind)
     trainer, logged = _lightning_fit(module, epochs=2, precision=precision)
     ref = _mlp(0)
-    applied = _reference_run(ref, epochs=2, autocast=torch.bfloat16 if precision == "bf16-mixed" else None,
-                             kind=kind)
+    applied = _reference_run(ref, epochs=2, autocast=torch.bfloat16 if precision == "bf16-mixed" else None, kind=kind)
     _assert_bitwise(module.net, ref)
     assert logged == dict(enumerate(applied))
     opt = trainer.optimizers[0]
@@ -222,12 +237,21 @@ def test_lightning_lr_find_on_a_scheduled_optimizer_warns(tmp_path):
     pl, Module, _ = _lightning_classes()
     from lightning.pytorch.tuner import Tuner
 
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=str(tmp_path))
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=str(tmp_path),
+    )
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        Tuner(trainer).lr_find(Module(0, "plain"), train_dataloaders=_loader(), min_lr=1e-4, max_lr=1.0,
-                               num_training=6, update_attr=False)
+        Tuner(trainer).lr_find(
+            Module(0, "plain"), train_dataloaders=_loader(), min_lr=1e-4, max_lr=1.0, num_training=6, update_attr=False
+        )
     messages = _clr_warnings(record)
     assert len(messages) == 1 and "param group 0's lr was set to" in messages[0]
 
@@ -255,8 +279,16 @@ def _gpt2(seed: int):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
     torch.manual_seed(seed)
-    config = transformers.GPT2Config(vocab_size=N_TOKENS, n_positions=SEQ, n_embd=16, n_layer=1, n_head=2,
-                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config = transformers.GPT2Config(
+        vocab_size=N_TOKENS,
+        n_positions=SEQ,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     return transformers.GPT2LMHeadModel(config)
 
 
@@ -286,9 +318,20 @@ def _record_forward_calls(model):
 def _hf_train(model, out, optimizers, max_steps=12, accumulation=1, resume=None, **kwargs):
     transformers = pytest.importorskip("transformers")
     args = transformers.TrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=BATCH, gradient_accumulation_steps=accumulation,
-        max_steps=max_steps, max_grad_norm=1.0, use_cpu=True, report_to=[], logging_steps=1, seed=0,
-        disable_tqdm=True, dataloader_num_workers=0, save_strategy=kwargs.pop("save_strategy", "no"), **kwargs)
+        output_dir=str(out),
+        per_device_train_batch_size=BATCH,
+        gradient_accumulation_steps=accumulation,
+        max_steps=max_steps,
+        max_grad_norm=1.0,
+        use_cpu=True,
+        report_to=[],
+        logging_steps=1,
+        seed=0,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        save_strategy=kwargs.pop("save_strategy", "no"),
+        **kwargs,
+    )
     trainer = transformers.Trainer(model=model, args=args, train_dataset=_Tokens(), optimizers=optimizers)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")

@@ -7,6 +7,7 @@ size is > 1). Checked here on the CPU op: the numbers are torch.optim.SGD + Cycl
 and no copy runs inside the op (torch.profiler sees no aten::contiguous / clone /
 copy_). tests/test_cuda.py::test_size_one_strides_are_not_staged is the CUDA twin.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, List, Tuple
@@ -58,14 +59,26 @@ LAYOUTS: Dict[str, Tuple[Shape, Callable, Callable, Callable]] = {
     "depthwise-contig-param-cl-grad": ((12, 1, 3, 3), lambda t: t, channels_last, lambda t: t),
     "depthwise-cl-param-contig-grad": ((12, 1, 5, 5), channels_last, lambda t: t, channels_last),
     # any stride at all on the size-1 dimension, a different one per tensor
-    "depthwise-odd-strides": ((7, 1, 3, 3), lambda t: with_size1_stride(t, 1, 1),
-                              lambda t: with_size1_stride(t, 1, 12345), lambda t: with_size1_stride(t, 1, 2)),
+    "depthwise-odd-strides": (
+        (7, 1, 3, 3),
+        lambda t: with_size1_stride(t, 1, 1),
+        lambda t: with_size1_stride(t, 1, 12345),
+        lambda t: with_size1_stride(t, 1, 2),
+    ),
     # a (1, n) row: a transposed (n, 1) column against a contiguous row
-    "row-from-transpose": ((1, 1031), lambda t: t, lambda t: t.t().contiguous().t(),
-                           lambda t: with_size1_stride(t, 0, 7)),
+    "row-from-transpose": (
+        (1, 1031),
+        lambda t: t,
+        lambda t: t.t().contiguous().t(),
+        lambda t: with_size1_stride(t, 0, 7),
+    ),
     # size-1 leading and trailing dimensions
-    "leading-trailing-ones": ((1, 33, 1), lambda t: with_size1_stride(with_size1_stride(t, 0, 99), 2, 5),
-                              lambda t: t, lambda t: with_size1_stride(t, 2, 0)),
+    "leading-trailing-ones": (
+        (1, 33, 1),
+        lambda t: with_size1_stride(with_size1_stride(t, 0, 99), 2, 5),
+        lambda t: t,
+        lambda t: with_size1_stride(t, 2, 0),
+    ),
 }
 
 
@@ -121,17 +134,34 @@ def test_size_one_stride_layouts_match_torch_sgd(backend, dtype, layout):
 needs_op = pytest.mark.skipif(_backends._C is None, reason="clr_ext._C (the compiled op) is not built")
 
 
-def op_call(params: List[torch.Tensor], grads: List[torch.Tensor], bufs: List[torch.Tensor], iteration: int,
-            grad_scale=None) -> Callable[[], None]:
+def op_call(
+    params: List[torch.Tensor], grads: List[torch.Tensor], bufs: List[torch.Tensor], iteration: int, grad_scale=None
+) -> Callable[[], None]:
     """One step of the op as a function (its scalar tensors made now, outside what is profiled)."""
     counter = torch.tensor(iteration, dtype=torch.int64)
     scale = None if grad_scale is None else torch.tensor(grad_scale)
     found_inf = None if grad_scale is None else torch.zeros(())
 
     def call():
-        torch.ops.clr_ext.cyclic_sgd_(params, grads, bufs, [], counter, [0.01, 0.1, 0.8, 0.9],
-                                      [5.0, 7.0, 0.99, 1.0], MODES["triangular"], 0.9, 0.1, 0.01, False, False,
-                                      True, iteration == 0, scale, found_inf)
+        torch.ops.clr_ext.cyclic_sgd_(
+            params,
+            grads,
+            bufs,
+            [],
+            counter,
+            [0.01, 0.1, 0.8, 0.9],
+            [5.0, 7.0, 0.99, 1.0],
+            MODES["triangular"],
+            0.9,
+            0.1,
+            0.01,
+            False,
+            False,
+            True,
+            iteration == 0,
+            scale,
+            found_inf,
+        )
 
     return call
 

@@ -11,6 +11,7 @@
 - GradScaler with ``scaler.unscale_(opt)`` before clipping (the README's fp16 rule):
   bit-identical to torch.optim.SGD + CyclicLR, inf steps included.
 """
+
 from __future__ import annotations
 
 import copy
@@ -44,8 +45,7 @@ def _groups(net):
 
 
 CLASSES = {
-    "cyclic": (clr_ext.CyclicSGD, {"base_lr": [0.01, 0.02], "max_lr": [0.1, 0.2], "step_size_up": 3,
-                                   "momentum": 0.9}),
+    "cyclic": (clr_ext.CyclicSGD, {"base_lr": [0.01, 0.02], "max_lr": [0.1, 0.2], "step_size_up": 3, "momentum": 0.9}),
     "one_cycle": (clr_ext.OneCycleSGD, {"max_lr": [0.1, 0.2], "total_steps": 20, "momentum": 0.9}),
     "cyclic_adamw": (clr_ext.CyclicAdamW, {"base_lr": [0.001, 0.002], "max_lr": [0.01, 0.02], "step_size_up": 3}),
     "one_cycle_adamw": (clr_ext.OneCycleAdamW, {"max_lr": [0.01, 0.02], "total_steps": 20}),
@@ -101,8 +101,7 @@ def _assert_same(a, b) -> None:
 
 
 def _clr_warnings(record):
-    return [str(w.message) for w in record if "clr_ext" in str(w.message)
-            or "lr_scheduler.step()" in str(w.message)]
+    return [str(w.message) for w in record if "clr_ext" in str(w.message) or "lr_scheduler.step()" in str(w.message)]
 
 
 class _Record(warnings.catch_warnings):
@@ -115,7 +114,6 @@ class _Record(warnings.catch_warnings):
         log = super().__enter__()
         warnings.simplefilter("always")
         return log
-
 
 
 # ------------------------------------------------------------------- the warning
@@ -156,7 +154,7 @@ def test_outside_write_warns_once_per_group_naming_group_and_values_and_schedule
 
 
 def _lambda(opt):
-    return LambdaLR(opt, lambda k: 0.5 ** k)
+    return LambdaLR(opt, lambda k: 0.5**k)
 
 
 def _plateau(opt):
@@ -299,9 +297,10 @@ def test_adapter_is_an_lr_scheduler_that_changes_nothing(kind):
 
     _no_clr_warning(calls)
     assert opt.iteration == 4
-    assert [{k: v for k, v in g.items() if k not in ("params", "lr", "momentum", "betas", "iteration")}
-            for g in opt.param_groups] == [{k: v for k, v in g.items() if k not in ("lr", "momentum", "betas", "iteration")}
-                                           for g in before]
+    assert [
+        {k: v for k, v in g.items() if k not in ("params", "lr", "momentum", "betas", "iteration")}
+        for g in opt.param_groups
+    ] == [{k: v for k, v in g.items() if k not in ("lr", "momentum", "betas", "iteration")} for g in before]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -406,11 +405,12 @@ def test_gradscaler_unscale_before_clipping_bit_identical_to_torch_pair(backend)
     clip, ``scaler.step(opt)``. CyclicSGD then gets unscaled gradients (GradScaler passes
     no scale, only the inf flag) and skips the steps with infs, as SGD + CyclicLR does."""
     net, ref_net = _net(), _net()
-    opt = clr_ext.CyclicSGD(net.parameters(), base_lr=0.01, max_lr=0.1, step_size_up=3, momentum=0.9,
-                            weight_decay=1e-4, backend=backend)
+    opt = clr_ext.CyclicSGD(
+        net.parameters(), base_lr=0.01, max_lr=0.1, step_size_up=3, momentum=0.9, weight_decay=1e-4, backend=backend
+    )
     sgd = torch.optim.SGD(ref_net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     ref = CyclicLR(sgd, base_lr=0.01, max_lr=0.1, step_size_up=3)
-    scalers = [torch.amp.GradScaler("cpu", init_scale=2.0 ** 12, growth_interval=3) for _ in range(2)]
+    scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=3) for _ in range(2)]
     inf_steps = {2, 7}
     skipped = 0
     for k in range(10):

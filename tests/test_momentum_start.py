@@ -8,6 +8,7 @@ These tests run that path on the CPU (``_host_decided_types``) next to the host 
 both against torch.optim.SGD + CyclicLR, with dampening != 0: the case where starting
 a buffer from zeros instead of the gradient would show.
 """
+
 from __future__ import annotations
 
 import copy
@@ -15,10 +16,9 @@ import io
 
 import pytest
 import torch
+from conftest import ReferencePair, assert_close_rel
 
 import clr_ext
-
-from conftest import ReferencePair, assert_close_rel
 
 pytestmark = pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
 
@@ -47,8 +47,7 @@ def problem(seed, sizes, sgd):
     """(generator, initial values, torch.optim.SGD + CyclicLR on them, our params)."""
     gen = torch.Generator().manual_seed(seed)
     init = [torch.randn(n, generator=gen) for n in sizes]
-    ref = ReferencePair([{"params": init}], sgd,
-                        dict(base_lr=0.01, max_lr=0.05, step_size_up=2, cycle_momentum=False))
+    ref = ReferencePair([{"params": init}], sgd, dict(base_lr=0.01, max_lr=0.05, step_size_up=2, cycle_momentum=False))
     return gen, init, ref, [t.clone().requires_grad_(True) for t in init]
 
 
@@ -84,11 +83,22 @@ def test_cycled_momentum_zero_on_the_first_step(backend, decided):
     keeps no buffer in that step, and the next step starts it with the gradient."""
     gen = torch.Generator().manual_seed(32)
     init = [torch.randn(n, generator=gen) for n in SIZES]
-    ref = ReferencePair([{"params": init}], dict(momentum=0.9, dampening=0.4),
-                        dict(base_lr=0.01, max_lr=0.05, step_size_up=3, base_momentum=0.9, max_momentum=0.0))
+    ref = ReferencePair(
+        [{"params": init}],
+        dict(momentum=0.9, dampening=0.4),
+        dict(base_lr=0.01, max_lr=0.05, step_size_up=3, base_momentum=0.9, max_momentum=0.0),
+    )
     params = [t.clone().requires_grad_(True) for t in init]
-    opt = make(backend, DECIDED[decided], params, momentum=0.9, dampening=0.4, base_momentum=0.9,
-               max_momentum=0.0, step_size_up=3)
+    opt = make(
+        backend,
+        DECIDED[decided],
+        params,
+        momentum=0.9,
+        dampening=0.4,
+        base_momentum=0.9,
+        max_momentum=0.0,
+        step_size_up=3,
+    )
     for k in range(10):
         grads = [torch.randn(t.shape, generator=gen) for t in init]
         for p, g in zip(params, grads):
@@ -156,8 +166,12 @@ def test_starts_survive_copies_and_checkpoints(backend):
     assert loaded_opt.iteration == 1
     assert all("momentum_buffer" not in s for s in loaded_opt.state.values())
 
-    candidates = [(params, opt), (copied_params, copied_opt), (pickled_params, pickled_opt),
-                  (loaded_params, loaded_opt)]
+    candidates = [
+        (params, opt),
+        (copied_params, copied_opt),
+        (pickled_params, pickled_opt),
+        (loaded_params, loaded_opt),
+    ]
     for k in range(4):
         grads = [torch.randn(t.shape, generator=gen) for t in init]
         for ps, o in candidates:
@@ -228,9 +242,10 @@ def scenarios(draw):
         base_momentum=draw(st.sampled_from([0.0, 0.8])) if cycle_momentum else 0.8,
         max_momentum=draw(st.sampled_from([0.0, 0.9])) if cycle_momentum else 0.9,
         skips=draw(st.lists(st.booleans(), min_size=steps, max_size=steps)),
-        has_grad=draw(st.lists(st.lists(st.booleans(), min_size=n_params, max_size=n_params),
-                               min_size=steps, max_size=steps)),
-        seed=draw(st.integers(0, 2 ** 31 - 1)),
+        has_grad=draw(
+            st.lists(st.lists(st.booleans(), min_size=n_params, max_size=n_params), min_size=steps, max_size=steps)
+        ),
+        seed=draw(st.integers(0, 2**31 - 1)),
     )
 
 
@@ -242,8 +257,14 @@ def test_any_sequence_of_skips_gaps_and_zero_momentum(backend, scenario):
     saved buffers, as the host's decisions do."""
     s = scenario
     sgd = dict(momentum=0.9, dampening=s["dampening"])
-    sched = dict(base_lr=0.01, max_lr=0.05, step_size_up=2, cycle_momentum=s["cycle_momentum"],
-                 base_momentum=s["base_momentum"], max_momentum=s["max_momentum"])
+    sched = dict(
+        base_lr=0.01,
+        max_lr=0.05,
+        step_size_up=2,
+        cycle_momentum=s["cycle_momentum"],
+        base_momentum=s["base_momentum"],
+        max_momentum=s["max_momentum"],
+    )
     gen = torch.Generator().manual_seed(s["seed"])
     init = [torch.randn(n, generator=gen, dtype=torch.float64) for n in s["sizes"]]
     ref = ReferencePair([{"params": init}], sgd, sched)
@@ -253,8 +274,7 @@ def test_any_sequence_of_skips_gaps_and_zero_momentum(backend, scenario):
         kwargs = {k: v for k, v in sched.items() if k not in ("base_lr", "max_lr")}
         runs.append((params, make(backend, decided, params, **sgd, **kwargs)))
     for skip, mask in zip(s["skips"], s["has_grad"]):
-        grads = [torch.randn(t.shape, generator=gen, dtype=t.dtype) if has else None
-                 for t, has in zip(init, mask)]
+        grads = [torch.randn(t.shape, generator=gen, dtype=t.dtype) if has else None for t, has in zip(init, mask)]
         for params, opt in runs:
             step_with_scaler_flags(opt, params, grads, skip)
         if skip:

@@ -2,6 +2,7 @@
 (docs/api.md, "The 1cycle policy and AdamW": one ``opt.step()`` is ``sgd.step(); sched.step()``),
 for every CPU backend; the compiled schedule against the oracle; state dicts, the end of the
 schedule, errors, torch.compile, from_torch and from_range_test."""
+
 from __future__ import annotations
 
 import copy
@@ -13,13 +14,12 @@ import warnings
 import pytest
 import torch
 import torch._dynamo.testing
+from conftest import ALL_DTYPES, ReferencePair, assert_close_rel, same_float
+from test_parity import Problem, check_reported, check_state
 
 import clr_ext
 from clr_ext import backends as _backends
 from clr_ext.schedule import ONE_CYCLE_MODES, one_cycle_phase_ends, one_cycle_point
-
-from conftest import ALL_DTYPES, ReferencePair, assert_close_rel, same_float
-from test_parity import Problem, check_reported, check_state
 
 OneCycleLR = torch.optim.lr_scheduler.OneCycleLR
 
@@ -63,8 +63,9 @@ def test_oracle_matches_onecyclelr_bit_for_bit(case):
     ends = one_cycle_phase_ends(total, kw.get("pct_start", 0.3), kw.get("three_phase", False))
     for i, (lr, momentum) in enumerate(trace):
         assert same_float(clr_ext.one_cycle_lr(i, 0.3, **kw), lr), (i, lr)
-        got = one_cycle_point(i, group["initial_lr"], group["max_lr"], group["min_lr"], ends,
-                              kw.get("anneal_strategy", "cos"), 0.85, 0.95)
+        got = one_cycle_point(
+            i, group["initial_lr"], group["max_lr"], group["min_lr"], ends, kw.get("anneal_strategy", "cos"), 0.85, 0.95
+        )
         assert same_float(got[0], lr) and same_float(got[1], momentum), (i, got, lr, momentum)
     # The curve really is 1cycle: it starts at max_lr / div_factor, peaks at max_lr, ends at min_lr.
     lrs = [lr for lr, _ in trace]
@@ -107,14 +108,37 @@ MAX_MOMENTUM = [0.9, 0.95, 0.9]
 MOMENTUM_VARIANTS = ((0.0, False, 0.0), (0.9, False, 0.1), (0.9, True, 0.0))
 
 
-def run_one_cycle(backend, dtype, strategy, three_phase, momentum, nesterov, dampening, weight_decay, maximize,
-                  cycle_momentum, total_steps=60, bounds_as="lists", steps=None):
+def run_one_cycle(
+    backend,
+    dtype,
+    strategy,
+    three_phase,
+    momentum,
+    nesterov,
+    dampening,
+    weight_decay,
+    maximize,
+    cycle_momentum,
+    total_steps=60,
+    bounds_as="lists",
+    steps=None,
+):
     problem = Problem(dtype)
-    sgd_kwargs = dict(momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
-                      maximize=maximize)
-    sched_kwargs = dict(max_lr=MAX_LR, total_steps=total_steps, pct_start=0.35, anneal_strategy=strategy,
-                        div_factor=10.0, final_div_factor=100.0, three_phase=three_phase,
-                        cycle_momentum=cycle_momentum, base_momentum=BASE_MOMENTUM, max_momentum=MAX_MOMENTUM)
+    sgd_kwargs = dict(
+        momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov, maximize=maximize
+    )
+    sched_kwargs = dict(
+        max_lr=MAX_LR,
+        total_steps=total_steps,
+        pct_start=0.35,
+        anneal_strategy=strategy,
+        div_factor=10.0,
+        final_div_factor=100.0,
+        three_phase=three_phase,
+        cycle_momentum=cycle_momentum,
+        base_momentum=BASE_MOMENTUM,
+        max_momentum=MAX_MOMENTUM,
+    )
     ref = ReferencePair([{"params": g} for g in problem.groups], sgd_kwargs, sched_kwargs, scheduler=OneCycleLR)
     params, groups = [], []
     for gi, group in enumerate(problem.groups):
@@ -157,32 +181,57 @@ def run_one_cycle(backend, dtype, strategy, three_phase, momentum, nesterov, dam
 def _parity_cases():
     cases = []
     for (strategy, three), (momentum, nesterov, dampening), wd, maximize, cycle, dtype in itertools.product(
-            itertools.product(("cos", "linear"), (False, True)), MOMENTUM_VARIANTS, (0.0, 0.01), (False, True),
-            (True, False), ALL_DTYPES):
+        itertools.product(("cos", "linear"), (False, True)),
+        MOMENTUM_VARIANTS,
+        (0.0, 0.01),
+        (False, True),
+        (True, False),
+        ALL_DTYPES,
+    ):
         if maximize and (wd == 0.0 or not cycle):  # maximize once per combination of the rest is enough
             continue
-        cid = "%s%s-m%g%s%s-wd%g%s-%s-%s" % (strategy, "-3ph" if three else "", momentum, "-nest" if nesterov else "",
-                                            "-damp" if dampening else "", wd, "-max" if maximize else "",
-                                            "cyc" if cycle else "nocyc", str(dtype).split(".")[-1])
+        cid = "%s%s-m%g%s%s-wd%g%s-%s-%s" % (
+            strategy,
+            "-3ph" if three else "",
+            momentum,
+            "-nest" if nesterov else "",
+            "-damp" if dampening else "",
+            wd,
+            "-max" if maximize else "",
+            "cyc" if cycle else "nocyc",
+            str(dtype).split(".")[-1],
+        )
         cases.append(pytest.param(strategy, three, momentum, nesterov, dampening, wd, maximize, cycle, dtype, id=cid))
     return cases
 
 
-@pytest.mark.parametrize("strategy,three_phase,momentum,nesterov,dampening,weight_decay,maximize,cycle_momentum,dtype",
-                         _parity_cases())
-def test_parity_with_sgd_and_onecyclelr(backend, strategy, three_phase, momentum, nesterov, dampening, weight_decay,
-                                        maximize, cycle_momentum, dtype):
+@pytest.mark.parametrize(
+    "strategy,three_phase,momentum,nesterov,dampening,weight_decay,maximize,cycle_momentum,dtype", _parity_cases()
+)
+def test_parity_with_sgd_and_onecyclelr(
+    backend, strategy, three_phase, momentum, nesterov, dampening, weight_decay, maximize, cycle_momentum, dtype
+):
     """Three groups with per-group bounds, params that miss steps, the whole schedule:
     lr and momentum equal after every step, params and buffers within api.md's tolerance."""
     bounds_as = "lists" if (momentum + weight_decay) == 0 or three_phase else "dict"
-    run_one_cycle(backend, dtype, strategy, three_phase, momentum, nesterov, dampening, weight_decay, maximize,
-                  cycle_momentum, bounds_as=bounds_as)
+    run_one_cycle(
+        backend,
+        dtype,
+        strategy,
+        three_phase,
+        momentum,
+        nesterov,
+        dampening,
+        weight_decay,
+        maximize,
+        cycle_momentum,
+        bounds_as=bounds_as,
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_parity_is_bit_identical_in_fp32_and_fp64(backend, dtype):
-    opt, params, ref = run_one_cycle(backend, dtype, "cos", False, 0.9, False, 0.1, 0.01, False, True,
-                                     total_steps=1000)
+    opt, params, ref = run_one_cycle(backend, dtype, "cos", False, 0.9, False, 0.1, 0.01, False, True, total_steps=1000)
     for i, (p, r) in enumerate(zip(params, ref.params)):
         assert torch.equal(p.detach(), r), i
         assert torch.equal(opt.state[p]["momentum_buffer"], ref.buffer(i)), i
@@ -253,8 +302,15 @@ def test_state_dict_resumes_bit_for_bit_and_carries_the_schedule(backend):
 
 def test_cyclic_state_dict_carries_its_schedule(backend):
     """Issue 11's defect: a CyclicSGD built with the default schedule follows the saved one."""
-    a = clr_ext.CyclicSGD([torch.nn.Parameter(torch.zeros(2))], 0.1, 0.5, step_size_up=2, mode="triangular2",
-                          cycle_momentum=False, backend=backend)
+    a = clr_ext.CyclicSGD(
+        [torch.nn.Parameter(torch.zeros(2))],
+        0.1,
+        0.5,
+        step_size_up=2,
+        mode="triangular2",
+        cycle_momentum=False,
+        backend=backend,
+    )
     for _ in range(5):
         a.step()
     b = clr_ext.CyclicSGD([torch.nn.Parameter(torch.zeros(2))], 0.1, 0.5, cycle_momentum=False, backend=backend)
@@ -274,7 +330,8 @@ def test_load_state_dict_of_the_other_schedule_raises_before_changing_anything()
     with pytest.raises(ValueError, match="state_dict"):
         one.load_state_dict(cyc.state_dict())
     assert {k: v for k, v in one.param_groups[0].items() if k != "params"} == {
-        k: v for k, v in before.items() if k != "params"}
+        k: v for k, v in before.items() if k != "params"
+    }
 
 
 def test_post_load_hook_sees_the_recomputed_lr(backend):
@@ -320,10 +377,19 @@ def test_torch_sgd_with_onecyclelr_state_dict_loads(backend):
 def test_from_torch_converts_a_running_pair(backend):
     init = [torch.randn(9, dtype=torch.float32), torch.randn(4, 4, dtype=torch.float32)]
     ps = [torch.nn.Parameter(t.clone()) for t in init]
-    sgd = torch.optim.SGD([{"params": ps[:1]}, {"params": ps[1:], "weight_decay": 0.01}], lr=0.1, momentum=0.9,
-                          nesterov=True)
-    sched = OneCycleLR(sgd, [0.2, 0.1], total_steps=50, pct_start=0.31, anneal_strategy="linear",
-                       three_phase=True, div_factor=7.0, final_div_factor=3.0)
+    sgd = torch.optim.SGD(
+        [{"params": ps[:1]}, {"params": ps[1:], "weight_decay": 0.01}], lr=0.1, momentum=0.9, nesterov=True
+    )
+    sched = OneCycleLR(
+        sgd,
+        [0.2, 0.1],
+        total_steps=50,
+        pct_start=0.31,
+        anneal_strategy="linear",
+        three_phase=True,
+        div_factor=7.0,
+        final_div_factor=3.0,
+    )
     gen = torch.Generator().manual_seed(1)
     for _ in range(13):
         for p in ps:
@@ -339,8 +405,17 @@ def test_from_torch_converts_a_running_pair(backend):
     twin_sgd = copy.deepcopy(sgd)  # continue the torch pair on copies, to compare
     twin_sgd.param_groups[0]["params"], twin_sgd.param_groups[1]["params"] = twin[:1], twin[1:]
     twin_sgd.state = {t: copy.deepcopy(sgd.state[p]) for t, p in zip(twin, ps)}
-    twin_sched = OneCycleLR(twin_sgd, [0.2, 0.1], total_steps=50, pct_start=0.31, anneal_strategy="linear",
-                            three_phase=True, div_factor=7.0, final_div_factor=3.0, last_epoch=12)
+    twin_sched = OneCycleLR(
+        twin_sgd,
+        [0.2, 0.1],
+        total_steps=50,
+        pct_start=0.31,
+        anneal_strategy="linear",
+        three_phase=True,
+        div_factor=7.0,
+        final_div_factor=3.0,
+        last_epoch=12,
+    )
     twin_sched.load_state_dict(sched.state_dict())
     for _ in range(36):
         for p, t in zip(ps, twin):
@@ -355,45 +430,55 @@ def test_from_torch_converts_a_running_pair(backend):
 
 
 def test_from_range_test_takes_max_lr():
-    result = clr_ext.RangeTestResult(lrs=[0.001 * (i + 1) for i in range(100)], losses=[1.0] * 100,
-                                     smoothed_losses=[1.0] * 100, metrics=None, diverged=False, base_lr=0.02,
-                                     max_lr=0.08)
+    result = clr_ext.RangeTestResult(
+        lrs=[0.001 * (i + 1) for i in range(100)],
+        losses=[1.0] * 100,
+        smoothed_losses=[1.0] * 100,
+        metrics=None,
+        diverged=False,
+        base_lr=0.02,
+        max_lr=0.08,
+    )
     opt = clr_ext.OneCycleSGD.from_range_test([torch.nn.Parameter(torch.zeros(3))], result, 500, momentum=0.9)
     assert opt.param_groups[0]["max_lr"] == 0.08 and opt.total_steps == 500
     assert opt.param_groups[0]["lr"] == clr_ext.one_cycle_lr(0, 0.08, 500)
-    other = clr_ext.OneCycleSGD.from_range_test([torch.nn.Parameter(torch.zeros(3))], result, 500, max_lr=0.05,
-                                                three_phase=True)
+    other = clr_ext.OneCycleSGD.from_range_test(
+        [torch.nn.Parameter(torch.zeros(3))], result, 500, max_lr=0.05, three_phase=True
+    )
     assert other.param_groups[0]["max_lr"] == 0.05 and other.three_phase
 
 
 # ------------------------------------------------------------------ errors
 
 
-@pytest.mark.parametrize("kwargs,name", [
-    (dict(), "total_steps"),
-    (dict(epochs=3), "total_steps"),
-    (dict(total_steps=0), "total_steps"),
-    (dict(total_steps=-5), "total_steps"),
-    (dict(total_steps=10.5), "total_steps"),
-    (dict(epochs=0, steps_per_epoch=5), "epochs"),
-    (dict(epochs=2, steps_per_epoch=-1), "steps_per_epoch"),
-    (dict(total_steps=10, pct_start=0.0), "pct_start"),
-    (dict(total_steps=10, pct_start=1.0), "pct_start"),
-    (dict(total_steps=10, pct_start=1.5), "pct_start"),
-    (dict(total_steps=10, pct_start=0.1), "pct_start"),  # the first phase would have no steps
-    (dict(total_steps=10, anneal_strategy="cosine"), "anneal_strategy"),
-    (dict(total_steps=10, div_factor=0.0), "div_factor"),
-    (dict(total_steps=10, div_factor=-2.0), "div_factor"),
-    (dict(total_steps=10, final_div_factor=0.0), "final_div_factor"),
-    (dict(total_steps=10, max_lr=float("nan")), "max_lr"),
-    (dict(total_steps=10, max_lr=float("inf")), "max_lr"),
-    (dict(total_steps=10, max_lr=-0.1), "max_lr"),
-    (dict(total_steps=10, max_lr=[0.1, 0.2]), "max_lr"),
-    (dict(total_steps=10, base_momentum=float("nan")), "base_momentum"),
-    (dict(total_steps=10, max_momentum=-0.5), "max_momentum"),
-    (dict(total_steps=10, weight_decay=-1.0), "weight_decay"),
-    (dict(total_steps=10, nesterov=True), "nesterov"),
-])
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(), "total_steps"),
+        (dict(epochs=3), "total_steps"),
+        (dict(total_steps=0), "total_steps"),
+        (dict(total_steps=-5), "total_steps"),
+        (dict(total_steps=10.5), "total_steps"),
+        (dict(epochs=0, steps_per_epoch=5), "epochs"),
+        (dict(epochs=2, steps_per_epoch=-1), "steps_per_epoch"),
+        (dict(total_steps=10, pct_start=0.0), "pct_start"),
+        (dict(total_steps=10, pct_start=1.0), "pct_start"),
+        (dict(total_steps=10, pct_start=1.5), "pct_start"),
+        (dict(total_steps=10, pct_start=0.1), "pct_start"),  # the first phase would have no steps
+        (dict(total_steps=10, anneal_strategy="cosine"), "anneal_strategy"),
+        (dict(total_steps=10, div_factor=0.0), "div_factor"),
+        (dict(total_steps=10, div_factor=-2.0), "div_factor"),
+        (dict(total_steps=10, final_div_factor=0.0), "final_div_factor"),
+        (dict(total_steps=10, max_lr=float("nan")), "max_lr"),
+        (dict(total_steps=10, max_lr=float("inf")), "max_lr"),
+        (dict(total_steps=10, max_lr=-0.1), "max_lr"),
+        (dict(total_steps=10, max_lr=[0.1, 0.2]), "max_lr"),
+        (dict(total_steps=10, base_momentum=float("nan")), "base_momentum"),
+        (dict(total_steps=10, max_momentum=-0.5), "max_momentum"),
+        (dict(total_steps=10, weight_decay=-1.0), "weight_decay"),
+        (dict(total_steps=10, nesterov=True), "nesterov"),
+    ],
+)
 def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
     kwargs = dict(kwargs)
     max_lr = kwargs.pop("max_lr", 0.1)

@@ -1,15 +1,15 @@
 """The compiled op torch.ops.clr_ext.cyclic_sgd_ on CPU tensors: torch.library.opcheck
 (schema, fake/meta registration, aot dispatch), and direct calls checked against values
 computed here from the oracle and torch.optim.SGD's update rule."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import ALL_DTYPES, HALF_DTYPES, RTOL
 
 from clr_ext import backends as _backends
 from clr_ext.schedule import MODES, cyclic_point
-
-from conftest import ALL_DTYPES, HALF_DTYPES, RTOL
 
 pytestmark = pytest.mark.skipif(_backends._C is None, reason="clr_ext._C (the compiled op) is not built")
 
@@ -32,13 +32,46 @@ def make_tensors(dtype, sizes=SIZES, seed=0, buffers=True):
     return params, grads, bufs
 
 
-def op_args(params, grads, bufs, iteration=3, mode="triangular", momentum=0.9, dampening=0.0, weight_decay=0.0,
-            nesterov=False, maximize=False, cycle_momentum=True, first_step=False, grad_scale=None,
-            found_inf=None, bounds=BOUNDS, shape=SHAPE, starts=()):
+def op_args(
+    params,
+    grads,
+    bufs,
+    iteration=3,
+    mode="triangular",
+    momentum=0.9,
+    dampening=0.0,
+    weight_decay=0.0,
+    nesterov=False,
+    maximize=False,
+    cycle_momentum=True,
+    first_step=False,
+    grad_scale=None,
+    found_inf=None,
+    bounds=BOUNDS,
+    shape=SHAPE,
+    starts=(),
+):
     counter = torch.tensor(iteration, dtype=torch.int64)
     mode_number = MODES[mode] if isinstance(mode, str) else mode
-    return (params, grads, bufs, list(starts), counter, list(bounds), list(shape), mode_number, momentum, dampening,
-            weight_decay, nesterov, maximize, cycle_momentum, first_step, grad_scale, found_inf)
+    return (
+        params,
+        grads,
+        bufs,
+        list(starts),
+        counter,
+        list(bounds),
+        list(shape),
+        mode_number,
+        momentum,
+        dampening,
+        weight_decay,
+        nesterov,
+        maximize,
+        cycle_momentum,
+        first_step,
+        grad_scale,
+        found_inf,
+    )
 
 
 # ------------------------------------------------------------------------ opcheck
@@ -84,12 +117,24 @@ def test_op_schema_mutations():
 # ---------------------------------------------------------------- direct op calls
 
 
-def expected_step(params, grads, bufs, iteration, mode="triangular", momentum=0.9, dampening=0.0, weight_decay=0.0,
-                  nesterov=False, maximize=False, cycle_momentum=True, first_step=False, grad_scale=None):
+def expected_step(
+    params,
+    grads,
+    bufs,
+    iteration,
+    mode="triangular",
+    momentum=0.9,
+    dampening=0.0,
+    weight_decay=0.0,
+    nesterov=False,
+    maximize=False,
+    cycle_momentum=True,
+    first_step=False,
+    grad_scale=None,
+):
     """One step of torch.optim.SGD's rule (fp32 compute for half types, fp64 for fp64)
     with the oracle's lr / momentum at ``iteration``; returns (params, grads, bufs)."""
-    lr, cycled = cyclic_point(iteration, BOUNDS[0], BOUNDS[1], SHAPE[0], SHAPE[1], mode, SHAPE[2], BOUNDS[2],
-                              BOUNDS[3])
+    lr, cycled = cyclic_point(iteration, BOUNDS[0], BOUNDS[1], SHAPE[0], SHAPE[1], mode, SHAPE[2], BOUNDS[2], BOUNDS[3])
     mom = cycled if cycle_momentum else momentum
     out_p, out_g, out_b = [], [], []
     for i, (p, g) in enumerate(zip(params, grads)):
@@ -169,7 +214,7 @@ def test_dispatcher_and_pybind_agree_bit_for_bit():
 
 
 def test_op_reads_the_iteration_from_the_counter():
-    for it in (0, 5, 6, 12, 2 ** 40 + 3):
+    for it in (0, 5, 6, 12, 2**40 + 3):
         params, grads, _ = make_tensors(torch.float64, sizes=(4,))
         p0 = params[0].clone()
         op()(*op_args(params, grads, [], iteration=it, momentum=0.0, cycle_momentum=False))
@@ -280,8 +325,9 @@ def test_op_under_torch_compile():
     counter = torch.tensor(9, dtype=torch.int64)
 
     def f(ps, gs, bs, c):
-        torch.ops.clr_ext.cyclic_sgd_(ps, gs, bs, [], c, BOUNDS, SHAPE, 0, 0.9, 0.0, 0.01, False, False, True, False,
-                                      None, None)
+        torch.ops.clr_ext.cyclic_sgd_(
+            ps, gs, bs, [], c, BOUNDS, SHAPE, 0, 0.9, 0.0, 0.01, False, False, True, False, None, None
+        )
 
     try:
         compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
@@ -320,11 +366,30 @@ def test_momentum_start_decides_each_param(dtype, entry, layout):
         op_starts = [packed]
     else:
         starts = op_starts = [torch.tensor(START_CASES[n][0]) for n in names]
-    want = [expected_step([p], [g], [b], 23, dampening=0.3, cycle_momentum=False, momentum=0.7,
-                          first_step=START_CASES[n][1] == "first")
-            for n, p, g, b in zip(names, params, grads, bufs)]
-    args = op_args(params, grads, bufs, iteration=23, dampening=0.3, cycle_momentum=False, momentum=0.7,
-                   first_step=True, starts=op_starts)
+    want = [
+        expected_step(
+            [p],
+            [g],
+            [b],
+            23,
+            dampening=0.3,
+            cycle_momentum=False,
+            momentum=0.7,
+            first_step=START_CASES[n][1] == "first",
+        )
+        for n, p, g, b in zip(names, params, grads, bufs)
+    ]
+    args = op_args(
+        params,
+        grads,
+        bufs,
+        iteration=23,
+        dampening=0.3,
+        cycle_momentum=False,
+        momentum=0.7,
+        first_step=True,
+        starts=op_starts,
+    )
     (op() if entry == "dispatcher" else _backends._C.cyclic_sgd_cpu_)(*args)
     # (a scale-relative absolute floor: one half-precision value cancels to 0 in the
     # reference and to 1e-8 in the fused multiply-add)
@@ -343,8 +408,9 @@ def test_momentum_start_stays_when_no_buffer_is_used(case):
     starts = [torch.tensor(NOT_STARTED), torch.tensor(2)]
     before = [b.clone() for b in bufs]
     if case == "found_inf":
-        args = op_args(params, grads, bufs, iteration=23, starts=starts, grad_scale=torch.tensor(2.0),
-                       found_inf=torch.tensor(1.0))
+        args = op_args(
+            params, grads, bufs, iteration=23, starts=starts, grad_scale=torch.tensor(2.0), found_inf=torch.tensor(1.0)
+        )
     else:
         args = op_args(params, grads, bufs, iteration=23, starts=starts, momentum=0.0, cycle_momentum=False)
     op()(*args)

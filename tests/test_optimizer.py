@@ -1,6 +1,7 @@
 """CyclicSGD's contract beyond the numbers (api.md): argument validation at construction,
 reported values, closure, params without grad, failing steps that change nothing,
 state_dict round trips (bit-exact resume), torch.optim.SGD state dicts, pickling."""
+
 from __future__ import annotations
 
 import copy
@@ -10,12 +11,11 @@ import warnings
 
 import pytest
 import torch
+from conftest import ALL_DTYPES, ReferencePair, assert_close_rel
 
 import clr_ext
 from clr_ext import backends as _backends
 from clr_ext.schedule import cyclic_point
-
-from conftest import ALL_DTYPES, ReferencePair, assert_close_rel
 
 DTYPE_IDS = {torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", torch.bfloat16: "bf16"}
 
@@ -91,11 +91,18 @@ def test_torch_sgd_agrees_these_are_invalid():
         torch.optim.SGD(_params(), lr=0.1, momentum=-0.1)
 
 
-@pytest.mark.parametrize("key,value,name", [
-    ("base_lr", -0.01, "base_lr"), ("max_lr", NAN, "max_lr"), ("max_lr", 0.001, "max_lr"),
-    ("momentum", -1.0, "momentum"), ("base_momentum", INF, "base_momentum"), ("weight_decay", -0.1, "weight_decay"),
-    ("nesterov", True, "nesterov"),
-])
+@pytest.mark.parametrize(
+    "key,value,name",
+    [
+        ("base_lr", -0.01, "base_lr"),
+        ("max_lr", NAN, "max_lr"),
+        ("max_lr", 0.001, "max_lr"),
+        ("momentum", -1.0, "momentum"),
+        ("base_momentum", INF, "base_momentum"),
+        ("weight_decay", -0.1, "weight_decay"),
+        ("nesterov", True, "nesterov"),
+    ],
+)
 def test_invalid_per_group_values(key, value, name):
     groups = [{"params": _params(1)}, {"params": _params(1), key: value}]
     with pytest.raises(ValueError, match=name):
@@ -108,8 +115,11 @@ def test_unknown_mode_with_scale_fn_is_fine():
 
 
 def test_momentum_above_one_only_warns():
-    for kwargs in (dict(momentum=1.5, cycle_momentum=False), dict(max_momentum=1.2), dict(base_momentum=1.1,
-                                                                                           max_momentum=1.2)):
+    for kwargs in (
+        dict(momentum=1.5, cycle_momentum=False),
+        dict(max_momentum=1.2),
+        dict(base_momentum=1.1, max_momentum=1.2),
+    ):
         with pytest.warns(UserWarning, match="momentum"):
             opt = clr_ext.CyclicSGD(_params(), 0.01, 0.1, **kwargs)
         assert isinstance(opt, torch.optim.Optimizer)
@@ -118,8 +128,9 @@ def test_momentum_above_one_only_warns():
 def test_valid_edge_values_do_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        clr_ext.CyclicSGD(_params(), 0.0, 0.0, step_size_up=1, step_size_down=0, momentum=1.0, base_momentum=0.0,
-                          max_momentum=1.0)
+        clr_ext.CyclicSGD(
+            _params(), 0.0, 0.0, step_size_up=1, step_size_down=0, momentum=1.0, base_momentum=0.0, max_momentum=1.0
+        )
         clr_ext.CyclicSGD(_params(), 0.1, 0.1, gamma=1e-9, mode="exp_range")
 
 
@@ -200,8 +211,17 @@ def test_add_param_group_validates_and_joins_at_the_current_iteration(backend):
 @pytest.mark.parametrize("cycle_momentum", (True, False))
 def test_reported_values_follow_the_oracle(backend, cycle_momentum):
     p = _params(1)
-    opt = clr_ext.CyclicSGD(p, 0.01, 0.1, step_size_up=3, step_size_down=5, mode="triangular2",
-                            momentum=0.5, cycle_momentum=cycle_momentum, backend=backend)
+    opt = clr_ext.CyclicSGD(
+        p,
+        0.01,
+        0.1,
+        step_size_up=3,
+        step_size_down=5,
+        mode="triangular2",
+        momentum=0.5,
+        cycle_momentum=cycle_momentum,
+        backend=backend,
+    )
     assert opt.iteration == 0
     for k in range(30):
         lr, m = cyclic_point(k, 0.01, 0.1, 3, 5, "triangular2", 1.0, 0.8, 0.9)
@@ -221,8 +241,9 @@ def test_triangular2_past_a_thousand_cycles(backend):
     OverflowError there); the schedule must go on, with the amplitude at 0 (lr = base_lr),
     as the compiled kernels compute it."""
     p = _params(1)
-    opt = clr_ext.CyclicSGD(p, 0.01, 0.1, step_size_up=1, step_size_down=1, mode="triangular2", momentum=0.9,
-                            backend=backend)
+    opt = clr_ext.CyclicSGD(
+        p, 0.01, 0.1, step_size_up=1, step_size_down=1, mode="triangular2", momentum=0.9, backend=backend
+    )
     for k in range(2 * 1030):
         p[0].grad = torch.ones(5)
         opt.step()
@@ -237,8 +258,9 @@ def test_closure_returns_the_loss(backend):
     model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
     ref_model = copy.deepcopy(model)
     x, y = torch.randn(16, 6), torch.randn(16, 2)
-    opt = clr_ext.CyclicSGD(model.parameters(), 0.01, 0.2, step_size_up=4, momentum=0.9, weight_decay=1e-3,
-                            backend=backend)
+    opt = clr_ext.CyclicSGD(
+        model.parameters(), 0.01, 0.2, step_size_up=4, momentum=0.9, weight_decay=1e-3, backend=backend
+    )
     sgd = torch.optim.SGD(ref_model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-3)
     sched = torch.optim.lr_scheduler.CyclicLR(sgd, 0.01, 0.2, step_size_up=4)
 
@@ -248,6 +270,7 @@ def test_closure_returns_the_loss(backend):
             loss = torch.nn.functional.mse_loss(m(x), y)
             loss.backward()
             return loss
+
         return closure
 
     for k in range(25):
@@ -296,9 +319,13 @@ def _snapshot(opt, params):
     for p in params:
         if p in opt.state:
             state[id(p)] = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in opt.state[p].items()}
-    return dict(params=[p.detach().clone() for p in params], state=state, iteration=opt.iteration,
-                groups=[{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups],
-                counters={d: int(c) for d, c in getattr(opt, "_counters", {}).items()})
+    return dict(
+        params=[p.detach().clone() for p in params],
+        state=state,
+        iteration=opt.iteration,
+        groups=[{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups],
+        counters={d: int(c) for d, c in getattr(opt, "_counters", {}).items()},
+    )
 
 
 def _assert_unchanged(opt, params, snap):
@@ -308,8 +335,9 @@ def _assert_unchanged(opt, params, snap):
     for p in params:
         if p in opt.state:
             now[id(p)] = opt.state[p]
-    assert set(k for k, v in now.items() if v) == set(k for k, v in snap["state"].items() if v), \
+    assert set(k for k, v in now.items() if v) == set(k for k, v in snap["state"].items() if v), (
         "a failing step created or removed optimizer state"
+    )
     for key, st in snap["state"].items():
         for k, v in st.items():
             if torch.is_tensor(v):
@@ -337,8 +365,12 @@ def _break_grad_dtype(p):
     p.grad.data = torch.ones(p.shape, dtype=torch.float64 if p.dtype != torch.float64 else torch.float32)
 
 
-BREAKS = {"sparse-grad": _break_sparse, "int64-param": _break_int_param, "grad-shape": _break_grad_shape,
-          "grad-dtype": _break_grad_dtype}
+BREAKS = {
+    "sparse-grad": _break_sparse,
+    "int64-param": _break_int_param,
+    "grad-shape": _break_grad_shape,
+    "grad-dtype": _break_grad_dtype,
+}
 
 
 @pytest.mark.parametrize("warm", (False, True), ids=("first-step", "after-steps"))
@@ -360,8 +392,9 @@ def test_failing_step_changes_nothing(backend, breakage, where, warm):
     else:
         groups = [{"params": good[:2] + [bad] + good[2:]}]
     opt = clr_ext.CyclicSGD(groups, 0.01, 0.1, step_size_up=3, momentum=0.9, weight_decay=0.01, backend=backend)
-    ref = ReferencePair([{"params": init}], dict(momentum=0.9, weight_decay=0.01),
-                        dict(base_lr=0.01, max_lr=0.1, step_size_up=3))
+    ref = ReferencePair(
+        [{"params": init}], dict(momentum=0.9, weight_decay=0.01), dict(base_lr=0.01, max_lr=0.1, step_size_up=3)
+    )
     steps_before = 4 if warm else 0
     for k in range(steps_before + 6):
         gs = [torch.randn(t.shape, generator=gen) for t in init]
@@ -414,16 +447,28 @@ def _train(opt, params, gen, steps, none_every=0):
 
 def _build(dtype, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    values = [torch.randn(n, generator=gen).to(dtype) for n in (1, 17, 1031)] + [torch.randn(3, 5, generator=gen)
-                                                                                  .to(dtype)]
+    values = [torch.randn(n, generator=gen).to(dtype) for n in (1, 17, 1031)] + [
+        torch.randn(3, 5, generator=gen).to(dtype)
+    ]
     return values
 
 
 def _make_opt(values, backend, **overrides):
     params = [v.clone().requires_grad_(True) for v in values]
-    kwargs = dict(base_lr=[0.01, 0.002], max_lr=[0.08, 0.02], step_size_up=7, step_size_down=11, mode="exp_range",
-                  gamma=0.995, momentum=0.9, nesterov=True, weight_decay=0.01, base_momentum=[0.8, 0.85],
-                  max_momentum=[0.9, 0.95], backend=backend)
+    kwargs = dict(
+        base_lr=[0.01, 0.002],
+        max_lr=[0.08, 0.02],
+        step_size_up=7,
+        step_size_down=11,
+        mode="exp_range",
+        gamma=0.995,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=0.01,
+        base_momentum=[0.8, 0.85],
+        max_momentum=[0.9, 0.95],
+        backend=backend,
+    )
     kwargs.update(overrides)
     opt = clr_ext.CyclicSGD([{"params": params[:2]}, {"params": params[2:]}], **kwargs)
     return opt, params
@@ -455,8 +500,9 @@ def test_resume_is_bit_identical(backend, dtype):
     opt_c, pc = _make_opt(saved, backend, base_lr=[0.5, 0.5], max_lr=[0.9, 0.9], momentum=0.5)
     opt_c.load_state_dict(sd)
     assert opt_c.iteration == 23
-    assert opt_c.get_last_lr() == [cyclic_point(23, b, m, 7, 11, "exp_range", 0.995)[0]
-                                   for b, m in ((0.01, 0.08), (0.002, 0.02))]
+    assert opt_c.get_last_lr() == [
+        cyclic_point(23, b, m, 7, 11, "exp_range", 0.995)[0] for b, m in ((0.01, 0.08), (0.002, 0.02))
+    ]
     _train(opt_c, pc, gen, 40, none_every=7)
     assert opt_c.iteration == opt_a.iteration == 63
     assert opt_c.get_last_lr() == opt_a.get_last_lr()
@@ -480,8 +526,18 @@ def test_state_dict_format(backend):
         assert set(sd["state"][i]) == {"momentum_buffer"}
         assert torch.equal(sd["state"][i]["momentum_buffer"], opt.state[p]["momentum_buffer"])
     for g in sd["param_groups"]:
-        for key in ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize", "base_lr", "max_lr",
-                    "base_momentum", "max_momentum"):
+        for key in (
+            "lr",
+            "momentum",
+            "dampening",
+            "weight_decay",
+            "nesterov",
+            "maximize",
+            "base_lr",
+            "max_lr",
+            "base_momentum",
+            "max_momentum",
+        ):
             assert key in g
     pickle.loads(pickle.dumps(sd))  # no lambdas inside
     again = _roundtrip(sd)  # weights_only=True
@@ -491,7 +547,7 @@ def test_state_dict_format(backend):
 
 def test_state_dict_with_lambda_scale_fn_pickles(backend):
     p = _params(1)
-    opt = clr_ext.CyclicSGD(p, 0.01, 0.1, scale_fn=lambda c: 0.5 ** c, momentum=0.9, backend=backend)
+    opt = clr_ext.CyclicSGD(p, 0.01, 0.1, scale_fn=lambda c: 0.5**c, momentum=0.9, backend=backend)
     p[0].grad = torch.ones(5)
     opt.step()
     sd = opt.state_dict()
@@ -538,8 +594,14 @@ def test_state_dict_round_trip_into_torch_sgd(backend):
     values = _build(torch.float32)
     opt, params = _make_opt(values, backend)
     _train(opt, params, torch.Generator().manual_seed(0), 5)
-    sgd = torch.optim.SGD([{"params": [v.clone().requires_grad_(True) for v in values[:2]]},
-                           {"params": [v.clone().requires_grad_(True) for v in values[2:]]}], lr=0.1, momentum=0.9)
+    sgd = torch.optim.SGD(
+        [
+            {"params": [v.clone().requires_grad_(True) for v in values[:2]]},
+            {"params": [v.clone().requires_grad_(True) for v in values[2:]]},
+        ],
+        lr=0.1,
+        momentum=0.9,
+    )
     sgd.load_state_dict(_roundtrip(opt.state_dict()))
     for p, q in zip(params, [q for g in sgd.param_groups for q in g["params"]]):
         assert torch.equal(sgd.state[q]["momentum_buffer"], opt.state[p]["momentum_buffer"])
@@ -632,9 +694,11 @@ def test_step_hooks_and_profiler_label_still_work(backend, cls):
     (per optimizer and global) still run, and a profiler still sees the step's label."""
     p = torch.nn.Parameter(torch.zeros(4))
     p.grad = torch.ones(4)
-    opt = {"CyclicSGD": lambda: clr_ext.CyclicSGD([p], 0.01, 0.1, backend=backend),
-           "OneCycleSGD": lambda: clr_ext.OneCycleSGD([p], 0.1, 10, backend=backend),
-           "CyclicAdamW": lambda: clr_ext.CyclicAdamW([p], 0.01, 0.1, backend=backend)}[cls]()
+    opt = {
+        "CyclicSGD": lambda: clr_ext.CyclicSGD([p], 0.01, 0.1, backend=backend),
+        "OneCycleSGD": lambda: clr_ext.OneCycleSGD([p], 0.1, 10, backend=backend),
+        "CyclicAdamW": lambda: clr_ext.CyclicAdamW([p], 0.01, 0.1, backend=backend),
+    }[cls]()
     calls = []
     pre = opt.register_step_pre_hook(lambda o, a, k: calls.append(("pre", o.iteration)))
     post = opt.register_step_post_hook(lambda o, a, k: calls.append(("post", o.iteration)))

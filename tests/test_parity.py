@@ -9,6 +9,7 @@ Every run has several param groups with different bounds (given per group or as 
 sizes below and above the SIMD width with tails, and params whose grad is None on some
 steps. After every step the groups' lr / momentum must equal the reference pair's exactly.
 """
+
 from __future__ import annotations
 
 import copy
@@ -18,11 +19,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import pytest
 import torch
+from conftest import ALL_DTYPES, HALF_DTYPES, ReferencePair, assert_close_rel
 
 import clr_ext
 from clr_ext.schedule import cyclic_point
-
-from conftest import ALL_DTYPES, HALF_DTYPES, ReferencePair, assert_close_rel
 
 MODES = ("triangular", "triangular2", "exp_range")
 #: (momentum, nesterov, dampening): every valid combination (nesterov needs momentum > 0
@@ -91,8 +91,14 @@ class Problem:
         return out
 
 
-def make_cyclic(problem: Problem, backend: str, bounds_as: str, sgd_kwargs: Dict[str, Any],
-                sched_kwargs: Dict[str, Any], group_extra: Optional[List[Dict[str, Any]]] = None):
+def make_cyclic(
+    problem: Problem,
+    backend: str,
+    bounds_as: str,
+    sgd_kwargs: Dict[str, Any],
+    sched_kwargs: Dict[str, Any],
+    group_extra: Optional[List[Dict[str, Any]]] = None,
+):
     params = []
     groups = []
     for gi, group in enumerate(problem.groups):
@@ -143,16 +149,41 @@ def check_state(opt, params, ref: ReferencePair) -> None:
         assert_close_rel(mine_b, ref_b, what="momentum buffer", half_factor=2.0)
 
 
-def run_parity(backend, dtype, mode, momentum, nesterov, dampening, weight_decay, maximize, cycle_momentum,
-               steps, step_size_up, step_size_down, gamma, bounds_as="lists", group_sizes=GROUP_SIZES,
-               check_every=None, seed=0):
+def run_parity(
+    backend,
+    dtype,
+    mode,
+    momentum,
+    nesterov,
+    dampening,
+    weight_decay,
+    maximize,
+    cycle_momentum,
+    steps,
+    step_size_up,
+    step_size_down,
+    gamma,
+    bounds_as="lists",
+    group_sizes=GROUP_SIZES,
+    check_every=None,
+    seed=0,
+):
     problem = Problem(dtype, group_sizes, seed=seed)
     n_groups = len(group_sizes)
-    sgd_kwargs = dict(momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
-                      maximize=maximize)
-    sched_kwargs = dict(base_lr=BASE_LR[:n_groups], max_lr=MAX_LR[:n_groups], step_size_up=step_size_up,
-                        step_size_down=step_size_down, mode=mode, gamma=gamma, cycle_momentum=cycle_momentum,
-                        base_momentum=BASE_MOMENTUM[:n_groups], max_momentum=MAX_MOMENTUM[:n_groups])
+    sgd_kwargs = dict(
+        momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov, maximize=maximize
+    )
+    sched_kwargs = dict(
+        base_lr=BASE_LR[:n_groups],
+        max_lr=MAX_LR[:n_groups],
+        step_size_up=step_size_up,
+        step_size_down=step_size_down,
+        mode=mode,
+        gamma=gamma,
+        cycle_momentum=cycle_momentum,
+        base_momentum=BASE_MOMENTUM[:n_groups],
+        max_momentum=MAX_MOMENTUM[:n_groups],
+    )
     ref = ReferencePair([{"params": g} for g in problem.groups], sgd_kwargs, sched_kwargs)
     opt, params = make_cyclic(problem, backend, bounds_as, sgd_kwargs, sched_kwargs)
     check_reported(opt, ref, cycle_momentum, "after construction")
@@ -177,27 +208,53 @@ def _product():
     cases = []
     for mi, mode in enumerate(MODES):
         for vi, (momentum, nesterov, dampening) in enumerate(MOMENTUM_VARIANTS):
-            for wd, maximize, cycle, dtype in itertools.product(WEIGHT_DECAYS, (False, True), (True, False),
-                                                                 ALL_DTYPES):
+            for wd, maximize, cycle, dtype in itertools.product(
+                WEIGHT_DECAYS, (False, True), (True, False), ALL_DTYPES
+            ):
                 bounds_as = "lists" if (mi + vi + int(maximize)) % 2 == 0 else "dict"
                 cid = "%s-m%g%s%s-wd%g%s-%s-%s-%s" % (
-                    mode, momentum, "-nest" if nesterov else "", "-damp" if dampening else "", wd,
-                    "-max" if maximize else "", "cyc" if cycle else "nocyc", DTYPE_IDS[dtype], bounds_as)
-                cases.append(pytest.param(mode, momentum, nesterov, dampening, wd, maximize, cycle, dtype,
-                                          bounds_as, id=cid))
+                    mode,
+                    momentum,
+                    "-nest" if nesterov else "",
+                    "-damp" if dampening else "",
+                    wd,
+                    "-max" if maximize else "",
+                    "cyc" if cycle else "nocyc",
+                    DTYPE_IDS[dtype],
+                    bounds_as,
+                )
+                cases.append(
+                    pytest.param(mode, momentum, nesterov, dampening, wd, maximize, cycle, dtype, bounds_as, id=cid)
+                )
     return cases
 
 
 PRODUCT = _product()
 
 
-@pytest.mark.parametrize("mode,momentum,nesterov,dampening,weight_decay,maximize,cycle_momentum,dtype,bounds_as",
-                         PRODUCT)
-def test_parity_product(backend, mode, momentum, nesterov, dampening, weight_decay, maximize, cycle_momentum,
-                        dtype, bounds_as):
+@pytest.mark.parametrize(
+    "mode,momentum,nesterov,dampening,weight_decay,maximize,cycle_momentum,dtype,bounds_as", PRODUCT
+)
+def test_parity_product(
+    backend, mode, momentum, nesterov, dampening, weight_decay, maximize, cycle_momentum, dtype, bounds_as
+):
     # 3 full asymmetric cycles (7 up, 13 down); exp_range decays visibly (0.97**60 = 0.16).
-    run_parity(backend, dtype, mode, momentum, nesterov, dampening, weight_decay, maximize, cycle_momentum,
-               steps=60, step_size_up=7, step_size_down=13, gamma=0.97, bounds_as=bounds_as)
+    run_parity(
+        backend,
+        dtype,
+        mode,
+        momentum,
+        nesterov,
+        dampening,
+        weight_decay,
+        maximize,
+        cycle_momentum,
+        steps=60,
+        step_size_up=7,
+        step_size_down=13,
+        gamma=0.97,
+        bounds_as=bounds_as,
+    )
 
 
 #: The representative subset run for >= 1,000 steps, in every mode and dtype.
@@ -216,17 +273,48 @@ LONG_CONFIGS = {
 def test_parity_long(backend, dtype, mode, config):
     momentum, nesterov, dampening, wd, maximize, cycle, bounds_as = LONG_CONFIGS[config]
     # 1,000 steps = 4 cycles of 100 up + 150 down; exp_range: 0.999**1000 = 0.37.
-    run_parity(backend, dtype, mode, momentum, nesterov, dampening, wd, maximize, cycle, steps=1000,
-               step_size_up=100, step_size_down=150, gamma=0.999, bounds_as=bounds_as, check_every=250)
+    run_parity(
+        backend,
+        dtype,
+        mode,
+        momentum,
+        nesterov,
+        dampening,
+        wd,
+        maximize,
+        cycle,
+        steps=1000,
+        step_size_up=100,
+        step_size_down=150,
+        gamma=0.999,
+        bounds_as=bounds_as,
+        check_every=250,
+    )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode,momentum,nesterov,dampening,weight_decay,maximize,cycle_momentum,dtype,bounds_as",
-                         PRODUCT)
-def test_parity_product_long(backend, mode, momentum, nesterov, dampening, weight_decay, maximize, cycle_momentum,
-                             dtype, bounds_as):
-    run_parity(backend, dtype, mode, momentum, nesterov, dampening, weight_decay, maximize, cycle_momentum,
-               steps=1000, step_size_up=100, step_size_down=150, gamma=0.999, bounds_as=bounds_as)
+@pytest.mark.parametrize(
+    "mode,momentum,nesterov,dampening,weight_decay,maximize,cycle_momentum,dtype,bounds_as", PRODUCT
+)
+def test_parity_product_long(
+    backend, mode, momentum, nesterov, dampening, weight_decay, maximize, cycle_momentum, dtype, bounds_as
+):
+    run_parity(
+        backend,
+        dtype,
+        mode,
+        momentum,
+        nesterov,
+        dampening,
+        weight_decay,
+        maximize,
+        cycle_momentum,
+        steps=1000,
+        step_size_up=100,
+        step_size_down=150,
+        gamma=0.999,
+        bounds_as=bounds_as,
+    )
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: DTYPE_IDS[d])
@@ -234,17 +322,57 @@ def test_parity_large_tensors(backend, dtype):
     """Buckets big enough to be split over threads (the C++ kernel cuts the flattened
     elements of all tensors into 1024-element blocks from 32768 elements on)."""
     sizes = ([(40_000,), (1023,), (1,), (33_333,)], [(1025,), (64, 65)])
-    run_parity(backend, dtype, "triangular2", 0.9, False, 0.1, 0.01, False, True, steps=16, step_size_up=2,
-               step_size_down=3, gamma=1.0, group_sizes=sizes)
+    run_parity(
+        backend,
+        dtype,
+        "triangular2",
+        0.9,
+        False,
+        0.1,
+        0.01,
+        False,
+        True,
+        steps=16,
+        step_size_up=2,
+        step_size_down=3,
+        gamma=1.0,
+        group_sizes=sizes,
+    )
 
 
 @pytest.mark.parametrize("mode", ("triangular", "exp_range"))
 def test_parity_step_size_down_zero_and_fractional(backend, mode):
     # step_size_down=0 (a sawtooth) and fractional step sizes, as CyclicLR accepts them.
-    run_parity(backend, torch.float64, mode, 0.9, True, 0.0, 0.0, False, True, steps=40, step_size_up=5,
-               step_size_down=0, gamma=0.99)
-    run_parity(backend, torch.float64, mode, 0.9, False, 0.0, 0.01, False, True, steps=40, step_size_up=2.5,
-               step_size_down=3.5, gamma=0.99)
+    run_parity(
+        backend,
+        torch.float64,
+        mode,
+        0.9,
+        True,
+        0.0,
+        0.0,
+        False,
+        True,
+        steps=40,
+        step_size_up=5,
+        step_size_down=0,
+        gamma=0.99,
+    )
+    run_parity(
+        backend,
+        torch.float64,
+        mode,
+        0.9,
+        False,
+        0.0,
+        0.01,
+        False,
+        True,
+        steps=40,
+        step_size_up=2.5,
+        step_size_down=3.5,
+        gamma=0.99,
+    )
 
 
 # ----------------------------------------------------------------- per-group SGD values
@@ -253,12 +381,22 @@ def test_parity_step_size_down_zero_and_fractional(backend, mode):
 def test_per_group_sgd_values(backend):
     """momentum, dampening, weight_decay, nesterov and maximize given per group."""
     problem = Problem(torch.float32, seed=3)
-    extra = [dict(momentum=0.9, nesterov=True, weight_decay=0.02),
-             dict(momentum=0.5, dampening=0.3, maximize=True),
-             dict(momentum=0.0, weight_decay=0.0)]
+    extra = [
+        dict(momentum=0.9, nesterov=True, weight_decay=0.02),
+        dict(momentum=0.5, dampening=0.3, maximize=True),
+        dict(momentum=0.0, weight_decay=0.0),
+    ]
     sgd_kwargs = dict(momentum=0.7, dampening=0.0, weight_decay=0.01)
-    sched_kwargs = dict(base_lr=BASE_LR, max_lr=MAX_LR, step_size_up=5, step_size_down=9, mode="triangular",
-                        cycle_momentum=False, base_momentum=BASE_MOMENTUM, max_momentum=MAX_MOMENTUM)
+    sched_kwargs = dict(
+        base_lr=BASE_LR,
+        max_lr=MAX_LR,
+        step_size_up=5,
+        step_size_down=9,
+        mode="triangular",
+        cycle_momentum=False,
+        base_momentum=BASE_MOMENTUM,
+        max_momentum=MAX_MOMENTUM,
+    )
     ref = ReferencePair([dict(params=g, **e) for g, e in zip(problem.groups, extra)], sgd_kwargs, sched_kwargs)
     opt, params = make_cyclic(problem, backend, "lists", sgd_kwargs, sched_kwargs, group_extra=extra)
     for k in range(100):
@@ -285,16 +423,27 @@ def cosine_of_iteration(iteration):
     return 0.5 * (1.0 + math.cos(iteration / 40.0))
 
 
-@pytest.mark.parametrize("scale_fn,scale_mode", [(HalvingEveryCycle(), "cycle"), (cosine_of_iteration, "iterations"),
-                                                 (lambda c: 0.9 ** c, "cycle")],
-                         ids=["cycle", "iterations", "lambda-cycle"])
+@pytest.mark.parametrize(
+    "scale_fn,scale_mode",
+    [(HalvingEveryCycle(), "cycle"), (cosine_of_iteration, "iterations"), (lambda c: 0.9**c, "cycle")],
+    ids=["cycle", "iterations", "lambda-cycle"],
+)
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float64), ids=lambda d: DTYPE_IDS[d])
 def test_custom_scale_fn(backend, scale_fn, scale_mode, dtype):
     problem = Problem(dtype, seed=5)
     sgd_kwargs = dict(momentum=0.9, weight_decay=0.01)
-    sched_kwargs = dict(base_lr=BASE_LR, max_lr=MAX_LR, step_size_up=6, step_size_down=10, mode="triangular",
-                        scale_fn=scale_fn, scale_mode=scale_mode, cycle_momentum=True,
-                        base_momentum=BASE_MOMENTUM, max_momentum=MAX_MOMENTUM)
+    sched_kwargs = dict(
+        base_lr=BASE_LR,
+        max_lr=MAX_LR,
+        step_size_up=6,
+        step_size_down=10,
+        mode="triangular",
+        scale_fn=scale_fn,
+        scale_mode=scale_mode,
+        cycle_momentum=True,
+        base_momentum=BASE_MOMENTUM,
+        max_momentum=MAX_MOMENTUM,
+    )
     ref = ReferencePair([{"params": g} for g in problem.groups], sgd_kwargs, sched_kwargs)
     opt, params = make_cyclic(problem, backend, "lists", sgd_kwargs, sched_kwargs)
     check_reported(opt, ref, True, "construction")
@@ -316,7 +465,7 @@ def _extra_mode_lr(mode, i, base_lr, max_lr, up, gamma):
     if mode == "fixed":
         return base_lr
     if mode == "exp":
-        return base_lr * gamma ** i
+        return base_lr * gamma**i
     return base_lr + (max_lr - base_lr) * max(0.0, 1.0 - i / up)
 
 
@@ -327,18 +476,33 @@ def test_extra_modes_parity(backend, mode, dtype):
     step from the policy's definition."""
     problem = Problem(dtype, seed=7)
     up, gamma = 30.0, 0.98
-    opt, params = make_cyclic(problem, backend, "lists", dict(momentum=0.9, weight_decay=0.01),
-                              dict(base_lr=BASE_LR, max_lr=MAX_LR, step_size_up=up, mode=mode, gamma=gamma,
-                                   cycle_momentum=True, base_momentum=BASE_MOMENTUM, max_momentum=MAX_MOMENTUM))
+    opt, params = make_cyclic(
+        problem,
+        backend,
+        "lists",
+        dict(momentum=0.9, weight_decay=0.01),
+        dict(
+            base_lr=BASE_LR,
+            max_lr=MAX_LR,
+            step_size_up=up,
+            mode=mode,
+            gamma=gamma,
+            cycle_momentum=True,
+            base_momentum=BASE_MOMENTUM,
+            max_momentum=MAX_MOMENTUM,
+        ),
+    )
     ref_params = [t.clone().requires_grad_(True) for g in problem.groups for t in g]
     it = iter(ref_params)
-    sgd = torch.optim.SGD([{"params": [next(it) for _ in g]} for g in problem.groups], lr=0.0, momentum=0.9,
-                          weight_decay=0.01)
+    sgd = torch.optim.SGD(
+        [{"params": [next(it) for _ in g]} for g in problem.groups], lr=0.0, momentum=0.9, weight_decay=0.01
+    )
     for k in range(80):
         for gi, group in enumerate(sgd.param_groups):
             group["lr"] = _extra_mode_lr(mode, k, BASE_LR[gi], MAX_LR[gi], up, gamma)
-            group["momentum"] = cyclic_point(k, BASE_LR[gi], MAX_LR[gi], up, None, mode, gamma,
-                                             BASE_MOMENTUM[gi], MAX_MOMENTUM[gi])[1]
+            group["momentum"] = cyclic_point(
+                k, BASE_LR[gi], MAX_LR[gi], up, None, mode, gamma, BASE_MOMENTUM[gi], MAX_MOMENTUM[gi]
+            )[1]
             assert opt.param_groups[gi]["lr"] == pytest.approx(group["lr"], rel=1e-15, abs=0)
             assert opt.param_groups[gi]["momentum"] == group["momentum"]
         if mode == "decay" and k >= up:
@@ -365,8 +529,7 @@ def test_half_every_element_changes(backend, dtype, momentum):
     gen = torch.Generator().manual_seed(11)
     sizes = (1, 7, 15, 16, 17, 31, 32, 33, 64, 1031, 4099)
     params = [torch.ones(n, dtype=dtype, requires_grad=True) for n in sizes]
-    opt = clr_ext.CyclicSGD(params, 0.1, 0.1, step_size_up=10, momentum=momentum, cycle_momentum=False,
-                            backend=backend)
+    opt = clr_ext.CyclicSGD(params, 0.1, 0.1, step_size_up=10, momentum=momentum, cycle_momentum=False, backend=backend)
     grads = []
     for p in params:
         sign = torch.where(torch.rand(p.shape, generator=gen) < 0.5, -1.0, 1.0)
@@ -426,13 +589,19 @@ def test_non_contiguous_params(backend, dtype, layout, grad_layout):
     p.requires_grad_(True)
     extra = torch.randn(1031, generator=gen, dtype=torch.float64).to(dtype).requires_grad_(True)
     strides, ptr = p.stride(), p.data_ptr()
-    ref = ReferencePair([{"params": [p.detach(), extra.detach()]}], dict(momentum=0.9, weight_decay=0.01),
-                        dict(base_lr=0.01, max_lr=0.05, step_size_up=4, step_size_down=6))
-    opt = clr_ext.CyclicSGD([p, extra], 0.01, 0.05, step_size_up=4, step_size_down=6, momentum=0.9,
-                            weight_decay=0.01, backend=backend)
+    ref = ReferencePair(
+        [{"params": [p.detach(), extra.detach()]}],
+        dict(momentum=0.9, weight_decay=0.01),
+        dict(base_lr=0.01, max_lr=0.05, step_size_up=4, step_size_down=6),
+    )
+    opt = clr_ext.CyclicSGD(
+        [p, extra], 0.01, 0.05, step_size_up=4, step_size_down=6, momentum=0.9, weight_decay=0.01, backend=backend
+    )
     for k in range(30):
-        gs = [(0.5 * t.detach().double() + torch.randn(t.shape, generator=gen, dtype=torch.float64)).to(dtype)
-              for t in (p, extra)]
+        gs = [
+            (0.5 * t.detach().double() + torch.randn(t.shape, generator=gen, dtype=torch.float64)).to(dtype)
+            for t in (p, extra)
+        ]
         ref.step(gs)
         for t, g in zip((p, extra), gs):
             if grad_layout == "same":
@@ -453,8 +622,7 @@ def test_non_contiguous_params(backend, dtype, layout, grad_layout):
 def test_zero_element_params(backend, momentum):
     gen = torch.Generator().manual_seed(8)
     init = [torch.empty(0), torch.randn(17, generator=gen), torch.empty(3, 0), torch.randn(5, generator=gen)]
-    ref = ReferencePair([{"params": init}], dict(momentum=momentum), dict(base_lr=0.01, max_lr=0.1,
-                                                                          step_size_up=3))
+    ref = ReferencePair([{"params": init}], dict(momentum=momentum), dict(base_lr=0.01, max_lr=0.1, step_size_up=3))
     params = [t.clone().requires_grad_(True) for t in init]
     opt = clr_ext.CyclicSGD(params, 0.01, 0.1, step_size_up=3, momentum=momentum, backend=backend)
     for k in range(12):
@@ -476,12 +644,20 @@ def test_zero_element_params(backend, momentum):
 
 def test_mixed_dtypes_in_one_group(backend):
     """float32, float64, float16 and bfloat16 params in one group (and in two groups)."""
-    problem = Problem(None, ([(17,), (1031,), (7,), (33,)], [(9,), (65,), (1,), (1030,)]), seed=9,
-                      dtypes=list(ALL_DTYPES) * 2)
+    problem = Problem(
+        None, ([(17,), (1031,), (7,), (33,)], [(9,), (65,), (1,), (1030,)]), seed=9, dtypes=list(ALL_DTYPES) * 2
+    )
     sgd_kwargs = dict(momentum=0.9, dampening=0.1, weight_decay=0.01)
-    sched_kwargs = dict(base_lr=BASE_LR[:2], max_lr=MAX_LR[:2], step_size_up=5, step_size_down=8,
-                        mode="exp_range", gamma=0.99, base_momentum=BASE_MOMENTUM[:2],
-                        max_momentum=MAX_MOMENTUM[:2])
+    sched_kwargs = dict(
+        base_lr=BASE_LR[:2],
+        max_lr=MAX_LR[:2],
+        step_size_up=5,
+        step_size_down=8,
+        mode="exp_range",
+        gamma=0.99,
+        base_momentum=BASE_MOMENTUM[:2],
+        max_momentum=MAX_MOMENTUM[:2],
+    )
     ref = ReferencePair([{"params": g} for g in problem.groups], sgd_kwargs, sched_kwargs)
     opt, params = make_cyclic(problem, backend, "lists", sgd_kwargs, sched_kwargs)
     for k in range(120):
@@ -512,9 +688,10 @@ def test_grad_scale_found_inf_vs_fused_sgd(backend, dtype, momentum):
     sched_kwargs = dict(base_lr=0.01, max_lr=0.06, step_size_up=3, step_size_down=5, cycle_momentum=False)
     ref = ReferencePair([{"params": init}], sgd_kwargs, sched_kwargs, fused=True)
     params = [t.clone().requires_grad_(True) for t in init]
-    opt = clr_ext.CyclicSGD(params, 0.01, 0.06, step_size_up=3, step_size_down=5, cycle_momentum=False,
-                            backend=backend, **sgd_kwargs)
-    scale = 2.0 ** 12
+    opt = clr_ext.CyclicSGD(
+        params, 0.01, 0.06, step_size_up=3, step_size_down=5, cycle_momentum=False, backend=backend, **sgd_kwargs
+    )
+    scale = 2.0**12
     for k in range(40):
         inf = k in (4, 5, 17)
         gs = [(scale * torch.randn(t.shape, generator=gen, dtype=torch.float64)).to(dtype) for t in init]
@@ -588,10 +765,22 @@ def test_compiled_backends_bit_identical():
     for name in built:
         for dtype in ALL_DTYPES:
             problem = Problem(dtype, seed=21)
-            opt, params = make_cyclic(problem, name, "lists", dict(momentum=0.9, nesterov=True, weight_decay=0.01),
-                                      dict(base_lr=BASE_LR, max_lr=MAX_LR, step_size_up=5, step_size_down=7,
-                                           mode="exp_range", gamma=0.99, base_momentum=BASE_MOMENTUM,
-                                           max_momentum=MAX_MOMENTUM))
+            opt, params = make_cyclic(
+                problem,
+                name,
+                "lists",
+                dict(momentum=0.9, nesterov=True, weight_decay=0.01),
+                dict(
+                    base_lr=BASE_LR,
+                    max_lr=MAX_LR,
+                    step_size_up=5,
+                    step_size_down=7,
+                    mode="exp_range",
+                    gamma=0.99,
+                    base_momentum=BASE_MOMENTUM,
+                    max_momentum=MAX_MOMENTUM,
+                ),
+            )
             for k in range(60):
                 noise = problem.noise()
                 for p, g in zip(params, problem.grads(params, noise, k, False)):
@@ -611,11 +800,12 @@ def test_with_torch_amp_grad_scaler(backend):
     model = torch.nn.Sequential(torch.nn.Linear(8, 33), torch.nn.Tanh(), torch.nn.Linear(33, 3))
     ref_model = copy.deepcopy(model)
     x, y = torch.randn(32, 8), torch.randn(32, 3)
-    opt = clr_ext.CyclicSGD(model.parameters(), 0.01, 0.1, step_size_up=3, momentum=0.9, weight_decay=1e-3,
-                            backend=backend)
+    opt = clr_ext.CyclicSGD(
+        model.parameters(), 0.01, 0.1, step_size_up=3, momentum=0.9, weight_decay=1e-3, backend=backend
+    )
     sgd = torch.optim.SGD(ref_model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-3, fused=True)
     sched = torch.optim.lr_scheduler.CyclicLR(sgd, 0.01, 0.1, step_size_up=3)
-    scalers = [torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=4) for _ in range(2)]
+    scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=4) for _ in range(2)]
     history = [scalers[0].get_scale()]
     for k in range(20):
         for m, o, scaler in ((model, opt, scalers[0]), (ref_model, sgd, scalers[1])):
@@ -637,6 +827,7 @@ def test_with_torch_amp_grad_scaler(backend):
 
 # ------------------------------------------------------------ bit for bit on the CPU
 
+
 def _aten_fuses_multiply_adds() -> bool:
     """ATen's AVX2 / AVX-512 kernels compute ``x.add_(y, alpha=a)`` as one fused
     multiply-add (Vectorized::fmadd); its DEFAULT build rounds the product first."""
@@ -649,11 +840,13 @@ def _aten_fuses_multiply_adds() -> bool:
 @pytest.mark.skipif(not _aten_fuses_multiply_adds(), reason="ATen runs its DEFAULT (non-FMA) CPU kernels here")
 @pytest.mark.parametrize("foreach", (False, True), ids=("for-loop", "foreach"))
 @pytest.mark.parametrize("momentum,nesterov,dampening", MOMENTUM_VARIANTS)
-@pytest.mark.parametrize("weight_decay,maximize,cycle_momentum", ((0.0, False, True), (0.01, True, False),
-                                                                  (0.01, False, True)))
+@pytest.mark.parametrize(
+    "weight_decay,maximize,cycle_momentum", ((0.0, False, True), (0.01, True, False), (0.01, False, True))
+)
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float64), ids=lambda d: DTYPE_IDS[d])
-def test_bit_identical_to_torch_sgd(backend, dtype, momentum, nesterov, dampening, weight_decay, maximize,
-                                    cycle_momentum, foreach):
+def test_bit_identical_to_torch_sgd(
+    backend, dtype, momentum, nesterov, dampening, weight_decay, maximize, cycle_momentum, foreach
+):
     """fp32 / fp64 on the CPU: the same bits as torch.optim.SGD + CyclicLR after every step
     (csrc/sgd_update.h rounds where ATen rounds: each add with alpha is one fma), for
     sizes with and without SIMD tails, 300 steps, params without a grad now and then."""
@@ -662,10 +855,19 @@ def test_bit_identical_to_torch_sgd(backend, dtype, momentum, nesterov, dampenin
     init = [torch.randn(n, generator=gen, dtype=dtype) for n in sizes]
     ours = [t.clone().requires_grad_() for t in init]
     theirs = [t.clone().requires_grad_() for t in init]
-    sgd_kw = dict(momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
-                  maximize=maximize)
-    sched_kw = dict(base_lr=0.002, max_lr=0.05, step_size_up=37, step_size_down=63, mode="triangular2",
-                    cycle_momentum=cycle_momentum, base_momentum=0.8, max_momentum=0.9)
+    sgd_kw = dict(
+        momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov, maximize=maximize
+    )
+    sched_kw = dict(
+        base_lr=0.002,
+        max_lr=0.05,
+        step_size_up=37,
+        step_size_down=63,
+        mode="triangular2",
+        cycle_momentum=cycle_momentum,
+        base_momentum=0.8,
+        max_momentum=0.9,
+    )
     opt = clr_ext.CyclicSGD(ours, backend=backend, **sched_kw, **sgd_kw)
     sgd = torch.optim.SGD(theirs, lr=0.002, foreach=foreach, **sgd_kw)
     sched = torch.optim.lr_scheduler.CyclicLR(sgd, **sched_kw)

@@ -57,8 +57,9 @@ def lambda_max(x, y):
     """Largest eigenvalue of the Hessian of the loss exactly as range_test sees it:
     nn.MSELoss()(x @ w, y) as a function of w (full batch)."""
     loss = nn.MSELoss()
-    h = torch.autograd.functional.hessian(lambda w: loss(x @ w.unsqueeze(1), y),
-                                          torch.zeros(x.shape[1], dtype=torch.float64))
+    h = torch.autograd.functional.hessian(
+        lambda w: loss(x @ w.unsqueeze(1), y), torch.zeros(x.shape[1], dtype=torch.float64)
+    )
     # The closed form, as a cross-check of the definition: H = 2/n X^T X.
     assert torch.allclose(h, 2.0 / len(x) * x.T @ x, rtol=1e-10, atol=1e-12)
     return torch.linalg.eigvalsh(h)[-1].item()
@@ -66,16 +67,14 @@ def lambda_max(x, y):
 
 def small_bn_model(seed=0):
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.2),
-                          nn.Linear(16, 3))
+    model = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
     model.register_buffer("scratch", torch.zeros(3), persistent=False)  # state_dict() misses it
     return model
 
 
 def classification_batches(seed=0, n_batches=4, bs=16):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(bs, 6, generator=g), torch.randint(0, 3, (bs,), generator=g))
-            for _ in range(n_batches)]
+    return [(torch.randn(bs, 6, generator=g), torch.randint(0, 3, (bs,), generator=g)) for _ in range(n_batches)]
 
 
 def full_state(model, optimizer=None):
@@ -145,11 +144,20 @@ def test_least_squares_divergence_edge_plain_sgd(seed):
     within [edge/2, 1.2 edge] (tests/test_range_test_edge.py: more problem shapes)."""
     x, y = least_squares(seed)
     edge = 2.0 / lambda_max(x, y)
-    loader = ListLoader([(x[i:i + 64], y[i:i + 64]) for i in range(0, len(x), 64)])
+    loader = ListLoader([(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x), 64)])
     torch.manual_seed(seed)
     model = nn.Linear(x.shape[1], 1, bias=False).double()
-    result = range_test(model, loader, nn.MSELoss(), start_lr=edge * 1e-4, end_lr=edge * 100,
-                        num_iters=200, sweep="exp", momentum=0.0, progress=False)
+    result = range_test(
+        model,
+        loader,
+        nn.MSELoss(),
+        start_lr=edge * 1e-4,
+        end_lr=edge * 100,
+        num_iters=200,
+        sweep="exp",
+        momentum=0.0,
+        progress=False,
+    )
     assert result.diverged and result.stop_reason in ("diverged", "nan")
     assert len(result.lrs) < 200
     # It stopped after the edge, and soon: within a factor 3 (16 steps of this sweep).
@@ -169,11 +177,20 @@ def test_least_squares_divergence_edge_heavy_ball():
     m = 0.9
     x, y = least_squares(7)
     edge = 2.0 * (1.0 + m) / lambda_max(x, y)
-    loader = ListLoader([(x[i:i + 64], y[i:i + 64]) for i in range(0, len(x), 64)])
+    loader = ListLoader([(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x), 64)])
     torch.manual_seed(7)
     model = nn.Linear(x.shape[1], 1, bias=False).double()
-    result = range_test(model, loader, nn.MSELoss(), start_lr=edge * 1e-4, end_lr=edge * 100,
-                        num_iters=200, sweep="exp", momentum=m, progress=False)
+    result = range_test(
+        model,
+        loader,
+        nn.MSELoss(),
+        start_lr=edge * 1e-4,
+        end_lr=edge * 100,
+        num_iters=200,
+        sweep="exp",
+        momentum=m,
+        progress=False,
+    )
     assert result.diverged
     assert edge < result.lrs[-1] <= 3 * edge
     assert result.base_lr < result.max_lr <= 1.5 * edge
@@ -184,8 +201,17 @@ def test_least_squares_divergence_edge_heavy_ball():
 def test_sweep_shape_and_endpoints(sweep):
     model = nn.Linear(2, 1)
     loader = ListLoader([(torch.randn(4, 2), torch.randn(4, 1))])
-    result = range_test(model, loader, nn.MSELoss(), start_lr=1e-6, end_lr=1e-3, num_iters=9,
-                        sweep=sweep, diverge_factor=math.inf, progress=False)
+    result = range_test(
+        model,
+        loader,
+        nn.MSELoss(),
+        start_lr=1e-6,
+        end_lr=1e-3,
+        num_iters=9,
+        sweep=sweep,
+        diverge_factor=math.inf,
+        progress=False,
+    )
     lrs = result.lrs
     assert len(lrs) == 9 and lrs[0] == 1e-6 and lrs[-1] == 1e-3
     if sweep == "linear":
@@ -210,8 +236,18 @@ def test_given_optimizer_lr_is_overwritten_and_restored():
     model = nn.Linear(3, 1)
     opt = RecordingSGD([{"params": [model.weight]}, {"params": [model.bias], "lr": 7.0}], lr=0.5)
     loader = ListLoader([(torch.randn(8, 3), torch.randn(8, 1))] * 2)
-    result = range_test(model, loader, nn.MSELoss(), start_lr=1e-4, end_lr=1e-2, num_iters=5,
-                        sweep="linear", optimizer=opt, diverge_factor=math.inf, progress=False)
+    result = range_test(
+        model,
+        loader,
+        nn.MSELoss(),
+        start_lr=1e-4,
+        end_lr=1e-2,
+        num_iters=5,
+        sweep="linear",
+        optimizer=opt,
+        diverge_factor=math.inf,
+        progress=False,
+    )
     assert [s[0] for s in seen] == result.lrs
     assert [s[1] for s in seen] == pytest.approx([14.0 * lr for lr in result.lrs], rel=1e-15)
     assert [g["lr"] for g in opt.param_groups] == [0.5, 7.0]
@@ -223,21 +259,39 @@ def test_cyclic_sgd_is_refused():
     model = nn.Linear(2, 1)
     opt = clr_ext.CyclicSGD(model.parameters(), 0.01, 0.1)
     with pytest.raises(TypeError, match="CyclicSGD"):
-        range_test(model, ListLoader([(torch.randn(2, 2), torch.randn(2, 1))]), nn.MSELoss(),
-                   optimizer=opt, progress=False)
+        range_test(
+            model, ListLoader([(torch.randn(2, 2), torch.randn(2, 1))]), nn.MSELoss(), optimizer=opt, progress=False
+        )
 
 
 # ---------------------------------------------------------------------------- restore
 def test_restore_is_exact_after_a_normal_run():
     model, opt = prepared_model_and_optimizer()
     before = full_state(model, opt)
-    result = range_test(model, ListLoader(classification_batches()), nn.functional.cross_entropy,
-                        start_lr=1e-3, end_lr=1.0, num_iters=12, optimizer=opt, progress=False)
+    result = range_test(
+        model,
+        ListLoader(classification_batches()),
+        nn.functional.cross_entropy,
+        start_lr=1e-3,
+        end_lr=1.0,
+        num_iters=12,
+        optimizer=opt,
+        progress=False,
+    )
     assert len(result.lrs) >= 2
     assert_same_state(before, full_state(model, opt))
     # The same run without restore does change the model: the check above is not vacuous.
-    range_test(model, ListLoader(classification_batches()), nn.functional.cross_entropy,
-               start_lr=1e-3, end_lr=1.0, num_iters=12, optimizer=opt, restore=False, progress=False)
+    range_test(
+        model,
+        ListLoader(classification_batches()),
+        nn.functional.cross_entropy,
+        start_lr=1e-3,
+        end_lr=1.0,
+        num_iters=12,
+        optimizer=opt,
+        restore=False,
+        progress=False,
+    )
     after = full_state(model, opt)
     assert not torch.equal(before["buffers"]["1.running_mean"], after["buffers"]["1.running_mean"])
     assert not torch.equal(before["params"]["0.weight"], after["params"]["0.weight"])
@@ -247,8 +301,15 @@ def test_restore_with_the_default_optimizer_and_eval_model():
     model = small_bn_model()
     model.eval()  # range_test trains in train mode, then puts eval mode back
     before = full_state(model)
-    range_test(model, ListLoader(classification_batches()), nn.functional.cross_entropy,
-               start_lr=1e-3, end_lr=0.5, num_iters=10, progress=False)
+    range_test(
+        model,
+        ListLoader(classification_batches()),
+        nn.functional.cross_entropy,
+        start_lr=1e-3,
+        end_lr=0.5,
+        num_iters=10,
+        progress=False,
+    )
     assert_same_state(before, full_state(model))
 
 
@@ -265,8 +326,16 @@ def test_restore_is_exact_after_an_exception_mid_test(exc):
         return nn.functional.cross_entropy(out, target)
 
     with pytest.raises(exc):
-        range_test(model, ListLoader(classification_batches()), loss_fn, start_lr=1e-3, end_lr=1.0,
-                   num_iters=20, optimizer=opt, progress=False)
+        range_test(
+            model,
+            ListLoader(classification_batches()),
+            loss_fn,
+            start_lr=1e-3,
+            end_lr=1.0,
+            num_iters=20,
+            optimizer=opt,
+            progress=False,
+        )
     assert calls["n"] == 6
     assert_same_state(before, full_state(model, opt))
 
@@ -281,8 +350,14 @@ def test_restore_after_an_exception_in_the_validation_pass():
             raise ValueError("broken validation data")
 
     with pytest.raises(ValueError, match="broken validation"):
-        range_test(model, ListLoader(classification_batches()), nn.functional.cross_entropy,
-                   val_loader=BrokenVal(), num_iters=5, progress=False)
+        range_test(
+            model,
+            ListLoader(classification_batches()),
+            nn.functional.cross_entropy,
+            val_loader=BrokenVal(),
+            num_iters=5,
+            progress=False,
+        )
     assert_same_state(before, full_state(model))
 
 
@@ -297,8 +372,16 @@ def test_nan_or_inf_loss_stops_the_test(bad):
         loss = nn.functional.cross_entropy(out, target)
         return loss * bad if calls["n"] == 8 else loss
 
-    result = range_test(model, ListLoader(classification_batches()), loss_fn, start_lr=1e-4, end_lr=1e-2,
-                        num_iters=50, diverge_factor=math.inf, progress=False)
+    result = range_test(
+        model,
+        ListLoader(classification_batches()),
+        loss_fn,
+        start_lr=1e-4,
+        end_lr=1e-2,
+        num_iters=50,
+        diverge_factor=math.inf,
+        progress=False,
+    )
     assert result.diverged and result.stop_reason == "nan"
     assert len(result.lrs) == len(result.losses) == len(result.smoothed_losses) == 8
     assert not math.isfinite(result.losses[-1]) and math.isnan(result.smoothed_losses[-1])
@@ -317,31 +400,49 @@ def test_ratio_divergence_and_the_documented_ema():
         loss = nn.functional.mse_loss(out, target) + 1.0
         return loss * (50.0 if calls["n"] > 30 else 1.0)
 
-    result = range_test(model, data, loss_fn, start_lr=1e-5, end_lr=1e-4, num_iters=100, smooth=0.1,
-                        diverge_factor=4.0, progress=False)
+    result = range_test(
+        model, data, loss_fn, start_lr=1e-5, end_lr=1e-4, num_iters=100, smooth=0.1, diverge_factor=4.0, progress=False
+    )
     assert result.diverged and result.stop_reason == "diverged"
     assert 31 <= len(result.lrs) < 40
     # smoothed = bias-corrected EMA with weight `smooth` on the newest loss.
     avg, beta = 0.0, 0.9
     for k, (raw, sm) in enumerate(zip(result.losses, result.smoothed_losses), start=1):
         avg = beta * avg + 0.1 * raw
-        assert math.isclose(sm, avg / (1 - beta ** k), rel_tol=1e-12)
+        assert math.isclose(sm, avg / (1 - beta**k), rel_tol=1e-12)
     assert result.smoothed_losses[-1] > 4.0 * min(result.smoothed_losses[:-1])
-    assert all(s <= 4.0 * min(result.smoothed_losses[:i + 1]) for i, s in enumerate(result.smoothed_losses[:-1]))
+    assert all(s <= 4.0 * min(result.smoothed_losses[: i + 1]) for i, s in enumerate(result.smoothed_losses[:-1]))
 
 
 def test_smooth_zero_means_raw():
     model = nn.Linear(3, 1)
     data = ListLoader([(torch.randn(8, 3), torch.randn(8, 1)) for _ in range(3)])
-    result = range_test(model, data, nn.MSELoss(), start_lr=1e-5, end_lr=1e-4, num_iters=6, smooth=0.0,
-                        diverge_factor=math.inf, progress=False)
+    result = range_test(
+        model,
+        data,
+        nn.MSELoss(),
+        start_lr=1e-5,
+        end_lr=1e-4,
+        num_iters=6,
+        smooth=0.0,
+        diverge_factor=math.inf,
+        progress=False,
+    )
     assert result.smoothed_losses == result.losses
 
 
 # -------------------------------------------------------------------------- metrics
 def test_accuracy_metric_on_training_batches():
-    result = range_test(small_bn_model(), ListLoader(classification_batches()), nn.functional.cross_entropy,
-                        start_lr=1e-3, end_lr=0.3, num_iters=15, metric="accuracy", progress=False)
+    result = range_test(
+        small_bn_model(),
+        ListLoader(classification_batches()),
+        nn.functional.cross_entropy,
+        start_lr=1e-3,
+        end_lr=0.3,
+        num_iters=15,
+        metric="accuracy",
+        progress=False,
+    )
     assert result.metric == "accuracy" and result.reading == "metric" and result.measured_on == "train"
     assert len(result.metrics) == len(result.lrs)
     assert all(0.0 <= a <= 1.0 for a in result.metrics)
@@ -365,9 +466,18 @@ def test_callable_metric_and_val_loader_every_step():
         seen["training"].add(model.training)
         return -float((out.softmax(-1).argmax(-1) - target).abs().float().mean())
 
-    result = range_test(model, ListLoader(classification_batches()), nn.functional.cross_entropy,
-                        start_lr=1e-3, end_lr=0.1, num_iters=7, metric=neg_mae, val_loader=val,
-                        diverge_factor=math.inf, progress=False)
+    result = range_test(
+        model,
+        ListLoader(classification_batches()),
+        nn.functional.cross_entropy,
+        start_lr=1e-3,
+        end_lr=0.1,
+        num_iters=7,
+        metric=neg_mae,
+        val_loader=val,
+        diverge_factor=math.inf,
+        progress=False,
+    )
     assert result.metric == "neg_mae" and result.measured_on == "val"
     assert seen["calls"] == 7 * 3  # the whole val loader, after every step (stride 1)
     assert seen["training"] == {False}  # evaluated in eval mode
@@ -386,21 +496,32 @@ def test_callable_metric_and_val_loader_every_step():
 
 
 # ------------------------------------------------------------------ argument checks
-@pytest.mark.parametrize("kwargs, name", [
-    (dict(start_lr=0.0), "start_lr"), (dict(start_lr=-1.0), "start_lr"), (dict(start_lr=math.nan), "start_lr"),
-    (dict(end_lr=1e-6), "end_lr"), (dict(end_lr=math.inf), "end_lr"),
-    (dict(num_iters=1), "num_iters"), (dict(num_iters=2.5), "num_iters"), (dict(num_iters=True), "num_iters"),
-    (dict(sweep="log"), "sweep"), (dict(metric="f1"), "metric"),
-    (dict(smooth=1.0), "smooth"), (dict(smooth=-0.1), "smooth"),
-    (dict(diverge_factor=1.0), "diverge_factor"), (dict(diverge_factor=math.nan), "diverge_factor"),
-    (dict(momentum=1.5), "momentum"), (dict(weight_decay=-1.0), "weight_decay"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(start_lr=0.0), "start_lr"),
+        (dict(start_lr=-1.0), "start_lr"),
+        (dict(start_lr=math.nan), "start_lr"),
+        (dict(end_lr=1e-6), "end_lr"),
+        (dict(end_lr=math.inf), "end_lr"),
+        (dict(num_iters=1), "num_iters"),
+        (dict(num_iters=2.5), "num_iters"),
+        (dict(num_iters=True), "num_iters"),
+        (dict(sweep="log"), "sweep"),
+        (dict(metric="f1"), "metric"),
+        (dict(smooth=1.0), "smooth"),
+        (dict(smooth=-0.1), "smooth"),
+        (dict(diverge_factor=1.0), "diverge_factor"),
+        (dict(diverge_factor=math.nan), "diverge_factor"),
+        (dict(momentum=1.5), "momentum"),
+        (dict(weight_decay=-1.0), "weight_decay"),
+    ],
+)
 def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
     model = nn.Linear(2, 1)
     before = full_state(model)
     with pytest.raises(ValueError, match=name):
-        range_test(model, ListLoader([(torch.randn(2, 2), torch.randn(2, 1))]), nn.MSELoss(),
-                   progress=False, **kwargs)
+        range_test(model, ListLoader([(torch.randn(2, 2), torch.randn(2, 1))]), nn.MSELoss(), progress=False, **kwargs)
     assert_same_state(before, full_state(model))
 
 
@@ -421,8 +542,17 @@ def _some_result():
         loss = nn.functional.cross_entropy(out, target)
         return loss * math.nan if calls["n"] == 20 else loss
 
-    return range_test(small_bn_model(), ListLoader(classification_batches()), loss_fn, start_lr=1e-4,
-                      end_lr=1.0, num_iters=30, sweep="exp", metric="accuracy", progress=False)
+    return range_test(
+        small_bn_model(),
+        ListLoader(classification_batches()),
+        loss_fn,
+        start_lr=1e-4,
+        end_lr=1.0,
+        num_iters=30,
+        sweep="exp",
+        metric="accuracy",
+        progress=False,
+    )
 
 
 def test_save_load_round_trip(tmp_path):
@@ -436,8 +566,21 @@ def test_save_load_round_trip(tmp_path):
         a, b = getattr(result, name), getattr(loaded, name)
         assert len(a) == len(b)
         assert all((math.isnan(u) and math.isnan(v)) or u == v for u, v in zip(a, b)), name
-    for name in ("diverged", "base_lr", "max_lr", "sweep", "metric", "reading", "measured_on", "start_lr",
-                 "end_lr", "num_iters", "smooth", "diverge_factor", "stop_reason"):
+    for name in (
+        "diverged",
+        "base_lr",
+        "max_lr",
+        "sweep",
+        "metric",
+        "reading",
+        "measured_on",
+        "start_lr",
+        "end_lr",
+        "num_iters",
+        "smooth",
+        "diverge_factor",
+        "stop_reason",
+    ):
         assert getattr(result, name) == getattr(loaded, name), name
     assert loaded.to_dict() == result.to_dict()
     with pytest.raises(ValueError):
@@ -452,8 +595,15 @@ def test_plot_writes_a_png(tmp_path):
     assert fig.axes[0].get_xscale() == "log"  # exponential sweep
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert any(lbl.startswith("base_lr") for lbl in labels) and any(lbl.startswith("max_lr") for lbl in labels)
-    linear = range_test(nn.Linear(2, 1), ListLoader([(torch.randn(4, 2), torch.randn(4, 1))]), nn.MSELoss(),
-                        num_iters=5, start_lr=1e-4, end_lr=1e-3, progress=False)
+    linear = range_test(
+        nn.Linear(2, 1),
+        ListLoader([(torch.randn(4, 2), torch.randn(4, 1))]),
+        nn.MSELoss(),
+        num_iters=5,
+        start_lr=1e-4,
+        end_lr=1e-3,
+        progress=False,
+    )
     assert linear.plot().axes[0].get_xscale() == "linear"
 
 
@@ -480,8 +630,15 @@ def test_from_range_test_uses_the_bounds():
 
 
 def test_progress_bar_runs():
-    result = range_test(nn.Linear(2, 1), ListLoader([(torch.randn(4, 2), torch.randn(4, 1))]), nn.MSELoss(),
-                        num_iters=4, start_lr=1e-4, end_lr=1e-3, progress=True)
+    result = range_test(
+        nn.Linear(2, 1),
+        ListLoader([(torch.randn(4, 2), torch.randn(4, 1))]),
+        nn.MSELoss(),
+        num_iters=4,
+        start_lr=1e-4,
+        end_lr=1e-3,
+        progress=True,
+    )
     assert len(result.lrs) == 4
 
 
@@ -495,8 +652,7 @@ def test_suggestion_has_no_lag_on_a_known_curve():
     rng = random.Random(0)
     n, k = 200, 120
     lrs = [1e-4 * (1e4 ** (i / (n - 1))) for i in range(n)]
-    losses = [math.exp((k - i) * 0.02 if i <= k else (i - k) * 0.05) * (1 + 0.1 * rng.uniform(-1, 1))
-              for i in range(n)]
+    losses = [math.exp((k - i) * 0.02 if i <= k else (i - k) * 0.05) * (1 + 0.1 * rng.uniform(-1, 1)) for i in range(n)]
     base, mx, trend, reading = _suggest_bounds(lrs, losses, smooth=0.05, measured_on="val")
     i_max = lrs.index(mx)
     assert reading == "loss" and k - 16 <= i_max <= k
@@ -504,7 +660,7 @@ def test_suggestion_has_no_lag_on_a_known_curve():
     avg, ema = 0.0, []
     for j, v in enumerate(losses, start=1):
         avg = 0.95 * avg + 0.05 * v
-        ema.append(avg / (1 - 0.95 ** j))
+        ema.append(avg / (1 - 0.95**j))
     assert min(range(n), key=ema.__getitem__) >= k + 8
     assert base == pytest.approx(max(mx / 4, lrs[0]), rel=0.5)
     # The training-batch reading is taken before the step: one step to the left.
@@ -562,14 +718,19 @@ def test_suggestion_on_an_accuracy_curve():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.floats(min_value=-5, max_value=5, allow_nan=False), min_size=2, max_size=80),
-       st.sampled_from(["train", "val"]), st.booleans(), st.sampled_from([0.0, 0.05, 0.3]))
+@given(
+    st.lists(st.floats(min_value=-5, max_value=5, allow_nan=False), min_size=2, max_size=80),
+    st.sampled_from(["train", "val"]),
+    st.booleans(),
+    st.sampled_from([0.0, 0.05, 0.3]),
+)
 def test_bounds_are_always_ordered_and_inside_the_sweep(values, measured_on, as_metric, smooth):
     n = len(values)
     lrs = [1e-3 * (1000 ** (i / (n - 1))) for i in range(n)]
     losses = [math.exp(v) for v in values]
     metrics = [1 / (1 + math.exp(-v)) for v in values] if as_metric else None
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         base, mx, trend, _ = _suggest_bounds(lrs, losses, metrics, smooth=smooth, measured_on=measured_on)

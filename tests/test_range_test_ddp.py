@@ -15,17 +15,19 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
+from test_distributed import WORLD, _rank_main, _spawn
 from torch import nn
 
 from clr_ext.range_test import range_test
-from test_distributed import WORLD, _rank_main, _spawn
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available"
+)
 
 STEPS, ACCUM = 40, 2
-KW = dict(start_lr=1e-3, end_lr=30.0, num_iters=STEPS, sweep="exp", momentum=0.9, accumulation_steps=ACCUM,
-          val_batches=2)
+KW = dict(
+    start_lr=1e-3, end_lr=30.0, num_iters=STEPS, sweep="exp", momentum=0.9, accumulation_steps=ACCUM, val_batches=2
+)
 
 
 def _model():
@@ -38,8 +40,7 @@ def _batches(rank, count, size, offset=0):
     for k in range(count):
         g = torch.Generator().manual_seed(1000 * (rank + 1) + k + offset)
         x = torch.randn(size, 4, generator=g, dtype=torch.float64)
-        out.append((x, x.sum(-1, keepdim=True).sin() + 0.1 * torch.randn(size, 1, generator=g,
-                                                                            dtype=torch.float64)))
+        out.append((x, x.sum(-1, keepdim=True).sin() + 0.1 * torch.randn(size, 1, generator=g, dtype=torch.float64)))
     return out
 
 
@@ -57,6 +58,7 @@ def _flat(module):
 
 def _ddp_rank(rank, out):
     from torch.nn.parallel import DistributedDataParallel as DDP
+
     run_module = importlib.import_module("clr_ext.range_test.run")
     bars = []
     original_bar = run_module._progress_bar
@@ -76,8 +78,17 @@ def _ddp_rank(rank, out):
             loss = nn.functional.mse_loss(outputs, targets)
             return loss * math.nan if (rank == 1 and calls["n"] == 5 * ACCUM + 2) else loss
 
-        nan_result = range_test(net, _train_batches(rank), loss_fn, start_lr=1e-3, end_lr=1e-2, num_iters=20,
-                                accumulation_steps=ACCUM, diverge_factor=math.inf, progress=True)
+        nan_result = range_test(
+            net,
+            _train_batches(rank),
+            loss_fn,
+            start_lr=1e-3,
+            end_lr=1e-2,
+            num_iters=20,
+            accumulation_steps=ACCUM,
+            diverge_factor=math.inf,
+            progress=True,
+        )
         nan_restored = torch.equal(_flat(model), before)
         # DDP still trains: no gradient reduction was left half done.
         opt = torch.optim.SGD(net.parameters(), lr=0.01)
@@ -87,9 +98,18 @@ def _ddp_rank(rank, out):
         trained = _flat(model)
     finally:
         run_module._progress_bar = original_bar
-    torch.save({"result": result.to_dict(), "nan": nan_result.to_dict(), "bars": bars, "restored": restored,
-                "nan_restored": nan_restored, "nan_calls": calls["n"], "trained": trained},
-               os.path.join(out, "rank%d.pt" % rank))
+    torch.save(
+        {
+            "result": result.to_dict(),
+            "nan": nan_result.to_dict(),
+            "bars": bars,
+            "restored": restored,
+            "nan_restored": nan_restored,
+            "nan_calls": calls["n"],
+            "trained": trained,
+        },
+        os.path.join(out, "rank%d.pt" % rank),
+    )
 
 
 def _ddp_worker(rank, port, out):
@@ -112,10 +132,10 @@ def test_ddp_ranks_record_the_same_curve_and_stop_together(tmp_path):
 
     # One process on the union of the ranks' batches: the same curve (up to summation order).
     torch.set_num_threads(1)
-    union_train = [tuple(torch.cat([_train_batches(r)[k][i] for r in range(WORLD)]) for i in range(2))
-                   for k in range(6)]
-    union_val = [tuple(torch.cat([_val_batches(r)[k][i] for r in range(WORLD)]) for i in range(2))
-                 for k in range(3)]
+    union_train = [
+        tuple(torch.cat([_train_batches(r)[k][i] for r in range(WORLD)]) for i in range(2)) for k in range(6)
+    ]
+    union_val = [tuple(torch.cat([_val_batches(r)[k][i] for r in range(WORLD)]) for i in range(2)) for k in range(3)]
     single = range_test(_model(), union_train, nn.MSELoss(), val_loader=union_val, progress=False, **KW)
     assert len(single.lrs) == len(r0["lrs"]) and single.lrs == r0["lrs"]
     assert r0["losses"] == pytest.approx(single.losses, rel=1e-9)

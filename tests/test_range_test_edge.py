@@ -5,10 +5,10 @@ sizes, batch sizes and noise levels, with base_lr a quarter of it (the paper's f
 
 import pytest
 import torch
+from test_range_test import ListLoader, lambda_max, least_squares
 from torch import nn
 
 from clr_ext.range_test import range_test
-from test_range_test import ListLoader, lambda_max, least_squares
 
 # (features d, samples n, batch size, noise): sizes 5..40 features, 256..4096 samples,
 # batches of 32..512 (at least ~5 per feature: with batches much smaller than d, the
@@ -39,11 +39,20 @@ def _edge_run(shape, seed, sweep, lo, hi):
     d, n, bs, noise = shape
     x, y = least_squares(seed, d=d, n=n, noise=noise)
     edge = 2.0 / lambda_max(x, y)
-    loader = ListLoader([(x[i:i + bs], y[i:i + bs]) for i in range(0, n, bs)])
+    loader = ListLoader([(x[i : i + bs], y[i : i + bs]) for i in range(0, n, bs)])
     torch.manual_seed(seed)
     model = nn.Linear(d, 1, bias=False).double()
-    result = range_test(model, loader, nn.MSELoss(), start_lr=edge * lo, end_lr=edge * hi, num_iters=200,
-                        sweep=sweep, momentum=0.0, progress=False)
+    result = range_test(
+        model,
+        loader,
+        nn.MSELoss(),
+        start_lr=edge * lo,
+        end_lr=edge * hi,
+        num_iters=200,
+        sweep=sweep,
+        momentum=0.0,
+        progress=False,
+    )
     return result, edge
 
 

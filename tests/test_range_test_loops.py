@@ -9,11 +9,17 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_range_test import (
+    ListLoader,
+    assert_same_state,
+    classification_batches,
+    full_state,
+    prepared_model_and_optimizer,
+    small_bn_model,
+)
 from torch import nn
 
 from clr_ext.range_test import SUGGEST_METHODS, RangeTestResult, range_test
-from test_range_test import (ListLoader, assert_same_state, classification_batches, full_state,
-                             prepared_model_and_optimizer, small_bn_model)
 
 
 @pytest.fixture(autouse=True)
@@ -27,8 +33,9 @@ def one_thread():
 def regression_samples(seed=0, n=256, d=5):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g, dtype=torch.float64)
-    y = x @ torch.randn(d, 1, generator=g, dtype=torch.float64) + 0.1 * torch.randn(n, 1, generator=g,
-                                                                                     dtype=torch.float64)
+    y = x @ torch.randn(d, 1, generator=g, dtype=torch.float64) + 0.1 * torch.randn(
+        n, 1, generator=g, dtype=torch.float64
+    )
     return x, y
 
 
@@ -38,7 +45,7 @@ def linear_model(d=5, out=1, seed=0):
 
 
 def batches_of(x, y, size):
-    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(x), size)]
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
 
 
 # ------------------------------------------------------------------ accumulation
@@ -58,9 +65,19 @@ def test_accumulation_of_4_batches_of_8_records_the_curve_of_batches_of_32(task)
     runs = {}
     for size, accumulation in ((32, 1), (8, 4)):
         model = linear_model(*model_args)
-        result = range_test(model, ListLoader(batches_of(x, y, size)), loss_fn, start_lr=1e-3, end_lr=0.3,
-                            num_iters=24, metric=metric, accumulation_steps=accumulation,
-                            diverge_factor=math.inf, restore=False, progress=False)
+        result = range_test(
+            model,
+            ListLoader(batches_of(x, y, size)),
+            loss_fn,
+            start_lr=1e-3,
+            end_lr=0.3,
+            num_iters=24,
+            metric=metric,
+            accumulation_steps=accumulation,
+            diverge_factor=math.inf,
+            restore=False,
+            progress=False,
+        )
         runs[accumulation] = (result, torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
     (big, w_big), (acc, w_acc) = runs[1], runs[4]
     assert len(big.lrs) == len(acc.lrs) == 24 and big.lrs == acc.lrs
@@ -84,8 +101,17 @@ def test_accumulation_counts_batches_and_stops_on_a_nan_micro_batch():
         loss = nn.functional.cross_entropy(out, target)
         return loss * math.nan if calls["n"] == 3 * 4 + 2 else loss  # step 3 (0-based), 2nd batch
 
-    result = range_test(model, ListLoader(classification_batches(n_batches=5)), loss_fn, start_lr=1e-3,
-                        end_lr=0.1, num_iters=20, optimizer=opt, accumulation_steps=4, progress=False)
+    result = range_test(
+        model,
+        ListLoader(classification_batches(n_batches=5)),
+        loss_fn,
+        start_lr=1e-3,
+        end_lr=0.1,
+        num_iters=20,
+        optimizer=opt,
+        accumulation_steps=4,
+        progress=False,
+    )
     assert calls["n"] == 14  # the rest of the NaN step's batches are not run
     assert result.diverged and result.stop_reason == "nan" and len(result.lrs) == 4
     assert math.isnan(result.losses[-1]) and all(math.isfinite(v) for v in result.losses[:-1])
@@ -99,17 +125,36 @@ def test_amp_bfloat16_on_the_cpu_runs_and_restores_bit_exactly():
     dtypes = set()
     hook = model[0].register_forward_hook(lambda m, i, o: dtypes.add(o.dtype))
     val = ListLoader(classification_batches(seed=4, n_batches=2, bs=12))
-    result = range_test(model, ListLoader(classification_batches()), nn.functional.cross_entropy,
-                        start_lr=1e-3, end_lr=1.0, num_iters=15, optimizer=opt, amp=torch.bfloat16,
-                        val_loader=val, metric="accuracy", progress=False)
+    result = range_test(
+        model,
+        ListLoader(classification_batches()),
+        nn.functional.cross_entropy,
+        start_lr=1e-3,
+        end_lr=1.0,
+        num_iters=15,
+        optimizer=opt,
+        amp=torch.bfloat16,
+        val_loader=val,
+        metric="accuracy",
+        progress=False,
+    )
     hook.remove()
     assert dtypes == {torch.bfloat16}  # training and validation forwards ran under autocast
     assert len(result.lrs) >= 10 and all(math.isfinite(v) for v in result.losses[:10])
     assert_same_state(before, full_state(model, opt))
     # Not the fp32 curve: autocast really changed the arithmetic.
-    ref = range_test(model, ListLoader(classification_batches()), nn.functional.cross_entropy,
-                     start_lr=1e-3, end_lr=1.0, num_iters=15, optimizer=opt, val_loader=val,
-                     metric="accuracy", progress=False)
+    ref = range_test(
+        model,
+        ListLoader(classification_batches()),
+        nn.functional.cross_entropy,
+        start_lr=1e-3,
+        end_lr=1.0,
+        num_iters=15,
+        optimizer=opt,
+        val_loader=val,
+        metric="accuracy",
+        progress=False,
+    )
     assert ref.losses[:3] != result.losses[:3]
     assert result.losses[:3] == pytest.approx(ref.losses[:3], rel=0.05)
 
@@ -125,9 +170,18 @@ def test_amp_float16_uses_a_grad_scaler(monkeypatch):
     monkeypatch.setattr(torch.amp.GradScaler, "scale", spy)
     model = small_bn_model()
     before = full_state(model)
-    result = range_test(model, ListLoader(classification_batches()), nn.functional.cross_entropy,
-                        start_lr=1e-3, end_lr=0.3, num_iters=6, amp=torch.float16, accumulation_steps=2,
-                        diverge_factor=math.inf, progress=False)
+    result = range_test(
+        model,
+        ListLoader(classification_batches()),
+        nn.functional.cross_entropy,
+        start_lr=1e-3,
+        end_lr=0.3,
+        num_iters=6,
+        amp=torch.float16,
+        accumulation_steps=2,
+        diverge_factor=math.inf,
+        progress=False,
+    )
     assert len(scaled) == 6 * 2  # every batch's (divided) loss went through the scaler
     # Each batch's loss divided by 2 was scaled; the recorded loss is the mean of the two.
     assert scaled[0] + scaled[1] == pytest.approx(result.losses[0], rel=1e-6)
@@ -175,21 +229,47 @@ def test_step_fn_with_dict_batches_and_a_cpu_snapshot_restores_bit_exactly():
         return model(**batch)["loss"]
 
     val = ListLoader(dict_batches(seed=9, n_batches=3, bs=10))
-    result = range_test(net, ListLoader(dict_batches()), None, step_fn=step_fn, start_lr=1e-3, end_lr=0.5,
-                        num_iters=12, optimizer=opt, val_loader=val, snapshot="cpu", progress=False)
+    result = range_test(
+        net,
+        ListLoader(dict_batches()),
+        None,
+        step_fn=step_fn,
+        start_lr=1e-3,
+        end_lr=0.5,
+        num_iters=12,
+        optimizer=opt,
+        val_loader=val,
+        snapshot="cpu",
+        progress=False,
+    )
     assert seen["train"] == len(result.lrs) and seen["eval"] == 3 * len(result.lrs)
     assert seen["grad_in_eval"] == {False}
     assert result.measured_on == "val" and result.metrics is None
     assert_same_state(before, full_state(net, opt))
 
     # The same numbers as the (inputs, targets) path with loss_fn: step_fn changes nothing else.
-    ref = range_test(net.body, ListLoader(classification_batches()), nn.functional.cross_entropy,
-                     start_lr=1e-3, end_lr=0.5, num_iters=12,
-                     optimizer=torch.optim.SGD(net.body.parameters(), lr=0.05, momentum=0.9),
-                     val_loader=ListLoader(classification_batches(seed=9, n_batches=3, bs=10)), progress=False)
-    fresh = range_test(net, ListLoader(dict_batches()), step_fn=step_fn, start_lr=1e-3, end_lr=0.5,
-                       num_iters=12, optimizer=torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9),
-                       val_loader=val, progress=False)
+    ref = range_test(
+        net.body,
+        ListLoader(classification_batches()),
+        nn.functional.cross_entropy,
+        start_lr=1e-3,
+        end_lr=0.5,
+        num_iters=12,
+        optimizer=torch.optim.SGD(net.body.parameters(), lr=0.05, momentum=0.9),
+        val_loader=ListLoader(classification_batches(seed=9, n_batches=3, bs=10)),
+        progress=False,
+    )
+    fresh = range_test(
+        net,
+        ListLoader(dict_batches()),
+        step_fn=step_fn,
+        start_lr=1e-3,
+        end_lr=0.5,
+        num_iters=12,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9),
+        val_loader=val,
+        progress=False,
+    )
     assert fresh.losses == ref.losses and fresh.lrs == ref.lrs
 
 
@@ -198,9 +278,17 @@ def test_snapshot_cpu_matches_device_snapshot():
     for snap in ("device", "cpu"):
         model, opt = prepared_model_and_optimizer()
         before = full_state(model, opt)
-        results[snap] = range_test(model, ListLoader(classification_batches()), nn.functional.cross_entropy,
-                                   start_lr=1e-3, end_lr=1.0, num_iters=10, optimizer=opt, snapshot=snap,
-                                   progress=False)
+        results[snap] = range_test(
+            model,
+            ListLoader(classification_batches()),
+            nn.functional.cross_entropy,
+            start_lr=1e-3,
+            end_lr=1.0,
+            num_iters=10,
+            optimizer=opt,
+            snapshot=snap,
+            progress=False,
+        )
         assert_same_state(before, full_state(model, opt))
     assert results["cpu"].losses == results["device"].losses
 
@@ -210,9 +298,20 @@ def test_adamw_sweeps_as_torch_adamw_with_the_planned_lrs():
     x, y = regression_samples(seed=2)
     batches = batches_of(x, y, 32)
     model = linear_model()
-    result = range_test(model, ListLoader(batches), nn.MSELoss(), start_lr=1e-4, end_lr=1.0, num_iters=30,
-                        sweep="exp", optimizer="adamw", momentum=0.85, weight_decay=0.01,
-                        diverge_factor=math.inf, progress=False)
+    result = range_test(
+        model,
+        ListLoader(batches),
+        nn.MSELoss(),
+        start_lr=1e-4,
+        end_lr=1.0,
+        num_iters=30,
+        sweep="exp",
+        optimizer="adamw",
+        momentum=0.85,
+        weight_decay=0.01,
+        diverge_factor=math.inf,
+        progress=False,
+    )
     # By hand: torch.optim.AdamW(betas=(momentum, 0.999)), the LR set before each step.
     ref_model = linear_model()
     adamw = torch.optim.AdamW(ref_model.parameters(), lr=1e-4, betas=(0.85, 0.999), weight_decay=0.01)
@@ -240,11 +339,19 @@ def test_given_adamw_with_discriminative_lrs_keeps_the_ratios():
             seen.append([g["lr"] for g in self.param_groups])
             return super().step(closure)
 
-    opt = Recording([{"params": model[0].parameters(), "lr": 1e-4}, {"params": model[2].parameters()}],
-                    lr=1e-3)
-    result = range_test(model, ListLoader([(torch.randn(8, 4), torch.randn(8, 1))] * 3), nn.MSELoss(),
-                        start_lr=1e-5, end_lr=1e-1, num_iters=8, sweep="exp", optimizer=opt,
-                        diverge_factor=math.inf, progress=False)
+    opt = Recording([{"params": model[0].parameters(), "lr": 1e-4}, {"params": model[2].parameters()}], lr=1e-3)
+    result = range_test(
+        model,
+        ListLoader([(torch.randn(8, 4), torch.randn(8, 1))] * 3),
+        nn.MSELoss(),
+        start_lr=1e-5,
+        end_lr=1e-1,
+        num_iters=8,
+        sweep="exp",
+        optimizer=opt,
+        diverge_factor=math.inf,
+        progress=False,
+    )
     assert [s[0] for s in seen] == result.lrs
     assert [s[1] for s in seen] == pytest.approx([10 * lr for lr in result.lrs], rel=1e-12)
     assert [g["lr"] for g in opt.param_groups] == [1e-4, 1e-3]
@@ -262,9 +369,19 @@ def test_val_batches_bounds_the_measurement():
                 yield b
 
     model = small_bn_model()
-    result = range_test(model, ListLoader(classification_batches()), nn.functional.cross_entropy,
-                        start_lr=1e-3, end_lr=0.1, num_iters=6, val_loader=CountingVal(), val_batches=2,
-                        metric="accuracy", diverge_factor=math.inf, progress=False)
+    result = range_test(
+        model,
+        ListLoader(classification_batches()),
+        nn.functional.cross_entropy,
+        start_lr=1e-3,
+        end_lr=0.1,
+        num_iters=6,
+        val_loader=CountingVal(),
+        val_batches=2,
+        metric="accuracy",
+        diverge_factor=math.inf,
+        progress=False,
+    )
     assert batches_read == [0, 1] * 6
     # The first measurement by hand: after one SGD step, the first 2 batches (16 samples).
     ref = small_bn_model()
@@ -284,17 +401,26 @@ def test_val_batches_bounds_the_measurement():
 
 
 # ------------------------------------------------------------------ argument checks
-@pytest.mark.parametrize("kwargs, name", [
-    (dict(accumulation_steps=0), "accumulation_steps"), (dict(accumulation_steps=-2), "accumulation_steps"),
-    (dict(accumulation_steps=1.5), "accumulation_steps"), (dict(accumulation_steps=True), "accumulation_steps"),
-    (dict(amp=torch.float32), "amp"), (dict(amp="bf16"), "amp"),
-    (dict(step_fn=lambda m, b: m(b[0]).sum(), metric="accuracy"), "metric"),
-    (dict(step_fn=lambda m, b: m(b[0]).sum(), metric=lambda o, t: 0.0), "metric"),
-    (dict(snapshot="gpu"), "snapshot"), (dict(snapshot=None), "snapshot"),
-    (dict(val_batches=0), "val_batches"), (dict(val_batches=2), "val_batches"),
-    (dict(optimizer="adam"), "optimizer"), (dict(optimizer="adamw", momentum=1.0), "momentum"),
-    (dict(loss_fn=None), "loss_fn"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(accumulation_steps=0), "accumulation_steps"),
+        (dict(accumulation_steps=-2), "accumulation_steps"),
+        (dict(accumulation_steps=1.5), "accumulation_steps"),
+        (dict(accumulation_steps=True), "accumulation_steps"),
+        (dict(amp=torch.float32), "amp"),
+        (dict(amp="bf16"), "amp"),
+        (dict(step_fn=lambda m, b: m(b[0]).sum(), metric="accuracy"), "metric"),
+        (dict(step_fn=lambda m, b: m(b[0]).sum(), metric=lambda o, t: 0.0), "metric"),
+        (dict(snapshot="gpu"), "snapshot"),
+        (dict(snapshot=None), "snapshot"),
+        (dict(val_batches=0), "val_batches"),
+        (dict(val_batches=2), "val_batches"),
+        (dict(optimizer="adam"), "optimizer"),
+        (dict(optimizer="adamw", momentum=1.0), "momentum"),
+        (dict(loss_fn=None), "loss_fn"),
+    ],
+)
 def test_bad_combinations_raise_value_error_before_training(kwargs, name):
     model, opt = prepared_model_and_optimizer()
     before = full_state(model, opt)
@@ -309,8 +435,7 @@ def test_bad_combinations_raise_value_error_before_training(kwargs, name):
 
 def test_given_optimizer_with_undefined_ratios_is_refused():
     model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
-    opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.0}, {"params": model[1].parameters()}],
-                          lr=0.1)
+    opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.0}, {"params": model[1].parameters()}], lr=0.1)
     loader = ListLoader([(torch.randn(4, 2), torch.randn(4, 1))])
     with pytest.raises(ValueError, match="optimizer"):
         range_test(model, loader, nn.MSELoss(), optimizer=opt, progress=False)
@@ -329,8 +454,18 @@ def _curve_result(measured_on="val"):
         if i > 150:
             log_loss += 0.15 * (i - 150)
         losses.append(math.exp(log_loss))
-    return RangeTestResult(lrs=lrs, losses=losses, smoothed_losses=losses, metrics=None, diverged=True,
-                           base_lr=0.0, max_lr=0.0, measured_on=measured_on, sweep="exp", smooth=0.05)
+    return RangeTestResult(
+        lrs=lrs,
+        losses=losses,
+        smoothed_losses=losses,
+        metrics=None,
+        diverged=True,
+        base_lr=0.0,
+        max_lr=0.0,
+        measured_on=measured_on,
+        sweep="exp",
+        smooth=0.05,
+    )
 
 
 def test_suggest_methods_on_a_known_curve():
@@ -340,6 +475,7 @@ def test_suggest_methods_on_a_known_curve():
     valley = lrs.index(r.suggest("valley"))
     assert 60 <= valley <= 120  # about halfway along the fall, which runs from ~0 to ~148
     from clr_ext.range_test import _suggest_bounds
+
     base, mx, _, _ = _suggest_bounds(lrs, r.losses, smooth=0.05, measured_on="val")
     assert 140 <= lrs.index(mx) <= 150
     assert r.suggest("min/10") == pytest.approx(mx / 10, rel=1e-12)
@@ -356,11 +492,31 @@ def real_results():
     out = []
     x, y = regression_samples(seed=5)
     for sweep, end in (("exp", 10.0), ("linear", 1.0)):
-        out.append(range_test(linear_model(), ListLoader(batches_of(x, y, 32)), nn.MSELoss(), start_lr=1e-4,
-                              end_lr=end, num_iters=60, sweep=sweep, progress=False))
-    out.append(range_test(small_bn_model(), ListLoader(classification_batches()), nn.functional.cross_entropy,
-                          start_lr=1e-3, end_lr=3.0, num_iters=40, metric="accuracy", progress=False,
-                          val_loader=ListLoader(classification_batches(seed=2, n_batches=2))))
+        out.append(
+            range_test(
+                linear_model(),
+                ListLoader(batches_of(x, y, 32)),
+                nn.MSELoss(),
+                start_lr=1e-4,
+                end_lr=end,
+                num_iters=60,
+                sweep=sweep,
+                progress=False,
+            )
+        )
+    out.append(
+        range_test(
+            small_bn_model(),
+            ListLoader(classification_batches()),
+            nn.functional.cross_entropy,
+            start_lr=1e-3,
+            end_lr=3.0,
+            num_iters=40,
+            metric="accuracy",
+            progress=False,
+            val_loader=ListLoader(classification_batches(seed=2, n_batches=2)),
+        )
+    )
     torch.set_num_threads(one_thread_before)
     return out
 
@@ -395,25 +551,45 @@ def test_suggest_rejects_unknown_methods_and_plot_marks_them(tmp_path, real_resu
 
 def test_suggest_on_nan_curves_stays_in_range():
     lrs = [1e-3, 2e-3, 3e-3]
-    r = RangeTestResult(lrs=lrs, losses=[1.0, math.nan, math.nan], smoothed_losses=[1.0, math.nan, math.nan],
-                        metrics=None, diverged=True, base_lr=1e-3, max_lr=2e-3)
+    r = RangeTestResult(
+        lrs=lrs,
+        losses=[1.0, math.nan, math.nan],
+        smoothed_losses=[1.0, math.nan, math.nan],
+        metrics=None,
+        diverged=True,
+        base_lr=1e-3,
+        max_lr=2e-3,
+    )
     with pytest.warns(RuntimeWarning):
         for method in SUGGEST_METHODS[1:]:
             assert lrs[0] <= r.suggest(method) <= lrs[-1]
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.floats(min_value=-5, max_value=5, allow_nan=False), min_size=2, max_size=80),
-       st.sampled_from(["train", "val"]), st.booleans(), st.sampled_from([0.0, 0.05, 0.3]),
-       st.integers(min_value=0, max_value=3))
+@given(
+    st.lists(st.floats(min_value=-5, max_value=5, allow_nan=False), min_size=2, max_size=80),
+    st.sampled_from(["train", "val"]),
+    st.booleans(),
+    st.sampled_from([0.0, 0.05, 0.3]),
+    st.integers(min_value=0, max_value=3),
+)
 def test_every_suggestion_is_inside_the_sweep_on_any_curve(values, measured_on, as_metric, smooth, nans):
     n = len(values)
     lrs = [1e-3 * (1000 ** (i / (n - 1))) for i in range(n)]
     losses = [math.exp(v) for v in values]
-    losses[n - min(nans, n - 1):] = [math.nan] * min(nans, n - 1)  # a NaN tail, as after a blow-up
+    losses[n - min(nans, n - 1) :] = [math.nan] * min(nans, n - 1)  # a NaN tail, as after a blow-up
     metrics = [1 / (1 + math.exp(-v)) for v in values] if as_metric else None
-    r = RangeTestResult(lrs=lrs, losses=losses, smoothed_losses=losses, metrics=metrics, diverged=nans > 0,
-                        base_lr=lrs[0], max_lr=lrs[-1], measured_on=measured_on, smooth=smooth)
+    r = RangeTestResult(
+        lrs=lrs,
+        losses=losses,
+        smoothed_losses=losses,
+        metrics=metrics,
+        diverged=nans > 0,
+        base_lr=lrs[0],
+        max_lr=lrs[-1],
+        measured_on=measured_on,
+        smooth=smooth,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         for method in SUGGEST_METHODS[1:]:

@@ -1,18 +1,18 @@
 """Robustness: property-based parity (hypothesis) of every built CPU backend against the
 Python oracle and torch.optim.SGD + CyclicLR; NaN/Inf gradients; huge step counts;
 two optimizers stepping in two threads."""
+
 from __future__ import annotations
 
 import threading
 
 import pytest
 import torch
+from conftest import ReferencePair, assert_close_rel, same_float
 
 import clr_ext
 import clr_ext.schedule
 from clr_ext.schedule import PYTORCH_MODES
-
-from conftest import ReferencePair, assert_close_rel, same_float
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -39,12 +39,28 @@ def configs(draw):
     shapes = draw(st.lists(st.sampled_from(SHAPES), min_size=1, max_size=4))
     n_groups = draw(st.integers(1, min(2, len(shapes))))
     steps = draw(st.integers(1, 8))
-    seed = draw(st.integers(0, 2 ** 31 - 1))
+    seed = draw(st.integers(0, 2**31 - 1))
     none_grads = draw(st.booleans())
-    return dict(mode=mode, base_lr=base_lr, max_lr=max_lr, up=up, down=down, gamma=gamma, momentum=momentum,
-                dampening=dampening, nesterov=nesterov, cycle_momentum=cycle_momentum,
-                weight_decay=weight_decay, maximize=maximize, dtype=dtype, shapes=shapes, n_groups=n_groups,
-                steps=steps, seed=seed, none_grads=none_grads)
+    return dict(
+        mode=mode,
+        base_lr=base_lr,
+        max_lr=max_lr,
+        up=up,
+        down=down,
+        gamma=gamma,
+        momentum=momentum,
+        dampening=dampening,
+        nesterov=nesterov,
+        cycle_momentum=cycle_momentum,
+        weight_decay=weight_decay,
+        maximize=maximize,
+        dtype=dtype,
+        shapes=shapes,
+        n_groups=n_groups,
+        steps=steps,
+        seed=seed,
+        none_grads=none_grads,
+    )
 
 
 def _split(items, n_groups):
@@ -55,16 +71,28 @@ def _split(items, n_groups):
 def _check_against_references(cfg, backend):
     gen = torch.Generator().manual_seed(cfg["seed"])
     init = [torch.randn(s, generator=gen, dtype=cfg["dtype"]) for s in cfg["shapes"]]
-    sgd_kw = dict(momentum=cfg["momentum"], dampening=cfg["dampening"], weight_decay=cfg["weight_decay"],
-                  nesterov=cfg["nesterov"], maximize=cfg["maximize"])
-    sched_kw = dict(base_lr=cfg["base_lr"], max_lr=cfg["max_lr"], step_size_up=cfg["up"],
-                    step_size_down=cfg["down"], mode=cfg["mode"], gamma=cfg["gamma"],
-                    cycle_momentum=cfg["cycle_momentum"])
+    sgd_kw = dict(
+        momentum=cfg["momentum"],
+        dampening=cfg["dampening"],
+        weight_decay=cfg["weight_decay"],
+        nesterov=cfg["nesterov"],
+        maximize=cfg["maximize"],
+    )
+    sched_kw = dict(
+        base_lr=cfg["base_lr"],
+        max_lr=cfg["max_lr"],
+        step_size_up=cfg["up"],
+        step_size_down=cfg["down"],
+        mode=cfg["mode"],
+        gamma=cfg["gamma"],
+        cycle_momentum=cfg["cycle_momentum"],
+    )
     ref = ReferencePair([{"params": g} for g in _split(init, cfg["n_groups"])], sgd_kw, sched_kw)
 
     params = [t.clone().requires_grad_(True) for t in init]
-    opt = clr_ext.CyclicSGD([{"params": g} for g in _split(params, cfg["n_groups"])], backend=backend,
-                            **sched_kw, **sgd_kw)
+    opt = clr_ext.CyclicSGD(
+        [{"params": g} for g in _split(params, cfg["n_groups"])], backend=backend, **sched_kw, **sgd_kw
+    )
     for step in range(cfg["steps"]):
         grads = []
         for p in params:
@@ -76,8 +104,9 @@ def _check_against_references(cfg, backend):
             p.grad = None if g is None else g.clone()
         opt.step()
         ref.step(grads)
-        oracle = clr_ext.cyclic_lr(step + 1, cfg["base_lr"], cfg["max_lr"], cfg["up"], cfg["down"], cfg["mode"],
-                                   cfg["gamma"])
+        oracle = clr_ext.cyclic_lr(
+            step + 1, cfg["base_lr"], cfg["max_lr"], cfg["up"], cfg["down"], cfg["mode"], cfg["gamma"]
+        )
         for gi, lr in enumerate(opt.get_last_lr()):
             assert same_float(lr, ref.last_lr()[gi]), (step, gi, lr, ref.last_lr())
             assert same_float(lr, oracle), (step, lr, oracle)
@@ -102,16 +131,35 @@ def test_random_configurations_match_references(cfg, backend):
 def test_one_large_tensor(backend):
     """A tensor of more than 1M elements (the parallel / vectorized paths), fp32 and fp64."""
     for dtype in (torch.float32, torch.float64):
-        cfg = dict(mode="triangular2", base_lr=0.01, max_lr=0.1, up=2, down=3, gamma=1.0, momentum=0.9,
-                   dampening=0.0, nesterov=True, cycle_momentum=True, weight_decay=1e-2, maximize=False,
-                   dtype=dtype, shapes=[(1024 * 1024 + 3,), (5,)], n_groups=1, steps=3, seed=5, none_grads=False)
+        cfg = dict(
+            mode="triangular2",
+            base_lr=0.01,
+            max_lr=0.1,
+            up=2,
+            down=3,
+            gamma=1.0,
+            momentum=0.9,
+            dampening=0.0,
+            nesterov=True,
+            cycle_momentum=True,
+            weight_decay=1e-2,
+            maximize=False,
+            dtype=dtype,
+            shapes=[(1024 * 1024 + 3,), (5,)],
+            n_groups=1,
+            steps=3,
+            seed=5,
+            none_grads=False,
+        )
         _check_against_references(cfg, backend)
 
 
 # ------------------------------------------------------------------ NaN / Inf
 
-@pytest.mark.parametrize("momentum,nesterov,weight_decay", [(0.0, False, 0.0), (0.9, False, 0.0),
-                                                              (0.9, True, 1e-2), (0.5, False, 1e-2)])
+
+@pytest.mark.parametrize(
+    "momentum,nesterov,weight_decay", [(0.0, False, 0.0), (0.9, False, 0.0), (0.9, True, 1e-2), (0.5, False, 1e-2)]
+)
 def test_nan_inf_gradients_propagate_like_pytorch(backend, momentum, nesterov, weight_decay):
     torch.manual_seed(0)
     init = [torch.randn(37, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float32)]
@@ -139,16 +187,18 @@ def test_nan_inf_gradients_propagate_like_pytorch(backend, momentum, nesterov, w
             assert torch.equal(torch.isposinf(p), torch.isposinf(q)), step
             assert torch.equal(torch.isneginf(p), torch.isneginf(q)), step
             finite = torch.isfinite(q)
-            torch.testing.assert_close(p.detach()[finite], q.detach()[finite],
-                                       rtol=1e-5 if p.dtype == torch.float32 else 1e-12, atol=1e-7)
+            torch.testing.assert_close(
+                p.detach()[finite], q.detach()[finite], rtol=1e-5 if p.dtype == torch.float32 else 1e-12, atol=1e-7
+            )
         assert same_float(opt.get_last_lr()[0], sched.get_last_lr()[0])
 
 
 # ------------------------------------------------------------ huge step counts
 
+
 @pytest.mark.parametrize("mode", PYTORCH_MODES)
 def test_huge_iteration_keeps_exact_schedule(backend, mode):
-    start = 2 ** 40
+    start = 2**40
     kw = dict(base_lr=0.01, max_lr=0.1, step_size_up=7, step_size_down=3, mode=mode, gamma=0.999999)
     init = torch.randn(9, dtype=torch.float64)
     p = init.clone().requires_grad_(True)
@@ -171,8 +221,9 @@ def test_huge_iteration_keeps_exact_schedule(backend, mode):
         assert sched.last_epoch == start
         assert same_float(opt.get_last_lr()[0], sched.get_last_lr()[0])
     for i in range(12):
-        lr, mom = clr_ext.schedule.cyclic_point(start + i, kw["base_lr"], kw["max_lr"], 7, 3, mode, kw["gamma"],
-                                                0.8, 0.9)
+        lr, mom = clr_ext.schedule.cyclic_point(
+            start + i, kw["base_lr"], kw["max_lr"], 7, 3, mode, kw["gamma"], 0.8, 0.9
+        )
         assert same_float(opt.get_last_lr()[0], lr), i
         if mode == "triangular2":
             assert lr == kw["base_lr"]
@@ -192,12 +243,16 @@ def test_huge_iteration_keeps_exact_schedule(backend, mode):
 
 # ------------------------------------------------------------------ threads
 
+
 def _thread_run(backend, seed, steps, out, key):
     gen = torch.Generator().manual_seed(seed)
-    params = [torch.randn(20000, generator=gen, dtype=torch.float32).requires_grad_(True),
-              torch.randn(31, 7, generator=gen, dtype=torch.float64).requires_grad_(True)]
-    opt = clr_ext.CyclicSGD(params, base_lr=0.01 * (seed + 1), max_lr=0.2, step_size_up=3 + seed, momentum=0.9,
-                            backend=backend)
+    params = [
+        torch.randn(20000, generator=gen, dtype=torch.float32).requires_grad_(True),
+        torch.randn(31, 7, generator=gen, dtype=torch.float64).requires_grad_(True),
+    ]
+    opt = clr_ext.CyclicSGD(
+        params, base_lr=0.01 * (seed + 1), max_lr=0.2, step_size_up=3 + seed, momentum=0.9, backend=backend
+    )
     lrs = []
     for _ in range(steps):
         for p in params:

@@ -78,15 +78,20 @@ Run "clr-ext COMMAND --help" for a command's options."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Cyclical learning rates for PyTorch: the optimizer, the LR "
-                "range test, a demo and the paper's CIFAR-10 experiment.",
-                epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(
+        prog=PROG,
+        description="Cyclical learning rates for PyTorch: the optimizer, the LR "
+        "range test, a demo and the paper's CIFAR-10 experiment.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     # ---- demo ----
     d = sub.add_parser(
-        "demo", help="the main demo: range test, then CLR vs fixed LRs on handwritten digits",
+        "demo",
+        help="the main demo: range test, then CLR vs fixed LRs on handwritten digits",
         description="The paper's recipe on scikit-learn's handwritten digits (1,797 8x8 images that "
         "ship with scikit-learn; nothing is downloaded):\n"
         "  1. one LR range test (linear sweep, validation accuracy) suggests base_lr and max_lr;\n"
@@ -97,30 +102,52 @@ def build_parser() -> argparse.ArgumentParser:
         "     iterations to reach the best fixed LR's accuracy, final test accuracy) and writes\n"
         "     range_test.png, lr_schedule.png, accuracy.png and results.json into --out.\n"
         "It reports whatever it measures, whichever policy wins.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    d.add_argument("--out", metavar="DIR", default="clr_ext_demo",
-                   help="folder for the plots and results.json (default: ./clr_ext_demo)")
-    d.add_argument("--quick", action="store_true",
-                   help="a smaller run for a quick look or a test: 3 seeds, shorter cycles, a grid "
-                   "of 3 fixed LRs (under a minute)")
-    d.add_argument("--seeds", type=positive_int, metavar="N",
-                   help="number of seeds (initial weights and batch order) per policy (default 5, "
-                   "--quick: 3)")
-    d.add_argument("--grid", type=positive_float, nargs="+", metavar="LR",
-                   help="the fixed LRs to try as baselines (default 0.01 0.02 0.05 0.1 0.2; "
-                   "--quick: 0.02 0.05 0.1)")
-    d.add_argument("--cycles", type=positive_int, metavar="N",
-                   help="LR cycles per run; every policy gets the same number of iterations "
-                   "(default 3, the paper's minimum)")
-    d.add_argument("--epochs-per-half-cycle", type=positive_float, metavar="E",
-                   help="stepsize (half a cycle) in epochs (default 4; the paper advises 2-10; "
-                   "--quick: 1)")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d.add_argument(
+        "--out",
+        metavar="DIR",
+        default="clr_ext_demo",
+        help="folder for the plots and results.json (default: ./clr_ext_demo)",
+    )
+    d.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smaller run for a quick look or a test: 3 seeds, shorter cycles, a grid "
+        "of 3 fixed LRs (under a minute)",
+    )
+    d.add_argument(
+        "--seeds",
+        type=positive_int,
+        metavar="N",
+        help="number of seeds (initial weights and batch order) per policy (default 5, --quick: 3)",
+    )
+    d.add_argument(
+        "--grid",
+        type=positive_float,
+        nargs="+",
+        metavar="LR",
+        help="the fixed LRs to try as baselines (default 0.01 0.02 0.05 0.1 0.2; --quick: 0.02 0.05 0.1)",
+    )
+    d.add_argument(
+        "--cycles",
+        type=positive_int,
+        metavar="N",
+        help="LR cycles per run; every policy gets the same number of iterations (default 3, the paper's minimum)",
+    )
+    d.add_argument(
+        "--epochs-per-half-cycle",
+        type=positive_float,
+        metavar="E",
+        help="stepsize (half a cycle) in epochs (default 4; the paper advises 2-10; --quick: 1)",
+    )
     _add_threads(d, 1)
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     # ---- range-test ----
     r = sub.add_parser(
-        "range-test", help="the LR range test on the built-in digits data, with a plot",
+        "range-test",
+        help="the LR range test on the built-in digits data, with a plot",
         description="Train the digits CNN for --num-iters steps while the LR rises from --start-lr to "
         "--end-lr (linearly, the paper's test, or exponentially), read the curve, and suggest "
         "base_lr and max_lr for CLR. Writes range_test.png and range_test.json into --out.\n"
@@ -128,20 +155,38 @@ def build_parser() -> argparse.ArgumentParser:
         "  result = clr_ext.range_test(model, train_loader, loss_fn, start_lr=1e-4, end_lr=1,\n"
         "                              sweep='exp', val_loader=val_loader, metric='accuracy')\n"
         "  opt = clr_ext.CyclicSGD.from_range_test(model.parameters(), result, iters_per_epoch)",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("--out", metavar="DIR", default="clr_ext_range_test",
-                   help="folder for range_test.png and range_test.json (default: ./clr_ext_range_test)")
-    r.add_argument("--sweep", choices=("linear", "exp"), default="linear",
-                   help="how the LR rises: linear (the paper's test; default) or exp (geometric, for "
-                   "sweeping several decades)")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument(
+        "--out",
+        metavar="DIR",
+        default="clr_ext_range_test",
+        help="folder for range_test.png and range_test.json (default: ./clr_ext_range_test)",
+    )
+    r.add_argument(
+        "--sweep",
+        choices=("linear", "exp"),
+        default="linear",
+        help="how the LR rises: linear (the paper's test; default) or exp (geometric, for sweeping several decades)",
+    )
     r.add_argument("--start-lr", type=positive_float, default=1e-3, metavar="LR", help="first LR (default 0.001)")
     r.add_argument("--end-lr", type=positive_float, default=0.5, metavar="LR", help="last LR (default 0.5)")
-    r.add_argument("--num-iters", type=positive_int, default=300, metavar="N",
-                   help="steps in the test (default 300, about 8 epochs)")
-    r.add_argument("--metric", choices=("accuracy", "loss"), default="accuracy",
-                   help="which curve the bounds are read from (default accuracy, as in the paper)")
-    r.add_argument("--no-val", action="store_true",
-                   help="read the training batches instead of the held-out validation split")
+    r.add_argument(
+        "--num-iters",
+        type=positive_int,
+        default=300,
+        metavar="N",
+        help="steps in the test (default 300, about 8 epochs)",
+    )
+    r.add_argument(
+        "--metric",
+        choices=("accuracy", "loss"),
+        default="accuracy",
+        help="which curve the bounds are read from (default accuracy, as in the paper)",
+    )
+    r.add_argument(
+        "--no-val", action="store_true", help="read the training batches instead of the held-out validation split"
+    )
     r.add_argument("--momentum", type=momentum_float, default=0.9, help="SGD momentum (default 0.9)")
     r.add_argument("--weight-decay", type=non_negative_float, default=5e-4, help="(default 0.0005)")
     r.add_argument("--batch-size", type=positive_int, default=32, help="(default 32)")
@@ -151,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # ---- reproduce-cifar10 ----
     c = sub.add_parser(
-        "reproduce-cifar10", help="the paper's CIFAR-10 experiment (needs the data; a GPU helps)",
+        "reproduce-cifar10",
+        help="the paper's CIFAR-10 experiment (needs the data; a GPU helps)",
         description="The paper's CIFAR-10 experiment: Caffe's CIFAR-10 'full' network, batch 100, "
         "momentum 0.9, weight decay 0.004; the fixed-LR baseline (0.001 for 60,000 iterations, then "
         "0.0001 and 0.00001 for 5,000 each) against triangular2 (0.001-0.006, stepsize 2,000) and the "
@@ -161,45 +207,72 @@ def build_parser() -> argparse.ArgumentParser:
         "https://www.cs.toronto.edu/~kriz/cifar.html), extracted; --data-root is the folder holding "
         "data_batch_1..5 and test_batch, or the folder containing cifar-10-batches-py.\n"
         "At full length this is 232,000 iterations: hours on a CPU, minutes on a GPU.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     c.add_argument("--data-root", required=True, metavar="DIR", help="where the CIFAR-10 python batches are")
-    c.add_argument("--out", metavar="DIR", default="clr_ext_cifar10",
-                   help="folder for the results (default: ./clr_ext_cifar10)")
-    c.add_argument("--iters-scale", type=positive_float, default=1.0, metavar="F",
-                   help="multiply every iteration count (run lengths, LR drops, stepsize) by F, "
-                   "e.g. 0.1 for a 10x shorter run (default 1: the paper's lengths)")
-    c.add_argument("--policies", nargs="+", metavar="P",
-                   choices=("fixed", "triangular2", "decay", "exp", "exp_range", "triangular"),
-                   default=["fixed", "triangular2", "decay", "exp", "exp_range"],
-                   help="which policies to run (default: the paper's Table 1 rows: fixed triangular2 "
-                   "decay exp exp_range; 'triangular' may be added)")
+    c.add_argument(
+        "--out", metavar="DIR", default="clr_ext_cifar10", help="folder for the results (default: ./clr_ext_cifar10)"
+    )
+    c.add_argument(
+        "--iters-scale",
+        type=positive_float,
+        default=1.0,
+        metavar="F",
+        help="multiply every iteration count (run lengths, LR drops, stepsize) by F, "
+        "e.g. 0.1 for a 10x shorter run (default 1: the paper's lengths)",
+    )
+    c.add_argument(
+        "--policies",
+        nargs="+",
+        metavar="P",
+        choices=("fixed", "triangular2", "decay", "exp", "exp_range", "triangular"),
+        default=["fixed", "triangular2", "decay", "exp", "exp_range"],
+        help="which policies to run (default: the paper's Table 1 rows: fixed triangular2 "
+        "decay exp exp_range; 'triangular' may be added)",
+    )
     c.add_argument("--batch-size", type=positive_int, default=100, help="(default 100, the paper's)")
-    c.add_argument("--eval-every", type=positive_int, default=1000, metavar="N",
-                   help="test every N iterations (scaled by --iters-scale; default 1000, Caffe's)")
+    c.add_argument(
+        "--eval-every",
+        type=positive_int,
+        default=1000,
+        metavar="N",
+        help="test every N iterations (scaled by --iters-scale; default 1000, Caffe's)",
+    )
     c.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     c.add_argument("--seed", type=non_negative_int, default=0, help="(default 0)")
-    c.add_argument("--no-caffe-multipliers", action="store_true",
-                   help="one LR and weight decay for all layers instead of Caffe's per-layer multipliers "
-                   "(biases: LR x2; last layer: weight decay x250)")
+    c.add_argument(
+        "--no-caffe-multipliers",
+        action="store_true",
+        help="one LR and weight decay for all layers instead of Caffe's per-layer multipliers "
+        "(biases: LR x2; last layer: weight decay x250)",
+    )
     _add_threads(c, None)
 
     # ---- info ----
-    sub.add_parser("info", help="versions, compiled backends, CPU features, CUDA",
-                   description="Print the clr_ext and torch versions, the compiled backends, the CPU's "
-                   "vector features and whether CUDA is available.")
+    sub.add_parser(
+        "info",
+        help="versions, compiled backends, CPU features, CUDA",
+        description="Print the clr_ext and torch versions, the compiled backends, the CPU's "
+        "vector features and whether CUDA is available.",
+    )
     return p
 
 
 def _add_threads(parser: argparse.ArgumentParser, default: Optional[int]) -> None:
-    hint = ("default 1: these models are so small that more threads cost more in synchronisation "
-            "than they save" if default == 1 else "default: torch's choice")
-    parser.add_argument("--threads", type=positive_int, default=default, metavar="N",
-                        help=f"CPU threads for torch ({hint})")
+    hint = (
+        "default 1: these models are so small that more threads cost more in synchronisation than they save"
+        if default == 1
+        else "default: torch's choice"
+    )
+    parser.add_argument(
+        "--threads", type=positive_int, default=default, metavar="N", help=f"CPU threads for torch ({hint})"
+    )
 
 
 def _version() -> str:
     try:
         from .. import __version__
+
         return __version__
     except Exception:  # e.g. a half-built checkout; the version is informative only
         return "unknown"
@@ -218,6 +291,7 @@ def _prepare_out(path: str) -> str:
 def _set_threads(n: Optional[int]) -> None:
     if n is not None:
         import torch
+
         torch.set_num_threads(n)
 
 
@@ -243,8 +317,8 @@ def _cmd_range_test(args) -> int:
     import torch
     import torch.nn.functional as F
 
-    from .data import DigitsCNN, TensorLoader, load_digits_split
     from ..range_test import range_test
+    from .data import DigitsCNN, TensorLoader, load_digits_split
 
     if not args.end_lr > args.start_lr:
         raise UserError(f"--end-lr ({args.end_lr:g}) must be greater than --start-lr ({args.start_lr:g})")
@@ -255,22 +329,33 @@ def _cmd_range_test(args) -> int:
     data = load_digits_split(test_size=360, val_size=300, seed=0)
     torch.manual_seed(args.seed)
     result = range_test(
-        DigitsCNN(), TensorLoader(data.x_train, data.y_train, args.batch_size, drop_last=True, seed=args.seed),
-        F.cross_entropy, start_lr=args.start_lr, end_lr=args.end_lr, num_iters=args.num_iters,
-        sweep=args.sweep, metric=args.metric,
+        DigitsCNN(),
+        TensorLoader(data.x_train, data.y_train, args.batch_size, drop_last=True, seed=args.seed),
+        F.cross_entropy,
+        start_lr=args.start_lr,
+        end_lr=args.end_lr,
+        num_iters=args.num_iters,
+        sweep=args.sweep,
+        metric=args.metric,
         val_loader=None if args.no_val else TensorLoader(data.x_val, data.y_val, len(data.x_val), shuffle=False),
-        momentum=args.momentum, weight_decay=args.weight_decay, progress=not args.quiet)
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        progress=not args.quiet,
+    )
     result.plot(os.path.join(out, "range_test.png"))
     result.save(os.path.join(out, "range_test.json"))
     iters_per_epoch = len(data.x_train) // args.batch_size
-    state = (f"stopped early at LR {result.lrs[-1]:.3g} ({result.stop_reason})" if result.diverged
-             else "ran to the end")
-    print(f"range test on digits: {result.sweep} sweep {args.start_lr:g} -> {args.end_lr:g}, "
-          f"{len(result.lrs)} steps, {state}; read from the {result.metric if result.reading == 'metric' else 'loss'} "
-          f"on the {'validation split' if result.measured_on == 'val' else 'training batches'}")
+    state = f"stopped early at LR {result.lrs[-1]:.3g} ({result.stop_reason})" if result.diverged else "ran to the end"
+    print(
+        f"range test on digits: {result.sweep} sweep {args.start_lr:g} -> {args.end_lr:g}, "
+        f"{len(result.lrs)} steps, {state}; read from the {result.metric if result.reading == 'metric' else 'loss'} "
+        f"on the {'validation split' if result.measured_on == 'val' else 'training batches'}"
+    )
     print(f"suggested bounds: base_lr = {result.base_lr:.4g}, max_lr = {result.max_lr:.4g}")
-    print(f"suggested stepsize: {result.step_size(iters_per_epoch)} iterations (4 epochs of "
-          f"{iters_per_epoch}; the paper advises 2-10 epochs)")
+    print(
+        f"suggested stepsize: {result.step_size(iters_per_epoch)} iterations (4 epochs of "
+        f"{iters_per_epoch}; the paper advises 2-10 epochs)"
+    )
     print(f"wrote range_test.png and range_test.json to {out}")
     return 0
 
@@ -286,15 +371,22 @@ def _cmd_cifar10(args) -> int:
     device = args.device
     if device != "auto":
         import torch
+
         try:
             dev = torch.device(device)
         except (RuntimeError, ValueError):
             raise UserError(f"--device: not a device: {device!r} (auto, cpu, cuda or cuda:N)") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise UserError(f"--device {device}: CUDA is not available in this torch ({torch.__version__})")
-    cfg = CifarConfig(iters_scale=args.iters_scale, batch_size=args.batch_size, policies=tuple(args.policies),
-                      eval_every=args.eval_every, seed=args.seed, device=device,
-                      caffe_multipliers=not args.no_caffe_multipliers)
+    cfg = CifarConfig(
+        iters_scale=args.iters_scale,
+        batch_size=args.batch_size,
+        policies=tuple(args.policies),
+        eval_every=args.eval_every,
+        seed=args.seed,
+        device=device,
+        caffe_multipliers=not args.no_caffe_multipliers,
+    )
     out = _prepare_out(args.out)
     _set_threads(args.threads)
     try:
@@ -309,10 +401,13 @@ def _cmd_info(args) -> int:
 
     import torch
 
-    lines = [f"clr_ext {_version()}", f"torch {torch.__version__} (Python {platform.python_version()}, "
-             f"{platform.machine()})"]
+    lines = [
+        f"clr_ext {_version()}",
+        f"torch {torch.__version__} (Python {platform.python_version()}, {platform.machine()})",
+    ]
     try:
         from .. import available_backends
+
         backends = ", ".join(available_backends())
     except Exception as e:  # report a broken build rather than crash the diagnostic command
         backends = f"unavailable ({type(e).__name__}: {e})"
@@ -321,8 +416,7 @@ def _cmd_info(args) -> int:
         cpu = torch.backends.cpu.get_cpu_capability()
     except Exception:
         cpu = "unknown"
-    lines.append(f"CPU capability: {cpu} ({os.cpu_count()} logical CPUs, torch uses "
-                 f"{torch.get_num_threads()} threads)")
+    lines.append(f"CPU capability: {cpu} ({os.cpu_count()} logical CPUs, torch uses {torch.get_num_threads()} threads)")
     if torch.cuda.is_available():
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         lines.append(f"CUDA: available (CUDA {torch.version.cuda}; {', '.join(names)})")
@@ -333,8 +427,7 @@ def _cmd_info(args) -> int:
     return 0
 
 
-_COMMANDS = {"demo": _cmd_demo, "range-test": _cmd_range_test, "reproduce-cifar10": _cmd_cifar10,
-             "info": _cmd_info}
+_COMMANDS = {"demo": _cmd_demo, "range-test": _cmd_range_test, "reproduce-cifar10": _cmd_cifar10, "info": _cmd_info}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -345,8 +438,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as e:  # --help, --version, or a usage error (already printed)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     if args.command is None:
-        print(f"{PROG}: error: a command is required: demo, range-test, reproduce-cifar10 or info "
-              f"(see '{PROG} --help')", file=sys.stderr)
+        print(
+            f"{PROG}: error: a command is required: demo, range-test, reproduce-cifar10 or info (see '{PROG} --help')",
+            file=sys.stderr,
+        )
         return 2
     try:
         return _COMMANDS[args.command](args)

@@ -23,10 +23,19 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "DigitsSplit", "load_digits_split", "DigitsCNN", "TensorLoader",
-    "CIFAR10_TRAIN_FILES", "CIFAR10_TEST_FILE", "Cifar10", "CifarFormatError", "load_cifar10",
-    "find_cifar10", "CaffeMeanSubtract",
-    "WithinChannelLRN", "CaffeCifar10Full",
+    "DigitsSplit",
+    "load_digits_split",
+    "DigitsCNN",
+    "TensorLoader",
+    "CIFAR10_TRAIN_FILES",
+    "CIFAR10_TEST_FILE",
+    "Cifar10",
+    "CifarFormatError",
+    "load_cifar10",
+    "find_cifar10",
+    "CaffeMeanSubtract",
+    "WithinChannelLRN",
+    "CaffeCifar10Full",
 ]
 
 
@@ -42,8 +51,17 @@ class TensorLoader:
     subtraction for CIFAR-10, done per batch to keep the stored data small).
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = True,
-                 drop_last: bool = False, seed: int = 0, transform=None) -> None:
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        transform=None,
+    ) -> None:
         if len(x) != len(y):
             raise ValueError(f"x and y differ in length: {len(x)} != {len(y)}")
         if batch_size < 1:
@@ -85,6 +103,7 @@ class TensorLoader:
 @dataclass
 class DigitsSplit:
     """Inputs are float32 (N, 1, 8, 8) in [0, 1]; targets int64 class indices 0-9."""
+
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_val: torch.Tensor
@@ -109,8 +128,7 @@ def load_digits_split(*, test_size: int = 360, val_size: int = 0, seed: int = 0)
     idx = torch.arange(n).numpy()
     rest, test = train_test_split(idx, test_size=test_size, random_state=seed, stratify=y.numpy())
     if val_size:
-        train, val = train_test_split(rest, test_size=val_size, random_state=seed + 1,
-                                      stratify=y.numpy()[rest])
+        train, val = train_test_split(rest, test_size=val_size, random_state=seed + 1, stratify=y.numpy()[rest])
     else:
         train, val = rest, rest[:0]
     train, val, test = (torch.as_tensor(sorted(a), dtype=torch.int64) for a in (train, val, test))
@@ -125,8 +143,12 @@ class DigitsCNN(nn.Module):
     def __init__(self, width: int = 16, num_classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),            # 4x4
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),    # 2x2
+            nn.Conv2d(1, width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 4x4
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 2x2
         )
         self.classifier = nn.Linear(2 * width * 4, num_classes)
 
@@ -149,6 +171,7 @@ class CifarFormatError(ValueError):
 @dataclass
 class Cifar10:
     """uint8 images (N, 3, 32, 32) (channels R, G, B) and int64 labels 0-9."""
+
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
@@ -171,7 +194,8 @@ def find_cifar10(root: os.PathLike) -> str:
         f"CIFAR-10 not found in {root!r}: expected the python-pickle batches "
         f"({', '.join(names)}) there or in {os.path.join(root, _CIFAR10_SUBDIR)!r} "
         f"(extract cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html); "
-        f"missing: {', '.join(missing)}")
+        f"missing: {', '.join(missing)}"
+    )
 
 
 class _BatchUnpickler(pickle.Unpickler):
@@ -179,10 +203,14 @@ class _BatchUnpickler(pickle.Unpickler):
     can otherwise run arbitrary code, and the data root is user-supplied."""
 
     _ALLOWED = {
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
         ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
     }
 
@@ -209,8 +237,10 @@ def _read_batch(path: str) -> Tuple[torch.Tensor, torch.Tensor]:
     data = np.asarray(data)
     labels = np.asarray(labels)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
-        raise CifarFormatError(f"{path}: expected uint8 data of shape (N, 3072) and N labels, got "
-                         f"{data.dtype} {data.shape} and {labels.shape}")
+        raise CifarFormatError(
+            f"{path}: expected uint8 data of shape (N, 3072) and N labels, got "
+            f"{data.dtype} {data.shape} and {labels.shape}"
+        )
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise CifarFormatError(f"{path}: labels outside 0-9")
     # Each row is the 1024 red, then green, then blue values of a 32x32 image, row-major.
@@ -239,7 +269,7 @@ class CaffeMeanSubtract:
         # Accumulate in float64 chunks: a float32 sum over 50,000 images loses digits.
         total = torch.zeros(x_train_uint8.shape[1:], dtype=torch.float64, device=x_train_uint8.device)
         for k in range(0, len(x_train_uint8), 5000):
-            total += x_train_uint8[k:k + 5000].double().sum(0)
+            total += x_train_uint8[k : k + 5000].double().sum(0)
         return cls(total / max(1, len(x_train_uint8)))
 
     def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
@@ -263,8 +293,7 @@ class WithinChannelLRN(nn.Module):
         self.local_size, self.alpha, self.beta = local_size, alpha, beta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        sq = F.avg_pool2d(x * x, self.local_size, stride=1, padding=self.local_size // 2,
-                          count_include_pad=True)
+        sq = F.avg_pool2d(x * x, self.local_size, stride=1, padding=self.local_size // 2, count_include_pad=True)
         return x * (1.0 + self.alpha * sq).pow(-self.beta)
 
     def extra_repr(self) -> str:

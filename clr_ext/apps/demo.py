@@ -19,9 +19,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .data import (CaffeCifar10Full, CaffeMeanSubtract, DigitsCNN, TensorLoader, load_cifar10,
-                   load_digits_split)
 from ..range_test import range_test
+from .data import CaffeCifar10Full, CaffeMeanSubtract, DigitsCNN, TensorLoader, load_cifar10, load_digits_split
 
 __all__ = ["DemoConfig", "run_demo", "CifarConfig", "run_cifar10", "PAPER_TABLE1_CIFAR10"]
 
@@ -39,16 +38,15 @@ def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
 
 
 @torch.no_grad()
-def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000,
-              transform=None) -> float:
+def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000, transform=None) -> float:
     was_training = model.training
     model.eval()
     correct = 0
     for k in range(0, len(x), batch):
-        xb = x[k:k + batch]
+        xb = x[k : k + batch]
         if transform is not None:
             xb = transform(xb)
-        correct += (model(xb).argmax(-1) == y[k:k + batch]).sum().item()
+        correct += (model(xb).argmax(-1) == y[k : k + batch]).sum().item()
     model.train(was_training)
     return correct / max(1, len(x))
 
@@ -99,19 +97,20 @@ def _fmt_lr(lr: float) -> str:
 @dataclass
 class DemoConfig:
     """Settings of :func:`run_demo`; ``DemoConfig.quick()`` is the ``--quick`` variant."""
+
     seeds: int = 5
     batch_size: int = 32
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    epochs_per_half_cycle: float = 4.0   # the paper: 2-10 epochs per half cycle (CIFAR: 4)
-    cycles: int = 3                      # the paper: at least 3 cycles, stop at a cycle's end
+    epochs_per_half_cycle: float = 4.0  # the paper: 2-10 epochs per half cycle (CIFAR: 4)
+    cycles: int = 3  # the paper: at least 3 cycles, stop at a cycle's end
     grid: Tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2)
-    range_test_iters: int = 300          # about 8 epochs, the paper's "several epochs"
+    range_test_iters: int = 300  # about 8 epochs, the paper's "several epochs"
     range_start_lr: float = 1e-3
-    range_end_lr: float = 0.5            # this CNN stops learning at about 0.35 (momentum 0.9)
-    adamw_start_lr: float = 1e-5         # AdamW's range test (geometric sweep)
+    range_end_lr: float = 0.5  # this CNN stops learning at about 0.35 (momentum 0.9)
+    adamw_start_lr: float = 1e-5  # AdamW's range test (geometric sweep)
     adamw_end_lr: float = 0.1
-    adamw_weight_decay: float = 1e-2     # AdamW's default (decoupled) weight decay
+    adamw_weight_decay: float = 1e-2  # AdamW's default (decoupled) weight decay
     evals_per_run: int = 50
     val_size: int = 300
     test_size: int = 360
@@ -119,12 +118,12 @@ class DemoConfig:
 
     @classmethod
     def quick(cls) -> "DemoConfig":
-        return cls(seeds=3, epochs_per_half_cycle=1.0, cycles=3, grid=(0.02, 0.05, 0.1),
-                   range_test_iters=150, evals_per_run=30)
+        return cls(
+            seeds=3, epochs_per_half_cycle=1.0, cycles=3, grid=(0.02, 0.05, 0.1), range_test_iters=150, evals_per_run=30
+        )
 
 
-def _train_digits(data, make_opt, *, seed: int, iters: int, batch_size: int, eval_every: int,
-                  record_lr: bool) -> Dict:
+def _train_digits(data, make_opt, *, seed: int, iters: int, batch_size: int, eval_every: int, record_lr: bool) -> Dict:
     torch.manual_seed(seed)
     model = DigitsCNN()
     opt = make_opt(model.parameters())
@@ -144,8 +143,7 @@ def _train_digits(data, make_opt, *, seed: int, iters: int, batch_size: int, eva
     return {"iters": curve_it, "acc": curve_acc, "final": curve_acc[-1], "lrs": lrs}
 
 
-def run_demo(out_dir: str, config: Optional[DemoConfig] = None, *, progress: bool = True,
-             log: Log = print) -> Dict:
+def run_demo(out_dir: str, config: Optional[DemoConfig] = None, *, progress: bool = True, log: Log = print) -> Dict:
     """Run the demo, print the table, write ``range_test.png``, ``lr_schedule.png``,
     ``accuracy.png`` and ``results.json`` into ``out_dir``; returns what results.json holds."""
     from ..optim import CyclicAdamW, CyclicSGD, OneCycleAdamW, OneCycleSGD
@@ -155,91 +153,176 @@ def run_demo(out_dir: str, config: Optional[DemoConfig] = None, *, progress: boo
     os.makedirs(out_dir, exist_ok=True)
     data = load_digits_split(test_size=cfg.test_size, val_size=cfg.val_size, seed=cfg.split_seed)
     iters_per_epoch = len(data.x_train) // cfg.batch_size
-    log(f"digits: {len(data.x_train)} train / {len(data.x_val)} validation / {len(data.x_test)} "
+    log(
+        f"digits: {len(data.x_train)} train / {len(data.x_val)} validation / {len(data.x_test)} "
         f"test images; batch {cfg.batch_size} ({iters_per_epoch} iterations per epoch); "
-        f"{cfg.seeds} seeds")
+        f"{cfg.seeds} seeds"
+    )
     # The numbers are reproducible run to run on one machine; across machines the rounding
     # differs with these (README: "Reproducing the demo's numbers").
     numerics = {"torch_threads": torch.get_num_threads(), "cpu_capability": _cpu_capability()}
-    log(f"numerics: torch {torch.__version__}, {numerics['torch_threads']} thread(s), "
-        f"CPU kernels {numerics['cpu_capability']}")
+    log(
+        f"numerics: torch {torch.__version__}, {numerics['torch_threads']} thread(s), "
+        f"CPU kernels {numerics['cpu_capability']}"
+    )
 
     # 1. One range test (the paper's: linear sweep, accuracy read on held-out data).
     torch.manual_seed(cfg.split_seed)
     rt = range_test(
-        DigitsCNN(), TensorLoader(data.x_train, data.y_train, cfg.batch_size, drop_last=True, seed=cfg.split_seed),
-        F.cross_entropy, start_lr=cfg.range_start_lr, end_lr=cfg.range_end_lr,
-        num_iters=cfg.range_test_iters, sweep="linear", metric="accuracy",
+        DigitsCNN(),
+        TensorLoader(data.x_train, data.y_train, cfg.batch_size, drop_last=True, seed=cfg.split_seed),
+        F.cross_entropy,
+        start_lr=cfg.range_start_lr,
+        end_lr=cfg.range_end_lr,
+        num_iters=cfg.range_test_iters,
+        sweep="linear",
+        metric="accuracy",
         val_loader=TensorLoader(data.x_val, data.y_val, len(data.x_val), shuffle=False),
-        momentum=cfg.momentum, weight_decay=cfg.weight_decay, progress=progress)
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        progress=progress,
+    )
     rt.plot(os.path.join(out_dir, "range_test.png"))
     base_lr, max_lr = rt.base_lr, rt.max_lr
     rt_iters = len(rt.lrs)  # the steps it actually took (it may stop early)
     # AdamW's own range: its LRs are an order of magnitude below SGD's, swept geometrically.
     torch.manual_seed(cfg.split_seed)
     rt_adamw = range_test(
-        DigitsCNN(), TensorLoader(data.x_train, data.y_train, cfg.batch_size, drop_last=True, seed=cfg.split_seed),
-        F.cross_entropy, start_lr=cfg.adamw_start_lr, end_lr=cfg.adamw_end_lr, num_iters=cfg.range_test_iters,
-        sweep="exp", metric="accuracy", optimizer="adamw", weight_decay=cfg.adamw_weight_decay,
-        val_loader=TensorLoader(data.x_val, data.y_val, len(data.x_val), shuffle=False), progress=progress)
+        DigitsCNN(),
+        TensorLoader(data.x_train, data.y_train, cfg.batch_size, drop_last=True, seed=cfg.split_seed),
+        F.cross_entropy,
+        start_lr=cfg.adamw_start_lr,
+        end_lr=cfg.adamw_end_lr,
+        num_iters=cfg.range_test_iters,
+        sweep="exp",
+        metric="accuracy",
+        optimizer="adamw",
+        weight_decay=cfg.adamw_weight_decay,
+        val_loader=TensorLoader(data.x_val, data.y_val, len(data.x_val), shuffle=False),
+        progress=progress,
+    )
     adamw_base, adamw_max, adamw_rt_iters = rt_adamw.base_lr, rt_adamw.max_lr, len(rt_adamw.lrs)
     step = rt.step_size(iters_per_epoch, cfg.epochs_per_half_cycle)
     iters = 2 * step * cfg.cycles
     eval_every = max(1, iters // cfg.evals_per_run)
     fixed_rt = max_lr / 2.0
-    log(f"range test ({rt_iters} of {rt.num_iters} iterations, linear {cfg.range_start_lr:g} -> "
+    log(
+        f"range test ({rt_iters} of {rt.num_iters} iterations, linear {cfg.range_start_lr:g} -> "
         f"{cfg.range_end_lr:g}, validation accuracy): base_lr = {_fmt_lr(base_lr)}, max_lr = {_fmt_lr(max_lr)}"
-        + (" (stopped early: diverged)" if rt.diverged else ""))
-    log(f"AdamW range test ({adamw_rt_iters} of {rt_adamw.num_iters} iterations, exp {cfg.adamw_start_lr:g} -> "
-        f"{cfg.adamw_end_lr:g}): base_lr = {_fmt_lr(adamw_base)}, max_lr = {_fmt_lr(adamw_max)}")
-    log(f"every run: {iters} iterations = {cfg.cycles} cycles of stepsize {step} "
+        + (" (stopped early: diverged)" if rt.diverged else "")
+    )
+    log(
+        f"AdamW range test ({adamw_rt_iters} of {rt_adamw.num_iters} iterations, exp {cfg.adamw_start_lr:g} -> "
+        f"{cfg.adamw_end_lr:g}): base_lr = {_fmt_lr(adamw_base)}, max_lr = {_fmt_lr(adamw_max)}"
+    )
+    log(
+        f"every run: {iters} iterations = {cfg.cycles} cycles of stepsize {step} "
         f"({cfg.epochs_per_half_cycle:g} x {iters_per_epoch} iterations); momentum {cfg.momentum}, "
-        f"weight decay {cfg.weight_decay}")
+        f"weight decay {cfg.weight_decay}"
+    )
 
     common = dict(momentum=cfg.momentum, weight_decay=cfg.weight_decay, cycle_momentum=False)
-    exp_gamma = (base_lr / max_lr) ** (1.0 / iters)      # max_lr at the start, base_lr at the end
-    range_gamma = 0.1 ** (1.0 / iters)                   # amplitude down to a tenth by the end
+    exp_gamma = (base_lr / max_lr) ** (1.0 / iters)  # max_lr at the start, base_lr at the end
+    range_gamma = 0.1 ** (1.0 / iters)  # amplitude down to a tenth by the end
     policies: List[Tuple[str, str, str, Callable]] = [
         # (name, LR description, runs-needed, optimizer factory)
-        ("fixed (range test)", f"{_fmt_lr(fixed_rt)} = max_lr/2", "1 + range test",
-         lambda p: CyclicSGD(p, fixed_rt, fixed_rt, mode="fixed", **common)),
-        ("triangular", f"{_fmt_lr(base_lr)}-{_fmt_lr(max_lr)}", "1 + range test",
-         lambda p: CyclicSGD(p, base_lr, max_lr, step_size_up=step, mode="triangular", **common)),
-        ("triangular2", f"{_fmt_lr(base_lr)}-{_fmt_lr(max_lr)}", "1 + range test",
-         lambda p: CyclicSGD(p, base_lr, max_lr, step_size_up=step, mode="triangular2", **common)),
-        ("exp_range", f"{_fmt_lr(base_lr)}-{_fmt_lr(max_lr)}, gamma {range_gamma:.5f}", "1 + range test",
-         lambda p: CyclicSGD(p, base_lr, max_lr, step_size_up=step, mode="exp_range", gamma=range_gamma,
-                             **common)),
-        ("decay", f"{_fmt_lr(max_lr)} -> {_fmt_lr(base_lr)} over {step} it.", "1 + range test",
-         lambda p: CyclicSGD(p, base_lr, max_lr, step_size_up=step, mode="decay", **common)),
-        ("exp", f"{_fmt_lr(max_lr)} x {exp_gamma:.5f}^it", "1 + range test",
-         lambda p: CyclicSGD(p, max_lr, max_lr, mode="exp", gamma=exp_gamma, **common)),
+        (
+            "fixed (range test)",
+            f"{_fmt_lr(fixed_rt)} = max_lr/2",
+            "1 + range test",
+            lambda p: CyclicSGD(p, fixed_rt, fixed_rt, mode="fixed", **common),
+        ),
+        (
+            "triangular",
+            f"{_fmt_lr(base_lr)}-{_fmt_lr(max_lr)}",
+            "1 + range test",
+            lambda p: CyclicSGD(p, base_lr, max_lr, step_size_up=step, mode="triangular", **common),
+        ),
+        (
+            "triangular2",
+            f"{_fmt_lr(base_lr)}-{_fmt_lr(max_lr)}",
+            "1 + range test",
+            lambda p: CyclicSGD(p, base_lr, max_lr, step_size_up=step, mode="triangular2", **common),
+        ),
+        (
+            "exp_range",
+            f"{_fmt_lr(base_lr)}-{_fmt_lr(max_lr)}, gamma {range_gamma:.5f}",
+            "1 + range test",
+            lambda p: CyclicSGD(p, base_lr, max_lr, step_size_up=step, mode="exp_range", gamma=range_gamma, **common),
+        ),
+        (
+            "decay",
+            f"{_fmt_lr(max_lr)} -> {_fmt_lr(base_lr)} over {step} it.",
+            "1 + range test",
+            lambda p: CyclicSGD(p, base_lr, max_lr, step_size_up=step, mode="decay", **common),
+        ),
+        (
+            "exp",
+            f"{_fmt_lr(max_lr)} x {exp_gamma:.5f}^it",
+            "1 + range test",
+            lambda p: CyclicSGD(p, max_lr, max_lr, mode="exp", gamma=exp_gamma, **common),
+        ),
         # Smith's 1cycle (OneCycleLR's defaults: 30% up from max_lr/25, cosine, momentum
         # cycled 0.95-0.85) over the same iterations, peaking at the range test's max_lr.
-        ("1cycle", f"{_fmt_lr(max_lr / 25)} -> {_fmt_lr(max_lr)} -> {_fmt_lr(max_lr / 25 / 1e4)}",
-         "1 + range test",
-         lambda p: OneCycleSGD(p, max_lr, iters, weight_decay=cfg.weight_decay)),
-        ("triangular (AdamW)", f"{_fmt_lr(adamw_base)}-{_fmt_lr(adamw_max)}", "1 + AdamW range test",
-         lambda p: CyclicAdamW(p, adamw_base, adamw_max, step_size_up=step, weight_decay=cfg.adamw_weight_decay,
-                               cycle_momentum=False)),
-        ("1cycle (AdamW)", f"{_fmt_lr(adamw_max / 25)} -> {_fmt_lr(adamw_max)} -> ...", "1 + AdamW range test",
-         lambda p: OneCycleAdamW(p, adamw_max, iters, weight_decay=cfg.adamw_weight_decay)),
+        (
+            "1cycle",
+            f"{_fmt_lr(max_lr / 25)} -> {_fmt_lr(max_lr)} -> {_fmt_lr(max_lr / 25 / 1e4)}",
+            "1 + range test",
+            lambda p: OneCycleSGD(p, max_lr, iters, weight_decay=cfg.weight_decay),
+        ),
+        (
+            "triangular (AdamW)",
+            f"{_fmt_lr(adamw_base)}-{_fmt_lr(adamw_max)}",
+            "1 + AdamW range test",
+            lambda p: CyclicAdamW(
+                p, adamw_base, adamw_max, step_size_up=step, weight_decay=cfg.adamw_weight_decay, cycle_momentum=False
+            ),
+        ),
+        (
+            "1cycle (AdamW)",
+            f"{_fmt_lr(adamw_max / 25)} -> {_fmt_lr(adamw_max)} -> ...",
+            "1 + AdamW range test",
+            lambda p: OneCycleAdamW(p, adamw_max, iters, weight_decay=cfg.adamw_weight_decay),
+        ),
     ]
     for lr in cfg.grid:
-        policies.append((f"fixed {_fmt_lr(lr)} (grid)", _fmt_lr(lr), f"{len(cfg.grid)} (grid)",
-                         lambda p, lr=lr: CyclicSGD(p, lr, lr, mode="fixed", **common)))
+        policies.append(
+            (
+                f"fixed {_fmt_lr(lr)} (grid)",
+                _fmt_lr(lr),
+                f"{len(cfg.grid)} (grid)",
+                lambda p, lr=lr: CyclicSGD(p, lr, lr, mode="fixed", **common),
+            )
+        )
 
     # 2. Train every policy on every seed (same seeds: same initial weights and batch order).
     runs: Dict[str, Dict] = {}
     for name, lr_desc, runs_needed, make_opt in policies:
         t0 = time.perf_counter()
-        seeds_out = [_train_digits(data, make_opt, seed=s, iters=iters, batch_size=cfg.batch_size,
-                                   eval_every=eval_every, record_lr=(s == 0)) for s in range(cfg.seeds)]
+        seeds_out = [
+            _train_digits(
+                data,
+                make_opt,
+                seed=s,
+                iters=iters,
+                batch_size=cfg.batch_size,
+                eval_every=eval_every,
+                record_lr=(s == 0),
+            )
+            for s in range(cfg.seeds)
+        ]
         mean, std = _mean_std([r["final"] for r in seeds_out])
-        runs[name] = {"lr": lr_desc, "runs_needed": runs_needed, "seeds": seeds_out,
-                      "final_mean": mean, "final_std": std}
-        log(f"  {name:<22s} final test accuracy {100 * mean:5.1f} +- {100 * std:.1f} %  "
-            f"({cfg.seeds} runs, {time.perf_counter() - t0:.1f} s)")
+        runs[name] = {
+            "lr": lr_desc,
+            "runs_needed": runs_needed,
+            "seeds": seeds_out,
+            "final_mean": mean,
+            "final_std": std,
+        }
+        log(
+            f"  {name:<22s} final test accuracy {100 * mean:5.1f} +- {100 * std:.1f} %  "
+            f"({cfg.seeds} runs, {time.perf_counter() - t0:.1f} s)"
+        )
 
     # 3. The table: the grid's best fixed LR sets the target accuracy.
     grid_names = [p[0] for p in policies if p[0].endswith("(grid)")]
@@ -248,18 +331,32 @@ def run_demo(out_dir: str, config: Optional[DemoConfig] = None, *, progress: boo
     for name, r in runs.items():
         r["iters_to_target"] = [_first_reach(s["iters"], s["acc"], target) for s in r["seeds"]]
     shown = [best_fixed] + [p[0] for p in policies if not p[0].endswith("(grid)")]
-    headers = ["policy", "LR", "runs needed", "iterations in all", f"iterations to {100 * target:.1f}%",
-               "final test accuracy (%)"]
+    headers = [
+        "policy",
+        "LR",
+        "runs needed",
+        "iterations in all",
+        f"iterations to {100 * target:.1f}%",
+        "final test accuracy (%)",
+    ]
     rows = []
     for name in shown:
         r = runs[name]
         label = "fixed (best of grid)" if name == best_fixed else name
         # The tuning cost, per seed: the grid's runs, or the range test plus one run.
-        r["iterations_in_all"] = (len(cfg.grid) * iters if name in grid_names
-                                  else (adamw_rt_iters if "AdamW" in name else rt_iters) + iters)
-        rows.append([label, r["lr"], r["runs_needed"], f"{r['iterations_in_all']:,d}",
-                     _reach_cell(r["iters_to_target"]),
-                     f"{100 * r['final_mean']:.1f} +- {100 * r['final_std']:.1f}"])
+        r["iterations_in_all"] = (
+            len(cfg.grid) * iters if name in grid_names else (adamw_rt_iters if "AdamW" in name else rt_iters) + iters
+        )
+        rows.append(
+            [
+                label,
+                r["lr"],
+                r["runs_needed"],
+                f"{r['iterations_in_all']:,d}",
+                _reach_cell(r["iters_to_target"]),
+                f"{100 * r['final_mean']:.1f} +- {100 * r['final_std']:.1f}",
+            ]
+        )
     table = _format_table(headers, rows)
     grid_line = ", ".join(f"{runs[n]['lr']}: {100 * runs[n]['final_mean']:.1f}" for n in grid_names)
     winner = max(shown, key=lambda n: runs[n]["final_mean"])
@@ -270,10 +367,14 @@ def run_demo(out_dir: str, config: Optional[DemoConfig] = None, *, progress: boo
     verdict = (
         f"Highest mean final accuracy: {winner_label} ({100 * runs[winner]['final_mean']:.1f}%). "
         f"Best cyclical policy {clr_best} vs the grid's best fixed LR: {100 * gap:+.1f} points "
-        + ("(within one standard deviation: a tie on this data)" if abs(gap) <= noise else
-           ("(CLR ahead)" if gap > 0 else "(the tuned fixed LR ahead)"))
+        + (
+            "(within one standard deviation: a tie on this data)"
+            if abs(gap) <= noise
+            else ("(CLR ahead)" if gap > 0 else "(the tuned fixed LR ahead)")
+        )
         + f"; the fixed LR needed a grid of {len(cfg.grid)} runs per seed, CLR one run after a "
-        f"{rt_iters}-iteration range test.")
+        f"{rt_iters}-iteration range test."
+    )
     log("")
     log(table)
     log(f"fixed-LR grid ({len(cfg.grid)} runs per seed, final test accuracy %): {grid_line}")
@@ -281,32 +382,46 @@ def run_demo(out_dir: str, config: Optional[DemoConfig] = None, *, progress: boo
 
     # 4. Plots and results.json.
     # (AdamW's LRs are two orders of magnitude lower: they would flatten the SGD curves)
-    _plot_schedules(os.path.join(out_dir, "lr_schedule.png"), runs, [n for n in shown if "AdamW" not in n],
-                    best_fixed, step)
+    _plot_schedules(
+        os.path.join(out_dir, "lr_schedule.png"), runs, [n for n in shown if "AdamW" not in n], best_fixed, step
+    )
     _plot_accuracy(os.path.join(out_dir, "accuracy.png"), runs, shown, best_fixed, target)
     elapsed = time.perf_counter() - t_start
     results = {
         "format": "clr_ext.demo",
         "config": {**asdict(cfg), "grid": list(cfg.grid)},
-        "dataset": {"name": "sklearn digits", "train": len(data.x_train), "val": len(data.x_val),
-                    "test": len(data.x_test), "iters_per_epoch": iters_per_epoch},
+        "dataset": {
+            "name": "sklearn digits",
+            "train": len(data.x_train),
+            "val": len(data.x_val),
+            "test": len(data.x_test),
+            "iters_per_epoch": iters_per_epoch,
+        },
         "range_test": rt.to_dict(),
-        "bounds": {"base_lr": base_lr, "max_lr": max_lr, "step_size": step, "iterations": iters,
-                   "fixed_from_range_test": fixed_rt},
+        "bounds": {
+            "base_lr": base_lr,
+            "max_lr": max_lr,
+            "step_size": step,
+            "iterations": iters,
+            "fixed_from_range_test": fixed_rt,
+        },
         "adamw_range_test": rt_adamw.to_dict(),
         "adamw_bounds": {"base_lr": adamw_base, "max_lr": adamw_max},
         "best_fixed": best_fixed,
         "target_accuracy": target,
         "policies": {
             name: {
-                "lr": r["lr"], "runs_needed": r["runs_needed"],
+                "lr": r["lr"],
+                "runs_needed": r["runs_needed"],
                 "iterations_in_all": r.get("iterations_in_all"),
                 "final_accuracy": [s["final"] for s in r["seeds"]],
-                "final_mean": r["final_mean"], "final_std": r["final_std"],
+                "final_mean": r["final_mean"],
+                "final_std": r["final_std"],
                 "iters_to_target": r["iters_to_target"],
                 "eval_iters": r["seeds"][0]["iters"],
                 "accuracy_curves": [s["acc"] for s in r["seeds"]],
-            } for name, r in runs.items()
+            }
+            for name, r in runs.items()
         },
         "table": {"headers": headers, "rows": rows},
         "winner": winner,
@@ -318,8 +433,7 @@ def run_demo(out_dir: str, config: Optional[DemoConfig] = None, *, progress: boo
     with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1, allow_nan=False, default=_json_default)
         f.write("\n")
-    log(f"wrote range_test.png, lr_schedule.png, accuracy.png, results.json to {out_dir} "
-        f"({elapsed:.0f} s)")
+    log(f"wrote range_test.png, lr_schedule.png, accuracy.png, results.json to {out_dir} ({elapsed:.0f} s)")
     return results
 
 
@@ -330,6 +444,7 @@ def _json_default(o):
 def _version() -> str:
     try:
         from .. import __version__
+
         return __version__
     except Exception:  # the package __init__ may be mid-build; the version is informative only
         return "unknown"
@@ -349,8 +464,7 @@ def _plot_schedules(path, runs, names, best_fixed, step) -> None:
     for name in names:
         lrs = runs[name]["seeds"][0]["lrs"]
         label = f"fixed (best of grid, {runs[name]['lr']})" if name == best_fixed else name
-        ax.plot(range(len(lrs)), lrs, lw=1.5, label=label,
-                ls="--" if name.startswith("fixed") else "-")
+        ax.plot(range(len(lrs)), lrs, lw=1.5, label=label, ls="--" if name.startswith("fixed") else "-")
     ax.set_xlabel("iteration")
     ax.set_ylabel("learning rate")
     ax.set_title(f"LR policies (stepsize {step} iterations)")
@@ -368,10 +482,9 @@ def _plot_accuracy(path, runs, names, best_fixed, target) -> None:
         seeds = runs[name]["seeds"]
         its = seeds[0]["iters"]
         mean = [statistics.fmean(s["acc"][k] for s in seeds) for k in range(len(its))]
-        lowest = min(lowest, min(mean[len(mean) // 4:]))
+        lowest = min(lowest, min(mean[len(mean) // 4 :]))
         label = "fixed (best of grid)" if name == best_fixed else name
-        ax.plot(its, [100 * m for m in mean], lw=1.5, label=label,
-                ls="--" if name.startswith("fixed") else "-")
+        ax.plot(its, [100 * m for m in mean], lw=1.5, label=label, ls="--" if name.startswith("fixed") else "-")
     ax.axhline(100 * target, color="0.3", lw=0.8, ls=":", label=f"target {100 * target:.1f}%")
     ax.set_ylim(max(0.0, 100 * min(lowest, target) - 3), 100.5)
     ax.set_xlabel("iteration")
@@ -402,6 +515,7 @@ class CifarConfig:
     """Caffe's CIFAR-10 "full" solver and the paper's policies. ``iters_scale`` multiplies
     every iteration count (run lengths, LR drop points, step sizes) and adjusts the ``exp`` /
     ``exp_range`` gammas so each schedule keeps its shape (gamma ** (1 / scale))."""
+
     iters_scale: float = 1.0
     batch_size: int = 100
     momentum: float = 0.9
@@ -421,8 +535,7 @@ def _scaled(n: float, scale: float) -> int:
     return max(1, int(round(n * scale)))
 
 
-def run_cifar10(data_root: str, out_dir: str, config: Optional[CifarConfig] = None, *,
-                log: Log = print) -> Dict:
+def run_cifar10(data_root: str, out_dir: str, config: Optional[CifarConfig] = None, *, log: Log = print) -> Dict:
     """Train Caffe's CIFAR-10 "full" network with the paper's policies and print the
     measured table beside the paper's Table 1. Writes ``cifar10_results.json`` and
     ``cifar10_accuracy.png`` into ``out_dir``."""
@@ -437,8 +550,10 @@ def run_cifar10(data_root: str, out_dir: str, config: Optional[CifarConfig] = No
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     os.makedirs(out_dir, exist_ok=True)
     s = cfg.iters_scale
-    log(f"CIFAR-10: {len(data.x_train)} train / {len(data.x_test)} test images, device {device}, "
-        f"batch {cfg.batch_size}, iteration scale {s:g}")
+    log(
+        f"CIFAR-10: {len(data.x_train)} train / {len(data.x_test)} test images, device {device}, "
+        f"batch {cfg.batch_size}, iteration scale {s:g}"
+    )
     preprocess = CaffeMeanSubtract.fit(data.x_train)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
@@ -454,19 +569,42 @@ def run_cifar10(data_root: str, out_dir: str, config: Optional[CifarConfig] = No
     for at in (_scaled(60000, s), _scaled(65000, s)):  # may coincide when scaled far down
         fixed_drops[at] = fixed_drops.get(at, 1.0) * 0.1
     plans = {
-        "fixed": (_scaled(70000, s), f"{lr0:g}, x0.1 at {_scaled(60000, s)} and {_scaled(65000, s)}",
-                  lambda g: CyclicSGD(g, lr0, lr0, mode="fixed", **common), fixed_drops),
-        "triangular2": (_scaled(25000, s), f"{lr0:g}-{lr1:g}, stepsize {step}",
-                        lambda g: CyclicSGD(g, lr0, lr1, step_size_up=step, mode="triangular2", **common), {}),
-        "triangular": (_scaled(25000, s), f"{lr0:g}-{lr1:g}, stepsize {step}",
-                       lambda g: CyclicSGD(g, lr0, lr1, step_size_up=step, mode="triangular", **common), {}),
-        "decay": (_scaled(25000, s), f"{lr1:g} -> {lr0:g} over {step}, then flat",
-                  lambda g: CyclicSGD(g, lr0, lr1, step_size_up=step, mode="decay", **common), {}),
-        "exp": (_scaled(70000, s), f"{lr0:g} x {gamma:.6g}^it",
-                lambda g: CyclicSGD(g, lr0, lr0, mode="exp", gamma=gamma, **common), {}),
-        "exp_range": (_scaled(42000, s), f"{lr0:g}-{lr1:g}, stepsize {step}, gamma {gamma:.6g}",
-                      lambda g: CyclicSGD(g, lr0, lr1, step_size_up=step, mode="exp_range", gamma=gamma,
-                                          **common), {}),
+        "fixed": (
+            _scaled(70000, s),
+            f"{lr0:g}, x0.1 at {_scaled(60000, s)} and {_scaled(65000, s)}",
+            lambda g: CyclicSGD(g, lr0, lr0, mode="fixed", **common),
+            fixed_drops,
+        ),
+        "triangular2": (
+            _scaled(25000, s),
+            f"{lr0:g}-{lr1:g}, stepsize {step}",
+            lambda g: CyclicSGD(g, lr0, lr1, step_size_up=step, mode="triangular2", **common),
+            {},
+        ),
+        "triangular": (
+            _scaled(25000, s),
+            f"{lr0:g}-{lr1:g}, stepsize {step}",
+            lambda g: CyclicSGD(g, lr0, lr1, step_size_up=step, mode="triangular", **common),
+            {},
+        ),
+        "decay": (
+            _scaled(25000, s),
+            f"{lr1:g} -> {lr0:g} over {step}, then flat",
+            lambda g: CyclicSGD(g, lr0, lr1, step_size_up=step, mode="decay", **common),
+            {},
+        ),
+        "exp": (
+            _scaled(70000, s),
+            f"{lr0:g} x {gamma:.6g}^it",
+            lambda g: CyclicSGD(g, lr0, lr0, mode="exp", gamma=gamma, **common),
+            {},
+        ),
+        "exp_range": (
+            _scaled(42000, s),
+            f"{lr0:g}-{lr1:g}, stepsize {step}, gamma {gamma:.6g}",
+            lambda g: CyclicSGD(g, lr0, lr1, step_size_up=step, mode="exp_range", gamma=gamma, **common),
+            {},
+        ),
     }
 
     results: Dict[str, Dict] = {}
@@ -475,8 +613,9 @@ def run_cifar10(data_root: str, out_dir: str, config: Optional[CifarConfig] = No
         torch.manual_seed(cfg.seed)
         model = CaffeCifar10Full().to(device)
         opt = make_opt(_caffe_groups(model, cfg, lr0, lr1))
-        batches = TensorLoader(x_train, y_train, min(cfg.batch_size, len(x_train)), drop_last=True,
-                               seed=cfg.seed, transform=preprocess).forever()
+        batches = TensorLoader(
+            x_train, y_train, min(cfg.batch_size, len(x_train)), drop_last=True, seed=cfg.seed, transform=preprocess
+        ).forever()
         t0 = time.perf_counter()
         curve_it, curve_acc, curve_lr = [], [], []
         for it in range(1, iters + 1):
@@ -498,24 +637,47 @@ def run_cifar10(data_root: str, out_dir: str, config: Optional[CifarConfig] = No
                 curve_it.append(it)
                 curve_acc.append(_accuracy(model, x_test, y_test, batch=1000, transform=preprocess))
                 curve_lr.append(float(lr_now))
-        results[name] = {"iterations": iters, "lr": lr_desc, "eval_iters": curve_it, "accuracy": curve_acc,
-                         "lr_of_step": curve_lr,
-                         "final": curve_acc[-1], "seconds": round(time.perf_counter() - t0, 2),
-                         "last_loss": float(loss.detach())}
-        log(f"  {name:<12s} {iters:>7,d} iterations  test accuracy {100 * curve_acc[-1]:5.1f}%  "
-            f"({results[name]['seconds']:.0f} s)")
+        results[name] = {
+            "iterations": iters,
+            "lr": lr_desc,
+            "eval_iters": curve_it,
+            "accuracy": curve_acc,
+            "lr_of_step": curve_lr,
+            "final": curve_acc[-1],
+            "seconds": round(time.perf_counter() - t0, 2),
+            "last_loss": float(loss.detach()),
+        }
+        log(
+            f"  {name:<12s} {iters:>7,d} iterations  test accuracy {100 * curve_acc[-1]:5.1f}%  "
+            f"({results[name]['seconds']:.0f} s)"
+        )
 
     target = results["fixed"]["final"] if "fixed" in results else None
-    headers = ["policy", "LR", "iterations", "test acc. (%)",
-               "it. to fixed's acc." if target is not None else "", "paper: iterations", "paper: acc. (%)"]
+    headers = [
+        "policy",
+        "LR",
+        "iterations",
+        "test acc. (%)",
+        "it. to fixed's acc." if target is not None else "",
+        "paper: iterations",
+        "paper: acc. (%)",
+    ]
     rows = []
     for name, r in results.items():
         reach = _first_reach(r["eval_iters"], r["accuracy"], target) if target is not None else None
         r["iters_to_fixed"] = reach
         paper = PAPER_TABLE1_CIFAR10.get(name)
-        rows.append([name, r["lr"], f"{r['iterations']:,d}", f"{100 * r['final']:.1f}",
-                     ("-" if reach is None else f"{reach:,d}") if target is not None else "",
-                     f"{paper[0]:,d}" if paper else "-", f"{paper[1]:.1f}" if paper else "-"])
+        rows.append(
+            [
+                name,
+                r["lr"],
+                f"{r['iterations']:,d}",
+                f"{100 * r['final']:.1f}",
+                ("-" if reach is None else f"{reach:,d}") if target is not None else "",
+                f"{paper[0]:,d}" if paper else "-",
+                f"{paper[1]:.1f}" if paper else "-",
+            ]
+        )
     table = _format_table(headers, rows)
     log("")
     log(table)
@@ -552,5 +714,7 @@ def run_cifar10(data_root: str, out_dir: str, config: Optional[CifarConfig] = No
 def _caffe_groups(model: CaffeCifar10Full, cfg: CifarConfig, lr0: float, lr1: float) -> List[Dict]:
     if not cfg.caffe_multipliers:
         return [{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}]
-    return [{"params": params, "base_lr": lr0 * mult, "max_lr": lr1 * mult, "weight_decay": wd}
-            for params, mult, wd in model.caffe_param_groups(cfg.weight_decay)]
+    return [
+        {"params": params, "base_lr": lr0 * mult, "max_lr": lr1 * mult, "weight_decay": wd}
+        for params, mult, wd in model.caffe_param_groups(cfg.weight_decay)
+    ]

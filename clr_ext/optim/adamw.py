@@ -1,5 +1,6 @@
 """AdamW with a cyclical or 1cycle schedule: torch.optim.AdamW + CyclicLR / OneCycleLR in
 one fused step (the AdamW update rule on the scheduled-optimizer core)."""
+
 from __future__ import annotations
 
 import operator
@@ -8,7 +9,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 
 from .._checks import as_float, non_negative
-from .core import _ScheduledOptimizer, _StalePlan, _refuse_capture
+from .core import _refuse_capture, _ScheduledOptimizer, _StalePlan
 from .schedules import CyclicSchedule, OneCycleSchedule
 
 __all__ = ["CyclicAdamW", "OneCycleAdamW"]
@@ -31,12 +32,28 @@ class _ScheduledAdamW(_ScheduledOptimizer):
     ``amsgrad``, ``max_exp_avg_sq``. With ``cycle_momentum`` the schedule's momentum is
     beta1, reported in ``group["betas"][0]`` as CyclicLR / OneCycleLR report it."""
 
-    def __init__(self, params: Iterable[Any], schedule: Any, group_bounds: Dict[str, Any], *,
-                 betas: Tuple[float, float], eps: float, weight_decay: float, amsgrad: bool, maximize: bool,
-                 cycle_momentum: bool, backend: str) -> None:
-        super().__init__(params, schedule, group_bounds,
-                         dict(betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize),
-                         cycle_momentum=cycle_momentum, backend=backend)
+    def __init__(
+        self,
+        params: Iterable[Any],
+        schedule: Any,
+        group_bounds: Dict[str, Any],
+        *,
+        betas: Tuple[float, float],
+        eps: float,
+        weight_decay: float,
+        amsgrad: bool,
+        maximize: bool,
+        cycle_momentum: bool,
+        backend: str,
+    ) -> None:
+        super().__init__(
+            params,
+            schedule,
+            group_bounds,
+            dict(betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize),
+            cycle_momentum=cycle_momentum,
+            backend=backend,
+        )
 
     def _check_rule_group(self, group: Dict[str, Any], where: str) -> None:
         betas = group["betas"]
@@ -91,8 +108,18 @@ class _ScheduledAdamW(_ScheduledOptimizer):
                     columns = self._state_with_new(params, keys, created)
                 view = self._kernel_tensors
                 steps = columns[0]
-                work.append((bucket.backend, bucket.device, view(params, bucket), view(grads, bucket),
-                             [view(c, bucket) for c in columns[1:]], steps, group, bounds))
+                work.append(
+                    (
+                        bucket.backend,
+                        bucket.device,
+                        view(params, bucket),
+                        view(grads, bucket),
+                        [view(c, bucket) for c in columns[1:]],
+                        steps,
+                        group,
+                        bounds,
+                    )
+                )
         if len(work) > 1:
             try:  # every bucket is checked before the first one writes
                 self._validate_all()
@@ -104,15 +131,28 @@ class _ScheduledAdamW(_ScheduledOptimizer):
             beta1, beta2 = group["betas"]
             try:
                 backend.adamw(
-                    params=params, grads=grads, exp_avgs=moments[0], exp_avg_sqs=moments[1],
-                    max_exp_avg_sqs=moments[2] if group["amsgrad"] else [], state_steps=steps,
-                    counter=counter_on[device], iteration=None if compiling else self._iteration, bounds=bounds,
-                    shape=shape, schedule_mode=self._schedule.op_mode,
+                    params=params,
+                    grads=grads,
+                    exp_avgs=moments[0],
+                    exp_avg_sqs=moments[1],
+                    max_exp_avg_sqs=moments[2] if group["amsgrad"] else [],
+                    state_steps=steps,
+                    counter=counter_on[device],
+                    iteration=None if compiling else self._iteration,
+                    bounds=bounds,
+                    shape=shape,
+                    schedule_mode=self._schedule.op_mode,
                     # a traced step passes a constant beta1 when cycling (the op computes it)
                     beta1=group["max_momentum"] if compiling and self.cycle_momentum else beta1,
-                    beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"], amsgrad=group["amsgrad"],
-                    maximize=group["maximize"], cycle_momentum=self.cycle_momentum, grad_scale=scale_on[device],
-                    found_inf=inf_on[device])
+                    beta2=beta2,
+                    eps=group["eps"],
+                    weight_decay=group["weight_decay"],
+                    amsgrad=group["amsgrad"],
+                    maximize=group["maximize"],
+                    cycle_momentum=self.cycle_momentum,
+                    grad_scale=scale_on[device],
+                    found_inf=inf_on[device],
+                )
             except RuntimeError as err:
                 if position == 0:  # the op checks before it writes: nothing has changed yet
                     raise _StalePlan() from err
@@ -121,8 +161,12 @@ class _ScheduledAdamW(_ScheduledOptimizer):
             state[p].update(new)
         self._advance(compiling)
 
-    def _state_with_new(self, params: List[torch.Tensor], keys: Tuple[str, ...],
-                        created: List[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]) -> List[List[torch.Tensor]]:
+    def _state_with_new(
+        self,
+        params: List[torch.Tensor],
+        keys: Tuple[str, ...],
+        created: List[Tuple[torch.Tensor, Dict[str, torch.Tensor]]],
+    ) -> List[List[torch.Tensor]]:
         """The state columns of ``params``, zeros (as AdamW starts) where a param has none
         yet; the new tensors join the state only once the step has run."""
         columns: List[List[torch.Tensor]] = [[] for _ in keys]
@@ -132,8 +176,11 @@ class _ScheduledAdamW(_ScheduledOptimizer):
             for k in keys:
                 if k not in have:
                     _refuse_capture(p.device, "AdamW state")
-                    new[k] = (torch.zeros((), dtype=torch.float32, device=p.device) if k == "step"
-                              else torch.zeros_like(p, memory_format=torch.preserve_format))
+                    new[k] = (
+                        torch.zeros((), dtype=torch.float32, device=p.device)
+                        if k == "step"
+                        else torch.zeros_like(p, memory_format=torch.preserve_format)
+                    )
             if new:
                 created.append((p, new))
             for column, k in zip(columns, keys):
@@ -185,10 +232,18 @@ class CyclicAdamW(_ScheduledAdamW):
         backend: str = "auto",
     ) -> None:
         schedule = CyclicSchedule(step_size_up, step_size_down, mode, gamma, scale_fn, scale_mode)
-        super().__init__(params, schedule,
-                         dict(base_lr=base_lr, max_lr=max_lr, base_momentum=base_momentum, max_momentum=max_momentum),
-                         betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
-                         cycle_momentum=cycle_momentum, backend=backend)
+        super().__init__(
+            params,
+            schedule,
+            dict(base_lr=base_lr, max_lr=max_lr, base_momentum=base_momentum, max_momentum=max_momentum),
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            cycle_momentum=cycle_momentum,
+            backend=backend,
+        )
 
     mode = property(lambda self: self._schedule.mode)
     gamma = property(lambda self: self._schedule.gamma)
@@ -198,13 +253,13 @@ class CyclicAdamW(_ScheduledAdamW):
     scale_mode = property(lambda self: self._schedule.scale_mode)
 
     @classmethod
-    def from_range_test(cls, params: Iterable[Any], result: Any, iters_per_epoch: int,
-                        **kwargs: Any) -> "CyclicAdamW":
+    def from_range_test(cls, params: Iterable[Any], result: Any, iters_per_epoch: int, **kwargs: Any) -> "CyclicAdamW":
         """The range test's suggested bounds and step size, as :meth:`CyclicSGD.from_range_test`
         (run the range test with ``optimizer="adamw"`` for AdamW's own range)."""
         half_cycle = kwargs.pop("epochs_per_half_cycle", None)
-        step = result.step_size(iters_per_epoch) if half_cycle is None else result.step_size(iters_per_epoch,
-                                                                                               half_cycle)
+        step = (
+            result.step_size(iters_per_epoch) if half_cycle is None else result.step_size(iters_per_epoch, half_cycle)
+        )
         kwargs.setdefault("step_size_up", step)
         return cls(params, kwargs.pop("base_lr", result.base_lr), kwargs.pop("max_lr", result.max_lr), **kwargs)
 
@@ -238,11 +293,21 @@ class OneCycleAdamW(_ScheduledAdamW):
         max_momentum: Any = 0.95,
         backend: str = "auto",
     ) -> None:
-        schedule = OneCycleSchedule(total_steps, epochs, steps_per_epoch, pct_start, anneal_strategy, div_factor,
-                                    final_div_factor, three_phase)
-        super().__init__(params, schedule, dict(max_lr=max_lr, base_momentum=base_momentum, max_momentum=max_momentum),
-                         betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
-                         cycle_momentum=cycle_momentum, backend=backend)
+        schedule = OneCycleSchedule(
+            total_steps, epochs, steps_per_epoch, pct_start, anneal_strategy, div_factor, final_div_factor, three_phase
+        )
+        super().__init__(
+            params,
+            schedule,
+            dict(max_lr=max_lr, base_momentum=base_momentum, max_momentum=max_momentum),
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            cycle_momentum=cycle_momentum,
+            backend=backend,
+        )
 
     total_steps = property(lambda self: self._schedule.total_steps)
     pct_start = property(lambda self: self._schedule.pct_start)
@@ -250,7 +315,6 @@ class OneCycleAdamW(_ScheduledAdamW):
     three_phase = property(lambda self: self._schedule.three_phase)
 
     @classmethod
-    def from_range_test(cls, params: Iterable[Any], result: Any, total_steps: int,
-                        **kwargs: Any) -> "OneCycleAdamW":
+    def from_range_test(cls, params: Iterable[Any], result: Any, total_steps: int, **kwargs: Any) -> "OneCycleAdamW":
         """``max_lr`` from the range test's ``result.max_lr``, as :meth:`OneCycleSGD.from_range_test`."""
         return cls(params, kwargs.pop("max_lr", result.max_lr), total_steps, **kwargs)

@@ -1,5 +1,6 @@
 """Converting a running ``torch.optim.SGD`` or ``AdamW`` + ``CyclicLR`` / ``OneCycleLR``
 pair into the clr_ext optimizer that does the same step."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Tuple
@@ -69,8 +70,9 @@ def from_torch(optimizer: Any, scheduler: Any, backend: str = "auto") -> Any:
     """
     keys, cyclic_cls, one_cycle_cls = _rule_of(optimizer)
     if not isinstance(scheduler, (torch.optim.lr_scheduler.CyclicLR, torch.optim.lr_scheduler.OneCycleLR)):
-        raise TypeError("scheduler: must be a torch.optim.lr_scheduler.CyclicLR or OneCycleLR, got "
-                        f"{type(scheduler).__name__}")
+        raise TypeError(
+            f"scheduler: must be a torch.optim.lr_scheduler.CyclicLR or OneCycleLR, got {type(scheduler).__name__}"
+        )
     if scheduler.optimizer is not optimizer:
         raise ValueError("scheduler: is attached to another optimizer")
     if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
@@ -81,9 +83,11 @@ def from_torch(optimizer: Any, scheduler: Any, backend: str = "auto") -> Any:
     up, down = _step_sizes(scheduler.total_size, scheduler.step_ratio)
     groups: List[Dict[str, Any]] = []
     for i, g in enumerate(optimizer.param_groups):
-        group: Dict[str, Any] = {"params": list(g["params"]),
-                                 "base_lr": float(scheduler.base_lrs[i]),
-                                 "max_lr": float(scheduler.max_lrs[i])}
+        group: Dict[str, Any] = {
+            "params": list(g["params"]),
+            "base_lr": float(scheduler.base_lrs[i]),
+            "max_lr": float(scheduler.max_lrs[i]),
+        }
         for key in keys:
             group[key] = g[key]
         if cycle:
@@ -94,8 +98,9 @@ def from_torch(optimizer: Any, scheduler: Any, backend: str = "auto") -> Any:
         raise ValueError("scheduler: its per-group values do not match the optimizer's param groups")
 
     scale_fn = getattr(scheduler, "_scale_fn_custom", None)
-    kwargs: Dict[str, Any] = dict(step_size_up=up, step_size_down=down, gamma=float(scheduler.gamma),
-                                  cycle_momentum=cycle, backend=backend)
+    kwargs: Dict[str, Any] = dict(
+        step_size_up=up, step_size_down=down, gamma=float(scheduler.gamma), cycle_momentum=cycle, backend=backend
+    )
     if scale_fn is not None:
         kwargs.update(scale_fn=scale_fn, scale_mode=scheduler.scale_mode)
     else:
@@ -120,9 +125,16 @@ def _one_cycle(optimizer: Any, scheduler: Any, backend: str, keys: Tuple[str, ..
             group["base_momentum"] = float(g["base_momentum"])
             group["max_momentum"] = float(g["max_momentum"])
         groups.append(group)
-    new = cls(groups, [g["max_lr"] for g in groups], total, pct_start=(ends[0] + 1) / total,
-                      anneal_strategy=scheduler._anneal_func_type, three_phase=len(ends) == 3,
-                      cycle_momentum=cycle, backend=backend)
+    new = cls(
+        groups,
+        [g["max_lr"] for g in groups],
+        total,
+        pct_start=(ends[0] + 1) / total,
+        anneal_strategy=scheduler._anneal_func_type,
+        three_phase=len(ends) == 3,
+        cycle_momentum=cycle,
+        backend=backend,
+    )
     new._schedule.phase_ends = ends
     return new
 
@@ -137,8 +149,11 @@ def _continue(optimizer: Any, scheduler: Any, new: Any) -> Any:
     buffers: Dict[int, Dict[str, Any]] = {}
     for g in optimizer.param_groups:
         for p in g["params"]:
-            saved = {k: v.detach().clone() if isinstance(v, torch.Tensor) else v
-                     for k, v in optimizer.state.get(p, {}).items() if v is not None}
+            saved = {
+                k: v.detach().clone() if isinstance(v, torch.Tensor) else v
+                for k, v in optimizer.state.get(p, {}).items()
+                if v is not None
+            }
             if saved:
                 buffers[index] = saved
             index += 1

@@ -8,6 +8,7 @@ subclass (``clr_ext.optim.sgd``, ``clr_ext.optim.adamw``) that checks its group 
 reports the cycled momentum where its PyTorch optimizer keeps it, and plans and runs
 the step with the helpers here.
 """
+
 from __future__ import annotations
 
 import copy
@@ -112,7 +113,8 @@ def _refuse_capture(device: torch.device, what: str) -> None:
         raise RuntimeError(
             f"clr_ext: {what} would be created inside CUDA-graph capture, where every replay would reset it. "
             "Take one eager opt.step() (e.g. warm-up iterations on a side stream, as PyTorch's CUDA-graph docs "
-            "advise for optimizers) before capturing the step; nothing was changed")
+            "advise for optimizers) before capturing the step; nothing was changed"
+        )
 
 
 class _Bucket:
@@ -169,21 +171,35 @@ class _ScheduledOptimizer(Optimizer):
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             self = args[0]
-            if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks or _global_optimizer_pre_hooks
-                    or _global_optimizer_post_hooks or torch.compiler.is_compiling()
-                    or torch.autograd._profiler_enabled()):
+            if (
+                self._optimizer_step_pre_hooks
+                or self._optimizer_step_post_hooks
+                or _global_optimizer_pre_hooks
+                or _global_optimizer_post_hooks
+                or torch.compiler.is_compiling()
+                or torch.autograd._profiler_enabled()
+            ):
                 return hooked(*args, **kwargs)
             out = func(*args, **kwargs)
             self._optimizer_step_code()
             return out
 
         return wrapper
+
     # Devices whose overflow flag the host reads for free; on all others the op decides
     # which buffers start (tests empty this to run that path without a GPU).
     _host_decided_types: Tuple[str, ...] = ("cpu",)
 
-    def __init__(self, params: Iterable[Any], schedule: Any, group_bounds: Dict[str, Any],
-                 rule_defaults: Dict[str, Any], *, cycle_momentum: bool, backend: str) -> None:
+    def __init__(
+        self,
+        params: Iterable[Any],
+        schedule: Any,
+        group_bounds: Dict[str, Any],
+        rule_defaults: Dict[str, Any],
+        *,
+        cycle_momentum: bool,
+        backend: str,
+    ) -> None:
         self._backend_request = _backends.requested_backend(backend)
         self._schedule = schedule
         self.cycle_momentum = bool(cycle_momentum)
@@ -196,8 +212,10 @@ class _ScheduledOptimizer(Optimizer):
         self._warned_outside_lr: set = set()
 
         if isinstance(params, torch.Tensor):  # worded as torch.optim.Optimizer words it
-            raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
-                            "but got " + torch.typename(params))
+            raise TypeError(
+                "params argument given to the optimizer should be an iterable of Tensors or dicts, "
+                "but got " + torch.typename(params)
+            )
         groups = list(params)
         if len(groups) == 0:
             raise ValueError("params: optimizer got an empty parameter list")
@@ -224,7 +242,8 @@ class _ScheduledOptimizer(Optimizer):
         for key in self._schedule.group_keys:
             if key not in param_group and key not in self.defaults:
                 raise ValueError(
-                    f"{key}: was given per group at construction; a new param group must carry its own {key}")
+                    f"{key}: was given per group at construction; a new param group must carry its own {key}"
+                )
         n_before = len(self.param_groups)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
@@ -308,21 +327,30 @@ class _ScheduledOptimizer(Optimizer):
             g = p.grad
             where = f"parameter {i} of param group {group_index}"
             if p.dtype not in _backends.SUPPORTED_DTYPES and p.dtype not in _COMPLEX_DTYPES:
-                raise RuntimeError(f"{type(self).__name__}: {where} has dtype {p.dtype}; only floating-point "
-                                   "parameters (float32, float64, float16, bfloat16, complex64, complex128) "
-                                   "can be optimized")
+                raise RuntimeError(
+                    f"{type(self).__name__}: {where} has dtype {p.dtype}; only floating-point "
+                    "parameters (float32, float64, float16, bfloat16, complex64, complex128) "
+                    "can be optimized"
+                )
             if p.layout != torch.strided:
                 raise RuntimeError(f"{type(self).__name__}: {where} is not a dense (strided) tensor")
             if g.layout != torch.strided or g.is_sparse:
-                raise RuntimeError(f"{type(self).__name__}: the gradient of {where} is sparse; CyclicSGD does not support "
-                                   "sparse gradients")
+                raise RuntimeError(
+                    f"{type(self).__name__}: the gradient of {where} is sparse; sparse gradients are not supported"
+                )
             if g.dtype != p.dtype:
-                raise RuntimeError(f"{type(self).__name__}: the gradient of {where} has dtype {g.dtype}, the parameter {p.dtype}")
+                raise RuntimeError(
+                    f"{type(self).__name__}: the gradient of {where} has dtype {g.dtype}, the parameter {p.dtype}"
+                )
             if g.shape != p.shape:
-                raise RuntimeError(f"{type(self).__name__}: the gradient of {where} has shape {tuple(g.shape)}, "
-                                   f"the parameter {tuple(p.shape)}")
+                raise RuntimeError(
+                    f"{type(self).__name__}: the gradient of {where} has shape {tuple(g.shape)}, "
+                    f"the parameter {tuple(p.shape)}"
+                )
             if g.device != p.device:
-                raise RuntimeError(f"{type(self).__name__}: the gradient of {where} is on {g.device}, the parameter on {p.device}")
+                raise RuntimeError(
+                    f"{type(self).__name__}: the gradient of {where} is on {g.device}, the parameter on {p.device}"
+                )
 
     def _validate_all(self) -> None:
         for group_index, group in enumerate(self._step_groups()):
@@ -355,16 +383,23 @@ class _ScheduledOptimizer(Optimizer):
         cached = self._bucket_cache.get(group_index)
         # (the state's size matters to the eager path only, which keeps the params' state
         # dicts in the bucket; a traced step would re-trace as it changes)
-        if (cached is None or cached[0] != key or cached[1] is not self.state
-                or (cached[2] != len(self.state) and not torch.compiler.is_compiling())):
+        if (
+            cached is None
+            or cached[0] != key
+            or cached[1] is not self.state
+            or (cached[2] != len(self.state) and not torch.compiler.is_compiling())
+        ):
             self._validate(group_index, params)
             grouped: Dict[Tuple[torch.device, torch.dtype], List[int]] = {}
             for i, p in enumerate(params):
                 grouped.setdefault((p.device, p.dtype), []).append(i)
-            buckets = [(_Bucket(device, [params[i] for i in index],
-                                _backends.backend_for(self._backend_request, device)),
-                        None if len(grouped) == 1 else index)
-                       for (device, _), index in grouped.items()]
+            buckets = [
+                (
+                    _Bucket(device, [params[i] for i in index], _backends.backend_for(self._backend_request, device)),
+                    None if len(grouped) == 1 else index,
+                )
+                for (device, _), index in grouped.items()
+            ]
             cached = (key, self.state, len(self.state), buckets)
             self._bucket_cache[group_index] = cached
         return [(bucket, grads if index is None else [grads[i] for i in index]) for bucket, index in cached[3]]
@@ -416,7 +451,9 @@ class _ScheduledOptimizer(Optimizer):
                 f"follows its own schedule and uses lr={mine!r} for this step (the outside value is overwritten). "
                 "Drop the outside LR scheduler; where a framework needs one, pass opt.as_scheduler(), which reports "
                 "this optimizer's schedule (docs/api.md, 'Outside writes to group[\"lr\"]').",
-                UserWarning, stacklevel=_caller_stacklevel())
+                UserWarning,
+                stacklevel=_caller_stacklevel(),
+            )
 
     def as_scheduler(self) -> Any:
         """This optimizer's own schedule as an LR scheduler, for frameworks that want one

@@ -9,6 +9,7 @@ is described by the op's ``schedule_mode``, ``shape`` (one for all groups) and `
 A new schedule adds a class here with the same methods, its formula in
 ``csrc/schedule.h`` and ``clr_ext/schedule.py``, and a thin public optimizer class.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,9 +31,15 @@ class CyclicSchedule:
     #: What CyclicLR saves of its shape; saved and restored with the optimizer.
     _SAVED = ("mode", "step_size_up", "step_size_down", "gamma", "scale_mode")
 
-    def __init__(self, step_size_up: Any = 2000, step_size_down: Any = None, mode: str = "triangular",
-                 gamma: Any = 1.0, scale_fn: Optional[Callable[[float], float]] = None,
-                 scale_mode: str = "cycle") -> None:
+    def __init__(
+        self,
+        step_size_up: Any = 2000,
+        step_size_down: Any = None,
+        mode: str = "triangular",
+        gamma: Any = 1.0,
+        scale_fn: Optional[Callable[[float], float]] = None,
+        scale_mode: str = "cycle",
+    ) -> None:
         if isinstance(step_size_up, bool):
             raise ValueError(f"step_size_up: must be a positive number, got {step_size_up!r}")
         up = as_float("step_size_up", step_size_up)
@@ -83,9 +90,19 @@ class CyclicSchedule:
 
     def point(self, group: Dict[str, Any], iteration: int) -> Tuple[float, float]:
         """``(lr, cycled momentum)`` of the step with index ``iteration``, by the oracle."""
-        return _oracle.cyclic_point(iteration, group["base_lr"], group["max_lr"], self.step_size_up,
-                                    self.step_size_down, self.mode, self.gamma, group["base_momentum"],
-                                    group["max_momentum"], self.scale_fn, self.scale_mode)
+        return _oracle.cyclic_point(
+            iteration,
+            group["base_lr"],
+            group["max_lr"],
+            self.step_size_up,
+            self.step_size_down,
+            self.mode,
+            self.gamma,
+            group["base_momentum"],
+            group["max_momentum"],
+            self.scale_fn,
+            self.scale_mode,
+        )
 
     def check_iteration(self, iteration: int) -> None:
         """Called before each step: nothing to say for a schedule without an end."""
@@ -105,12 +122,20 @@ class CyclicSchedule:
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         _check_kind(self, state)
         if state.get("scale_fn") is not None and self.scale_fn is None:
-            raise ValueError("state_dict: was saved with a scale_fn (not saved with it); build the optimizer with "
-                             "the same scale_fn before loading")
+            raise ValueError(
+                "state_dict: was saved with a scale_fn (not saved with it); build the optimizer with "
+                "the same scale_fn before loading"
+            )
         if state.get("scale_fn") is None and self.scale_fn is not None:
             self.scale_fn = None  # the saved schedule used a mode
-        restored = CyclicSchedule(state["step_size_up"], state["step_size_down"], state["mode"], state["gamma"],
-                                  self.scale_fn, state["scale_mode"])
+        restored = CyclicSchedule(
+            state["step_size_up"],
+            state["step_size_down"],
+            state["mode"],
+            state["gamma"],
+            self.scale_fn,
+            state["scale_mode"],
+        )
         self.__dict__.update(restored.__dict__)
 
 
@@ -119,12 +144,27 @@ class OneCycleSchedule:
 
     kind = "one_cycle"
     group_keys = ("max_lr", "base_momentum", "max_momentum")
-    _SAVED = ("total_steps", "pct_start", "anneal_strategy", "div_factor", "final_div_factor", "three_phase",
-              "phase_ends")
+    _SAVED = (
+        "total_steps",
+        "pct_start",
+        "anneal_strategy",
+        "div_factor",
+        "final_div_factor",
+        "three_phase",
+        "phase_ends",
+    )
 
-    def __init__(self, total_steps: Any = None, epochs: Any = None, steps_per_epoch: Any = None,
-                 pct_start: Any = 0.3, anneal_strategy: str = "cos", div_factor: Any = 25.0,
-                 final_div_factor: Any = 1e4, three_phase: bool = False) -> None:
+    def __init__(
+        self,
+        total_steps: Any = None,
+        epochs: Any = None,
+        steps_per_epoch: Any = None,
+        pct_start: Any = 0.3,
+        anneal_strategy: str = "cos",
+        div_factor: Any = 25.0,
+        final_div_factor: Any = 1e4,
+        three_phase: bool = False,
+    ) -> None:
         if total_steps is not None:
             total = positive_int("total_steps", total_steps)
         elif epochs is not None and steps_per_epoch is not None:
@@ -141,8 +181,10 @@ class OneCycleSchedule:
                 raise ValueError(f"{name}: must be positive, got {value!r}")
         ends = _oracle.one_cycle_phase_ends(total, pct_start, bool(three_phase))
         if ends[0] == 0.0:  # OneCycleLR divides 0 by 0 at step 0
-            raise ValueError(f"pct_start: pct_start * total_steps must not be 1 (the first phase would have no "
-                             f"steps), got {pct_start} * {total}")
+            raise ValueError(
+                f"pct_start: pct_start * total_steps must not be 1 (the first phase would have no "
+                f"steps), got {pct_start} * {total}"
+            )
         self.total_steps = total
         self.pct_start = pct_start
         self.anneal_strategy = anneal_strategy
@@ -173,16 +215,26 @@ class OneCycleSchedule:
         return [group["initial_lr"], group["max_lr"], group["base_momentum"], group["max_momentum"], group["min_lr"]]
 
     def point(self, group: Dict[str, Any], iteration: int) -> Tuple[float, float]:
-        return _oracle.one_cycle_point(iteration, group["initial_lr"], group["max_lr"], group["min_lr"],
-                                       self.phase_ends, self.anneal_strategy, group["base_momentum"],
-                                       group["max_momentum"])
+        return _oracle.one_cycle_point(
+            iteration,
+            group["initial_lr"],
+            group["max_lr"],
+            group["min_lr"],
+            self.phase_ends,
+            self.anneal_strategy,
+            group["base_momentum"],
+            group["max_momentum"],
+        )
 
     def check_iteration(self, iteration: int) -> None:
         if iteration >= self.total_steps and not self._warned_end:
             self._warned_end = True
-            warnings.warn(f"clr_ext: step {iteration + 1} of a 1cycle schedule of total_steps={self.total_steps}: "
-                          "the final LR and momentum are kept from here on (OneCycleLR would raise)",
-                          UserWarning, stacklevel=4)
+            warnings.warn(
+                f"clr_ext: step {iteration + 1} of a 1cycle schedule of total_steps={self.total_steps}: "
+                "the final LR and momentum are kept from here on (OneCycleLR would raise)",
+                UserWarning,
+                stacklevel=4,
+            )
 
     host_evaluated = False
 
@@ -193,8 +245,16 @@ class OneCycleSchedule:
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         _check_kind(self, state)
-        restored = OneCycleSchedule(state["total_steps"], None, None, state["pct_start"], state["anneal_strategy"],
-                                    state["div_factor"], state["final_div_factor"], state["three_phase"])
+        restored = OneCycleSchedule(
+            state["total_steps"],
+            None,
+            None,
+            state["pct_start"],
+            state["anneal_strategy"],
+            state["div_factor"],
+            state["final_div_factor"],
+            state["three_phase"],
+        )
         if "phase_ends" in state:  # exact, also for a schedule taken over from OneCycleLR
             restored.phase_ends = tuple(float(end) for end in state["phase_ends"])
         self.__dict__.update(restored.__dict__)
@@ -202,8 +262,9 @@ class OneCycleSchedule:
 
 def _check_kind(schedule: Any, state: Dict[str, Any]) -> None:
     if state.get("kind") != schedule.kind:
-        raise ValueError(f"state_dict: holds a {state.get('kind')!r} schedule, this optimizer follows a "
-                         f"{schedule.kind!r} one")
+        raise ValueError(
+            f"state_dict: holds a {state.get('kind')!r} schedule, this optimizer follows a {schedule.kind!r} one"
+        )
 
 
 def per_group(name: str, value: Any, n_groups: int) -> Sequence[Any]:

@@ -1,16 +1,17 @@
 """The SGD-with-momentum rule on the scheduled-optimizer core, and its public classes:
 CyclicSGD (torch.optim.SGD + CyclicLR) and OneCycleSGD (torch.optim.SGD + OneCycleLR)."""
+
 from __future__ import annotations
 
-from itertools import repeat
 import operator
+from itertools import repeat
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import torch
 
 from .. import backends as _backends
 from .._checks import as_float, momentum_value, non_negative
-from .core import _ScheduledOptimizer, _StalePlan, _dtensor_type, _local_tensors, _real_views, _refuse_capture
+from .core import _dtensor_type, _local_tensors, _real_views, _refuse_capture, _ScheduledOptimizer, _StalePlan
 from .schedules import CyclicSchedule, OneCycleSchedule
 
 __all__ = ["CyclicSGD", "OneCycleSGD"]
@@ -53,17 +54,34 @@ class _ScheduledSGD(_ScheduledOptimizer):
     host cannot tell a buffer's first step, per-param start markers (``momentum_start``)
     decided by the op."""
 
-    def __init__(self, params: Iterable[Any], schedule: Any, group_bounds: Dict[str, Any], *, momentum: float,
-                 dampening: float, weight_decay: float, nesterov: bool, maximize: bool, cycle_momentum: bool,
-                 backend: str) -> None:
+    def __init__(
+        self,
+        params: Iterable[Any],
+        schedule: Any,
+        group_bounds: Dict[str, Any],
+        *,
+        momentum: float,
+        dampening: float,
+        weight_decay: float,
+        nesterov: bool,
+        maximize: bool,
+        cycle_momentum: bool,
+        backend: str,
+    ) -> None:
         # param -> (int64 tensor, index): its momentum_start, where the op decides which
         # step is its buffer's first (see _plan_device_decided).
         self._momentum_start: Dict[torch.Tensor, Tuple[torch.Tensor, int]] = {}
         self._starts_version = 0  # changes whenever _momentum_start does
-        super().__init__(params, schedule, group_bounds,
-                         dict(momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
-                              maximize=maximize),
-                         cycle_momentum=cycle_momentum, backend=backend)
+        super().__init__(
+            params,
+            schedule,
+            group_bounds,
+            dict(
+                momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov, maximize=maximize
+            ),
+            cycle_momentum=cycle_momentum,
+            backend=backend,
+        )
 
     _PICKLED = _ScheduledOptimizer._PICKLED + ("_momentum_start",)
 
@@ -213,22 +231,35 @@ class _ScheduledSGD(_ScheduledOptimizer):
 
         # Read on the host only where that costs no sync; elsewhere the op skips by itself
         # and every new buffer has a start, so nothing below needs to know.
-        skipped = (found_inf is not None and found_inf.device.type in self._host_decided_types
-                   and float(found_inf) == 1.0)
+        skipped = (
+            found_inf is not None and found_inf.device.type in self._host_decided_types and float(found_inf) == 1.0
+        )
         for position, w in enumerate(work):
             group = w.group
             try:
                 w.backend.run(
-                    params=w.params, grads=w.grads, buffers=w.buffers, starts=w.starts, counter=counter_on[w.device],
+                    params=w.params,
+                    grads=w.grads,
+                    buffers=w.buffers,
+                    starts=w.starts,
+                    counter=counter_on[w.device],
                     # a traced step must not read the host iteration (dynamo would guard on it)
-                    iteration=None if compiling else self._iteration, bounds=w.bounds, shape=shape,
+                    iteration=None if compiling else self._iteration,
+                    bounds=w.bounds,
+                    shape=shape,
                     mode=self._schedule.op_mode,
                     # when cycling the op computes the momentum; a traced step passes a constant
                     # in its place (group["momentum"] changes at every step)
                     momentum=group["max_momentum"] if compiling and self.cycle_momentum else group["momentum"],
-                    dampening=group["dampening"], weight_decay=group["weight_decay"], nesterov=group["nesterov"],
-                    maximize=group["maximize"], cycle_momentum=self.cycle_momentum, first_step=w.first_step,
-                    grad_scale=scale_on[w.device], found_inf=inf_on[w.device])
+                    dampening=group["dampening"],
+                    weight_decay=group["weight_decay"],
+                    nesterov=group["nesterov"],
+                    maximize=group["maximize"],
+                    cycle_momentum=self.cycle_momentum,
+                    first_step=w.first_step,
+                    grad_scale=scale_on[w.device],
+                    found_inf=inf_on[w.device],
+                )
             except RuntimeError as err:
                 if position == 0:  # the op checks before it writes: nothing has changed yet
                     raise _StalePlan() from err
@@ -260,8 +291,9 @@ class _ScheduledSGD(_ScheduledOptimizer):
         backend, device, params = bucket.backend, bucket.device, bucket.params
         state, starts_of = self.state, self._momentum_start
         try:  # every step after the first: each param has its buffer and its start
-            buffers = ([state[p]["momentum_buffer"] for p in params] if compiling
-                       else list(map(_BUFFER, bucket.states(state))))
+            buffers = (
+                [state[p]["momentum_buffer"] for p in params] if compiling else list(map(_BUFFER, bucket.states(state)))
+            )
             if not compiling and bucket.starts is not None and bucket.starts[0] == self._starts_version:
                 starts = bucket.starts[1]
             else:
@@ -295,7 +327,6 @@ class _ScheduledSGD(_ScheduledOptimizer):
                 created[k].fill_(_STARTED_BEFORE)  # rare: once per param, after a load
             new_buffers.append((params[i], None if i in begun else buffers[i], entries[i]))
         return _SGDWork(backend, device, params, grads, buffers, _starts_argument(entries), False, group, bounds)
-
 
 
 class CyclicSGD(_ScheduledSGD):
@@ -383,10 +414,18 @@ class CyclicSGD(_ScheduledSGD):
         backend: str = "auto",
     ) -> None:
         schedule = CyclicSchedule(step_size_up, step_size_down, mode, gamma, scale_fn, scale_mode)
-        super().__init__(params, schedule,
-                         dict(base_lr=base_lr, max_lr=max_lr, base_momentum=base_momentum, max_momentum=max_momentum),
-                         momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
-                         maximize=maximize, cycle_momentum=cycle_momentum, backend=backend)
+        super().__init__(
+            params,
+            schedule,
+            dict(base_lr=base_lr, max_lr=max_lr, base_momentum=base_momentum, max_momentum=max_momentum),
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            maximize=maximize,
+            cycle_momentum=cycle_momentum,
+            backend=backend,
+        )
 
     # The schedule's shape, as CyclicLR exposes it.
     mode = property(lambda self: self._schedule.mode)
@@ -403,8 +442,9 @@ class CyclicSGD(_ScheduledSGD):
         ``kwargs`` go to the constructor (``epochs_per_half_cycle`` goes to
         ``result.step_size``; explicit ``base_lr``/``max_lr``/``step_size_up`` win)."""
         half_cycle = kwargs.pop("epochs_per_half_cycle", None)
-        step = result.step_size(iters_per_epoch) if half_cycle is None else result.step_size(iters_per_epoch,
-                                                                                               half_cycle)
+        step = (
+            result.step_size(iters_per_epoch) if half_cycle is None else result.step_size(iters_per_epoch, half_cycle)
+        )
         kwargs.setdefault("step_size_up", step)
         base_lr = kwargs.pop("base_lr", result.base_lr)
         max_lr = kwargs.pop("max_lr", result.max_lr)
@@ -464,12 +504,21 @@ class OneCycleSGD(_ScheduledSGD):
         max_momentum: Any = 0.95,
         backend: str = "auto",
     ) -> None:
-        schedule = OneCycleSchedule(total_steps, epochs, steps_per_epoch, pct_start, anneal_strategy, div_factor,
-                                    final_div_factor, three_phase)
-        super().__init__(params, schedule,
-                         dict(max_lr=max_lr, base_momentum=base_momentum, max_momentum=max_momentum),
-                         momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
-                         maximize=maximize, cycle_momentum=cycle_momentum, backend=backend)
+        schedule = OneCycleSchedule(
+            total_steps, epochs, steps_per_epoch, pct_start, anneal_strategy, div_factor, final_div_factor, three_phase
+        )
+        super().__init__(
+            params,
+            schedule,
+            dict(max_lr=max_lr, base_momentum=base_momentum, max_momentum=max_momentum),
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            maximize=maximize,
+            cycle_momentum=cycle_momentum,
+            backend=backend,
+        )
 
     total_steps = property(lambda self: self._schedule.total_steps)
     pct_start = property(lambda self: self._schedule.pct_start)

@@ -146,12 +146,19 @@ def suggest_bounds(
     ``"metric"``."""
     cv = read_curve(lrs, losses, metrics, smooth=smooth, measured_on=measured_on)
     if cv.n < 2:
-        warnings.warn("the range test has fewer than two finite points; the suggested bounds "
-                      "are only the first two LRs of the sweep (start lower)", RuntimeWarning, 2)
+        warnings.warn(
+            "the range test has fewer than two finite points; the suggested bounds "
+            "are only the first two LRs of the sweep (start lower)",
+            RuntimeWarning,
+            2,
+        )
         return float(lrs[0]), float(lrs[1]), [math.nan] * len(lrs), cv.reading
     if not cv.depth > 0:
-        warnings.warn("the range-test curve never improves; widen the sweep (or run longer). "
-                      "The bounds suggested are a guess.", RuntimeWarning, 2)
+        warnings.warn(
+            "the range-test curve never improves; widen the sweep (or run longer). The bounds suggested are a guess.",
+            RuntimeWarning,
+            2,
+        )
     t, i_top, i_best = cv.t, cv.i_top, cv.i_best
     if cv.reading == "loss":
         # Where the loss stops falling and turns up: the valley's bottom (1803.09820: "where
@@ -188,8 +195,12 @@ def suggest_single(method: str, lrs, losses, metrics=None, *, smooth=0.05, measu
     cv = read_curve(lrs, losses, metrics, smooth=smooth, measured_on=measured_on)
     lo, hi = float(lrs[0]), float(lrs[-1])
     if cv.n < 2:
-        warnings.warn("the range test has fewer than two finite points; the suggestion is the "
-                      "first LR of the sweep (start lower)", RuntimeWarning, 2)
+        warnings.warn(
+            "the range test has fewer than two finite points; the suggestion is the "
+            "first LR of the sweep (start lower)",
+            RuntimeWarning,
+            2,
+        )
         return lo
     if method == "min/10":
         return min(max(cv.at(cv.i_bottom) / 10.0, lo), hi)

@@ -99,10 +99,8 @@ class RangeTestResult:
         """The paper's cycle-length advice: ``stepsize`` (iterations in HALF a cycle) =
         ``epochs_per_half_cycle`` epochs. The paper found 2-10 epochs good (its CIFAR-10
         run used 4); ``iters_per_epoch`` is training samples / batch size."""
-        for name, value in (("iters_per_epoch", iters_per_epoch),
-                            ("epochs_per_half_cycle", epochs_per_half_cycle)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) \
-                    or not math.isfinite(value) or value <= 0:
+        for name, value in (("iters_per_epoch", iters_per_epoch), ("epochs_per_half_cycle", epochs_per_half_cycle)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
         return max(1, int(round(float(iters_per_epoch) * float(epochs_per_half_cycle))))
 
@@ -135,8 +133,9 @@ class RangeTestResult:
             raise ValueError(f"method must be one of {SUGGEST_METHODS}, got {method!r}")
         if len(self.lrs) < 2:
             return self.lrs[0] if self.lrs else self.base_lr
-        return suggest_single(method, self.lrs, self.losses, self.metrics, smooth=self.smooth,
-                              measured_on=self.measured_on)
+        return suggest_single(
+            method, self.lrs, self.losses, self.metrics, smooth=self.smooth, measured_on=self.measured_on
+        )
 
     # -- plotting --------------------------------------------------------------------
     def plot(self, path: Optional[Union[str, os.PathLike]] = None, suggest: Union[None, str, Sequence[str]] = None):
@@ -183,7 +182,7 @@ class RangeTestResult:
             # A diverged curve ends in huge values; clip the view to the part worth reading.
             lo = min(loss_vals)
             upto = loss_vals[: max(1, len(loss_vals) * 9 // 10)]
-            hi = max(max(upto[: 5] or upto), min(max(upto), 3 * max(abs(lo), 1e-12) + lo))
+            hi = max(max(upto[:5] or upto), min(max(upto), 3 * max(abs(lo), 1e-12) + lo))
             pad = 0.05 * (hi - lo if hi > lo else max(abs(hi), 1.0))
             ax.set_ylim(lo - pad, hi + pad)
         handles, labels = ax.get_legend_handles_labels()
@@ -213,8 +212,7 @@ class RangeTestResult:
             handles.append(ax.axvline(self.lrs[-1], color="0.4", ls=":", lw=1))
             labels.append(f"stopped ({self.stop_reason}) at {self.lrs[-1]:.3g}")
         # Below the axes: inside, it would hide part of the curve it explains.
-        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3,
-                  fontsize=8, frameon=False)
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=8, frameon=False)
         ax.set_title(f"LR range test ({self.sweep} sweep, {len(self.lrs)} steps)")
         ax.grid(True, alpha=0.3)
         fig.tight_layout()
@@ -303,4 +301,3 @@ def _dec(v) -> float:
     if isinstance(v, str):
         return float(v.replace("Infinity", "inf"))  # "NaN", "inf", "-inf" parse
     return float(v)
-

@@ -48,8 +48,7 @@ class _ModelSnapshot:
                     if t is None or id(t) in self.values:
                         continue
                     grad = getattr(t, "grad", None)
-                    self.values[id(t)] = (t, t.device, _copy(t, to_cpu),
-                                          None if grad is None else _copy(grad, to_cpu))
+                    self.values[id(t)] = (t, t.device, _copy(t, to_cpu), None if grad is None else _copy(grad, to_cpu))
 
     def restore(self) -> None:
         with torch.no_grad():
@@ -57,8 +56,7 @@ class _ModelSnapshot:
                 # A module may have re-assigned a slot (e.g. a buffer replaced by a new
                 # tensor); put the original objects back, in their original order.
                 for slots, original in ((m._parameters, params), (m._buffers, buffers)):
-                    if list(slots) != list(original) or \
-                            any(slots[k] is not v for k, v in original.items()):
+                    if list(slots) != list(original) or any(slots[k] is not v for k, v in original.items()):
                         slots.clear()
                         slots.update(original)
             for t, device, value, grad in self.values.values():
@@ -109,8 +107,10 @@ def _to_device(obj, device):
 def _split_batch(batch) -> Tuple[Any, Any]:
     if isinstance(batch, (list, tuple)) and len(batch) >= 2:
         return batch[0], batch[1]
-    raise TypeError("range_test expects batches of the form (inputs, targets); got "
-                    f"{type(batch).__name__} (for other batches, pass step_fn=(model, batch) -> loss)")
+    raise TypeError(
+        "range_test expects batches of the form (inputs, targets); got "
+        f"{type(batch).__name__} (for other batches, pass step_fn=(model, batch) -> loss)"
+    )
 
 
 def _batch_len(targets, outputs) -> int:
@@ -159,9 +159,11 @@ def _lr_ratios(optimizer: torch.optim.Optimizer) -> List[float]:
         return [v / lrs[0] for v in lrs]
     if all(v == lrs[0] for v in lrs):
         return [1.0] * len(lrs)
-    raise ValueError("optimizer: its first param group has LR 0 while others do not, so the "
-                     f"groups' LR ratios are undefined (LRs {lrs}); the sweep scales every group "
-                     "by the same factor, relative to the first")
+    raise ValueError(
+        "optimizer: its first param group has LR 0 while others do not, so the "
+        f"groups' LR ratios are undefined (LRs {lrs}); the sweep scales every group "
+        "by the same factor, relative to the first"
+    )
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float, ratios: Sequence[float]) -> None:
@@ -192,8 +194,7 @@ class _Cycle:
 
 
 def _check_positive_finite(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
-            or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     return float(value)
 
@@ -440,15 +441,16 @@ def range_test(
         raise TypeError("step_fn must be callable: (model, batch) -> scalar loss tensor")
     if loss_fn is None:
         if step_fn is None:
-            raise ValueError("loss_fn is needed unless a step_fn computes the loss: pass "
-                             "loss_fn=(outputs, targets) -> loss or step_fn=(model, batch) -> loss")
+            raise ValueError(
+                "loss_fn is needed unless a step_fn computes the loss: pass "
+                "loss_fn=(outputs, targets) -> loss or step_fn=(model, batch) -> loss"
+            )
     elif not callable(loss_fn):
         raise TypeError("loss_fn must be callable: (outputs, targets) -> scalar tensor")
     start_lr = _check_positive_finite("start_lr", start_lr)
     end_lr = _check_positive_finite("end_lr", end_lr)
     if not end_lr > start_lr:
-        raise ValueError(f"end_lr must be greater than start_lr, got end_lr={end_lr!r} "
-                         f"<= start_lr={start_lr!r}")
+        raise ValueError(f"end_lr must be greater than start_lr, got end_lr={end_lr!r} <= start_lr={start_lr!r}")
     if isinstance(num_iters, bool) or not isinstance(num_iters, numbers.Integral) or num_iters < 2:
         raise ValueError(f"num_iters must be an integer >= 2, got {num_iters!r}")
     num_iters = int(num_iters)
@@ -462,12 +464,18 @@ def range_test(
     else:
         raise ValueError(f"metric must be 'loss', 'accuracy' or a callable, got {metric!r}")
     if step_fn is not None and metric_fn is not None:
-        raise ValueError(f"metric={metric_name!r} cannot be measured with a step_fn (it returns only "
-                         "the loss, no outputs); use metric='loss'")
+        raise ValueError(
+            f"metric={metric_name!r} cannot be measured with a step_fn (it returns only "
+            "the loss, no outputs); use metric='loss'"
+        )
     if isinstance(smooth, bool) or not isinstance(smooth, numbers.Real) or not 0 <= smooth < 1:
         raise ValueError(f"smooth must be in [0, 1), got {smooth!r}")
-    if isinstance(diverge_factor, bool) or not isinstance(diverge_factor, numbers.Real) \
-            or math.isnan(diverge_factor) or not diverge_factor > 1:
+    if (
+        isinstance(diverge_factor, bool)
+        or not isinstance(diverge_factor, numbers.Real)
+        or math.isnan(diverge_factor)
+        or not diverge_factor > 1
+    ):
         raise ValueError(f"diverge_factor must be > 1 (inf disables the ratio test), got {diverge_factor!r}")
     accumulation_steps = _check_positive_int("accumulation_steps", accumulation_steps)
     if amp is not None and not (isinstance(amp, torch.dtype) and amp in _AMP_DTYPES):
@@ -480,25 +488,32 @@ def range_test(
     if optimizer is None or isinstance(optimizer, str):
         kind = "sgd" if optimizer is None else optimizer.lower()
         if kind not in _OPTIMIZERS:
-            raise ValueError(f"optimizer must be None, 'sgd', 'adamw' or a torch.optim.Optimizer, "
-                             f"got {optimizer!r}")
+            raise ValueError(f"optimizer must be None, 'sgd', 'adamw' or a torch.optim.Optimizer, got {optimizer!r}")
         top = 1 if kind == "sgd" else 0.999999  # AdamW needs beta1 < 1
         if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0 <= momentum <= top:
-            raise ValueError(f"momentum must be in [0, 1]{' (beta1 of AdamW: < 1)' if kind == 'adamw' else ''}, "
-                             f"got {momentum!r}")
-        if isinstance(weight_decay, bool) or not isinstance(weight_decay, numbers.Real) \
-                or not math.isfinite(weight_decay) or weight_decay < 0:
+            raise ValueError(
+                f"momentum must be in [0, 1]{' (beta1 of AdamW: < 1)' if kind == 'adamw' else ''}, got {momentum!r}"
+            )
+        if (
+            isinstance(weight_decay, bool)
+            or not isinstance(weight_decay, numbers.Real)
+            or not math.isfinite(weight_decay)
+            or weight_decay < 0
+        ):
             raise ValueError(f"weight_decay must be a non-negative number, got {weight_decay!r}")
         ratios = None
     else:
         kind = None
         if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be None, 'sgd', 'adamw' or a torch.optim.Optimizer, "
-                            f"got {type(optimizer).__name__}")
+            raise TypeError(
+                f"optimizer must be None, 'sgd', 'adamw' or a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            )
         if _is_clr_ext_optimizer(optimizer):
-            raise TypeError(f"a {type(optimizer).__name__} sets its own LR at every step and cannot "
-                            "follow the sweep; pass optimizer=None/'sgd'/'adamw' or a plain "
-                            "torch.optim optimizer")
+            raise TypeError(
+                f"a {type(optimizer).__name__} sets its own LR at every step and cannot "
+                "follow the sweep; pass optimizer=None/'sgd'/'adamw' or a plain "
+                "torch.optim optimizer"
+            )
         ratios = _lr_ratios(optimizer)
     if val_loader is not None and not isinstance(val_loader, Iterable):
         raise TypeError("val_loader must be an iterable of batches")
@@ -529,11 +544,11 @@ def range_test(
             if not params:
                 raise ValueError("the model has no trainable parameters")
             if kind == "sgd":
-                opt = torch.optim.SGD(params, lr=start_lr, momentum=float(momentum),
-                                      weight_decay=float(weight_decay))
+                opt = torch.optim.SGD(params, lr=start_lr, momentum=float(momentum), weight_decay=float(weight_decay))
             else:
-                opt = torch.optim.AdamW(params, lr=start_lr, betas=(float(momentum), 0.999),
-                                        weight_decay=float(weight_decay))
+                opt = torch.optim.AdamW(
+                    params, lr=start_lr, betas=(float(momentum), 0.999), weight_decay=float(weight_decay)
+                )
             ratios = [1.0] * len(opt.param_groups)
         else:
             opt = optimizer
@@ -601,8 +616,9 @@ def range_test(
                 else:
                     opt.step()
                 if val_loader is not None:
-                    value, metric_value = _evaluate(model, val_loader, loss_fn, metric_fn, device, step_fn,
-                                                    autocast, val_batches, ranks)
+                    value, metric_value = _evaluate(
+                        model, val_loader, loss_fn, metric_fn, device, step_fn, autocast, val_batches, ranks
+                    )
                     for m, training in train_modes:
                         m.training = training
             lrs.append(lr)
@@ -638,30 +654,47 @@ def range_test(
     if len(lrs) < 2:
         # Stopped at the very first step: nothing to read; the first two LRs of the plan
         # still satisfy start_lr <= base_lr < max_lr <= end_lr.
-        warnings.warn("the range test stopped at its first step (NaN/inf loss); start lower",
-                      RuntimeWarning, 2)
-        base_lr, max_lr, trend, reading = plan[0], plan[1], [math.nan] * len(lrs), \
-            ("loss" if metrics is None else "metric")
+        warnings.warn("the range test stopped at its first step (NaN/inf loss); start lower", RuntimeWarning, 2)
+        base_lr, max_lr, trend, reading = (
+            plan[0],
+            plan[1],
+            [math.nan] * len(lrs),
+            ("loss" if metrics is None else "metric"),
+        )
     else:
-        base_lr, max_lr, trend, reading = suggest_bounds(
-            lrs, losses, metrics, smooth=smooth, measured_on=measured_on)
+        base_lr, max_lr, trend, reading = suggest_bounds(lrs, losses, metrics, smooth=smooth, measured_on=measured_on)
     return RangeTestResult(
-        lrs=lrs, losses=losses, smoothed_losses=smoothed, metrics=metrics, diverged=diverged,
-        base_lr=base_lr, max_lr=max_lr, trend=trend, reading=reading, measured_on=measured_on,
-        sweep=sweep, metric=metric_name, start_lr=start_lr, end_lr=end_lr, num_iters=num_iters,
-        smooth=smooth, diverge_factor=float(diverge_factor), stop_reason=stop_reason,
+        lrs=lrs,
+        losses=losses,
+        smoothed_losses=smoothed,
+        metrics=metrics,
+        diverged=diverged,
+        base_lr=base_lr,
+        max_lr=max_lr,
+        trend=trend,
+        reading=reading,
+        measured_on=measured_on,
+        sweep=sweep,
+        metric=metric_name,
+        start_lr=start_lr,
+        end_lr=end_lr,
+        num_iters=num_iters,
+        smooth=smooth,
+        diverge_factor=float(diverge_factor),
+        stop_reason=stop_reason,
     )
 
 
-def _evaluate(model, loader, loss_fn, metric_fn, device, step_fn, autocast, max_batches,
-              ranks: _Ranks) -> Tuple[float, float]:
+def _evaluate(
+    model, loader, loss_fn, metric_fn, device, step_fn, autocast, max_batches, ranks: _Ranks
+) -> Tuple[float, float]:
     """Sample-weighted mean loss and metric over the loader (its first ``max_batches``
     batches), in eval mode; under torch.distributed, over every rank's samples."""
     model.eval()
     total, loss_sum, metric_sum = 0, 0.0, 0.0
     with torch.no_grad():
         # islice stops before asking the loader for a batch it would not use.
-        for batch in (loader if max_batches is None else itertools.islice(loader, max_batches)):
+        for batch in loader if max_batches is None else itertools.islice(loader, max_batches):
             batch = _to_device(batch, device)
             with autocast():
                 if step_fn is not None:

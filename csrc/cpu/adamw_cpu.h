@@ -74,8 +74,8 @@ struct AdamwArgs {
   double weight_decay;
   int32_t amsgrad;
   int32_t maximize;
-  int32_t unscale;   /* divide the gradient by grad_scale and write it back (AMP) */
-  double grad_scale; /* the loss scale, only read when unscale */
+  int32_t unscale;         /* divide the gradient by grad_scale and write it back (AMP) */
+  double grad_scale;       /* the loss scale, only read when unscale */
   const VectorSqrt* vsqrt; /* torch_vector_sqrt() */
 };
 
@@ -152,8 +152,8 @@ CLR_ALWAYS_INLINE void adamw_span_loop(S* __restrict param, S* __restrict grad, 
 template <typename S, bool kUnscale>
 CLR_ALWAYS_INLINE void adamw_span_dispatch(const AdamwSpan& sp, int64_t lo, int64_t n, const AdamwArgs& a) {
   typedef typename Io<S>::compute C;
-  const clr_adamw_coeffs<C> c = clr_adamw_coeffs_make<C>(a.lr, a.beta1, a.beta2, a.eps, a.weight_decay,
-                                                         a.maximize, sp.step_size, sp.bias_correction2_sqrt);
+  const clr_adamw_coeffs<C> c = clr_adamw_coeffs_make<C>(a.lr, a.beta1, a.beta2, a.eps, a.weight_decay, a.maximize,
+                                                         sp.step_size, sp.bias_correction2_sqrt);
   const C scale = (C)a.grad_scale;
   S* param = (S*)sp.param + lo;
   S* grad = (S*)sp.grad + lo;
@@ -163,26 +163,29 @@ CLR_ALWAYS_INLINE void adamw_span_dispatch(const AdamwSpan& sp, int64_t lo, int6
   // torch.optim.AdamW skips param.mul_ when weight_decay == 0; a multiply by 1 would be exact anyway.
   const bool wd = a.weight_decay != 0.0;
 #define CLR_SPAN(WD, AMS) \
-  adamw_span_loop<S, WD, AMS, kUnscale>(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, n, c, scale, \
-                                        a.vsqrt)
+  adamw_span_loop<S, WD, AMS, kUnscale>(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, n, c, scale, a.vsqrt)
   if (a.amsgrad) {
-    if (wd) CLR_SPAN(true, true);
-    else CLR_SPAN(false, true);
+    if (wd)
+      CLR_SPAN(true, true);
+    else
+      CLR_SPAN(false, true);
   } else {
-    if (wd) CLR_SPAN(true, false);
-    else CLR_SPAN(false, false);
+    if (wd)
+      CLR_SPAN(true, false);
+    else
+      CLR_SPAN(false, false);
   }
 #undef CLR_SPAN
 }
 
 /* One entry point per storage type: these are the functions that get ISA clones. */
-#define CLR_DEFINE_ADAMW_ENTRY(NAME, S)                                                          \
-  CLR_CPU_CLONES __attribute__((noinline)) static void NAME(const AdamwSpan* sp, int64_t lo,    \
-                                                           int64_t n, const AdamwArgs* a) {     \
-    if (a->unscale)                                                                              \
-      adamw_span_dispatch<S, true>(*sp, lo, n, *a);                                              \
-    else                                                                                         \
-      adamw_span_dispatch<S, false>(*sp, lo, n, *a);                                             \
+#define CLR_DEFINE_ADAMW_ENTRY(NAME, S)                                                                 \
+  CLR_CPU_CLONES __attribute__((noinline)) static void NAME(const AdamwSpan* sp, int64_t lo, int64_t n, \
+                                                            const AdamwArgs* a) {                       \
+    if (a->unscale)                                                                                     \
+      adamw_span_dispatch<S, true>(*sp, lo, n, *a);                                                     \
+    else                                                                                                \
+      adamw_span_dispatch<S, false>(*sp, lo, n, *a);                                                    \
   }
 
 CLR_DEFINE_ADAMW_ENTRY(adamw_span_f32, float)
@@ -202,11 +205,10 @@ inline void adamw_run_range(int32_t dtype, const AdamwSpan* spans, const int64_t
   // otherwise treat each call as a region of n threads of its own (3x slower on 2 cores).
   const MklSetNumThreadsLocal set_local = a.vsqrt != nullptr ? a.vsqrt->set_num_threads_local : nullptr;
   const int previous = set_local != nullptr ? set_local(1) : 0;
-  void (*span_fn)(const AdamwSpan*, int64_t, int64_t, const AdamwArgs*) =
-      dtype == kFloat32   ? adamw_span_f32
-      : dtype == kFloat64 ? adamw_span_f64
-      : dtype == kFloat16 ? adamw_span_f16
-                          : adamw_span_bf16;
+  void (*span_fn)(const AdamwSpan*, int64_t, int64_t, const AdamwArgs*) = dtype == kFloat32   ? adamw_span_f32
+                                                                          : dtype == kFloat64 ? adamw_span_f64
+                                                                          : dtype == kFloat16 ? adamw_span_f16
+                                                                                              : adamw_span_bf16;
   int64_t s = (int64_t)(std::upper_bound(offsets, offsets + n_spans + 1, begin) - offsets) - 1;
   for (; s < n_spans && offsets[s] < end; ++s) {
     const int64_t lo = std::max(begin, offsets[s]) - offsets[s];

@@ -28,12 +28,11 @@ int32_t adamw_dtype_code(at::ScalarType t) {
 
 }  // namespace
 
-void cyclic_adamw_cpu_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                       at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList state_steps,
-                       const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
-                       int64_t mode, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
-                       bool maximize, bool cycle_momentum, const c10::optional<at::Tensor>& grad_scale,
-                       const c10::optional<at::Tensor>& found_inf) {
+void cyclic_adamw_cpu_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                       at::TensorList max_exp_avg_sqs, at::TensorList state_steps, const at::Tensor& iteration,
+                       at::ArrayRef<double> bounds, at::ArrayRef<double> shape, int64_t mode, double beta1,
+                       double beta2, double eps, double weight_decay, bool amsgrad, bool maximize, bool cycle_momentum,
+                       const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf) {
   const AdamwPlan plan =
       make_adamw_plan(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, iteration, bounds, shape,
                       mode, beta1, beta2, eps, weight_decay, amsgrad, cycle_momentum, grad_scale, found_inf, at::kCPU);

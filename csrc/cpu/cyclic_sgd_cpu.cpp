@@ -90,14 +90,13 @@ void apply_update(at::TensorList params, at::TensorList grads, at::TensorList mo
 }  // namespace
 
 void cyclic_sgd_cpu_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-                     at::TensorList momentum_start,
-                     const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
-                     int64_t mode, double momentum, double dampening, double weight_decay, bool nesterov,
-                     bool maximize, bool cycle_momentum, bool first_step,
+                     at::TensorList momentum_start, const at::Tensor& iteration, at::ArrayRef<double> bounds,
+                     at::ArrayRef<double> shape, int64_t mode, double momentum, double dampening, double weight_decay,
+                     bool nesterov, bool maximize, bool cycle_momentum, bool first_step,
                      const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf) {
-  const StepPlan plan = make_step_plan(params, grads, momentum_buffers, momentum_start, iteration, bounds, shape,
-                                       mode, momentum, dampening, weight_decay, nesterov, cycle_momentum,
-                                       first_step, grad_scale, found_inf, at::kCPU);
+  const StepPlan plan =
+      make_step_plan(params, grads, momentum_buffers, momentum_start, iteration, bounds, shape, mode, momentum,
+                     dampening, weight_decay, nesterov, cycle_momentum, first_step, grad_scale, found_inf, at::kCPU);
   // On the CPU the overflow flag is host memory: reading it costs nothing, and a
   // skipped step must not touch a single element (grads stay scaled, as in PyTorch).
   if (found_inf.has_value() && found_inf->item<double>() == 1.0) return;

@@ -60,8 +60,8 @@ struct StepArgs {
   int32_t momentum_state; /* CLR_MOMENTUM_* */
   int32_t nesterov;
   int32_t maximize;
-  int32_t unscale;    /* divide the gradient by grad_scale and write it back (AMP) */
-  double grad_scale;  /* the loss scale, only read when unscale */
+  int32_t unscale;   /* divide the gradient by grad_scale and write it back (AMP) */
+  double grad_scale; /* the loss scale, only read when unscale */
 };
 
 /* ---- 16-bit storage formats, converted by bit manipulation (no F16C or AVX512-BF16 needed) ---- */
@@ -176,8 +176,7 @@ struct Coeffs<float> {
   static CLR_ALWAYS_INLINE type make(const StepArgs& a) {
     return clr_sgd_coeffs_make_f32(a.lr, a.weight_decay, a.momentum, a.dampening, a.maximize);
   }
-  static CLR_ALWAYS_INLINE float update(float p, float g, float* buf, const type* c, int wd, int ms,
-                                        int nesterov) {
+  static CLR_ALWAYS_INLINE float update(float p, float g, float* buf, const type* c, int wd, int ms, int nesterov) {
     return clr_sgd_update_f32(p, g, buf, c, wd, ms, nesterov);
   }
 };
@@ -187,16 +186,15 @@ struct Coeffs<double> {
   static CLR_ALWAYS_INLINE type make(const StepArgs& a) {
     return clr_sgd_coeffs_make_f64(a.lr, a.weight_decay, a.momentum, a.dampening, a.maximize);
   }
-  static CLR_ALWAYS_INLINE double update(double p, double g, double* buf, const type* c, int wd,
-                                         int ms, int nesterov) {
+  static CLR_ALWAYS_INLINE double update(double p, double g, double* buf, const type* c, int wd, int ms, int nesterov) {
     return clr_sgd_update_f64(p, g, buf, c, wd, ms, nesterov);
   }
 };
 
 /* The innermost loop, with every flag a compile-time constant so that it vectorizes. */
 template <typename S, bool kWeightDecay, int kMomentum, bool kNesterov, bool kUnscale>
-CLR_ALWAYS_INLINE void span_loop(S* __restrict param, S* __restrict grad, S* __restrict buffer,
-                                 int64_t n, const typename Coeffs<typename Io<S>::compute>::type& c,
+CLR_ALWAYS_INLINE void span_loop(S* __restrict param, S* __restrict grad, S* __restrict buffer, int64_t n,
+                                 const typename Coeffs<typename Io<S>::compute>::type& c,
                                  typename Io<S>::compute grad_scale) {
   typedef typename Io<S>::compute C;
   for (int64_t i = 0; i < n; ++i) {
@@ -221,25 +219,35 @@ CLR_ALWAYS_INLINE void span_dispatch(S* param, S* grad, S* buffer, int64_t n, co
 #define CLR_SPAN(WD, MS, NEST) span_loop<S, WD, MS, NEST, kUnscale>(param, grad, buffer, n, c, scale)
   switch (a.momentum_state) {
     case CLR_MOMENTUM_NONE:
-      if (wd) CLR_SPAN(true, CLR_MOMENTUM_NONE, false);
-      else CLR_SPAN(false, CLR_MOMENTUM_NONE, false);
+      if (wd)
+        CLR_SPAN(true, CLR_MOMENTUM_NONE, false);
+      else
+        CLR_SPAN(false, CLR_MOMENTUM_NONE, false);
       break;
     case CLR_MOMENTUM_FIRST:
       if (wd) {
-        if (a.nesterov) CLR_SPAN(true, CLR_MOMENTUM_FIRST, true);
-        else CLR_SPAN(true, CLR_MOMENTUM_FIRST, false);
+        if (a.nesterov)
+          CLR_SPAN(true, CLR_MOMENTUM_FIRST, true);
+        else
+          CLR_SPAN(true, CLR_MOMENTUM_FIRST, false);
       } else {
-        if (a.nesterov) CLR_SPAN(false, CLR_MOMENTUM_FIRST, true);
-        else CLR_SPAN(false, CLR_MOMENTUM_FIRST, false);
+        if (a.nesterov)
+          CLR_SPAN(false, CLR_MOMENTUM_FIRST, true);
+        else
+          CLR_SPAN(false, CLR_MOMENTUM_FIRST, false);
       }
       break;
     default:
       if (wd) {
-        if (a.nesterov) CLR_SPAN(true, CLR_MOMENTUM_STEADY, true);
-        else CLR_SPAN(true, CLR_MOMENTUM_STEADY, false);
+        if (a.nesterov)
+          CLR_SPAN(true, CLR_MOMENTUM_STEADY, true);
+        else
+          CLR_SPAN(true, CLR_MOMENTUM_STEADY, false);
       } else {
-        if (a.nesterov) CLR_SPAN(false, CLR_MOMENTUM_STEADY, true);
-        else CLR_SPAN(false, CLR_MOMENTUM_STEADY, false);
+        if (a.nesterov)
+          CLR_SPAN(false, CLR_MOMENTUM_STEADY, true);
+        else
+          CLR_SPAN(false, CLR_MOMENTUM_STEADY, false);
       }
       break;
   }
@@ -247,14 +255,13 @@ CLR_ALWAYS_INLINE void span_dispatch(S* param, S* grad, S* buffer, int64_t n, co
 }
 
 /* One entry point per storage type: these are the functions that get ISA clones. */
-#define CLR_DEFINE_SPAN_ENTRY(NAME, S)                                                         \
-  CLR_CPU_CLONES __attribute__((noinline)) static void NAME(void* param, void* grad,          \
-                                                           void* buffer, int64_t n,           \
-                                                           const StepArgs* a) {               \
-    if (a->unscale)                                                                            \
-      span_dispatch<S, true>((S*)param, (S*)grad, (S*)buffer, n, *a);                          \
-    else                                                                                       \
-      span_dispatch<S, false>((S*)param, (S*)grad, (S*)buffer, n, *a);                         \
+#define CLR_DEFINE_SPAN_ENTRY(NAME, S)                                                                        \
+  CLR_CPU_CLONES __attribute__((noinline)) static void NAME(void* param, void* grad, void* buffer, int64_t n, \
+                                                            const StepArgs* a) {                              \
+    if (a->unscale)                                                                                           \
+      span_dispatch<S, true>((S*)param, (S*)grad, (S*)buffer, n, *a);                                         \
+    else                                                                                                      \
+      span_dispatch<S, false>((S*)param, (S*)grad, (S*)buffer, n, *a);                                        \
   }
 
 CLR_DEFINE_SPAN_ENTRY(span_f32, float)
@@ -263,20 +270,20 @@ CLR_DEFINE_SPAN_ENTRY(span_f16, Fp16)
 CLR_DEFINE_SPAN_ENTRY(span_bf16, Bf16)
 #undef CLR_DEFINE_SPAN_ENTRY
 
-inline int64_t element_size(int32_t dtype) {
-  return dtype == kFloat64 ? 8 : (dtype == kFloat32 ? 4 : 2);
-}
+inline int64_t element_size(int32_t dtype) { return dtype == kFloat64 ? 8 : (dtype == kFloat32 ? 4 : 2); }
 
 /*
  * Runs elements [begin, end) of the flattened bucket. `offsets` holds the prefix
  * sums of the spans' numel (offsets[0] = 0, offsets[n_spans] = total), so any
  * thread can find its first span by binary search and walk on from there.
  */
-inline void run_range(int32_t dtype, const Span* spans, const int64_t* offsets, int64_t n_spans,
-                      int64_t begin, int64_t end, const StepArgs& a) {
+inline void run_range(int32_t dtype, const Span* spans, const int64_t* offsets, int64_t n_spans, int64_t begin,
+                      int64_t end, const StepArgs& a) {
   if (begin >= end) return;
-  void (*span_fn)(void*, void*, void*, int64_t, const StepArgs*) =
-      dtype == kFloat32 ? span_f32 : dtype == kFloat64 ? span_f64 : dtype == kFloat16 ? span_f16 : span_bf16;
+  void (*span_fn)(void*, void*, void*, int64_t, const StepArgs*) = dtype == kFloat32   ? span_f32
+                                                                   : dtype == kFloat64 ? span_f64
+                                                                   : dtype == kFloat16 ? span_f16
+                                                                                       : span_bf16;
   const int64_t esize = element_size(dtype);
   int64_t s = (int64_t)(std::upper_bound(offsets, offsets + n_spans + 1, begin) - offsets) - 1;
   for (; s < n_spans && offsets[s] < end; ++s) {
@@ -285,8 +292,7 @@ inline void run_range(int32_t dtype, const Span* spans, const int64_t* offsets, 
     if (hi <= lo) continue;
     const Span& sp = spans[s];
     char* buf = (char*)sp.momentum_buffer;
-    span_fn((char*)sp.param + lo * esize, (char*)sp.grad + lo * esize, buf ? buf + lo * esize : nullptr,
-            hi - lo, &a);
+    span_fn((char*)sp.param + lo * esize, (char*)sp.grad + lo * esize, buf ? buf + lo * esize : nullptr, hi - lo, &a);
   }
 }
 

@@ -59,15 +59,14 @@ at::Tensor device_scalar(const c10::optional<at::Tensor>& t, int32_t* is_double)
 }  // namespace
 
 void cyclic_sgd_cuda_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-                      at::TensorList momentum_start,
-                      const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
-                      int64_t mode, double momentum, double dampening, double weight_decay, bool nesterov,
-                      bool maximize, bool cycle_momentum, bool first_step,
+                      at::TensorList momentum_start, const at::Tensor& iteration, at::ArrayRef<double> bounds,
+                      at::ArrayRef<double> shape, int64_t mode, double momentum, double dampening, double weight_decay,
+                      bool nesterov, bool maximize, bool cycle_momentum, bool first_step,
                       const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf) {
   // Host-only metadata checks; for CUDA the iteration is not read here.
-  const StepPlan plan = make_step_plan(params, grads, momentum_buffers, momentum_start, iteration, bounds, shape,
-                                       mode, momentum, dampening, weight_decay, nesterov, cycle_momentum,
-                                       first_step, grad_scale, found_inf, at::kCUDA);
+  const StepPlan plan =
+      make_step_plan(params, grads, momentum_buffers, momentum_start, iteration, bounds, shape, mode, momentum,
+                     dampening, weight_decay, nesterov, cycle_momentum, first_step, grad_scale, found_inf, at::kCUDA);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(iteration.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();

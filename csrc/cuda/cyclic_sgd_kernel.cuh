@@ -70,9 +70,7 @@ struct Storage<f16_t> {
 template <>
 struct Storage<bf16_t> {
   typedef float compute;
-  static __device__ __forceinline__ float load(bf16_t v) {
-    return __bfloat162float(__ushort_as_bfloat16(v.bits));
-  }
+  static __device__ __forceinline__ float load(bf16_t v) { return __bfloat162float(__ushort_as_bfloat16(v.bits)); }
   static __device__ __forceinline__ bf16_t store(float v) {
     bf16_t out;
     out.bits = __bfloat16_as_ushort(__float2bfloat16_rn(v));
@@ -102,8 +100,8 @@ struct Math<double> {
   static __device__ __forceinline__ coeffs make(double lr, double wd, double m, double d, int maximize) {
     return clr_sgd_coeffs_make_f64(lr, wd, m, d, maximize);
   }
-  static __device__ __forceinline__ double update(double p, double g, double* b, const coeffs* c, int wd,
-                                                  int ms, int nesterov) {
+  static __device__ __forceinline__ double update(double p, double g, double* b, const coeffs* c, int wd, int ms,
+                                                  int nesterov) {
     return clr_sgd_update_f64(p, g, b, c, wd, ms, nesterov);
   }
 };
@@ -182,8 +180,8 @@ __device__ __forceinline__ void run_chunk(S* __restrict__ p, S* __restrict__ g, 
   }
   for (int i = done + (int)threadIdx.x; i < n; i += kBlockSize) {
     S dummy;
-    update_element<S, kMomentum, kUnscale>(p[i], g[i], kMomentum != CLR_MOMENTUM_NONE ? b[i] : dummy, c, scale,
-                                           use_wd, nesterov);
+    update_element<S, kMomentum, kUnscale>(p[i], g[i], kMomentum != CLR_MOMENTUM_NONE ? b[i] : dummy, c, scale, use_wd,
+                                           nesterov);
   }
 }
 
@@ -211,8 +209,7 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerSm)
     // (one memory latency, not three, while the block waits at the barrier); only then
     // the decisions and the schedule's double pow(). Every pointer is valid whenever it
     // is non-null, so reading grad_scale in a step that found_inf skips is harmless.
-    const double found_inf =
-        args.found_inf != nullptr ? read_scalar(args.found_inf, args.found_inf_is_double) : 0.0;
+    const double found_inf = args.found_inf != nullptr ? read_scalar(args.found_inf, args.found_inf_is_double) : 0.0;
     const int64_t iteration = *args.iteration;
     const double grad_scale =
         args.grad_scale != nullptr ? read_scalar(args.grad_scale, args.grad_scale_is_double) : 1.0;
@@ -259,10 +256,10 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerSm)
       if (threadIdx.x == 0 && started > iteration) *start = iteration;
     }
     S* b = momentum_state != CLR_MOMENTUM_NONE ? static_cast<S*>(table.buffer[t]) + r.begin : nullptr;
-#define CLR_RUN(MS)                                                                  \
-  if (unscale)                                                                       \
-    run_chunk<S, MS, true>(p, g, b, r.size, coeffs, scale, use_wd, nesterov);        \
-  else                                                                               \
+#define CLR_RUN(MS)                                                           \
+  if (unscale)                                                                \
+    run_chunk<S, MS, true>(p, g, b, r.size, coeffs, scale, use_wd, nesterov); \
+  else                                                                        \
     run_chunk<S, MS, false>(p, g, b, r.size, coeffs, scale, use_wd, nesterov)
     if (momentum_state == CLR_MOMENTUM_STEADY) {
       CLR_RUN(CLR_MOMENTUM_STEADY);

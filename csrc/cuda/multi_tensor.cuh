@@ -43,7 +43,7 @@
 
 /* __grid_constant__ lets the kernel index its by-value table without a local copy
    (CUDA 11.7+, sm_70+). */
-#if defined(__CUDACC__) && defined(__CUDACC_VER_MAJOR__) && \
+#if defined(__CUDACC__) && defined(__CUDACC_VER_MAJOR__) &&                                     \
     (__CUDACC_VER_MAJOR__ > 11 || (__CUDACC_VER_MAJOR__ == 11 && __CUDACC_VER_MINOR__ >= 7)) && \
     (!defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 700)
 #define CLR_GRID_CONSTANT __grid_constant__
@@ -59,10 +59,10 @@ constexpr int kKernelParamBytes = 32764;
 constexpr int kKernelParamBytes = 4096;
 #endif
 
-constexpr int kBlockSize = 512;           // threads per block
-constexpr int kMaxUnroll = 2;             // 16-byte vectors in flight per thread and stream
-constexpr int kMinBlocksPerSm = 2;        // caps registers at 64 per thread: 1,024+ threads per SM
-constexpr int64_t kChunkElems = 65536;    // elements per chunk: a multiple of every vector width
+constexpr int kBlockSize = 512;         // threads per block
+constexpr int kMaxUnroll = 2;           // 16-byte vectors in flight per thread and stream
+constexpr int kMinBlocksPerSm = 2;      // caps registers at 64 per thread: 1,024+ threads per SM
+constexpr int64_t kChunkElems = 65536;  // elements per chunk: a multiple of every vector width
 constexpr int kVectorBytes = 16;
 
 /* What every block of one step needs besides the table. Device pointers only: the
@@ -94,7 +94,7 @@ constexpr int kMaxTensors =
 struct TensorTable {
   void* param[kMaxTensors];
   void* grad[kMaxTensors];
-  void* buffer[kMaxTensors];  // unused entries when the step has no buffers
+  void* buffer[kMaxTensors];             // unused entries when the step has no buffers
   int64_t* momentum_start[kMaxTensors];  // nullptr: args.first_step decides
   int64_t numel[kMaxTensors];
   int32_t chunk_end[kMaxTensors];  // chunks of tensors 0..t, cumulative

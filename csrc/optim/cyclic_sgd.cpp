@@ -268,7 +268,8 @@ std::vector<double> CyclicSGD::current_momentum() const {
 torch::Tensor& CyclicSGD::counter(const c10::Device& device) {
   auto it = counters_.find(device);
   if (it == counters_.end())
-    it = counters_.emplace(device, torch::full({}, iteration_, torch::TensorOptions().dtype(torch::kLong).device(device)))
+    it = counters_
+             .emplace(device, torch::full({}, iteration_, torch::TensorOptions().dtype(torch::kLong).device(device)))
              .first;
   return it->second;
 }
@@ -300,8 +301,7 @@ torch::Tensor CyclicSGD::step(LossClosure closure) {
     // depend on the host iteration: buffers are passed whenever momentum can be non-zero
     // (the kernel leaves them alone in a step whose momentum is 0), as in Python.
     const bool use_buffers = step_momentum != 0;
-    const bool momentum_possible =
-        cycle_momentum ? (b.base_momentum != 0 || b.max_momentum != 0) : step_momentum != 0;
+    const bool momentum_possible = cycle_momentum ? (b.base_momentum != 0 || b.max_momentum != 0) : step_momentum != 0;
 
     // Group the params that have a gradient by (device, dtype), in order of appearance.
     std::vector<std::pair<std::pair<c10::Device, at::ScalarType>, std::vector<size_t>>> buckets;
@@ -358,8 +358,8 @@ torch::Tensor CyclicSGD::step(LossClosure closure) {
   if (work.size() > 1) {
     for (auto& w : work) {
       clr_ext::make_step_plan(w.params, w.grads, w.buffers, {}, counter(w.device), {0.0, 0.0, 0.0, 0.0},
-                              {1.0, 1.0, 1.0, 1.0}, 0, 0.0, 0.0, 0.0, false, false, false, std::nullopt,
-                              std::nullopt, c10::DeviceType::Meta);
+                              {1.0, 1.0, 1.0, 1.0}, 0, 0.0, 0.0, 0.0, false, false, false, std::nullopt, std::nullopt,
+                              c10::DeviceType::Meta);
     }
   }
 
@@ -371,9 +371,9 @@ torch::Tensor CyclicSGD::step(LossClosure closure) {
                                o.momentum(), o.dampening(), o.weight_decay(), o.nesterov(), o.maximize(),
                                cycle_momentum, w.first, std::nullopt, std::nullopt);
     } else {
-      registered_op().call(w.params, w.grads, w.buffers, {}, it, group_bounds[w.group], shape_vec, mode,
-                           o.momentum(), o.dampening(), o.weight_decay(), o.nesterov(), o.maximize(),
-                           cycle_momentum, w.first, std::nullopt, std::nullopt);
+      registered_op().call(w.params, w.grads, w.buffers, {}, it, group_bounds[w.group], shape_vec, mode, o.momentum(),
+                           o.dampening(), o.weight_decay(), o.nesterov(), o.maximize(), cycle_momentum, w.first,
+                           std::nullopt, std::nullopt);
     }
   }
 
@@ -407,8 +407,7 @@ void CyclicSGD::load(torch::serialize::InputArchive& archive) {
       auto st = state_.find(p.unsafeGetTensorImpl());
       if (st == state_.end()) continue;
       auto& ps = static_cast<CyclicSGDParamState&>(*st->second);
-      if (ps.momentum_buffer().defined())
-        ps.momentum_buffer(ps.momentum_buffer().to(p.device(), p.scalar_type()));
+      if (ps.momentum_buffer().defined()) ps.momentum_buffer(ps.momentum_buffer().to(p.device(), p.scalar_type()));
     }
   }
   c10::IValue ivalue;

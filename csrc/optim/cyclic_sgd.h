@@ -110,8 +110,7 @@ class CyclicSGD : public torch::optim::Optimizer {
   // infinite lr / momentum / weight_decay, max_lr < base_lr, step_size_up <= 0,
   // step_size_down < 0, gamma <= 0, an unknown mode, nesterov without momentum or
   // with dampening). Momentum above 1 only warns, as in PyTorch.
-  explicit CyclicSGD(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
-                     CyclicSGDOptions defaults);
+  explicit CyclicSGD(const std::vector<torch::optim::OptimizerParamGroup>& param_groups, CyclicSGDOptions defaults);
   explicit CyclicSGD(std::vector<torch::Tensor> params, CyclicSGDOptions defaults);
 
   // One SGD step with this iteration's lr and momentum, then the iteration advances.

@@ -21,8 +21,8 @@
 static int g_failures = 0;
 static long long g_checks = 0;
 
-#define FAIL(...)                                  \
-  do {                                             \
+#define FAIL(...)                                         \
+  do {                                                    \
     if (++g_failures <= 25) fprintf(stderr, __VA_ARGS__); \
   } while (0)
 
@@ -185,17 +185,19 @@ static void check_case(const std::vector<int64_t>& sizes, const Config& c, std::
       const double p1 = reference_update(p0, &g1, &b1, c);
       const double got_p = St<S>::to(bk.p[t][i]);
       // Scale of the terms involved: errors are relative to them, not to a cancelled result.
-      const double mag = fabs(p0) + c.lr * (fabs(g0) / (c.unscale ? c.grad_scale : 1.0) + fabs(b0) +
-                                            c.weight_decay * fabs(p0)) * 4.0 + 1e-30;
+      const double mag =
+          fabs(p0) + c.lr * (fabs(g0) / (c.unscale ? c.grad_scale : 1.0) + fabs(b0) + c.weight_decay * fabs(p0)) * 4.0 +
+          1e-30;
       const double tol = St<S>::rel_tol() * mag + St<S>::abs_tol();
       ++g_checks;
       if (!(fabs(got_p - p1) <= tol))
-        FAIL("FAIL %s: size %lld elem %lld param got %.9g want %.9g\n", name, (long long)sizes[t], (long long)i,
-             got_p, p1);
+        FAIL("FAIL %s: size %lld elem %lld param got %.9g want %.9g\n", name, (long long)sizes[t], (long long)i, got_p,
+             p1);
       if (buffers) {
         const double got_b = St<S>::to(bk.b[t][i]);
         ++g_checks;
-        if (!(fabs(got_b - b1) <= St<S>::rel_tol() * (fabs(b0) + fabs(g0) + c.weight_decay * fabs(p0) + 1e-30) * 2 + St<S>::abs_tol()))
+        if (!(fabs(got_b - b1) <=
+              St<S>::rel_tol() * (fabs(b0) + fabs(g0) + c.weight_decay * fabs(p0) + 1e-30) * 2 + St<S>::abs_tol()))
           FAIL("FAIL %s: size %lld elem %lld buffer got %.9g want %.9g\n", name, (long long)sizes[t], (long long)i,
                got_b, b1);
       } else {
@@ -248,8 +250,11 @@ static void check_case(const std::vector<int64_t>& sizes, const Config& c, std::
 template <typename S>
 static void check_dtype(const char* dtype_name, std::mt19937_64& rng) {
   const std::vector<std::vector<int64_t>> layouts = {
-      {1}, {7}, {15}, {16}, {17}, {31}, {33}, {1031}, {100003},
-      {1, 7, 0, 17, 1031, 3, 64, 4099, 2},  // a bucket of several tensors, one of them empty
+      {1},      {7},
+      {15},     {16},
+      {17},     {31},
+      {33},     {1031},
+      {100003}, {1, 7, 0, 17, 1031, 3, 64, 4099, 2},  // a bucket of several tensors, one of them empty
   };
   const int32_t states[] = {CLR_MOMENTUM_NONE, CLR_MOMENTUM_FIRST, CLR_MOMENTUM_STEADY};
   int k = 0;
@@ -303,7 +308,8 @@ static void check_half_conversions() {
     uint16_t want;
     memcpy(&want, &w, 2);
     ++g_checks;
-    if (clr_cpu::float_to_fp16(f) != want) FAIL("FAIL float_to_fp16(%a): 0x%04x want 0x%04x\n", f, clr_cpu::float_to_fp16(f), want);
+    if (clr_cpu::float_to_fp16(f) != want)
+      FAIL("FAIL float_to_fp16(%a): 0x%04x want 0x%04x\n", f, clr_cpu::float_to_fp16(f), want);
   }
 #endif
   // bf16: round to nearest even of the top 16 bits, checked against double arithmetic.
@@ -318,7 +324,7 @@ static void check_half_conversions() {
     // The next bf16 away from zero; past the largest finite one it is 2^128 (IEEE overflow rounding).
     const uint16_t next_bits = (uint16_t)((u >> 16) + 1);
     const double hi_bits_next = (next_bits & 0x7fffu) == 0x7f80u ? copysign(ldexp(1.0, 128), (double)f)
-                                                                  : (double)clr_cpu::bf16_to_float(next_bits);
+                                                                 : (double)clr_cpu::bf16_to_float(next_bits);
     const double dl = fabs((double)f - lo), dh = fabs(hi_bits_next - (double)f);
     uint16_t want = (uint16_t)(u >> 16);
     if (dh < dl || (dh == dl && (want & 1u))) want = (uint16_t)(want + 1);
@@ -333,8 +339,9 @@ int main() {
   printf("test_cpu_kernel: running the baseline loops (no target_clones)\n");
 #elif defined(__GNUC__) && defined(__x86_64__)
   __builtin_cpu_init();
-  printf("test_cpu_kernel: running the %s clone\n",
-         __builtin_cpu_supports("avx512f") ? "AVX-512" : __builtin_cpu_supports("avx2") ? "AVX2" : "baseline");
+  printf("test_cpu_kernel: running the %s clone\n", __builtin_cpu_supports("avx512f") ? "AVX-512"
+                                                    : __builtin_cpu_supports("avx2")  ? "AVX2"
+                                                                                      : "baseline");
 #endif
   check_half_conversions();
   check_dtype<float>("float32", rng);

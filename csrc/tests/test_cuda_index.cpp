@@ -104,8 +104,9 @@ int main() {
     std::vector<int64_t> numels(1 + rng() % (size_t)(3 * kMaxTensors));
     for (auto& n : numels) {
       const int kind = (int)(rng() % 4);
-      n = kind == 0 ? (int64_t)(rng() % 8) : kind == 1 ? (int64_t)(rng() % 5000)
-                                                       : (int64_t)(rng() % (4 * kChunkElems + 17));
+      n = kind == 0   ? (int64_t)(rng() % 8)
+          : kind == 1 ? (int64_t)(rng() % 5000)
+                      : (int64_t)(rng() % (4 * kChunkElems + 17));
     }
     check_table(numels);
   }

@@ -31,9 +31,9 @@
 static int g_failures = 0;
 static long long g_cases = 0, g_launches = 0, g_multi_table_steps = 0, g_racing_starts = 0;
 
-#define FAIL(...)                                           \
-  do {                                                      \
-    if (++g_failures <= 25) fprintf(stderr, __VA_ARGS__);   \
+#define FAIL(...)                                         \
+  do {                                                    \
+    if (++g_failures <= 25) fprintf(stderr, __VA_ARGS__); \
   } while (0)
 
 namespace {
@@ -84,8 +84,7 @@ struct Stream {
   uint8_t* data() { return bytes.data() + data_at; }
 };
 
-Stream make_stream(std::mt19937_64& rng, int64_t n, int esize, int offset, double scale,
-                   void (*store)(void*, double)) {
+Stream make_stream(std::mt19937_64& rng, int64_t n, int esize, int offset, double scale, void (*store)(void*, double)) {
   Stream s;
   const size_t guard = 1 + rng() % 24;
   s.bytes.resize(16 + (size_t)(offset + n) * esize + guard);
@@ -130,8 +129,8 @@ void run_case(std::mt19937_64& rng, int case_index) {
   const int esize = (int)sizeof(S);
   const int width = clr_cuda::kVectorBytes / esize;
   const bool many = rng() % 6 == 0;  // more tensors than one table holds
-  const int n_tensors = many ? clr_cuda::kMaxTensors + 1 + (int)(rng() % (size_t)(2 * clr_cuda::kMaxTensors))
-                             : 1 + (int)(rng() % 6);
+  const int n_tensors =
+      many ? clr_cuda::kMaxTensors + 1 + (int)(rng() % (size_t)(2 * clr_cuda::kMaxTensors)) : 1 + (int)(rng() % 6);
 
   // ---- the step
   clr_cuda::StepArgs args;
@@ -190,8 +189,7 @@ void run_case(std::mt19937_64& rng, int case_index) {
     t.buffer = make_stream(rng, t.numel, esize, offset(), 1.0, store_value<S>);
     t.has_start = use_starts && rng() % 4 != 0;
     const int kind = (int)(rng() % 3);
-    t.start = kind == 0 ? std::numeric_limits<int64_t>::max()
-                        : kind == 1 ? iteration - 1 - (int64_t)(rng() % 3) : -1;
+    t.start = kind == 0 ? std::numeric_limits<int64_t>::max() : kind == 1 ? iteration - 1 - (int64_t)(rng() % 3) : -1;
   }
 
   // ---- reference: the CPU kernel per tensor, the momentum state decided here
@@ -219,8 +217,7 @@ void run_case(std::mt19937_64& rng, int case_index) {
       a.maximize = args.maximize;
       a.unscale = unscale;
       a.grad_scale = args.grad_scale_is_double ? scale_d : (double)scale_f;
-      D::cpu_span(t.param.data(), t.grad.data(), state != CLR_MOMENTUM_NONE ? t.buffer.data() : nullptr,
-                  t.numel, &a);
+      D::cpu_span(t.param.data(), t.grad.data(), state != CLR_MOMENTUM_NONE ? t.buffer.data() : nullptr, t.numel, &a);
     }
   }
 
@@ -239,18 +236,17 @@ void run_case(std::mt19937_64& rng, int case_index) {
   }
   clr_cuda::TensorTable table;
   int tables = 0;
-  clr_cuda::for_each_table(entries.data(), (int64_t)entries.size(), table,
-                           [&](const clr_cuda::TensorTable& full, int64_t chunks) {
-                             ++tables;
-                             // the launcher's grid, or fewer blocks (the grid-stride loop)
-                             const unsigned grid = rng() % 4 == 0 ? (unsigned)(1 + rng() % chunks) : (unsigned)chunks;
-                             std::vector<unsigned> order(grid);
-                             for (unsigned b = 0; b < grid; ++b) order[b] = b;
-                             if (rng() % 2) std::shuffle(order.begin(), order.end(), rng);
-                             emulate_grid(grid, clr_cuda::kBlockSize, order,
-                                          [&]() { clr_cuda::cyclic_sgd_kernel<S>(full, args); });
-                             ++g_launches;
-                           });
+  clr_cuda::for_each_table(
+      entries.data(), (int64_t)entries.size(), table, [&](const clr_cuda::TensorTable& full, int64_t chunks) {
+        ++tables;
+        // the launcher's grid, or fewer blocks (the grid-stride loop)
+        const unsigned grid = rng() % 4 == 0 ? (unsigned)(1 + rng() % chunks) : (unsigned)chunks;
+        std::vector<unsigned> order(grid);
+        for (unsigned b = 0; b < grid; ++b) order[b] = b;
+        if (rng() % 2) std::shuffle(order.begin(), order.end(), rng);
+        emulate_grid(grid, clr_cuda::kBlockSize, order, [&]() { clr_cuda::cyclic_sgd_kernel<S>(full, args); });
+        ++g_launches;
+      });
   if (tables > 1) ++g_multi_table_steps;
   ++g_cases;
 
@@ -273,8 +269,8 @@ void run_case(std::mt19937_64& rng, int case_index) {
       }
     }
     if (got.start != want.start)
-      FAIL("%s case %d tensor %d: momentum start %lld, expected %lld\n", D::name, case_index, k,
-           (long long)got.start, (long long)want.start);
+      FAIL("%s case %d tensor %d: momentum start %lld, expected %lld\n", D::name, case_index, k, (long long)got.start,
+           (long long)want.start);
   }
 }
 
@@ -296,8 +292,9 @@ int main(int argc, char** argv) {
     fprintf(stderr, "test_cuda_kernel_host: %d failures\n", g_failures);
     return 1;
   }
-  printf("test_cuda_kernel_host: ok (%lld steps, %lld emulated launches, %lld with several tables, "
-         "%lld multi-chunk buffer starts)\n",
-         g_cases, g_launches, g_multi_table_steps, g_racing_starts);
+  printf(
+      "test_cuda_kernel_host: ok (%lld steps, %lld emulated launches, %lld with several tables, "
+      "%lld multi-chunk buffer starts)\n",
+      g_cases, g_launches, g_multi_table_steps, g_racing_starts);
   return 0;
 }

@@ -114,8 +114,8 @@ static void test_lr_sequences() {
     for (int64_t it : {(int64_t)1 << 40, ((int64_t)1 << 40) + 5, ((int64_t)1 << 52) + 3}) {
       opt.set_iteration(it);
       const auto want = ref.at(it);
-      EXPECT(opt.iteration() == it && opt.current_lr() == want.first, "%s it %ld: lr %.17g, want %.17g", mode,
-             (long)it, opt.current_lr(), want.first);
+      EXPECT(opt.iteration() == it && opt.current_lr() == want.first, "%s it %ld: lr %.17g, want %.17g", mode, (long)it,
+             opt.current_lr(), want.first);
     }
   }
 }
@@ -159,7 +159,12 @@ static void test_parity_with_sgd() {
        CyclicSGDOptions(0.01, 0.1).step_size_up(3).step_size_down(5).mode("triangular2").weight_decay(5e-4),
        {0.01, 0.1, 3, 5, 1, 0.8, 0.9, "triangular2"}},
       {"exp_range, nesterov, fixed momentum",
-       CyclicSGDOptions(0.02, 0.2).step_size_up(4).mode("exp_range").gamma(0.97).momentum(0.9).nesterov(true)
+       CyclicSGDOptions(0.02, 0.2)
+           .step_size_up(4)
+           .mode("exp_range")
+           .gamma(0.97)
+           .momentum(0.9)
+           .nesterov(true)
            .cycle_momentum(false),
        {0.02, 0.2, 4, 4, 0.97, 0.9, 0.9, "exp_range"}},
       {"triangular, dampening",
@@ -203,8 +208,8 @@ static void test_parity_with_sgd() {
       sgd.zero_grad();
       (sign * loss_of(ref_model, x, y)).backward();
       sgd.step();
-      worst = std::max(worst, std::max(max_rel_diff(model->weight, ref_model->weight),
-                                       max_rel_diff(model->bias, ref_model->bias)));
+      worst = std::max(
+          worst, std::max(max_rel_diff(model->weight, ref_model->weight), max_rel_diff(model->bias, ref_model->bias)));
     }
     EXPECT(worst <= 1e-12, "%s: params differ from torch::optim::SGD by %.3g (relative)", c.name, worst);
     EXPECT(opt.iteration() == steps, "%s: iteration %ld", c.name, (long)opt.iteration());
@@ -223,9 +228,10 @@ static void test_parity_with_sgd() {
     const Ref rb{0.001, 0.05, 3, 3, 1, 0.6, 0.7, "triangular"};
     std::vector<torch::optim::OptimizerParamGroup> groups;
     groups.emplace_back(std::vector<torch::Tensor>{model->weight});
-    groups.emplace_back(std::vector<torch::Tensor>{model->bias},
-                        std::make_unique<clr::CyclicSGDOptions>(
-                            clr::CyclicSGDOptions(0.001, 0.05).base_momentum(0.6).max_momentum(0.7).weight_decay(1e-2)));
+    groups.emplace_back(
+        std::vector<torch::Tensor>{model->bias},
+        std::make_unique<clr::CyclicSGDOptions>(
+            clr::CyclicSGDOptions(0.001, 0.05).base_momentum(0.6).max_momentum(0.7).weight_decay(1e-2)));
     clr::CyclicSGD opt(groups, clr::CyclicSGDOptions(0.01, 0.1).step_size_up(3));
     std::vector<torch::optim::OptimizerParamGroup> sgd_groups;
     sgd_groups.emplace_back(std::vector<torch::Tensor>{ref_model->weight},
@@ -249,8 +255,8 @@ static void test_parity_with_sgd() {
       sgd.zero_grad();
       loss_of(ref_model, x, y).backward();
       sgd.step();
-      worst = std::max(worst, std::max(max_rel_diff(model->weight, ref_model->weight),
-                                       max_rel_diff(model->bias, ref_model->bias)));
+      worst = std::max(
+          worst, std::max(max_rel_diff(model->weight, ref_model->weight), max_rel_diff(model->bias, ref_model->bias)));
     }
     EXPECT(worst <= 1e-12, "groups: params differ from torch::optim::SGD by %.3g (relative)", worst);
   }
@@ -277,8 +283,8 @@ static void expect_invalid(const char* name, const std::function<void()>& make) 
     make();
     EXPECT(false, "no exception for a bad %s", name);
   } catch (const std::invalid_argument& e) {
-    EXPECT(std::string(e.what()).find(name) != std::string::npos, "the message for a bad %s does not name it: %s",
-           name, e.what());
+    EXPECT(std::string(e.what()).find(name) != std::string::npos, "the message for a bad %s does not name it: %s", name,
+           e.what());
   } catch (const std::exception& e) {
     EXPECT(false, "a bad %s threw something other than std::invalid_argument: %s", name, e.what());
   }
@@ -307,14 +313,13 @@ static void test_invalid_options() {
   expect_invalid("dampening", make(CyclicSGDOptions(0.1, 1).dampening(inf)));
   expect_invalid("nesterov", make(CyclicSGDOptions(0.1, 1).nesterov(true)));
   expect_invalid("nesterov", make(CyclicSGDOptions(0.1, 1).nesterov(true).momentum(0.9).dampening(0.1)));
-  expect_invalid("params", [] { clr::CyclicSGD opt(std::vector<torch::optim::OptimizerParamGroup>{},
-                                                   CyclicSGDOptions(0.1, 1)); });
+  expect_invalid(
+      "params", [] { clr::CyclicSGD opt(std::vector<torch::optim::OptimizerParamGroup>{}, CyclicSGDOptions(0.1, 1)); });
   expect_invalid("max_lr (param group 1)", [&] {
     auto q = torch::zeros({2}, torch::dtype(torch::kDouble).requires_grad(true));
     std::vector<torch::optim::OptimizerParamGroup> groups;
     groups.emplace_back(std::vector<torch::Tensor>{p});
-    groups.emplace_back(std::vector<torch::Tensor>{q},
-                        std::make_unique<CyclicSGDOptions>(CyclicSGDOptions(0.5, 0.1)));
+    groups.emplace_back(std::vector<torch::Tensor>{q}, std::make_unique<CyclicSGDOptions>(CyclicSGDOptions(0.5, 0.1)));
     clr::CyclicSGD opt(groups, CyclicSGDOptions(0.1, 1));
   });
 
@@ -343,8 +348,8 @@ static void test_save_load() {
   torch::manual_seed(0);
   const auto x = torch::randn({16, 4}, torch::kDouble);
   const auto y = torch::randn({16, 3}, torch::kDouble);
-  const auto options = clr::CyclicSGDOptions(0.01, 0.1).step_size_up(3).step_size_down(2).mode("triangular2")
-                           .weight_decay(1e-3);
+  const auto options =
+      clr::CyclicSGDOptions(0.01, 0.1).step_size_up(3).step_size_down(2).mode("triangular2").weight_decay(1e-3);
   auto a = make_model();
   clr::CyclicSGD opt_a(a->parameters(), options);
   auto train = [&](torch::nn::Linear& m, clr::CyclicSGD& o, int n) {
@@ -365,8 +370,7 @@ static void test_save_load() {
   copy_params(b, a);
   torch::load(opt_b, stream);
   EXPECT(opt_b.iteration() == 7, "load: iteration %ld", (long)opt_b.iteration());
-  EXPECT(opt_b.get_last_lr() == opt_a.get_last_lr(), "load: lr %.17g vs %.17g", opt_b.current_lr(),
-         opt_a.current_lr());
+  EXPECT(opt_b.get_last_lr() == opt_a.get_last_lr(), "load: lr %.17g vs %.17g", opt_b.current_lr(), opt_a.current_lr());
   EXPECT(opt_b.state().size() == 2, "load: %zu momentum buffers", opt_b.state().size());
 
   train(a, opt_a, 9);

@@ -51,15 +51,17 @@ int main() {
       const clr_point pt = clr_schedule(it, &cs, &cb);
       for (size_t i = 0; i < shapes.size(); ++i) {
         at::Tensor g = grads[i] + ref_p[i] * wd;  // torch.optim.SGD: d_p = grad + wd * p
-        if (first) ref_b[i].copy_(g);
-        else ref_b[i].mul_(pt.momentum).add_(g);
+        if (first)
+          ref_b[i].copy_(g);
+        else
+          ref_b[i].mul_(pt.momentum).add_(g);
         ref_p[i].add_(ref_b[i], -pt.lr);
       }
     }
     for (size_t i = 0; i < shapes.size(); ++i) {
       const double tol = dtype == at::kFloat ? 1e-5 : 1e-12;
-      EXPECT(at::allclose(params[i], ref_p[i], tol, tol), "param %zu (dtype %s) differs by %g", i,
-            c10::toString(dtype), (params[i] - ref_p[i]).abs().max().item<double>());
+      EXPECT(at::allclose(params[i], ref_p[i], tol, tol), "param %zu (dtype %s) differs by %g", i, c10::toString(dtype),
+             (params[i] - ref_p[i]).abs().max().item<double>());
       EXPECT(at::allclose(bufs[i], ref_b[i], tol, tol), "buffer %zu differs", i);
     }
 
@@ -76,7 +78,8 @@ int main() {
       threw = true;
     }
     EXPECT(threw, "a mis-shaped gradient did not throw");
-    for (size_t i = 0; i < params.size(); ++i) EXPECT(at::equal(params[i], before[i]), "param %zu changed by a failing call", i);
+    for (size_t i = 0; i < params.size(); ++i)
+      EXPECT(at::equal(params[i], before[i]), "param %zu changed by a failing call", i);
   }
 
   if (g_failures) {

@@ -90,8 +90,7 @@ int main() {
     expect_close(clr_schedule(4000, &tri, &b).lr, 0.001, 1e-14, "tri end", 4000);
     expect_close(clr_schedule(6000, &tri2, &b).lr, 0.0035, 1e-14, "tri2 second peak", 6000);
     expect_close(clr_schedule(10000, &tri2, &b).lr, 0.00225, 1e-14, "tri2 third peak", 10000);
-    expect_close(clr_schedule(2000, &expr, &b).lr, 0.001 + 0.005 * pow(0.99994, 2000.0), 1e-14, "exp_range peak",
-                 2000);
+    expect_close(clr_schedule(2000, &expr, &b).lr, 0.001 + 0.005 * pow(0.99994, 2000.0), 1e-14, "exp_range peak", 2000);
   }
 
   // Huge iteration counts: int64 in, no wrap-around, no fp32 truncation.
@@ -104,8 +103,7 @@ int main() {
     // 224 steps before the end of a cycle: factor = 224/2000 = 0.112.
     // i/total carries ~2^-25 absolute error at this magnitude, hence the tolerance.
     expect_close(clr_schedule(huge, &tri, &b).lr, 0.001 + 0.005 * 0.112, 1e-6, "tri 2^40", (long long)huge);
-    expect_close(clr_schedule(huge, &tri, &b).momentum, 0.95 - 0.1 * 0.112, 1e-6, "tri 2^40 momentum",
-                 (long long)huge);
+    expect_close(clr_schedule(huge, &tri, &b).momentum, 0.95 - 0.1 * 0.112, 1e-6, "tri 2^40 momentum", (long long)huge);
     check_sequence(CLR_MODE_TRIANGULAR, 2000, 2000, 1.0, huge - 5000, 10000, 1e-6, "triangular near 2^40");
     check_sequence(CLR_MODE_TRIANGULAR, 3, 5, 1.0, ((int64_t)1 << 50) - 20, 40, 1e-3, "triangular near 2^50");
     // Amplitudes 2^-274877906 and 0.99994^(2^40) underflow to zero: lr = base_lr exactly.
