@@ -717,3 +717,23 @@ def test_step_hooks_and_profiler_label_still_work(backend, cls):
         opt.step()
     assert any(e.name == f"Optimizer.step#{cls}.step" for e in prof.events())
     assert opt.iteration == 5
+
+
+def test_step_runs_without_grad_and_restores_grad_mode(backend):
+    """The step turns grad mode off itself (no autograd record of its updates, as
+    @torch.no_grad()) and restores the caller's mode, also when it raises."""
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3)
+    opt = clr_ext.CyclicSGD([p], 0.01, 0.1, backend=backend)
+    seen = []
+    opt.register_step_pre_hook(lambda o, a, k: None)  # (the hooked path too)
+    opt.step(closure=lambda: seen.append(torch.is_grad_enabled()))
+    assert seen == [True] and torch.is_grad_enabled()
+    assert p.grad_fn is None and p.is_leaf
+    with torch.no_grad():
+        opt.step()
+        assert not torch.is_grad_enabled()
+    p.grad = torch.ones(3).to_sparse()  # a sparse gradient: the step raises
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+    assert torch.is_grad_enabled()

@@ -84,8 +84,7 @@ class _ScheduledAdamW(_ScheduledOptimizer):
                 if step.dtype != torch.float32 or step.device != p.device:
                     self.state[p]["step"] = step.to(device=p.device, dtype=torch.float32)
 
-    def _step_once(self) -> None:
-        compiling = torch.compiler.is_compiling()
+    def _step_once(self, compiling: bool) -> None:
         shape = self._schedule.op_shape(self._iteration if self._schedule.host_evaluated else 0)
         state = self.state
         work: List[Tuple[Any, ...]] = []

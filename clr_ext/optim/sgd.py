@@ -139,7 +139,7 @@ class _ScheduledSGD(_ScheduledOptimizer):
             not_started += [p for p, k in owners if values[k] == _NOT_STARTED]
         return not_started
 
-    def _step_once(self) -> None:
+    def _step_once(self, compiling: bool) -> None:
         found_inf = getattr(self, "found_inf", None)
         # (a schedule evaluated on the host reads the iteration; dynamo re-traces as it changes)
         shape = self._schedule.op_shape(self._iteration if self._schedule.host_evaluated else 0)
@@ -154,7 +154,6 @@ class _ScheduledSGD(_ScheduledOptimizer):
             tensors = _local_tensors(tensors, dtensor) if has_dtensor else tensors
             return _real_views(tensors) if has_complex else tensors
 
-        compiling = torch.compiler.is_compiling()  # dynamo cannot trace map(operator.is_, ...)
         # (param, its new buffer or None, its new start or None)
         new_buffers: List[Tuple[torch.Tensor, Optional[torch.Tensor], Optional[Tuple[torch.Tensor, int]]]] = []
         starts_of = self._momentum_start
