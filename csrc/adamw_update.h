@@ -31,10 +31,7 @@
 #ifndef CLR_EXT_ADAMW_UPDATE_H
 #define CLR_EXT_ADAMW_UPDATE_H
 
-#include "schedule.h"
-
-CLR_INLINE float clr_fma(float a, float b, float c) { return fmaf(a, b, c); }
-CLR_INLINE double clr_fma(double a, double b, double c) { return fma(a, b, c); }
+#include "sgd_update.h" /* clr_fma */
 CLR_INLINE float clr_sqrt(float a) { return sqrtf(a); }
 CLR_INLINE double clr_sqrt(double a) { return sqrt(a); }
 

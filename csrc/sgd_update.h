@@ -1,7 +1,8 @@
 /*
  * The SGD-with-momentum update for one element: the one place it is written.
  *
- * Plain C99 (C++, CUDA and the Cython fallback include it). The order is
+ * One C++ template over the compute type T (the CPU loops, the Cython fallback and the
+ * CUDA kernel include it, as ATen's sgd_math<scalar_t, depth>). The order is
  * torch.optim.SGD's and ATen's fused kernel's: maximize, weight decay, momentum
  * (buffer = gradient on the first step, no dampening then), nesterov, then
  * param -= lr * g. T is the compute type (float for float32/float16/bfloat16
@@ -30,42 +31,47 @@ enum {
   CLR_MOMENTUM_STEADY = 2 /* buffer = momentum * buffer + (1 - dampening) * g */
 };
 
-#define CLR_DEFINE_SGD_UPDATE(T, SUFFIX, FMA)                                                                        \
-  typedef struct clr_sgd_coeffs_##SUFFIX {                                                                           \
-    T neg_lr; /* -lr: an exact negation, so fma(-lr, g, p) is ATen's p.add_(g, alpha=-lr) */                         \
-    T weight_decay;                                                                                                  \
-    T momentum;                                                                                                      \
-    T one_minus_dampening;                                                                                           \
-    T grad_sign; /* -1 when maximizing: an exact negation that needs no branch */                                    \
-  } clr_sgd_coeffs_##SUFFIX;                                                                                         \
-                                                                                                                     \
-  CLR_INLINE T clr_sgd_update_##SUFFIX(T param, T grad, T* momentum_buffer, const clr_sgd_coeffs_##SUFFIX* c,        \
-                                       int use_weight_decay, int momentum_state, int nesterov) {                     \
-    T g = grad * c->grad_sign;                                                                                       \
-    if (use_weight_decay) g = FMA(c->weight_decay, param, g);                                                        \
-    if (momentum_state != CLR_MOMENTUM_NONE) {                                                                       \
-      const T buf =                                                                                                  \
-          momentum_state == CLR_MOMENTUM_FIRST ? g : FMA(c->one_minus_dampening, g, c->momentum * *momentum_buffer); \
-      *momentum_buffer = buf;                                                                                        \
-      g = nesterov ? FMA(c->momentum, buf, g) : buf;                                                                 \
-    }                                                                                                                \
-    return FMA(c->neg_lr, g, param);                                                                                 \
-  }                                                                                                                  \
-                                                                                                                     \
-  /* Rounds the double-precision schedule and hyper-parameters to the compute type once, */                          \
-  /* as PyTorch does when it passes Python floats as scalars to a float tensor op. */                                \
-  CLR_INLINE clr_sgd_coeffs_##SUFFIX clr_sgd_coeffs_make_##SUFFIX(double lr, double weight_decay, double momentum,   \
-                                                                  double dampening, int maximize) {                  \
-    clr_sgd_coeffs_##SUFFIX c;                                                                                       \
-    c.neg_lr = -(T)lr;                                                                                               \
-    c.weight_decay = (T)weight_decay;                                                                                \
-    c.momentum = (T)momentum;                                                                                        \
-    c.one_minus_dampening = (T)(1.0 - dampening);                                                                    \
-    c.grad_sign = maximize ? (T) - 1 : (T)1;                                                                         \
-    return c;                                                                                                        \
-  }
+/* A multiply-add rounded once, in the compute type: where ATen's kernels call fmadd. */
+CLR_INLINE float clr_fma(float a, float b, float c) { return fmaf(a, b, c); }
+CLR_INLINE double clr_fma(double a, double b, double c) { return fma(a, b, c); }
 
-CLR_DEFINE_SGD_UPDATE(float, f32, fmaf)
-CLR_DEFINE_SGD_UPDATE(double, f64, fma)
+/* What is the same for every element of one step, in the compute type T. */
+template <typename T>
+struct clr_sgd_coeffs {
+  T neg_lr; /* -lr: an exact negation, so fma(-lr, g, p) is ATen's p.add_(g, alpha=-lr) */
+  T weight_decay;
+  T momentum;
+  T one_minus_dampening;
+  T grad_sign; /* -1 when maximizing: an exact negation that needs no branch */
+};
+
+/* Rounds the double-precision schedule and hyper-parameters to the compute type once,
+   as PyTorch does when it passes Python floats as scalars to a float tensor op. */
+template <typename T>
+CLR_INLINE clr_sgd_coeffs<T> clr_sgd_coeffs_make(double lr, double weight_decay, double momentum, double dampening,
+                                                 int maximize) {
+  clr_sgd_coeffs<T> c;
+  c.neg_lr = -(T)lr;
+  c.weight_decay = (T)weight_decay;
+  c.momentum = (T)momentum;
+  c.one_minus_dampening = (T)(1.0 - dampening);
+  c.grad_sign = maximize ? (T)-1 : (T)1;
+  return c;
+}
+
+/* One element's update; returns the new param and writes the buffer (when momentum is on). */
+template <typename T>
+CLR_INLINE T clr_sgd_update(T param, T grad, T* momentum_buffer, const clr_sgd_coeffs<T>& c, int use_weight_decay,
+                            int momentum_state, int nesterov) {
+  T g = grad * c.grad_sign;
+  if (use_weight_decay) g = clr_fma(c.weight_decay, param, g);
+  if (momentum_state != CLR_MOMENTUM_NONE) {
+    const T buf =
+        momentum_state == CLR_MOMENTUM_FIRST ? g : clr_fma(c.one_minus_dampening, g, c.momentum * *momentum_buffer);
+    *momentum_buffer = buf;
+    g = nesterov ? clr_fma(c.momentum, buf, g) : buf;
+  }
+  return clr_fma(c.neg_lr, g, param);
+}
 
 #endif /* CLR_EXT_SGD_UPDATE_H */

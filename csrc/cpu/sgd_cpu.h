@@ -168,34 +168,10 @@ struct Io<Fp16> {
   }
 };
 
-template <typename C>
-struct Coeffs;
-template <>
-struct Coeffs<float> {
-  typedef clr_sgd_coeffs_f32 type;
-  static CLR_ALWAYS_INLINE type make(const StepArgs& a) {
-    return clr_sgd_coeffs_make_f32(a.lr, a.weight_decay, a.momentum, a.dampening, a.maximize);
-  }
-  static CLR_ALWAYS_INLINE float update(float p, float g, float* buf, const type* c, int wd, int ms, int nesterov) {
-    return clr_sgd_update_f32(p, g, buf, c, wd, ms, nesterov);
-  }
-};
-template <>
-struct Coeffs<double> {
-  typedef clr_sgd_coeffs_f64 type;
-  static CLR_ALWAYS_INLINE type make(const StepArgs& a) {
-    return clr_sgd_coeffs_make_f64(a.lr, a.weight_decay, a.momentum, a.dampening, a.maximize);
-  }
-  static CLR_ALWAYS_INLINE double update(double p, double g, double* buf, const type* c, int wd, int ms, int nesterov) {
-    return clr_sgd_update_f64(p, g, buf, c, wd, ms, nesterov);
-  }
-};
-
 /* The innermost loop, with every flag a compile-time constant so that it vectorizes. */
 template <typename S, bool kWeightDecay, int kMomentum, bool kNesterov, bool kUnscale>
 CLR_ALWAYS_INLINE void span_loop(S* __restrict param, S* __restrict grad, S* __restrict buffer, int64_t n,
-                                 const typename Coeffs<typename Io<S>::compute>::type& c,
-                                 typename Io<S>::compute grad_scale) {
+                                 const clr_sgd_coeffs<typename Io<S>::compute>& c, typename Io<S>::compute grad_scale) {
   typedef typename Io<S>::compute C;
   for (int64_t i = 0; i < n; ++i) {
     C g = Io<S>::load(grad[i]);
@@ -204,7 +180,7 @@ CLR_ALWAYS_INLINE void span_loop(S* __restrict param, S* __restrict grad, S* __r
       grad[i] = Io<S>::store(g);
     }
     C b = kMomentum == CLR_MOMENTUM_STEADY ? Io<S>::load(buffer[i]) : C(0);
-    const C p = Coeffs<C>::update(Io<S>::load(param[i]), g, &b, &c, kWeightDecay, kMomentum, kNesterov);
+    const C p = clr_sgd_update<C>(Io<S>::load(param[i]), g, &b, c, kWeightDecay, kMomentum, kNesterov);
     if (kMomentum != CLR_MOMENTUM_NONE) buffer[i] = Io<S>::store(b);
     param[i] = Io<S>::store(p);
   }
@@ -213,7 +189,7 @@ CLR_ALWAYS_INLINE void span_loop(S* __restrict param, S* __restrict grad, S* __r
 template <typename S, bool kUnscale>
 CLR_ALWAYS_INLINE void span_dispatch(S* param, S* grad, S* buffer, int64_t n, const StepArgs& a) {
   typedef typename Io<S>::compute C;
-  const typename Coeffs<C>::type c = Coeffs<C>::make(a);
+  const clr_sgd_coeffs<C> c = clr_sgd_coeffs_make<C>(a.lr, a.weight_decay, a.momentum, a.dampening, a.maximize);
   const C scale = (C)a.grad_scale;
   const bool wd = a.weight_decay != 0.0;
 #define CLR_SPAN(WD, MS, NEST) span_loop<S, WD, MS, NEST, kUnscale>(param, grad, buffer, n, c, scale)

@@ -78,34 +78,6 @@ struct Storage<bf16_t> {
   }
 };
 
-// The compute type's coefficients and update, from sgd_update.h.
-template <typename C>
-struct Math;
-
-template <>
-struct Math<float> {
-  typedef clr_sgd_coeffs_f32 coeffs;
-  static __device__ __forceinline__ coeffs make(double lr, double wd, double m, double d, int maximize) {
-    return clr_sgd_coeffs_make_f32(lr, wd, m, d, maximize);
-  }
-  static __device__ __forceinline__ float update(float p, float g, float* b, const coeffs* c, int wd, int ms,
-                                                 int nesterov) {
-    return clr_sgd_update_f32(p, g, b, c, wd, ms, nesterov);
-  }
-};
-
-template <>
-struct Math<double> {
-  typedef clr_sgd_coeffs_f64 coeffs;
-  static __device__ __forceinline__ coeffs make(double lr, double wd, double m, double d, int maximize) {
-    return clr_sgd_coeffs_make_f64(lr, wd, m, d, maximize);
-  }
-  static __device__ __forceinline__ double update(double p, double g, double* b, const coeffs* c, int wd, int ms,
-                                                  int nesterov) {
-    return clr_sgd_update_f64(p, g, b, c, wd, ms, nesterov);
-  }
-};
-
 template <typename S>
 struct alignas(kVectorBytes) Vec {
   static constexpr int kWidth = kVectorBytes / (int)sizeof(S);
@@ -117,7 +89,7 @@ struct alignas(kVectorBytes) Vec {
 // One element: the CPU kernel's loop body (csrc/cpu/sgd_cpu.h, span_loop), same order.
 template <typename S, int kMomentum, bool kUnscale>
 __device__ __forceinline__ void update_element(S& param, S& grad, S& buffer,
-                                               const typename Math<typename Storage<S>::compute>::coeffs& c,
+                                               const clr_sgd_coeffs<typename Storage<S>::compute>& c,
                                                typename Storage<S>::compute scale, int use_wd, int nesterov) {
   typedef typename Storage<S>::compute C;
   C g = Storage<S>::load(grad);
@@ -126,7 +98,7 @@ __device__ __forceinline__ void update_element(S& param, S& grad, S& buffer,
     grad = Storage<S>::store(g);
   }
   C b = kMomentum == CLR_MOMENTUM_STEADY ? Storage<S>::load(buffer) : C(0);
-  const C p = Math<C>::update(Storage<S>::load(param), g, &b, &c, use_wd, kMomentum, nesterov);
+  const C p = clr_sgd_update<C>(Storage<S>::load(param), g, &b, c, use_wd, kMomentum, nesterov);
   if (kMomentum != CLR_MOMENTUM_NONE) buffer = Storage<S>::store(b);
   param = Storage<S>::store(p);
 }
@@ -138,7 +110,7 @@ __device__ __forceinline__ void update_element(S& param, S& grad, S& buffer,
 // then a scalar tail; element by element otherwise.
 template <typename S, int kMomentum, bool kUnscale>
 __device__ __forceinline__ void run_chunk(S* __restrict__ p, S* __restrict__ g, S* __restrict__ b, int n,
-                                          const typename Math<typename Storage<S>::compute>::coeffs& c,
+                                          const clr_sgd_coeffs<typename Storage<S>::compute>& c,
                                           typename Storage<S>::compute scale, int use_wd, int nesterov) {
   constexpr int W = Vec<S>::kWidth;
   // 16-bit types carry 8 elements per vector: one vector per stream keeps them in registers.
@@ -195,7 +167,7 @@ template <typename S>
 __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerSm)
     cyclic_sgd_kernel(const CLR_GRID_CONSTANT TensorTable table, const CLR_GRID_CONSTANT StepArgs args) {
   typedef typename Storage<S>::compute C;
-  typedef typename Math<C>::coeffs Coeffs;
+  typedef clr_sgd_coeffs<C> Coeffs;
   __shared__ Coeffs s_coeffs;
   __shared__ C s_scale;
   __shared__ int s_momentum_state;
@@ -225,7 +197,7 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerSm)
       s_momentum_state = (args.has_buffers && momentum != 0.0)
                              ? (args.first_step ? CLR_MOMENTUM_FIRST : CLR_MOMENTUM_STEADY)
                              : CLR_MOMENTUM_NONE;
-      s_coeffs = Math<C>::make(point.lr, args.weight_decay, momentum, args.dampening, args.maximize);
+      s_coeffs = clr_sgd_coeffs_make<C>(point.lr, args.weight_decay, momentum, args.dampening, args.maximize);
       s_scale = (C)grad_scale;  // exact: a float scale widened to double and back, or a double
     }
   }
