@@ -1,60 +1,30 @@
-"""Python-side registrations for the compiled op ``torch.ops.clr_ext.cyclic_sgd_``.
+"""Fake (meta) implementations of clr_ext's ops, for torch.compile and ``torch.library.opcheck``.
 
-The op mutates its inputs in place and returns nothing, so its fake (meta)
-implementation has nothing to compute: registering it lets torch.compile trace
-through the op (FakeTensor propagation) and ``torch.library.opcheck`` pass.
+Every clr_ext op mutates its inputs in place and returns nothing, so one fake serves them
+all: registering it lets torch.compile trace through an op (FakeTensor propagation).
+The compiled ops (``cyclic_sgd_``, ``cyclic_adamw_``) exist once ``clr_ext._C`` is
+loaded; the ops written in Python register the same fake where they are defined.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Any
 
 import torch
 
+#: The ops clr_ext._C defines (csrc/ops.cpp).
+COMPILED_OPS = ("cyclic_sgd_", "cyclic_adamw_")
 
-@torch.library.register_fake("clr_ext::cyclic_sgd_")
-def _cyclic_sgd_fake(
-    params: List[torch.Tensor],
-    grads: List[torch.Tensor],
-    momentum_buffers: List[torch.Tensor],
-    momentum_start: List[torch.Tensor],
-    iteration: torch.Tensor,
-    bounds: Sequence[float],
-    shape: Sequence[float],
-    schedule_mode: int,
-    momentum: float,
-    dampening: float,
-    weight_decay: float,
-    nesterov: bool,
-    maximize: bool,
-    cycle_momentum: bool,
-    first_step: bool,
-    grad_scale: Optional[torch.Tensor] = None,
-    found_inf: Optional[torch.Tensor] = None,
-) -> None:
+
+def returns_nothing(*args: Any, **kwargs: Any) -> None:
+    """The fake of an op that writes its inputs and returns nothing."""
     return None
 
 
-@torch.library.register_fake("clr_ext::cyclic_adamw_")
-def _cyclic_adamw_fake(
-    params: List[torch.Tensor],
-    grads: List[torch.Tensor],
-    exp_avgs: List[torch.Tensor],
-    exp_avg_sqs: List[torch.Tensor],
-    max_exp_avg_sqs: List[torch.Tensor],
-    state_steps: List[torch.Tensor],
-    iteration: torch.Tensor,
-    bounds: Sequence[float],
-    shape: Sequence[float],
-    schedule_mode: int,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    amsgrad: bool,
-    maximize: bool,
-    cycle_momentum: bool,
-    grad_scale: Optional[torch.Tensor] = None,
-    found_inf: Optional[torch.Tensor] = None,
-) -> None:
-    return None
+def register_fake(name: str) -> None:
+    torch.library.register_fake("clr_ext::" + name)(returns_nothing)
+
+
+def register_compiled_op_fakes() -> None:
+    for name in COMPILED_OPS:
+        register_fake(name)

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from . import _ops
 from . import schedule as _schedule
 
 BACKEND_NAMES = ("cuda", "cpp", "cython", "torch")
@@ -47,7 +48,7 @@ else:
     _CYTHON_ERROR = None
 
 if _C is not None:
-    from . import _ops  # noqa: F401  (fake/meta registration for torch.compile)
+    _ops.register_compiled_op_fakes()
 
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 SUPPORTED_DTYPES = tuple(_DTYPE_CODES)
@@ -216,11 +217,7 @@ class Backend:
         and, when cycling, beta1 from the schedule; ``state_steps`` (float32, one per
         param) count each param's own steps and are advanced unless the step is skipped
         (``found_inf``), which changes nothing at all. Same conventions as ``run``."""
-        _instance("torch").adamw(**_adamw_args(locals()))
-
-
-def _adamw_args(local_vars: Dict[str, object]) -> Dict[str, object]:
-    return {k: v for k, v in local_vars.items() if k not in ("self", "__class__")}
+        raise NotImplementedError
 
 
 #: The AdamW op's arguments after the backend name, in the schema's order.
@@ -253,6 +250,7 @@ class _CompiledOpBackend(Backend):
     dispatcher's boxing costs ~1 us per tensor)."""
 
     eager_entry = ""
+    adamw_entry = ""
 
     def run(
         self,
@@ -298,38 +296,22 @@ class _CompiledOpBackend(Backend):
         )
 
     def adamw(self, **kw) -> None:
-        eager = getattr(_C, self.eager_entry.replace("sgd", "adamw"), None)
-        if eager is None:  # a build from before the AdamW op
-            _instance("torch").adamw(**kw)
-        elif torch.compiler.is_compiling():
-            torch.ops.clr_ext.cyclic_adamw_(*[kw[k] for k in _ADAMW_ARGS])
-        else:
-            eager(*[kw[k] for k in _ADAMW_ARGS])
+        op = torch.ops.clr_ext.cyclic_adamw_ if torch.compiler.is_compiling() else getattr(_C, self.adamw_entry)
+        op(*[kw[k] for k in _ADAMW_ARGS])
 
 
 class CppBackend(_CompiledOpBackend):
     name = "cpp"
     device_types = ("cpu",)
     eager_entry = "cyclic_sgd_cpu_"
+    adamw_entry = "cyclic_adamw_cpu_"
 
 
 class CudaBackend(_CompiledOpBackend):
     name = "cuda"
     device_types = ("cuda",)
     eager_entry = "cyclic_sgd_cuda_"
-
-    def adamw(self, **kw) -> None:
-        # The CUDA AdamW op (csrc/cuda/cyclic_adamw_cuda.cu: schedule, step counts and the
-        # overflow flag read on the device): straight into the kernel in eager mode, through
-        # the dispatcher when traced. A build from before that op has no _C.cyclic_adamw_cuda_:
-        # the PyTorch ops then, with the schedule read on the host.
-        eager = getattr(_C, "cyclic_adamw_cuda_", None)
-        if eager is None:
-            _instance("torch").adamw(**kw)
-        elif torch.compiler.is_compiling():
-            torch.ops.clr_ext.cyclic_adamw_(*[kw[k] for k in _ADAMW_ARGS])
-        else:
-            eager(*[kw[k] for k in _ADAMW_ARGS])
+    adamw_entry = "cyclic_adamw_cuda_"
 
 
 # A plain Library fragment rather than torch.library.custom_op: ~4 us per call, not ~18.
@@ -393,28 +375,7 @@ def _python_backend_step(
 _LIBRARY.impl("python_backend_step_", _python_backend_step, "CompositeExplicitAutograd")
 
 
-@torch.library.register_fake("clr_ext::python_backend_step_")
-def _python_backend_step_fake(
-    backend,
-    params,
-    grads,
-    momentum_buffers,
-    momentum_start,
-    iteration,
-    bounds,
-    shape,
-    schedule_mode,
-    momentum,
-    dampening,
-    weight_decay,
-    nesterov,
-    maximize,
-    cycle_momentum,
-    first_step,
-    grad_scale,
-    found_inf,
-) -> None:
-    return None
+_ops.register_fake("python_backend_step_")
 
 
 _LIBRARY.define(
@@ -436,9 +397,7 @@ def _python_backend_adamw(backend: str, *args) -> None:
 _LIBRARY.impl("python_backend_adamw_", _python_backend_adamw, "CompositeExplicitAutograd")
 
 
-@torch.library.register_fake("clr_ext::python_backend_adamw_")
-def _python_backend_adamw_fake(backend, *args) -> None:
-    return None
+_ops.register_fake("python_backend_adamw_")
 
 
 class _PythonBackend(Backend):
@@ -638,6 +597,28 @@ class _PythonBackend(Backend):
         raise NotImplementedError
 
 
+def _contiguous(lists: List[List[torch.Tensor]]) -> Tuple[List[List[torch.Tensor]], List[int]]:
+    """The Cython kernels walk raw memory: ``lists`` (params, grads, state; empty lists
+    allowed) with each index where a tensor is not contiguous replaced by contiguous
+    copies, and those indices (for ``_copy_back``)."""
+    staged = [i for i in range(len(lists[0])) if not all(t[i].is_contiguous() for t in lists if t)]
+    if not staged:
+        return lists, staged
+    dense = [list(t) for t in lists]
+    for i in staged:
+        for t in dense:
+            if t:
+                t[i] = t[i].contiguous()
+    return dense, staged
+
+
+def _copy_back(lists: List[List[torch.Tensor]], dense: List[List[torch.Tensor]], staged: List[int]) -> None:
+    for i in staged:
+        for original, copy in zip(lists, dense):
+            if original and copy[i] is not original[i]:
+                original[i].copy_(copy[i])
+
+
 class CythonBackend(_PythonBackend):
     name = "cython"
     device_types = ("cpu",)
@@ -664,26 +645,11 @@ class CythonBackend(_PythonBackend):
     ):
         if found_inf is not None and float(found_inf) == 1.0:
             return
-        # The kernel walks raw memory: run odd layouts through contiguous copies.
-        staged = []
-        for i, p in enumerate(params):
-            g = grads[i]
-            b = buffers[i] if buffers else None
-            if not (p.is_contiguous() and g.is_contiguous() and (b is None or b.is_contiguous())):
-                staged.append((i, p, g, b))
-        if staged:
-            params, grads = list(params), list(grads)
-            buffers = list(buffers)
-            for i, p, g, b in staged:
-                params[i] = p.contiguous()
-                grads[i] = g.contiguous()
-                if b is not None:
-                    buffers[i] = b.contiguous()
+        lists = [params, grads, buffers]
+        dense, staged = _contiguous(lists)
         _cython_cpu.cyclic_sgd_(
             _DTYPE_CODES[params[0].dtype],
-            params,
-            grads,
-            buffers,
+            *dense,
             counter,
             bounds,
             shape,
@@ -698,12 +664,7 @@ class CythonBackend(_PythonBackend):
             None if grad_scale is None else float(grad_scale),
             torch.get_num_threads(),
         )
-        for i, p, g, b in staged:
-            p.copy_(params[i])
-            if grad_scale is not None:
-                g.copy_(grads[i])
-            if b is not None:
-                b.copy_(buffers[i])
+        _copy_back(lists, dense, staged)
 
     def _adamw_eager(
         self,
@@ -729,44 +690,11 @@ class CythonBackend(_PythonBackend):
         grad_scale,
         found_inf,
     ) -> None:
-        if not hasattr(_cython_cpu, "cyclic_adamw_"):  # a build from before the AdamW op
-            _instance("torch")._adamw_eager(
-                params=params,
-                grads=grads,
-                exp_avgs=exp_avgs,
-                exp_avg_sqs=exp_avg_sqs,
-                max_exp_avg_sqs=max_exp_avg_sqs,
-                state_steps=state_steps,
-                counter=counter,
-                iteration=iteration,
-                bounds=bounds,
-                shape=shape,
-                schedule_mode=schedule_mode,
-                beta1=beta1,
-                beta2=beta2,
-                eps=eps,
-                weight_decay=weight_decay,
-                amsgrad=amsgrad,
-                maximize=maximize,
-                cycle_momentum=cycle_momentum,
-                grad_scale=grad_scale,
-                found_inf=found_inf,
-            )
-            return
-        # The kernel walks raw memory: odd layouts run through contiguous copies.
-        lists = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
-        staged = [i for i in range(len(params)) if not all(t[i].is_contiguous() for t in lists)]
-        dense = [list(t) for t in lists]
-        for i in staged:
-            for t in dense:
-                t[i] = t[i].contiguous()
+        lists = [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else []]
+        dense, staged = _contiguous(lists)
         _cython_cpu.cyclic_adamw_(
             _DTYPE_CODES[params[0].dtype],
-            dense[0],
-            dense[1],
-            dense[2],
-            dense[3],
-            dense[4] if amsgrad else [],
+            *dense,
             list(state_steps),
             counter,
             bounds,
@@ -783,10 +711,7 @@ class CythonBackend(_PythonBackend):
             found_inf,
             torch.get_num_threads(),
         )
-        for i in staged:
-            for original, copy in zip(lists, dense):
-                if copy[i] is not original[i]:
-                    original[i].copy_(copy[i])
+        _copy_back(lists, dense, staged)
 
 
 class TorchBackend(_PythonBackend):

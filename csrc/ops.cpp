@@ -20,6 +20,34 @@ bool supported_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
 
+// What every op checks of its step inputs: the device counter, and AMP's scale and flag.
+void check_step_inputs(const at::Tensor& iteration, const c10::optional<at::Tensor>& grad_scale,
+                       const c10::optional<at::Tensor>& found_inf, c10::DeviceType device_type) {
+  TORCH_CHECK(iteration.scalar_type() == at::kLong && iteration.numel() == 1,
+              "clr_ext: iteration must be a one-element int64 tensor");
+  TORCH_CHECK(device_type == c10::DeviceType::Meta || iteration.device().type() == device_type,
+              "clr_ext: iteration must be on the params' device");
+  for (const auto* t : {&grad_scale, &found_inf}) {
+    if (t->has_value()) {
+      TORCH_CHECK((*t)->numel() == 1 && at::isFloatingType((*t)->scalar_type()),
+                  "clr_ext: grad_scale and found_inf must be one-element floating tensors");
+      TORCH_CHECK((*t)->device() == iteration.device(), "clr_ext: grad_scale and found_inf must be on ",
+                  iteration.device());
+    }
+  }
+}
+
+// What every op checks of param i: dense, a dtype the kernels update, the bucket's dtype and device.
+void check_param(size_t i, const at::Tensor& p, const at::Tensor& first, const at::Tensor& iteration,
+                 const char* rule) {
+  TORCH_CHECK(p.layout() == at::kStrided, "clr_ext: param ", i, " is not a strided (dense) tensor");
+  TORCH_CHECK(supported_dtype(p.scalar_type()), "clr_ext: param ", i, " has dtype ", p.scalar_type(), "; ", rule,
+              " updates float32, float64, float16 and bfloat16 parameters");
+  TORCH_CHECK(p.scalar_type() == first.scalar_type(), "clr_ext: all params of one call must share a dtype");
+  TORCH_CHECK(p.device() == iteration.device(), "clr_ext: param ", i, " is on ", p.device(), " but the bucket is on ",
+              iteration.device());
+}
+
 bool is_one_cycle(int64_t mode) { return mode == CLR_MODE_ONE_CYCLE_COS || mode == CLR_MODE_ONE_CYCLE_LINEAR; }
 
 // `shape` is [step_size_up, step_size_down, gamma, custom_scale] for the cyclical modes
@@ -90,27 +118,11 @@ StepPlan make_step_plan(at::TensorList params, at::TensorList grads, at::TensorL
   }
   TORCH_CHECK(momentum_start.empty() || !momentum_buffers.empty(),
               "clr_ext: momentum_start was given without momentum_buffers");
-  TORCH_CHECK(iteration.scalar_type() == at::kLong && iteration.numel() == 1,
-              "clr_ext: iteration must be a one-element int64 tensor");
-  TORCH_CHECK(device_type == c10::DeviceType::Meta || iteration.device().type() == device_type,
-              "clr_ext: iteration must be on the params' device");
-  for (const auto* t : {&grad_scale, &found_inf}) {
-    if (t->has_value()) {
-      TORCH_CHECK((*t)->numel() == 1 && at::isFloatingType((*t)->scalar_type()),
-                  "clr_ext: grad_scale and found_inf must be one-element floating tensors");
-      TORCH_CHECK((*t)->device() == iteration.device(), "clr_ext: grad_scale and found_inf must be on ",
-                  iteration.device());
-    }
-  }
+  check_step_inputs(iteration, grad_scale, found_inf, device_type);
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& p = params[i];
     const at::Tensor& g = grads[i];
-    TORCH_CHECK(p.layout() == at::kStrided, "clr_ext: param ", i, " is not a strided (dense) tensor");
-    TORCH_CHECK(supported_dtype(p.scalar_type()), "clr_ext: param ", i, " has dtype ", p.scalar_type(),
-                "; CyclicSGD updates float32, float64, float16 and bfloat16 parameters");
-    TORCH_CHECK(p.scalar_type() == params[0].scalar_type(), "clr_ext: all params of one call must share a dtype");
-    TORCH_CHECK(p.device() == iteration.device(), "clr_ext: param ", i, " is on ", p.device(), " but the bucket is on ",
-                iteration.device());
+    check_param(i, p, params[0], iteration, "CyclicSGD");
     TORCH_CHECK(g.layout() == at::kStrided, "clr_ext: the gradient of param ", i,
                 " is sparse; CyclicSGD does not support sparse gradients");
     // Wrapper subclasses (DTensor, ...) have no memory of their own: pass their local tensors.
@@ -182,26 +194,10 @@ AdamwPlan make_adamw_plan(at::TensorList params, at::TensorList grads, at::Tenso
     TORCH_CHECK(max_exp_avg_sqs.empty(), "clr_ext: max_exp_avg_sqs must be empty without amsgrad, got ",
                 max_exp_avg_sqs.size());
   }
-  TORCH_CHECK(iteration.scalar_type() == at::kLong && iteration.numel() == 1,
-              "clr_ext: iteration must be a one-element int64 tensor");
-  TORCH_CHECK(device_type == c10::DeviceType::Meta || iteration.device().type() == device_type,
-              "clr_ext: iteration must be on the params' device");
-  for (const auto* t : {&grad_scale, &found_inf}) {
-    if (t->has_value()) {
-      TORCH_CHECK((*t)->numel() == 1 && at::isFloatingType((*t)->scalar_type()),
-                  "clr_ext: grad_scale and found_inf must be one-element floating tensors");
-      TORCH_CHECK((*t)->device() == iteration.device(), "clr_ext: grad_scale and found_inf must be on ",
-                  iteration.device());
-    }
-  }
+  check_step_inputs(iteration, grad_scale, found_inf, device_type);
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
-    TORCH_CHECK(p.layout() == at::kStrided, "clr_ext: param ", i, " is not a strided (dense) tensor");
-    TORCH_CHECK(supported_dtype(p.scalar_type()), "clr_ext: param ", i, " has dtype ", p.scalar_type(),
-                "; AdamW updates float32, float64, float16 and bfloat16 parameters");
-    TORCH_CHECK(p.scalar_type() == params[0].scalar_type(), "clr_ext: all params of one call must share a dtype");
-    TORCH_CHECK(p.device() == iteration.device(), "clr_ext: param ", i, " is on ", p.device(), " but the bucket is on ",
-                iteration.device());
+    check_param(i, p, params[0], iteration, "AdamW");
     // Wrapper subclasses (DTensor, ...) have no memory of their own: pass their local tensors.
     TORCH_CHECK(p.has_storage(), "clr_ext: param ", i,
                 " has no storage of its own (a tensor subclass such as DTensor?); pass its local tensor");

@@ -66,6 +66,22 @@ cdef extern from "cpu/sgd_cpu.h" namespace "clr_cpu" nogil:
     const int64_t kRangeAlign
 
 
+cdef inline int _thread_count(int64_t total, int num_threads) noexcept nogil:
+    """The threads that share ``total`` elements: one below kParallelGrain, and never
+    more than one per kParallelGrain (waking a thread costs more than that much work)."""
+    if num_threads <= 1 or total <= kParallelGrain:
+        return 1
+    if num_threads > total // kParallelGrain:
+        return <int>(total // kParallelGrain)
+    return num_threads
+
+
+cdef inline int64_t _per_thread(int64_t total, int threads) noexcept nogil:
+    """Each thread's share of the flattened element space: even, cut at kRangeAlign."""
+    cdef int64_t n_blocks = (total + kRangeAlign - 1) // kRangeAlign
+    return (n_blocks + threads - 1) // threads * kRangeAlign
+
+
 cdef inline clr_shape _shape(shape, int mode) except *:
     """The op's ``shape`` list as csrc/ops.cpp's shape_from reads it."""
     if mode < 0 or mode >= CLR_MODE_COUNT:
@@ -182,25 +198,16 @@ def cyclic_sgd_(int dtype_code, list params, list grads, list momentum_buffers, 
     cdef int64_t total = offsets.back()
     cdef int64_t n_spans = spans.size()
     cdef int32_t dtype = dtype_code
-    cdef int threads = num_threads
-    cdef int64_t n_blocks = (total + kRangeAlign - 1) // kRangeAlign
-    cdef int64_t per_thread, lo, hi
-    cdef int tid
-    if threads > 1 and total > kParallelGrain:
-        if threads > total // kParallelGrain:
-            threads = <int>(total // kParallelGrain)
-    if threads <= 1 or total <= kParallelGrain:
+    cdef int threads = _thread_count(total, num_threads)
+    cdef int64_t per_thread = _per_thread(total, threads)
+    cdef int64_t lo, hi
+    if threads <= 1:
         with nogil:
             run_range(dtype, spans.data(), offsets.data(), n_spans, 0, total, a)
         return
-    # Even shares of the flattened element space, cut at kRangeAlign boundaries.
-    per_thread = (n_blocks + threads - 1) // threads
     with nogil, parallel(num_threads=threads):
-        tid = openmp.omp_get_thread_num()
-        lo = tid * per_thread * kRangeAlign
-        hi = (tid + 1) * per_thread * kRangeAlign
-        if hi > total:
-            hi = total
+        lo = openmp.omp_get_thread_num() * per_thread
+        hi = lo + per_thread if lo + per_thread < total else total
         if lo < hi:
             run_range(dtype, spans.data(), offsets.data(), n_spans, lo, hi, a)
 
@@ -306,24 +313,15 @@ def cyclic_adamw_(int dtype_code, list params, list grads, list exp_avgs, list e
     cdef int64_t total = offsets.back()
     cdef int64_t n_spans = spans.size()
     cdef int32_t dtype = dtype_code
-    cdef int threads = num_threads
-    cdef int64_t n_blocks = (total + kRangeAlign - 1) // kRangeAlign
-    cdef int64_t per_thread, lo, hi
-    cdef int tid
-    if threads > 1 and total > kParallelGrain:
-        if threads > total // kParallelGrain:
-            threads = <int>(total // kParallelGrain)
-    if threads <= 1 or total <= kParallelGrain:
+    cdef int threads = _thread_count(total, num_threads)
+    cdef int64_t per_thread = _per_thread(total, threads)
+    cdef int64_t lo, hi
+    if threads <= 1:
         with nogil:
             adamw_run_range(dtype, spans.data(), offsets.data(), n_spans, 0, total, a)
         return
-    # Even shares of the flattened element space, cut at kRangeAlign boundaries.
-    per_thread = (n_blocks + threads - 1) // threads
     with nogil, parallel(num_threads=threads):
-        tid = openmp.omp_get_thread_num()
-        lo = tid * per_thread * kRangeAlign
-        hi = (tid + 1) * per_thread * kRangeAlign
-        if hi > total:
-            hi = total
+        lo = openmp.omp_get_thread_num() * per_thread
+        hi = lo + per_thread if lo + per_thread < total else total
         if lo < hi:
             adamw_run_range(dtype, spans.data(), offsets.data(), n_spans, lo, hi, a)

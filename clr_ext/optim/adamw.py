@@ -10,7 +10,7 @@ import torch
 
 from .._checks import as_float, non_negative
 from .core import _refuse_capture, _ScheduledOptimizer, _StalePlan
-from .schedules import CyclicSchedule, OneCycleSchedule
+from .schedules import CyclicSchedule, CyclicScheduled, OneCycleSchedule, OneCycleScheduled
 
 __all__ = ["CyclicAdamW", "OneCycleAdamW"]
 
@@ -187,7 +187,7 @@ class _ScheduledAdamW(_ScheduledOptimizer):
         return columns
 
 
-class CyclicAdamW(_ScheduledAdamW):
+class CyclicAdamW(CyclicScheduled, _ScheduledAdamW):
     r"""AdamW whose learning rate (and beta1) follow a cyclical schedule, in one fused step.
 
     One ``step()`` does what ``adamw.step(); sched.step()`` does for::
@@ -244,26 +244,8 @@ class CyclicAdamW(_ScheduledAdamW):
             backend=backend,
         )
 
-    mode = property(lambda self: self._schedule.mode)
-    gamma = property(lambda self: self._schedule.gamma)
-    step_size_up = property(lambda self: self._schedule.step_size_up)
-    step_size_down = property(lambda self: self._schedule.step_size_down)
-    scale_fn = property(lambda self: self._schedule.scale_fn)
-    scale_mode = property(lambda self: self._schedule.scale_mode)
 
-    @classmethod
-    def from_range_test(cls, params: Iterable[Any], result: Any, iters_per_epoch: int, **kwargs: Any) -> "CyclicAdamW":
-        """The range test's suggested bounds and step size, as :meth:`CyclicSGD.from_range_test`
-        (run the range test with ``optimizer="adamw"`` for AdamW's own range)."""
-        half_cycle = kwargs.pop("epochs_per_half_cycle", None)
-        step = (
-            result.step_size(iters_per_epoch) if half_cycle is None else result.step_size(iters_per_epoch, half_cycle)
-        )
-        kwargs.setdefault("step_size_up", step)
-        return cls(params, kwargs.pop("base_lr", result.base_lr), kwargs.pop("max_lr", result.max_lr), **kwargs)
-
-
-class OneCycleAdamW(_ScheduledAdamW):
+class OneCycleAdamW(OneCycleScheduled, _ScheduledAdamW):
     r"""AdamW under the 1cycle policy, in one fused step: ``adamw.step(); sched.step()`` for
     ``torch.optim.AdamW`` + ``OneCycleLR`` (beta1 cycled between ``max_momentum`` and
     ``base_momentum`` with ``cycle_momentum``). The schedule's arguments and its end are
@@ -307,13 +289,3 @@ class OneCycleAdamW(_ScheduledAdamW):
             cycle_momentum=cycle_momentum,
             backend=backend,
         )
-
-    total_steps = property(lambda self: self._schedule.total_steps)
-    pct_start = property(lambda self: self._schedule.pct_start)
-    anneal_strategy = property(lambda self: self._schedule.anneal_strategy)
-    three_phase = property(lambda self: self._schedule.three_phase)
-
-    @classmethod
-    def from_range_test(cls, params: Iterable[Any], result: Any, total_steps: int, **kwargs: Any) -> "OneCycleAdamW":
-        """``max_lr`` from the range test's ``result.max_lr``, as :meth:`OneCycleSGD.from_range_test`."""
-        return cls(params, kwargs.pop("max_lr", result.max_lr), total_steps, **kwargs)

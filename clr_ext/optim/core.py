@@ -25,6 +25,7 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
+from .. import _ops
 from .. import backends as _backends
 from .._checks import momentum_value
 from .schedules import per_group
@@ -57,9 +58,7 @@ def _advance_schedule(counters: List[torch.Tensor], handle: int) -> None:
 _LIBRARY.impl("advance_schedule_", _advance_schedule, "CompositeExplicitAutograd")
 
 
-@torch.library.register_fake("clr_ext::advance_schedule_")
-def _advance_schedule_fake(counters: List[torch.Tensor], handle: int) -> None:
-    return None
+_ops.register_fake("advance_schedule_")
 
 
 _GRAD = operator.attrgetter("grad")

@@ -260,6 +260,61 @@ class OneCycleSchedule:
         self.__dict__.update(restored.__dict__)
 
 
+class CyclicScheduled:
+    """What every cyclical optimizer shows of its schedule (as CyclicLR shows it), and
+    its construction from a range test; a mixin of the public classes."""
+
+    _schedule: CyclicSchedule
+
+    mode = property(lambda self: self._schedule.mode)
+    gamma = property(lambda self: self._schedule.gamma)
+    step_size_up = property(lambda self: self._schedule.step_size_up)
+    step_size_down = property(lambda self: self._schedule.step_size_down)
+    scale_fn = property(lambda self: self._schedule.scale_fn)
+    scale_mode = property(lambda self: self._schedule.scale_mode)
+
+    @classmethod
+    def from_range_test(cls, params: Any, result: Any, iters_per_epoch: int, **kwargs: Any) -> Any:
+        """An optimizer with the bounds and step size that a :func:`clr_ext.range_test` suggested
+        (for AdamW, run the range test with ``optimizer="adamw"``: its range is its own).
+
+        ``kwargs`` go to the constructor (``epochs_per_half_cycle`` goes to
+        ``result.step_size``; explicit ``base_lr``/``max_lr``/``step_size_up`` win)."""
+        half_cycle = kwargs.pop("epochs_per_half_cycle", None)
+        step = (
+            result.step_size(iters_per_epoch) if half_cycle is None else result.step_size(iters_per_epoch, half_cycle)
+        )
+        kwargs.setdefault("step_size_up", step)
+        return cls(params, kwargs.pop("base_lr", result.base_lr), kwargs.pop("max_lr", result.max_lr), **kwargs)
+
+
+class OneCycleScheduled:
+    """What every 1cycle optimizer shows of its schedule, and its construction from a
+    range test; a mixin of the public classes."""
+
+    _schedule: OneCycleSchedule
+
+    total_steps = property(lambda self: self._schedule.total_steps)
+    pct_start = property(lambda self: self._schedule.pct_start)
+    anneal_strategy = property(lambda self: self._schedule.anneal_strategy)
+    div_factor = property(lambda self: self._schedule.div_factor)
+    final_div_factor = property(lambda self: self._schedule.final_div_factor)
+    three_phase = property(lambda self: self._schedule.three_phase)
+
+    @classmethod
+    def from_range_test(cls, params: Any, result: Any, total_steps: int, **kwargs: Any) -> Any:
+        """A 1cycle optimizer whose ``max_lr`` is the range test's ``result.max_lr``.
+
+        That is the suggested upper bound of the cyclical range: the LR where the loss
+        stops improving, close to where training diverges. Smith's 1cycle policy peaks at
+        exactly that bound (it visits max_lr only briefly, in the middle of the run, and
+        the large LR there regularizes), and starts ``div_factor`` below it; the single-LR
+        suggestions (``"valley"``, ``"steepest"``, ``"min/10"``) are made for a constant
+        LR and sit well below it. ``kwargs`` go to the constructor (an explicit ``max_lr``
+        wins)."""
+        return cls(params, kwargs.pop("max_lr", result.max_lr), total_steps, **kwargs)
+
+
 def _check_kind(schedule: Any, state: Dict[str, Any]) -> None:
     if state.get("kind") != schedule.kind:
         raise ValueError(

@@ -12,7 +12,7 @@ import torch
 from .. import backends as _backends
 from .._checks import as_float, momentum_value, non_negative
 from .core import _dtensor_type, _local_tensors, _real_views, _refuse_capture, _ScheduledOptimizer, _StalePlan
-from .schedules import CyclicSchedule, OneCycleSchedule
+from .schedules import CyclicSchedule, CyclicScheduled, OneCycleSchedule, OneCycleScheduled
 
 __all__ = ["CyclicSGD", "OneCycleSGD"]
 
@@ -328,7 +328,7 @@ class _ScheduledSGD(_ScheduledOptimizer):
         return _SGDWork(backend, device, params, grads, buffers, _starts_argument(entries), False, group, bounds)
 
 
-class CyclicSGD(_ScheduledSGD):
+class CyclicSGD(CyclicScheduled, _ScheduledSGD):
     r"""SGD with momentum whose learning rate (and momentum) follow a cyclical schedule.
 
     One ``step()`` does what ``sgd.step(); sched.step()`` does for::
@@ -426,31 +426,8 @@ class CyclicSGD(_ScheduledSGD):
             backend=backend,
         )
 
-    # The schedule's shape, as CyclicLR exposes it.
-    mode = property(lambda self: self._schedule.mode)
-    gamma = property(lambda self: self._schedule.gamma)
-    step_size_up = property(lambda self: self._schedule.step_size_up)
-    step_size_down = property(lambda self: self._schedule.step_size_down)
-    scale_fn = property(lambda self: self._schedule.scale_fn)
-    scale_mode = property(lambda self: self._schedule.scale_mode)
 
-    @classmethod
-    def from_range_test(cls, params: Iterable[Any], result: Any, iters_per_epoch: int, **kwargs: Any) -> "CyclicSGD":
-        """An optimizer with the bounds and step size that a :func:`clr_ext.range_test` suggested.
-
-        ``kwargs`` go to the constructor (``epochs_per_half_cycle`` goes to
-        ``result.step_size``; explicit ``base_lr``/``max_lr``/``step_size_up`` win)."""
-        half_cycle = kwargs.pop("epochs_per_half_cycle", None)
-        step = (
-            result.step_size(iters_per_epoch) if half_cycle is None else result.step_size(iters_per_epoch, half_cycle)
-        )
-        kwargs.setdefault("step_size_up", step)
-        base_lr = kwargs.pop("base_lr", result.base_lr)
-        max_lr = kwargs.pop("max_lr", result.max_lr)
-        return cls(params, base_lr, max_lr, **kwargs)
-
-
-class OneCycleSGD(_ScheduledSGD):
+class OneCycleSGD(OneCycleScheduled, _ScheduledSGD):
     r"""SGD with momentum under the 1cycle policy, in one fused step.
 
     One ``step()`` does what ``sgd.step(); sched.step()`` does for::
@@ -518,24 +495,3 @@ class OneCycleSGD(_ScheduledSGD):
             cycle_momentum=cycle_momentum,
             backend=backend,
         )
-
-    total_steps = property(lambda self: self._schedule.total_steps)
-    pct_start = property(lambda self: self._schedule.pct_start)
-    anneal_strategy = property(lambda self: self._schedule.anneal_strategy)
-    div_factor = property(lambda self: self._schedule.div_factor)
-    final_div_factor = property(lambda self: self._schedule.final_div_factor)
-    three_phase = property(lambda self: self._schedule.three_phase)
-
-    @classmethod
-    def from_range_test(cls, params: Iterable[Any], result: Any, total_steps: int, **kwargs: Any) -> "OneCycleSGD":
-        """A 1cycle optimizer whose ``max_lr`` is the range test's ``result.max_lr``.
-
-        That is the suggested upper bound of the cyclical range: the LR where the loss
-        stops improving, close to where training diverges. Smith's 1cycle policy peaks at
-        exactly that bound (it visits max_lr only briefly, in the middle of the run, and
-        the large LR there regularizes), and starts ``div_factor`` below it; the single-LR
-        suggestions (``"valley"``, ``"steepest"``, ``"min/10"``) are made for a constant
-        LR and sit well below it. ``kwargs`` go to the constructor (an explicit ``max_lr``
-        wins)."""
-        max_lr = kwargs.pop("max_lr", result.max_lr)
-        return cls(params, max_lr, total_steps, **kwargs)
