@@ -3,7 +3,11 @@
 For each model (a pytest-benchmark group "rules: <model>"), one training-loop iteration of:
   - clr_cyclic_sgd / clr_onecycle_sgd:       CyclicSGD / OneCycleSGD.step() (cpp): the same
     step with another formula, which should cost the same;
-  - clr_cyclic_adamw / clr_onecycle_adamw:   CyclicAdamW / OneCycleAdamW.step() (cpp);
+  - clr_cyclic_adamw / clr_onecycle_adamw:   CyclicAdamW / OneCycleAdamW.step() (cpp), the
+    numbers of torch.optim.AdamW's default path (MKL's square root, a second pass per block);
+  - clr_cyclic_adamw_fused:                  CyclicAdamW(fused=True).step() (cpp), the numbers
+    of torch.optim.AdamW(fused=True) bit for bit (IEEE square roots, one pass): the row to
+    set beside adamw_fused_cyclic;
   - adamw_fused_cyclic / adamw_fused_onecycle: torch.optim.AdamW(fused=True).step() +
     CyclicLR / OneCycleLR .step() (CyclicLR cycles beta1, as CyclicAdamW does);
   - adamw_forloop_cyclic: torch.optim.AdamW's default CPU path + CyclicLR;
@@ -31,6 +35,7 @@ VARIANTS = (
     "clr_onecycle_sgd",
     "clr_cyclic_adamw",
     "clr_onecycle_adamw",
+    "clr_cyclic_adamw_fused",
     "adamw_fused_cyclic",
     "adamw_fused_onecycle",
     "adamw_forloop_cyclic",
@@ -48,6 +53,8 @@ def _clr(model: str, variant: str):
         opt = clr_ext.OneCycleSGD(params, 0.1, TOTAL_STEPS, momentum=0.9, weight_decay=5e-4, backend="cpp")
     elif variant == "clr_cyclic_adamw":
         opt = clr_ext.CyclicAdamW(params, 1e-4, 1e-3, step_size_up=2000, backend="cpp")
+    elif variant == "clr_cyclic_adamw_fused":
+        opt = clr_ext.CyclicAdamW(params, 1e-4, 1e-3, step_size_up=2000, backend="cpp", fused=True)
     else:
         opt = clr_ext.OneCycleAdamW(params, 1e-3, TOTAL_STEPS, backend="cpp")
     return opt.step, (params, opt)

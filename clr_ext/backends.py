@@ -71,6 +71,17 @@ def available_backends() -> List[str]:
     return names
 
 
+def fused_adamw_width(dtype: torch.dtype) -> int:
+    """The period of ``torch.optim.AdamW(fused=True)``'s rounding along a tensor of
+    ``dtype`` on the CPU: its last ``numel % width`` elements are updated by scalar code
+    that contracts the second moment otherwise (csrc/adamw_update.h). ATen's vector loop
+    takes 64-byte vectors under AVX-512 and GCC vectorizes the remainder loop 32 bytes at a
+    time, so scalar code sees ``numel % (32 / itemsize)`` elements, measured element by
+    element for every dtype on torch 2.13's x86-64 wheel; with AVX2 (32-byte vectors, a
+    remainder too short to vectorize) the count is the same."""
+    return 32 // dtype.itemsize
+
+
 def _why_missing(name: str) -> str:
     if name == "cuda":
         if _C is None:
@@ -212,11 +223,14 @@ class Backend:
         cycle_momentum: bool,
         grad_scale: Optional[torch.Tensor],
         found_inf: Optional[torch.Tensor],
+        fused_width: int,
     ) -> None:
         """One AdamW step (torch.optim.AdamW's) over a bucket, with this iteration's lr
         and, when cycling, beta1 from the schedule; ``state_steps`` (float32, one per
         param) count each param's own steps and are advanced unless the step is skipped
-        (``found_inf``), which changes nothing at all. Same conventions as ``run``."""
+        (``found_inf``), which changes nothing at all. ``fused_width`` > 0 rounds as
+        ``torch.optim.AdamW(fused=True)`` does on the CPU (:func:`fused_adamw_width`); 0
+        as its default path. Same conventions as ``run``."""
         raise NotImplementedError
 
 
@@ -241,6 +255,7 @@ _ADAMW_ARGS = (
     "cycle_momentum",
     "grad_scale",
     "found_inf",
+    "fused_width",
 )
 
 
@@ -382,7 +397,7 @@ _LIBRARY.define(
     "python_backend_adamw_(str backend, Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, "
     "Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] state_steps, Tensor iteration, "
     "float[] bounds, float[] shape, int schedule_mode, float beta1, float beta2, float eps, float weight_decay, "
-    "bool amsgrad, bool maximize, bool cycle_momentum, Tensor? grad_scale, Tensor? found_inf) -> ()"
+    "bool amsgrad, bool maximize, bool cycle_momentum, Tensor? grad_scale, Tensor? found_inf, int fused_width) -> ()"
 )
 
 
@@ -689,6 +704,7 @@ class CythonBackend(_PythonBackend):
         cycle_momentum,
         grad_scale,
         found_inf,
+        fused_width,
     ) -> None:
         lists = [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else []]
         dense, staged = _contiguous(lists)
@@ -710,6 +726,7 @@ class CythonBackend(_PythonBackend):
             grad_scale,
             found_inf,
             torch.get_num_threads(),
+            fused_width,
         )
         _copy_back(lists, dense, staged)
 
@@ -802,14 +819,35 @@ class TorchBackend(_PythonBackend):
         cycle_momentum,
         grad_scale,
         found_inf,
+        fused_width,
     ) -> None:
         """torch.optim.AdamW's single-tensor step, op for op (so fp32/fp64 round as it
-        does); half precision runs on float32 copies rounded once per step."""
+        does); half precision runs on float32 copies rounded once per step. With
+        ``fused_width``, torch.optim.AdamW(fused=True)'s own kernel."""
         if found_inf is not None and float(found_inf) == 1.0:
             return
         lr, cycled = schedule_point(int(counter) if iteration is None else iteration, bounds, shape, schedule_mode)
         if cycle_momentum:
             beta1 = cycled
+        if fused_width:
+            torch._foreach_add_(state_steps, 1)  # as torch.optim.AdamW does before its fused kernel
+            torch._fused_adamw_(
+                params,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                max_exp_avg_sqs if amsgrad else [],
+                state_steps,
+                lr=lr,
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=weight_decay,
+                eps=eps,
+                amsgrad=amsgrad,
+                maximize=maximize,
+                grad_scale=grad_scale,
+            )
+            return
         for i, param in enumerate(params):
             grad = grads[i]
             if grad_scale is not None:

@@ -27,6 +27,13 @@
  *   the CPU loops call in its place; hence the split at the square root below.
  * The fmas are explicit; the sources are built with -ffp-contract=off (--fmad=false on
  * CUDA), so nothing else is fused and every ISA clone and backend rounds alike.
+ *
+ * torch.optim.AdamW(fused=True) rounds otherwise on the CPU (ATen's FusedAdamKernel.cpp,
+ * measured on torch 2.13's x86-64 wheel): IEEE square roots, bias_correction2_sqrt from
+ * sqrt rather than ** 0.5, and the same operations as above in its vector loops, but the
+ * scalar code for the last numel % (32 bytes / element size) elements of each tensor
+ * contracts the second moment the other way, fma(exp_avg_sq, beta2, ((1 - beta2) * g) * g).
+ * The kFusedTail flag below reproduces that loop (see cpu/adamw_cpu.h for where it runs).
  */
 #ifndef CLR_EXT_ADAMW_UPDATE_H
 #define CLR_EXT_ADAMW_UPDATE_H
@@ -45,14 +52,15 @@ CLR_INLINE T clr_maximum(T a, T b) {
  * One parameter's step scalars in double, as torch.optim.AdamW computes them in Python
  * from its own step count: bias_correction1 = 1 - beta1 ** step, step_size = lr /
  * bias_correction1, bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5. Python's float
- * ** is libm's pow (also for ** 0.5, which is not always sqrt's correctly rounded value).
+ * ** is libm's pow (also for ** 0.5, which is not always sqrt's correctly rounded value);
+ * torch_fused takes the square root as AdamW(fused=True) does.
  */
-CLR_INLINE void clr_adamw_step_scalars(double lr, double beta1, double beta2, double step, double* step_size,
-                                       double* bias_correction2_sqrt) {
+CLR_INLINE void clr_adamw_step_scalars(double lr, double beta1, double beta2, double step, int torch_fused,
+                                       double* step_size, double* bias_correction2_sqrt) {
   const double bias_correction1 = CLR_DSUB(1.0, pow(beta1, step));
   const double bias_correction2 = CLR_DSUB(1.0, pow(beta2, step));
   *step_size = CLR_DDIV(lr, bias_correction1);
-  *bias_correction2_sqrt = pow(bias_correction2, 0.5);
+  *bias_correction2_sqrt = torch_fused ? sqrt(bias_correction2) : pow(bias_correction2, 0.5);
 }
 
 /* Everything an element needs, rounded to the compute type once per (step, param). */
@@ -97,12 +105,13 @@ CLR_INLINE clr_adamw_coeffs<T> clr_adamw_coeffs_make(double lr, double beta1, do
  * the loops around the calls vectorize; without kAmsgrad max_exp_avg_sq is not touched
  * (it may be null).
  */
-template <typename T, bool kAmsgrad>
+template <typename T, bool kAmsgrad, bool kFusedTail = false>
 CLR_INLINE T clr_adamw_moments(T grad, T* exp_avg, T* exp_avg_sq, T* max_exp_avg_sq, const clr_adamw_coeffs<T>& c) {
   const T g = grad * c.grad_sign;
   const T m0 = *exp_avg;
   *exp_avg = clr_fma(c.lerp_coeff, g - m0, c.lerp_from_end ? g : m0);
-  const T v = clr_fma(c.one_minus_beta2 * g, g, *exp_avg_sq * c.beta2);
+  const T v = kFusedTail ? clr_fma(*exp_avg_sq, c.beta2, (c.one_minus_beta2 * g) * g)
+                         : clr_fma(c.one_minus_beta2 * g, g, *exp_avg_sq * c.beta2);
   *exp_avg_sq = v;
   if (!kAmsgrad) return v;
   const T second = clr_maximum(*max_exp_avg_sq, v);
@@ -119,10 +128,10 @@ CLR_INLINE T clr_adamw_finish(T param, T exp_avg, T sqrt_second, const clr_adamw
 }
 
 /* The whole element with an IEEE square root (as ATen computes it without MKL, and CUDA). */
-template <typename T, bool kWeightDecay, bool kAmsgrad>
+template <typename T, bool kWeightDecay, bool kAmsgrad, bool kFusedTail = false>
 CLR_INLINE T clr_adamw_update(T param, T grad, T* exp_avg, T* exp_avg_sq, T* max_exp_avg_sq,
                               const clr_adamw_coeffs<T>& c) {
-  const T second = clr_adamw_moments<T, kAmsgrad>(grad, exp_avg, exp_avg_sq, max_exp_avg_sq, c);
+  const T second = clr_adamw_moments<T, kAmsgrad, kFusedTail>(grad, exp_avg, exp_avg_sq, max_exp_avg_sq, c);
   return clr_adamw_finish<T, kWeightDecay>(param, *exp_avg, clr_sqrt(second), c);
 }
 

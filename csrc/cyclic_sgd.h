@@ -73,11 +73,14 @@ void cyclic_sgd_cpu_(at::TensorList params, at::TensorList grads, at::TensorList
 // here. state_steps holds each param's own step count (one float32 element each, as
 // torch.optim.AdamW's state["step"]): a step advances it, and its bias corrections use it.
 // max_exp_avg_sqs is empty unless amsgrad. With found_inf == 1 nothing at all changes.
+// fused_width > 0 rounds as torch.optim.AdamW(fused=True) does on the CPU, whose scalar
+// code updates the last numel % fused_width elements of each tensor (cpu/adamw_cpu.h); 0,
+// as AdamW's default path. CUDA ignores it.
 constexpr const char* kCyclicAdamwSchema =
     "cyclic_adamw_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_avg_sqs, "
     "Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] state_steps, Tensor iteration, float[] bounds, float[] shape, "
     "int schedule_mode, float beta1, float beta2, float eps, float weight_decay, bool amsgrad, bool maximize, "
-    "bool cycle_momentum, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()";
+    "bool cycle_momentum, Tensor? grad_scale=None, Tensor? found_inf=None, int fused_width=0) -> ()";
 
 // What the host knows about one AdamW step of one bucket once the inputs are checked.
 struct AdamwPlan {
@@ -94,13 +97,14 @@ AdamwPlan make_adamw_plan(at::TensorList params, at::TensorList grads, at::Tenso
                           const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
                           int64_t mode, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
                           bool cycle_momentum, const c10::optional<at::Tensor>& grad_scale,
-                          const c10::optional<at::Tensor>& found_inf, c10::DeviceType device_type);
+                          const c10::optional<at::Tensor>& found_inf, int64_t fused_width, c10::DeviceType device_type);
 
 void cyclic_adamw_cpu_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
                        at::TensorList max_exp_avg_sqs, at::TensorList state_steps, const at::Tensor& iteration,
                        at::ArrayRef<double> bounds, at::ArrayRef<double> shape, int64_t mode, double beta1,
                        double beta2, double eps, double weight_decay, bool amsgrad, bool maximize, bool cycle_momentum,
-                       const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf);
+                       const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
+                       int64_t fused_width);
 
 #ifdef CLR_EXT_WITH_CUDA
 // csrc/cuda/cyclic_sgd_cuda.cu: the same op for CUDA tensors (no host sync).
@@ -120,7 +124,7 @@ void cyclic_adamw_cuda_(at::TensorList params, at::TensorList grads, at::TensorL
                         const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
                         int64_t mode, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
                         bool maximize, bool cycle_momentum, const c10::optional<at::Tensor>& grad_scale,
-                        const c10::optional<at::Tensor>& found_inf);
+                        const c10::optional<at::Tensor>& found_inf, int64_t fused_width);
 
 // How many tensors one AdamW update launch takes.
 int64_t cuda_adamw_max_tensors_per_launch();

@@ -167,7 +167,8 @@ AdamwPlan make_adamw_plan(at::TensorList params, at::TensorList grads, at::Tenso
                           const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
                           int64_t mode, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
                           bool cycle_momentum, const c10::optional<at::Tensor>& grad_scale,
-                          const c10::optional<at::Tensor>& found_inf, c10::DeviceType device_type) {
+                          const c10::optional<at::Tensor>& found_inf, int64_t fused_width,
+                          c10::DeviceType device_type) {
   (void)weight_decay;
   AdamwPlan plan;
   plan.shape = shape_from(shape, mode);
@@ -176,6 +177,7 @@ AdamwPlan make_adamw_plan(at::TensorList params, at::TensorList grads, at::Tenso
   TORCH_CHECK(beta1 >= 0.0 && beta1 < 1.0, "clr_ext: beta1 must be in [0, 1), got ", beta1);
   TORCH_CHECK(beta2 >= 0.0 && beta2 < 1.0, "clr_ext: beta2 must be in [0, 1), got ", beta2);
   TORCH_CHECK(eps >= 0.0, "clr_ext: eps must be non-negative, got ", eps);
+  TORCH_CHECK(fused_width >= 0 && fused_width <= 1024, "clr_ext: fused_width must be in [0, 1024], got ", fused_width);
   if (cycle_momentum) {
     TORCH_CHECK(plan.bounds.base_momentum >= 0.0 && plan.bounds.base_momentum < 1.0 &&
                     plan.bounds.max_momentum >= 0.0 && plan.bounds.max_momentum < 1.0,
@@ -336,12 +338,13 @@ void eager_adamw_step(const pybind11::list& params, const pybind11::list& grads,
                       const pybind11::list& state_steps, const at::Tensor& iteration, const std::vector<double>& bounds,
                       const std::vector<double>& shape, int64_t mode, double beta1, double beta2, double eps,
                       double weight_decay, bool amsgrad, bool maximize, bool cycle_momentum,
-                      const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf) {
+                      const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
+                      int64_t fused_width) {
   cyclic_adamw_cpu_(unpack_tensors(params, "params"), unpack_tensors(grads, "grads"),
                     unpack_tensors(exp_avgs, "exp_avgs"), unpack_tensors(exp_avg_sqs, "exp_avg_sqs"),
                     unpack_tensors(max_exp_avg_sqs, "max_exp_avg_sqs"), unpack_tensors(state_steps, "state_steps"),
                     iteration, bounds, shape, mode, beta1, beta2, eps, weight_decay, amsgrad, maximize, cycle_momentum,
-                    grad_scale, found_inf);
+                    grad_scale, found_inf, fused_width);
 }
 
 #ifdef CLR_EXT_WITH_CUDA
@@ -352,12 +355,12 @@ void eager_adamw_cuda_step(const pybind11::list& params, const pybind11::list& g
                            const std::vector<double>& bounds, const std::vector<double>& shape, int64_t mode,
                            double beta1, double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
                            bool cycle_momentum, const c10::optional<at::Tensor>& grad_scale,
-                           const c10::optional<at::Tensor>& found_inf) {
+                           const c10::optional<at::Tensor>& found_inf, int64_t fused_width) {
   cyclic_adamw_cuda_(unpack_tensors(params, "params"), unpack_tensors(grads, "grads"),
                      unpack_tensors(exp_avgs, "exp_avgs"), unpack_tensors(exp_avg_sqs, "exp_avg_sqs"),
                      unpack_tensors(max_exp_avg_sqs, "max_exp_avg_sqs"), unpack_tensors(state_steps, "state_steps"),
                      iteration, bounds, shape, mode, beta1, beta2, eps, weight_decay, amsgrad, maximize, cycle_momentum,
-                     grad_scale, found_inf);
+                     grad_scale, found_inf, fused_width);
 }
 #endif  // CLR_EXT_WITH_CUDA
 
@@ -371,7 +374,7 @@ void check_adamw_bucket(const pybind11::list& params, const pybind11::list& grad
   make_adamw_plan(p, unpack_tensors(grads, "grads"), unpack_tensors(exp_avgs, "exp_avgs"),
                   unpack_tensors(exp_avg_sqs, "exp_avg_sqs"), unpack_tensors(max_exp_avg_sqs, "max_exp_avg_sqs"),
                   unpack_tensors(state_steps, "state_steps"), iteration, {0.0, 0.0, 0.0, 0.0}, {1.0, 1.0, 1.0, 1.0}, 0,
-                  0.0, 0.0, 0.0, 0.0, amsgrad, false, c10::nullopt, c10::nullopt, c10::DeviceType::Meta);
+                  0.0, 0.0, 0.0, 0.0, amsgrad, false, c10::nullopt, c10::nullopt, 0, c10::DeviceType::Meta);
 }
 #endif  // CLR_EXT_NO_PYTHON
 
@@ -422,7 +425,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("bounds"), pybind11::arg("shape"), pybind11::arg("schedule_mode"), pybind11::arg("beta1"),
         pybind11::arg("beta2"), pybind11::arg("eps"), pybind11::arg("weight_decay"), pybind11::arg("amsgrad"),
         pybind11::arg("maximize"), pybind11::arg("cycle_momentum"), pybind11::arg("grad_scale") = pybind11::none(),
-        pybind11::arg("found_inf") = pybind11::none());
+        pybind11::arg("found_inf") = pybind11::none(), pybind11::arg("fused_width") = 0);
   m.def("check_adamw_bucket", &clr_ext::check_adamw_bucket,
         "Raises if the tensors of one AdamW bucket do not fit the op", pybind11::arg("params"), pybind11::arg("grads"),
         pybind11::arg("exp_avgs"), pybind11::arg("exp_avg_sqs"), pybind11::arg("max_exp_avg_sqs"),
@@ -439,7 +442,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("bounds"), pybind11::arg("shape"), pybind11::arg("schedule_mode"), pybind11::arg("beta1"),
         pybind11::arg("beta2"), pybind11::arg("eps"), pybind11::arg("weight_decay"), pybind11::arg("amsgrad"),
         pybind11::arg("maximize"), pybind11::arg("cycle_momentum"), pybind11::arg("grad_scale") = pybind11::none(),
-        pybind11::arg("found_inf") = pybind11::none());
+        pybind11::arg("found_inf") = pybind11::none(), pybind11::arg("fused_width") = 0);
   m.def("cuda_adamw_max_tensors_per_launch", &clr_ext::cuda_adamw_max_tensors_per_launch,
         "How many tensors one CUDA AdamW update launch takes");
   m.attr("with_cuda") = true;

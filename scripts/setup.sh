@@ -23,7 +23,7 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 "$PY" -m pip install -q "setuptools>=64" wheel "Cython>=3.0" "pybind11>=2.10" ninja \
   numpy "matplotlib>=3.5" "tqdm>=4.60" "scikit-learn>=1.0" \
-  "pytest>=7" "pytest-benchmark>=4" "hypothesis>=6"
+  "pytest>=7" "pytest-benchmark>=4" "hypothesis>=6" "expecttest>=0.2"
 
 echo "clr_ext setup: building clr_ext from source"
 CC="${CC:-gcc}" CXX="${CXX:-g++}" MAX_JOBS="${MAX_JOBS:-2}" \

@@ -31,12 +31,15 @@ DTYPE_IDS = {torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", t
 class AdamWReference:
     """torch.optim.AdamW + a scheduler on copies of the initial values. Half-precision
     params run on float32 shadows, params and state rounded to the half type once per
-    step (the fused kernels' semantics; torch.optim.AdamW itself rounds after every op)."""
+    step (the fused kernels' semantics; torch.optim.AdamW itself rounds after every op),
+    except under AdamW(fused=True), whose kernel has those semantics itself."""
 
     def __init__(self, groups, adamw_kwargs, scheduler, sched_kwargs):
         self.params = [t.detach().clone() for g in groups for t in g]
+        shadow = not adamw_kwargs.get("fused")
         self.compute = [
-            p.float().requires_grad_(True) if p.dtype in HALF_DTYPES else p.requires_grad_(True) for p in self.params
+            p.float().requires_grad_(True) if shadow and p.dtype in HALF_DTYPES else p.requires_grad_(True)
+            for p in self.params
         ]
         it = iter(self.compute)
         adamw_groups = [{"params": [next(it) for _ in g]} for g in groups]
@@ -75,9 +78,12 @@ def run_adamw(
     steps=40,
     bounds_as="lists",
     mode="triangular",
+    fused=None,
 ):
     problem = Problem(dtype)
-    adamw_kwargs = dict(betas=(0.9, 0.99), eps=1e-6, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
+    adamw_kwargs = dict(
+        betas=(0.9, 0.99), eps=1e-6, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize, fused=fused
+    )
     if kind == "cyclic":
         sched_kwargs = dict(
             base_lr=BASE_LR,
@@ -416,3 +422,116 @@ def test_fp32_fp64_are_bit_identical_to_torch_adamw(backend, kind, dtype, amsgra
         assert torch.equal(p.detach(), ref.params[i]), i
         for key in ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ()):
             assert torch.equal(opt.state[p][key], ref.state(i, key)), (i, key)
+
+
+@pytest.mark.parametrize("kind", ["cyclic", "one_cycle"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=DTYPE_IDS.get)
+@pytest.mark.parametrize(
+    "amsgrad,maximize,weight_decay", [(False, False, 0.0), (True, True, 0.01), (False, True, 0.01)]
+)
+def test_fused_true_is_bit_identical_to_torch_fused_adamw(backend, kind, dtype, amsgrad, maximize, weight_decay):
+    """fused=True reproduces torch.optim.AdamW(fused=True) bit for bit on the CPU, half
+    precision included: its IEEE square roots and its scalar loop over each tensor's
+    last numel % vector-width elements (Problem's tensors have such tails), with beta1
+    cycled on both sides of the lerp's 0.5 switch, three groups and params that miss steps."""
+    opt, params, ref = run_adamw(backend, dtype, kind, amsgrad, maximize, weight_decay, True, steps=150, fused=True)
+    assert all(g["fused"] is True for g in opt.param_groups)
+    for i, p in enumerate(params):
+        assert torch.equal(p.detach(), ref.params[i]), i
+        for key in ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ()):
+            assert torch.equal(opt.state[p][key], ref.state(i, key)), (i, key)
+
+
+def test_fused_numbers_differ_from_the_default_paths():
+    """The two CPU roundings are distinct (MKL's square root against IEEE's), so the
+    bit-for-bit tests above could not pass with the wrong one."""
+    init = torch.randn(4099, generator=torch.Generator().manual_seed(3))
+    out = {}
+    for fused in (None, True):
+        p = torch.nn.Parameter(init.clone())
+        opt = clr_ext.CyclicAdamW([p], 1e-3, 1e-2, step_size_up=3, fused=fused)
+        gen = torch.Generator().manual_seed(4)
+        for _ in range(30):
+            p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+        out[fused] = p.detach()
+    assert not torch.equal(out[None], out[True])
+    assert_close_rel([out[True]], [out[None]])
+
+
+def test_fused_per_group_and_through_state_dicts(backend):
+    """``fused`` is a group key, as in torch.optim.AdamW: a group may set it, a torch
+    AdamW state dict brings it, and from_torch takes it over with the numbers."""
+    init = [torch.randn(37), torch.randn(5, 7)]
+    sets = [[torch.nn.Parameter(t.clone()) for t in init] for _ in range(3)]
+    pairs = []
+    for params in sets[1:]:  # two torch pairs: one to follow, one to convert midway
+        adamw = torch.optim.AdamW([{"params": params[:1]}, {"params": params[1:], "fused": True}], lr=0.1)
+        pairs.append((adamw, CyclicLR(adamw, 1e-3, 1e-2, step_size_up=4)))
+    groups = [{"params": sets[0][:1]}, {"params": sets[0][1:], "fused": True}]
+    opts = [clr_ext.CyclicAdamW(groups, 1e-3, 1e-2, step_size_up=4, backend=backend)]
+    assert [g["fused"] for g in opts[0].param_groups] == [None, True]
+    gen = torch.Generator().manual_seed(5)
+
+    def step_all(n, stepped, torch_pairs):
+        for _ in range(n):
+            for tensors in zip(*sets):
+                g = torch.randn(tensors[0].shape, generator=gen)
+                for t in tensors:
+                    t.grad = g.clone()
+            for opt in stepped:
+                opt.step()
+            for adamw, sched in torch_pairs:
+                adamw.step()
+                sched.step()
+            for mine, theirs in zip(sets[0], sets[1]):
+                assert torch.equal(mine, theirs)
+            for converted, theirs in zip(sets[2], sets[1]):
+                assert torch.equal(converted, theirs)
+
+    step_all(6, opts, pairs)
+    fresh = clr_ext.CyclicAdamW([{"params": sets[0][:1]}, {"params": sets[0][1:]}], 1e-3, 1e-2, backend=backend)
+    fresh.load_state_dict(pairs[0][0].state_dict())
+    assert [g["fused"] for g in fresh.param_groups] == [None, True]
+    converted = clr_ext.from_torch(*pairs[1], backend=backend)
+    assert [g["fused"] for g in converted.param_groups] == [None, True]
+    step_all(5, opts + [converted], pairs[:1])
+
+
+def test_fused_must_be_a_bool_or_none():
+    p = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match="fused"):
+        clr_ext.CyclicAdamW([p], 1e-3, 1e-2, fused="yes")
+    with pytest.raises(ValueError, match="fused"):
+        clr_ext.OneCycleAdamW([{"params": [p], "fused": 1}], 1e-2, 10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=DTYPE_IDS.get)
+def test_fused_width_is_where_torch_fused_adamw_rounds_otherwise(dtype):
+    """Element by element, one torch._fused_adamw_ step on a tensor of 3 widths minus one:
+    the scalar code's contraction (the second moment as fma(v, beta2, ((1 - beta2) * g) * g))
+    shows on exactly the last numel % width elements, where the two roundings differ."""
+    width = clr_ext.backends.fused_adamw_width(dtype)
+    n = 3 * width - 1
+    gen = torch.Generator().manual_seed(11)
+    seen_body = seen_tail = 0
+    for _ in range(30):
+        g = torch.randn(n, generator=gen, dtype=dtype) * 3
+        v = torch.rand(n, generator=gen, dtype=dtype)
+        out = v.clone()
+        torch._fused_adamw_(
+            [torch.randn(n, dtype=dtype)], [g.clone()], [torch.zeros(n, dtype=dtype)], [out], [], [torch.tensor(3.0)],
+            lr=1e-3, beta1=0.9, beta2=0.97, weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False,
+        )  # fmt: skip
+        beta2, c2 = torch.tensor(0.97, dtype=dtype), torch.tensor(1 - 0.97, dtype=dtype)
+        body = torch.addcmul(v * beta2, c2 * g, g)  # ATen's addcmul: fma(c2 * g, g, v * beta2)
+        tail = torch.addcmul((c2 * g) * g, v, beta2.expand(n))  # fma(v, beta2, (c2 * g) * g)
+        differ = body != tail
+        for k in differ.nonzero().reshape(-1).tolist():
+            if k < n - n % width:
+                assert out[k] == body[k], k
+                seen_body += 1
+            else:
+                assert out[k] == tail[k], k
+                seen_tail += 1
+    assert seen_body > 0 and seen_tail > 0

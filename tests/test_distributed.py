@@ -1,5 +1,5 @@
-"""CyclicSGD inside PyTorch's distributed engine: DistributedDataParallel,
-ZeroRedundancyOptimizer(optimizer_class=CyclicSGD) and FSDP2 (fully_shard), with the gloo
+"""The scheduled optimizers inside PyTorch's distributed engine: DistributedDataParallel,
+ZeroRedundancyOptimizer(optimizer_class=...) and FSDP2 (fully_shard), with the gloo
 backend and 2 processes on the CPU.
 
 Each test spawns 2 ranks that train a tiny float64 model on their halves of one batch for
@@ -209,11 +209,11 @@ def test_distributed_matches_single_process_and_resumes(kind, optim, tmp_path):
 # ------------------------------------------------------------------------ FSDP2
 
 
-def _fsdp_worker(rank, port, out):
-    _rank_main(_fsdp_rank, rank, port, out)
+def _fsdp_worker(rank, optim, port, out):
+    _rank_main(_fsdp_rank, rank, port, optim, out)
 
 
-def _fsdp_rank(rank, out):
+def _fsdp_rank(rank, optim, out):
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
 
@@ -223,7 +223,7 @@ def _fsdp_rank(rank, out):
             fully_shard(layer)
     fully_shard(model)
     assert all(isinstance(p, DTensor) for p in model.parameters())
-    opt = clr_ext.CyclicSGD(model.parameters(), **CFG)
+    opt = _make_opt("fsdp", model, optim)  # DTensor shards: the kernels step each rank's local shard
     lrs = _train(model, opt, K + M, 0, rank)
     full = torch.cat([p.detach().full_tensor().reshape(-1) for p in model.parameters()])
     torch.save({"final": full, "lrs": lrs}, os.path.join(out, "rank%d.pt" % rank))
@@ -239,10 +239,11 @@ def _fsdp2_available():
 
 
 @pytest.mark.skipif(not _fsdp2_available(), reason="torch.distributed.fsdp.fully_shard is not in this torch")
-def test_fsdp2_dtensor_params(tmp_path):
-    _spawn(_fsdp_worker, lambda port: (port, str(tmp_path)))
+@pytest.mark.parametrize("optim", list(OPTIMIZERS))
+def test_fsdp2_dtensor_params(optim, tmp_path):
+    _spawn(_fsdp_worker, lambda port: (optim, port, str(tmp_path)))
     results = [torch.load(tmp_path / ("rank%d.pt" % r), weights_only=False) for r in range(WORLD)]
-    ref, ref_lrs = _single_process()
+    ref, ref_lrs = _single_process(optim)
     for res in results:
         torch.testing.assert_close(res["final"], ref, rtol=1e-12, atol=1e-12)
         assert res["lrs"] == ref_lrs

@@ -690,22 +690,9 @@ def test_save_load_equality_with_weights_only(optim_info, is_named_optim):
         _assert_identical(pickle.loads(pickle.dumps(state_dict)), state_dict)
 
 
-# Known defect (reported; the fix belongs in clr_ext/optim/adamw.py): _ScheduledAdamW._loaded
-# turns a number `step` into a float32 CPU tensor but stores it only when that tensor's dtype or
-# device differ from the param's, which they never do for a float32 CPU param: the number stays.
-# The next step then raises on the cpp backend (TypeError, "state_steps must be a list of
-# tensors") and the cython one (AttributeError), and on the torch backend the count stays at the
-# loaded number, so every later step uses a stale bias correction (params drift from torch's).
-_NONTENSOR_STEP_XFAIL = pytest.mark.xfail(
-    strict=True, reason="AdamW _loaded drops the tensor it made from a number step"
-)
-
-
-@pytest.mark.parametrize(
-    "optim_info",
-    [pytest.param(info, marks=() if _is_sgd(info) else _NONTENSOR_STEP_XFAIL) for info in CLR_OPTIM_DB],
-    ids=lambda info: info.name,
-)
+# This found a defect (fixed): AdamW's `_loaded` made a tensor of a number `step` but kept the
+# number for float32 CPU params (a TypeError on cpp, a stale bias correction on torch).
+@optims
 def test_load_nontensor_step(optim_info):
     # AdamW's per-param `step` saved as a Python number (older checkpoints) loads; the run then
     # goes on exactly as from the tensor step. (SGD's state has no step: a plain round trip.)

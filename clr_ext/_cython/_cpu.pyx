@@ -238,6 +238,7 @@ cdef extern from "cpu/adamw_cpu.h" namespace "clr_cpu" nogil:
         int32_t unscale
         double grad_scale
         const VectorSqrt* vsqrt
+        int32_t fused_width
     void adamw_prepare_span(AdamwSpan* span, float* state_step, const AdamwArgs& a)
     void adamw_run_range(int32_t dtype, const AdamwSpan* spans, const int64_t* offsets, int64_t n_spans,
                          int64_t begin, int64_t end, const AdamwArgs& a)
@@ -248,12 +249,13 @@ def cyclic_adamw_(int dtype_code, list params, list grads, list exp_avgs, list e
                   list max_exp_avg_sqs, list state_steps, iteration, bounds, shape, int mode,
                   double beta1, double beta2, double eps, double weight_decay, bint amsgrad,
                   bint maximize, bint cycle_momentum, grad_scale=None, found_inf=None,
-                  int num_threads=1):
+                  int num_threads=1, int fused_width=0):
     """One AdamW step over a bucket of same-dtype CPU tensors, as clr_ext._C's
     cyclic_adamw_cpu_ (same loops, same bits): lr and, with cycle_momentum, beta1 from the
     schedule at the int64 counter `iteration` (not advanced here); each float32 tensor of
     `state_steps` is advanced by one. grad_scale / found_inf: one-element tensors or
-    floats; with found_inf == 1 nothing changes."""
+    floats; with found_inf == 1 nothing changes. fused_width > 0 rounds as
+    torch.optim.AdamW(fused=True) (csrc/cpu/adamw_cpu.h, backends.fused_adamw_width)."""
     cdef Py_ssize_t n = len(params)
     if (len(grads) != n or len(exp_avgs) != n or len(exp_avg_sqs) != n or len(state_steps) != n
             or len(max_exp_avg_sqs) != (n if amsgrad else 0)):
@@ -263,6 +265,8 @@ def cyclic_adamw_(int dtype_code, list params, list grads, list exp_avgs, list e
         raise ValueError("beta1 and beta2 must be in [0, 1), got %r and %r" % (beta1, beta2))
     if not eps >= 0.0:
         raise ValueError("eps must be non-negative, got %r" % eps)
+    if not 0 <= fused_width <= 1024:
+        raise ValueError("fused_width must be in [0, 1024], got %r" % fused_width)
     cdef clr_shape s = _shape(shape, mode)
     cdef clr_bounds b = _bounds(bounds)
     cdef int64_t it = (<int64_t*><uintptr_t>iteration.data_ptr())[0]
@@ -284,7 +288,11 @@ def cyclic_adamw_(int dtype_code, list params, list grads, list exp_avgs, list e
     a.maximize = maximize
     a.unscale = grad_scale is not None
     a.grad_scale = float(grad_scale) if grad_scale is not None else 1.0
-    a.vsqrt = torch_vector_sqrt()
+    a.fused_width = fused_width
+    # AdamW(fused=True) takes IEEE square roots, torch.sqrt (AdamW's default path) MKL's.
+    a.vsqrt = NULL
+    if fused_width == 0:
+        a.vsqrt = torch_vector_sqrt()
 
     cdef vector[AdamwSpan] spans
     cdef vector[int64_t] offsets

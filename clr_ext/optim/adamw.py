@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
+from .. import backends as _backends
 from .._checks import as_float, non_negative
 from .core import _refuse_capture, _ScheduledOptimizer, _StalePlan
 from .schedules import CyclicSchedule, CyclicScheduled, OneCycleSchedule, OneCycleScheduled
@@ -30,7 +31,13 @@ class _ScheduledAdamW(_ScheduledOptimizer):
     (a float32 tensor on the param's device, so that the kernel advances it without a
     sync and a skipped step leaves it alone), ``exp_avg``, ``exp_avg_sq`` and, with
     ``amsgrad``, ``max_exp_avg_sq``. With ``cycle_momentum`` the schedule's momentum is
-    beta1, reported in ``group["betas"][0]`` as CyclicLR / OneCycleLR report it."""
+    beta1, reported in ``group["betas"][0]`` as CyclicLR / OneCycleLR report it.
+
+    ``fused`` (per group, as in torch.optim.AdamW's groups) says whose numbers the CPU
+    kernel reproduces: ``torch.optim.AdamW(fused=True)``'s (IEEE square roots, one pass
+    over memory) or, when None or False, the default path's (``torch.sqrt``: MKL's vector
+    square root where torch has MKL). Either way the step is one fused kernel; CUDA
+    kernels take IEEE square roots in both cases."""
 
     def __init__(
         self,
@@ -43,6 +50,7 @@ class _ScheduledAdamW(_ScheduledOptimizer):
         weight_decay: float,
         amsgrad: bool,
         maximize: bool,
+        fused: Optional[bool],
         cycle_momentum: bool,
         backend: str,
     ) -> None:
@@ -50,7 +58,7 @@ class _ScheduledAdamW(_ScheduledOptimizer):
             params,
             schedule,
             group_bounds,
-            dict(betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize),
+            dict(betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize, fused=fused),
             cycle_momentum=cycle_momentum,
             backend=backend,
         )
@@ -67,6 +75,9 @@ class _ScheduledAdamW(_ScheduledOptimizer):
         group["weight_decay"] = non_negative("weight_decay" + where, group["weight_decay"])
         group["amsgrad"] = bool(group["amsgrad"])
         group["maximize"] = bool(group["maximize"])
+        fused = group.setdefault("fused", None)  # a torch.optim.AdamW group may lack it
+        if fused is not None and not isinstance(fused, bool):
+            raise ValueError(f"fused{where}: must be True, False or None, got {fused!r}")
 
     def _report_momentum(self, group: Dict[str, Any], momentum: float) -> None:
         group["betas"] = (momentum, group["betas"][1])
@@ -79,10 +90,9 @@ class _ScheduledAdamW(_ScheduledOptimizer):
                 step = self.state.get(p, {}).get("step")
                 if step is None:
                     continue
-                if not isinstance(step, torch.Tensor):
-                    step = torch.tensor(float(step))
-                if step.dtype != torch.float32 or step.device != p.device:
-                    self.state[p]["step"] = step.to(device=p.device, dtype=torch.float32)
+                loaded = step if isinstance(step, torch.Tensor) else torch.tensor(float(step))
+                if loaded is not step or loaded.dtype != torch.float32 or loaded.device != p.device:
+                    self.state[p]["step"] = loaded.to(device=p.device, dtype=torch.float32)
 
     def _step_once(self, compiling: bool) -> None:
         shape = self._schedule.op_shape(self._iteration if self._schedule.host_evaluated else 0)
@@ -151,6 +161,9 @@ class _ScheduledAdamW(_ScheduledOptimizer):
                     cycle_momentum=self.cycle_momentum,
                     grad_scale=scale_on[device],
                     found_inf=inf_on[device],
+                    fused_width=_backends.fused_adamw_width(params[0].dtype)
+                    if group["fused"] and device.type == "cpu"
+                    else 0,
                 )
             except RuntimeError as err:
                 if position == 0:  # the op checks before it writes: nothing has changed yet
@@ -206,6 +219,11 @@ class CyclicAdamW(CyclicScheduled, _ScheduledAdamW):
     step count (``state[p]["step"]``), so a param that misses steps has a smaller one,
     as in PyTorch; a step that ``GradScaler`` skips changes nothing, step counts included.
     The state per param is AdamW's, so a ``torch.optim.AdamW`` state dict loads.
+
+    The numbers are those of the default ``torch.optim.AdamW``; with ``fused=True`` those
+    of ``torch.optim.AdamW(fused=True)`` (bit for bit on the CPU), which on the CPU is also
+    the faster step for large models: its IEEE square roots let the kernel read memory
+    once, where the default path's ``torch.sqrt`` (MKL's) costs a second pass per block.
     """
 
     def __init__(
@@ -225,6 +243,7 @@ class CyclicAdamW(CyclicScheduled, _ScheduledAdamW):
         weight_decay: float = 1e-2,
         amsgrad: bool = False,
         maximize: bool = False,
+        fused: Optional[bool] = None,
         cycle_momentum: bool = True,
         base_momentum: Any = 0.8,
         max_momentum: Any = 0.9,
@@ -240,6 +259,7 @@ class CyclicAdamW(CyclicScheduled, _ScheduledAdamW):
             weight_decay=weight_decay,
             amsgrad=amsgrad,
             maximize=maximize,
+            fused=fused,
             cycle_momentum=cycle_momentum,
             backend=backend,
         )
@@ -269,6 +289,7 @@ class OneCycleAdamW(OneCycleScheduled, _ScheduledAdamW):
         weight_decay: float = 1e-2,
         amsgrad: bool = False,
         maximize: bool = False,
+        fused: Optional[bool] = None,
         cycle_momentum: bool = True,
         base_momentum: Any = 0.85,
         max_momentum: Any = 0.95,
@@ -286,6 +307,7 @@ class OneCycleAdamW(OneCycleScheduled, _ScheduledAdamW):
             weight_decay=weight_decay,
             amsgrad=amsgrad,
             maximize=maximize,
+            fused=fused,
             cycle_momentum=cycle_momentum,
             backend=backend,
         )

@@ -13,7 +13,7 @@ from .sgd import CyclicSGD, OneCycleSGD
 __all__ = ["from_torch"]
 
 _SGD_GROUP_KEYS = ("momentum", "dampening", "weight_decay", "nesterov", "maximize")
-_ADAMW_GROUP_KEYS = ("betas", "eps", "weight_decay", "amsgrad", "maximize")
+_ADAMW_GROUP_KEYS = ("betas", "eps", "weight_decay", "amsgrad", "maximize", "fused")
 
 
 def _rule_of(optimizer: Any) -> Tuple[Tuple[str, ...], Any, Any]:

@@ -226,7 +226,8 @@ class _ScheduledOptimizer(Optimizer):
             for group, value_of_group in zip(groups, per_group(key, value, len(groups))):
                 group.setdefault(key, value_of_group)
         defaults = dict(lr=0.0, **rule_defaults)  # lr: replaced by the schedule for every group
-        defaults.update(foreach=None, fused=None, differentiable=False)
+        for key, value in (("foreach", None), ("fused", None), ("differentiable", False)):  # torch's group keys
+            defaults.setdefault(key, value)
         for key, value in group_bounds.items():
             if not isinstance(value, (list, tuple)):
                 defaults[key] = value

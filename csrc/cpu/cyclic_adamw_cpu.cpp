@@ -32,10 +32,11 @@ void cyclic_adamw_cpu_(at::TensorList params, at::TensorList grads, at::TensorLi
                        at::TensorList max_exp_avg_sqs, at::TensorList state_steps, const at::Tensor& iteration,
                        at::ArrayRef<double> bounds, at::ArrayRef<double> shape, int64_t mode, double beta1,
                        double beta2, double eps, double weight_decay, bool amsgrad, bool maximize, bool cycle_momentum,
-                       const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf) {
-  const AdamwPlan plan =
-      make_adamw_plan(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, iteration, bounds, shape,
-                      mode, beta1, beta2, eps, weight_decay, amsgrad, cycle_momentum, grad_scale, found_inf, at::kCPU);
+                       const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
+                       int64_t fused_width) {
+  const AdamwPlan plan = make_adamw_plan(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, iteration,
+                                         bounds, shape, mode, beta1, beta2, eps, weight_decay, amsgrad, cycle_momentum,
+                                         grad_scale, found_inf, fused_width, at::kCPU);
   // On the CPU the overflow flag is host memory: reading it costs nothing, and a skipped
   // step must not touch a single element nor a step count (grads stay scaled, as in PyTorch).
   if (found_inf.has_value() && found_inf->item<double>() == 1.0) return;
@@ -51,7 +52,9 @@ void cyclic_adamw_cpu_(at::TensorList params, at::TensorList grads, at::TensorLi
   args.maximize = maximize ? 1 : 0;
   args.unscale = grad_scale.has_value() ? 1 : 0;
   args.grad_scale = grad_scale.has_value() ? grad_scale->item<double>() : 1.0;
-  args.vsqrt = clr_cpu::torch_vector_sqrt();
+  // AdamW(fused=True) takes IEEE square roots, torch.sqrt (AdamW's default path) MKL's.
+  args.fused_width = (int32_t)fused_width;
+  args.vsqrt = fused_width > 0 ? nullptr : clr_cpu::torch_vector_sqrt();
   const int32_t dtype = adamw_dtype_code(params[0].scalar_type());
 
   // Tensors whose layouts differ are run through dense copies, copied back afterwards.

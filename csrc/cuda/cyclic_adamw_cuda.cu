@@ -76,11 +76,11 @@ void cyclic_adamw_cuda_(at::TensorList params, at::TensorList grads, at::TensorL
                         const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
                         int64_t mode, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
                         bool maximize, bool cycle_momentum, const c10::optional<at::Tensor>& grad_scale,
-                        const c10::optional<at::Tensor>& found_inf) {
+                        const c10::optional<at::Tensor>& found_inf, int64_t fused_width) {
   // Host-only metadata checks; for CUDA neither the iteration nor found_inf is read here.
-  const AdamwPlan plan =
-      make_adamw_plan(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, iteration, bounds, shape,
-                      mode, beta1, beta2, eps, weight_decay, amsgrad, cycle_momentum, grad_scale, found_inf, at::kCUDA);
+  const AdamwPlan plan = make_adamw_plan(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, iteration,
+                                         bounds, shape, mode, beta1, beta2, eps, weight_decay, amsgrad, cycle_momentum,
+                                         grad_scale, found_inf, fused_width, at::kCUDA);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(iteration.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();

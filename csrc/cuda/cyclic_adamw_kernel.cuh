@@ -164,7 +164,7 @@ __global__ void __launch_bounds__(kBlockSize, kAdamwMinBlocksPerSm)
     // This step's count, as torch.optim.AdamW's step_t += 1 makes it (float32).
     const float step = *table.step[t] + 1.0f;
     double step_size, bias_correction2_sqrt;
-    clr_adamw_step_scalars(lr, beta1, args.beta2, (double)step, &step_size, &bias_correction2_sqrt);
+    clr_adamw_step_scalars(lr, beta1, args.beta2, (double)step, 0, &step_size, &bias_correction2_sqrt);
     const clr_adamw_coeffs<C> c = clr_adamw_coeffs_make<C>(lr, beta1, args.beta2, args.eps, args.weight_decay,
                                                            args.maximize, step_size, bias_correction2_sqrt);
     S* p = static_cast<S*>(table.param[t]) + r.begin;
