@@ -106,6 +106,7 @@ def test_rules(benchmark, model, variant):
         model=model,
         variant=variant,
         n_params=n_params(model),
+        n_tensors=len(MODELS[model]),
         bytes_per_step=BYTES_PER_PARAM[rule] * n_params(model),
         threads=torch.get_num_threads(),
     )
