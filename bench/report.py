@@ -67,6 +67,8 @@ LABEL = {
 def _reference(variant: str) -> str:
     """The torch fused step a variant is set against: that of its own update rule."""
     return "adamw_fused_cyclic" if "adamw" in variant else "sgd_fused"
+
+
 MODEL_ORDER = ["200x1K", "200x1", "resnet18", "50M"]
 # (model, variant, reference, minimum speed-up) -- the issue's targets.
 TARGETS = [
