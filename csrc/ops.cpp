@@ -281,6 +281,7 @@ class BorrowedTensors {
   void reserve(size_t n) { tensors_.reserve(n); }
   void push_back(const at::Tensor& t) { tensors_.push_back(c10::MaybeOwnedTraits<at::Tensor>::createBorrow(t)); }
   bool empty() const { return tensors_.empty(); }
+  size_t size() const { return tensors_.size(); }
   const at::Tensor& operator[](size_t i) const { return tensors_[i]; }
   operator at::TensorList() const { return tensors_; }
 
@@ -315,6 +316,44 @@ void eager_step(const pybind11::list& params, const pybind11::list& grads, const
   const BorrowedTensors s = unpack_tensors(momentum_start, "momentum_start");
   kStep(p, g, b, s, iteration, bounds, shape, mode, momentum, dampening, weight_decay, nesterov, maximize,
         cycle_momentum, first_step, grad_scale, found_inf);
+}
+
+// Python's spelling of a shape and a dtype, "(3,)" and "torch.int64", in messages that
+// name a user's parameter.
+std::string shape_text(at::IntArrayRef sizes) {
+  std::string out = "(";
+  for (size_t i = 0; i < sizes.size(); ++i) out += (i ? ", " : "") + std::to_string(sizes[i]);
+  return out + (sizes.size() == 1 ? ",)" : ")");
+}
+
+std::string dtype_text(at::ScalarType t) { return "torch." + std::string(c10::getDtypeNames(t).first); }
+
+// The optimizers' checks of one param group's params and gradients before they are
+// bucketed, with the messages users see; the ops' own checks (check_param and the
+// plans) guard the kernels. clr_ext/optim/core.py keeps a Python copy only for builds
+// without _C and for steps traced by torch.compile, which cannot call into pybind.
+void validate_group(const pybind11::list& params, const pybind11::list& grads, int64_t group_index,
+                    const std::string& owner) {
+  const BorrowedTensors p = unpack_tensors(params, "params");
+  const BorrowedTensors g = unpack_tensors(grads, "grads");
+  TORCH_CHECK(p.size() == g.size(), "clr_ext: got ", p.size(), " params but ", g.size(), " grads");
+  for (size_t i = 0; i < p.size(); ++i) {
+    const std::string where = "parameter " + std::to_string(i) + " of param group " + std::to_string(group_index);
+    const at::ScalarType t = p[i].scalar_type();
+    TORCH_CHECK(supported_dtype(t) || t == at::kComplexFloat || t == at::kComplexDouble, owner, ": ", where,
+                " has dtype ", dtype_text(t),
+                "; only floating-point parameters (float32, float64, float16, bfloat16, complex64, complex128) can "
+                "be optimized");
+    TORCH_CHECK(p[i].layout() == at::kStrided, owner, ": ", where, " is not a dense (strided) tensor");
+    TORCH_CHECK(g[i].layout() == at::kStrided, owner, ": the gradient of ", where,
+                " is sparse; sparse gradients are not supported");
+    TORCH_CHECK(g[i].scalar_type() == t, owner, ": the gradient of ", where, " has dtype ",
+                dtype_text(g[i].scalar_type()), ", the parameter ", dtype_text(t));
+    TORCH_CHECK(g[i].sizes().equals(p[i].sizes()), owner, ": the gradient of ", where, " has shape ",
+                shape_text(g[i].sizes()), ", the parameter ", shape_text(p[i].sizes()));
+    TORCH_CHECK(g[i].device() == p[i].device(), owner, ": the gradient of ", where, " is on ", g[i].device(),
+                ", the parameter on ", p[i].device());
+  }
 }
 
 // The op's argument checks alone, so that a step over several buckets can check
@@ -417,6 +456,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cyclic_sgd_cpu_", &clr_ext::eager_step<&clr_ext::cyclic_sgd_cpu_>,
         "The CPU kernel called directly, bypassing the dispatcher (eager fast path)");
   m.def("check_bucket", &clr_ext::check_bucket, "Raises if the tensors of one bucket do not fit the op");
+  m.def("validate_group", &clr_ext::validate_group,
+        "Raises, naming the parameter, if a param group's params or gradients cannot be stepped",
+        pybind11::arg("params"), pybind11::arg("grads"), pybind11::arg("group_index"), pybind11::arg("owner"));
   m.def("cpu_isa", &clr_ext::compiled_isa, "The instruction set the CPU kernel's clones run with here");
   m.def("cyclic_adamw_cpu_", &clr_ext::eager_adamw_step,
         "The CPU AdamW kernel called directly, bypassing the dispatcher (eager fast path)", pybind11::arg("params"),

@@ -432,6 +432,41 @@ def test_failing_step_error_names_the_parameter(backend):
         opt2.step()
 
 
+@pytest.mark.skipif(clr_ext.backends._C is None, reason="the C++ validator is in clr_ext._C")
+def test_the_validator_and_its_python_copy_say_the_same(monkeypatch):
+    """The optimizers' tensor checks are _C.validate_group; core.py's Python copy (for
+    builds without _C and traced steps) must raise the same errors word for word."""
+    ok = torch.nn.Parameter(torch.randn(2, 3))
+    ok.grad = torch.randn(2, 3)
+    cplx = torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))
+    cplx.grad = torch.randn(3, dtype=torch.complex64)
+    sparse = torch.nn.Parameter(torch.randn(5))
+    sparse.grad = torch.randn(5).to_sparse()
+    ints = torch.zeros(4, dtype=torch.int64)
+    ints.grad = torch.zeros(4, dtype=torch.int64)
+    bools = torch.zeros(1, dtype=torch.bool)
+    bools.grad = torch.zeros(1, dtype=torch.bool)
+    opt = clr_ext.CyclicSGD([ok], 0.01, 0.1)
+    cases = [[ok, cplx], [ok, sparse], [ints], [cplx, bools]]
+
+    def outcome(params):
+        try:
+            opt._validate(7, params)
+        except RuntimeError as err:
+            return str(err)
+        return None
+
+    compiled = [outcome(c) for c in cases]
+    monkeypatch.setattr(clr_ext.backends, "_C", None)
+    assert [outcome(c) for c in cases] == compiled
+    assert compiled[0] is None  # complex params are stepped as real views
+    assert compiled[1] == (
+        "CyclicSGD: the gradient of parameter 1 of param group 7 is sparse; sparse gradients are not supported"
+    )
+    assert compiled[2].startswith("CyclicSGD: parameter 0 of param group 7 has dtype torch.int64; only floating")
+    assert "parameter 1 of param group 7 has dtype torch.bool" in compiled[3]
+
+
 # ---------------------------------------------------------------- state dicts
 
 

@@ -131,7 +131,14 @@ class _ScheduledAdamW(_ScheduledOptimizer):
                 )
         if len(work) > 1:
             try:  # every bucket is checked before the first one writes
-                self._validate_all()
+                if _backends._C is not None and not compiling:
+                    for _, _, params, grads, moments, steps, group, _ in work:
+                        amsgrad = group["amsgrad"]
+                        _backends._C.check_adamw_bucket(
+                            params, grads, moments[0], moments[1], moments[2] if amsgrad else [], steps, amsgrad
+                        )
+                else:  # (dynamo cannot trace the pybind check; the Python one sees the same metadata)
+                    self._validate_all()
             except RuntimeError as err:
                 raise _StalePlan() from err
 

@@ -323,7 +323,11 @@ class _ScheduledOptimizer(Optimizer):
     # -------------------------------------------------------------------- step
 
     def _validate(self, group_index: int, params: List[torch.Tensor]) -> None:
-        """The precise, per-parameter checks (the kernels check the same things)."""
+        """The precise, per-parameter checks of a group (``_C.validate_group``; this
+        Python copy serves builds without ``_C`` and traced steps)."""
+        if _backends._C is not None and not torch.compiler.is_compiling():
+            _backends._C.validate_group(params, [p.grad for p in params], group_index, type(self).__name__)
+            return
         for i, p in enumerate(params):
             g = p.grad
             where = f"parameter {i} of param group {group_index}"
