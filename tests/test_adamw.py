@@ -384,14 +384,16 @@ def test_from_range_test_for_both_classes():
     assert one.param_groups[0]["max_lr"] == 4e-3 and one.total_steps == 300
 
 
-def test_compiled_step_is_traced_twice_and_matches_eager(backend):
+@pytest.mark.parametrize("fused", [None, True])
+def test_compiled_step_is_traced_twice_and_matches_eager(backend, fused):
     torch._dynamo.reset()
     steps = 3 * torch._dynamo.config.recompile_limit
     init = [torch.randn(31), torch.randn(4, 5)]
     eager_p = [torch.nn.Parameter(t.clone()) for t in init]
     comp_p = [torch.nn.Parameter(t.clone()) for t in init]
-    eager = clr_ext.CyclicAdamW(eager_p, 1e-3, 1e-2, step_size_up=3, amsgrad=True, backend=backend)
-    compiled_opt = clr_ext.CyclicAdamW(comp_p, 1e-3, 1e-2, step_size_up=3, amsgrad=True, backend=backend)
+    kwargs = dict(step_size_up=3, amsgrad=True, fused=fused, backend=backend)
+    eager = clr_ext.CyclicAdamW(eager_p, 1e-3, 1e-2, **kwargs)
+    compiled_opt = clr_ext.CyclicAdamW(comp_p, 1e-3, 1e-2, **kwargs)
     counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
     compiled = torch.compile(lambda: compiled_opt.step(), fullgraph=True, backend=counter)
     gen = torch.Generator().manual_seed(2)
