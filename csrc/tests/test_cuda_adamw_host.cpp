@@ -214,6 +214,7 @@ void run_case(std::mt19937_64& rng, int case_index) {
     a.unscale = unscale;
     a.grad_scale = args.grad_scale_is_double ? scale_d : (double)scale_f;
     a.vsqrt = nullptr;  // IEEE sqrt, as on the device
+    a.fused_width = 0;  // AdamW's default path, which the device computes (it ignores fused_width)
     for (Tensor& t : expected) {
       clr_cpu::AdamwSpan sp;
       clr_cpu::adamw_prepare_span(&sp, &t.step, a);
