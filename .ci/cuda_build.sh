@@ -93,11 +93,11 @@ say "links: $(readelf -d "$SO" | grep -o 'NEEDED.*\[lib[a-z0-9_]*cuda[a-z0-9_]*'
 
 # --- it carries the kernels: host stubs for every dtype and device code for the arch
 nm -C "$SO" > "$BUILD/nm.txt"
-for t in float double clr_cuda::f16_t clr_cuda::bf16_t; do
+for t in float double clr_float16 clr_bfloat16; do
   grep -q "clr_cuda::cyclic_sgd_kernel<$t>" "$BUILD/nm.txt" || die "no cyclic_sgd_kernel<$t> in $SO"
 done
 grep -q "clr_ext::cyclic_sgd_cuda_" "$BUILD/nm.txt" || die "no clr_ext::cyclic_sgd_cuda_ in $SO"
-for t in float double clr_cuda::f16_t clr_cuda::bf16_t; do
+for t in float double clr_float16 clr_bfloat16; do
   for ams in false true; do
     grep -q "clr_cuda::cyclic_adamw_kernel<$t, $ams>" "$BUILD/nm.txt" || die "no cyclic_adamw_kernel<$t, $ams> in $SO"
   done

@@ -1,12 +1,12 @@
 /*
  * The multi-tensor CPU AdamW step: every parameter of a (dtype) bucket in one pass.
  *
- * The same design as sgd_cpu.h (whose storage types, Io conversions, ISA clones and
- * grain it reuses): header-only, no torch headers, so that clr_ext._C (parallel through
- * ATen) and the Cython fallback (OpenMP) run the very same loops over the flattened
- * element space of all tensors. AdamW differs in one way: each parameter has its own
- * step count, hence its own step_size and bias_correction2_sqrt, which the host derives
- * once per parameter (adamw_prepare_span) before the element pass.
+ * The same design as sgd_cpu.h (whose ISA clones and grain it reuses; elements through
+ * clr_storage, csrc/storage.h): header-only, no torch headers, so that clr_ext._C
+ * (parallel through ATen) and the Cython fallback (OpenMP) run the very same loops over
+ * the flattened element space of all tensors. AdamW differs in one way: each parameter
+ * has its own step count, hence its own step_size and bias_correction2_sqrt, which the
+ * host derives once per parameter (adamw_prepare_span) before the element pass.
  */
 #ifndef CLR_EXT_CPU_ADAMW_CPU_H
 #define CLR_EXT_CPU_ADAMW_CPU_H
@@ -122,9 +122,9 @@ CLR_ALWAYS_INLINE void block_sqrt<double>(const VectorSqrt* vsqrt, int64_t n, co
 template <typename S, bool kWeightDecay, bool kAmsgrad, bool kUnscale>
 CLR_ALWAYS_INLINE void adamw_span_loop(S* __restrict param, S* __restrict grad, S* __restrict exp_avg,
                                        S* __restrict exp_avg_sq, S* __restrict max_exp_avg_sq, int64_t n,
-                                       const clr_adamw_coeffs<typename Io<S>::compute>& c,
-                                       typename Io<S>::compute grad_scale, const VectorSqrt* vsqrt) {
-  typedef typename Io<S>::compute C;
+                                       const clr_adamw_coeffs<typename clr_storage<S>::compute>& c,
+                                       typename clr_storage<S>::compute grad_scale, const VectorSqrt* vsqrt) {
+  typedef typename clr_storage<S>::compute C;
   // The parameter pass uses the compute-type moments, not their rounded 16-bit copies, so
   // that half storage rounds once per step, as an fp32 step on float copies would.
   C first[kAdamwBlock], second[kAdamwBlock], root[kAdamwBlock];
@@ -132,24 +132,25 @@ CLR_ALWAYS_INLINE void adamw_span_loop(S* __restrict param, S* __restrict grad, 
     const int64_t len = std::min(kAdamwBlock, n - b);
     for (int64_t i = 0; i < len; ++i) {
       const int64_t k = b + i;
-      C g = Io<S>::load(grad[k]);
+      C g = clr_storage<S>::load(grad[k]);
       if (kUnscale) {
         g = g / grad_scale;
-        grad[k] = Io<S>::store(g);
+        grad[k] = clr_storage<S>::store(g);
       }
-      C m = Io<S>::load(exp_avg[k]);
-      C v = Io<S>::load(exp_avg_sq[k]);
-      C vmax = kAmsgrad ? Io<S>::load(max_exp_avg_sq[k]) : C(0);
+      C m = clr_storage<S>::load(exp_avg[k]);
+      C v = clr_storage<S>::load(exp_avg_sq[k]);
+      C vmax = kAmsgrad ? clr_storage<S>::load(max_exp_avg_sq[k]) : C(0);
       second[i] = clr_adamw_moments<C, kAmsgrad>(g, &m, &v, &vmax, c);
       first[i] = m;
-      exp_avg[k] = Io<S>::store(m);
-      exp_avg_sq[k] = Io<S>::store(v);
-      if (kAmsgrad) max_exp_avg_sq[k] = Io<S>::store(vmax);
+      exp_avg[k] = clr_storage<S>::store(m);
+      exp_avg_sq[k] = clr_storage<S>::store(v);
+      if (kAmsgrad) max_exp_avg_sq[k] = clr_storage<S>::store(vmax);
     }
     block_sqrt<C>(vsqrt, len, second, root);
     for (int64_t i = 0; i < len; ++i) {
       const int64_t k = b + i;
-      param[k] = Io<S>::store(clr_adamw_finish<C, kWeightDecay>(Io<S>::load(param[k]), first[i], root[i], c));
+      param[k] = clr_storage<S>::store(
+          clr_adamw_finish<C, kWeightDecay>(clr_storage<S>::load(param[k]), first[i], root[i], c));
     }
   }
 }
@@ -158,23 +159,24 @@ CLR_ALWAYS_INLINE void adamw_span_loop(S* __restrict param, S* __restrict grad, 
 template <typename S, bool kWeightDecay, bool kAmsgrad, bool kUnscale, bool kFusedTail>
 CLR_ALWAYS_INLINE void adamw_span_single(S* __restrict param, S* __restrict grad, S* __restrict exp_avg,
                                          S* __restrict exp_avg_sq, S* __restrict max_exp_avg_sq, int64_t n,
-                                         const clr_adamw_coeffs<typename Io<S>::compute>& c,
-                                         typename Io<S>::compute grad_scale) {
-  typedef typename Io<S>::compute C;
+                                         const clr_adamw_coeffs<typename clr_storage<S>::compute>& c,
+                                         typename clr_storage<S>::compute grad_scale) {
+  typedef typename clr_storage<S>::compute C;
   for (int64_t k = 0; k < n; ++k) {
-    C g = Io<S>::load(grad[k]);
+    C g = clr_storage<S>::load(grad[k]);
     if (kUnscale) {
       g = g / grad_scale;
-      grad[k] = Io<S>::store(g);
+      grad[k] = clr_storage<S>::store(g);
     }
-    C m = Io<S>::load(exp_avg[k]);
-    C v = Io<S>::load(exp_avg_sq[k]);
-    C vmax = kAmsgrad ? Io<S>::load(max_exp_avg_sq[k]) : C(0);
-    const C p = clr_adamw_update<C, kWeightDecay, kAmsgrad, kFusedTail>(Io<S>::load(param[k]), g, &m, &v, &vmax, c);
-    param[k] = Io<S>::store(p);
-    exp_avg[k] = Io<S>::store(m);
-    exp_avg_sq[k] = Io<S>::store(v);
-    if (kAmsgrad) max_exp_avg_sq[k] = Io<S>::store(vmax);
+    C m = clr_storage<S>::load(exp_avg[k]);
+    C v = clr_storage<S>::load(exp_avg_sq[k]);
+    C vmax = kAmsgrad ? clr_storage<S>::load(max_exp_avg_sq[k]) : C(0);
+    const C p =
+        clr_adamw_update<C, kWeightDecay, kAmsgrad, kFusedTail>(clr_storage<S>::load(param[k]), g, &m, &v, &vmax, c);
+    param[k] = clr_storage<S>::store(p);
+    exp_avg[k] = clr_storage<S>::store(m);
+    exp_avg_sq[k] = clr_storage<S>::store(v);
+    if (kAmsgrad) max_exp_avg_sq[k] = clr_storage<S>::store(vmax);
   }
 }
 
@@ -182,8 +184,9 @@ CLR_ALWAYS_INLINE void adamw_span_single(S* __restrict param, S* __restrict grad
    (one pass, with AdamW(fused=True)'s scalar loop over the span's last numel % width). */
 template <typename S, bool kWeightDecay, bool kAmsgrad, bool kUnscale>
 CLR_ALWAYS_INLINE void adamw_span_range(S* param, S* grad, S* exp_avg, S* exp_avg_sq, S* max_exp_avg_sq, int64_t lo,
-                                        int64_t n, int64_t numel, const clr_adamw_coeffs<typename Io<S>::compute>& c,
-                                        typename Io<S>::compute grad_scale, const AdamwArgs& a) {
+                                        int64_t n, int64_t numel,
+                                        const clr_adamw_coeffs<typename clr_storage<S>::compute>& c,
+                                        typename clr_storage<S>::compute grad_scale, const AdamwArgs& a) {
   S* vmax = kAmsgrad ? max_exp_avg_sq + lo : nullptr;
   if (a.fused_width <= 0 && a.vsqrt != nullptr) {
     adamw_span_loop<S, kWeightDecay, kAmsgrad, kUnscale>(param + lo, grad + lo, exp_avg + lo, exp_avg_sq + lo, vmax, n,
@@ -205,7 +208,7 @@ CLR_ALWAYS_INLINE void adamw_span_range(S* param, S* grad, S* exp_avg, S* exp_av
 /* Elements [lo, lo + n) of one span. */
 template <typename S, bool kUnscale>
 CLR_ALWAYS_INLINE void adamw_span_dispatch(const AdamwSpan& sp, int64_t lo, int64_t n, const AdamwArgs& a) {
-  typedef typename Io<S>::compute C;
+  typedef typename clr_storage<S>::compute C;
   const clr_adamw_coeffs<C> c = clr_adamw_coeffs_make<C>(a.lr, a.beta1, a.beta2, a.eps, a.weight_decay, a.maximize,
                                                          sp.step_size, sp.bias_correction2_sqrt);
   const C scale = (C)a.grad_scale;
@@ -244,8 +247,8 @@ CLR_ALWAYS_INLINE void adamw_span_dispatch(const AdamwSpan& sp, int64_t lo, int6
 
 CLR_DEFINE_ADAMW_ENTRY(adamw_span_f32, float)
 CLR_DEFINE_ADAMW_ENTRY(adamw_span_f64, double)
-CLR_DEFINE_ADAMW_ENTRY(adamw_span_f16, Fp16)
-CLR_DEFINE_ADAMW_ENTRY(adamw_span_bf16, Bf16)
+CLR_DEFINE_ADAMW_ENTRY(adamw_span_f16, clr_float16)
+CLR_DEFINE_ADAMW_ENTRY(adamw_span_bf16, clr_bfloat16)
 #undef CLR_DEFINE_ADAMW_ENTRY
 
 /*

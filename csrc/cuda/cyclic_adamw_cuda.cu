@@ -151,10 +151,10 @@ void cyclic_adamw_cuda_(at::TensorList params, at::TensorList grads, at::TensorL
         clr_cuda::launch_adamw<double>(entries, args, amsgrad, stream);
         break;
       case at::kHalf:
-        clr_cuda::launch_adamw<clr_cuda::f16_t>(entries, args, amsgrad, stream);
+        clr_cuda::launch_adamw<clr_float16>(entries, args, amsgrad, stream);
         break;
       case at::kBFloat16:
-        clr_cuda::launch_adamw<clr_cuda::bf16_t>(entries, args, amsgrad, stream);
+        clr_cuda::launch_adamw<clr_bfloat16>(entries, args, amsgrad, stream);
         break;
       default:
         TORCH_CHECK(false, "clr_ext: unsupported dtype ", params[0].scalar_type());

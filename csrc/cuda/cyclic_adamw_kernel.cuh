@@ -1,7 +1,8 @@
 /*
  * The CUDA AdamW step's device code: one element, one chunk, the update kernel and the
  * step-count kernel. The tables are packed on the host (multi_tensor.cuh); the storage
- * conversions, vectors and scalar reads are the SGD kernel's (cyclic_sgd_kernel.cuh).
+ * conversions are clr_storage's (csrc/storage.h), the vectors and scalar reads the SGD
+ * kernel's (cyclic_sgd_kernel.cuh).
  *
  * Host-compilable like the SGD kernel: csrc/tests/test_cuda_adamw_host.cpp runs these
  * very kernels on the CPU, block by block (csrc/tests/cuda_host_emulation.h), against
@@ -43,7 +44,8 @@
 #include <stdint.h>
 
 #include "../adamw_update.h"
-#include "cyclic_sgd_kernel.cuh"  // Storage, Vec, read_scalar
+#include "../storage.h"
+#include "cyclic_sgd_kernel.cuh"  // Vec, read_scalar
 #include "multi_tensor.cuh"
 
 namespace clr_cuda {
@@ -63,23 +65,23 @@ constexpr int kAdamwMinBlocksPerSm = CLR_ADAMW_MIN_BLOCKS;
 // product is the param itself (torch skips the multiply; the bits are the same).
 template <typename S, bool kAmsgrad, bool kUnscale>
 __device__ __forceinline__ void adamw_element(S& param, S& grad, S& exp_avg, S& exp_avg_sq, S& max_exp_avg_sq,
-                                              const clr_adamw_coeffs<typename Storage<S>::compute>& c,
-                                              typename Storage<S>::compute scale) {
-  typedef typename Storage<S>::compute C;
-  C g = Storage<S>::load(grad);
+                                              const clr_adamw_coeffs<typename clr_storage<S>::compute>& c,
+                                              typename clr_storage<S>::compute scale) {
+  typedef typename clr_storage<S>::compute C;
+  C g = clr_storage<S>::load(grad);
   if (kUnscale) {
     g = g / scale;
-    grad = Storage<S>::store(g);
+    grad = clr_storage<S>::store(g);
   }
-  C m = Storage<S>::load(exp_avg);
-  C v = Storage<S>::load(exp_avg_sq);
-  C vmax = kAmsgrad ? Storage<S>::load(max_exp_avg_sq) : C(0);
+  C m = clr_storage<S>::load(exp_avg);
+  C v = clr_storage<S>::load(exp_avg_sq);
+  C vmax = kAmsgrad ? clr_storage<S>::load(max_exp_avg_sq) : C(0);
   // The parameter uses the compute-type moments, not their rounded 16-bit copies.
-  const C p = clr_adamw_update<C, true, kAmsgrad>(Storage<S>::load(param), g, &m, &v, &vmax, c);
-  exp_avg = Storage<S>::store(m);
-  exp_avg_sq = Storage<S>::store(v);
-  if (kAmsgrad) max_exp_avg_sq = Storage<S>::store(vmax);
-  param = Storage<S>::store(p);
+  const C p = clr_adamw_update<C, true, kAmsgrad>(clr_storage<S>::load(param), g, &m, &v, &vmax, c);
+  exp_avg = clr_storage<S>::store(m);
+  exp_avg_sq = clr_storage<S>::store(v);
+  if (kAmsgrad) max_exp_avg_sq = clr_storage<S>::store(vmax);
+  param = clr_storage<S>::store(p);
 }
 
 // n (<= kChunkElems) elements of one tensor. 16-byte vectors when every stream touched is
@@ -88,8 +90,8 @@ __device__ __forceinline__ void adamw_element(S& param, S& grad, S& exp_avg, S& 
 template <typename S, bool kAmsgrad, bool kUnscale>
 __device__ __forceinline__ void run_adamw_chunk(S* __restrict__ p, S* __restrict__ g, S* __restrict__ m,
                                                 S* __restrict__ v, S* __restrict__ vmax, int n,
-                                                const clr_adamw_coeffs<typename Storage<S>::compute>& c,
-                                                typename Storage<S>::compute scale) {
+                                                const clr_adamw_coeffs<typename clr_storage<S>::compute>& c,
+                                                typename clr_storage<S>::compute scale) {
   constexpr int W = Vec<S>::kWidth;
   const uintptr_t addresses =
       (uintptr_t)p | (uintptr_t)g | (uintptr_t)m | (uintptr_t)v | (kAmsgrad ? (uintptr_t)vmax : (uintptr_t)0);
@@ -127,7 +129,7 @@ __device__ __forceinline__ void run_adamw_chunk(S* __restrict__ p, S* __restrict
 template <typename S, bool kAmsgrad>
 __global__ void __launch_bounds__(kBlockSize, kAdamwMinBlocksPerSm)
     cyclic_adamw_kernel(const CLR_GRID_CONSTANT AdamwTensorTable table, const CLR_GRID_CONSTANT AdamwStepArgs args) {
-  typedef typename Storage<S>::compute C;
+  typedef typename clr_storage<S>::compute C;
   __shared__ double s_lr;
   __shared__ double s_beta1;
   __shared__ C s_scale;

@@ -128,10 +128,10 @@ void cyclic_sgd_cuda_(at::TensorList params, at::TensorList grads, at::TensorLis
         clr_cuda::launch<double>(entries, args, stream);
         break;
       case at::kHalf:
-        clr_cuda::launch<clr_cuda::f16_t>(entries, args, stream);
+        clr_cuda::launch<clr_float16>(entries, args, stream);
         break;
       case at::kBFloat16:
-        clr_cuda::launch<clr_cuda::bf16_t>(entries, args, stream);
+        clr_cuda::launch<clr_bfloat16>(entries, args, stream);
         break;
       default:
         TORCH_CHECK(false, "clr_ext: unsupported dtype ", params[0].scalar_type());

@@ -1,6 +1,7 @@
 /*
- * The CUDA step's device code: storage conversions, one element, one chunk, the
- * kernel. (The tables it reads are packed on the host by multi_tensor.cuh.)
+ * The CUDA step's device code: one element, one chunk, the kernel. (The tables it reads
+ * are packed on the host by multi_tensor.cuh; elements are loaded and stored through
+ * clr_storage, csrc/storage.h, as in the CPU loops.)
  *
  * Kept apart from the launcher (cyclic_sgd_cuda.cu, which needs ATen) so that it
  * compiles as plain host C++ too: csrc/tests/test_cuda_kernel_host.cpp runs this
@@ -9,74 +10,24 @@
  * every alignment, the momentum-start race and the AMP paths where no GPU is lent.
  *
  * Without nvcc the includer must first define the CUDA builtins used here
- * (__global__, __device__, __shared__, threadIdx, __syncthreads, the 16-bit
- * conversions): csrc/tests/cuda_host_emulation.h does.
+ * (__global__, __device__, __shared__, threadIdx, __syncthreads):
+ * csrc/tests/cuda_host_emulation.h does. The 16-bit conversions then are clr_storage's
+ * host ones, which round like the device's.
  */
 #ifndef CLR_EXT_CUDA_CYCLIC_SGD_KERNEL_CUH
 #define CLR_EXT_CUDA_CYCLIC_SGD_KERNEL_CUH
 
 #include <stdint.h>
 
-#if defined(__CUDACC__)
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#elif !defined(CLR_CUDA_HOST_EMULATION)
+#if !defined(__CUDACC__) && !defined(CLR_CUDA_HOST_EMULATION)
 #error "cyclic_sgd_kernel.cuh needs nvcc, or csrc/tests/cuda_host_emulation.h included first"
 #endif
 
 #include "../sgd_update.h"
+#include "../storage.h"
 #include "multi_tensor.cuh"
 
 namespace clr_cuda {
-
-// ---------------------------------------------------------------- storage types
-
-struct f16_t {
-  unsigned short bits;
-};
-struct bf16_t {
-  unsigned short bits;
-};
-
-template <typename S>
-struct Storage;
-
-template <>
-struct Storage<float> {
-  typedef float compute;
-  static __device__ __forceinline__ float load(float v) { return v; }
-  static __device__ __forceinline__ float store(float v) { return v; }
-};
-
-template <>
-struct Storage<double> {
-  typedef double compute;
-  static __device__ __forceinline__ double load(double v) { return v; }
-  static __device__ __forceinline__ double store(double v) { return v; }
-};
-
-// Round to nearest even, as torch.float16 / torch.bfloat16 conversions do.
-template <>
-struct Storage<f16_t> {
-  typedef float compute;
-  static __device__ __forceinline__ float load(f16_t v) { return __half2float(__ushort_as_half(v.bits)); }
-  static __device__ __forceinline__ f16_t store(float v) {
-    f16_t out;
-    out.bits = __half_as_ushort(__float2half_rn(v));
-    return out;
-  }
-};
-
-template <>
-struct Storage<bf16_t> {
-  typedef float compute;
-  static __device__ __forceinline__ float load(bf16_t v) { return __bfloat162float(__ushort_as_bfloat16(v.bits)); }
-  static __device__ __forceinline__ bf16_t store(float v) {
-    bf16_t out;
-    out.bits = __bfloat16_as_ushort(__float2bfloat16_rn(v));
-    return out;
-  }
-};
 
 template <typename S>
 struct alignas(kVectorBytes) Vec {
@@ -89,18 +40,18 @@ struct alignas(kVectorBytes) Vec {
 // One element: the CPU kernel's loop body (csrc/cpu/sgd_cpu.h, span_loop), same order.
 template <typename S, int kMomentum, bool kUnscale>
 __device__ __forceinline__ void update_element(S& param, S& grad, S& buffer,
-                                               const clr_sgd_coeffs<typename Storage<S>::compute>& c,
-                                               typename Storage<S>::compute scale, int use_wd, int nesterov) {
-  typedef typename Storage<S>::compute C;
-  C g = Storage<S>::load(grad);
+                                               const clr_sgd_coeffs<typename clr_storage<S>::compute>& c,
+                                               typename clr_storage<S>::compute scale, int use_wd, int nesterov) {
+  typedef typename clr_storage<S>::compute C;
+  C g = clr_storage<S>::load(grad);
   if (kUnscale) {
     g = g / scale;
-    grad = Storage<S>::store(g);
+    grad = clr_storage<S>::store(g);
   }
-  C b = kMomentum == CLR_MOMENTUM_STEADY ? Storage<S>::load(buffer) : C(0);
-  const C p = clr_sgd_update<C>(Storage<S>::load(param), g, &b, c, use_wd, kMomentum, nesterov);
-  if (kMomentum != CLR_MOMENTUM_NONE) buffer = Storage<S>::store(b);
-  param = Storage<S>::store(p);
+  C b = kMomentum == CLR_MOMENTUM_STEADY ? clr_storage<S>::load(buffer) : C(0);
+  const C p = clr_sgd_update<C>(clr_storage<S>::load(param), g, &b, c, use_wd, kMomentum, nesterov);
+  if (kMomentum != CLR_MOMENTUM_NONE) buffer = clr_storage<S>::store(b);
+  param = clr_storage<S>::store(p);
 }
 
 // ------------------------------------------------------------------- one chunk
@@ -110,8 +61,8 @@ __device__ __forceinline__ void update_element(S& param, S& grad, S& buffer,
 // then a scalar tail; element by element otherwise.
 template <typename S, int kMomentum, bool kUnscale>
 __device__ __forceinline__ void run_chunk(S* __restrict__ p, S* __restrict__ g, S* __restrict__ b, int n,
-                                          const clr_sgd_coeffs<typename Storage<S>::compute>& c,
-                                          typename Storage<S>::compute scale, int use_wd, int nesterov) {
+                                          const clr_sgd_coeffs<typename clr_storage<S>::compute>& c,
+                                          typename clr_storage<S>::compute scale, int use_wd, int nesterov) {
   constexpr int W = Vec<S>::kWidth;
   // 16-bit types carry 8 elements per vector: one vector per stream keeps them in registers.
   constexpr int kUnroll = sizeof(S) >= 4 ? kMaxUnroll : 1;
@@ -166,7 +117,7 @@ __device__ __forceinline__ double read_scalar(const void* ptr, int is_double) {
 template <typename S>
 __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerSm)
     cyclic_sgd_kernel(const CLR_GRID_CONSTANT TensorTable table, const CLR_GRID_CONSTANT StepArgs args) {
-  typedef typename Storage<S>::compute C;
+  typedef typename clr_storage<S>::compute C;
   typedef clr_sgd_coeffs<C> Coeffs;
   __shared__ Coeffs s_coeffs;
   __shared__ C s_scale;

@@ -1,7 +1,7 @@
 /*
  * Just enough of CUDA's device language, as host C++, to run csrc/cuda/cyclic_sgd_kernel.cuh
  * on the CPU when no GPU is lent: the kernel keywords, the thread and block indices,
- * __syncthreads, __shared__ and the 16-bit conversions the kernel uses.
+ * __syncthreads and __shared__.
  *
  * emulate_grid() runs every block in a given order and, within a block, every thread
  * to completion one after another, thread 0 first. That is one legal schedule of a
@@ -11,9 +11,10 @@
  * show: memory-model races between threads of a block, vector-load codegen,
  * occupancy, launch limits. Those need the GPU run (bench/gpu_check.sh).
  *
- * The 16-bit conversions use the CPU kernel's round-to-nearest-even functions
- * (csrc/cpu/sgd_cpu.h, tested against _Float16 and torch): CUDA's __float2half_rn and
- * __float2bfloat16_rn round the same way for every non-NaN input.
+ * The kernels' 16-bit conversions need nothing here: compiled for the host, clr_storage
+ * (csrc/storage.h) takes its round-to-nearest-even bit conversions, the CPU loops' own
+ * (tested against _Float16 and torch); CUDA's __float2half_rn and __float2bfloat16_rn,
+ * which it takes on the device, round the same way for every non-NaN input.
  */
 #ifndef CLR_EXT_TESTS_CUDA_HOST_EMULATION_H
 #define CLR_EXT_TESTS_CUDA_HOST_EMULATION_H
@@ -25,8 +26,6 @@
 #include <stdint.h>
 
 #include <vector>
-
-#include "cpu/sgd_cpu.h"
 
 #define CLR_CUDA_HOST_EMULATION 1
 #define __global__
@@ -42,21 +41,6 @@ struct clr_emu_dim3 {
 };
 inline clr_emu_dim3 threadIdx, blockIdx, blockDim, gridDim;
 inline void __syncthreads() {}
-
-struct __half {
-  unsigned short bits;
-};
-struct __nv_bfloat16 {
-  unsigned short bits;
-};
-inline __half __ushort_as_half(unsigned short bits) { return __half{bits}; }
-inline unsigned short __half_as_ushort(__half h) { return h.bits; }
-inline float __half2float(__half h) { return clr_cpu::fp16_to_float(h.bits); }
-inline __half __float2half_rn(float f) { return __half{clr_cpu::float_to_fp16(f)}; }
-inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short bits) { return __nv_bfloat16{bits}; }
-inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) { return h.bits; }
-inline float __bfloat162float(__nv_bfloat16 h) { return clr_cpu::bf16_to_float(h.bits); }
-inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __nv_bfloat16{clr_cpu::float_to_bf16(f)}; }
 
 /* Runs run_thread() once per (block, thread): blocks in block_order (a permutation of
    0..grid-1), threads 0..block-1 in order. */

@@ -5,7 +5,8 @@
 //  - fp32 / fp64 bit-exact against an independent scalar loop in the compute type (the
 //    vectorized ISA clone must round exactly like scalar code: -ffp-contract=off);
 //  - any split of the flattened range (as threads cut it) gives bit-identical results;
-//  - the 16-bit conversions against the compiler's own _Float16 where it has one.
+//  - the host's 16-bit conversions (csrc/storage.h) against the compiler's own _Float16
+//    where it has one.
 #include <cmath>
 #include <math.h>
 #include <stdint.h>
@@ -53,26 +54,18 @@ struct St<double> {
   static double abs_tol() { return 0.0; }
 };
 template <>
-struct St<clr_cpu::Bf16> {
+struct St<clr_bfloat16> {
   static const int32_t code = clr_cpu::kBFloat16;
-  static clr_cpu::Bf16 from(double v) {
-    clr_cpu::Bf16 h;
-    h.bits = clr_cpu::float_to_bf16((float)v);
-    return h;
-  }
-  static double to(clr_cpu::Bf16 v) { return clr_cpu::bf16_to_float(v.bits); }
+  static clr_bfloat16 from(double v) { return clr_storage<clr_bfloat16>::store((float)v); }
+  static double to(clr_bfloat16 v) { return clr_storage<clr_bfloat16>::load(v); }
   static double rel_tol() { return 1.0 / 128; }  // one bf16 ulp (8 significant bits)
   static double abs_tol() { return 0.0; }
 };
 template <>
-struct St<clr_cpu::Fp16> {
+struct St<clr_float16> {
   static const int32_t code = clr_cpu::kFloat16;
-  static clr_cpu::Fp16 from(double v) {
-    clr_cpu::Fp16 h;
-    h.bits = clr_cpu::float_to_fp16((float)v);
-    return h;
-  }
-  static double to(clr_cpu::Fp16 v) { return clr_cpu::fp16_to_float(v.bits); }
+  static clr_float16 from(double v) { return clr_storage<clr_float16>::store((float)v); }
+  static double to(clr_float16 v) { return clr_storage<clr_float16>::load(v); }
   static double rel_tol() { return 1.0 / 1024; }  // one fp16 ulp (11 significant bits)
   static double abs_tol() { return 0x1p-24; }     // fp16 subnormal spacing
 };
@@ -293,9 +286,10 @@ static void check_half_conversions() {
     _Float16 x;
     uint16_t bits = (uint16_t)h;
     memcpy(&x, &bits, 2);
-    const float want = (float)x, got = clr_cpu::fp16_to_float(bits);
+    const float want = (float)x, got = clr_float16_bits_to_float(bits);
     ++g_checks;
-    if (!(memcmp(&want, &got, 4) == 0 || (isnan(want) && isnan(got)))) FAIL("FAIL fp16_to_float(0x%04x)\n", h);
+    if (!(memcmp(&want, &got, 4) == 0 || (isnan(want) && isnan(got))))
+      FAIL("FAIL clr_float16_bits_to_float(0x%04x)\n", h);
   }
   std::mt19937 rng(7);
   for (int i = 0; i < 2000000; ++i) {
@@ -308,8 +302,8 @@ static void check_half_conversions() {
     uint16_t want;
     memcpy(&want, &w, 2);
     ++g_checks;
-    if (clr_cpu::float_to_fp16(f) != want)
-      FAIL("FAIL float_to_fp16(%a): 0x%04x want 0x%04x\n", f, clr_cpu::float_to_fp16(f), want);
+    if (clr_float_to_float16_bits(f) != want)
+      FAIL("FAIL clr_float_to_float16_bits(%a): 0x%04x want 0x%04x\n", f, clr_float_to_float16_bits(f), want);
   }
 #endif
   // bf16: round to nearest even of the top 16 bits, checked against double arithmetic.
@@ -319,17 +313,17 @@ static void check_half_conversions() {
     float f;
     memcpy(&f, &u, 4);
     if (!isfinite(f)) continue;
-    const uint16_t h = clr_cpu::float_to_bf16(f);
-    const double lo = clr_cpu::bf16_to_float((uint16_t)(u >> 16));
+    const uint16_t h = clr_float_to_bfloat16_bits(f);
+    const double lo = clr_bfloat16_bits_to_float((uint16_t)(u >> 16));
     // The next bf16 away from zero; past the largest finite one it is 2^128 (IEEE overflow rounding).
     const uint16_t next_bits = (uint16_t)((u >> 16) + 1);
     const double hi_bits_next = (next_bits & 0x7fffu) == 0x7f80u ? copysign(ldexp(1.0, 128), (double)f)
-                                                                 : (double)clr_cpu::bf16_to_float(next_bits);
+                                                                 : (double)clr_bfloat16_bits_to_float(next_bits);
     const double dl = fabs((double)f - lo), dh = fabs(hi_bits_next - (double)f);
     uint16_t want = (uint16_t)(u >> 16);
     if (dh < dl || (dh == dl && (want & 1u))) want = (uint16_t)(want + 1);
     ++g_checks;
-    if (h != want) FAIL("FAIL float_to_bf16(%a): 0x%04x want 0x%04x\n", f, h, want);
+    if (h != want) FAIL("FAIL clr_float_to_bfloat16_bits(%a): 0x%04x want 0x%04x\n", f, h, want);
   }
 }
 
@@ -346,8 +340,8 @@ int main() {
   check_half_conversions();
   check_dtype<float>("float32", rng);
   check_dtype<double>("float64", rng);
-  check_dtype<clr_cpu::Fp16>("float16", rng);
-  check_dtype<clr_cpu::Bf16>("bfloat16", rng);
+  check_dtype<clr_float16>("float16", rng);
+  check_dtype<clr_bfloat16>("bfloat16", rng);
   if (g_failures) {
     fprintf(stderr, "test_cpu_kernel: %d of %lld checks failed\n", g_failures, g_checks);
     return 1;

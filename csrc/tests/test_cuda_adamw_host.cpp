@@ -42,38 +42,34 @@ static long long g_multi_chunk_tensors = 0, g_skipped = 0, g_empty = 0, g_multi_
 
 namespace {
 
-template <typename CudaS>
+// One storage dtype (the type both kernels store, csrc/storage.h): its name and the CPU
+// loops' entry point.
+template <typename S>
 struct Dtype;
 template <>
 struct Dtype<float> {
-  typedef float Cpu;
   static constexpr const char* name = "float32";
   static constexpr auto cpu_span = clr_cpu::adamw_span_f32;
 };
 template <>
 struct Dtype<double> {
-  typedef double Cpu;
   static constexpr const char* name = "float64";
   static constexpr auto cpu_span = clr_cpu::adamw_span_f64;
 };
 template <>
-struct Dtype<clr_cuda::f16_t> {
-  typedef clr_cpu::Fp16 Cpu;
+struct Dtype<clr_float16> {
   static constexpr const char* name = "float16";
   static constexpr auto cpu_span = clr_cpu::adamw_span_f16;
 };
 template <>
-struct Dtype<clr_cuda::bf16_t> {
-  typedef clr_cpu::Bf16 Cpu;
+struct Dtype<clr_bfloat16> {
   static constexpr const char* name = "bfloat16";
   static constexpr auto cpu_span = clr_cpu::adamw_span_bf16;
 };
 
 template <typename S>
 void store_value(void* at, double v) {
-  typedef clr_cpu::Io<typename Dtype<S>::Cpu> Io;
-  const auto stored = Io::store((typename Io::compute)v);
-  static_assert(sizeof stored == sizeof(S), "the CPU and CUDA storage types differ in size");
+  const S stored = clr_storage<S>::store((typename clr_storage<S>::compute)v);
   memcpy(at, &stored, sizeof stored);
 }
 
@@ -214,6 +210,7 @@ void run_case(std::mt19937_64& rng, int case_index) {
     a.unscale = unscale;
     a.grad_scale = args.grad_scale_is_double ? scale_d : (double)scale_f;
     a.vsqrt = nullptr;  // IEEE sqrt, as on the device
+    a.fused_width = 0;  // AdamW's default path, which the device computes (it ignores fused_width)
     for (Tensor& t : expected) {
       clr_cpu::AdamwSpan sp;
       clr_cpu::adamw_prepare_span(&sp, &t.step, a);
@@ -316,8 +313,8 @@ int main(int argc, char** argv) {
   for (int c = 0; c < cases; ++c) {
     run_case<float>(rng, c);
     run_case<double>(rng, c);
-    run_case<clr_cuda::f16_t>(rng, c);
-    run_case<clr_cuda::bf16_t>(rng, c);
+    run_case<clr_float16>(rng, c);
+    run_case<clr_bfloat16>(rng, c);
   }
   // the test must have reached the paths it claims to cover
   if (g_multi_table_steps == 0) FAIL("no step needed more than one update table\n");

@@ -26,6 +26,7 @@
 
 #include "tests/cuda_host_emulation.h"
 // after the emulation
+#include "cpu/sgd_cpu.h"
 #include "cuda/cyclic_sgd_kernel.cuh"
 
 static int g_failures = 0;
@@ -38,31 +39,27 @@ static long long g_cases = 0, g_launches = 0, g_multi_table_steps = 0, g_racing_
 
 namespace {
 
-// One storage dtype: the CUDA kernel's type, its twin in the CPU kernel and that
-// kernel's entry point. Values are written through the CPU kernel's own conversions.
-template <typename CudaS>
+// One storage dtype (the type both kernels store, csrc/storage.h): its name and the CPU
+// kernel's entry point. Values are written through clr_storage, as both kernels write them.
+template <typename S>
 struct Dtype;
 template <>
 struct Dtype<float> {
-  typedef float Cpu;
   static constexpr const char* name = "float32";
   static constexpr auto cpu_span = clr_cpu::span_f32;
 };
 template <>
 struct Dtype<double> {
-  typedef double Cpu;
   static constexpr const char* name = "float64";
   static constexpr auto cpu_span = clr_cpu::span_f64;
 };
 template <>
-struct Dtype<clr_cuda::f16_t> {
-  typedef clr_cpu::Fp16 Cpu;
+struct Dtype<clr_float16> {
   static constexpr const char* name = "float16";
   static constexpr auto cpu_span = clr_cpu::span_f16;
 };
 template <>
-struct Dtype<clr_cuda::bf16_t> {
-  typedef clr_cpu::Bf16 Cpu;
+struct Dtype<clr_bfloat16> {
   static constexpr const char* name = "bfloat16";
   static constexpr auto cpu_span = clr_cpu::span_bf16;
 };
@@ -70,9 +67,7 @@ struct Dtype<clr_cuda::bf16_t> {
 // v rounded to S's compute type, then stored as S rounds it.
 template <typename S>
 void store_value(void* at, double v) {
-  typedef clr_cpu::Io<typename Dtype<S>::Cpu> Io;
-  const auto stored = Io::store((typename Io::compute)v);
-  static_assert(sizeof stored == sizeof(S), "the CPU and CUDA storage types differ in size");
+  const S stored = clr_storage<S>::store((typename clr_storage<S>::compute)v);
   memcpy(at, &stored, sizeof stored);
 }
 
@@ -282,8 +277,8 @@ int main(int argc, char** argv) {
   for (int c = 0; c < cases; ++c) {
     run_case<float>(rng, c);
     run_case<double>(rng, c);
-    run_case<clr_cuda::f16_t>(rng, c);
-    run_case<clr_cuda::bf16_t>(rng, c);
+    run_case<clr_float16>(rng, c);
+    run_case<clr_bfloat16>(rng, c);
   }
   // the test must have reached the paths it claims to cover
   if (g_multi_table_steps == 0) FAIL("no step needed more than one table\n");
