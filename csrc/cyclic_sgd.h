@@ -44,23 +44,40 @@ inline int64_t* momentum_start_of(at::TensorList momentum_start, size_t i) {
                                     : momentum_start[i].mutable_data_ptr<int64_t>();
 }
 
-// What the host knows about one step of one bucket once the inputs are checked.
-struct StepPlan {
+// The scalar arguments of one cyclic_sgd_ call, parsed and checked once: what every
+// backend reads of them (the tensors are checked apart, by check_sgd_tensors).
+struct SgdConfig {
   clr_shape shape;
   clr_bounds bounds;
-  clr_point point;            // only filled when the iteration lives on the host (CPU)
-  double effective_momentum;  // idem
-  int32_t momentum_state;     // idem; CLR_MOMENTUM_NONE when no buffers were given
+  double momentum;  // the fixed momentum; with cycle_momentum the schedule's replaces it
+  double dampening;
+  double weight_decay;
+  bool nesterov;
+  bool maximize;
+  bool cycle_momentum;
+  bool first_step;
 };
 
-// Checks every argument (nothing has been modified when it throws) and, for CPU
-// buckets, evaluates the schedule at the current iteration.
-StepPlan make_step_plan(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-                        at::TensorList momentum_start, const at::Tensor& iteration, at::ArrayRef<double> bounds,
-                        at::ArrayRef<double> shape, int64_t mode, double momentum, double dampening,
-                        double weight_decay, bool nesterov, bool cycle_momentum, bool first_step,
-                        const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
-                        c10::DeviceType device_type);
+SgdConfig parse_sgd_config(at::ArrayRef<double> bounds, at::ArrayRef<double> shape, int64_t mode, double momentum,
+                           double dampening, double weight_decay, bool nesterov, bool maximize, bool cycle_momentum,
+                           bool first_step);
+
+// Checks the tensors of one cyclic_sgd_ call; nothing has been modified when it throws.
+// device_type Meta checks the metadata alone (a step over several buckets checks them
+// all before the first one writes).
+void check_sgd_tensors(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                       at::TensorList momentum_start, const at::Tensor& iteration,
+                       const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
+                       c10::DeviceType device_type);
+
+// The step's values where the iteration is host memory (CPU buckets).
+struct HostSgdStep {
+  clr_point point;         // the schedule at the iteration
+  double momentum;         // the step's momentum: the cycled one or the config's
+  int32_t momentum_state;  // CLR_MOMENTUM_*; NONE without buffers or with momentum 0
+};
+
+HostSgdStep host_sgd_step(const SgdConfig& config, int64_t iteration, bool has_buffers);
 
 void cyclic_sgd_cpu_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
                      at::TensorList momentum_start, const at::Tensor& iteration, at::ArrayRef<double> bounds,
@@ -82,22 +99,37 @@ constexpr const char* kCyclicAdamwSchema =
     "int schedule_mode, float beta1, float beta2, float eps, float weight_decay, bool amsgrad, bool maximize, "
     "bool cycle_momentum, Tensor? grad_scale=None, Tensor? found_inf=None, int fused_width=0) -> ()";
 
-// What the host knows about one AdamW step of one bucket once the inputs are checked.
-struct AdamwPlan {
+// The scalar arguments of one cyclic_adamw_ call, parsed and checked once.
+struct AdamwConfig {
   clr_shape shape;
   clr_bounds bounds;
-  clr_point point;  // only filled when the iteration lives on the host (CPU)
-  double beta1;     // this step's beta1: the cycled momentum or the argument; idem
+  double beta1;  // the fixed beta1; with cycle_momentum the schedule's momentum replaces it
+  double beta2;
+  double eps;
+  double weight_decay;
+  bool amsgrad;
+  bool maximize;
+  bool cycle_momentum;
+  int64_t fused_width;
 };
 
-// Checks every AdamW argument (nothing has been modified when it throws) and, for CPU
-// buckets, evaluates the schedule at the current iteration.
-AdamwPlan make_adamw_plan(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                          at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList state_steps,
-                          const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
-                          int64_t mode, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
-                          bool cycle_momentum, const c10::optional<at::Tensor>& grad_scale,
-                          const c10::optional<at::Tensor>& found_inf, int64_t fused_width, c10::DeviceType device_type);
+AdamwConfig parse_adamw_config(at::ArrayRef<double> bounds, at::ArrayRef<double> shape, int64_t mode, double beta1,
+                               double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
+                               bool cycle_momentum, int64_t fused_width);
+
+// Checks the tensors of one cyclic_adamw_ call, as check_sgd_tensors does.
+void check_adamw_tensors(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                         at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList state_steps,
+                         bool amsgrad, const at::Tensor& iteration, const c10::optional<at::Tensor>& grad_scale,
+                         const c10::optional<at::Tensor>& found_inf, c10::DeviceType device_type);
+
+// The step's values where the iteration is host memory (CPU buckets).
+struct HostAdamwStep {
+  clr_point point;  // the schedule at the iteration
+  double beta1;     // the step's beta1: the cycled momentum or the config's
+};
+
+HostAdamwStep host_adamw_step(const AdamwConfig& config, int64_t iteration);
 
 void cyclic_adamw_cpu_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
                        at::TensorList max_exp_avg_sqs, at::TensorList state_steps, const at::Tensor& iteration,

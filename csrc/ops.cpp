@@ -91,17 +91,26 @@ clr_bounds bounds_from(at::ArrayRef<double> bounds) {
 
 }  // namespace
 
-StepPlan make_step_plan(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-                        at::TensorList momentum_start, const at::Tensor& iteration, at::ArrayRef<double> bounds,
-                        at::ArrayRef<double> shape, int64_t mode, double momentum, double dampening,
-                        double weight_decay, bool nesterov, bool cycle_momentum, bool first_step,
-                        const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
-                        c10::DeviceType device_type) {
-  (void)weight_decay;
-  (void)nesterov;
-  StepPlan plan;
-  plan.shape = shape_from(shape, mode);
-  plan.bounds = bounds_from(bounds);
+SgdConfig parse_sgd_config(at::ArrayRef<double> bounds, at::ArrayRef<double> shape, int64_t mode, double momentum,
+                           double dampening, double weight_decay, bool nesterov, bool maximize, bool cycle_momentum,
+                           bool first_step) {
+  SgdConfig c;
+  c.shape = shape_from(shape, mode);
+  c.bounds = bounds_from(bounds);
+  c.momentum = momentum;
+  c.dampening = dampening;
+  c.weight_decay = weight_decay;
+  c.nesterov = nesterov;
+  c.maximize = maximize;
+  c.cycle_momentum = cycle_momentum;
+  c.first_step = first_step;
+  return c;
+}
+
+void check_sgd_tensors(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                       at::TensorList momentum_start, const at::Tensor& iteration,
+                       const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
+                       c10::DeviceType device_type) {
   TORCH_CHECK(grads.size() == params.size(), "clr_ext: got ", params.size(), " params but ", grads.size(), " grads");
   TORCH_CHECK(momentum_buffers.empty() || momentum_buffers.size() == params.size(), "clr_ext: got ", params.size(),
               " params but ", momentum_buffers.size(), " momentum buffers");
@@ -147,43 +156,51 @@ StepPlan make_step_plan(at::TensorList params, at::TensorList grads, at::TensorL
                   "clr_ext: momentum_start ", i, " must be a one-element int64 tensor on ", p.device());
     }
   }
-
-  plan.point.lr = 0.0;
-  plan.point.momentum = 0.0;
-  plan.effective_momentum = momentum;
-  plan.momentum_state = CLR_MOMENTUM_NONE;
-  if (device_type == at::kCPU) {
-    plan.point = clr_schedule(iteration.item<int64_t>(), &plan.shape, &plan.bounds);
-    plan.effective_momentum = cycle_momentum ? plan.point.momentum : momentum;
-    // torch.optim.SGD leaves its buffers alone in any step whose momentum is 0.
-    if (!momentum_buffers.empty() && plan.effective_momentum != 0.0)
-      plan.momentum_state = first_step ? CLR_MOMENTUM_FIRST : CLR_MOMENTUM_STEADY;
-  }
-  return plan;
 }
 
-AdamwPlan make_adamw_plan(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                          at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList state_steps,
-                          const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
-                          int64_t mode, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
-                          bool cycle_momentum, const c10::optional<at::Tensor>& grad_scale,
-                          const c10::optional<at::Tensor>& found_inf, int64_t fused_width,
-                          c10::DeviceType device_type) {
-  (void)weight_decay;
-  AdamwPlan plan;
-  plan.shape = shape_from(shape, mode);
-  plan.bounds = bounds_from(bounds);
+HostSgdStep host_sgd_step(const SgdConfig& config, int64_t iteration, bool has_buffers) {
+  HostSgdStep step;
+  step.point = clr_schedule(iteration, &config.shape, &config.bounds);
+  step.momentum = config.cycle_momentum ? step.point.momentum : config.momentum;
+  // torch.optim.SGD leaves its buffers alone in any step whose momentum is 0.
+  step.momentum_state = !has_buffers || step.momentum == 0.0 ? CLR_MOMENTUM_NONE
+                        : config.first_step                  ? CLR_MOMENTUM_FIRST
+                                                             : CLR_MOMENTUM_STEADY;
+  return step;
+}
+
+AdamwConfig parse_adamw_config(at::ArrayRef<double> bounds, at::ArrayRef<double> shape, int64_t mode, double beta1,
+                               double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
+                               bool cycle_momentum, int64_t fused_width) {
+  AdamwConfig c;
+  c.shape = shape_from(shape, mode);
+  c.bounds = bounds_from(bounds);
   // Every comparison is false for NaN, so these refuse NaN as well.
   TORCH_CHECK(beta1 >= 0.0 && beta1 < 1.0, "clr_ext: beta1 must be in [0, 1), got ", beta1);
   TORCH_CHECK(beta2 >= 0.0 && beta2 < 1.0, "clr_ext: beta2 must be in [0, 1), got ", beta2);
   TORCH_CHECK(eps >= 0.0, "clr_ext: eps must be non-negative, got ", eps);
   TORCH_CHECK(fused_width >= 0 && fused_width <= 1024, "clr_ext: fused_width must be in [0, 1024], got ", fused_width);
   if (cycle_momentum) {
-    TORCH_CHECK(plan.bounds.base_momentum >= 0.0 && plan.bounds.base_momentum < 1.0 &&
-                    plan.bounds.max_momentum >= 0.0 && plan.bounds.max_momentum < 1.0,
+    TORCH_CHECK(c.bounds.base_momentum >= 0.0 && c.bounds.base_momentum < 1.0 && c.bounds.max_momentum >= 0.0 &&
+                    c.bounds.max_momentum < 1.0,
                 "clr_ext: with cycle_momentum the momentum bounds are beta1's and must be in [0, 1), got ",
-                plan.bounds.base_momentum, " and ", plan.bounds.max_momentum);
+                c.bounds.base_momentum, " and ", c.bounds.max_momentum);
   }
+  c.beta1 = beta1;
+  c.beta2 = beta2;
+  c.eps = eps;
+  c.weight_decay = weight_decay;
+  c.amsgrad = amsgrad;
+  c.maximize = maximize;
+  c.cycle_momentum = cycle_momentum;
+  c.fused_width = fused_width;
+  return c;
+}
+
+void check_adamw_tensors(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                         at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList state_steps,
+                         bool amsgrad, const at::Tensor& iteration, const c10::optional<at::Tensor>& grad_scale,
+                         const c10::optional<at::Tensor>& found_inf, c10::DeviceType device_type) {
   const size_t n = params.size();
   TORCH_CHECK(grads.size() == n, "clr_ext: got ", n, " params but ", grads.size(), " grads");
   TORCH_CHECK(exp_avgs.size() == n, "clr_ext: got ", n, " params but ", exp_avgs.size(), " exp_avgs");
@@ -228,17 +245,15 @@ AdamwPlan make_adamw_plan(at::TensorList params, at::TensorList grads, at::Tenso
                 "clr_ext: state_steps ", i, " must be a one-element float32 tensor on ", p.device(), ", got ",
                 s.scalar_type(), " with ", s.numel(), " elements on ", s.device());
   }
+}
 
-  plan.point.lr = 0.0;
-  plan.point.momentum = 0.0;
-  plan.beta1 = beta1;
-  if (device_type == at::kCPU) {
-    plan.point = clr_schedule(iteration.item<int64_t>(), &plan.shape, &plan.bounds);
-    if (cycle_momentum) plan.beta1 = plan.point.momentum;
-    TORCH_CHECK(plan.beta1 >= 0.0 && plan.beta1 < 1.0, "clr_ext: the cycled beta1 at iteration ",
-                iteration.item<int64_t>(), " is ", plan.beta1, ", outside [0, 1)");
-  }
-  return plan;
+HostAdamwStep host_adamw_step(const AdamwConfig& config, int64_t iteration) {
+  HostAdamwStep step;
+  step.point = clr_schedule(iteration, &config.shape, &config.bounds);
+  step.beta1 = config.cycle_momentum ? step.point.momentum : config.beta1;
+  TORCH_CHECK(step.beta1 >= 0.0 && step.beta1 < 1.0, "clr_ext: the cycled beta1 at iteration ", iteration, " is ",
+              step.beta1, ", outside [0, 1)");
+  return step;
 }
 
 namespace {
@@ -329,8 +344,8 @@ std::string shape_text(at::IntArrayRef sizes) {
 std::string dtype_text(at::ScalarType t) { return "torch." + std::string(c10::getDtypeNames(t).first); }
 
 // The optimizers' checks of one param group's params and gradients before they are
-// bucketed, with the messages users see; the ops' own checks (check_param and the
-// plans) guard the kernels. clr_ext/optim/core.py keeps a Python copy only for builds
+// bucketed, with the messages users see; the ops' own checks (check_sgd_tensors,
+// check_adamw_tensors) guard the kernels. clr_ext/optim/core.py keeps a Python copy only for builds
 // without _C and for steps traced by torch.compile, which cannot call into pybind.
 void validate_group(const pybind11::list& params, const pybind11::list& grads, int64_t group_index,
                     const std::string& owner) {
@@ -363,10 +378,9 @@ void check_bucket(const pybind11::list& params, const pybind11::list& grads, con
   const BorrowedTensors p = unpack_tensors(params, "params");
   if (p.empty()) return;
   const at::Tensor iteration = at::empty({}, p[0].options().dtype(at::kLong));
-  make_step_plan(p, unpack_tensors(grads, "grads"), unpack_tensors(momentum_buffers, "momentum_buffers"),
-                 unpack_tensors(momentum_start, "momentum_start"), iteration, {0.0, 0.0, 0.0, 0.0},
-                 {1.0, 1.0, 1.0, 1.0}, 0, 0.0, 0.0, 0.0, false, false, false, c10::nullopt, c10::nullopt,
-                 c10::DeviceType::Meta);
+  check_sgd_tensors(p, unpack_tensors(grads, "grads"), unpack_tensors(momentum_buffers, "momentum_buffers"),
+                    unpack_tensors(momentum_start, "momentum_start"), iteration, c10::nullopt, c10::nullopt,
+                    c10::DeviceType::Meta);
 }
 #endif  // CLR_EXT_NO_PYTHON
 
@@ -410,10 +424,10 @@ void check_adamw_bucket(const pybind11::list& params, const pybind11::list& grad
   const BorrowedTensors p = unpack_tensors(params, "params");
   if (p.empty()) return;
   const at::Tensor iteration = at::empty({}, p[0].options().dtype(at::kLong));
-  make_adamw_plan(p, unpack_tensors(grads, "grads"), unpack_tensors(exp_avgs, "exp_avgs"),
-                  unpack_tensors(exp_avg_sqs, "exp_avg_sqs"), unpack_tensors(max_exp_avg_sqs, "max_exp_avg_sqs"),
-                  unpack_tensors(state_steps, "state_steps"), iteration, {0.0, 0.0, 0.0, 0.0}, {1.0, 1.0, 1.0, 1.0}, 0,
-                  0.0, 0.0, 0.0, 0.0, amsgrad, false, c10::nullopt, c10::nullopt, 0, c10::DeviceType::Meta);
+  check_adamw_tensors(p, unpack_tensors(grads, "grads"), unpack_tensors(exp_avgs, "exp_avgs"),
+                      unpack_tensors(exp_avg_sqs, "exp_avg_sqs"), unpack_tensors(max_exp_avg_sqs, "max_exp_avg_sqs"),
+                      unpack_tensors(state_steps, "state_steps"), amsgrad, iteration, c10::nullopt, c10::nullopt,
+                      c10::DeviceType::Meta);
 }
 #endif  // CLR_EXT_NO_PYTHON
 

@@ -100,23 +100,12 @@ inline void adamw_prepare_span(AdamwSpan* span, float* state_step, const AdamwAr
    from 1024 on MKL's sqrt runs 1.5x slower, measured on an AVX-512 EPYC). */
 static const int64_t kAdamwBlock = 256;
 
-template <typename C>
-CLR_ALWAYS_INLINE void block_sqrt(const VectorSqrt* vsqrt, int64_t n, const C* in, C* out);
-template <>
-CLR_ALWAYS_INLINE void block_sqrt<float>(const VectorSqrt* vsqrt, int64_t n, const float* in, float* out) {
-  if (vsqrt != nullptr) {
-    vsqrt->f32(n, in, out, kMklVmlMode);
-    return;
-  }
-  for (int64_t i = 0; i < n; ++i) out[i] = clr_sqrt(in[i]);
+/* torch.sqrt's own square roots of a block (adamw_span_loop runs only where torch has them). */
+CLR_ALWAYS_INLINE void block_sqrt(const VectorSqrt* vsqrt, int64_t n, const float* in, float* out) {
+  vsqrt->f32(n, in, out, kMklVmlMode);
 }
-template <>
-CLR_ALWAYS_INLINE void block_sqrt<double>(const VectorSqrt* vsqrt, int64_t n, const double* in, double* out) {
-  if (vsqrt != nullptr) {
-    vsqrt->f64(n, in, out, kMklVmlMode);
-    return;
-  }
-  for (int64_t i = 0; i < n; ++i) out[i] = clr_sqrt(in[i]);
+CLR_ALWAYS_INLINE void block_sqrt(const VectorSqrt* vsqrt, int64_t n, const double* in, double* out) {
+  vsqrt->f64(n, in, out, kMklVmlMode);
 }
 
 template <typename S, bool kWeightDecay, bool kAmsgrad, bool kUnscale>
@@ -146,7 +135,7 @@ CLR_ALWAYS_INLINE void adamw_span_loop(S* __restrict param, S* __restrict grad, 
       exp_avg_sq[k] = clr_storage<S>::store(v);
       if (kAmsgrad) max_exp_avg_sq[k] = clr_storage<S>::store(vmax);
     }
-    block_sqrt<C>(vsqrt, len, second, root);
+    block_sqrt(vsqrt, len, second, root);
     for (int64_t i = 0; i < len; ++i) {
       const int64_t k = b + i;
       param[k] = clr_storage<S>::store(
@@ -193,8 +182,8 @@ CLR_ALWAYS_INLINE void adamw_span_range(S* param, S* grad, S* exp_avg, S* exp_av
                                                          c, grad_scale, a.vsqrt);
     return;
   }
-  const int64_t tail = a.fused_width > 0 ? numel - numel % a.fused_width : numel;
-  const int64_t body_end = std::min(lo + n, std::max(lo, tail));
+  const int64_t tail_start = a.fused_width > 0 ? numel - numel % a.fused_width : numel;
+  const int64_t body_end = std::min(lo + n, std::max(lo, tail_start));
   adamw_span_single<S, kWeightDecay, kAmsgrad, kUnscale, false>(param + lo, grad + lo, exp_avg + lo, exp_avg_sq + lo,
                                                                 vmax, body_end - lo, c, grad_scale);
   if (body_end < lo + n) {

@@ -22,7 +22,7 @@ int32_t adamw_dtype_code(at::ScalarType t) {
     case at::kHalf:
       return clr_cpu::kFloat16;
     default:
-      return clr_cpu::kBFloat16;  // make_adamw_plan admits no other dtype
+      return clr_cpu::kBFloat16;  // check_adamw_tensors admits no other dtype
   }
 }
 
@@ -34,27 +34,29 @@ void cyclic_adamw_cpu_(at::TensorList params, at::TensorList grads, at::TensorLi
                        double beta2, double eps, double weight_decay, bool amsgrad, bool maximize, bool cycle_momentum,
                        const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
                        int64_t fused_width) {
-  const AdamwPlan plan = make_adamw_plan(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, iteration,
-                                         bounds, shape, mode, beta1, beta2, eps, weight_decay, amsgrad, cycle_momentum,
-                                         grad_scale, found_inf, fused_width, at::kCPU);
+  const AdamwConfig config = parse_adamw_config(bounds, shape, mode, beta1, beta2, eps, weight_decay, amsgrad, maximize,
+                                                cycle_momentum, fused_width);
+  check_adamw_tensors(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, amsgrad, iteration,
+                      grad_scale, found_inf, at::kCPU);
+  const HostAdamwStep host = host_adamw_step(config, iteration.item<int64_t>());
   // On the CPU the overflow flag is host memory: reading it costs nothing, and a skipped
   // step must not touch a single element nor a step count (grads stay scaled, as in PyTorch).
   if (found_inf.has_value() && found_inf->item<double>() == 1.0) return;
   if (params.empty()) return;
 
   clr_cpu::AdamwArgs args;
-  args.lr = plan.point.lr;
-  args.beta1 = plan.beta1;
-  args.beta2 = beta2;
-  args.eps = eps;
-  args.weight_decay = weight_decay;
-  args.amsgrad = amsgrad ? 1 : 0;
-  args.maximize = maximize ? 1 : 0;
+  args.lr = host.point.lr;
+  args.beta1 = host.beta1;
+  args.beta2 = config.beta2;
+  args.eps = config.eps;
+  args.weight_decay = config.weight_decay;
+  args.amsgrad = config.amsgrad ? 1 : 0;
+  args.maximize = config.maximize ? 1 : 0;
   args.unscale = grad_scale.has_value() ? 1 : 0;
   args.grad_scale = grad_scale.has_value() ? grad_scale->item<double>() : 1.0;
   // AdamW(fused=True) takes IEEE square roots, torch.sqrt (AdamW's default path) MKL's.
-  args.fused_width = (int32_t)fused_width;
-  args.vsqrt = fused_width > 0 ? nullptr : clr_cpu::torch_vector_sqrt();
+  args.fused_width = (int32_t)config.fused_width;
+  args.vsqrt = config.fused_width > 0 ? nullptr : clr_cpu::torch_vector_sqrt();
   const int32_t dtype = adamw_dtype_code(params[0].scalar_type());
 
   // Tensors whose layouts differ are run through dense copies, copied back afterwards.

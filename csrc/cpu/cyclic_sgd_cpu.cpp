@@ -94,32 +94,33 @@ void cyclic_sgd_cpu_(at::TensorList params, at::TensorList grads, at::TensorList
                      at::ArrayRef<double> shape, int64_t mode, double momentum, double dampening, double weight_decay,
                      bool nesterov, bool maximize, bool cycle_momentum, bool first_step,
                      const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf) {
-  const StepPlan plan =
-      make_step_plan(params, grads, momentum_buffers, momentum_start, iteration, bounds, shape, mode, momentum,
-                     dampening, weight_decay, nesterov, cycle_momentum, first_step, grad_scale, found_inf, at::kCPU);
+  const SgdConfig config = parse_sgd_config(bounds, shape, mode, momentum, dampening, weight_decay, nesterov, maximize,
+                                            cycle_momentum, first_step);
+  check_sgd_tensors(params, grads, momentum_buffers, momentum_start, iteration, grad_scale, found_inf, at::kCPU);
   // On the CPU the overflow flag is host memory: reading it costs nothing, and a
   // skipped step must not touch a single element (grads stay scaled, as in PyTorch).
   if (found_inf.has_value() && found_inf->item<double>() == 1.0) return;
   if (params.empty()) return;
 
+  const int64_t now = iteration.item<int64_t>();
+  const HostSgdStep host = host_sgd_step(config, now, !momentum_buffers.empty());
   clr_cpu::StepArgs args;
-  args.lr = plan.point.lr;
-  args.momentum = plan.effective_momentum;
-  args.dampening = dampening;
-  args.weight_decay = weight_decay;
-  args.momentum_state = plan.momentum_state;
-  args.nesterov = nesterov ? 1 : 0;
-  args.maximize = maximize ? 1 : 0;
+  args.lr = host.point.lr;
+  args.momentum = host.momentum;
+  args.dampening = config.dampening;
+  args.weight_decay = config.weight_decay;
+  args.momentum_state = host.momentum_state;
+  args.nesterov = config.nesterov ? 1 : 0;
+  args.maximize = config.maximize ? 1 : 0;
   args.unscale = grad_scale.has_value() ? 1 : 0;
   args.grad_scale = grad_scale.has_value() ? grad_scale->item<double>() : 1.0;
 
-  if (momentum_start.empty() || plan.momentum_state == CLR_MOMENTUM_NONE) {
+  if (momentum_start.empty() || host.momentum_state == CLR_MOMENTUM_NONE) {
     apply_update(params, grads, momentum_buffers, nullptr, args);
     return;
   }
   // Per-param starts (see cyclic_sgd.h): two passes, the buffers that continue and
   // those that start now; then the starts record this iteration.
-  const int64_t now = iteration.item<int64_t>();
   std::vector<size_t> continuing, starting;
   for (size_t i = 0; i < params.size(); ++i)
     (*momentum_start_of(momentum_start, i) >= now ? starting : continuing).push_back(i);

@@ -78,9 +78,11 @@ void cyclic_adamw_cuda_(at::TensorList params, at::TensorList grads, at::TensorL
                         bool maximize, bool cycle_momentum, const c10::optional<at::Tensor>& grad_scale,
                         const c10::optional<at::Tensor>& found_inf, int64_t fused_width) {
   // Host-only metadata checks; for CUDA neither the iteration nor found_inf is read here.
-  const AdamwPlan plan = make_adamw_plan(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, iteration,
-                                         bounds, shape, mode, beta1, beta2, eps, weight_decay, amsgrad, cycle_momentum,
-                                         grad_scale, found_inf, fused_width, at::kCUDA);
+  // fused_width is parsed (and checked) but not read: CUDA's square root is IEEE's either way.
+  const AdamwConfig config = parse_adamw_config(bounds, shape, mode, beta1, beta2, eps, weight_decay, amsgrad, maximize,
+                                                cycle_momentum, fused_width);
+  check_adamw_tensors(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, amsgrad, iteration,
+                      grad_scale, found_inf, at::kCUDA);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(iteration.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -91,14 +93,14 @@ void cyclic_adamw_cuda_(at::TensorList params, at::TensorList grads, at::TensorL
   args.iteration = iteration.const_data_ptr<int64_t>();
   args.grad_scale = scale_t.defined() ? scale_t.const_data_ptr() : nullptr;
   args.found_inf = inf_t.defined() ? inf_t.const_data_ptr() : nullptr;
-  args.shape = plan.shape;
-  args.bounds = plan.bounds;
-  args.beta1 = beta1;
-  args.beta2 = beta2;
-  args.eps = eps;
-  args.weight_decay = weight_decay;
-  args.cycle_momentum = cycle_momentum ? 1 : 0;
-  args.maximize = maximize ? 1 : 0;
+  args.shape = config.shape;
+  args.bounds = config.bounds;
+  args.beta1 = config.beta1;
+  args.beta2 = config.beta2;
+  args.eps = config.eps;
+  args.weight_decay = config.weight_decay;
+  args.cycle_momentum = config.cycle_momentum ? 1 : 0;
+  args.maximize = config.maximize ? 1 : 0;
 
   // Tensors whose layouts differ run through dense copies, copied back afterwards
   // (device copies on the current stream: no sync, capturable).

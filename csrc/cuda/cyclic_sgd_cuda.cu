@@ -64,9 +64,9 @@ void cyclic_sgd_cuda_(at::TensorList params, at::TensorList grads, at::TensorLis
                       bool nesterov, bool maximize, bool cycle_momentum, bool first_step,
                       const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf) {
   // Host-only metadata checks; for CUDA the iteration is not read here.
-  const StepPlan plan =
-      make_step_plan(params, grads, momentum_buffers, momentum_start, iteration, bounds, shape, mode, momentum,
-                     dampening, weight_decay, nesterov, cycle_momentum, first_step, grad_scale, found_inf, at::kCUDA);
+  const SgdConfig config = parse_sgd_config(bounds, shape, mode, momentum, dampening, weight_decay, nesterov, maximize,
+                                            cycle_momentum, first_step);
+  check_sgd_tensors(params, grads, momentum_buffers, momentum_start, iteration, grad_scale, found_inf, at::kCUDA);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(iteration.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -77,18 +77,18 @@ void cyclic_sgd_cuda_(at::TensorList params, at::TensorList grads, at::TensorLis
   args.iteration = iteration.const_data_ptr<int64_t>();
   args.grad_scale = scale_t.defined() ? scale_t.const_data_ptr() : nullptr;
   args.found_inf = inf_t.defined() ? inf_t.const_data_ptr() : nullptr;
-  args.shape = plan.shape;
-  args.bounds = plan.bounds;
-  args.momentum = momentum;
-  args.dampening = dampening;
-  args.weight_decay = weight_decay;
+  args.shape = config.shape;
+  args.bounds = config.bounds;
+  args.momentum = config.momentum;
+  args.dampening = config.dampening;
+  args.weight_decay = config.weight_decay;
   const bool use_buffers = !momentum_buffers.empty();
   args.has_buffers = use_buffers ? 1 : 0;
-  args.first_step = first_step ? 1 : 0;
-  args.cycle_momentum = cycle_momentum ? 1 : 0;
-  args.nesterov = nesterov ? 1 : 0;
-  args.maximize = maximize ? 1 : 0;
-  args.use_weight_decay = weight_decay != 0.0 ? 1 : 0;
+  args.first_step = config.first_step ? 1 : 0;
+  args.cycle_momentum = config.cycle_momentum ? 1 : 0;
+  args.nesterov = config.nesterov ? 1 : 0;
+  args.maximize = config.maximize ? 1 : 0;
+  args.use_weight_decay = config.weight_decay != 0.0 ? 1 : 0;
 
   // Tensors whose layouts differ run through dense copies, copied back afterwards
   // (device copies on the current stream: no sync, capturable).

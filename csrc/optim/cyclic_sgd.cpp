@@ -357,9 +357,8 @@ torch::Tensor CyclicSGD::step(LossClosure closure) {
   // before the first one writes (the op's checks alone, as on the meta device).
   if (work.size() > 1) {
     for (auto& w : work) {
-      clr_ext::make_step_plan(w.params, w.grads, w.buffers, {}, counter(w.device), {0.0, 0.0, 0.0, 0.0},
-                              {1.0, 1.0, 1.0, 1.0}, 0, 0.0, 0.0, 0.0, false, false, false, std::nullopt, std::nullopt,
-                              c10::DeviceType::Meta);
+      clr_ext::check_sgd_tensors(w.params, w.grads, w.buffers, {}, counter(w.device), std::nullopt, std::nullopt,
+                                 c10::DeviceType::Meta);
     }
   }
 
