@@ -149,6 +149,10 @@ void cyclic_sgd_cuda_(at::TensorList params, at::TensorList grads, at::TensorLis
 // How many tensors one kernel launch takes (the kernel-argument table's size).
 int64_t cuda_max_tensors_per_launch();
 
+// grad_scale / found_inf as the CUDA kernels read them: float32 or float64 (is_double
+// says which; anything else is converted on the device), or undefined when not given.
+at::Tensor device_scalar(const c10::optional<at::Tensor>& t, int32_t* is_double);
+
 // csrc/cuda/cyclic_adamw_cuda.cu: the AdamW op for CUDA tensors (no host sync; the
 // schedule and the step counts are read on the device, and the counts advanced there).
 void cyclic_adamw_cuda_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,

@@ -26,6 +26,14 @@ def _beta(name: str, value: Any) -> float:
     return value
 
 
+def _check_adamw_bucket(item: Tuple[Any, ...]) -> None:
+    _, _, params, grads, moments, steps, group, _ = item
+    amsgrad = group["amsgrad"]
+    _backends._C.check_adamw_bucket(
+        params, grads, moments[0], moments[1], moments[2] if amsgrad else [], steps, amsgrad
+    )
+
+
 class _ScheduledAdamW(_ScheduledOptimizer):
     """The AdamW rule (torch.optim.AdamW's, decoupled weight decay): per param ``step``
     (a float32 tensor on the param's device, so that the kernel advances it without a
@@ -130,17 +138,7 @@ class _ScheduledAdamW(_ScheduledOptimizer):
                     )
                 )
         if len(work) > 1:
-            try:  # every bucket is checked before the first one writes
-                if _backends._C is not None and not compiling:
-                    for _, _, params, grads, moments, steps, group, _ in work:
-                        amsgrad = group["amsgrad"]
-                        _backends._C.check_adamw_bucket(
-                            params, grads, moments[0], moments[1], moments[2] if amsgrad else [], steps, amsgrad
-                        )
-                else:  # (dynamo cannot trace the pybind check; the Python one sees the same metadata)
-                    self._validate_all()
-            except RuntimeError as err:
-                raise _StalePlan() from err
+            self._check_before_writing(work, _check_adamw_bucket, compiling)
 
         counter_on, scale_on, inf_on = self._device_inputs(devices)
         for position, (backend, device, params, grads, moments, steps, group, bounds) in enumerate(work):

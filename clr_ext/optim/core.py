@@ -361,6 +361,20 @@ class _ScheduledOptimizer(Optimizer):
         for group_index, group in enumerate(self._step_groups()):
             self._validate(group_index, [p for p in group["params"] if p.grad is not None])
 
+    def _check_before_writing(self, work: List[Any], check_bucket: Callable[[Any], None], compiling: bool) -> None:
+        """Checks every bucket of a step before the first one writes, with the rule's op
+        check (``check_bucket(item)``, a ``_C`` function) or, where dynamo traces the step
+        (it cannot trace pybind) or ``_C`` is missing, the Python validator, which sees
+        the same metadata. A failure means the cached plan is stale: ``_StalePlan``."""
+        try:
+            if _backends._C is not None and not compiling:
+                for item in work:
+                    check_bucket(item)
+            else:
+                self._validate_all()
+        except RuntimeError as err:
+            raise _StalePlan() from err
+
     def _buckets_of(self, group_index: int, group: Dict[str, Any]) -> List[Tuple["_Bucket", List[torch.Tensor]]]:
         """``[(bucket, grads)]``: the group's params that have a gradient, grouped by
         (device, dtype).

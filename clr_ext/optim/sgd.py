@@ -216,15 +216,9 @@ class _ScheduledSGD(_ScheduledOptimizer):
             work = [w._replace(params=_views(w.params), grads=_views(w.grads), buffers=_views(w.buffers)) for w in work]
         # One bucket through a compiled op is checked by the op itself before it writes.
         if len(work) > 1 or (work and work[0].backend.name not in ("cpp", "cuda")):
-            try:
-                # (dynamo cannot trace the pybind check; the Python one sees the same metadata)
-                if _backends._C is not None and not compiling:
-                    for w in work:
-                        _backends._C.check_bucket(w.params, w.grads, w.buffers, w.starts)
-                else:
-                    self._validate_all()
-            except RuntimeError as err:
-                raise _StalePlan() from err
+            self._check_before_writing(
+                work, lambda w: _backends._C.check_bucket(w.params, w.grads, w.buffers, w.starts), compiling
+            )
 
         counter_on, scale_on, inf_on = self._device_inputs(devices)
 

@@ -55,22 +55,6 @@ void launch_step_counts(const std::vector<float*>& steps, const StepCountArgs& a
 
 namespace clr_ext {
 
-namespace {
-
-// The kernels read float32 or float64 scalars; anything else is converted on the device.
-at::Tensor adamw_device_scalar(const c10::optional<at::Tensor>& t, int32_t* is_double) {
-  *is_double = 0;
-  if (!t.has_value()) return at::Tensor();
-  if (t->scalar_type() == at::kDouble) {
-    *is_double = 1;
-    return t->contiguous();
-  }
-  if (t->scalar_type() == at::kFloat) return t->contiguous();
-  return t->to(at::kFloat);
-}
-
-}  // namespace
-
 void cyclic_adamw_cuda_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                         at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList state_steps,
                         const at::Tensor& iteration, at::ArrayRef<double> bounds, at::ArrayRef<double> shape,
@@ -88,8 +72,8 @@ void cyclic_adamw_cuda_(at::TensorList params, at::TensorList grads, at::TensorL
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
   clr_cuda::AdamwStepArgs args;
-  const at::Tensor scale_t = adamw_device_scalar(grad_scale, &args.grad_scale_is_double);
-  const at::Tensor inf_t = adamw_device_scalar(found_inf, &args.found_inf_is_double);
+  const at::Tensor scale_t = device_scalar(grad_scale, &args.grad_scale_is_double);
+  const at::Tensor inf_t = device_scalar(found_inf, &args.found_inf_is_double);
   args.iteration = iteration.const_data_ptr<int64_t>();
   args.grad_scale = scale_t.defined() ? scale_t.const_data_ptr() : nullptr;
   args.found_inf = inf_t.defined() ? inf_t.const_data_ptr() : nullptr;

@@ -42,9 +42,6 @@ void launch(const std::vector<Entry>& entries, const StepArgs& args, cudaStream_
 
 namespace clr_ext {
 
-namespace {
-
-// The kernel reads float32 or float64 scalars; anything else is converted on the device.
 at::Tensor device_scalar(const c10::optional<at::Tensor>& t, int32_t* is_double) {
   *is_double = 0;
   if (!t.has_value()) return at::Tensor();
@@ -55,8 +52,6 @@ at::Tensor device_scalar(const c10::optional<at::Tensor>& t, int32_t* is_double)
   if (t->scalar_type() == at::kFloat) return t->contiguous();
   return t->to(at::kFloat);
 }
-
-}  // namespace
 
 void cyclic_sgd_cuda_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
                       at::TensorList momentum_start, const at::Tensor& iteration, at::ArrayRef<double> bounds,
