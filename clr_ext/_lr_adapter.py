@@ -205,6 +205,7 @@ class ScheduleAdapter(LRScheduler):
             for group in optimizer.param_groups:
                 group["iteration"] = position
             optimizer.iteration  # takes the groups' iteration up (counters, reported values)
+        optimizer._position_unknown = False  # (it is known now)
         self._seen = position
         self._step_count = int(state_dict.get("_step_count", position + 1))
 

@@ -231,6 +231,7 @@ class _ScheduledOptimizer(Optimizer):
         # there (see _check_outside_writes)
         self._written: Dict[int, Tuple[float, Optional[float]]] = {}
         self._warned_outside: set = set()
+        self._position_unknown = False  # see _say_position_unknown
 
         if isinstance(params, torch.Tensor):  # worded as torch.optim.Optimizer words it
             raise TypeError(
@@ -479,6 +480,8 @@ class _ScheduledOptimizer(Optimizer):
             self._adopt_group_iteration()  # (a traced step must not read the host iteration)
             self._schedule.check_iteration(self._iteration)
             self._check_outside_writes()
+            if self._position_unknown:
+                self._say_position_unknown()
             self._step_checked(compiling=False)
         finally:
             torch._C._set_grad_enabled(grad_was_enabled)
@@ -622,7 +625,6 @@ class _ScheduledOptimizer(Optimizer):
             schedule = copy.copy(self._schedule)
             schedule.load_state_dict(state_dict["schedule"])
         _loading.check_loadable(self, state_dict, schedule)
-        self._say_if_no_position(state_dict)
         kept = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
         before = _loading.snapshot(self)
         self._loading = (kept, schedule)
@@ -633,23 +635,22 @@ class _ScheduledOptimizer(Optimizer):
             raise
         finally:
             self._loading = None
+        self._position_unknown = schedule is None and not any("iteration" in g for g in state_dict["param_groups"])
 
-    def _say_if_no_position(self, state_dict: Dict[str, Any]) -> None:
-        """A ``torch.optim.SGD`` / ``AdamW`` state dict has no schedule position: the
-        optimizer keeps its own iteration, which is right for a fresh start and wrong for a
-        resume, so say it (once per optimizer)."""
-        if state_dict.get("schedule") is not None or any("iteration" in g for g in state_dict["param_groups"]):
-            return
-        if getattr(self, "_warned_no_position", False):
-            return
-        self._warned_no_position = True
+    def _say_position_unknown(self) -> None:
+        """After a load whose state dict held no schedule position (a ``torch.optim.SGD`` /
+        ``AdamW`` state dict) and nothing gave one since (``as_scheduler().load_state_dict``
+        with the PyTorch scheduler's state takes its ``last_epoch``): the optimizer keeps its
+        own iteration, right for a fresh start and wrong for a resume, so the first step
+        says it."""
+        self._position_unknown = False
         warnings.warn(
-            f"clr_ext: this state dict holds no schedule position (a torch.optim optimizer's?): "
-            f"{type(self).__name__} keeps its own iteration ({self._iteration}). To resume a running PyTorch "
-            "pair, also load the scheduler's state dict into opt.as_scheduler() (it carries last_epoch), or "
-            "convert the pair with clr_ext.from_torch(optimizer, scheduler)",
+            f"clr_ext: the state dict loaded into this {type(self).__name__} held no schedule position (a "
+            f"torch.optim optimizer's?), so the schedule goes on from its own iteration ({self._iteration}). To "
+            "resume a PyTorch pair's run, also load the scheduler's state dict into opt.as_scheduler() (it "
+            "carries last_epoch), or convert the running pair with clr_ext.from_torch(optimizer, scheduler)",
             UserWarning,
-            stacklevel=3,
+            stacklevel=_caller_stacklevel(),
         )
 
     def _finish_load(self, kept: List[Dict[str, Any]], schedule: Any) -> None:
@@ -683,6 +684,7 @@ class _ScheduledOptimizer(Optimizer):
         self._bucket_cache = {}
         self.__dict__.setdefault("_written", {})
         self.__dict__.setdefault("_warned_outside", set())
+        self.__dict__.setdefault("_position_unknown", False)
         self._register()
         self._unpickled()
         loading = self.__dict__.get("_loading")
