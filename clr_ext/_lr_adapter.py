@@ -77,7 +77,10 @@ class ScheduleAdapter(LRScheduler):
     - ``state_dict()`` / ``load_state_dict()``: a few numbers. The optimizer's own state
       dict carries the schedule and the iteration; loading this one changes nothing in
       the optimizer and warns when it was saved at another iteration than the
-      optimizer's (the optimizer's state dict was not loaded with it).
+      optimizer's (the optimizer's state dict was not loaded with it). A PyTorch
+      ``CyclicLR`` / ``OneCycleLR`` state dict, as the pair's checkpoints hold it, moves
+      the optimizer to its ``last_epoch`` (checked first: a ``ValueError`` says what
+      differs and nothing changes).
     """
 
     def __init__(self, optimizer: Any) -> None:  # (LRScheduler.__init__ is not called: see above)
