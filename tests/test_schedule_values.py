@@ -205,6 +205,17 @@ PARITY = [
         S.Sequential([S.Linear(0.1, 1.0, WARMUP), S.Cyclic(1e-3, 0.1, 250), S.CosineRestarts(100)], [WARMUP, 3000]),
         WARM,
     ),
+    _case(  # the OneCycleLR, built last, sets initial_lr and the momentum the warmup runs with
+        "linear-cyclic-onecycle",
+        "adamw",
+        lambda o: L.SequentialLR(
+            o,
+            [L.LinearLR(o, 0.1, 1.0, WARMUP), L.CyclicLR(o, BASE, MAX, 250), L.OneCycleLR(o, MAX, 7000)],
+            [WARMUP, 3000],
+        ),
+        S.Sequential([S.Linear(0.1, 1.0, WARMUP), S.Cyclic(BASE, MAX, 250), S.OneCycle(MAX, 7000)], [WARMUP, 3000]),
+        WARM,
+    ),
     _case(
         "constant-cyclic",
         "sgd",
@@ -324,6 +335,25 @@ def test_linear_recursion_bound_is_not_slack_for_long_ramps():
     lrs, _ = _ours(S.Linear(1.0, 0.05, STEPS).flatten(LRS))
     rel = np.abs(lrs - ref) / ref
     assert 0 < rel.max() <= (STEPS + 2) * ULP
+
+
+def test_linear_is_linearlrs_closed_form():
+    """Linear is LinearLR's closed form bit for bit: what LinearLR computes at a SequentialLR
+    milestone and for step(epoch), and what its recursive step() approximates."""
+    _, ref, _ = _pytorch("sgd", lambda o: _ClosedForm(L.LinearLR(o, 1.0 / 3, 0.8, 700)), 900)
+    lrs, _ = _ours(S.Linear(1.0 / 3, 0.8, 700).flatten(LRS), 900)
+    assert np.array_equal(lrs, ref)
+
+
+class _ClosedForm:
+    """Steps a scheduler with step(epoch), the deprecated form that uses its closed form."""
+
+    def __init__(self, sched):
+        self.sched, self.epoch = sched, 0
+
+    def step(self):
+        self.epoch += 1
+        self.sched.step(self.epoch)
 
 
 def test_warmup_is_its_sequential():
