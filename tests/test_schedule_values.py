@@ -328,7 +328,7 @@ def test_pytorch_parity(rule, build, value, recursive):
             assert momentum is None or momentum == moms[t, g]
 
 
-def test_linear_recursion_bound_is_not_slack_for_long_ramps():
+def test_linear_recursion_differs_within_the_bound():
     """The bound above is one rounding per recursive factor; the measured difference stays well
     inside it but is real (so the exact comparisons elsewhere are not vacuous)."""
     _, ref, _ = _pytorch("sgd", lambda o: L.LinearLR(o, 1.0, 0.05, STEPS))
