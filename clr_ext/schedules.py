@@ -242,6 +242,8 @@ class Flat:
 
     def point(self, iteration: int, group: int = 0) -> Tuple[float, Optional[float]]:
         """``(lr, momentum or None)`` of the step with index ``iteration`` for group ``group``."""
+        if iteration < 0:
+            raise ValueError(f"iteration: must be >= 0, got {iteration!r}")
         k = bisect.bisect_right(self.starts, iteration) - 1
         lr, momentum = FORMULAS[self.kinds[k]](iteration - self.starts[k], self.params[group][k], self.scale_fns[k])
         if math.isnan(momentum):
@@ -316,7 +318,7 @@ class Schedule:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in self._FIELDS)})"
 
-    # -- structure (overridden by the chains)
+    # -- structure (defined by the leaves and the chains)
     def leaves(self) -> Tuple["_Leaf", ...]:
         """The kinds of the composition, in the order their PyTorch schedulers are built."""
         raise NotImplementedError
@@ -463,8 +465,6 @@ class _Leaf(Schedule):
         return tuple(float(named[name]) for name in layout) + (0.0,) * (WIDTH - len(layout))
 
     def _evaluate(self, local: int, initial_lr: Optional[float], group: int) -> Point:
-        if self.RELATIVE and initial_lr is None:
-            initial_lr = 0.0  # only the momentum is asked for (relative kinds set none)
         return FORMULAS[self.KIND](local, self._params(initial_lr, group), getattr(self, "scale_fn", None))
 
 

@@ -538,6 +538,7 @@ INVALID = [
     (lambda: S.hf_wsd(10, 10, 100, min_lr_ratio=1.5), "min_lr_ratio"),
     (lambda: S.hf_wsd(10, -10, 100), "num_decay_steps"),
     (lambda: S.Cyclic(0.01, 0.1).point(-1), "iteration"),
+    (lambda: S.Cyclic(0.01, 0.1).flatten().point(-1), "iteration"),
     (lambda: S.Cyclic([0.01, 0.02], 0.1).flatten([None]), "initial_lrs"),
     (lambda: S.CosineRestarts(5).flatten([0.1, None]), "initial_lrs"),
     (lambda: S.from_state_dict({"kind": "os.system"}), "state"),
