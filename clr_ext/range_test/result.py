@@ -381,6 +381,18 @@ def cyclic_arguments(
     return kwargs
 
 
+def optimizer_for_run(
+    cls: type, params: Any, result: RangeTestResult, iters_per_epoch: float, total_steps: int, **kwargs: Any
+):
+    """``cls.from_range_test`` for a run of ``total_steps`` optimizer steps of
+    ``iters_per_epoch`` each epoch: a cyclical class gets whole cycles that end with the run,
+    a 1cycle class (which has ``total_steps``) the run's length. The trainer integrations
+    (``clr_ext.range_test.lightning``, ``clr_ext.range_test.hf``) build with it."""
+    if hasattr(cls, "total_steps"):  # the 1cycle classes: their cycle is the run
+        return cls.from_range_test(params, result, total_steps=total_steps, **kwargs)
+    return cls.from_range_test(params, result, iters_per_epoch, total_steps=total_steps, **kwargs)
+
+
 def _enc(v: Optional[float]):
     if v is None:
         return None

@@ -9,6 +9,8 @@ import copy
 import itertools
 import math
 import numbers
+import os
+import tempfile
 import warnings
 from collections.abc import Iterable
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
@@ -23,7 +25,7 @@ __all__ = ["range_test"]
 _SWEEPS = ("linear", "exp")
 _METRIC_NAMES = ("loss", "accuracy")
 _OPTIMIZERS = ("sgd", "adamw")
-_SNAPSHOTS = ("device", "cpu")
+_SNAPSHOTS = ("device", "cpu", "disk")
 _AMP_DTYPES = (torch.float16, torch.bfloat16)
 
 # The default sweeps: (start_lr, end_lr, sweep). SGD's is the paper's linear test. Adaptive
@@ -48,13 +50,20 @@ class _ModelSnapshot:
     """Everything of a model that a training step can change, copied exactly: every module's
     parameter and buffer slots (which objects sit there, and their values, including
     non-persistent buffers that state_dict() would miss), the parameters' ``.grad`` and every
-    module's train/eval flag. ``to_cpu``: the copies are kept in CPU memory (then the model's
-    memory is not doubled on its device)."""
+    module's train/eval flag, and a given optimizer's state dict. ``where``: ``"device"``
+    (copies next to the tensors), ``"cpu"`` (in host memory, so the model's memory is not
+    doubled on its device) or ``"disk"`` (written to a temporary file and read back,
+    memory-mapped, by :meth:`restore`, for models that do not fit twice in memory; the file
+    is removed by :meth:`restore`, or by :meth:`discard`)."""
 
-    def __init__(self, model: torch.nn.Module, to_cpu: bool = False) -> None:
+    def __init__(self, model: torch.nn.Module, where: str = "device", optimizer=None) -> None:
+        self.where = where
+        self.path = None
         self.slots = []  # (module, {"_parameters": dict copy, "_buffers": dict copy})
-        self.values = {}  # id(tensor) -> (tensor, device, value copy, grad copy or None)
+        self.values = {}  # id(tensor) -> (tensor, device, value copy or index, grad copy or index or None)
         self.modes = [(m, m.training) for m in model.modules()]
+        to_disk, to_cpu = where == "disk", where == "cpu"
+        saved_values, saved_grads = [], []
         with torch.no_grad():
             for m in model.modules():
                 self.slots.append((m, dict(m._parameters), dict(m._buffers)))
@@ -62,9 +71,52 @@ class _ModelSnapshot:
                     if t is None or id(t) in self.values:
                         continue
                     grad = getattr(t, "grad", None)
-                    self.values[id(t)] = (t, t.device, _copy(t, to_cpu), None if grad is None else _copy(grad, to_cpu))
+                    if to_disk:
+                        # torch.save copies each storage to the file as it writes it: no
+                        # second copy of the model is held anywhere.
+                        saved_values.append(t.detach())
+                        if grad is not None:
+                            saved_grads.append(grad.detach())
+                        value, grad = len(saved_values) - 1, (None if grad is None else len(saved_grads) - 1)
+                        self.values[id(t)] = (t, t.device, value, grad)
+                    else:
+                        self.values[id(t)] = (
+                            t,
+                            t.device,
+                            _copy(t, to_cpu),
+                            None if grad is None else _copy(grad, to_cpu),
+                        )
+        self.optimizer = optimizer
+        if to_disk:
+            fd, self.path = tempfile.mkstemp(prefix="clr_ext_range_test_", suffix=".pt")
+            os.close(fd)
+            try:
+                state = None if optimizer is None else optimizer.state_dict()
+                torch.save({"values": saved_values, "grads": saved_grads, "optimizer": state}, self.path)
+            except BaseException:
+                self.discard()
+                raise
+            self.optimizer_state = None
+        else:
+            self.optimizer_state = None if optimizer is None else _state_copy(optimizer.state_dict(), to_cpu)
+
+    def discard(self) -> None:
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                os.remove(self.path)
+            self.path = None
 
     def restore(self) -> None:
+        try:
+            self._restore()
+        finally:
+            self.discard()
+
+    def _restore(self) -> None:
+        on_disk = None
+        if self.where == "disk":
+            # Memory-mapped: the values are read from the file as they are copied back.
+            on_disk = torch.load(self.path, map_location="cpu", mmap=True, weights_only=True)
         with torch.no_grad():
             for m, params, buffers in self.slots:
                 # A module may have re-assigned a slot (e.g. a buffer replaced by a new
@@ -74,14 +126,21 @@ class _ModelSnapshot:
                         slots.clear()
                         slots.update(original)
             for t, device, value, grad in self.values.values():
+                if on_disk is not None:
+                    value = on_disk["values"][value]
+                    grad = None if grad is None else on_disk["grads"][grad]
                 if t.shape == value.shape and t.dtype == value.dtype and t.device == device:
                     t.copy_(value)
                 else:  # moved or re-typed (e.g. device=...): put the original tensor back
-                    t.data = value.to(device)
+                    t.data = value.to(device, copy=on_disk is not None)
                 if isinstance(t, torch.nn.Parameter) or t.requires_grad:
-                    t.grad = None if grad is None else grad.to(device)
+                    t.grad = None if grad is None else grad.to(device, copy=on_disk is not None)
         for m, training in self.modes:
             m.training = training
+        if self.optimizer is not None:
+            # Copied out of the mapped file: the optimizer must not keep pages of a removed file.
+            state = self.optimizer_state if on_disk is None else _state_copy(on_disk["optimizer"], True)
+            self.optimizer.load_state_dict(state)
 
 
 def _copy(t: torch.Tensor, to_cpu: bool) -> torch.Tensor:
@@ -399,7 +458,9 @@ def range_test(
       measure).
     - ``snapshot``: ``"device"`` keeps the copy for ``restore`` next to the model; ``"cpu"``
       keeps it in host memory, so that the test does not double the model's memory on its
-      device.
+      device; ``"disk"`` writes it (with a given optimizer's state) to a temporary file
+      (``tempfile``'s directory: ``TMPDIR``), reads it back memory-mapped to restore, and
+      removes the file, for a model that does not fit twice in memory.
     - ``val_batches``: at most this many batches of ``val_loader`` per measurement.
     - ``torch.distributed`` (initialized, world size > 1): each rank trains on its own
       batches (a DDP-wrapped model averages the gradients; with ``accumulation_steps`` its
@@ -593,9 +654,7 @@ def range_test(
     measured_on = "train" if val_loader is None else "val"
     ranks = _Ranks()
 
-    to_cpu = snapshot == "cpu"
-    saved = _ModelSnapshot(model, to_cpu) if restore else None
-    opt_state = _state_copy(optimizer.state_dict(), to_cpu) if (restore and kind is None) else None
+    saved = _ModelSnapshot(model, snapshot, optimizer if kind is None else None) if restore else None
 
     lrs: List[float] = []
     losses: List[float] = []
@@ -718,8 +777,6 @@ def range_test(
             bar.close()
         if restore:
             saved.restore()
-            if opt_state is not None:
-                optimizer.load_state_dict(opt_state)
 
     if len(lrs) < 2:
         # Stopped at the very first step: nothing to read; the first two LRs of the plan
