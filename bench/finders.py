@@ -195,7 +195,9 @@ def clr_ext_finder(task: Task, sweep: str, seed: int = 0):
             **params,
         )
         seconds = time.perf_counter() - t0
-        return {rule: r.suggest(rule) for rule in RULES}, seconds, r
+        lrs = {rule: r.suggest(rule) for rule in RULES}
+        lrs["base_lr"] = r.base_lr  # the CLR bounds' lower one, as a constant LR
+        return lrs, seconds, r
 
 
 def clr_ext_recipe_finder(task: Task, seed: int = 0):

@@ -37,7 +37,7 @@ def test_harness_rows_and_regret_without_peers(small_digits, monkeypatch):
     rows = t["rows"]
     assert {r["finder"] for r in rows} == {"clr_ext"}  # the peers were skipped
     for sweep in ("exp", "linear"):
-        assert {r["rule"] for r in rows if r["sweep"] == sweep} == set(finders.RULES)
+        assert {r["rule"] for r in rows if r["sweep"] == sweep} == set(finders.RULES) | {"base_lr"}
     recipe = [r for r in rows if r["rule"] == "README recipe"]
     assert len(recipe) == 1 and all(base < top for base, top in recipe[0]["lrs"])
     for r in rows:

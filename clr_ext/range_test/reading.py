@@ -305,7 +305,8 @@ def _valley(t: Sequence[float], lrs: Sequence[float]) -> int:
     """fastai's valley, on the trend: the longest strictly decreasing subsequence (patience
     sorting, O(n log n)); with ``L`` its length and ``end`` its last point, the run is taken
     to start at ``end - L`` (not at the subsequence's first point, which on a flat, noisy
-    start of the curve lies far to the left of where the descent begins), and the point
+    start of the curve lies far to the left of where the descent begins) and to end at the
+    segment's last point (the caller ends it at the valley's bottom), and the point
     returned is ``(L // 3 + L // 6) / L`` of the way from start to end, about halfway,
     measured in log(LR) (on an exponential sweep that is fastai's ``start + L // 3 + L // 6``;
     on a linear one, halfway in points would be the arithmetic mean of the LRs, far above
@@ -326,6 +327,10 @@ def _valley(t: Sequence[float], lrs: Sequence[float]) -> int:
     end = max(range(n), key=lambda j: (length[j], -j))  # the first point ending a longest run
     run = length[end]
     start = max(end - run, 0)
+    # The run ends at the trend's minimum, which sits about a half-width left of the
+    # valley's bottom where the rise is steep (see Curve._bottom); the valley ends at the
+    # bottom, the segment's last point.
+    end = n - 1
     if end == start:
         return end
     frac = (run // 3 + run // 6) / run
