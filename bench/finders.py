@@ -8,7 +8,7 @@ LR of a fixed grid too. Regret = the best grid LR's mean test accuracy minus the
 suggestion's (percentage points; 0 = as good as the best fixed LR found by a grid search).
 A peer that is not installed is skipped.
 
-    python -m bench.finders                 # both tasks, 3 seeds (a few minutes on 2 cores)
+    python -m bench.finders                 # all tasks, 3 seeds (a few minutes on 2 cores)
     python -m bench.finders --tasks digits --seeds 2 --json out.json
 
 Peers (not clr_ext dependencies): ``pip install torch-lr-finder==0.2.2 fastai==2.8.12
@@ -106,11 +106,22 @@ def mlp_task() -> Task:
     return Task("mlp", x[tr], y[tr], x[va], y[va], x[te], y[te], MLP, 32, 4, 5e-4, _grid())
 
 
+def softmax_task() -> Task:
+    """Softmax regression on the digits' 64 pixels: a convex problem whose best LR is an
+    order of magnitude above the CNN's, so a finder tuned to one scale shows it."""
+    d = load_digits_split(test_size=360, val_size=300, seed=0)
+    flat = [t.flatten(1) for t in (d.x_train, d.x_val, d.x_test)]
+    return Task(
+        "softmax", flat[0], d.y_train, flat[1], d.y_val, flat[2], d.y_test, lambda: nn.Linear(64, 10), 32, 4, 5e-4,
+        _grid(),
+    )  # fmt: skip
+
+
 def _grid() -> Tuple[float, ...]:
     return tuple(round(10 ** (k / 4), 12) for k in range(-16, 3))  # 1e-4 .. ~3.2, 4 per decade
 
 
-TASKS = {"digits": digits_task, "mlp": mlp_task}
+TASKS = {"digits": digits_task, "mlp": mlp_task, "softmax": softmax_task}
 
 
 # --------------------------------------------------------------------------------------
