@@ -451,6 +451,53 @@ def table(res: Dict) -> str:
     return "\n".join(lines)
 
 
+ADAMW_GRID = (1e-3, 3e-3, 1e-2, 3e-2)
+
+
+def adamw_defaults(seeds: int, task_name: str = "digits", log=print) -> Dict:
+    """``range_test(..., optimizer="adamw")`` with its default sweep (exponential 1e-7..1)
+    and with the SGD-scale sweep it had before (linear 1e-5..1): CyclicAdamW trained from
+    each one's bounds (``from_range_test(..., epochs=...)``) against constant AdamW LRs."""
+    task = TASKS[task_name]()
+    out: Dict = {"task": task_name, "grid": {}, "sweeps": {}}
+    for lr in ADAMW_GRID:
+        make = lambda p, lr=lr: torch.optim.AdamW(p, lr=lr, weight_decay=0.01)  # noqa: E731
+        out["grid"][lr] = statistics.fmean(train(task, s, make) for s in range(seeds))
+    for label, kwargs in (
+        ("default: exp 1e-7..1", {}),
+        ("before: linear 1e-5..1", dict(start_lr=1e-5, end_lr=1.0, sweep="linear")),
+    ):
+        bounds, accs = [], []
+        for seed in range(seeds):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                r = clr_ext.range_test(
+                    _finder_model(task, seed), task.train_loader(seed), F.cross_entropy, optimizer="adamw",
+                    weight_decay=0.01, progress=False, **kwargs,
+                )  # fmt: skip
+            make = lambda p, r=r: clr_ext.CyclicAdamW.from_range_test(  # noqa: E731
+                p, r, task.iters_per_epoch, epochs=task.epochs, weight_decay=0.01
+            )
+            bounds.append([r.base_lr, r.max_lr])
+            accs.append(statistics.fmean(train(task, s, make) for s in range(seeds)))
+        out["sweeps"][label] = {"bounds": bounds, "acc": statistics.fmean(accs)}
+        log(f"[adamw] {label}: bounds {_lrs_text(bounds)} -> CyclicAdamW {statistics.fmean(accs):.1f}%")
+    return out
+
+
+def adamw_table(res: Dict) -> str:
+    best = max(res["grid"].values())
+    grid = ", ".join(f"{lr:g}: {acc:.1f}" for lr, acc in res["grid"].items())
+    lines = [
+        f"\n**AdamW on {res['task']}**: constant AdamW LRs {grid} (best {best:.1f}%)\n",
+        '| range_test(optimizer="adamw") sweep | bounds (per finder run) | CyclicAdamW accuracy % | regret |',
+        "|---|---|---:|---:|",
+    ]
+    for label, row in res["sweeps"].items():
+        lines.append(f"| {label} | {_lrs_text(row['bounds'])} | {row['acc']:.1f} | {best - row['acc']:.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
@@ -459,8 +506,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    res = run(args.tasks, args.seeds, log=lambda s: print(s, file=sys.stderr, flush=True))
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    res = run(args.tasks, args.seeds, log=log)
     print(table(res))
+    if "digits" in args.tasks:
+        res["adamw"] = adamw_defaults(args.seeds, log=log)
+        print(adamw_table(res["adamw"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)

@@ -49,3 +49,16 @@ def test_harness_rows_and_regret_without_peers(small_digits, monkeypatch):
 
 def test_training_a_diverging_lr_scores_chance(small_digits):
     assert finders.train(small_digits, 0, finders.fixed_lr(small_digits, 1e3)) == pytest.approx(10.0)
+
+
+def test_adamw_defaults_compares_the_two_sweeps(small_digits, monkeypatch):
+    monkeypatch.setattr(finders, "ADAMW_GRID", (1e-3, 1e-2))
+    res = finders.adamw_defaults(1, log=lambda s: None)
+    assert set(res["grid"]) == {1e-3, 1e-2}
+    default, before = res["sweeps"].values()
+    for base, top in default["bounds"]:
+        assert 1e-7 <= base < top <= 1.0
+    for base, top in before["bounds"]:
+        assert 1e-5 <= base < top <= 1.0
+    text = finders.adamw_table(res)
+    assert "default: exp 1e-7..1" in text and "before: linear 1e-5..1" in text
