@@ -183,6 +183,26 @@ def test_lightning_resume_reads_the_saved_result_instead_of_testing_again(tmp_pa
     assert trainer.optimizers[0].param_groups[0]["max_lr"] == first.max_lr
 
 
+def test_lightning_callback_reads_validation_accuracy_with_a_loss_fn():
+    pl, Module = _lightning_module()
+    from clr_ext.range_test.lightning import RangeTest
+
+    class WithForward(Module):
+        def forward(self, x):
+            return self.net(x)
+
+    module = WithForward()
+    val = torch.utils.data.DataLoader(_dataset(), batch_size=16)
+    callback = RangeTest(loss_fn=F.cross_entropy, metric="accuracy", val_loader=val, num_iters=25)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        _trainer(pl, [callback], max_epochs=1).fit(
+            module, train_dataloaders=torch.utils.data.DataLoader(_dataset(), batch_size=BATCH)
+        )
+    result = module.range_test_result
+    assert result.reading == "metric" and result.measured_on == "val" and len(result.metrics) == len(result.lrs)
+
+
 def test_lightning_configure_cyclic_without_the_callback_says_what_is_missing():
     pl, Module = _lightning_module()
     trainer = _trainer(pl, [], max_epochs=1)

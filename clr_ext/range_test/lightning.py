@@ -49,7 +49,9 @@ class RangeTest(pl.Callback):
     restored exactly afterwards (``range_test``'s ``restore``). Under DDP every rank tests
     its own (unwrapped) module on its own batches, the losses averaged over the ranks.
     Each step's loss is the module's ``training_step(batch, batch_idx)`` (its ``self.log``
-    calls are muted during the test) unless ``step_fn=(module, batch) -> loss`` is given.
+    calls are muted during the test), unless ``step_fn=(module, batch) -> loss`` is given,
+    or ``loss_fn=(outputs, targets) -> loss`` (then ``module(inputs)`` on ``(inputs, targets)``
+    batches, which also allows ``metric="accuracy"`` with a ``val_loader``).
     From the trainer: ``accumulation_steps`` (``accumulate_grad_batches``), ``amp``
     (``"bf16-mixed"``/``"16-mixed"`` precision), ``device``, and the progress bar (rank 0,
     when the trainer shows one). Every other keyword goes to :func:`clr_ext.range_test`
@@ -98,8 +100,10 @@ class RangeTest(pl.Callback):
             self._module = pl_module
 
     def _run(self, trainer: pl.Trainer, module: pl.LightningModule) -> RangeTestResult:
+        kwargs: Dict[str, Any] = dict(self.kwargs)
+        loss_fn = kwargs.pop("loss_fn", None)
         step_fn = self.step_fn
-        if step_fn is None:
+        if step_fn is None and loss_fn is None:
             if not module.automatic_optimization:
                 raise ValueError(
                     "RangeTest: this module uses manual optimization, so its training_step steps its own "
@@ -108,12 +112,10 @@ class RangeTest(pl.Callback):
             step_fn = _training_step_loss
         trainer.fit_loop.setup_data()  # what fit would load; fit reuses it
         loader = trainer.train_dataloader
-        kwargs: Dict[str, Any] = dict(self.kwargs)
         kwargs.setdefault("accumulation_steps", trainer.accumulate_grad_batches)
         kwargs.setdefault("amp", _AMP.get(str(trainer.precision)))
         kwargs.setdefault("device", trainer.strategy.root_device)
         kwargs.setdefault("progress", trainer.is_global_zero and trainer.progress_bar_callback is not None)
-        loss_fn = kwargs.pop("loss_fn", None)
         with _muted_logging(module):
             return range_test(module, loader, loss_fn, step_fn=step_fn, **kwargs)
 
