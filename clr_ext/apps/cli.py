@@ -11,7 +11,7 @@ import argparse
 import math
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import Callable, List, NoReturn, Optional, Sequence, TypeVar
 
 __all__ = ["main", "build_parser", "backend_lines", "build_info"]
 
@@ -26,12 +26,15 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error in ONE line (the default prints the whole usage
     block first), pointing to --help instead."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 # ---- argument types: each rejects a bad value with a message argparse puts in one line ----
-def _number(text: str, kind, what: str, ok):
+_N = TypeVar("_N", int, float)
+
+
+def _number(text: str, kind: Callable[[str], _N], what: str, ok: Callable[[_N], bool]) -> _N:
     try:
         value = kind(text)
     except ValueError:
@@ -296,7 +299,7 @@ def _set_threads(n: Optional[int]) -> None:
 
 
 # ---- commands ----
-def _cmd_demo(args) -> int:
+def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, run_demo
 
     cfg = DemoConfig.quick() if args.quick else DemoConfig()
@@ -313,7 +316,7 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-def _cmd_range_test(args) -> int:
+def _cmd_range_test(args: argparse.Namespace) -> int:
     import torch
     import torch.nn.functional as F
 
@@ -360,7 +363,7 @@ def _cmd_range_test(args) -> int:
     return 0
 
 
-def _cmd_cifar10(args) -> int:
+def _cmd_cifar10(args: argparse.Namespace) -> int:
     from .data import CifarFormatError, find_cifar10
     from .demo import CifarConfig, run_cifar10
 
@@ -454,7 +457,7 @@ def backend_lines() -> List[str]:
     return lines
 
 
-def _cmd_info(args) -> int:
+def _cmd_info(args: argparse.Namespace) -> int:
     import platform
 
     import torch
