@@ -143,7 +143,12 @@ def extensions():
         extra_compile_args=COMMON_CXX + ["-fopenmp"],
         extra_link_args=["-fopenmp"],
     )
-    exts += cythonize([fallback], language_level=3, quiet=True)
+    try:
+        exts += cythonize([fallback], language_level=3, quiet=True)
+    except Exception as error:  # the .pyx does not translate (e.g. an older Cython)
+        if REQUIRE_COMPILED:
+            raise
+        NOT_ATTEMPTED["cython"] = "Cython could not translate clr_ext/_cython/_cpu.pyx: " + _last_error_line(error)
     return exts
 
 
@@ -217,7 +222,9 @@ class OptionalBuildExt(cpp_extension.BuildExtension):
         except Exception as error:  # a compile or link failure, from distutils, ninja or a subprocess
             if REQUIRE_COMPILED:
                 raise
-            self._skipped[EXTENSION_BACKENDS[ext.name]] = "failed to compile: " + _last_error_line(error)
+            self._skipped[EXTENSION_BACKENDS[ext.name]] = (
+                "failed to compile (%s; `pip install -v` shows the compiler's messages)" % _last_error_line(error)
+            )
 
     def _write_build_info(self):
         not_built = {**NOT_ATTEMPTED, **self._skipped}

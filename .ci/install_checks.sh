@@ -8,7 +8,8 @@
 #   2. the wheel: `python -m build --wheel --no-isolation` with the compilers, installed
 #      with its dependencies alone, then a smoke run (every backend the wheel holds steps
 #      like torch.optim.SGD + CyclicLR; `clr-ext --help`, `clr-ext info`).
-# Usage: bash .ci/install_checks.sh [nocompiler|wheel]...   (default: both)
+#   3. a C++ compile error (injected into a copy): the install goes on without that backend.
+# Usage: bash .ci/install_checks.sh [nocompiler|compile-error|wheel]...   (default: all)
 # PY: the development venv's python (builds the wheel); BASE_PYTHON: the interpreter the
 # fresh venvs are made from; CLR_EXT_TORCH: the torch they get.
 set -euo pipefail
@@ -107,6 +108,35 @@ print('installed without a compiler: backends', clr_ext.available_backends())")
     ${PARITY_TESTS:-tests/test_parity.py})
 }
 
+compile_error() {
+  # A C++ compile error (injected) with the compilers on: the build goes on without the C++
+  # backend, and fails with CLR_EXT_REQUIRE_COMPILED=1. (Cython is switched off to keep this
+  # short: the injected error stops the C++ compile at its first line.)
+  step "a C++ compile error: the install goes on without the C++ backend"
+  local venv=$WORK/nocc src=$WORK/src-broken
+  if [ ! -x "$venv/bin/python" ]; then # (after the nocompiler check, its venv is reused)
+    fresh_venv "$venv"
+    quiet_pip "$venv" "setuptools>=64" wheel
+  fi
+  source_copy "$src"
+  for f in "$src"/csrc/*.cpp "$src"/csrc/*/*.cpp; do sed -i '1i #error injected by .ci/install_checks.sh' "$f"; done
+  if (cd "$src" && CLR_EXT_NO_CYTHON=1 CLR_EXT_REQUIRE_COMPILED=1 "$venv/bin/python" -m pip install -q \
+    --no-build-isolation --no-deps --force-reinstall . >"$WORK/broken-required.log" 2>&1); then
+    fail "the install succeeded although the C++ backend failed and compiled backends were required"
+  fi
+  (cd "$src" && CLR_EXT_NO_CYTHON=1 MAX_JOBS=2 "$venv/bin/python" -m pip install -v --no-build-isolation --no-deps \
+    --force-reinstall . \
+    >"$WORK/broken.log" 2>&1) || { tail -40 "$WORK/broken.log"; fail "the install with a C++ compile error failed"; }
+  grep -E "^ *clr_ext: cpp and cython not built|^ *clr_ext: cpp not built: failed to compile" "$WORK/broken.log" ||
+    { tail -40 "$WORK/broken.log"; fail "the build did not say that the C++ backend failed to compile"; }
+  (cd "$WORK" && "$venv/bin/python" -c "
+import clr_ext, torch
+assert clr_ext.available_backends() == ['torch'], clr_ext.available_backends()
+p = torch.zeros(3, requires_grad=True); p.grad = torch.ones(3)
+clr_ext.CyclicSGD([p], 0.01, 0.1).step()
+print('a C++ compile error left a working install: backends', clr_ext.available_backends())")
+}
+
 wheel() {
   step "python -m build --wheel --no-isolation (compilers on)"
   "$PY" -m pip install -q "build>=1.0" 2>/dev/null
@@ -128,16 +158,20 @@ wheel() {
   step "smoke run on the installed wheel"
   mkdir -p "$WORK/run-wheel"
   (cd "$WORK/run-wheel" && "$venv/bin/python" "$REPO/.ci/wheel_smoke.py" cpp cython torch)
-  (cd "$WORK/run-wheel" && "$venv/bin/clr-ext" --help >/dev/null && "$venv/bin/clr-ext" info)
+  (cd "$WORK/run-wheel" && "$venv/bin/clr-ext" --help >/dev/null && "$venv/bin/clr-ext" info | tee "$WORK/wheel-info.txt")
+  # The wheel carries its build record: the torch it was built against.
+  grep -q "^built against torch $("$venv/bin/python" -c 'import torch; print(torch.__version__)')\$" "$WORK/wheel-info.txt" ||
+    fail "clr-ext info does not name the torch the wheel was built against"
 }
 
 checks=("$@")
-[ ${#checks[@]} -gt 0 ] || checks=(nocompiler wheel)
+[ ${#checks[@]} -gt 0 ] || checks=(nocompiler compile-error wheel)
 for check in "${checks[@]}"; do
   case $check in
     nocompiler) no_compiler ;;
+    compile-error) compile_error ;;
     wheel) wheel ;;
-    *) fail "unknown check $check (nocompiler, wheel)" ;;
+    *) fail "unknown check $check (nocompiler, compile-error, wheel)" ;;
   esac
 done
 step "passed"
