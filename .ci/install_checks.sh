@@ -111,15 +111,17 @@ print('installed without a compiler: backends', clr_ext.available_backends())")
 compile_error() {
   # A C++ compile error (injected) with the compilers on: the build goes on without the C++
   # backend, and fails with CLR_EXT_REQUIRE_COMPILED=1. (Cython is switched off to keep this
-  # short: the injected error stops the C++ compile at its first line.)
+  # short.)
   step "a C++ compile error: the install goes on without the C++ backend"
   local venv=$WORK/nocc src=$WORK/src-broken
   if [ ! -x "$venv/bin/python" ]; then # (after the nocompiler check, its venv is reused)
     fresh_venv "$venv"
     quiet_pip "$venv" "setuptools>=64" wheel
   fi
+  step "a C++ compile error: two installs"
   source_copy "$src"
-  for f in "$src"/csrc/*.cpp "$src"/csrc/*/*.cpp; do sed -i '1i #error injected by .ci/install_checks.sh' "$f"; done
+  # A missing header stops the compiler at once (an #error would let it parse torch's headers).
+  for f in "$src"/csrc/*.cpp "$src"/csrc/*/*.cpp; do sed -i '1i #include "injected_by_install_checks_missing.h"' "$f"; done
   if (cd "$src" && CLR_EXT_NO_CYTHON=1 CLR_EXT_REQUIRE_COMPILED=1 "$venv/bin/python" -m pip install -q \
     --no-build-isolation --no-deps --force-reinstall . >"$WORK/broken-required.log" 2>&1); then
     fail "the install succeeded although the C++ backend failed and compiled backends were required"
