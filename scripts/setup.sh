@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Sets up a development environment from nothing: a virtual environment in .venv,
 # torch (the CPU build; the venv keeps whatever torch is already installed there),
-# the build and test dependencies, and clr_ext built from source (C++ kernel and
-# Cython fallback) and installed in editable mode. Idempotent: a second run only
-# rebuilds what changed.
+# the build dependencies, and clr_ext built from source (C++ kernel and Cython
+# fallback) and installed in editable mode with its demo and test extras.
+# Idempotent: a second run only rebuilds what changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,11 +21,12 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   echo "clr_ext setup: installing $TORCH_SPEC"
   "$PY" -m pip install -q "$TORCH_SPEC"
 fi
-"$PY" -m pip install -q "setuptools>=64" wheel "Cython>=3.0" "pybind11>=2.10" ninja \
-  numpy "matplotlib>=3.5" "tqdm>=4.60" "scikit-learn>=1.0" \
-  "pytest>=7" "pytest-benchmark>=4" "hypothesis>=6" "expecttest>=0.2"
+"$PY" -m pip install -q "setuptools>=64" wheel "Cython>=3.0" "pybind11>=2.10" ninja
 
-echo "clr_ext setup: building clr_ext from source"
-CC="${CC:-gcc}" CXX="${CXX:-g++}" MAX_JOBS="${MAX_JOBS:-2}" \
-  "$PY" -m pip install -q --no-build-isolation --no-deps -e .
+# The demo's and the tests' dependencies come with the extras (pyproject.toml). The compiled
+# backends are required here (the tests run each of them): a failed build stops the set-up
+# instead of leaving a pure-PyTorch install (CLR_EXT_REQUIRE_COMPILED=0 allows that).
+echo "clr_ext setup: building clr_ext from source, with the demo and test extras"
+CC="${CC:-gcc}" CXX="${CXX:-g++}" MAX_JOBS="${MAX_JOBS:-2}" CLR_EXT_REQUIRE_COMPILED="${CLR_EXT_REQUIRE_COMPILED:-1}" \
+  "$PY" -m pip install -q --no-build-isolation -e ".[demo,test]"
 "$PY" -c "import clr_ext; print('clr_ext', clr_ext.__version__, 'backends:', clr_ext.available_backends())"

@@ -141,6 +141,58 @@ def test_info(capsys):
     assert "CUDA: " + ("available" if torch.cuda.is_available() else "not available") in out
 
 
+def test_info_names_each_missing_backend_why_and_how(monkeypatch, capsys):
+    """An install whose build left the C++ backend out (the build's record says why) and
+    which runs another torch than it was built against: info says so, and how to fix it."""
+    import clr_ext
+
+    monkeypatch.setattr(clr_ext, "available_backends", lambda: ["cython", "torch"])
+    monkeypatch.setattr(
+        cli,
+        "build_info",
+        lambda: {"torch": "0.0.1", "not_built": {"cpp": "no C++ compiler found ('g++' is not on PATH)"}},
+    )
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "backends: cython, torch" in out
+    assert "cpp: not built: no C++ compiler found ('g++' is not on PATH); needs a C++ compiler" in out
+    assert "cuda: not available: " in out  # not in the record: the import's own reason
+    assert f"built against torch 0.0.1 (this is torch {torch.__version__}: reinstall from source" in out
+    assert "CLR_EXT_REQUIRE_COMPILED=1" in out
+
+
+def test_info_reads_the_build_record_of_this_checkout():
+    """The build writes clr_ext/_build_info.json (setup.py); where it exists, it names the
+    torch this checkout was built against."""
+    info = cli.build_info()
+    if not info:
+        pytest.skip("this checkout was built before the build record existed")
+    assert info["torch"] == torch.__version__
+    assert set(info["not_built"]) <= {"cpp", "cython", "cuda"}
+
+
+def test_a_missing_demo_dependency_is_one_line_naming_the_extra(monkeypatch, tmp_path, capsys):
+    # As if scikit-learn were not installed: an import of it raises ModuleNotFoundError.
+    for name in [m for m in sys.modules if m == "sklearn" or m.startswith("sklearn.")] + ["sklearn"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    rc = cli.main(["range-test", "--quiet", "--num-iters", "5", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err == (
+        "clr-ext range-test: error: clr-ext range-test needs scikit-learn, which is not installed: "
+        'pip install "clr_ext[demo]"\n'
+    )
+
+
+def test_missing_extra_leaves_other_import_errors_alone():
+    from clr_ext._extras import missing_extra
+
+    other = ModuleNotFoundError("No module named 'nonexistent_xyz'", name="nonexistent_xyz")
+    assert missing_extra(other, "x") is other
+    plot = missing_extra(ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib"), "plot()")
+    assert str(plot) == 'plot() needs matplotlib, which is not installed: pip install "clr_ext[plot]"'
+
+
 # ---------------------------------------------------------------------------- demo
 def test_demo_quick_end_to_end(tmp_path, capsys):
     out_dir = tmp_path / "demo"

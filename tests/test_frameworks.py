@@ -484,3 +484,207 @@ def test_accelerate_prepare_accumulate_save_and_load_state(tmp_path):
     _reference_run(ref, epochs=2, accumulate=2)
     assert opt2.iteration == 8
     _assert_bitwise(resumed, ref)  # (accelerate restored the checkpoint into `resumed`)
+
+
+# ============================== clipping under Lightning's mixed precision (issue 24)
+
+CLIP_CLASSES = ("CyclicSGD", "OneCycleSGD", "CyclicAdamW", "OneCycleAdamW")
+
+
+def _clr_optimizer(name: str, params):
+    if name in ("CyclicSGD", "OneCycleSGD"):
+        return _cyclic(params, "cyclic" if name == "CyclicSGD" else "one_cycle")
+    if name == "CyclicAdamW":
+        return clr_ext.CyclicAdamW(params, BASE_LR, MAX_LR, step_size_up=STEP_UP)
+    return clr_ext.OneCycleAdamW(params, MAX_LR, total_steps=TOTAL_STEPS)
+
+
+def _torch_pair(name: str, params):
+    """The PyTorch pair ``name`` fuses (api.md): SGD or AdamW + CyclicLR or OneCycleLR."""
+    if name in ("CyclicSGD", "OneCycleSGD"):
+        return _pair(params, "cyclic" if name == "CyclicSGD" else "one_cycle")
+    adamw = torch.optim.AdamW(params, lr=BASE_LR)
+    if name == "CyclicAdamW":
+        return adamw, torch.optim.lr_scheduler.CyclicLR(adamw, BASE_LR, MAX_LR, step_size_up=STEP_UP)
+    return adamw, torch.optim.lr_scheduler.OneCycleLR(adamw, max_lr=MAX_LR, total_steps=TOTAL_STEPS)
+
+
+def _reference_run_clipped(net, name: str, epochs: int, clip_val: float, algorithm: str):
+    """The plain loop of Lightning's bf16-mixed with clipping: forward and loss under
+    autocast, backward outside, then clip_grad_norm_ (or clip_grad_value_), step, schedule.
+    Returns the LR each step applied and whether the clipping changed any gradient."""
+    opt, sched = _torch_pair(name, net.parameters())
+    applied, clipped = [], False
+    for _ in range(epochs):
+        for x, y in _loader():
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+                loss = F.mse_loss(net(x), y)
+            loss.backward()
+            if algorithm == "norm":
+                clipped |= bool(torch.nn.utils.clip_grad_norm_(net.parameters(), clip_val) > clip_val)
+            else:
+                clipped |= any(bool(p.grad.abs().max() > clip_val) for p in net.parameters())
+                torch.nn.utils.clip_grad_value_(net.parameters(), clip_val)
+            applied.append(sched.get_last_lr()[0])
+            opt.step()
+            sched.step()
+    return applied, clipped
+
+
+def _lightning_module_for(name: str, mixin: bool):
+    _, Module, _ = _lightning_classes()
+    from clr_ext.integrations.lightning import GradientClippingMixin
+
+    class WithOptimizer(Module):
+        def configure_optimizers(self):
+            opt = _clr_optimizer(name, self.parameters())
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": opt.as_scheduler(), "interval": "step"}}
+
+    if mixin:
+        return type("Clipped", (GradientClippingMixin, WithOptimizer), {})
+    return WithOptimizer
+
+
+@pytest.mark.parametrize("name", CLIP_CLASSES)
+def test_lightning_bf16_mixed_refuses_clipping_without_the_hook(name):
+    """Lightning's rule, which the README's old advice missed: bf16-mixed (no scaler) refuses
+    gradient_clip_val too, for every class (it checks _step_supports_amp_scaling)."""
+    module = _lightning_module_for(name, mixin=False)(0)
+    with pytest.raises(RuntimeError, match="does not allow for gradient clipping"):
+        _lightning_fit(module, epochs=1, precision="bf16-mixed", gradient_clip_val=1.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "algorithm", "clip_val"),
+    [
+        ("CyclicSGD", "norm", 0.05),
+        ("CyclicSGD", "value", 0.02),
+        ("OneCycleSGD", "norm", 0.05),
+        ("CyclicAdamW", "norm", 0.05),
+        ("OneCycleAdamW", "norm", 0.05),
+    ],
+)
+def test_lightning_bf16_mixed_clipping_with_the_mixin_matches_the_pair_bit_for_bit(name, algorithm, clip_val):
+    module = _lightning_module_for(name, mixin=True)(0)
+    trainer, logged = _lightning_fit(
+        module, epochs=2, precision="bf16-mixed", gradient_clip_val=clip_val, gradient_clip_algorithm=algorithm
+    )
+    ref = _mlp(0)
+    applied, clipped = _reference_run_clipped(ref, name, epochs=2, clip_val=clip_val, algorithm=algorithm)
+    assert clipped  # the clipping bound is tight enough to change the gradients
+    _assert_bitwise(module.net, ref)
+    assert logged == dict(enumerate(applied))
+    assert trainer.optimizers[0].iteration == 16
+
+
+def test_lightning_clipping_mixin_leaves_other_optimizers_to_lightning():
+    """A torch.optim.SGD under the mixin is clipped by Lightning's own code: same numbers as
+    the plain loop with clip_grad_norm_."""
+    _, Module, _ = _lightning_classes()
+    from clr_ext.integrations.lightning import GradientClippingMixin
+
+    class PlainSGD(GradientClippingMixin, Module):
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=BASE_LR, **SGD_KW)
+
+    module = PlainSGD(0)
+    _lightning_fit(module, epochs=1, precision="bf16-mixed", gradient_clip_val=0.05)
+    ref = _mlp(0)
+    sgd = torch.optim.SGD(ref.parameters(), lr=BASE_LR, **SGD_KW)
+    for x, y in _loader():
+        sgd.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+            loss = F.mse_loss(ref(x), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.05)
+        sgd.step()
+    _assert_bitwise(module.net, ref)
+
+
+@pytest.mark.parametrize("name", ["CyclicSGD", "CyclicAdamW"])
+def test_lightning_16_mixed_clipping_with_the_mixin_unscales_first_like_the_plain_amp_loop(name):
+    """16-mixed with a grad scaler (on the CPU Lightning would switch to bf16, so the plugin is
+    given): the mixin unscales with the Trainer's scaler before clipping, as the plain AMP
+    loop does (scaler.unscale_, clip, scaler.step, scaler.update), with the same numbers."""
+    pytest.importorskip("lightning.pytorch")
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    module = _lightning_module_for(name, mixin=True)(0)
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    trainer, logged = _lightning_fit(module, epochs=1, plugins=[plugin], gradient_clip_val=0.05)
+    ref = _mlp(0)
+    opt, sched = _torch_pair(name, ref.parameters())
+    scaler = torch.amp.GradScaler("cpu")
+    applied, clipped = [], False
+    for x, y in _loader():
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.float16, cache_enabled=False):
+            loss = F.mse_loss(ref(x), y)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        clipped |= bool(torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.05) > 0.05)
+        applied.append(sched.get_last_lr()[0])
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+    assert clipped
+    _assert_bitwise(module.net, ref)
+    assert logged == dict(enumerate(applied))
+    assert trainer.optimizers[0].iteration == 8
+
+
+# ================================ the HF Trainer building the optimizer itself (issue 24)
+
+
+def test_hf_trainer_optimizer_cls_and_kwargs_with_the_mixin_takes_the_optimizers_schedule(tmp_path):
+    """optimizer_cls_and_kwargs=(CyclicSGD, {...}) + OptimizerScheduleMixin: the Trainer steps
+    and logs the optimizer's own schedule (no warning), as SGD + CyclicLR with clipping."""
+    transformers = pytest.importorskip("transformers")
+    from clr_ext.integrations.transformers import OptimizerScheduleMixin
+
+    class CLRTrainer(OptimizerScheduleMixin, transformers.Trainer):
+        pass
+
+    model = _gpt2(0)
+    ref = copy.deepcopy(model)
+    calls = _record_forward_calls(model)
+    kwargs = {"base_lr": BASE_LR, "max_lr": MAX_LR, "step_size_up": STEP_UP, "momentum": 0.9}
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=BATCH,
+        max_steps=12,
+        max_grad_norm=1.0,
+        use_cpu=True,
+        report_to=[],
+        logging_steps=1,
+        seed=0,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        save_strategy="no",
+    )
+    trainer = CLRTrainer(
+        model=model, args=args, train_dataset=_Tokens(), optimizer_cls_and_kwargs=(clr_ext.CyclicSGD, kwargs)
+    )
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer.train()
+    assert _clr_warnings(record) == []
+    assert isinstance(trainer.optimizer.optimizer, clr_ext.CyclicSGD)  # (accelerate wraps it)
+    logged = {h["step"]: h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h}
+
+    # The Trainer's groups: weight_decay = args.weight_decay (0.0 here) for every parameter.
+    sgd = torch.optim.SGD(ref.parameters(), lr=BASE_LR, momentum=0.9)
+    sched = torch.optim.lr_scheduler.CyclicLR(sgd, base_lr=BASE_LR, max_lr=MAX_LR, step_size_up=STEP_UP)
+    ref.train()
+    applied = []
+    for call in calls:
+        ref(**call).loss.backward()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+        applied.append(sched.get_last_lr()[0])
+        sgd.step()
+        sched.step()
+        sgd.zero_grad()
+    assert len(applied) == 12 == trainer.optimizer.optimizer.iteration
+    _assert_bitwise(model, ref)
+    assert logged == {step + 1: lr for step, lr in enumerate(applied)}

@@ -11,9 +11,9 @@ import argparse
 import math
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Callable, List, NoReturn, Optional, Sequence, TypeVar
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "backend_lines", "build_info"]
 
 PROG = "clr-ext"
 
@@ -26,12 +26,15 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error in ONE line (the default prints the whole usage
     block first), pointing to --help instead."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 # ---- argument types: each rejects a bad value with a message argparse puts in one line ----
-def _number(text: str, kind, what: str, ok):
+_N = TypeVar("_N", int, float)
+
+
+def _number(text: str, kind: Callable[[str], _N], what: str, ok: Callable[[_N], bool]) -> _N:
     try:
         value = kind(text)
     except ValueError:
@@ -296,7 +299,7 @@ def _set_threads(n: Optional[int]) -> None:
 
 
 # ---- commands ----
-def _cmd_demo(args) -> int:
+def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, run_demo
 
     cfg = DemoConfig.quick() if args.quick else DemoConfig()
@@ -313,7 +316,7 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-def _cmd_range_test(args) -> int:
+def _cmd_range_test(args: argparse.Namespace) -> int:
     import torch
     import torch.nn.functional as F
 
@@ -360,7 +363,7 @@ def _cmd_range_test(args) -> int:
     return 0
 
 
-def _cmd_cifar10(args) -> int:
+def _cmd_cifar10(args: argparse.Namespace) -> int:
     from .data import CifarFormatError, find_cifar10
     from .demo import CifarConfig, run_cifar10
 
@@ -396,7 +399,65 @@ def _cmd_cifar10(args) -> int:
     return 0
 
 
-def _cmd_info(args) -> int:
+# How to get each compiled backend that an install lacks (README "Building").
+_HOW_TO_BUILD = {
+    "cpp": "needs a C++ compiler (g++ >= 9) when clr_ext is installed",
+    "cython": "needs Cython and a C++ compiler when clr_ext is installed",
+    "cuda": "needs a CUDA build of torch and a CUDA toolkit (CUDA_HOME) when clr_ext is installed",
+}
+_REINSTALL = (
+    "reinstall from source against this torch: pip install --no-build-isolation --force-reinstall --no-deps "
+    "<clr_ext source folder or sdist> (CLR_EXT_REQUIRE_COMPILED=1 makes a failed build stop instead of "
+    "falling back; README 'Building')"
+)
+
+
+def build_info() -> dict:
+    """What the build of this install recorded (``clr_ext/_build_info.json``: the torch it was
+    built against and each backend it left out, with the reason); empty when the install
+    predates the record or was copied without it."""
+    import json
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_build_info.json")
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def backend_lines() -> List[str]:
+    """The ``backends:`` line of ``clr-ext info``, then one line per compiled backend this
+    install lacks: why (the build's record, else the import error) and how to get it."""
+    from .. import available_backends
+    from .. import backends as _backends
+
+    have = available_backends()
+    lines = ["backends: " + ", ".join(have)]
+    if have == ["torch"]:
+        lines.append("  only the pure-PyTorch backend: correct but slow (a Python loop of torch ops per step)")
+    info = build_info()
+    not_built = info.get("not_built", {}) if isinstance(info.get("not_built"), dict) else {}
+    missing = [name for name in ("cuda", "cpp", "cython") if name not in have]
+    for name in missing:
+        if name in not_built:
+            why = "not built: " + str(not_built[name])
+        else:
+            why = "not available: " + _backends._why_missing(name)
+        lines.append(f"  {name}: {why}; {_HOW_TO_BUILD[name]}")
+    built_against = info.get("torch")
+    if built_against:
+        import torch
+
+        note = "" if built_against == torch.__version__ else f" (this is torch {torch.__version__}: {_REINSTALL})"
+        lines.append(f"built against torch {built_against}{note}")
+    if [m for m in missing if m != "cuda"]:
+        lines.append(f"  to add a backend: {_REINSTALL}")
+    return lines
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
     import platform
 
     import torch
@@ -406,12 +467,9 @@ def _cmd_info(args) -> int:
         f"torch {torch.__version__} (Python {platform.python_version()}, {platform.machine()})",
     ]
     try:
-        from .. import available_backends
-
-        backends = ", ".join(available_backends())
+        lines += backend_lines()
     except Exception as e:  # report a broken build rather than crash the diagnostic command
-        backends = f"unavailable ({type(e).__name__}: {e})"
-    lines.append(f"backends: {backends}")
+        lines.append(f"backends: unavailable ({type(e).__name__}: {e})")
     try:
         cpu = torch.backends.cpu.get_cpu_capability()
     except Exception:
@@ -447,6 +505,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _COMMANDS[args.command](args)
     except UserError as e:
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        from .._extras import missing_extra
+
+        friendly = missing_extra(e, f"{PROG} {args.command}", extra="demo")
+        if friendly is e:
+            raise
+        print(f"{PROG} {args.command}: error: {friendly}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
