@@ -223,8 +223,13 @@ class RangeTestResult:
             if not isinstance(m, str) or m not in SUGGEST_METHODS:
                 raise ValueError(f"suggest must name methods among {SUGGEST_METHODS}, got {m!r}")
         singles = [(m, self.suggest(m)) for m in marks if m != "clr"]
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        try:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+        except ModuleNotFoundError as error:
+            from .._extras import missing_extra
+
+            raise missing_extra(error, "RangeTestResult.plot()") from None
 
         fig = Figure(figsize=(7.5, 5.2))
         FigureCanvasAgg(fig)
