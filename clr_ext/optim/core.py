@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import itertools
 import operator
 import sys
@@ -28,18 +29,15 @@ from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimize
 from .. import _ops
 from .. import backends as _backends
 from .._checks import momentum_value
+from . import functional
+from .functional import StalePlan, Work
+from .records import StepInputs
 from .schedules import per_group
 
 # Optimizers by handle, for the op below: an op's arguments are tensors and numbers,
 # so a traced step names its optimizer by an int that stays constant across steps.
 _LIVE: "weakref.WeakValueDictionary[int, _ScheduledOptimizer]" = weakref.WeakValueDictionary()
 _HANDLES = itertools.count(1)
-
-
-# Ops written in Python, defined through a plain Library fragment: a call costs ~4 us
-# where torch.library.custom_op's wrapper costs ~18 us.
-_LIBRARY = torch.library.Library("clr_ext", "FRAGMENT")
-_LIBRARY.define("advance_schedule_(Tensor(a!)[] counters, int handle) -> ()")
 
 
 def _advance_schedule(counters: List[torch.Tensor], handle: int) -> None:
@@ -55,17 +53,10 @@ def _advance_schedule(counters: List[torch.Tensor], handle: int) -> None:
         optimizer._host_advance()
 
 
-_LIBRARY.impl("advance_schedule_", _advance_schedule, "CompositeExplicitAutograd")
-
-
-_ops.register_fake("advance_schedule_")
+_ops.define("advance_schedule_(Tensor(a!)[] counters, int handle) -> ()", _advance_schedule)
 
 
 _GRAD = operator.attrgetter("grad")
-
-
-class _StalePlan(Exception):
-    """A step's cached plan no longer fits its tensors; nothing was written."""
 
 
 def _dtensor_type() -> Any:
@@ -144,6 +135,21 @@ class _Bucket:
         return self._states
 
 
+def construct(optimizer: "_ScheduledOptimizer", schedule_type: Any, arguments: Dict[str, Any]) -> None:
+    """The public classes' constructor, written once: ``arguments`` (the constructor's
+    ``locals()``) split into the schedule's own, the per-group bounds (the schedule's
+    group keys and the momentum bounds), the rule's defaults (the rest), ``cycle_momentum``
+    and ``backend``."""
+    rest = {key: value for key, value in arguments.items() if key not in ("self", "__class__")}
+    params, cycle_momentum, backend = rest.pop("params"), rest.pop("cycle_momentum"), rest.pop("backend")
+    takes = inspect.signature(schedule_type).parameters
+    schedule = schedule_type(**{key: rest.pop(key) for key in list(rest) if key in takes})
+    bounds = {key: rest.pop(key) for key in schedule_type.group_keys + ("base_momentum", "max_momentum") if key in rest}
+    _ScheduledOptimizer.__init__(
+        optimizer, params, schedule, bounds, rest, cycle_momentum=cycle_momentum, backend=backend
+    )
+
+
 class _ScheduledOptimizer(Optimizer):
     """An optimizer whose LR (and momentum or beta1) follow a schedule, in one fused step.
 
@@ -199,6 +205,7 @@ class _ScheduledOptimizer(Optimizer):
         cycle_momentum: bool,
         backend: str,
     ) -> None:
+        self._unpickled()  # (the rule's own fields)
         self._backend_request = _backends.requested_backend(backend)
         self._schedule = schedule
         self.cycle_momentum = bool(cycle_momentum)
@@ -269,8 +276,26 @@ class _ScheduledOptimizer(Optimizer):
         """Writes the cycled momentum where the rule's PyTorch optimizer keeps it."""
         raise NotImplementedError
 
-    def _step_once(self, compiling: bool) -> None:
-        """Plans and runs one step; ``compiling``: it is being traced by torch.compile."""
+    def _hyper(self, group: Dict[str, Any], bounds: List[float], shape: List[float], compiling: bool) -> Any:
+        """The rule's record of a group's op arguments (``clr_ext.optim.records``)."""
+        raise NotImplementedError
+
+    def _collect(
+        self,
+        group_index: int,
+        group: Dict[str, Any],
+        buckets: List[Tuple["_Bucket", List[torch.Tensor]]],
+        hyper: Any,
+        compiling: bool,
+        work: List[Work],
+        new_state: List[Any],
+    ) -> None:
+        """Appends the group's op calls to ``work``, creating (not storing) missing state,
+        which goes to ``new_state`` for ``_keep``."""
+        raise NotImplementedError
+
+    def _keep(self, new_state: List[Any]) -> None:
+        """Stores the state ``_collect`` created, once the step has run."""
         raise NotImplementedError
 
     # ---------------------------------------------------------------- schedule
@@ -323,57 +348,16 @@ class _ScheduledOptimizer(Optimizer):
     # -------------------------------------------------------------------- step
 
     def _validate(self, group_index: int, params: List[torch.Tensor]) -> None:
-        """The precise, per-parameter checks of a group (``_C.validate_group``; this
-        Python copy serves builds without ``_C`` and traced steps)."""
+        """The per-parameter checks of a group's params and grads (``_C.validate_group``;
+        its Python twin serves builds without ``_C`` and traced steps)."""
         if _backends._C is not None and not torch.compiler.is_compiling():
             _backends._C.validate_group(params, [p.grad for p in params], group_index, type(self).__name__)
-            return
-        for i, p in enumerate(params):
-            g = p.grad
-            where = f"parameter {i} of param group {group_index}"
-            if p.dtype not in _backends.SUPPORTED_DTYPES and p.dtype not in _COMPLEX_DTYPES:
-                raise RuntimeError(
-                    f"{type(self).__name__}: {where} has dtype {p.dtype}; only floating-point "
-                    "parameters (float32, float64, float16, bfloat16, complex64, complex128) "
-                    "can be optimized"
-                )
-            if p.layout != torch.strided:
-                raise RuntimeError(f"{type(self).__name__}: {where} is not a dense (strided) tensor")
-            if g.layout != torch.strided or g.is_sparse:
-                raise RuntimeError(
-                    f"{type(self).__name__}: the gradient of {where} is sparse; sparse gradients are not supported"
-                )
-            if g.dtype != p.dtype:
-                raise RuntimeError(
-                    f"{type(self).__name__}: the gradient of {where} has dtype {g.dtype}, the parameter {p.dtype}"
-                )
-            if g.shape != p.shape:
-                raise RuntimeError(
-                    f"{type(self).__name__}: the gradient of {where} has shape {tuple(g.shape)}, "
-                    f"the parameter {tuple(p.shape)}"
-                )
-            if g.device != p.device:
-                raise RuntimeError(
-                    f"{type(self).__name__}: the gradient of {where} is on {g.device}, the parameter on {p.device}"
-                )
+        else:
+            functional.validate_group(params, group_index, type(self).__name__)
 
     def _validate_all(self) -> None:
         for group_index, group in enumerate(self._step_groups()):
             self._validate(group_index, [p for p in group["params"] if p.grad is not None])
-
-    def _check_before_writing(self, work: List[Any], check_bucket: Callable[[Any], None], compiling: bool) -> None:
-        """Checks every bucket of a step before the first one writes, with the rule's op
-        check (``check_bucket(item)``, a ``_C`` function) or, where dynamo traces the step
-        (it cannot trace pybind) or ``_C`` is missing, the Python validator, which sees
-        the same metadata. A failure means the cached plan is stale: ``_StalePlan``."""
-        try:
-            if _backends._C is not None and not compiling:
-                for item in work:
-                    check_bucket(item)
-            else:
-                self._validate_all()
-        except RuntimeError as err:
-            raise _StalePlan() from err
 
     def _buckets_of(self, group_index: int, group: Dict[str, Any]) -> List[Tuple["_Bucket", List[torch.Tensor]]]:
         """``[(bucket, grads)]``: the group's params that have a gradient, grouped by
@@ -455,15 +439,36 @@ class _ScheduledOptimizer(Optimizer):
     def _step_checked(self, compiling: bool) -> None:
         try:
             self._step_once(compiling)
-        except _StalePlan:
+        except StalePlan:
             # A param changed dtype or device since the grouping was cached (nothing
             # was written): check every param, so that a real error names it, and replan.
             self._bucket_cache.clear()
             self._validate_all()
             try:
                 self._step_once(compiling)
-            except _StalePlan as again:
-                raise again.__cause__ from None
+            except StalePlan as again:
+                cause = again.__cause__
+                raise RuntimeError(f"{type(self).__name__}: param group {again.group_index}: {cause}") from None
+
+    def _step_once(self, compiling: bool) -> None:
+        """One step, the same for every rule: the rule collects each group's op calls,
+        all of them are checked before the first writes (``functional.check``), they run,
+        the rule keeps the state it created, and the schedule advances. ``compiling``:
+        torch.compile is tracing the step."""
+        schedule = self._schedule
+        # (a schedule evaluated on the host reads the iteration; dynamo re-traces as it changes)
+        shape = schedule.op_shape(self._iteration if schedule.host_evaluated else 0)
+        work: List[Work] = []
+        new_state: List[Any] = []
+        for group_index, group in enumerate(self._step_groups()):
+            buckets = self._buckets_of(group_index, group)
+            if buckets:
+                hyper = self._hyper(group, schedule.op_bounds(group), shape, compiling)
+                self._collect(group_index, group, buckets, hyper, compiling, work, new_state)
+        functional.check(work, compiling, self._validate_all)
+        functional.run(work, self._device_inputs({item.device for item in work}, compiling))
+        self._keep(new_state)
+        self._advance(compiling)
 
     def _check_outside_writes(self) -> None:
         """Warns once per group when ``group["lr"]`` is not what this optimizer last wrote
@@ -529,18 +534,22 @@ class _ScheduledOptimizer(Optimizer):
             tensors = _real_views(tensors)
         return tensors
 
-    def _device_inputs(self, devices: Iterable[torch.device]) -> Tuple[Dict[Any, Any], Dict[Any, Any], Dict[Any, Any]]:
-        """Per device: the step counter (made before any bucket runs), and GradScaler's
-        ``grad_scale`` / ``found_inf`` (None without AMP), moved without a sync."""
+    def _device_inputs(self, devices: Iterable[torch.device], compiling: bool) -> Dict[torch.device, StepInputs]:
+        """Per device: the step counter (made before any bucket runs), its host mirror (none
+        for a traced step: dynamo would guard on it), and GradScaler's ``grad_scale`` /
+        ``found_inf`` (None without AMP), moved without a sync."""
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        counter_on = {device: self._counter(device) for device in devices}
-        if grad_scale is None and found_inf is None:
-            no_amp = dict.fromkeys(counter_on)
-            return counter_on, no_amp, no_amp
-        scale_on = {d: None if grad_scale is None else grad_scale.to(d, non_blocking=True) for d in counter_on}
-        inf_on = {d: None if found_inf is None else found_inf.to(d, non_blocking=True) for d in counter_on}
-        return counter_on, scale_on, inf_on
+        iteration = None if compiling else self._iteration
+        return {
+            device: StepInputs(
+                self._counter(device),
+                iteration,
+                None if grad_scale is None else grad_scale.to(device, non_blocking=True),
+                None if found_inf is None else found_inf.to(device, non_blocking=True),
+            )
+            for device in devices
+        }
 
     def _advance(self, compiling: bool) -> None:
         """Ends a step: the device counters, then the host mirror."""

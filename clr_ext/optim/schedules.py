@@ -22,6 +22,13 @@ from .._checks import as_float, non_negative, positive_int
 _SCALE_MODES = ("cycle", "iterations")
 
 
+def _capturing() -> bool:
+    """Whether a CUDA graph is being captured on the current stream (False without CUDA)."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 class CyclicSchedule:
     """CyclicLR's schedule (plus the paper's fixed / exp / decay policies)."""
 
@@ -79,6 +86,12 @@ class CyclicSchedule:
         on the host, at ``iteration``."""
         custom = 1.0
         if self.scale_fn is not None:
+            if _capturing():
+                raise RuntimeError(
+                    "clr_ext: this schedule's scale_fn is a Python function, evaluated on the host at every step: "
+                    "a captured CUDA graph would replay its value of the capture step forever. Capture a step "
+                    "whose schedule has no scale_fn (a mode), or do not capture; nothing was changed"
+                )
             if self.scale_mode == "cycle":
                 custom = float(self.scale_fn(math.floor(1 + iteration / (self.step_size_up + self.step_size_down))))
             else:
@@ -329,3 +342,23 @@ def per_group(name: str, value: Any, n_groups: int) -> Sequence[Any]:
             raise ValueError(f"{name}: has {len(value)} values but there are {n_groups} param groups")
         return list(value)
     return [value] * n_groups
+
+
+_MODE_NAMES = {number: name for name, number in _oracle.MODES.items()}
+_ANNEAL_NAMES = {number: name for name, number in _oracle.ONE_CYCLE_MODES.items()}
+
+
+def op_point(iteration: int, bounds: List[float], shape: List[float], mode: int) -> Tuple[float, float]:
+    """``(lr, cycled momentum)`` of a step from the op's schedule arguments (``op_bounds``,
+    ``op_shape``, ``op_mode`` above), by the oracle: what csrc/schedule.h evaluates, for the
+    backends written in Python."""
+    if mode in _ANNEAL_NAMES:
+        ends = tuple(shape[: int(shape[3])])
+        return _oracle.one_cycle_point(
+            iteration, bounds[0], bounds[1], bounds[4], ends, _ANNEAL_NAMES[mode], bounds[2], bounds[3]
+        )
+    if mode == _oracle.CUSTOM_MODE:  # the host evaluated the scale_fn into shape[3]
+        return _oracle.cyclic_point(
+            iteration, *bounds[:2], *shape[:2], "triangular", shape[2], *bounds[2:4], lambda _x: shape[3], "cycle"
+        )
+    return _oracle.cyclic_point(iteration, *bounds[:2], *shape[:2], _MODE_NAMES[mode], shape[2], *bounds[2:4])
