@@ -45,6 +45,14 @@ def momentum_value(name: str, value: Any) -> float:
     return value
 
 
+def beta(name: str, value: Any) -> float:
+    """An Adam beta: in [0, 1)."""
+    value = as_float(name, value)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}: must be in [0, 1), got {value!r}")
+    return value
+
+
 def positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
         raise ValueError(f"{name}: must be a positive integer, got {value!r}")

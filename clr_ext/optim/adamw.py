@@ -3,14 +3,13 @@ one fused step (the AdamW update rule on the scheduled-optimizer core)."""
 
 from __future__ import annotations
 
-import functools
 import operator
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
 from .. import backends as _backends
-from .._checks import as_float, non_negative
+from .._checks import beta, non_negative
 from .core import _refuse_capture, _ScheduledOptimizer, construct
 from .functional import Work
 from .records import AdamwHyper, AdamwTensors
@@ -20,13 +19,6 @@ __all__ = ["CyclicAdamW", "OneCycleAdamW"]
 
 #: The per-param state, named as torch.optim.AdamW names it.
 _MOMENTS = ("exp_avg", "exp_avg_sq")
-
-
-def _beta(name: str, value: Any) -> float:
-    value = as_float(name, value)
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name}: must be in [0, 1), got {value!r}")
-    return value
 
 
 class _ScheduledAdamW(_ScheduledOptimizer):
@@ -46,10 +38,10 @@ class _ScheduledAdamW(_ScheduledOptimizer):
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas{where}: must be a pair (beta1, beta2), got {betas!r}")
-        group["betas"] = (_beta("betas[0]" + where, betas[0]), _beta("betas[1]" + where, betas[1]))
+        group["betas"] = (beta("betas[0]" + where, betas[0]), beta("betas[1]" + where, betas[1]))
         if self.cycle_momentum:  # the cycled beta1 must be a beta too
             for key in ("base_momentum", "max_momentum"):
-                group[key] = _beta(key + where, group[key])
+                group[key] = beta(key + where, group[key])
         group["eps"] = non_negative("eps" + where, group["eps"])
         group["weight_decay"] = non_negative("weight_decay" + where, group["weight_decay"])
         group["amsgrad"] = bool(group["amsgrad"])
@@ -73,26 +65,23 @@ class _ScheduledAdamW(_ScheduledOptimizer):
                 if loaded is not step or loaded.dtype != torch.float32 or loaded.device != p.device:
                     self.state[p]["step"] = loaded.to(device=p.device, dtype=torch.float32)
 
-    def _hyper(self, group, bounds, shape, compiling):
+    def _collect(self, group_index, group, buckets, schedule_arguments, compiling, work, created):
+        """``created``: (param, its new state), stored once the step has run."""
         beta1, beta2 = group["betas"]
-        return AdamwHyper(
-            bounds,
-            shape,
-            self._schedule.op_mode,
+        amsgrad = group["amsgrad"]
+        hyper = AdamwHyper(
+            *schedule_arguments,
             # a traced step passes a constant beta1 when cycling (the op computes it)
             group["max_momentum"] if compiling and self.cycle_momentum else beta1,
             beta2,
             group["eps"],
             group["weight_decay"],
-            group["amsgrad"],
+            amsgrad,
             group["maximize"],
             self.cycle_momentum,
             0,
         )
-
-    def _collect(self, group_index, group, buckets, hyper, compiling, work, created):
-        """``created``: (param, its new state), stored once the step has run."""
-        keys = ("step",) + _MOMENTS + (("max_exp_avg_sq",) if hyper.amsgrad else ())
+        keys = ("step",) + _MOMENTS + (("max_exp_avg_sq",) if amsgrad else ())
         for bucket, grads in buckets:
             params = bucket.params
             try:  # every step after a param's first
@@ -100,9 +89,11 @@ class _ScheduledAdamW(_ScheduledOptimizer):
                 steps, *moments = [list(map(operator.itemgetter(k), dicts)) for k in keys]
             except KeyError:
                 steps, *moments = self._state_with_new(params, keys, created)
-            view = functools.partial(self._kernel_tensors, bucket=bucket)
-            exp_avgs, exp_avg_sqs, *max_exp_avg_sqs = (view(m) for m in moments)
-            tensors = AdamwTensors(view(params), view(grads), exp_avgs, exp_avg_sqs, *(max_exp_avg_sqs or [[]]), steps)
+            if not amsgrad:
+                moments.append([])
+            tensors = AdamwTensors(params, grads, *moments, steps)
+            if bucket.dtensor is not None or bucket.complex:
+                tensors = AdamwTensors(*(self._kernel_tensors(t, bucket) for t in tensors[:5]), steps)
             fused = group["fused"] and bucket.device.type == "cpu"
             call = hyper._replace(fused_width=_backends.fused_adamw_width(params[0].dtype)) if fused else hyper
             work.append(Work(bucket.backend, bucket.device, tensors, call, group_index))

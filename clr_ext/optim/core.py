@@ -110,7 +110,7 @@ def _refuse_capture(device: torch.device, what: str) -> None:
 class _Bucket:
     """Params of one group on one device with one dtype, and their backend."""
 
-    __slots__ = ("device", "params", "backend", "dtensor", "complex", "starts", "_states")
+    __slots__ = ("device", "params", "backend", "dtensor", "complex", "starts", "state_dicts")
 
     def __init__(self, device: torch.device, params: List[torch.Tensor], backend: Any) -> None:
         self.device = device
@@ -123,16 +123,16 @@ class _Bucket:
         # (CyclicSGD._starts_version, the params' momentum starts): saves a dict lookup
         # per param and step on the device-decided path.
         self.starts: Optional[Tuple[int, List[torch.Tensor]]] = None
-        self._states: Optional[List[Dict[str, Any]]] = None
+        self.state_dicts: Optional[List[Dict[str, Any]]] = None  # (see states)
 
     def states(self, state: Dict[torch.Tensor, Dict[str, Any]]) -> List[Dict[str, Any]]:
         """The params' state dicts, looked up once: a lookup by tensor calls the Python
         ``Tensor.__hash__`` (~0.2 us; 40 us a step for 200 params), a lookup by key in a
         param's dict does not. The bucket lives no longer than ``state`` and its size
         (see ``_buckets_of``), so a buffer replaced or deleted in a param's dict is seen."""
-        if self._states is None:
-            self._states = [state[p] for p in self.params]
-        return self._states
+        if self.state_dicts is None:
+            self.state_dicts = [state[p] for p in self.params]
+        return self.state_dicts
 
 
 def construct(optimizer: "_ScheduledOptimizer", schedule_type: Any, arguments: Dict[str, Any]) -> None:
@@ -276,21 +276,18 @@ class _ScheduledOptimizer(Optimizer):
         """Writes the cycled momentum where the rule's PyTorch optimizer keeps it."""
         raise NotImplementedError
 
-    def _hyper(self, group: Dict[str, Any], bounds: List[float], shape: List[float], compiling: bool) -> Any:
-        """The rule's record of a group's op arguments (``clr_ext.optim.records``)."""
-        raise NotImplementedError
-
     def _collect(
         self,
         group_index: int,
         group: Dict[str, Any],
         buckets: List[Tuple["_Bucket", List[torch.Tensor]]],
-        hyper: Any,
+        schedule_arguments: Tuple[List[float], List[float], int],
         compiling: bool,
         work: List[Work],
         new_state: List[Any],
     ) -> None:
-        """Appends the group's op calls to ``work``, creating (not storing) missing state,
+        """Appends the group's op calls to ``work`` (its record starts with
+        ``schedule_arguments``: bounds, shape, mode), creating (not storing) missing state,
         which goes to ``new_state`` for ``_keep``."""
         raise NotImplementedError
 
@@ -356,7 +353,7 @@ class _ScheduledOptimizer(Optimizer):
             functional.validate_group(params, group_index, type(self).__name__)
 
     def _validate_all(self) -> None:
-        for group_index, group in enumerate(self._step_groups()):
+        for group_index, group in enumerate(self._groups_alias if torch.compiler.is_compiling() else self.param_groups):
             self._validate(group_index, [p for p in group["params"] if p.grad is not None])
 
     def _buckets_of(self, group_index: int, group: Dict[str, Any]) -> List[Tuple["_Bucket", List[torch.Tensor]]]:
@@ -437,36 +434,38 @@ class _ScheduledOptimizer(Optimizer):
         return loss
 
     def _step_checked(self, compiling: bool) -> None:
-        try:
-            self._step_once(compiling)
-        except StalePlan:
-            # A param changed dtype or device since the grouping was cached (nothing
-            # was written): check every param, so that a real error names it, and replan.
-            self._bucket_cache.clear()
-            self._validate_all()
-            try:
-                self._step_once(compiling)
-            except StalePlan as again:
-                cause = again.__cause__
-                raise RuntimeError(f"{type(self).__name__}: param group {again.group_index}: {cause}") from None
-
-    def _step_once(self, compiling: bool) -> None:
-        """One step, the same for every rule: the rule collects each group's op calls,
-        all of them are checked before the first writes (``functional.check``), they run,
-        the rule keeps the state it created, and the schedule advances. ``compiling``:
-        torch.compile is tracing the step."""
+        """One step, the same for every rule: the rule collects each group's op calls
+        (``_collect``), all of them are checked before the first writes
+        (``functional.check``), they run, the rule keeps the state it created, and the
+        schedule advances. ``compiling``: torch.compile is tracing the step."""
         schedule = self._schedule
-        # (a schedule evaluated on the host reads the iteration; dynamo re-traces as it changes)
-        shape = schedule.op_shape(self._iteration if schedule.host_evaluated else 0)
-        work: List[Work] = []
-        new_state: List[Any] = []
-        for group_index, group in enumerate(self._step_groups()):
-            buckets = self._buckets_of(group_index, group)
-            if buckets:
-                hyper = self._hyper(group, schedule.op_bounds(group), shape, compiling)
-                self._collect(group_index, group, buckets, hyper, compiling, work, new_state)
-        functional.check(work, compiling, self._validate_all)
-        functional.run(work, self._device_inputs({item.device for item in work}, compiling))
+        # Dynamo guards on every value of every group once ``param_groups`` is read in a
+        # traced frame, and lr, momentum and iteration change at every step: a traced step
+        # reads the same list through another attribute, with guards on the keys it reads.
+        groups = self._groups_alias if compiling else self.param_groups
+        for attempt in (1, 2):
+            # (a schedule evaluated on the host reads the iteration; dynamo re-traces as it changes)
+            shape = schedule.op_shape(self._iteration) if schedule.host_evaluated else schedule.shape
+            work: List[Work] = []
+            new_state: List[Any] = []
+            for group_index, group in enumerate(groups):
+                buckets = self._buckets_of(group_index, group)
+                if buckets:
+                    arguments = ([group[key] for key in schedule.bound_keys], shape, schedule.op_mode)
+                    self._collect(group_index, group, buckets, arguments, compiling, work, new_state)
+            try:
+                if len(work) > 1 or (work and not work[0].backend.checks_before_writing):
+                    functional.check(work, compiling, self._validate_all)
+                functional.run(work, self._device_inputs(work, compiling))
+                break
+            except StalePlan as stale:
+                if attempt == 2:
+                    cause = stale.__cause__
+                    raise RuntimeError(f"{type(self).__name__}: param group {stale.group_index}: {cause}") from None
+                # A param changed dtype or device since the grouping was cached (nothing
+                # was written): check every param, so that a real error names it, and replan.
+                self._bucket_cache.clear()
+                self._validate_all()
         self._keep(new_state)
         self._advance(compiling)
 
@@ -534,22 +533,25 @@ class _ScheduledOptimizer(Optimizer):
             tensors = _real_views(tensors)
         return tensors
 
-    def _device_inputs(self, devices: Iterable[torch.device], compiling: bool) -> Dict[torch.device, StepInputs]:
-        """Per device: the step counter (made before any bucket runs), its host mirror (none
-        for a traced step: dynamo would guard on it), and GradScaler's ``grad_scale`` /
-        ``found_inf`` (None without AMP), moved without a sync."""
+    def _device_inputs(self, work: List[Work], compiling: bool) -> Dict[torch.device, StepInputs]:
+        """Per device of ``work``: the step counter (made before any bucket runs), its host
+        mirror (none for a traced step: dynamo would guard on it), and GradScaler's
+        ``grad_scale`` / ``found_inf`` (None without AMP), moved without a sync."""
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         iteration = None if compiling else self._iteration
-        return {
-            device: StepInputs(
-                self._counter(device),
-                iteration,
-                None if grad_scale is None else grad_scale.to(device, non_blocking=True),
-                None if found_inf is None else found_inf.to(device, non_blocking=True),
-            )
-            for device in devices
-        }
+        inputs: Dict[torch.device, StepInputs] = {}
+        for item in work:
+            device = item.device
+            if device not in inputs:
+                counter = self._counters.get(device)
+                inputs[device] = StepInputs(
+                    self._counter(device) if counter is None else counter,
+                    iteration,
+                    None if grad_scale is None else grad_scale.to(device, non_blocking=True),
+                    None if found_inf is None else found_inf.to(device, non_blocking=True),
+                )
+        return inputs
 
     def _advance(self, compiling: bool) -> None:
         """Ends a step: the device counters, then the host mirror."""
@@ -636,15 +638,6 @@ class _ScheduledOptimizer(Optimizer):
 
     def _unpickled(self) -> None:
         """After ``__setstate__`` (unpickling, deepcopy, load_state_dict): hook for the rules."""
-
-    def _step_groups(self) -> List[Dict[str, Any]]:
-        """``param_groups``, read by the step.
-
-        Dynamo guards on every value of every group once ``param_groups`` is read in a
-        traced frame, and ``lr``, ``momentum`` and ``iteration`` change at every step:
-        the step would be re-traced each time. A traced step reads the same list through
-        another attribute, which gets guards on the keys the step reads (constants) only."""
-        return self._groups_alias if torch.compiler.is_compiling() else self.param_groups
 
     def _register(self) -> None:
         # A copy (pickle, deepcopy) is another optimizer and gets its own handle; a

@@ -48,9 +48,8 @@ class StalePlan(Exception):
 
 
 def check(work: List[Work], traced: bool, validate_all: Callable[[], None]) -> None:
-    """The pre-check of every call of a step (see the module's docstring)."""
-    if len(work) == 1 and work[0].backend.checks_before_writing:
-        return
+    """The pre-check of every call of a step (see the module's docstring; the caller
+    skips it for one call that its op checks)."""
     item = None
     try:
         if _backends._C is not None and not traced:

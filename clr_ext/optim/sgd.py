@@ -3,7 +3,6 @@ CyclicSGD (torch.optim.SGD + CyclicLR) and OneCycleSGD (torch.optim.SGD + OneCyc
 
 from __future__ import annotations
 
-import functools
 import operator
 from itertools import repeat
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
@@ -98,77 +97,79 @@ class _ScheduledSGD(_ScheduledOptimizer):
             not_started += [p for p, k in owners if values[k] == _NOT_STARTED]
         return not_started
 
-    def _hyper(self, group, bounds, shape, compiling):
-        return SgdHyper(
-            bounds,
-            shape,
-            self._schedule.op_mode,
+    def _collect(self, group_index, group, buckets, schedule_arguments, compiling, work, new_buffers):
+        """``new_buffers``: (param, its new buffer or None, its new start or None)."""
+        cycle = self.cycle_momentum
+        hyper = SgdHyper(
+            *schedule_arguments,
             # when cycling the op computes the momentum; a traced step passes a constant
             # in its place (group["momentum"] changes at every step)
-            group["max_momentum"] if compiling and self.cycle_momentum else group["momentum"],
+            group["max_momentum"] if compiling and cycle else group["momentum"],
             group["dampening"],
             group["weight_decay"],
             group["nesterov"],
             group["maximize"],
-            self.cycle_momentum,
+            cycle,
             False,
         )
-
-    def _collect(self, group_index, group, buckets, hyper, compiling, work, new_buffers):
-        """``new_buffers``: (param, its new buffer or None, its new start or None)."""
-        if self.cycle_momentum:
-            momentum_possible = group["base_momentum"] != 0 or group["max_momentum"] != 0
-        else:
-            momentum_possible = group["momentum"] != 0
         # torch.optim.SGD keeps no buffer while momentum is 0. On CUDA, and in a step
         # traced by torch.compile, the choice must not depend on the host iteration (a
         # captured graph would freeze it, dynamo would re-trace at every step): buffers
         # are passed whenever momentum can be non-zero, and the kernel leaves them alone
         # in a step whose momentum is 0.
-        if self.cycle_momentum and not compiling:
-            use_buffers = self._point(group, self._iteration)[1] != 0
+        if cycle:
+            low, high = group["base_momentum"], group["max_momentum"]
+            momentum_possible = low != 0 or high != 0
+            # Between two positive bounds (and an amplitude within them) the cycled
+            # momentum is never 0: no need to evaluate it. (high - low != high: the
+            # difference does not round to high, so the momentum cannot round to 0.)
+            if compiling or (low > 0 and high > 0 and high - low != high and not self._schedule.may_overshoot):
+                use_buffers = momentum_possible
+            else:
+                use_buffers = self._point(group, self._iteration)[1] != 0
         else:
-            use_buffers = momentum_possible
+            use_buffers = momentum_possible = group["momentum"] != 0
         state, starts_of = self.state, self._momentum_start
         for bucket, grads in buckets:
             params = bucket.params
-
-            def call(params, grads, buffers, starts=(), first_step=False):
-                view = functools.partial(self._kernel_tensors, bucket=bucket)
-                tensors = SgdTensors(view(params), view(grads), view(buffers), list(starts))
-                hyper_of_call = hyper._replace(first_step=True) if first_step else hyper
-                work.append(Work(bucket.backend, bucket.device, tensors, hyper_of_call, group_index))
-
             host_decided = bucket.device.type in self._host_decided_types
             if not (use_buffers or (not host_decided and momentum_possible)):
-                call(params, grads, [])
-                continue
+                calls = [(params, grads, [], [], False)]
             # Looked up at every step: a user may replace or delete a buffer.
-            if compiling or not host_decided or (starts_of and any(p in starts_of for p in params)):
-                call(params, grads, *self._plan_device_decided(bucket, new_buffers, compiling))
-                continue
-            try:
-                buffers = list(map(_BUFFER, bucket.states(state)))
-            except KeyError:
-                buffers = None
-            if buffers is not None and not any(map(operator.is_, buffers, repeat(None))):
-                call(params, grads, buffers)
-                continue
-            old, new = ([], [], []), ([], [], [])
-            for p, g in zip(params, grads):
-                buf = state[p].get("momentum_buffer") if p in state else None
-                if buf is None:
-                    buf = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    new_buffers.append((p, buf, None))
-                    columns = new
+            elif compiling or not host_decided or (starts_of and any(p in starts_of for p in params)):
+                calls = [(params, grads, *self._plan_device_decided(bucket, new_buffers, compiling), False)]
+            else:
+                dicts = bucket.states(state) if bucket.state_dicts is None else bucket.state_dicts
+                try:
+                    buffers = list(map(_BUFFER, dicts))
+                except KeyError:
+                    buffers = None
+                if buffers is not None and not any(map(operator.is_, buffers, repeat(None))):
+                    calls = [(params, grads, buffers, [], False)]
                 else:
-                    columns = old
-                for column, value in zip(columns, (p, g, buf)):
-                    column.append(value)
-            if old[0]:
-                call(*old)
-            if new[0]:
-                call(*new, first_step=True)
+                    calls = self._with_new_buffers(params, grads, new_buffers)
+            for params, grads, buffers, starts, first in calls:
+                if bucket.dtensor is not None or bucket.complex:
+                    params, grads, buffers = (self._kernel_tensors(t, bucket) for t in (params, grads, buffers))
+                tensors = SgdTensors(params, grads, buffers, starts)
+                work.append(Work(bucket.backend, bucket.device, tensors, hyper._replace(first_step=first), group_index))
+
+    def _with_new_buffers(self, params, grads, new_buffers):
+        """The calls of a host-decided bucket some of whose params have no buffer yet: the
+        new buffers (zeros) start with this step's gradient, and are kept once it has run."""
+        state = self.state
+        old, new = ([], [], []), ([], [], [])
+        for p, g in zip(params, grads):
+            buf = state[p].get("momentum_buffer") if p in state else None
+            if buf is None:
+                buf = torch.zeros_like(p, memory_format=torch.preserve_format)
+                new_buffers.append((p, buf, None))
+                columns = new
+            else:
+                columns = old
+            for column, value in zip(columns, (p, g, buf)):
+                column.append(value)
+        return [(*old, [], False)] * bool(old[0]) + [(*new, [], True)] * bool(new[0])
 
     def _keep(self, new_buffers):
         if any(start is not None for _, _, start in new_buffers):
