@@ -29,6 +29,7 @@ from .optim.records import (
     from_op_args,
     op_args,
     python_op_schema,
+    written,
 )
 from .optim.schedules import op_point
 
@@ -167,6 +168,9 @@ class _CompiledOpBackend(Backend):
 
     device = ""
     checks_before_writing = True
+    # The eager entries bypass the dispatcher (and its ADInplaceOrView kernel): the step
+    # bumps the counters in Python (~0.1 us a tensor) unless the entries say they do it.
+    bumps_versions = bool(getattr(_C, "bumps_versions", False))
 
     def run(self, tensors, hyper, inputs):
         if inputs.iteration is None:
@@ -238,7 +242,11 @@ class _PythonBackend(Backend):
 
 def _python_backend_op(hyper_type: Any) -> Callable[..., None]:
     def run_op(backend: str, *args: Any) -> None:
-        _instance(backend).run(*from_op_args(hyper_type, args))
+        tensors, hyper, inputs = from_op_args(hyper_type, args)
+        runner = _instance(backend)
+        runner.run(tensors, hyper, inputs)
+        if not runner.bumps_versions:
+            torch._C._increment_version(written(tensors, inputs))
 
     return run_op
 
@@ -276,23 +284,12 @@ class CythonBackend(_PythonBackend):
     def sgd(self, tensors, hyper, inputs):
         lists = list(tensors[:3])
         dense, staged = _contiguous(lists)
-        (bounds, shape, mode, momentum, dampening, weight_decay, nesterov, maximize, cycle, first) = hyper
+        # The Cython entry takes the op's arguments less momentum_start and found_inf (the
+        # step is not run on overflow), the scale as a float, and a thread count.
+        args = op_args(SgdTensors(*dense, []), hyper, inputs)
+        scale = None if inputs.grad_scale is None else float(inputs.grad_scale)
         _cython_cpu.cyclic_sgd_(
-            _DTYPE_CODES[tensors.params[0].dtype],
-            *dense,
-            inputs.counter,
-            bounds,
-            shape,
-            mode,
-            momentum,
-            dampening,
-            weight_decay,
-            nesterov,
-            maximize,
-            cycle,
-            first,
-            None if inputs.grad_scale is None else float(inputs.grad_scale),
-            torch.get_num_threads(),
+            _DTYPE_CODES[tensors.params[0].dtype], *args[:3], *args[4:-2], scale, torch.get_num_threads()
         )
         _copy_back(lists, dense, staged)
 

@@ -269,3 +269,17 @@ def test_the_capture_flag_is_torch_cuda_s(monkeypatch):
     assert schedules._capturing()
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     assert not schedules._capturing()
+
+
+def test_a_traced_step_bumps_the_version_counters(backend):
+    """The same through torch.compile: the ops run through the dispatcher (which bumps
+    what a mutable schema argument names) or the Python ops' own bump."""
+    w = torch.nn.Parameter(torch.randn(3))
+    w.grad = torch.ones(3)
+    opt = _make("CyclicSGD", [w], backend)
+    step = torch.compile(opt.step, backend="aot_eager", fullgraph=True)
+    step()
+    y = (w * w).sum()
+    step()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()

@@ -85,7 +85,10 @@ class _ScheduledAdamW(_ScheduledOptimizer):
         for bucket, grads in buckets:
             params = bucket.params
             try:  # every step after a param's first
-                dicts = [self.state[p] for p in params] if compiling else bucket.states(self.state)
+                if compiling:
+                    dicts = [self.state[p] for p in params]
+                else:
+                    dicts = bucket.states(self.state) if bucket.state_dicts is None else bucket.state_dicts
                 steps, *moments = [list(map(operator.itemgetter(k), dicts)) for k in keys]
             except KeyError:
                 steps, *moments = self._state_with_new(params, keys, created)

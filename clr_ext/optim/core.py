@@ -181,7 +181,7 @@ class _ScheduledOptimizer(Optimizer):
                 or self._optimizer_step_post_hooks
                 or _global_optimizer_pre_hooks
                 or _global_optimizer_post_hooks
-                or torch.compiler.is_compiling()
+                or functional.traced()
                 or torch.autograd._profiler_enabled()
             ):
                 return hooked(*args, **kwargs)
@@ -347,16 +347,19 @@ class _ScheduledOptimizer(Optimizer):
     def _validate(self, group_index: int, params: List[torch.Tensor]) -> None:
         """The per-parameter checks of a group's params and grads (``_C.validate_group``;
         its Python twin serves builds without ``_C`` and traced steps)."""
-        if _backends._C is not None and not torch.compiler.is_compiling():
+        if _backends._C is not None and not functional.traced():
             _backends._C.validate_group(params, [p.grad for p in params], group_index, type(self).__name__)
         else:
             functional.validate_group(params, group_index, type(self).__name__)
 
     def _validate_all(self) -> None:
-        for group_index, group in enumerate(self._groups_alias if torch.compiler.is_compiling() else self.param_groups):
+        groups = self._groups_alias if functional.traced() else self.param_groups
+        for group_index, group in enumerate(groups):
             self._validate(group_index, [p for p in group["params"] if p.grad is not None])
 
-    def _buckets_of(self, group_index: int, group: Dict[str, Any]) -> List[Tuple["_Bucket", List[torch.Tensor]]]:
+    def _buckets_of(
+        self, group_index: int, group: Dict[str, Any], compiling: bool
+    ) -> List[Tuple["_Bucket", List[torch.Tensor]]]:
         """``[(bucket, grads)]``: the group's params that have a gradient, grouped by
         (device, dtype).
 
@@ -366,7 +369,7 @@ class _ScheduledOptimizer(Optimizer):
         check drops the cache and plans the step again (see ``step``).
         """
         params = group["params"]
-        if torch.compiler.is_compiling():  # dynamo traces neither attrgetter nor map(operator.is_)
+        if compiling:  # dynamo traces neither attrgetter nor map(operator.is_)
             grads = [p.grad for p in params]
             missing = any(g is None for g in grads)
         else:
@@ -387,7 +390,7 @@ class _ScheduledOptimizer(Optimizer):
             cached is None
             or cached[0] != key
             or cached[1] is not self.state
-            or (cached[2] != len(self.state) and not torch.compiler.is_compiling())
+            or (cached[2] != len(self.state) and not compiling)
         ):
             self._validate(group_index, params)
             grouped: Dict[Tuple[torch.device, torch.dtype], List[int]] = {}
@@ -415,7 +418,7 @@ class _ScheduledOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if torch.compiler.is_compiling():
+        if functional.traced():
             with torch.no_grad():
                 self._step_checked(compiling=True)
             return loss
@@ -449,7 +452,7 @@ class _ScheduledOptimizer(Optimizer):
             work: List[Work] = []
             new_state: List[Any] = []
             for group_index, group in enumerate(groups):
-                buckets = self._buckets_of(group_index, group)
+                buckets = self._buckets_of(group_index, group, compiling)
                 if buckets:
                     arguments = ([group[key] for key in schedule.bound_keys], shape, schedule.op_mode)
                     self._collect(group_index, group, buckets, arguments, compiling, work, new_state)

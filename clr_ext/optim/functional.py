@@ -27,6 +27,12 @@ from .records import StepInputs, written
 
 _COMPLEX_DTYPES = (torch.complex64, torch.complex128)
 
+#: Whether torch.compile is tracing the step: the one helper that decides traced vs eager.
+#: ``step()`` asks it once and passes the answer on (``compiling``, and ``StepInputs.
+#: iteration`` None for the backends); the helpers that a traced step shares with other
+#: callers ask it themselves. (torch's own function, so that asking costs no Python frame.)
+traced = torch.compiler.is_compiling
+
 
 class Work(NamedTuple):
     """One op call of a step."""
