@@ -1,9 +1,10 @@
 """Which compiled backends exist, and choosing one per device.
 
-A backend runs one optimizer step over a *bucket*: parameters that share a
-device, a dtype and a param group. Every backend takes the same arguments and
-evaluates the same schedule (``csrc/schedule.h``; the pure-torch backend uses the
-Python reference ``clr_ext.schedule``) and the same update (``csrc/sgd_update.h``).
+A backend runs one op call over a *bucket*: parameters that share a device, a dtype
+and a param group. Every backend takes the same three records, ``run(tensors, hyper,
+inputs)`` (``clr_ext.optim.records``; ``hyper``'s type names the rule), and evaluates the
+same schedule (``csrc/schedule.h``; the Python backends use the Python reference through
+``clr_ext.optim.schedules.op_point``) and the same updates (``csrc/*_update.h``).
 
 - ``cuda``: the CUDA kernel of ``clr_ext._C`` (CUDA tensors; no host sync).
 - ``cpp``: the C++ kernel of ``clr_ext._C`` (CPU tensors).

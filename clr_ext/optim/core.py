@@ -5,8 +5,9 @@ AMP inputs, DTensor shards and complex views, the torch.compile op, state dicts,
 pickling and outside writes, in ``_ScheduledOptimizer``. A schedule
 (``clr_ext.optim.schedules``) supplies the formula's arguments; an update rule is a
 subclass (``clr_ext.optim.sgd``, ``clr_ext.optim.adamw``) that checks its group keys,
-reports the cycled momentum where its PyTorch optimizer keeps it, and plans and runs
-the step with the helpers here.
+reports the cycled momentum where its PyTorch optimizer keeps it, and collects each
+group's op calls (records of ``clr_ext.optim.records``) for the one step spine here and
+in ``clr_ext.optim.functional``.
 """
 
 from __future__ import annotations
@@ -159,8 +160,9 @@ class _ScheduledOptimizer(Optimizer):
     gives the formula's arguments; ``group_bounds`` are its per-group values (a float, or
     a list with one value per group). An update rule is a subclass: it checks its own
     group keys (``_check_rule_group``), reports the cycled momentum where its PyTorch
-    optimizer keeps it (``_report_momentum``) and plans and runs the step
-    (``_step_once``), with the helpers below.
+    optimizer keeps it (``_report_momentum``), lists a group's op calls (``_collect``)
+    and stores the state it created once they ran (``_keep``); ``_step_checked`` runs
+    the step around them, the same for every rule (``clr_ext.optim.functional``).
     """
 
     _step_supports_amp_scaling = True

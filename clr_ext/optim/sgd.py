@@ -152,7 +152,8 @@ class _ScheduledSGD(_ScheduledOptimizer):
                 if bucket.dtensor is not None or bucket.complex:
                     params, grads, buffers = (self._kernel_tensors(t, bucket) for t in (params, grads, buffers))
                 tensors = SgdTensors(params, grads, buffers, starts)
-                work.append(Work(bucket.backend, bucket.device, tensors, hyper._replace(first_step=first), group_index))
+                call = hyper._replace(first_step=True) if first else hyper
+                work.append(Work(bucket.backend, bucket.device, tensors, call, group_index))
 
     def _with_new_buffers(self, params, grads, new_buffers):
         """The calls of a host-decided bucket some of whose params have no buffer yet: the
