@@ -7,6 +7,7 @@
 #   2. sass     what the compiler made (bench/sass_report.sh): 128-bit loads per kernel
 #               instantiation (does the vector path exist?), registers, spills;
 #   3. smoke    a one-minute subset of tests/test_cuda.py (SMOKE_K below);
+#   3b. adamw   the AdamW parity against torch.optim.AdamW(fused=True) (ADAMW_K below);
 #   4. bench    bench/gpu_bench.py: each row printed and appended to $OUT as it is measured;
 #   5. parity   the rest of tests/test_cuda.py (the long parity runs), in the time left.
 # Every phase prints its elapsed time; a recap (phase times, SASS table, benchmark table,
@@ -21,7 +22,7 @@
 # numbers say nothing about a GPU.
 #
 # Files under $OUT (default /tmp/gpu_check), written as the run goes:
-#   gpu_check_build.log, gpu_check_sass.md, gpu_check_smoke.log, gpu_check_rows.md (one
+#   gpu_check_build.log, gpu_check_sass.md, gpu_check_smoke.log, gpu_check_adamw.log, gpu_check_rows.md (one
 #   line per benchmark row, as measured), gpu_check_bench.log, gpu_check_table.md,
 #   gpu_check_parity.log, gpu_check_phases.txt.
 # Exit status: 0 when every phase that ran passed; 1 otherwise (a failed build stops the
@@ -239,6 +240,10 @@ run_tests() {  # NAME K-EXPRESSION TIMEOUT
 }
 
 run_tests smoke "$SMOKE_K" "${GPU_CHECK_SMOKE_TIMEOUT:-75}"
+# AdamW against torch.optim.AdamW(fused=True) right after the smoke tests: the first GPU
+# run must not lose them to the budget of the long parity phase at the end.
+ADAMW_K="adamw_matches_torch_fused or adamw_grad_scaler_matches_torch_fused"
+run_tests adamw "$ADAMW_K" "${GPU_CHECK_ADAMW_TIMEOUT:-90}"
 
 begin bench "bench/gpu_bench.py, rows into $LOGDIR/gpu_check_rows.md as measured"
 if [ "$MODE" = gpu ] && [ "$have_cuda_backend" != 1 ]; then
@@ -255,7 +260,7 @@ else
   esac
 fi
 
-run_tests parity "not ($SMOKE_K)" "$(time_left 30)"
+run_tests parity "not ($SMOKE_K) and not ($ADAMW_K)" "$(time_left 30)"
 
 recap
 exit $status

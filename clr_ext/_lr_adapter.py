@@ -21,6 +21,41 @@ from torch.optim.lr_scheduler import LRScheduler
 __all__ = ["ScheduleAdapter"]
 
 
+def _check_same_schedule(optimizer: Any, saved: dict[str, Any]) -> None:
+    """Refuses a PyTorch scheduler state dict that describes another schedule than the
+    optimizer's: its position would mean another LR."""
+    name = type(optimizer).__name__
+    schedule = optimizer._schedule
+    groups = optimizer.param_groups
+
+    def differs(what: str, theirs: Any, ours: Any) -> ValueError:
+        return ValueError(
+            f"load_state_dict: the PyTorch scheduler state has {what}={theirs!r}, the {name}'s schedule "
+            f"{ours!r}: it was saved for another schedule"
+        )
+
+    if "total_size" in saved:  # CyclicLR
+        if schedule.kind != "cyclic":
+            raise ValueError(f"load_state_dict: a CyclicLR state cannot move the {name}'s {schedule.kind} schedule")
+        cycle = schedule.step_size_up + schedule.step_size_down
+        if float(saved["total_size"]) != cycle:
+            raise differs("total_size", saved["total_size"], cycle)
+        for key, ours in (("base_lrs", "base_lr"), ("max_lrs", "max_lr")):
+            mine = [group[ours] for group in groups]
+            if key in saved and [float(v) for v in saved[key]] != mine:
+                raise differs(key, saved[key], mine)
+    elif "total_steps" in saved:  # OneCycleLR
+        if schedule.kind != "one_cycle":
+            raise ValueError(f"load_state_dict: a OneCycleLR state cannot move the {name}'s {schedule.kind} schedule")
+        if int(saved["total_steps"]) != schedule.total_steps:
+            raise differs("total_steps", saved["total_steps"], schedule.total_steps)
+    else:
+        raise ValueError(
+            f"load_state_dict: a scheduler state with last_epoch but neither CyclicLR's total_size nor "
+            f"OneCycleLR's total_steps: the {name} cannot tell whether it describes its schedule"
+        )
+
+
 class ScheduleAdapter(LRScheduler):
     """A read-only view of a scheduled optimizer's schedule, with the LRScheduler API.
 
@@ -42,7 +77,10 @@ class ScheduleAdapter(LRScheduler):
     - ``state_dict()`` / ``load_state_dict()``: a few numbers. The optimizer's own state
       dict carries the schedule and the iteration; loading this one changes nothing in
       the optimizer and warns when it was saved at another iteration than the
-      optimizer's (the optimizer's state dict was not loaded with it).
+      optimizer's (the optimizer's state dict was not loaded with it). A PyTorch
+      ``CyclicLR`` / ``OneCycleLR`` state dict, as the pair's checkpoints hold it, moves
+      the optimizer to its ``last_epoch`` (checked first: a ``ValueError`` says what
+      differs and nothing changes).
     """
 
     def __init__(self, optimizer: Any) -> None:  # (LRScheduler.__init__ is not called: see above)
@@ -118,7 +156,15 @@ class ScheduleAdapter(LRScheduler):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restores what this object reports between the optimizer's step and its own;
-        changes nothing in the optimizer."""
+        changes nothing in the optimizer.
+
+        A PyTorch scheduler's state dict (``CyclicLR``, ``OneCycleLR``: ``last_epoch``, no
+        ``iteration``), as a framework's checkpoint written by the PyTorch pair holds it,
+        carries the schedule's position, which a ``torch.optim`` optimizer's state dict
+        lacks: the optimizer takes it up (see :meth:`_adopt_torch_position`)."""
+        if "iteration" not in state_dict and "last_epoch" in state_dict:
+            self._adopt_torch_position(state_dict)
+            return
         iteration = self.optimizer.iteration
         saved = int(state_dict.get("iteration", iteration))
         self._step_count = int(state_dict.get("_step_count", self._step_count))
@@ -134,6 +180,37 @@ class ScheduleAdapter(LRScheduler):
                 UserWarning,
                 stacklevel=2,
             )
+
+    def _adopt_torch_position(self, state_dict: dict[str, Any]) -> None:
+        """Moves the optimizer to a PyTorch scheduler's ``last_epoch`` (after ``k`` steps of
+        the pair it is ``k``, the index of the next step, as ``optimizer.iteration``), once
+        the saved scheduler is known to be the optimizer's schedule; else a ``ValueError``
+        says what differs and nothing changes."""
+        optimizer = self.optimizer
+        name = type(optimizer).__name__
+        position = state_dict["last_epoch"]
+        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+            raise ValueError(f"load_state_dict: last_epoch: must be a non-negative integer, got {position!r}")
+        _check_same_schedule(optimizer, state_dict)
+        iteration = optimizer.iteration
+        if iteration not in (0, position):
+            raise ValueError(
+                f"load_state_dict: the PyTorch scheduler was saved at step {position}, but the {name} is at "
+                f"iteration {iteration} (its own state dict says so): the two checkpoints disagree"
+            )
+        steps = [float(s["step"]) for s in optimizer.state.values() if isinstance(s, dict) and "step" in s]
+        if steps and max(steps) > position:
+            raise ValueError(
+                f"load_state_dict: the PyTorch scheduler was saved at step {position}, but a parameter's AdamW "
+                f"step count is {max(steps):g}: the optimizer's and the scheduler's checkpoints disagree"
+            )
+        if position != iteration:
+            for group in optimizer.param_groups:
+                group["iteration"] = position
+            optimizer.iteration  # takes the groups' iteration up (counters, reported values)
+        optimizer._position_unknown = False  # (it is known now)
+        self._seen = position
+        self._step_count = int(state_dict.get("_step_count", position + 1))
 
     def __repr__(self) -> str:
         return f"ScheduleAdapter({type(self.optimizer).__name__}, iteration={self.optimizer.iteration})"

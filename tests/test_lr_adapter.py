@@ -434,3 +434,147 @@ def test_gradscaler_unscale_before_clipping_bit_identical_to_torch_pair(backend)
         assert scalers[0].get_scale() == scalers[1].get_scale()
     assert skipped == len(inf_steps)
     assert opt.iteration == 10
+
+
+# ------------------------------------- a PyTorch pair's checkpoint, resumed (issue 21)
+
+
+def _pair_checkpoint(kind: str, steps: int, total: int):
+    """A run of the PyTorch pair: its state dicts after ``steps`` steps and its params after ``total``."""
+    net = _net()
+    opt, sched = _torch_pair(kind, net)
+    saved = None
+    for k in range(total):
+        if k == steps:
+            saved = (copy.deepcopy(opt.state_dict()), copy.deepcopy(sched.state_dict()), _params(net))
+        _step(net, opt, k)
+        sched.step()
+    return saved, _params(net)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_pair_checkpoint_resumed_through_the_adapter_continues_bit_for_bit(kind):
+    """A framework that switches from SGD/AdamW + CyclicLR/OneCycleLR to the fused class
+    resumes the pair's checkpoint: optimizer state into the optimizer, scheduler state into
+    ``as_scheduler()``. The scheduler's last_epoch carries the position; the run continues
+    exactly as the pair's own."""
+    (opt_sd, sched_sd, at_5), final = _pair_checkpoint(kind, 5, 12)
+    net = _net(1)
+    with torch.no_grad():
+        for p, v in zip(net.parameters(), at_5):
+            p.copy_(v)
+    opt = _make(kind, net)
+    sched = opt.as_scheduler()
+    with _Record() as log:
+        opt.load_state_dict(opt_sd)
+        sched.load_state_dict(sched_sd)
+    assert opt.iteration == 5 and sched.last_epoch == 5
+    for k in range(5, 12):
+        _step(net, opt, k)
+        sched.step()
+    assert _clr_warnings(log) == []  # (the position came with the scheduler's state)
+    _assert_same(_params(net), final)
+
+
+@pytest.mark.parametrize("kind", ["cyclic", "one_cycle_adamw"])
+def test_a_pair_optimizer_state_loaded_without_its_scheduler_says_the_schedule_restarts(kind):
+    (opt_sd, _, _), _ = _pair_checkpoint(kind, 5, 6)
+    net = _net()
+    opt = _make(kind, net)
+    with _Record() as log:
+        opt.load_state_dict(opt_sd)
+        for k in range(3):
+            _step(net, opt, k)
+    messages = _clr_warnings(log)
+    assert len(messages) == 1 and "held no schedule position" in messages[0] and "from_torch" in messages[0]
+    assert opt.iteration == 3
+
+
+@pytest.mark.parametrize("kind", ["cyclic", "one_cycle_adamw"])
+def test_a_pair_checkpoint_of_another_schedule_is_refused_and_changes_nothing(kind):
+    (opt_sd, sched_sd, _), _ = _pair_checkpoint(kind, 5, 6)
+    other = dict(sched_sd)
+    if kind == "cyclic":
+        other["total_size"] = 10.0
+        words = "total_size"
+    else:
+        other["total_steps"] = 30
+        words = "total_steps"
+    net = _net()
+    opt = _make(kind, net)
+    sched = opt.as_scheduler()
+    with pytest.raises(ValueError, match=words):
+        sched.load_state_dict(other)
+    assert opt.iteration == 0
+    # a CyclicLR state for a 1cycle optimizer (and the reverse) is refused too
+    wrong_kind = "one_cycle" if kind == "cyclic" else "cyclic_adamw"
+    opt2 = _make(wrong_kind, _net())
+    with pytest.raises(ValueError, match="cannot move"):
+        opt2.as_scheduler().load_state_dict(sched_sd)
+    assert opt2.iteration == 0
+
+
+def test_a_pair_checkpoint_behind_the_adamw_step_counts_is_refused():
+    """The AdamW step counts say how many steps were taken: a scheduler state saved at an
+    earlier step belongs to another checkpoint."""
+    (opt_sd, sched_sd, _), _ = _pair_checkpoint("cyclic_adamw", 5, 6)
+    early = dict(sched_sd, last_epoch=3)
+    opt = _make("cyclic_adamw", _net())
+    with _Record():
+        opt.load_state_dict(opt_sd)
+    with pytest.raises(ValueError, match="step count is 5"):
+        opt.as_scheduler().load_state_dict(early)
+    assert opt.iteration == 0
+
+
+def test_a_pair_scheduler_state_disagreeing_with_the_optimizers_own_position_is_refused():
+    net = _net()
+    opt = _make("cyclic", net)
+    for k in range(2):
+        _step(net, opt, k)
+    (_, sched_sd, _), _ = _pair_checkpoint("cyclic", 5, 6)
+    with pytest.raises(ValueError, match="disagree"):
+        opt.as_scheduler().load_state_dict(sched_sd)
+    assert opt.iteration == 2
+
+
+# ------------------------------------------ outside writes to the cycled momentum
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_outside_write_to_the_cycled_momentum_warns_and_schedule_wins(kind):
+    net, twin = _net(), _net()
+    opt, twin_opt = _make(kind, net), _make(kind, twin)
+    _step(net, opt, 0), _step(twin, twin_opt, 0)
+    group = opt.param_groups[1]
+    if kind.endswith("adamw"):
+        group["betas"] = (0.5, group["betas"][1])
+        key = "betas[0]"
+    else:
+        group["momentum"] = 0.5
+        key = "momentum"
+    with _Record() as log:
+        _step(net, opt, 1), _step(twin, twin_opt, 1)
+    messages = _clr_warnings(log)
+    assert len(messages) == 1 and f"param group 1's {key} was set to 0.5" in messages[0], messages
+    _assert_same(_params(net), _params(twin))
+    assert opt.param_groups[1] == {**twin_opt.param_groups[1], "params": opt.param_groups[1]["params"]}
+
+
+@pytest.mark.parametrize("kind", ["one_cycle", "cyclic_adamw"])
+def test_an_outside_value_one_rounding_away_does_not_warn_but_a_real_difference_does(kind):
+    """A framework's closed form of the same LR (one ulp off in double) changes nothing
+    in an fp32 step: no warning, so that the warning is left for a real divergence."""
+    net = _net()
+    opt = _make(kind, net)
+    _step(net, opt, 0)
+    lr = opt.param_groups[0]["lr"]
+    opt.param_groups[0]["lr"] = lr * (1 + 2**-52)
+    assert opt.param_groups[0]["lr"] != lr
+    with _Record() as log:
+        _step(net, opt, 1)
+    assert _clr_warnings(log) == []
+    opt.param_groups[0]["lr"] = opt.param_groups[0]["lr"] * 1.01
+    with _Record() as log:
+        _step(net, opt, 2)
+    assert len(_clr_warnings(log)) == 1

@@ -53,6 +53,11 @@ class _ScheduledAdamW(_ScheduledOptimizer):
     def _report_momentum(self, group: Dict[str, Any], momentum: float) -> None:
         group["betas"] = (momentum, group["betas"][1])
 
+    _momentum_key = "betas[0]"
+
+    def _reported_momentum(self, group: Dict[str, Any]) -> Any:
+        return group["betas"][0]
+
     def _loaded(self) -> None:
         # torch.optim.AdamW keeps `step` on the CPU (float32, or float64 under a float64
         # default dtype); the kernels read and advance it on the param's device.

@@ -17,6 +17,7 @@ import functools
 import inspect
 import itertools
 import operator
+import struct
 import sys
 import warnings
 import weakref
@@ -31,6 +32,7 @@ from .. import _ops
 from .. import backends as _backends
 from .._checks import momentum_value
 from . import functional
+from . import loading as _loading
 from .functional import StalePlan, Work
 from .records import StepInputs
 from .schedules import per_group
@@ -106,6 +108,25 @@ def _refuse_capture(device: torch.device, what: str) -> None:
             "Take one eager opt.step() (e.g. warm-up iterations on a side stream, as PyTorch's CUDA-graph docs "
             "advise for optimizers) before capturing the step; nothing was changed"
         )
+
+
+def _differs_for_the_step(theirs: Any, mine: float, group: Dict[str, Any]) -> bool:
+    """Whether an outside value would have changed the step: the kernels round the LR and
+    the momentum to the compute type, float32 unless the group holds a float64 param, so a
+    difference below that rounding (a framework's closed form against the schedule's, one
+    ulp apart) changes nothing and is not worth a warning."""
+    try:
+        theirs = float(theirs)
+    except (TypeError, ValueError):
+        return True
+    if theirs == mine:
+        return False
+    if any(p.dtype == torch.float64 for p in group["params"]):
+        return True
+    try:
+        return struct.pack("f", theirs) != struct.pack("f", mine)
+    except OverflowError:
+        return True
 
 
 class _Bucket:
@@ -215,9 +236,11 @@ class _ScheduledOptimizer(Optimizer):
         self._counters: Dict[torch.device, torch.Tensor] = {}
         self._bucket_cache: Dict[int, Tuple[Any, ...]] = {}
         self._loading: Optional[Tuple[Any, ...]] = None
-        # group id -> the lr object this optimizer last wrote there (see _check_outside_writes)
-        self._written_lr: Dict[int, float] = {}
-        self._warned_outside_lr: set = set()
+        # group id -> the (lr, cycled momentum or None) objects this optimizer last wrote
+        # there (see _check_outside_writes)
+        self._written: Dict[int, Tuple[float, Optional[float]]] = {}
+        self._warned_outside: set = set()
+        self._position_unknown = False  # see _say_position_unknown
 
         if isinstance(params, torch.Tensor):  # worded as torch.optim.Optimizer words it
             raise TypeError(
@@ -264,9 +287,11 @@ class _ScheduledOptimizer(Optimizer):
         group["iteration"] = self._iteration
         self._refresh_group(group)
 
-    def _check_group(self, group: Dict[str, Any], index: int) -> None:
+    def _check_group(self, group: Dict[str, Any], index: int, schedule: Any = None) -> None:
+        """Checks and normalises a group's values, against ``schedule`` (default: this
+        optimizer's), as the constructor and ``load_state_dict`` take them."""
         where = "" if index == 0 else f" (param group {index})"
-        self._schedule.init_group(group, where)
+        (schedule or self._schedule).init_group(group, where)
         for key in ("base_momentum", "max_momentum"):
             group[key] = momentum_value(key + where, group[key])
         self._check_rule_group(group, where)
@@ -276,6 +301,14 @@ class _ScheduledOptimizer(Optimizer):
 
     def _report_momentum(self, group: Dict[str, Any], momentum: float) -> None:
         """Writes the cycled momentum where the rule's PyTorch optimizer keeps it."""
+        raise NotImplementedError
+
+    #: Where the rule reports its cycled momentum, as its warnings name it.
+    _momentum_key = ""
+
+    def _reported_momentum(self, group: Dict[str, Any]) -> Any:
+        """The cycled momentum as the group holds it now (read back from where
+        ``_report_momentum`` wrote it)."""
         raise NotImplementedError
 
     def _collect(
@@ -311,13 +344,13 @@ class _ScheduledOptimizer(Optimizer):
     def _refresh_group(self, group: Dict[str, Any]) -> None:
         lr, momentum = self._point(group, self._iteration)
         group["lr"] = lr
-        self._written_lr[id(group)] = lr
         group["iteration"] = self._iteration
         if self.cycle_momentum:
             self._report_momentum(group, momentum)
+        self._written[id(group)] = (lr, momentum if self.cycle_momentum else None)
 
     def _refresh_all(self) -> None:
-        self._written_lr = {}  # (keyed by id: no group that has gone may leave its id behind)
+        self._written = {}  # (keyed by id: no group that has gone may leave its id behind)
         for group in self.param_groups:
             self._refresh_group(group)
 
@@ -433,6 +466,8 @@ class _ScheduledOptimizer(Optimizer):
             self._adopt_group_iteration()  # (a traced step must not read the host iteration)
             self._schedule.check_iteration(self._iteration)
             self._check_outside_writes()
+            if self._position_unknown:
+                self._say_position_unknown()
             self._step_checked(compiling=False)
         finally:
             torch._C._set_grad_enabled(grad_was_enabled)
@@ -475,25 +510,35 @@ class _ScheduledOptimizer(Optimizer):
         self._advance(compiling)
 
     def _check_outside_writes(self) -> None:
-        """Warns once per group when ``group["lr"]`` is not what this optimizer last wrote
-        there: an outside scheduler (LambdaLR, ReduceLROnPlateau, SWALR, a trainer's
-        warmup, an lr_find) would otherwise be ignored without a word. The schedule wins:
-        the step uses its own LR and writes it back."""
-        written = self._written_lr
+        """Warns once per group and key when ``group["lr"]`` (or the momentum / ``betas[0]``
+        that the schedule cycles) is not what this optimizer last wrote there: an outside
+        scheduler (LambdaLR, ReduceLROnPlateau, SWALR, a trainer's warmup, an lr_find) would
+        otherwise be ignored without a word. The schedule wins: the step uses its own values
+        and writes them back."""
         for index, group in enumerate(self.param_groups):
-            lr = group["lr"]
-            mine = written.get(id(group))
-            if mine is None or lr is mine or lr == mine or index in self._warned_outside_lr:
+            written = self._written.get(id(group))
+            if written is None:
                 continue
-            self._warned_outside_lr.add(index)
-            warnings.warn(
-                f"clr_ext: param group {index}'s lr was set to {lr!r} from outside {type(self).__name__}, which "
-                f"follows its own schedule and uses lr={mine!r} for this step (the outside value is overwritten). "
-                "Drop the outside LR scheduler; where a framework needs one, pass opt.as_scheduler(), which reports "
-                "this optimizer's schedule (docs/api.md, 'Outside writes to group[\"lr\"]').",
-                UserWarning,
-                stacklevel=_caller_stacklevel(),
-            )
+            lr, momentum = written
+            if group["lr"] is not lr:
+                self._warn_outside_write(index, group, "lr", group["lr"], lr)
+            if momentum is not None:
+                theirs = self._reported_momentum(group)
+                if theirs is not momentum:
+                    self._warn_outside_write(index, group, self._momentum_key, theirs, momentum)
+
+    def _warn_outside_write(self, index: int, group: Dict[str, Any], key: str, theirs: Any, mine: float) -> None:
+        if (index, key) in self._warned_outside or not _differs_for_the_step(theirs, mine, group):
+            return
+        self._warned_outside.add((index, key))
+        warnings.warn(
+            f"clr_ext: param group {index}'s {key} was set to {theirs!r} from outside {type(self).__name__}, which "
+            f"follows its own schedule and uses {key}={mine!r} for this step (the outside value is overwritten). "
+            "Drop the outside scheduler; where a framework needs one, pass opt.as_scheduler(), which reports "
+            "this optimizer's schedule (docs/api.md, 'Outside writes to group[\"lr\"]').",
+            UserWarning,
+            stacklevel=_caller_stacklevel(),
+        )
 
     def as_scheduler(self) -> Any:
         """This optimizer's own schedule as an LR scheduler, for frameworks that want one
@@ -592,15 +637,37 @@ class _ScheduledOptimizer(Optimizer):
         OneCycleLR's ``load_state_dict`` restore theirs. ``group["lr"]`` is recomputed
         before the load_state_dict post-hooks run."""
         schedule = None
-        if state_dict.get("schedule") is not None:  # checked before anything changes
+        if isinstance(state_dict, dict) and state_dict.get("schedule") is not None:
             schedule = copy.copy(self._schedule)
             schedule.load_state_dict(state_dict["schedule"])
+        _loading.check_loadable(self, state_dict, schedule)
         kept = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
+        before = _loading.snapshot(self)
         self._loading = (kept, schedule)
         try:
             super().load_state_dict(state_dict)  # runs __setstate__, then the post-hooks
+        except BaseException:
+            _loading.restore(self, before)  # a refused load changes nothing
+            raise
         finally:
             self._loading = None
+        self._position_unknown = schedule is None and not any("iteration" in g for g in state_dict["param_groups"])
+
+    def _say_position_unknown(self) -> None:
+        """After a load whose state dict held no schedule position (a ``torch.optim.SGD`` /
+        ``AdamW`` state dict) and nothing gave one since (``as_scheduler().load_state_dict``
+        with the PyTorch scheduler's state takes its ``last_epoch``): the optimizer keeps its
+        own iteration, right for a fresh start and wrong for a resume, so the first step
+        says it."""
+        self._position_unknown = False
+        warnings.warn(
+            f"clr_ext: the state dict loaded into this {type(self).__name__} held no schedule position (a "
+            f"torch.optim optimizer's?), so the schedule goes on from its own iteration ({self._iteration}). To "
+            "resume a PyTorch pair's run, also load the scheduler's state dict into opt.as_scheduler() (it "
+            "carries last_epoch), or convert the running pair with clr_ext.from_torch(optimizer, scheduler)",
+            UserWarning,
+            stacklevel=_caller_stacklevel(),
+        )
 
     def _finish_load(self, kept: List[Dict[str, Any]], schedule: Any) -> None:
         if schedule is not None:
@@ -631,8 +698,9 @@ class _ScheduledOptimizer(Optimizer):
         # Device counters and bucket caches are rebuilt on demand.
         self._counters = {}
         self._bucket_cache = {}
-        self.__dict__.setdefault("_written_lr", {})
-        self.__dict__.setdefault("_warned_outside_lr", set())
+        self.__dict__.setdefault("_written", {})
+        self.__dict__.setdefault("_warned_outside", set())
+        self.__dict__.setdefault("_position_unknown", False)
         self._register()
         self._unpickled()
         loading = self.__dict__.get("_loading")

@@ -285,18 +285,29 @@ class CyclicScheduled:
     scale_mode = property(lambda self: self._schedule.scale_mode)
 
     @classmethod
-    def from_range_test(cls, params: Any, result: Any, iters_per_epoch: int, **kwargs: Any) -> Any:
+    def from_range_test(
+        cls,
+        params: Any,
+        result: Any,
+        iters_per_epoch: int,
+        *,
+        epochs: Any = None,
+        total_steps: Any = None,
+        **kwargs: Any,
+    ) -> Any:
         """An optimizer with the bounds and step size that a :func:`clr_ext.range_test` suggested
         (for AdamW, run the range test with ``optimizer="adamw"``: its range is its own).
 
-        ``kwargs`` go to the constructor (``epochs_per_half_cycle`` goes to
-        ``result.step_size``; explicit ``base_lr``/``max_lr``/``step_size_up`` win)."""
-        half_cycle = kwargs.pop("epochs_per_half_cycle", None)
-        step = (
-            result.step_size(iters_per_epoch) if half_cycle is None else result.step_size(iters_per_epoch, half_cycle)
+        With ``epochs`` (or ``total_steps``), the run's length, the step sizes make whole
+        cycles that end with the run (``RangeTestResult.cycle_for_run``); else the paper's 4
+        epochs per half cycle. ``kwargs`` go to the constructor (``epochs_per_half_cycle``
+        goes to the choice of the step size; explicit ``base_lr``/``max_lr``/``step_size_up``
+        win)."""
+        from ..range_test.result import cyclic_arguments
+
+        return cls(
+            params, **cyclic_arguments(result, iters_per_epoch, epochs=epochs, total_steps=total_steps, **kwargs)
         )
-        kwargs.setdefault("step_size_up", step)
-        return cls(params, kwargs.pop("base_lr", result.base_lr), kwargs.pop("max_lr", result.max_lr), **kwargs)
 
 
 class OneCycleScheduled:
@@ -313,7 +324,7 @@ class OneCycleScheduled:
     three_phase = property(lambda self: self._schedule.three_phase)
 
     @classmethod
-    def from_range_test(cls, params: Any, result: Any, total_steps: int, **kwargs: Any) -> Any:
+    def from_range_test(cls, params: Any, result: Any, total_steps: Any = None, **kwargs: Any) -> Any:
         """A 1cycle optimizer whose ``max_lr`` is the range test's ``result.max_lr``.
 
         That is the suggested upper bound of the cyclical range: the LR where the loss
@@ -322,7 +333,7 @@ class OneCycleScheduled:
         the large LR there regularizes), and starts ``div_factor`` below it; the single-LR
         suggestions (``"valley"``, ``"steepest"``, ``"min/10"``) are made for a constant
         LR and sit well below it. ``kwargs`` go to the constructor (an explicit ``max_lr``
-        wins)."""
+        wins; ``epochs`` with ``steps_per_epoch`` instead of ``total_steps``)."""
         return cls(params, kwargs.pop("max_lr", result.max_lr), total_steps, **kwargs)
 
 

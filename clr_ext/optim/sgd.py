@@ -56,6 +56,11 @@ class _ScheduledSGD(_ScheduledOptimizer):
     def _report_momentum(self, group: Dict[str, Any], momentum: float) -> None:
         group["momentum"] = momentum
 
+    _momentum_key = "momentum"
+
+    def _reported_momentum(self, group: Dict[str, Any]) -> Any:
+        return group["momentum"]
+
     def _iteration_moved(self) -> None:
         # The starts are iterations: once the counter may have gone back, a begun
         # buffer must not look as if it began in the future.

@@ -47,18 +47,38 @@ def half_width(smooth: float, n: int) -> int:
     return max(1, min(h, n // 10))
 
 
-def centered_mean(values: Sequence[float], h: int) -> List[float]:
+def centered_mean(values: Sequence[float], h: int, widths: Optional[Sequence[int]] = None) -> List[float]:
     """Centred moving average whose window shrinks symmetrically at the ends, so no point is
     shifted (a causal average would lag the curve, a one-sided one near the ends would bias
-    it). Cumulative sums keep it O(n)."""
+    it). ``widths``: a smaller half-width for some points. Cumulative sums keep it O(n)."""
     n = len(values)
     csum = [0.0]
     for v in values:
         csum.append(csum[-1] + v)
     out = []
     for i in range(n):
-        k = min(h, i, n - 1 - i)
+        k = min(h, i, n - 1 - i) if widths is None else min(h, i, n - 1 - i, widths[i])
         out.append((csum[i + k + 1] - csum[i - k]) / (2 * k + 1))
+    return out
+
+
+def log_bounded_widths(lrs: Sequence[float], h: int) -> List[int]:
+    """Per point, the largest half-width (at most ``h``) whose window spans no more log-LR
+    than ``2h`` steps of an exponential sweep over the same range. On an exponential sweep
+    that is ``h`` everywhere; on a linear one the window narrows at the low end, where a few
+    points span decades (a window of +-10 points around LR 0.03 of a linear sweep to 1
+    reaches from 0 to 0.13 and would smear the descent over it)."""
+    n = len(lrs)
+    if n < 3 or h <= 0:
+        return [0] * n
+    x = [math.log(v) for v in lrs]
+    span = 2 * h * (x[-1] - x[0]) / (n - 1) * (1 + 1e-9)
+    out = []
+    for i in range(n):
+        k = min(h, i, n - 1 - i)
+        while k > 0 and x[i + k] - x[i - k] > span:
+            k -= 1
+        out.append(k)
     return out
 
 
@@ -110,6 +130,50 @@ class Curve:
         fine = centered_mean(self.c, (self.h + 1) // 2)
         hi = min(self.n, self.i_best + self.h + 1)
         return min(range(self.i_best, hi), key=fine.__getitem__)
+
+    def rule_trend(self) -> List[float]:
+        """The trend the single-LR rules read: ``t``, except that on a linear sweep its window
+        is narrowed at low LRs to the log-LR width it has on an exponential sweep (see
+        :func:`log_bounded_widths`); the same as ``t`` on an exponential sweep."""
+        if not hasattr(self, "_rule_trend"):
+            self._rule_trend = centered_mean(self.c, self.h, log_bounded_widths(self.lrs[: self.n], self.h))
+        return self._rule_trend
+
+    def onset(self, first: int = 0, trend: Optional[Sequence[float]] = None) -> int:
+        """Onset of learning: the first point after the top (the trend's worst point from
+        ``first`` up to its best) where the trend has improved by _ONSET of the fall from
+        that top to the best. ``trend``: another trend than ``t`` to read it on."""
+        t = self.t if trend is None else trend
+        best = self.i_best
+        if first >= best:
+            return best
+        top = max(range(first, best + 1), key=t.__getitem__)
+        level = t[top] - _ONSET * (t[top] - t[best])
+        i = top
+        while i < best and t[i] > level:
+            i += 1
+        return i
+
+    def read_window(self) -> Tuple[int, int]:
+        """The points the single-LR rules read, ``first..last``: the curve less the ends
+        where the trend's centred window is cut to less than half its width and the trend
+        is close to the raw noise (the peers trim likewise: fastai a tenth of the steps at
+        the start and 5 at the end, torch-lr-finder 10 and 5). At the start the cut is
+        measured in log(LR), as the span of that many steps of an exponential sweep over
+        the same range: on an exponential sweep that is the same number of points, on a
+        linear one only the first point or two (its first points span decades, and a tenth
+        of a linear sweep to 1 would cut off every LR below 0.1). A curve too short to trim
+        is read whole."""
+        trim = (self.h + 1) // 2
+        if trim == 0 or self.n < 3:
+            return 0, self.n - 1
+        x0 = math.log(self.lrs[0])
+        step = (math.log(self.lrs[self.n - 1]) - x0) / (self.n - 1)
+        first = sum(1 for v in self.lrs[: self.n] if math.log(v) - x0 < (trim - 0.5) * step)
+        last = self.n - 1 - trim
+        if last - first < 2:
+            return 0, self.n - 1
+        return first, last
 
     def at(self, i: int) -> float:
         """The LR a reading at point ``i`` speaks for, kept inside the swept range."""
@@ -172,10 +236,7 @@ def suggest_bounds(
         i_max = i_top
         while i_max < i_best and t[i_max] > t[i_best] + _PLATEAU_TOL * cv.depth:
             i_max += 1
-    # Onset of learning: the first point after the top where the trend has improved by _ONSET.
-    i_on = i_top
-    while i_on < i_best and t[i_on] > t[i_top] - _ONSET * cv.depth:
-        i_on += 1
+    i_on = cv.onset()
     max_lr = cv.at(max(i_max, 1 + cv.shift))  # at least the second LR: base_lr must fit below
     onset_lr = cv.at(i_on)
     if cv.reading == "loss":
@@ -204,49 +265,74 @@ def suggest_single(method: str, lrs, losses, metrics=None, *, smooth=0.05, measu
         return lo
     if method == "min/10":
         return min(max(cv.at(cv.i_bottom) / 10.0, lo), hi)
+    first, last = cv.read_window()
     if method == "steepest":
-        i = _steepest(cv)
+        i = _steepest(cv, first, last)
     elif method == "valley":
-        i = _valley(cv.t[: cv.n])
+        # The descent is counted from the onset of learning: before it the curve is flat, and
+        # noise on a flat stretch strings decreasing points together into a "valley" as long
+        # as the descent itself (on fastai's lagging EMA the flat start is smoothed away).
+        # It ends at the valley's bottom: past it, noise on the floor adds decreasing points.
+        t = cv.rule_trend()
+        start = cv.onset(first, t)
+        end = min(last, max(cv.i_bottom, start + 2))
+        if not first <= start < end - 1:
+            start, end = first, last
+        i = _valley(t[start : end + 1], cv.lrs[start : end + 1]) + start
     else:
         raise ValueError(f"method must be one of {SUGGEST_METHODS}, got {method!r}")
     return cv.at(i)
 
 
-def _steepest(cv: Curve) -> int:
-    """The point, up to the valley's bottom, where the trend improves fastest per unit of
-    log(LR): central differences of the trend against log(LR)."""
+def _steepest(cv: Curve, first: int, last: int) -> int:
+    """The point of the read window, up to the valley's bottom, where the trend improves
+    fastest per unit of log(LR): central differences of the trend against log(LR)."""
     x = [math.log(v) for v in cv.lrs[: cv.n]]
-    end = max(cv.i_bottom, 1)
-    best_i, best_slope = 0, math.inf
-    for i in range(end + 1):
-        a, b = max(i - 1, 0), min(i + 1, cv.n - 1)
+    t = cv.rule_trend()
+    end = min(max(cv.i_bottom, first + 1), last)
+    best_i, best_slope = first, math.inf
+    for i in range(first, end + 1):
+        a, b = max(i - 1, first), min(i + 1, last)
         if b == a or x[b] == x[a]:
             continue
-        slope = (cv.t[b] - cv.t[a]) / (x[b] - x[a])
+        slope = (t[b] - t[a]) / (x[b] - x[a])
         if slope < best_slope:
             best_i, best_slope = i, slope
     return best_i
 
 
-def _valley(t: Sequence[float]) -> int:
-    """Halfway along the longest valley: the longest strictly decreasing subsequence of the
-    trend (patience sorting, O(n log n)), from its first point to its last."""
+def _valley(t: Sequence[float], lrs: Sequence[float]) -> int:
+    """fastai's valley, on the trend: the longest strictly decreasing subsequence (patience
+    sorting, O(n log n)); with ``L`` its length and ``end`` its last point, the run is taken
+    to start at ``end - L`` (not at the subsequence's first point, which on a flat, noisy
+    start of the curve lies far to the left of where the descent begins) and to end at the
+    segment's last point (the caller ends it at the valley's bottom), and the point
+    returned is ``(L // 3 + L // 6) / L`` of the way from start to end, about halfway,
+    measured in log(LR) (on an exponential sweep that is fastai's ``start + L // 3 + L // 6``;
+    on a linear one, halfway in points would be the arithmetic mean of the LRs, far above
+    the descent's middle)."""
     n = len(t)
     tails: List[int] = []  # tails[k]: index ending the best decreasing run of length k + 1
     keys: List[float] = []  # -t[tails[k]], increasing
-    prev = [-1] * n
+    length = [0] * n
     for j in range(n):
         k = bisect.bisect_left(keys, -t[j])
-        prev[j] = tails[k - 1] if k > 0 else -1
+        length[j] = k + 1
         if k == len(tails):
             tails.append(j)
             keys.append(-t[j])
         else:
             tails[k] = j
             keys[k] = -t[j]
-    end = tails[-1]
-    first = end
-    while prev[first] >= 0:
-        first = prev[first]
-    return first + (end - first) // 2
+    end = max(range(n), key=lambda j: (length[j], -j))  # the first point ending a longest run
+    run = length[end]
+    start = max(end - run, 0)
+    # The run ends at the trend's minimum, which sits about a half-width left of the
+    # valley's bottom where the rise is steep (see Curve._bottom); the valley ends at the
+    # bottom, the segment's last point.
+    end = n - 1
+    if end == start:
+        return end
+    frac = (run // 3 + run // 6) / run
+    target = math.log(lrs[start]) + frac * (math.log(lrs[end]) - math.log(lrs[start]))
+    return min(range(start, end + 1), key=lambda j: abs(math.log(lrs[j]) - target))

@@ -99,10 +99,54 @@ class RangeTestResult:
         """The paper's cycle-length advice: ``stepsize`` (iterations in HALF a cycle) =
         ``epochs_per_half_cycle`` epochs. The paper found 2-10 epochs good (its CIFAR-10
         run used 4); ``iters_per_epoch`` is training samples / batch size."""
-        for name, value in (("iters_per_epoch", iters_per_epoch), ("epochs_per_half_cycle", epochs_per_half_cycle)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        _check_positive("iters_per_epoch", iters_per_epoch)
+        _check_positive("epochs_per_half_cycle", epochs_per_half_cycle)
         return max(1, int(round(float(iters_per_epoch) * float(epochs_per_half_cycle))))
+
+    def cycle_for_run(
+        self,
+        iters_per_epoch: float,
+        *,
+        epochs: Optional[float] = None,
+        total_steps: Optional[int] = None,
+        epochs_per_half_cycle: float = 4,
+    ) -> Tuple[int, int]:
+        """``(step_size_up, step_size_down)`` for a run of ``epochs`` epochs (or
+        ``total_steps`` steps) that ends at the end of a whole cycle, where the LR is back at
+        ``base_lr`` (the paper: "stop training at the end of a cycle"; 2-10 epochs per half
+        cycle). The run is split into the number of whole cycles whose half cycle comes
+        closest (in ratio) to ``epochs_per_half_cycle`` epochs, among those that divide the
+        run's steps exactly (a cyclical schedule has one cycle length); a cycle of odd
+        length rises one step less than it falls. A run of ``epochs`` epochs can always be
+        cut into cycles of whole epochs, so e.g. 24 epochs give 3 cycles of 8, 4 epochs one
+        cycle of 4 (half cycles of 2 epochs). Without ``epochs`` and ``total_steps``: the
+        paper's advice, :meth:`step_size` for both halves (the run's end is then yours to
+        place)."""
+        _check_positive("iters_per_epoch", iters_per_epoch)
+        _check_positive("epochs_per_half_cycle", epochs_per_half_cycle)
+        if epochs is not None and total_steps is not None:
+            raise ValueError("give the run's length as epochs or as total_steps, not both")
+        if epochs is None and total_steps is None:
+            step = self.step_size(iters_per_epoch, epochs_per_half_cycle)
+            return step, step
+        if total_steps is not None:
+            if isinstance(total_steps, bool) or not isinstance(total_steps, numbers.Integral) or total_steps < 2:
+                raise ValueError(f"total_steps must be an integer >= 2, got {total_steps!r}")
+            total = int(total_steps)
+        else:
+            _check_positive("epochs", epochs)
+            total = int(round(float(epochs) * float(iters_per_epoch)))
+            if total < 2:
+                raise ValueError(
+                    f"epochs={epochs!r} of {iters_per_epoch!r} iterations is {total} step(s); a cycle needs at least 2"
+                )
+        want = 2.0 * float(epochs_per_half_cycle) * float(iters_per_epoch)  # the preferred cycle, in steps
+        cycles = min(
+            (k for k in range(1, total // 2 + 1) if total % k == 0),
+            key=lambda k: (abs(math.log(total / k / want)), k),
+        )
+        length = total // cycles
+        return length // 2, length - length // 2
 
     def suggest(self, method: str = "clr") -> Union[Tuple[float, float], float]:
         """The suggested LR(s), read from the recorded curve (no plot, no matplotlib needed).
@@ -110,21 +154,42 @@ class RangeTestResult:
         - ``"clr"``: ``(base_lr, max_lr)``, the range for cyclical LRs; the same as the
           attributes (see :func:`clr_ext.range_test` for how they are read: the paper's reading).
         - ``"steepest"``: one LR, where the curve improves fastest: the most negative slope of
-          the zero-lag trend (``trend``; log of the loss, or the metric) against log(LR),
-          at or before the valley's bottom. This is torch-lr-finder's and Lightning's
-          suggestion (and fastai's ``steep``); they take the gradient of the raw or
-          EMA-smoothed loss, here of the lag-free trend.
-        - ``"valley"``: one LR, halfway along the longest valley: the longest decreasing
-          subsequence of the trend, and the point halfway from its first to its last point.
-          This is fastai's default ``valley`` suggestion (which takes about the same point,
-          start + L/3 + L/6 of a run of length L).
+          the zero-lag trend (log of the loss, or the metric) against log(LR), at or before
+          the valley's bottom. This is torch-lr-finder's and Lightning's suggestion (and
+          fastai's ``steep``); they take the gradient of the raw or EMA-smoothed loss, here
+          of the lag-free trend.
+        - ``"valley"``: one LR, about halfway along the longest valley: fastai's default
+          ``valley`` rule (the longest decreasing subsequence of the curve, of length ``L``
+          and ending at ``end``; the run starts at ``end - L``; the point ``L//3 + L//6``
+          into it) on the lag-free trend, the run counted from the onset of learning (where
+          the trend has fallen a tenth of the way from its top to its best) up to the
+          valley's bottom, and "halfway" measured in log(LR).
         - ``"min/10"``: one LR, a tenth of the LR at the valley's bottom (where the loss is
           lowest before it turns up, or the metric best): the "one order of magnitude before
           the minimum" rule of fastai's ``minimum`` suggestion and of the fast.ai course.
+          Read lag-free, the bottom is the largest LR that still trains; fastai reads its
+          minimum on an EMA that lags 20-50 steps, so its "minimum" lies further right and
+          its min/10 is 2-3x higher than this one.
 
+        Which rule suits which sweep: on an exponential sweep (``sweep="exp"``, the other
+        finders' test) all three work; in ``bench/finders.py`` (three small tasks, see
+        ``bench/RESULTS.md``) ``steepest`` and ``valley`` came within 1.4 accuracy points of
+        the best constant LR of a grid, ``min/10`` within 0.5-4.3 (it stays a decade below
+        the largest LR that trains). On a linear sweep of a real model, the loss falls late
+        (each step trains at a higher LR than the last, and the few steps at low LRs have not
+        trained the model yet), so ``steepest`` and ``valley`` land near the valley's bottom,
+        a good ``max_lr`` but too high for a constant LR: use ``"min/10"`` or ``base_lr``
+        there.
+
+        Before reading, the rules trim the curve's ends, where the centred trend's window
+        is cut short (see ``clr_ext.range_test.reading.Curve.read_window``): the first and
+        last few points of an exponential sweep, only the first point or two of a linear
+        one (whose first points span decades). On a linear sweep the trend's window is
+        also narrowed at low LRs to the log-LR width it has on an exponential sweep.
         Training-batch readings are attributed to the step before (as for the bounds). Every
         method returns LRs inside the swept range ``[lrs[0], lrs[-1]]``. For a fixed LR,
-        ``max_lr / 2``..``max_lr / 3`` is also a sound choice; for 1cycle, ``max_lr`` itself.
+        ``max_lr / 2``..``max_lr / 4`` (``base_lr`` on a loss reading) is also a sound
+        choice; for 1cycle, ``max_lr`` itself.
         Unknown ``method``: ``ValueError``.
         """
         if method == "clr":
@@ -284,6 +349,50 @@ class RangeTestResult:
         """Read a result written by :meth:`save`."""
         with open(path, "r", encoding="utf-8") as f:
             return cls.from_dict(json.load(f))
+
+
+def _check_positive(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+def cyclic_arguments(
+    result: RangeTestResult,
+    iters_per_epoch: float,
+    *,
+    epochs: Optional[float] = None,
+    total_steps: Optional[int] = None,
+    **kwargs: Any,
+) -> Dict[str, Any]:
+    """The constructor arguments of a cyclical optimizer built from a range test (what
+    ``CyclicSGD.from_range_test`` and ``CyclicAdamW.from_range_test`` pass on): the
+    suggested bounds, and the step sizes of :meth:`RangeTestResult.cycle_for_run` (with
+    ``epochs`` or ``total_steps``, whole cycles that end with the run; else the paper's 4
+    epochs per half cycle, ``epochs_per_half_cycle`` to change it). Explicit ``base_lr``,
+    ``max_lr``, ``step_size_up`` and ``step_size_down`` in ``kwargs`` win; the other
+    ``kwargs`` go to the constructor as they are."""
+    half_cycle = kwargs.pop("epochs_per_half_cycle", 4)
+    up, down = result.cycle_for_run(
+        iters_per_epoch, epochs=epochs, total_steps=total_steps, epochs_per_half_cycle=half_cycle
+    )
+    kwargs.setdefault("base_lr", result.base_lr)
+    kwargs.setdefault("max_lr", result.max_lr)
+    if "step_size_up" not in kwargs:
+        kwargs["step_size_up"] = up
+        kwargs.setdefault("step_size_down", down if epochs is not None or total_steps is not None else None)
+    return kwargs
+
+
+def optimizer_for_run(
+    cls: type, params: Any, result: RangeTestResult, iters_per_epoch: float, total_steps: int, **kwargs: Any
+):
+    """``cls.from_range_test`` for a run of ``total_steps`` optimizer steps of
+    ``iters_per_epoch`` each epoch: a cyclical class gets whole cycles that end with the run,
+    a 1cycle class (which has ``total_steps``) the run's length. The trainer integrations
+    (``clr_ext.range_test.lightning``, ``clr_ext.range_test.hf``) build with it."""
+    if hasattr(cls, "total_steps"):  # the 1cycle classes: their cycle is the run
+        return cls.from_range_test(params, result, total_steps=total_steps, **kwargs)
+    return cls.from_range_test(params, result, iters_per_epoch, total_steps=total_steps, **kwargs)
 
 
 def _enc(v: Optional[float]):

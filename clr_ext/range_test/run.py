@@ -9,6 +9,8 @@ import copy
 import itertools
 import math
 import numbers
+import os
+import tempfile
 import warnings
 from collections.abc import Iterable
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
@@ -23,8 +25,22 @@ __all__ = ["range_test"]
 _SWEEPS = ("linear", "exp")
 _METRIC_NAMES = ("loss", "accuracy")
 _OPTIMIZERS = ("sgd", "adamw")
-_SNAPSHOTS = ("device", "cpu")
+_SNAPSHOTS = ("device", "cpu", "disk")
 _AMP_DTYPES = (torch.float16, torch.bfloat16)
+
+# The default sweeps: (start_lr, end_lr, sweep). SGD's is the paper's linear test. Adaptive
+# optimizers (AdamW and its kin) train at LRs 10-100x smaller and blow up within a decade
+# or two above their best LR, so a linear sweep to 1 would spend nearly every step past the
+# blow-up: theirs is geometric over the scales they use.
+_SGD_SWEEP = (1e-5, 1.0, "linear")
+_ADAPTIVE_SWEEP = (1e-7, 1.0, "exp")
+_ADAPTIVE = (torch.optim.Adam, torch.optim.AdamW, torch.optim.NAdam, torch.optim.RAdam, torch.optim.Adamax)
+# An adaptive optimizer's sweep "fits" when at least this fraction of its steps are at LRs up
+# to _ADAPTIVE_LOW, where such optimizers usually train.
+_ADAPTIVE_LOW, _ADAPTIVE_LOW_SHARE = 1e-3, 0.25
+# Fewer finite points than this and the reading is coarse: the trimmed, smoothed curve keeps
+# a handful of points (torch-lr-finder refuses to suggest below 17).
+_MIN_READABLE = 20
 
 
 # --------------------------------------------------------------------------------------
@@ -34,13 +50,20 @@ class _ModelSnapshot:
     """Everything of a model that a training step can change, copied exactly: every module's
     parameter and buffer slots (which objects sit there, and their values, including
     non-persistent buffers that state_dict() would miss), the parameters' ``.grad`` and every
-    module's train/eval flag. ``to_cpu``: the copies are kept in CPU memory (then the model's
-    memory is not doubled on its device)."""
+    module's train/eval flag, and a given optimizer's state dict. ``where``: ``"device"``
+    (copies next to the tensors), ``"cpu"`` (in host memory, so the model's memory is not
+    doubled on its device) or ``"disk"`` (written to a temporary file and read back,
+    memory-mapped, by :meth:`restore`, for models that do not fit twice in memory; the file
+    is removed by :meth:`restore`, or by :meth:`discard`)."""
 
-    def __init__(self, model: torch.nn.Module, to_cpu: bool = False) -> None:
+    def __init__(self, model: torch.nn.Module, where: str = "device", optimizer=None) -> None:
+        self.where = where
+        self.path = None
         self.slots = []  # (module, {"_parameters": dict copy, "_buffers": dict copy})
-        self.values = {}  # id(tensor) -> (tensor, device, value copy, grad copy or None)
+        self.values = {}  # id(tensor) -> (tensor, device, value copy or index, grad copy or index or None)
         self.modes = [(m, m.training) for m in model.modules()]
+        to_disk, to_cpu = where == "disk", where == "cpu"
+        saved_values, saved_grads = [], []
         with torch.no_grad():
             for m in model.modules():
                 self.slots.append((m, dict(m._parameters), dict(m._buffers)))
@@ -48,9 +71,52 @@ class _ModelSnapshot:
                     if t is None or id(t) in self.values:
                         continue
                     grad = getattr(t, "grad", None)
-                    self.values[id(t)] = (t, t.device, _copy(t, to_cpu), None if grad is None else _copy(grad, to_cpu))
+                    if to_disk:
+                        # torch.save copies each storage to the file as it writes it: no
+                        # second copy of the model is held anywhere.
+                        saved_values.append(t.detach())
+                        if grad is not None:
+                            saved_grads.append(grad.detach())
+                        value, grad = len(saved_values) - 1, (None if grad is None else len(saved_grads) - 1)
+                        self.values[id(t)] = (t, t.device, value, grad)
+                    else:
+                        self.values[id(t)] = (
+                            t,
+                            t.device,
+                            _copy(t, to_cpu),
+                            None if grad is None else _copy(grad, to_cpu),
+                        )
+        self.optimizer = optimizer
+        if to_disk:
+            fd, self.path = tempfile.mkstemp(prefix="clr_ext_range_test_", suffix=".pt")
+            os.close(fd)
+            try:
+                state = None if optimizer is None else optimizer.state_dict()
+                torch.save({"values": saved_values, "grads": saved_grads, "optimizer": state}, self.path)
+            except BaseException:
+                self.discard()
+                raise
+            self.optimizer_state = None
+        else:
+            self.optimizer_state = None if optimizer is None else _state_copy(optimizer.state_dict(), to_cpu)
+
+    def discard(self) -> None:
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                os.remove(self.path)
+            self.path = None
 
     def restore(self) -> None:
+        try:
+            self._restore()
+        finally:
+            self.discard()
+
+    def _restore(self) -> None:
+        on_disk = None
+        if self.where == "disk":
+            # Memory-mapped: the values are read from the file as they are copied back.
+            on_disk = torch.load(self.path, map_location="cpu", mmap=True, weights_only=True)
         with torch.no_grad():
             for m, params, buffers in self.slots:
                 # A module may have re-assigned a slot (e.g. a buffer replaced by a new
@@ -60,14 +126,21 @@ class _ModelSnapshot:
                         slots.clear()
                         slots.update(original)
             for t, device, value, grad in self.values.values():
+                if on_disk is not None:
+                    value = on_disk["values"][value]
+                    grad = None if grad is None else on_disk["grads"][grad]
                 if t.shape == value.shape and t.dtype == value.dtype and t.device == device:
                     t.copy_(value)
                 else:  # moved or re-typed (e.g. device=...): put the original tensor back
-                    t.data = value.to(device)
+                    t.data = value.to(device, copy=on_disk is not None)
                 if isinstance(t, torch.nn.Parameter) or t.requires_grad:
-                    t.grad = None if grad is None else grad.to(device)
+                    t.grad = None if grad is None else grad.to(device, copy=on_disk is not None)
         for m, training in self.modes:
             m.training = training
+        if self.optimizer is not None:
+            # Copied out of the mapped file: the optimizer must not keep pages of a removed file.
+            state = self.optimizer_state if on_disk is None else _state_copy(on_disk["optimizer"], True)
+            self.optimizer.load_state_dict(state)
 
 
 def _copy(t: torch.Tensor, to_cpu: bool) -> torch.Tensor:
@@ -135,7 +208,27 @@ def _first_dim(batch) -> int:
     return 1
 
 
+def _check_class_scores(outputs, targets) -> None:
+    """metric="accuracy" compares the argmax of the outputs' last dimension with class
+    indices (or with one-hot / soft labels of the outputs' shape): anything else, e.g. a
+    regression model's (B, 1) outputs, would record a meaningless constant."""
+    scores = torch.is_tensor(outputs) and outputs.is_floating_point() and outputs.dim() >= 1
+    if scores and outputs.shape[-1] >= 2 and torch.is_tensor(targets):
+        if targets.shape == outputs.shape[:-1] and not targets.is_floating_point():
+            return
+        if targets.shape == outputs.shape and targets.is_floating_point():
+            return
+    shape = lambda x: tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+    raise ValueError(
+        "metric='accuracy' needs class scores: outputs of shape (..., C) with C >= 2 classes "
+        "and targets holding class indices of shape (...) (or one-hot / soft labels of the "
+        f"outputs' shape); got outputs {shape(outputs)} and targets {shape(targets)}. For "
+        "regression use metric='loss' (or a callable metric, higher is better)"
+    )
+
+
 def _accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
+    _check_class_scores(outputs, targets)
     pred = outputs.argmax(dim=-1)
     if targets.is_floating_point() and targets.shape == outputs.shape:
         targets = targets.argmax(dim=-1)  # one-hot or soft labels
@@ -289,10 +382,10 @@ def range_test(
     train_loader: Iterable,
     loss_fn: Optional[Callable] = None,
     *,
-    start_lr: float = 1e-5,
-    end_lr: float = 1.0,
+    start_lr: Optional[float] = None,
+    end_lr: Optional[float] = None,
     num_iters: int = 100,
-    sweep: str = "linear",
+    sweep: Optional[str] = None,
     val_loader: Optional[Iterable] = None,
     metric: Union[str, Callable] = "loss",
     optimizer: Union[None, str, torch.optim.Optimizer] = None,
@@ -312,7 +405,14 @@ def range_test(
     """Run the LR range test and suggest ``(base_lr, max_lr)`` for cyclical learning rates.
 
     The model is trained for ``num_iters`` steps on batches ``(inputs, targets)`` from
-    ``train_loader`` (restarted when exhausted). Step ``i`` (0-based) uses the LR
+    ``train_loader`` (restarted when exhausted). The sweep's defaults depend on the
+    optimizer: for SGD (``optimizer=None``/``"sgd"``/a ``torch.optim.SGD``), the paper's
+    linear sweep from 1e-5 to 1; for ``optimizer="adamw"`` or a given Adam-family optimizer
+    (Adam, AdamW, NAdam, RAdam, Adamax), geometric from 1e-7 to 1, since those train at LRs
+    10-100x smaller and blow up within a decade or two above their best LR. Giving any of
+    ``start_lr``, ``end_lr``, ``sweep`` sets it (the others keep their defaults); an
+    Adam-family sweep with fewer than a quarter of its steps at LRs <= 1e-3 warns (it would
+    show little but the blow-up). Step ``i`` (0-based) uses the LR
     ``start_lr + i/(N-1) * (end_lr - start_lr)`` (``sweep="linear"``, the paper's test) or
     ``start_lr * (end_lr/start_lr) ** (i/(N-1))`` (``sweep="exp"``), so the first step uses
     exactly ``start_lr`` and the last exactly ``end_lr``.
@@ -358,7 +458,9 @@ def range_test(
       measure).
     - ``snapshot``: ``"device"`` keeps the copy for ``restore`` next to the model; ``"cpu"``
       keeps it in host memory, so that the test does not double the model's memory on its
-      device.
+      device; ``"disk"`` writes it (with a given optimizer's state) to a temporary file
+      (``tempfile``'s directory: ``TMPDIR``), reads it back memory-mapped to restore, and
+      removes the file, for a model that does not fit twice in memory.
     - ``val_batches``: at most this many batches of ``val_loader`` per measurement.
     - ``torch.distributed`` (initialized, world size > 1): each rank trains on its own
       batches (a DDP-wrapped model averages the gradients; with ``accumulation_steps`` its
@@ -384,6 +486,16 @@ def range_test(
 
     The model is trained in train mode: ``model.train()`` is called if the model is in eval
     mode; if it is already in train mode, submodules the user put in eval mode stay so.
+
+    Warnings (``RuntimeWarning``) after the test: a curve with fewer than 20 finite points
+    (too few to read once smoothed and trimmed: the test stopped early, or ``num_iters`` is
+    small); a curve still improving at ``end_lr`` (``max_lr`` is then just the sweep's end);
+    a curve that never improves.
+
+    ``metric="accuracy"`` needs class scores: outputs ``(..., C)`` with ``C >= 2`` and
+    integer class-index targets ``(...)`` (or one-hot / soft labels of the outputs' shape);
+    other outputs, e.g. a regression model's ``(B, 1)``, raise ``ValueError`` at the first
+    batch, before the first step.
 
     Bad arguments raise ``ValueError`` (``TypeError`` for a wrong type) naming the argument,
     before anything is trained: e.g. ``accumulation_steps`` < 1, an ``amp`` dtype other than
@@ -447,6 +559,12 @@ def range_test(
             )
     elif not callable(loss_fn):
         raise TypeError("loss_fn must be callable: (outputs, targets) -> scalar tensor")
+    adaptive = (isinstance(optimizer, str) and optimizer.lower() == "adamw") or isinstance(optimizer, _ADAPTIVE)
+    defaults = _ADAPTIVE_SWEEP if adaptive else _SGD_SWEEP
+    sweep_given = not (start_lr is None and end_lr is None and sweep is None)
+    start_lr = defaults[0] if start_lr is None else start_lr
+    end_lr = defaults[1] if end_lr is None else end_lr
+    sweep = defaults[2] if sweep is None else sweep
     start_lr = _check_positive_finite("start_lr", start_lr)
     end_lr = _check_positive_finite("end_lr", end_lr)
     if not end_lr > start_lr:
@@ -522,12 +640,21 @@ def range_test(
     smooth = float(smooth)
 
     plan = sweep_lrs(start_lr, end_lr, num_iters, sweep)
+    if adaptive and sweep_given:
+        low = sum(lr <= _ADAPTIVE_LOW for lr in plan)
+        if low < _ADAPTIVE_LOW_SHARE * num_iters:
+            warnings.warn(
+                f"this sweep ({sweep} {start_lr:g} -> {end_lr:g}) puts {low} of its {num_iters} steps at "
+                f"LRs <= {_ADAPTIVE_LOW:g}, where AdamW-like optimizers usually train: the curve may show "
+                "little but the blow-up. Leave start_lr, end_lr and sweep out for their default "
+                f"(exp {_ADAPTIVE_SWEEP[0]:g} -> {_ADAPTIVE_SWEEP[1]:g}), or sweep='exp' from lower",
+                RuntimeWarning,
+                2,
+            )
     measured_on = "train" if val_loader is None else "val"
     ranks = _Ranks()
 
-    to_cpu = snapshot == "cpu"
-    saved = _ModelSnapshot(model, to_cpu) if restore else None
-    opt_state = _state_copy(optimizer.state_dict(), to_cpu) if (restore and kind is None) else None
+    saved = _ModelSnapshot(model, snapshot, optimizer if kind is None else None) if restore else None
 
     lrs: List[float] = []
     losses: List[float] = []
@@ -585,6 +712,8 @@ def range_test(
                         else:
                             inputs, targets = _split_batch(batch)
                             outputs = model(inputs)
+                            if i == 0 and k == 0 and metric_fn is _accuracy:
+                                _check_class_scores(outputs, targets)  # before anything is trained
                             loss = loss_fn(outputs, targets)
                             what = "loss_fn"
                     part = [_scalar(loss, what), math.nan]
@@ -648,8 +777,6 @@ def range_test(
             bar.close()
         if restore:
             saved.restore()
-            if opt_state is not None:
-                optimizer.load_state_dict(opt_state)
 
     if len(lrs) < 2:
         # Stopped at the very first step: nothing to read; the first two LRs of the plan
@@ -663,6 +790,28 @@ def range_test(
         )
     else:
         base_lr, max_lr, trend, reading = suggest_bounds(lrs, losses, metrics, smooth=smooth, measured_on=measured_on)
+    if not diverged and len(lrs) >= _MIN_READABLE and max_lr >= lrs[int(0.95 * (len(lrs) - 1))]:
+        warnings.warn(
+            f"the range-test curve was still improving at end_lr={end_lr:g}: max_lr is the end of "
+            "the sweep, not where the curve turns; raise end_lr (the sweep does not reach the "
+            "LRs where training stops improving)",
+            RuntimeWarning,
+            2,
+        )
+    readable = sum(1 for v in losses if math.isfinite(v))
+    if 2 <= readable < _MIN_READABLE:
+        where = f"it stopped ({stop_reason}) at LR {lrs[-1]:.3g}" if diverged else "num_iters is small"
+        warnings.warn(
+            f"the range-test curve has only {readable} points ({where}): too few to read reliably "
+            "once smoothed and trimmed; "
+            + (
+                "lower end_lr, or raise num_iters, so that more steps fall before the blow-up"
+                if diverged
+                else f"use num_iters >= {_MIN_READABLE} (100-200 is usual)"
+            ),
+            RuntimeWarning,
+            2,
+        )
     return RangeTestResult(
         lrs=lrs,
         losses=losses,

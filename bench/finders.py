@@ -1,0 +1,523 @@
+"""LR finders side by side: clr_ext's range test and its rules against torch-lr-finder,
+fastai's ``lr_find`` and Lightning's ``Tuner.lr_find``, on small CPU tasks.
+
+Every finder is run once per task (same model initialisation, same batches). Each LR it
+suggests is then trained on several seeds with a fixed LR (SGD, momentum 0.9), the README's
+recipe ``(base_lr, max_lr)`` with ``CyclicSGD.from_range_test(..., epochs=...)``, and every
+LR of a fixed grid too. Regret = the best grid LR's mean test accuracy minus the
+suggestion's (percentage points; 0 = as good as the best fixed LR found by a grid search).
+A peer that is not installed is skipped.
+
+    python -m bench.finders                 # all tasks, 3 seeds (a few minutes on 2 cores)
+    python -m bench.finders --tasks digits --seeds 2 --json out.json
+
+Peers (not clr_ext dependencies): ``pip install torch-lr-finder==0.2.2 fastai==2.8.12
+lightning==2.6.6`` (fastai pulls in torchvision, which it does not need here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import clr_ext
+from clr_ext.apps.data import DigitsCNN, TensorLoader, load_digits_split
+
+MOMENTUM = 0.9
+EXP_SWEEP = dict(start_lr=1e-7, end_lr=10.0, num_iters=100)  # fastai's and the peers' defaults
+LINEAR_SWEEP = dict(start_lr=1e-5, end_lr=1.0, num_iters=100)
+RULES = ("steepest", "valley", "min/10")
+
+
+# --------------------------------------------------------------------------------------
+# Tasks
+# --------------------------------------------------------------------------------------
+@dataclass
+class Task:
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    make_model: Callable[[], nn.Module]
+    batch_size: int
+    epochs: int
+    weight_decay: float
+    grid: Tuple[float, ...]
+
+    @property
+    def iters_per_epoch(self) -> int:
+        return len(self.x_train) // self.batch_size
+
+    def train_loader(self, seed: int) -> TensorLoader:
+        return TensorLoader(self.x_train, self.y_train, self.batch_size, drop_last=True, seed=seed)
+
+    def val_loader(self) -> TensorLoader:
+        return TensorLoader(self.x_val, self.y_val, len(self.x_val), shuffle=False)
+
+
+def digits_task() -> Task:
+    d = load_digits_split(test_size=360, val_size=300, seed=0)
+    return Task("digits", d.x_train, d.y_train, d.x_val, d.y_val, d.x_test, d.y_test, DigitsCNN, 32, 4, 5e-4, _grid())
+
+
+class MLP(nn.Module):
+    def __init__(self, n_in: int = 20, width: int = 64, n_out: int = 5) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(n_in, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, n_out)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def mlp_task() -> Task:
+    """A 5-class tabular problem (scikit-learn's make_classification, fixed seed) and a
+    two-hidden-layer MLP: another architecture, another LR scale than the digits CNN."""
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(
+        n_samples=2400, n_features=20, n_informative=12, n_redundant=4, n_classes=5, class_sep=1.2, random_state=0
+    )
+    x = torch.tensor(x, dtype=torch.float32)
+    x = (x - x.mean(0)) / x.std(0)
+    y = torch.tensor(y, dtype=torch.int64)
+    tr, va, te = slice(0, 1600), slice(1600, 2000), slice(2000, 2400)
+    return Task("mlp", x[tr], y[tr], x[va], y[va], x[te], y[te], MLP, 32, 4, 5e-4, _grid())
+
+
+def softmax_task() -> Task:
+    """Softmax regression on the digits' 64 pixels: a convex problem whose best LR is an
+    order of magnitude above the CNN's, so a finder tuned to one scale shows it."""
+    d = load_digits_split(test_size=360, val_size=300, seed=0)
+    flat = [t.flatten(1) for t in (d.x_train, d.x_val, d.x_test)]
+    return Task(
+        "softmax", flat[0], d.y_train, flat[1], d.y_val, flat[2], d.y_test, lambda: nn.Linear(64, 10), 32, 4, 5e-4,
+        _grid(),
+    )  # fmt: skip
+
+
+def _grid() -> Tuple[float, ...]:
+    return tuple(round(10 ** (k / 4), 12) for k in range(-16, 3))  # 1e-4 .. ~3.2, 4 per decade
+
+
+TASKS = {"digits": digits_task, "mlp": mlp_task, "softmax": softmax_task}
+
+
+# --------------------------------------------------------------------------------------
+# Training a suggestion
+# --------------------------------------------------------------------------------------
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    if not torch.isfinite(out).all():
+        return 100.0 / int(y.max() + 1)  # diverged: chance
+    return 100.0 * (out.argmax(-1) == y).float().mean().item()
+
+
+def train(task: Task, seed: int, make_opt: Callable) -> float:
+    torch.manual_seed(1000 + seed)
+    model = task.make_model()
+    opt = make_opt(model.parameters())
+    total = task.epochs * task.iters_per_epoch
+    loader = task.train_loader(seed)
+    done = 0
+    while done < total:
+        for xb, yb in loader:
+            loss = F.cross_entropy(model(xb), yb)
+            if not torch.isfinite(loss):
+                return 100.0 / int(task.y_test.max() + 1)  # diverged: chance
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done += 1
+            if done == total:
+                break
+    return _accuracy(model, task.x_test, task.y_test)
+
+
+def fixed_lr(task: Task, lr: float) -> Callable:
+    return lambda p: torch.optim.SGD(p, lr=lr, momentum=MOMENTUM, weight_decay=task.weight_decay)
+
+
+def clr_recipe(task: Task, result) -> Callable:
+    """The README's recipe: ``CyclicSGD.from_range_test(..., momentum=0.9)`` (momentum
+    cycling 0.9-0.8 against the LR, the default), for the task's run length."""
+    return lambda p: clr_ext.CyclicSGD.from_range_test(
+        p, result, task.iters_per_epoch, epochs=task.epochs, momentum=MOMENTUM, weight_decay=task.weight_decay
+    )
+
+
+# --------------------------------------------------------------------------------------
+# The finders. Each returns ({rule name: lr}, seconds of the finder call, extra results)
+# --------------------------------------------------------------------------------------
+def _finder_model(task: Task, seed: int) -> nn.Module:
+    """The model every finder starts from, for finder run ``seed``; every RNG a finder may
+    draw from (fastai shuffles with Python's) seeded alike."""
+    random.seed(seed)
+    numpy.random.seed(seed)
+    torch.manual_seed(seed)
+    return task.make_model()
+
+
+def _torch_loader(task: Task, seed: int) -> torch.utils.data.DataLoader:
+    """The peers want a torch DataLoader: the same data, batch size and seed."""
+    ds = torch.utils.data.TensorDataset(task.x_train, task.y_train)
+    return torch.utils.data.DataLoader(
+        ds, batch_size=task.batch_size, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed)
+    )
+
+
+def clr_ext_finder(task: Task, sweep: str, seed: int = 0):
+    model = _finder_model(task, seed)
+    params = EXP_SWEEP if sweep == "exp" else LINEAR_SWEEP
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = clr_ext.range_test(
+            model,
+            task.train_loader(seed),
+            F.cross_entropy,
+            sweep=sweep,
+            momentum=MOMENTUM,
+            weight_decay=task.weight_decay,
+            progress=False,
+            **params,
+        )
+        seconds = time.perf_counter() - t0
+        lrs = {rule: r.suggest(rule) for rule in RULES}
+        lrs["base_lr"] = r.base_lr  # the CLR bounds' lower one, as a constant LR
+        return lrs, seconds, r
+
+
+def clr_ext_recipe_finder(task: Task, seed: int = 0):
+    """The README's recipe: linear sweep, 200 steps, validation accuracy."""
+    model = _finder_model(task, seed)
+    t0 = time.perf_counter()
+    r = clr_ext.range_test(
+        model,
+        task.train_loader(seed),
+        F.cross_entropy,
+        start_lr=1e-4,
+        end_lr=1.0,
+        num_iters=200,
+        val_loader=task.val_loader(),
+        metric="accuracy",
+        momentum=MOMENTUM,
+        weight_decay=task.weight_decay,
+        progress=False,
+    )
+    return r, time.perf_counter() - t0
+
+
+def torch_lr_finder(task: Task, sweep: str, seed: int = 0):
+    try:
+        from torch_lr_finder import LRFinder
+    except ImportError:
+        return None
+    model = _finder_model(task, seed)
+    params = EXP_SWEEP if sweep == "exp" else LINEAR_SWEEP
+    opt = torch.optim.SGD(model.parameters(), lr=params["start_lr"], momentum=MOMENTUM, weight_decay=task.weight_decay)
+    t0 = time.perf_counter()
+    finder = LRFinder(model, opt, F.cross_entropy, device="cpu")
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        finder.range_test(
+            _torch_loader(task, seed),
+            end_lr=params["end_lr"],
+            num_iter=params["num_iters"],
+            step_mode=sweep,
+        )
+        import matplotlib
+
+        matplotlib.use("Agg")
+        try:
+            _, lr = finder.plot(suggest_lr=True, show_lr=None)
+        except Exception:  # too few points to suggest
+            lr = None
+    seconds = time.perf_counter() - t0
+    finder.reset()
+    return ({"steepest": float(lr)} if lr is not None else {}), seconds, None
+
+
+def lightning_finder(task: Task, sweep: str, seed: int = 0):
+    try:
+        import lightning as L
+        from lightning.pytorch.tuner import Tuner
+    except ImportError:
+        return None
+    params = EXP_SWEEP if sweep == "exp" else LINEAR_SWEEP
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = _finder_model(task, seed)
+            self.lr = params["start_lr"]
+
+        def training_step(self, batch, _):
+            x, y = batch
+            return F.cross_entropy(self.model(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=MOMENTUM, weight_decay=task.weight_decay)
+
+    dl = _torch_loader(task, seed)
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as root, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = L.Trainer(
+            default_root_dir=root,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            max_epochs=100,
+        )
+        module = Module()
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            found = Tuner(trainer).lr_find(
+                module,
+                train_dataloaders=dl,
+                min_lr=params["start_lr"],
+                max_lr=params["end_lr"],
+                num_training=params["num_iters"],
+                mode="exponential" if sweep == "exp" else "linear",
+                update_attr=False,
+            )
+        seconds = time.perf_counter() - t0
+    lr = found.suggestion() if found is not None else None
+    return ({"steepest": float(lr)} if lr is not None else {}), seconds, None
+
+
+def fastai_finder(task: Task, sweep: str, seed: int = 0):
+    if sweep != "exp":
+        return None  # fastai sweeps exponentially only
+    try:
+        from fastai.callback.schedule import minimum, slide, steep, valley  # noqa: F401
+        from fastai.data.core import DataLoaders
+        from fastai.learner import Learner
+        from fastai.optimizer import OptimWrapper
+    except Exception:
+        return None
+    from functools import partial
+
+    from fastai.data.load import DataLoader as FDataLoader
+
+    model = _finder_model(task, seed)
+    train_ds = list(zip(task.x_train, task.y_train))
+    valid_ds = list(zip(task.x_val, task.y_val))
+    dls = DataLoaders(
+        FDataLoader(train_ds, bs=task.batch_size, shuffle=True, drop_last=True),
+        FDataLoader(valid_ds, bs=len(valid_ds)),
+    )
+    opt_func = partial(OptimWrapper, opt=partial(torch.optim.SGD, momentum=MOMENTUM, weight_decay=task.weight_decay))
+    with tempfile.TemporaryDirectory() as root:
+        learn = Learner(dls, model, loss_func=F.cross_entropy, opt_func=opt_func, path=root)
+        t0 = time.perf_counter()
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore")
+            res = learn.lr_find(
+                start_lr=EXP_SWEEP["start_lr"],
+                end_lr=EXP_SWEEP["end_lr"],
+                num_it=EXP_SWEEP["num_iters"],
+                show_plot=False,
+                suggest_funcs=(minimum, steep, valley, slide),
+            )
+        seconds = time.perf_counter() - t0
+    return (
+        {
+            "min/10": float(res.minimum),
+            "steepest": float(res.steep),
+            "valley": float(res.valley),
+            "slide": float(res.slide),
+        },
+        seconds,
+        None,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# The benchmark
+# --------------------------------------------------------------------------------------
+FINDERS = (
+    ("clr_ext", clr_ext_finder),
+    ("torch-lr-finder", torch_lr_finder),
+    ("fastai", fastai_finder),
+    ("lightning", lightning_finder),
+)
+
+
+def run(task_names: List[str], seeds: int, log=print) -> Dict:
+    """Every finder runs ``seeds`` times (finder seed k: model initialisation and batch
+    order k); each suggestion is trained on ``seeds`` training seeds. A row's regret is the
+    mean over the finder runs of (best grid accuracy - the suggestion's mean accuracy)."""
+    out: Dict = {"seeds": seeds, "tasks": {}}
+    for name in task_names:
+        task = TASKS[name]()
+        cache: Dict[Tuple, float] = {}
+
+        def score(key: Tuple, make_opt: Callable) -> float:
+            if key not in cache:
+                cache[key] = statistics.fmean(train(task, s, make_opt) for s in range(seeds))
+            return cache[key]
+
+        t0 = time.perf_counter()
+        grid = {lr: score(("fixed", lr), fixed_lr(task, lr)) for lr in task.grid}
+        best_lr = max(grid, key=grid.get)
+        best = grid[best_lr]
+        log(f"[{name}] grid ({time.perf_counter() - t0:.0f} s): best fixed LR {best_lr:g} -> {best:.1f}%")
+        found: Dict[Tuple[str, str, str], Dict[str, list]] = {}
+        for sweep in ("exp", "linear"):
+            for finder_name, finder in FINDERS:
+                for seed in range(seeds):
+                    got = finder(task, sweep, seed)
+                    if got is None:
+                        break  # not installed, or no such sweep
+                    lrs, seconds, _ = got
+                    for rule, lr in lrs.items():
+                        row = found.setdefault((sweep, finder_name, rule), {"lrs": [], "accs": [], "seconds": []})
+                        row["lrs"].append(lr)
+                        row["accs"].append(score(("fixed", lr), fixed_lr(task, lr)))
+                        row["seconds"].append(seconds)
+        for seed in range(seeds):
+            r, seconds = clr_ext_recipe_finder(task, seed)
+            row = found.setdefault(
+                ("linear, val. accuracy, 200 steps", "clr_ext", "README recipe"), {"lrs": [], "accs": [], "seconds": []}
+            )
+            row["lrs"].append([r.base_lr, r.max_lr])
+            row["accs"].append(score(("clr", r.base_lr, r.max_lr), clr_recipe(task, r)))
+            row["seconds"].append(seconds)
+        rows = []
+        for (sweep, finder_name, rule), row in found.items():
+            acc = statistics.fmean(row["accs"])
+            rows.append(
+                dict(sweep=sweep, finder=finder_name, rule=rule, lrs=row["lrs"], accs=row["accs"], acc=acc,
+                     regret=best - acc, seconds=statistics.median(row["seconds"]))
+            )  # fmt: skip
+            log(f"[{name}] {sweep:6s} {finder_name:15s} {rule:8s} regret={best - acc:.1f} lrs={_lrs_text(row['lrs'])}")
+        out["tasks"][name] = {"grid": grid, "best_lr": best_lr, "best": best, "rows": rows}
+    return out
+
+
+def _lrs_text(lrs: list) -> str:
+    if isinstance(lrs[0], list):
+        return ", ".join(f"{a:.3g}-{b:.3g}" for a, b in lrs)
+    lo, hi = min(lrs), max(lrs)
+    return f"{lo:.3g}" if lo == hi else f"{lo:.3g}..{hi:.3g}"
+
+
+def table(res: Dict) -> str:
+    lines = []
+    for name, t in res["tasks"].items():
+        lines.append(
+            f"\n**{name}**: best fixed LR {t['best_lr']:g}, {t['best']:.1f}% test accuracy "
+            f"(mean of {res['seeds']} training seeds)\n"
+        )
+        lines.append("| sweep | finder | rule | suggested LR (per finder run) | regret (points) | finder call (s) |")
+        lines.append("|---|---|---|---|---:|---:|")
+        for row in t["rows"]:
+            lines.append(
+                f"| {row['sweep']} | {row['finder']} | {row['rule']} | {_lrs_text(row['lrs'])} | "
+                f"{row['regret']:.1f} | {row['seconds']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+ADAMW_GRID = (1e-3, 3e-3, 1e-2, 3e-2)
+
+
+def adamw_defaults(seeds: int, task_name: str = "digits", log=print) -> Dict:
+    """``range_test(..., optimizer="adamw")`` with its default sweep (exponential 1e-7..1)
+    and with the SGD-scale sweep it had before (linear 1e-5..1): CyclicAdamW trained from
+    each one's bounds (``from_range_test(..., epochs=...)``) against constant AdamW LRs."""
+    task = TASKS[task_name]()
+    out: Dict = {"task": task_name, "grid": {}, "sweeps": {}}
+    for lr in ADAMW_GRID:
+        make = lambda p, lr=lr: torch.optim.AdamW(p, lr=lr, weight_decay=0.01)  # noqa: E731
+        out["grid"][lr] = statistics.fmean(train(task, s, make) for s in range(seeds))
+    for label, kwargs in (
+        ("default: exp 1e-7..1", {}),
+        ("before: linear 1e-5..1", dict(start_lr=1e-5, end_lr=1.0, sweep="linear")),
+    ):
+        bounds, accs = [], []
+        for seed in range(seeds):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                r = clr_ext.range_test(
+                    _finder_model(task, seed), task.train_loader(seed), F.cross_entropy, optimizer="adamw",
+                    weight_decay=0.01, progress=False, **kwargs,
+                )  # fmt: skip
+            make = lambda p, r=r: clr_ext.CyclicAdamW.from_range_test(  # noqa: E731
+                p, r, task.iters_per_epoch, epochs=task.epochs, weight_decay=0.01
+            )
+            bounds.append([r.base_lr, r.max_lr])
+            accs.append(statistics.fmean(train(task, s, make) for s in range(seeds)))
+        out["sweeps"][label] = {"bounds": bounds, "acc": statistics.fmean(accs)}
+        log(f"[adamw] {label}: bounds {_lrs_text(bounds)} -> CyclicAdamW {statistics.fmean(accs):.1f}%")
+    return out
+
+
+def adamw_table(res: Dict) -> str:
+    best = max(res["grid"].values())
+    grid = ", ".join(f"{lr:g}: {acc:.1f}" for lr, acc in res["grid"].items())
+    lines = [
+        f"\n**AdamW on {res['task']}**: constant AdamW LRs {grid} (best {best:.1f}%)\n",
+        '| range_test(optimizer="adamw") sweep | bounds (per finder run) | CyclicAdamW accuracy % | regret |',
+        "|---|---|---:|---:|",
+    ]
+    for label, row in res["sweeps"].items():
+        lines.append(f"| {label} | {_lrs_text(row['bounds'])} | {row['acc']:.1f} | {best - row['acc']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    res = run(args.tasks, args.seeds, log=log)
+    print(table(res))
+    if "digits" in args.tasks:
+        res["adamw"] = adamw_defaults(args.seeds, log=log)
+        print(adamw_table(res["adamw"]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    raise SystemExit(main())

@@ -1,0 +1,279 @@
+"""The single-LR rules on any sweep, the defaults that fit the optimizer, the warnings about
+curves that cannot be read, and ``from_range_test`` for a run of a given length."""
+
+import math
+import random
+import warnings
+
+import pytest
+import torch
+from test_range_test import ListLoader, classification_batches, least_squares, small_bn_model
+from torch import nn
+
+import clr_ext
+from clr_ext.range_test import SUGGEST_METHODS, RangeTestResult, range_test
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------- known curves
+def sweep(kind, n, start, end):
+    if kind == "exp":
+        return [start * (end / start) ** (i / (n - 1)) for i in range(n)]
+    return [start + (end - start) * i / (n - 1) for i in range(n)]
+
+
+def loss_of_lr(lr, noise):
+    """A range-test curve as a function of the LR alone: flat at ln(10) (untrained), falling
+    by a third around LR 0.03 (steepest there per log-LR), bottom near 0.3, then a blow-up."""
+    x = math.log10(lr)
+    log_loss = math.log(2.3) - 0.45 / (1.0 + math.exp(-(x - math.log10(0.03)) / 0.15))
+    if x > math.log10(0.3):
+        log_loss += 3.0 * (x - math.log10(0.3))
+    return math.exp(log_loss + noise)
+
+
+def curve(kind="exp", n=100, start=1e-7, end=10.0, seed=0, noise=0.01, measured_on="val"):
+    rng = random.Random(seed)
+    lrs = sweep(kind, n, start, end)
+    losses = [loss_of_lr(lr, rng.gauss(0.0, noise)) for lr in lrs]
+    return lrs, losses
+
+
+def result_of(lrs, losses, kind="exp", measured_on="val"):
+    return RangeTestResult(
+        lrs=lrs,
+        losses=losses,
+        smoothed_losses=losses,
+        metrics=None,
+        diverged=False,
+        base_lr=lrs[0],
+        max_lr=lrs[-1],
+        sweep=kind,
+        measured_on=measured_on,
+    )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_valley_on_an_exponential_sweep_with_a_flat_noisy_start(seed):
+    """fastai's sweep (1e-7..10, 100 steps): the curve is flat and noisy for 6 decades. The
+    longest decreasing subsequence of the trend strings noise points on that flat start
+    together; read from its first point, "valley" fell 2.5 decades below the descent
+    (8e-5 here). Measured from where learning starts, it lies in the descent (0.003-0.1)."""
+    r = result_of(*curve(seed=seed))
+    assert 0.003 <= r.suggest("valley") <= 0.1
+    assert 0.01 <= r.suggest("steepest") <= 0.06  # the logistic's centre, 0.03
+    assert r.suggest("min/10") == pytest.approx(r.lrs[r.lrs.index(r.suggest("min/10") * 10)] / 10)
+
+
+@pytest.mark.parametrize("measured_on", ["val", "train"])
+def test_a_noisy_first_point_is_trimmed(measured_on):
+    """The trend's window shrinks to one point at the ends, so its first slope is the raw
+    noise: a first loss 30% high made "steepest" return start_lr (1e-7) and "valley" 7e-5.
+    The rules read the curve less a half-width of the trend at each end."""
+    lrs, losses = curve(seed=1)
+    losses[0] *= 1.3
+    r = result_of(lrs, losses, measured_on=measured_on)
+    assert 0.01 <= r.suggest("steepest") <= 0.06
+    assert 0.003 <= r.suggest("valley") <= 0.1
+    for method in SUGGEST_METHODS[1:]:
+        assert r.suggest(method) > 100 * lrs[0]
+
+
+def test_rules_agree_on_linear_and_exponential_sweeps_of_the_same_curve():
+    """The same loss-vs-LR curve swept linearly (the paper's test) and geometrically: every
+    single-LR rule reads about the same LR from both (within a factor of 2.5), inside the
+    descent, not near the bottom of the valley (about 0.3). Before, the linear sweep's
+    readings were 0.07-0.15: the trend's window (+-10 points) and the trim (a tenth of the
+    points) each spanned the descent's decade at the low end of a linear sweep, and valley
+    went halfway in points, i.e. to the arithmetic mean of the LRs."""
+    for n, start in ((200, 1e-3), (100, 1e-5)):
+        lin = result_of(*curve("linear", n=n, start=start, end=1.0), kind="linear")
+        exp = result_of(*curve("exp", n=100, start=1e-5, end=1.0))
+        for method in SUGGEST_METHODS[1:]:
+            a, b = lin.suggest(method), exp.suggest(method)
+            assert abs(math.log(a / b)) <= math.log(2.5), (method, a, b)
+            assert 0.005 <= a <= 0.08 and 0.005 <= b <= 0.08, (method, a, b)
+
+
+def test_short_curves_are_read_whole():
+    """Too short to trim: the rules read every point and stay inside the sweep."""
+    lrs = [1e-3, 2e-3, 4e-3, 8e-3]
+    r = result_of(lrs, [2.0, 1.5, 1.0, 3.0])
+    for method in SUGGEST_METHODS[1:]:
+        assert lrs[0] <= r.suggest(method) <= lrs[-1]
+
+
+# ------------------------------------------------------------------ the defaults
+def tiny_classifier():
+    return small_bn_model(), ListLoader(classification_batches()), nn.functional.cross_entropy
+
+
+def test_adamw_gets_a_geometric_sweep_at_its_own_scale():
+    """optimizer="adamw" with no sweep given: exp 1e-7..1 (it used to sweep SGD's linear
+    1e-5..1, nearly every step past where AdamW blows up)."""
+    model, loader, loss_fn = tiny_classifier()
+    r = range_test(model, loader, loss_fn, optimizer="adamw", num_iters=30, progress=False)
+    assert (r.sweep, r.start_lr, r.end_lr) == ("exp", 1e-7, 1.0)
+    assert r.lrs[0] == 1e-7 and r.lrs[1] == pytest.approx(1e-7 * 10 ** (7 / 29))
+    # A given torch AdamW is swept the same way; SGD keeps the paper's linear sweep.
+    model, loader, loss_fn = tiny_classifier()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    assert range_test(model, loader, loss_fn, optimizer=opt, num_iters=30, progress=False).sweep == "exp"
+    model, loader, loss_fn = tiny_classifier()
+    r = range_test(model, loader, loss_fn, num_iters=30, progress=False)
+    assert (r.sweep, r.start_lr, r.end_lr) == ("linear", 1e-5, 1.0)
+    # What is given is kept; the rest comes from the optimizer's defaults.
+    model, loader, loss_fn = tiny_classifier()
+    r = range_test(model, loader, loss_fn, optimizer="adamw", start_lr=1e-6, num_iters=30, progress=False)
+    assert (r.sweep, r.start_lr, r.end_lr) == ("exp", 1e-6, 1.0)
+
+
+def test_an_sgd_scale_sweep_for_adamw_warns():
+    model, loader, loss_fn = tiny_classifier()
+    with pytest.warns(RuntimeWarning, match="AdamW"):
+        range_test(model, loader, loss_fn, optimizer="adamw", sweep="linear", num_iters=30, progress=False)
+    model, loader, loss_fn = tiny_classifier()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        try:
+            range_test(
+                model, loader, loss_fn, optimizer="adamw", start_lr=1e-6, end_lr=1e-1, num_iters=30, progress=False
+            )
+        except RuntimeWarning as w:
+            assert "AdamW" not in str(w), w  # other warnings about this tiny curve are fine
+
+
+def test_a_thin_curve_warns():
+    """Least squares with the defaults (linear 1e-5..1): the edge 2/lambda_max is about 0.03,
+    so the test diverges after a handful of points, which used to pass without a word."""
+    x, y = least_squares(0, cond=300.0)
+    torch.manual_seed(0)
+    model = nn.Linear(10, 1, bias=False).double()
+    loader = ListLoader([(x[i : i + 64], y[i : i + 64]) for i in range(0, 512, 64)])
+    with pytest.warns(RuntimeWarning, match=r"only \d+ points") as rec:
+        r = range_test(model, loader, nn.MSELoss(), progress=False)
+    assert r.diverged and len(r.lrs) < 20
+    assert any("lower end_lr" in str(w.message) for w in rec)
+
+
+def test_a_sweep_that_stops_short_of_the_turn_warns():
+    x, y = least_squares(0)
+    torch.manual_seed(0)
+    model = nn.Linear(10, 1, bias=False).double()
+    loader = ListLoader([(x[i : i + 64], y[i : i + 64]) for i in range(0, 512, 64)])
+    with pytest.warns(RuntimeWarning, match="still improving at end_lr"):
+        range_test(model, loader, nn.MSELoss(), start_lr=1e-5, end_lr=1e-3, num_iters=40, progress=False)
+
+
+@pytest.mark.parametrize("with_val", [False, True])
+def test_accuracy_of_regression_outputs_is_refused_before_training(with_val):
+    """A (B, 1) output has no classes: its argmax is always 0, the "accuracy" a constant."""
+    x, y = least_squares(0)
+    torch.manual_seed(0)
+    model = nn.Linear(10, 1, bias=False).double()
+    before = model.weight.detach().clone()
+    loader = ListLoader([(x[i : i + 64], y[i : i + 64]) for i in range(0, 512, 64)])
+    val = ListLoader([(x[:64], y[:64])]) if with_val else None
+    with pytest.raises(ValueError, match=r"metric='accuracy'.*\(64, 1\)"):
+        range_test(model, loader, nn.MSELoss(), metric="accuracy", val_loader=val, restore=False, progress=False)
+    assert torch.equal(model.weight, before)  # no step was taken
+    if with_val:
+        assert val.passes == 0
+
+
+def test_accuracy_accepts_class_indices_and_one_hot_targets():
+    model, loader, loss_fn = tiny_classifier()
+    r = range_test(model, loader, loss_fn, metric="accuracy", num_iters=25, progress=False)
+    assert all(0.0 <= m <= 1.0 for m in r.metrics)
+    onehot = ListLoader([(xb, nn.functional.one_hot(yb, 3).float()) for xb, yb in classification_batches()])
+    r = range_test(
+        small_bn_model(), onehot, nn.functional.cross_entropy, metric="accuracy", num_iters=25, progress=False
+    )
+    assert all(0.0 <= m <= 1.0 for m in r.metrics)
+    wrong = ListLoader([(xb, yb[:, None]) for xb, yb in classification_batches()])  # (B, 1) class indices
+    with pytest.raises(ValueError, match="metric='accuracy'"):
+        range_test(small_bn_model(), wrong, lambda o, t: loss_fn(o, t[:, 0]), metric="accuracy", progress=False)
+
+
+# ---------------------------------------------------------- a run of a given length
+def a_result(base_lr=0.01, max_lr=0.1):
+    return RangeTestResult(
+        lrs=[1e-3, 1.0], losses=[1.0, 2.0], smoothed_losses=[1.0, 2.0], metrics=None, diverged=False,
+        base_lr=base_lr, max_lr=max_lr,
+    )  # fmt: skip
+
+
+def run_steps(opt, params, steps):
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt.step()
+
+
+@pytest.mark.parametrize("cls", ["CyclicSGD", "CyclicAdamW"])
+@pytest.mark.parametrize(
+    "iters_per_epoch, length, cycles",
+    [
+        (35, dict(epochs=4), 1),  # 4 epochs: one cycle, half cycles of 2 epochs
+        (35, dict(epochs=5), 1),
+        (35, dict(epochs=24), 3),  # 3 cycles of 8 epochs: half cycles of 4 (the paper's CIFAR run)
+        (35, dict(epochs=40), 5),
+        (35, dict(total_steps=139), 1),  # a prime: one cycle, rising 69 steps and falling 70
+        (100, dict(total_steps=1000), 1),  # 10 epochs: one cycle of 10 (5 up) beats two of 5
+        (10, dict(epochs=2.5), 1),
+    ],
+)
+def test_from_range_test_ends_the_run_at_the_end_of_a_cycle(cls, iters_per_epoch, length, cycles):
+    """Before, the half cycle was always 4 epochs: a 4-epoch run ended at max_lr, mid-cycle."""
+    result = a_result()
+    params = [torch.zeros(3, requires_grad=True)]
+    opt = getattr(clr_ext, cls).from_range_test(params, result, iters_per_epoch, **length)
+    total = length.get("total_steps") or round(length["epochs"] * iters_per_epoch)
+    up, down = opt.step_size_up, opt.step_size_down
+    assert (up + down) * cycles == total and up in (down, down - 1)
+    # The LR of the step after the run is base_lr (the oracle and the optimizer agree), and
+    # the run went through max_lr once per cycle.
+    assert clr_ext.cyclic_lr(total, result.base_lr, result.max_lr, up, down) == result.base_lr
+    peaks = [k * (up + down) + up for k in range(cycles)]
+    assert all(clr_ext.cyclic_lr(p, result.base_lr, result.max_lr, up, down) == pytest.approx(0.1) for p in peaks)
+    run_steps(opt, params, total)
+    assert opt.get_last_lr()[0] == pytest.approx(result.base_lr, rel=1e-12)
+    assert opt.param_groups[0]["base_lr"] == result.base_lr and opt.param_groups[0]["max_lr"] == result.max_lr
+
+
+def test_cycle_for_run_keeps_half_cycles_near_the_preferred_length():
+    result = a_result()
+    assert result.cycle_for_run(50, epochs=24) == (200, 200)  # 3 cycles, 4-epoch halves
+    assert result.cycle_for_run(50, epochs=24, epochs_per_half_cycle=2) == (100, 100)  # 6 cycles
+    assert result.cycle_for_run(50, epochs=24, epochs_per_half_cycle=6) == (300, 300)  # 2 cycles
+    assert result.cycle_for_run(50) == (200, 200)  # no length: the paper's advice, both halves
+    for bad in (dict(epochs=4, total_steps=100), dict(total_steps=1), dict(epochs=0), dict(epochs=0.01)):
+        with pytest.raises(ValueError, match="epochs|total_steps"):
+            result.cycle_for_run(50, **bad)
+
+
+@pytest.mark.parametrize("cls", ["OneCycleSGD", "OneCycleAdamW"])
+def test_one_cycle_from_range_test_takes_the_run_length(cls):
+    result = a_result()
+    params = [torch.zeros(3, requires_grad=True)]
+    for kwargs in (dict(total_steps=140), dict(epochs=4, steps_per_epoch=35)):
+        opt = getattr(clr_ext, cls).from_range_test(params, result, **kwargs)
+        assert opt.total_steps == 140 and opt.param_groups[0]["max_lr"] == result.max_lr
+        run_steps(opt, params, 139)
+        final = clr_ext.one_cycle_lr(139, result.max_lr, 140)
+        assert opt.get_last_lr()[0] == pytest.approx(final, rel=1e-9)
+        assert final == pytest.approx(result.max_lr / 25.0 / 1e4, rel=1e-9)
+
+
+def test_explicit_step_sizes_win():
+    opt = clr_ext.CyclicSGD.from_range_test(
+        [torch.zeros(2, requires_grad=True)], a_result(), 35, epochs=4, step_size_up=7, base_lr=0.02
+    )
+    assert opt.step_size_up == 7 and opt.step_size_down == 7 and opt.param_groups[0]["base_lr"] == 0.02
