@@ -1,9 +1,10 @@
 """Which compiled backends exist, and choosing one per device.
 
-A backend runs one optimizer step over a *bucket*: parameters that share a
-device, a dtype and a param group. Every backend takes the same arguments and
-evaluates the same schedule (``csrc/schedule.h``; the pure-torch backend uses the
-Python reference ``clr_ext.schedule``) and the same update (``csrc/sgd_update.h``).
+A backend runs one op call over a *bucket*: parameters that share a device, a dtype
+and a param group. Every backend takes the same three records, ``run(tensors, hyper,
+inputs)`` (``clr_ext.optim.records``; ``hyper``'s type names the rule), and evaluates the
+same schedule (``csrc/schedule.h``; the Python backends use the Python reference through
+``clr_ext.optim.schedules.op_point``) and the same updates (``csrc/*_update.h``).
 
 - ``cuda``: the CUDA kernel of ``clr_ext._C`` (CUDA tensors; no host sync).
 - ``cpp``: the C++ kernel of ``clr_ext._C`` (CPU tensors).
@@ -15,12 +16,23 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
 from . import _ops
-from . import schedule as _schedule
+from .optim.records import (
+    AdamwHyper,
+    AdamwTensors,
+    SgdHyper,
+    SgdTensors,
+    StepInputs,
+    from_op_args,
+    op_args,
+    python_op_schema,
+    written,
+)
+from .optim.schedules import op_point
 
 BACKEND_NAMES = ("cuda", "cpp", "cython", "torch")
 ENV_VAR = "CLR_EXT_BACKEND"
@@ -132,484 +144,116 @@ def _warn_torch_fallback(device: torch.device) -> None:
         )
 
 
-def schedule_point(iteration: int, bounds: List[float], shape: List[float], mode: int) -> Tuple[float, float]:
-    """(lr, cycled momentum) of a step, from the op's arguments, by the Python reference."""
-    if mode in _schedule.ONE_CYCLE_MODES.values():
-        strategy = next(k for k, v in _schedule.ONE_CYCLE_MODES.items() if v == mode)
-        ends = tuple(shape[: int(shape[3])])
-        return _schedule.one_cycle_point(
-            iteration, bounds[0], bounds[1], bounds[4], ends, strategy, bounds[2], bounds[3]
-        )
-    if mode == _schedule.CUSTOM_MODE:
-        return _schedule.cyclic_point(
-            iteration,
-            bounds[0],
-            bounds[1],
-            shape[0],
-            shape[1],
-            "triangular",
-            shape[2],
-            bounds[2],
-            bounds[3],
-            scale_fn=lambda _x: shape[3],
-            scale_mode="cycle",
-        )
-    mode_name = next(k for k, v in _schedule.MODES.items() if v == mode)
-    return _schedule.cyclic_point(
-        iteration, bounds[0], bounds[1], shape[0], shape[1], mode_name, shape[2], bounds[2], bounds[3]
-    )
-
-
 class Backend:
-    """Runs one step of the cyclical SGD over one bucket (see ``run``)."""
+    """Runs one op call: a bucket's ``tensors``, the rule's ``hyper`` (its record names
+    the rule), this step's ``inputs`` (``clr_ext.optim.records``)."""
 
     name = "?"
     device_types: tuple = ()
+    #: The op checks every tensor before it writes any (one bucket needs no pre-check).
+    checks_before_writing = False
+    #: Its writes are PyTorch in-place ops, which bump the version counters themselves.
+    bumps_versions = False
 
-    def run(
-        self,
-        *,
-        params: List[torch.Tensor],
-        grads: List[torch.Tensor],
-        buffers: List[torch.Tensor],
-        starts: List[torch.Tensor],
-        counter: torch.Tensor,
-        iteration: int,
-        bounds: List[float],
-        shape: List[float],
-        mode: int,
-        momentum: float,
-        dampening: float,
-        weight_decay: float,
-        nesterov: bool,
-        maximize: bool,
-        cycle_momentum: bool,
-        first_step: bool,
-        grad_scale: Optional[torch.Tensor],
-        found_inf: Optional[torch.Tensor],
-    ) -> None:
-        """Updates ``params`` (and ``buffers``, and ``grads`` when unscaling) in place.
-
-        ``counter`` is the device-side iteration (int64, on the bucket's device) and
-        ``iteration`` its host mirror (None in a step traced by torch.compile: read
-        the counter then); compiled backends read the former. ``buffers``
-        is empty when the group has no momentum. ``first_step`` means the buffers are
-        new: they receive the gradient itself, as torch.optim.SGD's do. ``starts``, when
-        not empty, replaces ``first_step`` param by param: the op's ``momentum_start``
-        (csrc/cyclic_sgd.h), for steps whose overflow flag or momentum the host cannot read.
-        """
+    def run(self, tensors: Tuple[Any, ...], hyper: Any, inputs: StepInputs) -> None:
+        """Updates the params and state of ``tensors`` in place (and the grads when
+        unscaling). ``inputs.iteration`` is None in a step traced by torch.compile: the
+        op reads the counter then."""
         raise NotImplementedError
-
-    def adamw(
-        self,
-        *,
-        params: List[torch.Tensor],
-        grads: List[torch.Tensor],
-        exp_avgs: List[torch.Tensor],
-        exp_avg_sqs: List[torch.Tensor],
-        max_exp_avg_sqs: List[torch.Tensor],
-        state_steps: List[torch.Tensor],
-        counter: torch.Tensor,
-        iteration: Optional[int],
-        bounds: List[float],
-        shape: List[float],
-        schedule_mode: int,
-        beta1: float,
-        beta2: float,
-        eps: float,
-        weight_decay: float,
-        amsgrad: bool,
-        maximize: bool,
-        cycle_momentum: bool,
-        grad_scale: Optional[torch.Tensor],
-        found_inf: Optional[torch.Tensor],
-        fused_width: int,
-    ) -> None:
-        """One AdamW step (torch.optim.AdamW's) over a bucket, with this iteration's lr
-        and, when cycling, beta1 from the schedule; ``state_steps`` (float32, one per
-        param) count each param's own steps and are advanced unless the step is skipped
-        (``found_inf``), which changes nothing at all. ``fused_width`` > 0 rounds as
-        ``torch.optim.AdamW(fused=True)`` does on the CPU (:func:`fused_adamw_width`); 0
-        as its default path. Same conventions as ``run``."""
-        raise NotImplementedError
-
-
-#: The AdamW op's arguments after the backend name, in the schema's order.
-_ADAMW_ARGS = (
-    "params",
-    "grads",
-    "exp_avgs",
-    "exp_avg_sqs",
-    "max_exp_avg_sqs",
-    "state_steps",
-    "counter",
-    "bounds",
-    "shape",
-    "schedule_mode",
-    "beta1",
-    "beta2",
-    "eps",
-    "weight_decay",
-    "amsgrad",
-    "maximize",
-    "cycle_momentum",
-    "grad_scale",
-    "found_inf",
-    "fused_width",
-)
 
 
 class _CompiledOpBackend(Backend):
-    """The op of clr_ext._C: through the dispatcher under torch.compile (so that it is
+    """The ops of clr_ext._C: through the dispatcher under torch.compile (so that they are
     traced and functionalized), straight into the device's kernel in eager mode (the
     dispatcher's boxing costs ~1 us per tensor)."""
 
-    eager_entry = ""
-    adamw_entry = ""
+    device = ""
+    checks_before_writing = True
+    # The eager entries bypass the dispatcher (and its ADInplaceOrView kernel): the step
+    # bumps the counters in Python (~0.1 us a tensor) unless the entries say they do it.
+    bumps_versions = bool(getattr(_C, "bumps_versions", False))
 
-    def run(
-        self,
-        *,
-        params,
-        grads,
-        buffers,
-        starts,
-        counter,
-        iteration,
-        bounds,
-        shape,
-        mode,
-        momentum,
-        dampening,
-        weight_decay,
-        nesterov,
-        maximize,
-        cycle_momentum,
-        first_step,
-        grad_scale,
-        found_inf,
-    ):
-        op = torch.ops.clr_ext.cyclic_sgd_ if torch.compiler.is_compiling() else getattr(_C, self.eager_entry)
-        op(
-            params,
-            grads,
-            buffers,
-            starts,
-            counter,
-            bounds,
-            shape,
-            mode,
-            momentum,
-            dampening,
-            weight_decay,
-            nesterov,
-            maximize,
-            cycle_momentum,
-            first_step,
-            grad_scale,
-            found_inf,
-        )
-
-    def adamw(self, **kw) -> None:
-        op = torch.ops.clr_ext.cyclic_adamw_ if torch.compiler.is_compiling() else getattr(_C, self.adamw_entry)
-        op(*[kw[k] for k in _ADAMW_ARGS])
+    def run(self, tensors, hyper, inputs):
+        if inputs.iteration is None:
+            op = getattr(torch.ops.clr_ext, hyper.op + "_")
+        else:
+            op = getattr(_C, f"{hyper.op}_{self.device}_")
+        op(*op_args(tensors, hyper, inputs))
 
 
 class CppBackend(_CompiledOpBackend):
     name = "cpp"
     device_types = ("cpu",)
-    eager_entry = "cyclic_sgd_cpu_"
-    adamw_entry = "cyclic_adamw_cpu_"
+    device = "cpu"
 
 
 class CudaBackend(_CompiledOpBackend):
     name = "cuda"
     device_types = ("cuda",)
-    eager_entry = "cyclic_sgd_cuda_"
-    adamw_entry = "cyclic_adamw_cuda_"
+    device = "cuda"
 
 
-# A plain Library fragment rather than torch.library.custom_op: ~4 us per call, not ~18.
-_LIBRARY = torch.library.Library("clr_ext", "FRAGMENT")
-_LIBRARY.define(
-    "python_backend_step_(str backend, Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, "
-    "Tensor(d!)[] momentum_start, "
-    "Tensor iteration, float[] bounds, float[] shape, int schedule_mode, float momentum, float dampening, "
-    "float weight_decay, bool nesterov, bool maximize, bool cycle_momentum, bool first_step, "
-    "Tensor? grad_scale, Tensor? found_inf) -> ()"
-)
-
-
-def _python_backend_step(
-    backend: str,
-    params: List[torch.Tensor],
-    grads: List[torch.Tensor],
-    momentum_buffers: List[torch.Tensor],
-    momentum_start: List[torch.Tensor],
-    iteration: torch.Tensor,
-    bounds: List[float],
-    shape: List[float],
-    schedule_mode: int,
-    momentum: float,
-    dampening: float,
-    weight_decay: float,
-    nesterov: bool,
-    maximize: bool,
-    cycle_momentum: bool,
-    first_step: bool,
-    grad_scale: Optional[torch.Tensor],
-    found_inf: Optional[torch.Tensor],
-) -> None:
-    """The ``cython`` and ``torch`` backends as one op, for steps traced by torch.compile.
-
-    Dynamo cannot trace into a Cython function (a graph break), and the torch backend's
-    host-side schedule would make it re-trace at every step; as an opaque op both run
-    as they do in eager mode, with the iteration read from the counter at run time."""
-    _instance(backend)._run_eager(
-        params,
-        grads,
-        momentum_buffers,
-        momentum_start,
-        iteration,
-        int(iteration),
-        bounds,
-        shape,
-        schedule_mode,
-        momentum,
-        dampening,
-        weight_decay,
-        nesterov,
-        maximize,
-        cycle_momentum,
-        first_step,
-        grad_scale,
-        found_inf,
-    )
-
-
-_LIBRARY.impl("python_backend_step_", _python_backend_step, "CompositeExplicitAutograd")
-
-
-_ops.register_fake("python_backend_step_")
-
-
-_LIBRARY.define(
-    "python_backend_adamw_(str backend, Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, "
-    "Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] state_steps, Tensor iteration, "
-    "float[] bounds, float[] shape, int schedule_mode, float beta1, float beta2, float eps, float weight_decay, "
-    "bool amsgrad, bool maximize, bool cycle_momentum, Tensor? grad_scale, Tensor? found_inf, int fused_width) -> ()"
-)
-
-
-def _python_backend_adamw(backend: str, *args) -> None:
-    """The ``cython`` and ``torch`` AdamW steps as one opaque op, for steps traced by
-    torch.compile (as ``python_backend_step_`` for SGD)."""
-    kw = dict(zip(_ADAMW_ARGS, args))
-    kw["iteration"] = int(kw["counter"])
-    _instance(backend)._adamw_eager(**kw)
-
-
-_LIBRARY.impl("python_backend_adamw_", _python_backend_adamw, "CompositeExplicitAutograd")
-
-
-_ops.register_fake("python_backend_adamw_")
+def check(tensors: Tuple[Any, ...], hyper: Any) -> None:
+    """The op's own tensor checks (``_C``), without running it."""
+    if isinstance(hyper, SgdHyper):
+        _C.check_bucket(*tensors)
+    else:
+        _C.check_adamw_bucket(*tensors, hyper.amsgrad)
 
 
 class _PythonBackend(Backend):
     """A backend whose step is Python code: eager steps call it directly, traced steps
-    through the op above."""
+    through an opaque op (``python_op`` of the rule's record): dynamo cannot trace into a
+    Cython function, and the torch backend's host-side schedule would make it re-trace at
+    every step; as an op both run as in eager mode, the iteration read from the counter."""
 
-    def run(
-        self,
-        *,
-        params,
-        grads,
-        buffers,
-        starts,
-        counter,
-        iteration,
-        bounds,
-        shape,
-        mode,
-        momentum,
-        dampening,
-        weight_decay,
-        nesterov,
-        maximize,
-        cycle_momentum,
-        first_step,
-        grad_scale,
-        found_inf,
-    ):
-        if torch.compiler.is_compiling():
-            torch.ops.clr_ext.python_backend_step_(
-                self.name,
-                params,
-                grads,
-                buffers,
-                starts,
-                counter,
-                bounds,
-                shape,
-                mode,
-                momentum,
-                dampening,
-                weight_decay,
-                nesterov,
-                maximize,
-                cycle_momentum,
-                first_step,
-                grad_scale,
-                found_inf,
-            )
-        else:
-            self._run_eager(
-                params,
-                grads,
-                buffers,
-                starts,
-                counter,
-                iteration,
-                bounds,
-                shape,
-                mode,
-                momentum,
-                dampening,
-                weight_decay,
-                nesterov,
-                maximize,
-                cycle_momentum,
-                first_step,
-                grad_scale,
-                found_inf,
-            )
+    def run(self, tensors, hyper, inputs):
+        if inputs.iteration is None:
+            getattr(torch.ops.clr_ext, hyper.python_op)(self.name, *op_args(tensors, hyper, inputs))
+        elif inputs.found_inf is None or float(inputs.found_inf) == 0:
+            # (GradScaler passes the sum of the devices' flags: any non-zero skips)
+            getattr(self, hyper.op)(tensors, hyper, inputs)
 
-    def adamw(self, **kw) -> None:
-        if torch.compiler.is_compiling():
-            torch.ops.clr_ext.python_backend_adamw_(self.name, *[kw[k] for k in _ADAMW_ARGS])
-        else:
-            self._adamw_eager(**kw)
-
-    def _adamw_eager(self, **kw) -> None:
-        raise NotImplementedError
-
-    def _run_eager(
-        self,
-        params,
-        grads,
-        buffers,
-        starts,
-        counter,
-        iteration,
-        bounds,
-        shape,
-        mode,
-        momentum,
-        dampening,
-        weight_decay,
-        nesterov,
-        maximize,
-        cycle_momentum,
-        first_step,
-        grad_scale,
-        found_inf,
-    ):
-        """``_run``, with the op's ``momentum_start`` semantics when ``starts`` is given:
+    def cyclic_sgd(self, tensors: SgdTensors, hyper: SgdHyper, inputs: StepInputs) -> None:
+        """``sgd``, with the op's ``momentum_start`` semantics when the starts are given:
         the buffers that start in this step and those that continue run as two calls."""
+        starts, iteration = tensors.momentum_start, inputs.iteration
         if not starts:
-            self._run(
-                params,
-                grads,
-                buffers,
-                counter,
-                iteration,
-                bounds,
-                shape,
-                mode,
-                momentum,
-                dampening,
-                weight_decay,
-                nesterov,
-                maximize,
-                cycle_momentum,
-                first_step,
-                grad_scale,
-                found_inf,
-            )
-            return
-        if found_inf is not None and float(found_inf) == 1.0:
-            return  # skipped: no buffer starts
-        cycled = schedule_point(iteration, bounds, shape, mode)[1]
-        if (cycled if cycle_momentum else momentum) == 0:  # no buffer is touched
-            self._run(
-                params,
-                grads,
-                buffers,
-                counter,
-                iteration,
-                bounds,
-                shape,
-                mode,
-                momentum,
-                dampening,
-                weight_decay,
-                nesterov,
-                maximize,
-                cycle_momentum,
-                False,
-                grad_scale,
-                found_inf,
-            )
-            return
+            return self.sgd(tensors, hyper, inputs)
+        cycled = op_point(iteration, hyper.bounds, hyper.shape, hyper.schedule_mode)[1]
+        if (cycled if hyper.cycle_momentum else hyper.momentum) == 0:  # no buffer is touched
+            return self.sgd(tensors, hyper, inputs)
         packed = starts[0].view(-1) if len(starts) == 1 else None  # one element per param
         started = packed.tolist() if packed is not None else [int(s) for s in starts]
         for first in (False, True):
             index = [i for i, value in enumerate(started) if (value >= iteration) == first]
             if index:
-                self._run(
-                    [params[i] for i in index],
-                    [grads[i] for i in index],
-                    [buffers[i] for i in index],
-                    counter,
-                    iteration,
-                    bounds,
-                    shape,
-                    mode,
-                    momentum,
-                    dampening,
-                    weight_decay,
-                    nesterov,
-                    maximize,
-                    cycle_momentum,
-                    first,
-                    grad_scale,
-                    found_inf,
-                )
+                part = SgdTensors(*([t[i] for i in index] for t in tensors[:3]), [])
+                self.sgd(part, hyper._replace(first_step=first), inputs)
         for i, value in enumerate(started):
             if value > iteration:
                 (packed[i] if packed is not None else starts[i]).fill_(iteration)
 
-    def _run(
-        self,
-        params,
-        grads,
-        buffers,
-        counter,
-        iteration,
-        bounds,
-        shape,
-        mode,
-        momentum,
-        dampening,
-        weight_decay,
-        nesterov,
-        maximize,
-        cycle_momentum,
-        first_step,
-        grad_scale,
-        found_inf,
-    ):
+    def sgd(self, tensors: SgdTensors, hyper: SgdHyper, inputs: StepInputs) -> None:
         raise NotImplementedError
+
+    def cyclic_adamw(self, tensors: AdamwTensors, hyper: AdamwHyper, inputs: StepInputs) -> None:
+        raise NotImplementedError
+
+
+def _python_backend_op(hyper_type: Any) -> Callable[..., None]:
+    def run_op(backend: str, *args: Any) -> None:
+        tensors, hyper, inputs = from_op_args(hyper_type, args)
+        runner = _instance(backend)
+        runner.run(tensors, hyper, inputs)
+        if not runner.bumps_versions:
+            torch._C._increment_version(written(tensors, inputs))
+
+    return run_op
+
+
+for _hyper_type in (SgdHyper, AdamwHyper):
+    _ops.define(python_op_schema(_hyper_type), _python_backend_op(_hyper_type))
 
 
 def _contiguous(lists: List[List[torch.Tensor]]) -> Tuple[List[List[torch.Tensor]], List[int]]:
@@ -638,96 +282,23 @@ class CythonBackend(_PythonBackend):
     name = "cython"
     device_types = ("cpu",)
 
-    def _run(
-        self,
-        params,
-        grads,
-        buffers,
-        counter,
-        iteration,
-        bounds,
-        shape,
-        mode,
-        momentum,
-        dampening,
-        weight_decay,
-        nesterov,
-        maximize,
-        cycle_momentum,
-        first_step,
-        grad_scale,
-        found_inf,
-    ):
-        if found_inf is not None and float(found_inf) == 1.0:
-            return
-        lists = [params, grads, buffers]
+    def sgd(self, tensors, hyper, inputs):
+        lists = list(tensors[:3])
         dense, staged = _contiguous(lists)
+        # The Cython entry takes the op's arguments less momentum_start and found_inf (the
+        # step is not run on overflow), the scale as a float, and a thread count.
+        args = op_args(SgdTensors(*dense, []), hyper, inputs)
+        scale = None if inputs.grad_scale is None else float(inputs.grad_scale)
         _cython_cpu.cyclic_sgd_(
-            _DTYPE_CODES[params[0].dtype],
-            *dense,
-            counter,
-            bounds,
-            shape,
-            mode,
-            momentum,
-            dampening,
-            weight_decay,
-            nesterov,
-            maximize,
-            cycle_momentum,
-            first_step,
-            None if grad_scale is None else float(grad_scale),
-            torch.get_num_threads(),
+            _DTYPE_CODES[tensors.params[0].dtype], *args[:3], *args[4:-2], scale, torch.get_num_threads()
         )
         _copy_back(lists, dense, staged)
 
-    def _adamw_eager(
-        self,
-        *,
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        max_exp_avg_sqs,
-        state_steps,
-        counter,
-        iteration,
-        bounds,
-        shape,
-        schedule_mode,
-        beta1,
-        beta2,
-        eps,
-        weight_decay,
-        amsgrad,
-        maximize,
-        cycle_momentum,
-        grad_scale,
-        found_inf,
-        fused_width,
-    ) -> None:
-        lists = [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else []]
+    def cyclic_adamw(self, tensors, hyper, inputs):
+        lists = list(tensors[:5])
         dense, staged = _contiguous(lists)
-        _cython_cpu.cyclic_adamw_(
-            _DTYPE_CODES[params[0].dtype],
-            *dense,
-            list(state_steps),
-            counter,
-            bounds,
-            shape,
-            schedule_mode,
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-            amsgrad,
-            maximize,
-            cycle_momentum,
-            grad_scale,
-            found_inf,
-            torch.get_num_threads(),
-            fused_width,
-        )
+        args = op_args((*dense, list(tensors.state_steps)), hyper, inputs)
+        _cython_cpu.cyclic_adamw_(_DTYPE_CODES[tensors.params[0].dtype], *args[:-1], torch.get_num_threads(), args[-1])
         _copy_back(lists, dense, staged)
 
 
@@ -738,31 +309,13 @@ class TorchBackend(_PythonBackend):
 
     name = "torch"
     device_types = ("cpu", "cuda")
+    bumps_versions = True
 
-    def _run(
-        self,
-        params,
-        grads,
-        buffers,
-        counter,
-        iteration,
-        bounds,
-        shape,
-        mode,
-        momentum,
-        dampening,
-        weight_decay,
-        nesterov,
-        maximize,
-        cycle_momentum,
-        first_step,
-        grad_scale,
-        found_inf,
-    ):
-        if found_inf is not None and float(found_inf) == 1.0:
-            return
-        lr, cycled = schedule_point(iteration, bounds, shape, mode)
-        mom = cycled if cycle_momentum else momentum
+    def sgd(self, tensors, hyper, inputs):
+        params, grads, buffers = tensors[:3]
+        grad_scale = inputs.grad_scale
+        lr, cycled = op_point(inputs.iteration, hyper.bounds, hyper.shape, hyper.schedule_mode)
+        mom = cycled if hyper.cycle_momentum else hyper.momentum
         use_buffers = bool(buffers) and mom != 0
 
         low_precision = params[0].dtype in (torch.float16, torch.bfloat16)
@@ -777,17 +330,17 @@ class TorchBackend(_PythonBackend):
             g_c = torch._foreach_div(g_c, grad_scale.to(g_c[0].dtype).item())
             for g, gc in zip(grads, g_c):
                 g.copy_(gc)
-        g_c = torch._foreach_neg(g_c) if maximize else list(g_c)
-        if weight_decay != 0:
-            g_c = torch._foreach_add(g_c, p_c, alpha=weight_decay)
+        g_c = torch._foreach_neg(g_c) if hyper.maximize else list(g_c)
+        if hyper.weight_decay != 0:
+            g_c = torch._foreach_add(g_c, p_c, alpha=hyper.weight_decay)
         if use_buffers:
-            if first_step:
+            if hyper.first_step:
                 for b, g in zip(b_c, g_c):
                     b.copy_(g)
             else:
                 torch._foreach_mul_(b_c, mom)
-                torch._foreach_add_(b_c, g_c, alpha=1 - dampening)
-            g_c = torch._foreach_add(g_c, b_c, alpha=mom) if nesterov else b_c
+                torch._foreach_add_(b_c, g_c, alpha=1 - hyper.dampening)
+            g_c = torch._foreach_add(g_c, b_c, alpha=mom) if hyper.nesterov else b_c
         torch._foreach_add_(p_c, g_c, alpha=-lr)
 
         if low_precision:
@@ -796,40 +349,16 @@ class TorchBackend(_PythonBackend):
             for b, bc in zip(buffers if use_buffers else [], b_c):
                 b.copy_(bc)
 
-    def _adamw_eager(
-        self,
-        *,
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        max_exp_avg_sqs,
-        state_steps,
-        counter,
-        iteration,
-        bounds,
-        shape,
-        schedule_mode,
-        beta1,
-        beta2,
-        eps,
-        weight_decay,
-        amsgrad,
-        maximize,
-        cycle_momentum,
-        grad_scale,
-        found_inf,
-        fused_width,
-    ) -> None:
+    def cyclic_adamw(self, tensors, hyper, inputs):
         """torch.optim.AdamW's single-tensor step, op for op (so fp32/fp64 round as it
         does); half precision runs on float32 copies rounded once per step. With
         ``fused_width``, torch.optim.AdamW(fused=True)'s own kernel."""
-        if found_inf is not None and float(found_inf) == 1.0:
-            return
-        lr, cycled = schedule_point(int(counter) if iteration is None else iteration, bounds, shape, schedule_mode)
-        if cycle_momentum:
-            beta1 = cycled
-        if fused_width:
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps = tensors
+        beta2, eps, weight_decay, amsgrad = hyper.beta2, hyper.eps, hyper.weight_decay, hyper.amsgrad
+        grad_scale = inputs.grad_scale
+        lr, cycled = op_point(inputs.iteration, hyper.bounds, hyper.shape, hyper.schedule_mode)
+        beta1 = cycled if hyper.cycle_momentum else hyper.beta1
+        if hyper.fused_width:
             torch._foreach_add_(state_steps, 1)  # as torch.optim.AdamW does before its fused kernel
             torch._fused_adamw_(
                 params,
@@ -844,7 +373,7 @@ class TorchBackend(_PythonBackend):
                 weight_decay=weight_decay,
                 eps=eps,
                 amsgrad=amsgrad,
-                maximize=maximize,
+                maximize=hyper.maximize,
                 grad_scale=grad_scale,
             )
             return
@@ -859,7 +388,7 @@ class TorchBackend(_PythonBackend):
                 else (param, grad, exp_avgs[i], exp_avg_sqs[i])
             )
             vmax = (max_exp_avg_sqs[i].float() if low else max_exp_avg_sqs[i]) if amsgrad else None
-            if maximize:
+            if hyper.maximize:
                 g = -g
             step_t = state_steps[i]
             step_t += 1

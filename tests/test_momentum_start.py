@@ -209,9 +209,10 @@ def test_starts_reach_the_op_as_one_tensor(backend, monkeypatch):
     backend_class = type(clr_ext.backends._instance(backend))
     original = backend_class.run
 
-    def recording_run(self, **kw):
-        seen.append((len(kw["params"]), len(kw["starts"]), [tuple(s.shape) for s in kw["starts"]]))
-        return original(self, **kw)
+    def recording_run(self, tensors, hyper, inputs):
+        starts = tensors.momentum_start
+        seen.append((len(tensors.params), len(starts), [tuple(s.shape) for s in starts]))
+        return original(self, tensors, hyper, inputs)
 
     monkeypatch.setattr(backend_class, "run", recording_run)
     gen = torch.Generator().manual_seed(37)

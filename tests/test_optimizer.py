@@ -446,8 +446,14 @@ def test_the_validator_and_its_python_copy_say_the_same(monkeypatch):
     ints.grad = torch.zeros(4, dtype=torch.int64)
     bools = torch.zeros(1, dtype=torch.bool)
     bools.grad = torch.zeros(1, dtype=torch.bool)
+    wrong_dtype = torch.nn.Parameter(torch.randn(2))
+    wrong_dtype.grad = torch.randn(2)
+    wrong_dtype.grad.data = torch.randn(2, dtype=torch.float64)  # (.grad = refuses it)
+    wrong_shape = torch.nn.Parameter(torch.randn(2, 2))
+    wrong_shape.grad = torch.randn(2, 2)
+    wrong_shape.grad.data = torch.randn(4)
     opt = clr_ext.CyclicSGD([ok], 0.01, 0.1)
-    cases = [[ok, cplx], [ok, sparse], [ints], [cplx, bools]]
+    cases = [[ok, cplx], [ok, sparse], [ints], [cplx, bools], [wrong_dtype], [ok, ok, wrong_shape]]
 
     def outcome(params):
         try:
@@ -465,6 +471,14 @@ def test_the_validator_and_its_python_copy_say_the_same(monkeypatch):
     )
     assert compiled[2].startswith("CyclicSGD: parameter 0 of param group 7 has dtype torch.int64; only floating")
     assert "parameter 1 of param group 7 has dtype torch.bool" in compiled[3]
+    # Both read their words from one place, clr_ext/_checks.py.
+    where = clr_ext._checks.where_param
+    assert compiled[1] == clr_ext._checks.sparse_grad_message("CyclicSGD", where(1, 7))
+    assert compiled[2] == clr_ext._checks.param_dtype_message("CyclicSGD", where(0, 7), torch.int64)
+    assert compiled[4] == clr_ext._checks.unlike_message(
+        "CyclicSGD", "gradient", where(0, 7), "dtype", torch.float64, torch.float32
+    )
+    assert compiled[5] == clr_ext._checks.unlike_message("CyclicSGD", "gradient", where(2, 7), "shape", (4,), (2, 2))
 
 
 # ---------------------------------------------------------------- state dicts

@@ -1,5 +1,6 @@
 """Scheduled optimizers: a schedule (``schedules``) x an update rule (``sgd``, ``adamw``)
-on one core (``core``), run by a backend (``clr_ext.backends``)."""
+on one core (``core``, with the step's shared functions in ``functional`` and each op's
+arguments as ``records``), run by a backend (``clr_ext.backends``)."""
 
 from .adamw import CyclicAdamW, OneCycleAdamW
 from .convert import from_torch

@@ -9,29 +9,16 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 
 from .. import backends as _backends
-from .._checks import as_float, non_negative
-from .core import _refuse_capture, _ScheduledOptimizer, _StalePlan
+from .._checks import beta, non_negative
+from .core import _refuse_capture, _ScheduledOptimizer, construct
+from .functional import Work
+from .records import AdamwHyper, AdamwTensors
 from .schedules import CyclicSchedule, CyclicScheduled, OneCycleSchedule, OneCycleScheduled
 
 __all__ = ["CyclicAdamW", "OneCycleAdamW"]
 
 #: The per-param state, named as torch.optim.AdamW names it.
 _MOMENTS = ("exp_avg", "exp_avg_sq")
-
-
-def _beta(name: str, value: Any) -> float:
-    value = as_float(name, value)
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name}: must be in [0, 1), got {value!r}")
-    return value
-
-
-def _check_adamw_bucket(item: Tuple[Any, ...]) -> None:
-    _, _, params, grads, moments, steps, group, _ = item
-    amsgrad = group["amsgrad"]
-    _backends._C.check_adamw_bucket(
-        params, grads, moments[0], moments[1], moments[2] if amsgrad else [], steps, amsgrad
-    )
 
 
 class _ScheduledAdamW(_ScheduledOptimizer):
@@ -47,38 +34,14 @@ class _ScheduledAdamW(_ScheduledOptimizer):
     square root where torch has MKL). Either way the step is one fused kernel; CUDA
     kernels take IEEE square roots in both cases."""
 
-    def __init__(
-        self,
-        params: Iterable[Any],
-        schedule: Any,
-        group_bounds: Dict[str, Any],
-        *,
-        betas: Tuple[float, float],
-        eps: float,
-        weight_decay: float,
-        amsgrad: bool,
-        maximize: bool,
-        fused: Optional[bool],
-        cycle_momentum: bool,
-        backend: str,
-    ) -> None:
-        super().__init__(
-            params,
-            schedule,
-            group_bounds,
-            dict(betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize, fused=fused),
-            cycle_momentum=cycle_momentum,
-            backend=backend,
-        )
-
     def _check_rule_group(self, group: Dict[str, Any], where: str) -> None:
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas{where}: must be a pair (beta1, beta2), got {betas!r}")
-        group["betas"] = (_beta("betas[0]" + where, betas[0]), _beta("betas[1]" + where, betas[1]))
+        group["betas"] = (beta("betas[0]" + where, betas[0]), beta("betas[1]" + where, betas[1]))
         if self.cycle_momentum:  # the cycled beta1 must be a beta too
             for key in ("base_momentum", "max_momentum"):
-                group[key] = _beta(key + where, group[key])
+                group[key] = beta(key + where, group[key])
         group["eps"] = non_negative("eps" + where, group["eps"])
         group["weight_decay"] = non_negative("weight_decay" + where, group["weight_decay"])
         group["amsgrad"] = bool(group["amsgrad"])
@@ -107,81 +70,45 @@ class _ScheduledAdamW(_ScheduledOptimizer):
                 if loaded is not step or loaded.dtype != torch.float32 or loaded.device != p.device:
                     self.state[p]["step"] = loaded.to(device=p.device, dtype=torch.float32)
 
-    def _step_once(self, compiling: bool) -> None:
-        shape = self._schedule.op_shape(self._iteration if self._schedule.host_evaluated else 0)
-        state = self.state
-        work: List[Tuple[Any, ...]] = []
-        created: List[Tuple[torch.Tensor, Dict[str, torch.Tensor]]] = []  # kept once the step has run
-        devices = set()
-        for group_index, group in enumerate(self._step_groups()):
-            buckets = self._buckets_of(group_index, group)
-            if not buckets:
-                continue
-            bounds = self._schedule.op_bounds(group)
-            amsgrad = group["amsgrad"]
-            keys = ("step",) + _MOMENTS + (("max_exp_avg_sq",) if amsgrad else ())
-            for bucket, grads in buckets:
-                params = bucket.params
-                devices.add(bucket.device)
-                try:  # every step after a param's first
-                    dicts = [state[p] for p in params] if compiling else bucket.states(state)
-                    columns = [list(map(operator.itemgetter(k), dicts)) for k in keys]
-                except KeyError:
-                    columns = self._state_with_new(params, keys, created)
-                view = self._kernel_tensors
-                steps = columns[0]
-                work.append(
-                    (
-                        bucket.backend,
-                        bucket.device,
-                        view(params, bucket),
-                        view(grads, bucket),
-                        [view(c, bucket) for c in columns[1:]],
-                        steps,
-                        group,
-                        bounds,
-                    )
-                )
-        if len(work) > 1:
-            self._check_before_writing(work, _check_adamw_bucket, compiling)
+    def _collect(self, group_index, group, buckets, schedule_arguments, compiling, work, created):
+        """``created``: (param, its new state), stored once the step has run."""
+        beta1, beta2 = group["betas"]
+        amsgrad = group["amsgrad"]
+        hyper = AdamwHyper(
+            *schedule_arguments,
+            # a traced step passes a constant beta1 when cycling (the op computes it)
+            group["max_momentum"] if compiling and self.cycle_momentum else beta1,
+            beta2,
+            group["eps"],
+            group["weight_decay"],
+            amsgrad,
+            group["maximize"],
+            self.cycle_momentum,
+            0,
+        )
+        keys = ("step",) + _MOMENTS + (("max_exp_avg_sq",) if amsgrad else ())
+        for bucket, grads in buckets:
+            params = bucket.params
+            try:  # every step after a param's first
+                if compiling:
+                    dicts = [self.state[p] for p in params]
+                else:
+                    dicts = bucket.states(self.state) if bucket.state_dicts is None else bucket.state_dicts
+                steps, *moments = [list(map(operator.itemgetter(k), dicts)) for k in keys]
+            except KeyError:
+                steps, *moments = self._state_with_new(params, keys, created)
+            if not amsgrad:
+                moments.append([])
+            tensors = AdamwTensors(params, grads, *moments, steps)
+            if bucket.dtensor is not None or bucket.complex:
+                tensors = AdamwTensors(*(self._kernel_tensors(t, bucket) for t in tensors[:5]), steps)
+            fused = group["fused"] and bucket.device.type == "cpu"
+            call = hyper._replace(fused_width=_backends.fused_adamw_width(params[0].dtype)) if fused else hyper
+            work.append(Work(bucket.backend, bucket.device, tensors, call, group_index))
 
-        counter_on, scale_on, inf_on = self._device_inputs(devices)
-        for position, (backend, device, params, grads, moments, steps, group, bounds) in enumerate(work):
-            beta1, beta2 = group["betas"]
-            try:
-                backend.adamw(
-                    params=params,
-                    grads=grads,
-                    exp_avgs=moments[0],
-                    exp_avg_sqs=moments[1],
-                    max_exp_avg_sqs=moments[2] if group["amsgrad"] else [],
-                    state_steps=steps,
-                    counter=counter_on[device],
-                    iteration=None if compiling else self._iteration,
-                    bounds=bounds,
-                    shape=shape,
-                    schedule_mode=self._schedule.op_mode,
-                    # a traced step passes a constant beta1 when cycling (the op computes it)
-                    beta1=group["max_momentum"] if compiling and self.cycle_momentum else beta1,
-                    beta2=beta2,
-                    eps=group["eps"],
-                    weight_decay=group["weight_decay"],
-                    amsgrad=group["amsgrad"],
-                    maximize=group["maximize"],
-                    cycle_momentum=self.cycle_momentum,
-                    grad_scale=scale_on[device],
-                    found_inf=inf_on[device],
-                    fused_width=_backends.fused_adamw_width(params[0].dtype)
-                    if group["fused"] and device.type == "cpu"
-                    else 0,
-                )
-            except RuntimeError as err:
-                if position == 0:  # the op checks before it writes: nothing has changed yet
-                    raise _StalePlan() from err
-                raise
+    def _keep(self, created):
         for p, new in created:
-            state[p].update(new)
-        self._advance(compiling)
+            self.state[p].update(new)
 
     def _state_with_new(
         self,
@@ -259,20 +186,7 @@ class CyclicAdamW(CyclicScheduled, _ScheduledAdamW):
         max_momentum: Any = 0.9,
         backend: str = "auto",
     ) -> None:
-        schedule = CyclicSchedule(step_size_up, step_size_down, mode, gamma, scale_fn, scale_mode)
-        super().__init__(
-            params,
-            schedule,
-            dict(base_lr=base_lr, max_lr=max_lr, base_momentum=base_momentum, max_momentum=max_momentum),
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=amsgrad,
-            maximize=maximize,
-            fused=fused,
-            cycle_momentum=cycle_momentum,
-            backend=backend,
-        )
+        construct(self, CyclicSchedule, locals())
 
 
 class OneCycleAdamW(OneCycleScheduled, _ScheduledAdamW):
@@ -305,19 +219,4 @@ class OneCycleAdamW(OneCycleScheduled, _ScheduledAdamW):
         max_momentum: Any = 0.95,
         backend: str = "auto",
     ) -> None:
-        schedule = OneCycleSchedule(
-            total_steps, epochs, steps_per_epoch, pct_start, anneal_strategy, div_factor, final_div_factor, three_phase
-        )
-        super().__init__(
-            params,
-            schedule,
-            dict(max_lr=max_lr, base_momentum=base_momentum, max_momentum=max_momentum),
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=amsgrad,
-            maximize=maximize,
-            fused=fused,
-            cycle_momentum=cycle_momentum,
-            backend=backend,
-        )
+        construct(self, OneCycleSchedule, locals())

@@ -5,14 +5,16 @@ AMP inputs, DTensor shards and complex views, the torch.compile op, state dicts,
 pickling and outside writes, in ``_ScheduledOptimizer``. A schedule
 (``clr_ext.optim.schedules``) supplies the formula's arguments; an update rule is a
 subclass (``clr_ext.optim.sgd``, ``clr_ext.optim.adamw``) that checks its group keys,
-reports the cycled momentum where its PyTorch optimizer keeps it, and plans and runs
-the step with the helpers here.
+reports the cycled momentum where its PyTorch optimizer keeps it, and collects each
+group's op calls (records of ``clr_ext.optim.records``) for the one step spine here and
+in ``clr_ext.optim.functional``.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import itertools
 import operator
 import struct
@@ -29,19 +31,16 @@ from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimize
 from .. import _ops
 from .. import backends as _backends
 from .._checks import momentum_value
+from . import functional
 from . import loading as _loading
+from .functional import StalePlan, Work
+from .records import StepInputs
 from .schedules import per_group
 
 # Optimizers by handle, for the op below: an op's arguments are tensors and numbers,
 # so a traced step names its optimizer by an int that stays constant across steps.
 _LIVE: "weakref.WeakValueDictionary[int, _ScheduledOptimizer]" = weakref.WeakValueDictionary()
 _HANDLES = itertools.count(1)
-
-
-# Ops written in Python, defined through a plain Library fragment: a call costs ~4 us
-# where torch.library.custom_op's wrapper costs ~18 us.
-_LIBRARY = torch.library.Library("clr_ext", "FRAGMENT")
-_LIBRARY.define("advance_schedule_(Tensor(a!)[] counters, int handle) -> ()")
 
 
 def _advance_schedule(counters: List[torch.Tensor], handle: int) -> None:
@@ -57,17 +56,10 @@ def _advance_schedule(counters: List[torch.Tensor], handle: int) -> None:
         optimizer._host_advance()
 
 
-_LIBRARY.impl("advance_schedule_", _advance_schedule, "CompositeExplicitAutograd")
-
-
-_ops.register_fake("advance_schedule_")
+_ops.define("advance_schedule_(Tensor(a!)[] counters, int handle) -> ()", _advance_schedule)
 
 
 _GRAD = operator.attrgetter("grad")
-
-
-class _StalePlan(Exception):
-    """A step's cached plan no longer fits its tensors; nothing was written."""
 
 
 def _dtensor_type() -> Any:
@@ -140,7 +132,7 @@ def _differs_for_the_step(theirs: Any, mine: float, group: Dict[str, Any]) -> bo
 class _Bucket:
     """Params of one group on one device with one dtype, and their backend."""
 
-    __slots__ = ("device", "params", "backend", "dtensor", "complex", "starts", "_states")
+    __slots__ = ("device", "params", "backend", "dtensor", "complex", "starts", "state_dicts")
 
     def __init__(self, device: torch.device, params: List[torch.Tensor], backend: Any) -> None:
         self.device = device
@@ -153,16 +145,31 @@ class _Bucket:
         # (CyclicSGD._starts_version, the params' momentum starts): saves a dict lookup
         # per param and step on the device-decided path.
         self.starts: Optional[Tuple[int, List[torch.Tensor]]] = None
-        self._states: Optional[List[Dict[str, Any]]] = None
+        self.state_dicts: Optional[List[Dict[str, Any]]] = None  # (see states)
 
     def states(self, state: Dict[torch.Tensor, Dict[str, Any]]) -> List[Dict[str, Any]]:
         """The params' state dicts, looked up once: a lookup by tensor calls the Python
         ``Tensor.__hash__`` (~0.2 us; 40 us a step for 200 params), a lookup by key in a
         param's dict does not. The bucket lives no longer than ``state`` and its size
         (see ``_buckets_of``), so a buffer replaced or deleted in a param's dict is seen."""
-        if self._states is None:
-            self._states = [state[p] for p in self.params]
-        return self._states
+        if self.state_dicts is None:
+            self.state_dicts = [state[p] for p in self.params]
+        return self.state_dicts
+
+
+def construct(optimizer: "_ScheduledOptimizer", schedule_type: Any, arguments: Dict[str, Any]) -> None:
+    """The public classes' constructor, written once: ``arguments`` (the constructor's
+    ``locals()``) split into the schedule's own, the per-group bounds (the schedule's
+    group keys and the momentum bounds), the rule's defaults (the rest), ``cycle_momentum``
+    and ``backend``."""
+    rest = {key: value for key, value in arguments.items() if key not in ("self", "__class__")}
+    params, cycle_momentum, backend = rest.pop("params"), rest.pop("cycle_momentum"), rest.pop("backend")
+    takes = inspect.signature(schedule_type).parameters
+    schedule = schedule_type(**{key: rest.pop(key) for key in list(rest) if key in takes})
+    bounds = {key: rest.pop(key) for key in schedule_type.group_keys + ("base_momentum", "max_momentum") if key in rest}
+    _ScheduledOptimizer.__init__(
+        optimizer, params, schedule, bounds, rest, cycle_momentum=cycle_momentum, backend=backend
+    )
 
 
 class _ScheduledOptimizer(Optimizer):
@@ -174,8 +181,9 @@ class _ScheduledOptimizer(Optimizer):
     gives the formula's arguments; ``group_bounds`` are its per-group values (a float, or
     a list with one value per group). An update rule is a subclass: it checks its own
     group keys (``_check_rule_group``), reports the cycled momentum where its PyTorch
-    optimizer keeps it (``_report_momentum``) and plans and runs the step
-    (``_step_once``), with the helpers below.
+    optimizer keeps it (``_report_momentum``), lists a group's op calls (``_collect``)
+    and stores the state it created once they ran (``_keep``); ``_step_checked`` runs
+    the step around them, the same for every rule (``clr_ext.optim.functional``).
     """
 
     _step_supports_amp_scaling = True
@@ -196,7 +204,7 @@ class _ScheduledOptimizer(Optimizer):
                 or self._optimizer_step_post_hooks
                 or _global_optimizer_pre_hooks
                 or _global_optimizer_post_hooks
-                or torch.compiler.is_compiling()
+                or functional.traced()
                 or torch.autograd._profiler_enabled()
             ):
                 return hooked(*args, **kwargs)
@@ -220,6 +228,7 @@ class _ScheduledOptimizer(Optimizer):
         cycle_momentum: bool,
         backend: str,
     ) -> None:
+        self._unpickled()  # (the rule's own fields)
         self._backend_request = _backends.requested_backend(backend)
         self._schedule = schedule
         self.cycle_momentum = bool(cycle_momentum)
@@ -302,8 +311,23 @@ class _ScheduledOptimizer(Optimizer):
         ``_report_momentum`` wrote it)."""
         raise NotImplementedError
 
-    def _step_once(self, compiling: bool) -> None:
-        """Plans and runs one step; ``compiling``: it is being traced by torch.compile."""
+    def _collect(
+        self,
+        group_index: int,
+        group: Dict[str, Any],
+        buckets: List[Tuple["_Bucket", List[torch.Tensor]]],
+        schedule_arguments: Tuple[List[float], List[float], int],
+        compiling: bool,
+        work: List[Work],
+        new_state: List[Any],
+    ) -> None:
+        """Appends the group's op calls to ``work`` (its record starts with
+        ``schedule_arguments``: bounds, shape, mode), creating (not storing) missing state,
+        which goes to ``new_state`` for ``_keep``."""
+        raise NotImplementedError
+
+    def _keep(self, new_state: List[Any]) -> None:
+        """Stores the state ``_collect`` created, once the step has run."""
         raise NotImplementedError
 
     # ---------------------------------------------------------------- schedule
@@ -356,59 +380,21 @@ class _ScheduledOptimizer(Optimizer):
     # -------------------------------------------------------------------- step
 
     def _validate(self, group_index: int, params: List[torch.Tensor]) -> None:
-        """The precise, per-parameter checks of a group (``_C.validate_group``; this
-        Python copy serves builds without ``_C`` and traced steps)."""
-        if _backends._C is not None and not torch.compiler.is_compiling():
+        """The per-parameter checks of a group's params and grads (``_C.validate_group``;
+        its Python twin serves builds without ``_C`` and traced steps)."""
+        if _backends._C is not None and not functional.traced():
             _backends._C.validate_group(params, [p.grad for p in params], group_index, type(self).__name__)
-            return
-        for i, p in enumerate(params):
-            g = p.grad
-            where = f"parameter {i} of param group {group_index}"
-            if p.dtype not in _backends.SUPPORTED_DTYPES and p.dtype not in _COMPLEX_DTYPES:
-                raise RuntimeError(
-                    f"{type(self).__name__}: {where} has dtype {p.dtype}; only floating-point "
-                    "parameters (float32, float64, float16, bfloat16, complex64, complex128) "
-                    "can be optimized"
-                )
-            if p.layout != torch.strided:
-                raise RuntimeError(f"{type(self).__name__}: {where} is not a dense (strided) tensor")
-            if g.layout != torch.strided or g.is_sparse:
-                raise RuntimeError(
-                    f"{type(self).__name__}: the gradient of {where} is sparse; sparse gradients are not supported"
-                )
-            if g.dtype != p.dtype:
-                raise RuntimeError(
-                    f"{type(self).__name__}: the gradient of {where} has dtype {g.dtype}, the parameter {p.dtype}"
-                )
-            if g.shape != p.shape:
-                raise RuntimeError(
-                    f"{type(self).__name__}: the gradient of {where} has shape {tuple(g.shape)}, "
-                    f"the parameter {tuple(p.shape)}"
-                )
-            if g.device != p.device:
-                raise RuntimeError(
-                    f"{type(self).__name__}: the gradient of {where} is on {g.device}, the parameter on {p.device}"
-                )
+        else:
+            functional.validate_group(params, group_index, type(self).__name__)
 
     def _validate_all(self) -> None:
-        for group_index, group in enumerate(self._step_groups()):
+        groups = self._groups_alias if functional.traced() else self.param_groups
+        for group_index, group in enumerate(groups):
             self._validate(group_index, [p for p in group["params"] if p.grad is not None])
 
-    def _check_before_writing(self, work: List[Any], check_bucket: Callable[[Any], None], compiling: bool) -> None:
-        """Checks every bucket of a step before the first one writes, with the rule's op
-        check (``check_bucket(item)``, a ``_C`` function) or, where dynamo traces the step
-        (it cannot trace pybind) or ``_C`` is missing, the Python validator, which sees
-        the same metadata. A failure means the cached plan is stale: ``_StalePlan``."""
-        try:
-            if _backends._C is not None and not compiling:
-                for item in work:
-                    check_bucket(item)
-            else:
-                self._validate_all()
-        except RuntimeError as err:
-            raise _StalePlan() from err
-
-    def _buckets_of(self, group_index: int, group: Dict[str, Any]) -> List[Tuple["_Bucket", List[torch.Tensor]]]:
+    def _buckets_of(
+        self, group_index: int, group: Dict[str, Any], compiling: bool
+    ) -> List[Tuple["_Bucket", List[torch.Tensor]]]:
         """``[(bucket, grads)]``: the group's params that have a gradient, grouped by
         (device, dtype).
 
@@ -418,7 +404,7 @@ class _ScheduledOptimizer(Optimizer):
         check drops the cache and plans the step again (see ``step``).
         """
         params = group["params"]
-        if torch.compiler.is_compiling():  # dynamo traces neither attrgetter nor map(operator.is_)
+        if compiling:  # dynamo traces neither attrgetter nor map(operator.is_)
             grads = [p.grad for p in params]
             missing = any(g is None for g in grads)
         else:
@@ -439,7 +425,7 @@ class _ScheduledOptimizer(Optimizer):
             cached is None
             or cached[0] != key
             or cached[1] is not self.state
-            or (cached[2] != len(self.state) and not torch.compiler.is_compiling())
+            or (cached[2] != len(self.state) and not compiling)
         ):
             self._validate(group_index, params)
             grouped: Dict[Tuple[torch.device, torch.dtype], List[int]] = {}
@@ -467,7 +453,7 @@ class _ScheduledOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if torch.compiler.is_compiling():
+        if functional.traced():
             with torch.no_grad():
                 self._step_checked(compiling=True)
             return loss
@@ -488,17 +474,40 @@ class _ScheduledOptimizer(Optimizer):
         return loss
 
     def _step_checked(self, compiling: bool) -> None:
-        try:
-            self._step_once(compiling)
-        except _StalePlan:
-            # A param changed dtype or device since the grouping was cached (nothing
-            # was written): check every param, so that a real error names it, and replan.
-            self._bucket_cache.clear()
-            self._validate_all()
+        """One step, the same for every rule: the rule collects each group's op calls
+        (``_collect``), all of them are checked before the first writes
+        (``functional.check``), they run, the rule keeps the state it created, and the
+        schedule advances. ``compiling``: torch.compile is tracing the step."""
+        schedule = self._schedule
+        # Dynamo guards on every value of every group once ``param_groups`` is read in a
+        # traced frame, and lr, momentum and iteration change at every step: a traced step
+        # reads the same list through another attribute, with guards on the keys it reads.
+        groups = self._groups_alias if compiling else self.param_groups
+        for attempt in (1, 2):
+            # (a schedule evaluated on the host reads the iteration; dynamo re-traces as it changes)
+            shape = schedule.op_shape(self._iteration) if schedule.host_evaluated else schedule.shape
+            work: List[Work] = []
+            new_state: List[Any] = []
+            for group_index, group in enumerate(groups):
+                buckets = self._buckets_of(group_index, group, compiling)
+                if buckets:
+                    arguments = ([group[key] for key in schedule.bound_keys], shape, schedule.op_mode)
+                    self._collect(group_index, group, buckets, arguments, compiling, work, new_state)
             try:
-                self._step_once(compiling)
-            except _StalePlan as again:
-                raise again.__cause__ from None
+                if len(work) > 1 or (work and not work[0].backend.checks_before_writing):
+                    functional.check(work, compiling, self._validate_all)
+                functional.run(work, self._device_inputs(work, compiling))
+                break
+            except StalePlan as stale:
+                if attempt == 2:
+                    cause = stale.__cause__
+                    raise RuntimeError(f"{type(self).__name__}: param group {stale.group_index}: {cause}") from None
+                # A param changed dtype or device since the grouping was cached (nothing
+                # was written): check every param, so that a real error names it, and replan.
+                self._bucket_cache.clear()
+                self._validate_all()
+        self._keep(new_state)
+        self._advance(compiling)
 
     def _check_outside_writes(self) -> None:
         """Warns once per group and key when ``group["lr"]`` (or the momentum / ``betas[0]``
@@ -574,18 +583,25 @@ class _ScheduledOptimizer(Optimizer):
             tensors = _real_views(tensors)
         return tensors
 
-    def _device_inputs(self, devices: Iterable[torch.device]) -> Tuple[Dict[Any, Any], Dict[Any, Any], Dict[Any, Any]]:
-        """Per device: the step counter (made before any bucket runs), and GradScaler's
+    def _device_inputs(self, work: List[Work], compiling: bool) -> Dict[torch.device, StepInputs]:
+        """Per device of ``work``: the step counter (made before any bucket runs), its host
+        mirror (none for a traced step: dynamo would guard on it), and GradScaler's
         ``grad_scale`` / ``found_inf`` (None without AMP), moved without a sync."""
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        counter_on = {device: self._counter(device) for device in devices}
-        if grad_scale is None and found_inf is None:
-            no_amp = dict.fromkeys(counter_on)
-            return counter_on, no_amp, no_amp
-        scale_on = {d: None if grad_scale is None else grad_scale.to(d, non_blocking=True) for d in counter_on}
-        inf_on = {d: None if found_inf is None else found_inf.to(d, non_blocking=True) for d in counter_on}
-        return counter_on, scale_on, inf_on
+        iteration = None if compiling else self._iteration
+        inputs: Dict[torch.device, StepInputs] = {}
+        for item in work:
+            device = item.device
+            if device not in inputs:
+                counter = self._counters.get(device)
+                inputs[device] = StepInputs(
+                    self._counter(device) if counter is None else counter,
+                    iteration,
+                    None if grad_scale is None else grad_scale.to(device, non_blocking=True),
+                    None if found_inf is None else found_inf.to(device, non_blocking=True),
+                )
+        return inputs
 
     def _advance(self, compiling: bool) -> None:
         """Ends a step: the device counters, then the host mirror."""
@@ -695,15 +711,6 @@ class _ScheduledOptimizer(Optimizer):
 
     def _unpickled(self) -> None:
         """After ``__setstate__`` (unpickling, deepcopy, load_state_dict): hook for the rules."""
-
-    def _step_groups(self) -> List[Dict[str, Any]]:
-        """``param_groups``, read by the step.
-
-        Dynamo guards on every value of every group once ``param_groups`` is read in a
-        traced frame, and ``lr``, ``momentum`` and ``iteration`` change at every step:
-        the step would be re-traced each time. A traced step reads the same list through
-        another attribute, which gets guards on the keys the step reads (constants) only."""
-        return self._groups_alias if torch.compiler.is_compiling() else self.param_groups
 
     def _register(self) -> None:
         # A copy (pickle, deepcopy) is another optimizer and gets its own handle; a

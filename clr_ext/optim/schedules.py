@@ -22,6 +22,13 @@ from .._checks import as_float, non_negative, positive_int
 _SCALE_MODES = ("cycle", "iterations")
 
 
+def _capturing() -> bool:
+    """Whether a CUDA graph is being captured on the current stream (False without CUDA)."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 class CyclicSchedule:
     """CyclicLR's schedule (plus the paper's fixed / exp / decay policies)."""
 
@@ -61,10 +68,14 @@ class CyclicSchedule:
         self.gamma = gamma
         self.scale_fn = scale_fn
         self.scale_mode = scale_mode
-
-    @property
-    def op_mode(self) -> int:
-        return _oracle.CUSTOM_MODE if self.scale_fn is not None else _oracle.MODES[self.mode]
+        # What the step reads, computed once (a load rebuilds the schedule).
+        self.op_mode = _oracle.CUSTOM_MODE if scale_fn is not None else _oracle.MODES[mode]
+        #: Whether each step needs a value computed on the host (a ``scale_fn``).
+        self.host_evaluated = scale_fn is not None
+        #: The op's ``shape`` when it does not depend on the iteration.
+        self.shape = None if self.host_evaluated else self.op_shape(0)
+        #: Whether the amplitude can exceed the bounds' (then the momentum can cross 0).
+        self.may_overshoot = scale_fn is not None or (mode == "exp_range" and gamma > 1)
 
     def init_group(self, group: Dict[str, Any], where: str) -> None:
         """Checks a group's bounds and sets what a scheduler would (``initial_lr``)."""
@@ -79,14 +90,20 @@ class CyclicSchedule:
         on the host, at ``iteration``."""
         custom = 1.0
         if self.scale_fn is not None:
+            if _capturing():
+                raise RuntimeError(
+                    "clr_ext: this schedule's scale_fn is a Python function, evaluated on the host at every step: "
+                    "a captured CUDA graph would replay its value of the capture step forever. Capture a step "
+                    "whose schedule has no scale_fn (a mode), or do not capture; nothing was changed"
+                )
             if self.scale_mode == "cycle":
                 custom = float(self.scale_fn(math.floor(1 + iteration / (self.step_size_up + self.step_size_down))))
             else:
                 custom = float(self.scale_fn(iteration))
         return [self.step_size_up, self.step_size_down, self.gamma, custom]
 
-    def op_bounds(self, group: Dict[str, Any]) -> List[float]:
-        return [group["base_lr"], group["max_lr"], group["base_momentum"], group["max_momentum"]]
+    #: The group keys of the op's ``bounds``, in its order (csrc/schedule.h).
+    bound_keys = ("base_lr", "max_lr", "base_momentum", "max_momentum")
 
     def point(self, group: Dict[str, Any], iteration: int) -> Tuple[float, float]:
         """``(lr, cycled momentum)`` of the step with index ``iteration``, by the oracle."""
@@ -106,11 +123,6 @@ class CyclicSchedule:
 
     def check_iteration(self, iteration: int) -> None:
         """Called before each step: nothing to say for a schedule without an end."""
-
-    @property
-    def host_evaluated(self) -> bool:
-        """Whether each step needs a value computed on the host (a ``scale_fn``)."""
-        return self.scale_fn is not None
 
     def state_dict(self) -> Dict[str, Any]:
         state: Dict[str, Any] = {"kind": self.kind}
@@ -193,10 +205,11 @@ class OneCycleSchedule:
         self.three_phase = bool(three_phase)
         self.phase_ends = ends
         self._warned_end = False
+        self.op_mode = _oracle.ONE_CYCLE_MODES[anneal_strategy]
+        self.shape = self.op_shape(0)
 
-    @property
-    def op_mode(self) -> int:
-        return _oracle.ONE_CYCLE_MODES[self.anneal_strategy]
+    host_evaluated = False
+    may_overshoot = False
 
     def init_group(self, group: Dict[str, Any], where: str) -> None:
         """Checks a group's ``max_lr`` and sets ``initial_lr`` and ``min_lr`` as OneCycleLR does."""
@@ -211,8 +224,7 @@ class OneCycleSchedule:
         ends = list(self.phase_ends) + [0.0] * (3 - len(self.phase_ends))
         return ends + [float(len(self.phase_ends))]
 
-    def op_bounds(self, group: Dict[str, Any]) -> List[float]:
-        return [group["initial_lr"], group["max_lr"], group["base_momentum"], group["max_momentum"], group["min_lr"]]
+    bound_keys = ("initial_lr", "max_lr", "base_momentum", "max_momentum", "min_lr")
 
     def point(self, group: Dict[str, Any], iteration: int) -> Tuple[float, float]:
         return _oracle.one_cycle_point(
@@ -236,8 +248,6 @@ class OneCycleSchedule:
                 stacklevel=4,
             )
 
-    host_evaluated = False
-
     def state_dict(self) -> Dict[str, Any]:
         state: Dict[str, Any] = {"kind": self.kind}
         state.update({key: getattr(self, key) for key in self._SAVED})
@@ -257,6 +267,7 @@ class OneCycleSchedule:
         )
         if "phase_ends" in state:  # exact, also for a schedule taken over from OneCycleLR
             restored.phase_ends = tuple(float(end) for end in state["phase_ends"])
+            restored.shape = restored.op_shape(0)
         self.__dict__.update(restored.__dict__)
 
 
@@ -340,3 +351,23 @@ def per_group(name: str, value: Any, n_groups: int) -> Sequence[Any]:
             raise ValueError(f"{name}: has {len(value)} values but there are {n_groups} param groups")
         return list(value)
     return [value] * n_groups
+
+
+_MODE_NAMES = {number: name for name, number in _oracle.MODES.items()}
+_ANNEAL_NAMES = {number: name for name, number in _oracle.ONE_CYCLE_MODES.items()}
+
+
+def op_point(iteration: int, bounds: List[float], shape: List[float], mode: int) -> Tuple[float, float]:
+    """``(lr, cycled momentum)`` of a step from the op's schedule arguments (``bound_keys``,
+    ``op_shape``, ``op_mode`` above), by the oracle: what csrc/schedule.h evaluates, for the
+    backends written in Python."""
+    if mode in _ANNEAL_NAMES:
+        ends = tuple(shape[: int(shape[3])])
+        return _oracle.one_cycle_point(
+            iteration, bounds[0], bounds[1], bounds[4], ends, _ANNEAL_NAMES[mode], bounds[2], bounds[3]
+        )
+    if mode == _oracle.CUSTOM_MODE:  # the host evaluated the scale_fn into shape[3]
+        return _oracle.cyclic_point(
+            iteration, *bounds[:2], *shape[:2], "triangular", shape[2], *bounds[2:4], lambda _x: shape[3], "cycle"
+        )
+    return _oracle.cyclic_point(iteration, *bounds[:2], *shape[:2], _MODE_NAMES[mode], shape[2], *bounds[2:4])

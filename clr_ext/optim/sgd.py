@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import operator
 from itertools import repeat
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
-from .. import backends as _backends
 from .._checks import as_float, momentum_value, non_negative
-from .core import _dtensor_type, _local_tensors, _real_views, _refuse_capture, _ScheduledOptimizer, _StalePlan
+from .core import _refuse_capture, _ScheduledOptimizer, construct
+from .functional import Work
+from .records import SgdHyper, SgdTensors
 from .schedules import CyclicSchedule, CyclicScheduled, OneCycleSchedule, OneCycleScheduled
 
 __all__ = ["CyclicSGD", "OneCycleSGD"]
@@ -35,53 +36,10 @@ def _starts_argument(entries: List[Tuple[torch.Tensor, int]]) -> List[torch.Tens
     return [t[k] for t, k in entries]
 
 
-class _SGDWork(NamedTuple):
-    """One op call of an SGD step: a bucket's params (or part of them) with one momentum state."""
-
-    backend: Any
-    device: torch.device
-    params: List[torch.Tensor]
-    grads: List[torch.Tensor]
-    buffers: List[torch.Tensor]  # empty: no momentum in this step
-    starts: List[torch.Tensor]  # the op's momentum_start; empty: first_step decides
-    first_step: bool  # the buffers are new (buffer = gradient), when starts is empty
-    group: Dict[str, Any]
-    bounds: List[float]
-
-
 class _ScheduledSGD(_ScheduledOptimizer):
     """The SGD-with-momentum rule (torch.optim.SGD's): momentum buffers, and where the
     host cannot tell a buffer's first step, per-param start markers (``momentum_start``)
     decided by the op."""
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        schedule: Any,
-        group_bounds: Dict[str, Any],
-        *,
-        momentum: float,
-        dampening: float,
-        weight_decay: float,
-        nesterov: bool,
-        maximize: bool,
-        cycle_momentum: bool,
-        backend: str,
-    ) -> None:
-        # param -> (int64 tensor, index): its momentum_start, where the op decides which
-        # step is its buffer's first (see _plan_device_decided).
-        self._momentum_start: Dict[torch.Tensor, Tuple[torch.Tensor, int]] = {}
-        self._starts_version = 0  # changes whenever _momentum_start does
-        super().__init__(
-            params,
-            schedule,
-            group_bounds,
-            dict(
-                momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov, maximize=maximize
-            ),
-            cycle_momentum=cycle_momentum,
-            backend=backend,
-        )
 
     _PICKLED = _ScheduledOptimizer._PICKLED + ("_momentum_start",)
 
@@ -144,130 +102,91 @@ class _ScheduledSGD(_ScheduledOptimizer):
             not_started += [p for p, k in owners if values[k] == _NOT_STARTED]
         return not_started
 
-    def _step_once(self, compiling: bool) -> None:
-        found_inf = getattr(self, "found_inf", None)
-        # (a schedule evaluated on the host reads the iteration; dynamo re-traces as it changes)
-        shape = self._schedule.op_shape(self._iteration if self._schedule.host_evaluated else 0)
-        state = self.state
-
-        # Plan every bucket first: nothing is modified until all of them are known good.
-        work = []
-        has_dtensor = has_complex = False
-        dtensor = _dtensor_type()
-
-        def _views(tensors):
-            tensors = _local_tensors(tensors, dtensor) if has_dtensor else tensors
-            return _real_views(tensors) if has_complex else tensors
-
-        # (param, its new buffer or None, its new start or None)
-        new_buffers: List[Tuple[torch.Tensor, Optional[torch.Tensor], Optional[Tuple[torch.Tensor, int]]]] = []
-        starts_of = self._momentum_start
-        devices = set()
-        for group_index, group in enumerate(self._step_groups()):
-            buckets = self._buckets_of(group_index, group)
-            if not buckets:
-                continue
-            if self.cycle_momentum:
-                momentum_possible = group["base_momentum"] != 0 or group["max_momentum"] != 0
-            else:
-                momentum_possible = group["momentum"] != 0
-            # torch.optim.SGD keeps no buffer while momentum is 0. On CUDA, and in a
-            # step traced by torch.compile, the choice must not depend on the host
-            # iteration (a captured graph would freeze it, dynamo would re-trace at
-            # every step): buffers are passed whenever momentum can be non-zero, and
-            # the kernel leaves them alone in a step whose momentum is 0.
-            if self.cycle_momentum and not compiling:
-                use_buffers = self._point(group, self._iteration)[1] != 0
-            else:
+    def _collect(self, group_index, group, buckets, schedule_arguments, compiling, work, new_buffers):
+        """``new_buffers``: (param, its new buffer or None, its new start or None)."""
+        cycle = self.cycle_momentum
+        hyper = SgdHyper(
+            *schedule_arguments,
+            # when cycling the op computes the momentum; a traced step passes a constant
+            # in its place (group["momentum"] changes at every step)
+            group["max_momentum"] if compiling and cycle else group["momentum"],
+            group["dampening"],
+            group["weight_decay"],
+            group["nesterov"],
+            group["maximize"],
+            cycle,
+            False,
+        )
+        # torch.optim.SGD keeps no buffer while momentum is 0. On CUDA, and in a step
+        # traced by torch.compile, the choice must not depend on the host iteration (a
+        # captured graph would freeze it, dynamo would re-trace at every step): buffers
+        # are passed whenever momentum can be non-zero, and the kernel leaves them alone
+        # in a step whose momentum is 0.
+        if cycle:
+            low, high = group["base_momentum"], group["max_momentum"]
+            momentum_possible = low != 0 or high != 0
+            # Between two positive bounds (and an amplitude within them) the cycled
+            # momentum is never 0: no need to evaluate it. (high - low != high: the
+            # difference does not round to high, so the momentum cannot round to 0.)
+            if compiling or (low > 0 and high > 0 and high - low != high and not self._schedule.may_overshoot):
                 use_buffers = momentum_possible
-            bounds = self._schedule.op_bounds(group)
-            for bucket, grads in buckets:
-                device, params, backend = bucket.device, bucket.params, bucket.backend
-                devices.add(device)
-                if bucket.dtensor is not None:
-                    has_dtensor = True
-                if bucket.complex:
-                    has_complex = True
-                host_decided = device.type in self._host_decided_types
-                if not (use_buffers or (not host_decided and momentum_possible)):
-                    work.append(_SGDWork(backend, device, params, grads, [], [], False, group, bounds))
-                    continue
-                # Looked up at every step: a user may replace or delete a buffer.
-                if compiling or not host_decided or (starts_of and any(p in starts_of for p in params)):
-                    work.append(self._plan_device_decided(bucket, grads, group, bounds, new_buffers, compiling))
-                    continue
+            else:
+                use_buffers = self._point(group, self._iteration)[1] != 0
+        else:
+            use_buffers = momentum_possible = group["momentum"] != 0
+        state, starts_of = self.state, self._momentum_start
+        for bucket, grads in buckets:
+            params = bucket.params
+            host_decided = bucket.device.type in self._host_decided_types
+            if not (use_buffers or (not host_decided and momentum_possible)):
+                calls = [(params, grads, [], [], False)]
+            # Looked up at every step: a user may replace or delete a buffer.
+            elif compiling or not host_decided or (starts_of and any(p in starts_of for p in params)):
+                calls = [(params, grads, *self._plan_device_decided(bucket, new_buffers, compiling), False)]
+            else:
+                dicts = bucket.states(state) if bucket.state_dicts is None else bucket.state_dicts
                 try:
-                    buffers = list(map(_BUFFER, bucket.states(state)))
+                    buffers = list(map(_BUFFER, dicts))
                 except KeyError:
                     buffers = None
                 if buffers is not None and not any(map(operator.is_, buffers, repeat(None))):
-                    work.append(_SGDWork(backend, device, params, grads, buffers, [], False, group, bounds))
-                    continue
-                old_p, old_g, old_b, new_p, new_g, new_b = [], [], [], [], [], []
-                for p, g in zip(params, grads):
-                    buf = state[p].get("momentum_buffer") if p in state else None
-                    if buf is None:
-                        buf = torch.zeros_like(p, memory_format=torch.preserve_format)
-                        new_p.append(p), new_g.append(g), new_b.append(buf)
-                        new_buffers.append((p, buf, None))
-                    else:
-                        old_p.append(p), old_g.append(g), old_b.append(buf)
-                if old_p:
-                    work.append(_SGDWork(backend, device, old_p, old_g, old_b, [], False, group, bounds))
-                if new_p:
-                    work.append(_SGDWork(backend, device, new_p, new_g, new_b, [], True, group, bounds))
+                    calls = [(params, grads, buffers, [], False)]
+                else:
+                    calls = self._with_new_buffers(params, grads, new_buffers)
+            for params, grads, buffers, starts, first in calls:
+                if bucket.dtensor is not None or bucket.complex:
+                    params, grads, buffers = (self._kernel_tensors(t, bucket) for t in (params, grads, buffers))
+                tensors = SgdTensors(params, grads, buffers, starts)
+                call = hyper._replace(first_step=True) if first else hyper
+                work.append(Work(bucket.backend, bucket.device, tensors, call, group_index))
 
-        if has_dtensor or has_complex:
-            work = [w._replace(params=_views(w.params), grads=_views(w.grads), buffers=_views(w.buffers)) for w in work]
-        # One bucket through a compiled op is checked by the op itself before it writes.
-        if len(work) > 1 or (work and work[0].backend.name not in ("cpp", "cuda")):
-            self._check_before_writing(
-                work, lambda w: _backends._C.check_bucket(w.params, w.grads, w.buffers, w.starts), compiling
-            )
+    def _with_new_buffers(self, params, grads, new_buffers):
+        """The calls of a host-decided bucket some of whose params have no buffer yet: the
+        new buffers (zeros) start with this step's gradient, and are kept once it has run."""
+        state = self.state
+        old, new = ([], [], []), ([], [], [])
+        for p, g in zip(params, grads):
+            buf = state[p].get("momentum_buffer") if p in state else None
+            if buf is None:
+                buf = torch.zeros_like(p, memory_format=torch.preserve_format)
+                new_buffers.append((p, buf, None))
+                columns = new
+            else:
+                columns = old
+            for column, value in zip(columns, (p, g, buf)):
+                column.append(value)
+        return [(*old, [], False)] * bool(old[0]) + [(*new, [], True)] * bool(new[0])
 
-        counter_on, scale_on, inf_on = self._device_inputs(devices)
-
-        # Read on the host only where that costs no sync; elsewhere the op skips by itself
-        # and every new buffer has a start, so nothing below needs to know.
-        skipped = (
-            found_inf is not None and found_inf.device.type in self._host_decided_types and float(found_inf) == 1.0
-        )
-        for position, w in enumerate(work):
-            group = w.group
-            try:
-                w.backend.run(
-                    params=w.params,
-                    grads=w.grads,
-                    buffers=w.buffers,
-                    starts=w.starts,
-                    counter=counter_on[w.device],
-                    # a traced step must not read the host iteration (dynamo would guard on it)
-                    iteration=None if compiling else self._iteration,
-                    bounds=w.bounds,
-                    shape=shape,
-                    mode=self._schedule.op_mode,
-                    # when cycling the op computes the momentum; a traced step passes a constant
-                    # in its place (group["momentum"] changes at every step)
-                    momentum=group["max_momentum"] if compiling and self.cycle_momentum else group["momentum"],
-                    dampening=group["dampening"],
-                    weight_decay=group["weight_decay"],
-                    nesterov=group["nesterov"],
-                    maximize=group["maximize"],
-                    cycle_momentum=self.cycle_momentum,
-                    first_step=w.first_step,
-                    grad_scale=scale_on[w.device],
-                    found_inf=inf_on[w.device],
-                )
-            except RuntimeError as err:
-                if position == 0:  # the op checks before it writes: nothing has changed yet
-                    raise _StalePlan() from err
-                raise
-
+    def _keep(self, new_buffers):
         if any(start is not None for _, _, start in new_buffers):
             self._starts_version += 1
-        # A skipped (overflow) step must not leave new buffers behind: the next
-        # applied step is then the parameter's first, as in torch.optim.SGD + GradScaler.
-        # Buffers with a start are kept: their start says whether they have begun.
+        # A skipped (overflow) step must not leave new buffers behind: the next applied
+        # step is then the parameter's first, as in torch.optim.SGD + GradScaler. Read on
+        # the host only where that costs no sync; elsewhere the op skips by itself and
+        # every new buffer has a start, which says whether it has begun.
+        found_inf = getattr(self, "found_inf", None)
+        skipped = found_inf is not None and found_inf.device.type in self._host_decided_types and float(found_inf) != 0
+        state, starts_of = self.state, self._momentum_start
         for p, buf, start in new_buffers:
             if start is not None:
                 if buf is not None:
@@ -275,10 +194,10 @@ class _ScheduledSGD(_ScheduledOptimizer):
                 starts_of[p] = start
             elif not skipped:
                 state[p]["momentum_buffer"] = buf
-        self._advance(compiling)
 
-    def _plan_device_decided(self, bucket, grads, group, bounds, new_buffers, compiling):
-        """A bucket whose buffers' first step is decided by the op, param by param.
+    def _plan_device_decided(self, bucket, new_buffers, compiling):
+        """``(buffers, starts)`` of a bucket whose buffers' first step is decided by the op,
+        param by param.
 
         On CUDA (no host sync) and in traced steps the host cannot read the overflow
         flag, nor, when cycling under torch.compile, the momentum: it cannot tell
@@ -286,7 +205,7 @@ class _ScheduledSGD(_ScheduledOptimizer):
         (see csrc/cyclic_sgd.h): ``self._momentum_start`` maps the param to (an int64
         tensor, an index in it), kept for as long as the param lives (a captured CUDA
         graph holds its address)."""
-        backend, device, params = bucket.backend, bucket.device, bucket.params
+        device, params = bucket.device, bucket.params
         state, starts_of = self.state, self._momentum_start
         try:  # every step after the first: each param has its buffer and its start
             buffers = (
@@ -299,7 +218,7 @@ class _ScheduledSGD(_ScheduledOptimizer):
                 if not compiling:  # (dynamo would guard on the version)
                     bucket.starts = (self._starts_version, starts)
             if not any(b is None for b in buffers):
-                return _SGDWork(backend, device, params, grads, buffers, starts, False, group, bounds)
+                return buffers, starts
         except KeyError:
             pass
         _refuse_capture(device, "momentum buffers")
@@ -324,7 +243,7 @@ class _ScheduledSGD(_ScheduledOptimizer):
             if i in begun:
                 created[k].fill_(_STARTED_BEFORE)  # rare: once per param, after a load
             new_buffers.append((params[i], None if i in begun else buffers[i], entries[i]))
-        return _SGDWork(backend, device, params, grads, buffers, _starts_argument(entries), False, group, bounds)
+        return buffers, _starts_argument(entries)
 
 
 class CyclicSGD(CyclicScheduled, _ScheduledSGD):
@@ -411,19 +330,7 @@ class CyclicSGD(CyclicScheduled, _ScheduledSGD):
         max_momentum: Any = 0.9,
         backend: str = "auto",
     ) -> None:
-        schedule = CyclicSchedule(step_size_up, step_size_down, mode, gamma, scale_fn, scale_mode)
-        super().__init__(
-            params,
-            schedule,
-            dict(base_lr=base_lr, max_lr=max_lr, base_momentum=base_momentum, max_momentum=max_momentum),
-            momentum=momentum,
-            dampening=dampening,
-            weight_decay=weight_decay,
-            nesterov=nesterov,
-            maximize=maximize,
-            cycle_momentum=cycle_momentum,
-            backend=backend,
-        )
+        construct(self, CyclicSchedule, locals())
 
 
 class OneCycleSGD(OneCycleScheduled, _ScheduledSGD):
@@ -479,18 +386,4 @@ class OneCycleSGD(OneCycleScheduled, _ScheduledSGD):
         max_momentum: Any = 0.95,
         backend: str = "auto",
     ) -> None:
-        schedule = OneCycleSchedule(
-            total_steps, epochs, steps_per_epoch, pct_start, anneal_strategy, div_factor, final_div_factor, three_phase
-        )
-        super().__init__(
-            params,
-            schedule,
-            dict(max_lr=max_lr, base_momentum=base_momentum, max_momentum=max_momentum),
-            momentum=momentum,
-            dampening=dampening,
-            weight_decay=weight_decay,
-            nesterov=nesterov,
-            maximize=maximize,
-            cycle_momentum=cycle_momentum,
-            backend=backend,
-        )
+        construct(self, OneCycleSchedule, locals())
