@@ -11,12 +11,22 @@
   ``torch.optim.SGD``);
 - any non-zero ``found_inf`` skips the step (GradScaler passes the sum of the devices' flags);
 - capturing a CUDA graph of a step whose schedule has a Python ``scale_fn`` raises.
+
+The all-or-nothing property is tested twice over: on a fixed grid of places and breakages,
+and searched by hypothesis over random layouts (groups of float32 and float64 params, so a
+group may hold several buckets). ``CLR_EXT_STEP_EXAMPLES`` sets the number of examples per
+class and backend (CI: the default; ``-m slow`` searches twenty times longer).
 """
 
 from __future__ import annotations
 
+import copy
+import os
+
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import clr_ext
 from clr_ext.optim import schedules
@@ -57,9 +67,9 @@ def _assert_same(a, b):
     for x, y in zip(a["params"], b["params"]):
         assert x.dtype == y.dtype and torch.equal(x, y), "a parameter differs"
     assert a["state"].keys() == b["state"].keys(), "state was created or removed"
-    for i, st in a["state"].items():
-        assert st.keys() == b["state"][i].keys()
-        for k, v in st.items():
+    for i, entry in a["state"].items():
+        assert entry.keys() == b["state"][i].keys()
+        for k, v in entry.items():
             if torch.is_tensor(v):
                 assert torch.equal(v, b["state"][i][k]), f"state {k} of param {i} differs"
             else:
@@ -283,3 +293,94 @@ def test_a_traced_step_bumps_the_version_counters(backend):
     step()
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.backward()
+
+
+# ----------------------------------------- the same property, over random layouts
+
+STEP_EXAMPLES = int(os.environ.get("CLR_EXT_STEP_EXAMPLES", "10"))
+
+
+@st.composite
+def _layouts(draw):
+    """(sizes and dtypes per group, the breakage, its group and position, steps before)."""
+    n_groups = draw(st.integers(1, 3))
+    layout = [
+        [(draw(st.integers(1, 9)), draw(st.sampled_from([torch.float32, torch.float64]))) for _ in range(k)]
+        for k in draw(st.lists(st.integers(1, 3), min_size=n_groups, max_size=n_groups))
+    ]
+    breakage = draw(st.sampled_from(list(BREAKS)))
+    group = draw(st.integers(0, n_groups - 1))
+    position = draw(st.integers(0, len(layout[group]) - (0 if breakage == "int-param" else 1)))
+    steps_before = draw(st.integers(1 if breakage.startswith("state") else 0, 3))
+    return layout, breakage, group, position, steps_before
+
+
+def _check_random_layout(cls_name, backend, layout, breakage, group_index, position, steps_before):
+    gen = torch.Generator().manual_seed(len(layout) * 31 + position)
+    groups = [[torch.randn(n, generator=gen).to(dtype).requires_grad_() for n, dtype in g] for g in layout]
+    int_param = torch.arange(6)
+    if breakage == "int-param":  # torch lets an integer tensor into an optimizer; its grad comes later
+        groups[group_index].insert(position, int_param)
+    opt = _make(cls_name, [{"params": g} for g in groups], backend)
+    params = [p for g in groups for p in g if p.is_floating_point()]
+    for k in range(steps_before):
+        _set(params, _grads(params, k, None))
+        opt.step()
+    grads = _grads(params, 100, None)
+    _set(params, grads)
+    key = _state_key(cls_name)
+    if breakage == "int-param":
+        int_param.grad = torch.ones(6, dtype=torch.int64)
+        bad = None
+    else:
+        bad = groups[group_index][position]
+        if breakage.startswith("state") and key not in opt.state[bad]:
+            return  # (this param has no such state tensor to break)
+        saved_state = opt.state[bad].get(key)
+        before = _snapshot(opt, params)
+        BREAKS[breakage](bad, opt, key)
+    if bad is None:
+        before = _snapshot(opt, params)
+    with pytest.raises(RuntimeError) as info:
+        opt.step()
+    message = str(info.value)
+    assert "param group" in message, message
+    if bad is not None and breakage.startswith("state"):
+        opt.state[bad][key] = saved_state  # (put back before comparing)
+    _assert_same(_snapshot(opt, params), before)
+
+    # The cause removed: the optimizer steps as a copy that never saw the failed step.
+    if bad is None:
+        int_param.grad = None
+    else:
+        bad.grad = grads[next(i for i, p in enumerate(params) if p is bad)].clone()
+    twin = copy.deepcopy(opt)
+    twin_params = [p for g in twin.param_groups for p in g["params"] if p.is_floating_point()]
+    for k in (100, 101, 102):
+        grads = _grads(params, k, None)
+        _set(params, grads)
+        _set(twin_params, grads)
+        opt.step()
+        twin.step()
+    _assert_same(_snapshot(opt, params), _snapshot(twin, twin_params))
+    assert opt.iteration == steps_before + 3
+
+
+def _search(cls_name, backend, examples):
+    @settings(max_examples=examples, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(_layouts())
+    def check(drawn):
+        _check_random_layout(cls_name, backend, *drawn)
+
+    check()
+
+
+@pytest.mark.parametrize("cls_name", CLASSES)
+def test_a_failing_step_changes_nothing_on_random_layouts(backend, cls_name):
+    _search(cls_name, backend, STEP_EXAMPLES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cls_name", CLASSES)
+def test_a_failing_step_changes_nothing_on_random_layouts_long_search(backend, cls_name):
+    _search(cls_name, backend, 20 * STEP_EXAMPLES)
