@@ -67,11 +67,7 @@ def _cuda_wanted():
 def extensions():
     exts = []
     if not _flag("CLR_EXT_NO_CPP"):
-        sources = [
-            os.path.join("csrc", "ops.cpp"),
-            os.path.join("csrc", "cpu", "cyclic_sgd_cpu.cpp"),
-            os.path.join("csrc", "cpu", "cyclic_adamw_cpu.cpp"),
-        ]
+        sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/op/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
         cuda, why_not = _cuda_wanted()
         define = []
         if cuda:
