@@ -63,7 +63,7 @@ except ImportError:
         "pip install --no-build-isolation ."
     )
 
-# -ffp-contract=off: no fused multiply-adds but the explicit ones in csrc/sgd_update.h
+# -ffp-contract=off: no fused multiply-adds but the explicit ones in csrc/math/sgd_update.h
 # (where ATen has them), so that every backend and every instruction-set clone rounds
 # exactly like the scalar code and like torch.optim.SGD (bit-identical runs).
 COMMON_CXX = ["-O3", "-std=c++17", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"]

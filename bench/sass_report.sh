@@ -2,7 +2,7 @@
 # What the compiler made of the CUDA kernel, per instantiation (issue 15): from the
 # device code embedded in a built clr_ext._C*.so (or libclr_ext.so), with cuobjdump,
 #   - 128-bit global loads and stores (LDG.E.128 / STG.E.128 in the SASS): the 16-byte
-#     vector path of csrc/cuda/cyclic_sgd_kernel.cuh exists only if they do,
+#     vector path of csrc/cuda/scheduled_sgd_kernel.cuh exists only if they do,
 #   - all global loads, and local-memory loads / stores (LDL / STL) in thread 0's
 #     schedule before the block's barrier, in the element loop (register spills: the
 #     verdict) and in the subroutines laid out after the kernel's EXIT,

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-#: The ops clr_ext._C defines (csrc/ops.cpp).
+#: The ops clr_ext._C defines (csrc/op/check.cpp).
 COMPILED_OPS = ("cyclic_sgd_", "cyclic_adamw_")
 
 # A plain Library fragment rather than torch.library.custom_op: ~4 us per call, not ~18.

@@ -3,7 +3,7 @@
 A backend runs one op call over a *bucket*: parameters that share a device, a dtype
 and a param group. Every backend takes the same three records, ``run(tensors, hyper,
 inputs)`` (``clr_ext.optim.records``; ``hyper``'s type names the rule), and evaluates the
-same schedule (``csrc/schedule.h``; the Python backends use the Python reference through
+same schedule (``csrc/math/schedule.h``; the Python backends use the Python reference through
 ``clr_ext.optim.schedules.op_point``) and the same updates (``csrc/*_update.h``).
 
 - ``cuda``: the CUDA kernel of ``clr_ext._C`` (CUDA tensors; no host sync).
@@ -86,7 +86,7 @@ def available_backends() -> List[str]:
 def fused_adamw_width(dtype: torch.dtype) -> int:
     """The period of ``torch.optim.AdamW(fused=True)``'s rounding along a tensor of
     ``dtype`` on the CPU: its last ``numel % width`` elements are updated by scalar code
-    that contracts the second moment otherwise (csrc/adamw_update.h). ATen's vector loop
+    that contracts the second moment otherwise (csrc/math/adamw_update.h). ATen's vector loop
     takes 64-byte vectors under AVX-512 and GCC vectorizes the remainder loop 32 bytes at a
     time, so scalar code sees ``numel % (32 / itemsize)`` elements, measured element by
     element for every dtype on torch 2.13's x86-64 wheel; with AVX2 (32-byte vectors, a

@@ -3,7 +3,7 @@
 These are independent transcriptions of ``torch.optim.lr_scheduler.CyclicLR``'s and
 ``OneCycleLR``'s arithmetic (same operations in the same order, in double precision),
 so that they agree with PyTorch to the last bit. The compiled backends evaluate the same
-formula from ``csrc/schedule.h``; the tests hold every backend to this oracle and
+formula from ``csrc/math/schedule.h``; the tests hold every backend to this oracle and
 this oracle to PyTorch. It needs no torch.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional, Tuple
 
-#: The schedule modes and their numbers in the compiled op (csrc/schedule.h).
+#: The schedule modes and their numbers in the compiled op (csrc/math/schedule.h).
 MODES = {
     "triangular": 0,
     "triangular2": 1,

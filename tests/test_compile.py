@@ -124,7 +124,7 @@ def test_fullgraph_optimizer_step_is_traced_twice_and_matches_eager(backend, cyc
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
 def test_fullgraph_step_with_cycled_momentum_zero_matches_torch(backend):
     """A traced step does not know its cycled momentum, so the op decides which buffers
-    start (csrc/cyclic_sgd.h, momentum_start). The momentum here rises from 0
+    start (csrc/op/sgd_op.h, momentum_start). The momentum here rises from 0
     (max_momentum=0) with dampening: torch.optim.SGD keeps no buffer in the first step
     and starts it with the gradient in the second; a buffer started from zeros would
     differ by the dampening."""

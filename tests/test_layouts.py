@@ -2,7 +2,7 @@
 weight (C, 1, k, k) and its gradient (or momentum buffer) can have different strides on
 the size-1 dimension, e.g. one contiguous and one channels_last. Element i sits at the
 same offset in both, so the compiled op must walk them in place, not stage them through
-dense copies at every step (csrc/dense_layout.h: strides are compared only where the
+dense copies at every step (csrc/op/staging.h: strides are compared only where the
 size is > 1). Checked here on the CPU op: the numbers are torch.optim.SGD + CyclicLR's,
 and no copy runs inside the op (torch.profiler sees no aten::contiguous / clone /
 copy_). tests/test_cuda.py::test_size_one_strides_are_not_staged is the CUDA twin.

@@ -3,7 +3,7 @@ decides it.
 
 On CUDA the host never reads GradScaler's overflow flag, and a step traced by
 torch.compile does not know its cycled momentum: there each buffer carries a start
-iteration and the op decides, param by param (csrc/cyclic_sgd.h, ``momentum_start``).
+iteration and the op decides, param by param (csrc/op/sgd_op.h, ``momentum_start``).
 These tests run that path on the CPU (``_host_decided_types``) next to the host path,
 both against torch.optim.SGD + CyclicLR, with dampening != 0: the case where starting
 a buffer from zeros instead of the gradient would show.

@@ -417,3 +417,72 @@ def test_momentum_start_stays_when_no_buffer_is_used(case):
     assert [int(s) for s in starts] == [NOT_STARTED, 2]
     for b, b0 in zip(bufs, before):
         assert torch.equal(b, b0)
+
+
+def _call_each_rule(rule, entry, params, grads, state, found_inf=None):
+    """One step of `rule` ("sgd" or "adamw") over params with the given state lists, through
+    the dispatcher or the pybind fast path (both rules' ops take the same schedule)."""
+    counter = torch.tensor(3, dtype=torch.int64)
+    if rule == "sgd":
+        args = (params, grads, state, [], counter, BOUNDS, SHAPE, MODES["triangular"], 0.9, 0.0, 0.0)
+        args += (False, False, True, False, None, found_inf)
+        (op() if entry == "dispatcher" else _backends._C.cyclic_sgd_cpu_)(*args)
+        return
+    exp_avgs, exp_avg_sqs, steps = state
+    args = (params, grads, exp_avgs, exp_avg_sqs, [], steps, counter, BOUNDS, SHAPE, MODES["triangular"])
+    args += (0.9, 0.999, 1e-8, 0.01, False, False, True, None, found_inf)
+    (torch.ops.clr_ext.cyclic_adamw_ if entry == "dispatcher" else _backends._C.cyclic_adamw_cpu_)(*args)
+
+
+def _state_of(rule, params):
+    if rule == "sgd":
+        return [torch.randn_like(p) for p in params]
+    return ([torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params], [torch.tensor(2.0)])
+
+
+@pytest.mark.parametrize("rule", ("sgd", "adamw"))
+@pytest.mark.parametrize("entry", ("dispatcher", "pybind"))
+def test_a_step_bumps_the_version_counters_of_what_it_writes(rule, entry):
+    """Issue 21: a step writes its tensors in place as torch.optim.SGD's does, so it bumps
+    their autograd version counters (the dispatcher through the ops' ADInplaceOrView
+    kernel, the pybind fast path itself): a backward through a param the step changed
+    raises instead of using the stale saved value, with the same error as after
+    torch.optim.SGD.step()."""
+    reference = torch.randn(3, requires_grad=True)
+    y_ref = (reference * reference).sum()
+    reference.grad = torch.ones(3)
+    torch.optim.SGD([reference], lr=0.1).step()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation") as torch_error:
+        y_ref.backward()
+
+    w = torch.randn(3, requires_grad=True)
+    y = (w * w).sum()
+    grads = [torch.ones(3)]
+    state = _state_of(rule, [w])
+    state_tensors = state if rule == "sgd" else [t for ts in state for t in ts]
+    versions = [t._version for t in [w, *state_tensors]]
+    with torch.no_grad():
+        _call_each_rule(rule, entry, [w], grads, state)
+    assert [t._version for t in [w, *state_tensors]] == [v + 1 for v in versions]
+    with pytest.raises(RuntimeError, match="modified by an inplace operation") as ours:
+        y.backward()
+    assert type(ours.value) is type(torch_error.value)
+
+
+@pytest.mark.parametrize("rule", ("sgd", "adamw"))
+@pytest.mark.parametrize("entry", ("dispatcher", "pybind"))
+def test_any_nonzero_found_inf_skips_the_step(rule, entry):
+    """Issue 21: GradScaler hands a fused optimizer the sum of its per-device overflow
+    flags, so found_inf = 2.0 (two devices overflowed) must skip the step as 1.0 does:
+    params, grads, state and step counts unchanged; found_inf = 0.0 steps."""
+    for flag, skipped in ((2.0, True), (0.5, True), (0.0, False)):
+        params = [torch.randn(7, dtype=torch.float32)]
+        grads = [torch.randn(7, dtype=torch.float32)]
+        state = _state_of(rule, params)
+        state_tensors = state if rule == "sgd" else [t for ts in state for t in ts]
+        before = [t.clone() for t in [*params, *grads, *state_tensors]]
+        _call_each_rule(rule, entry, params, grads, state, found_inf=torch.tensor(flag))
+        after = [*params, *grads, *state_tensors]
+        assert torch.equal(params[0], before[0]) == skipped, flag
+        if skipped:
+            assert all(torch.equal(a, b) for a, b in zip(after, before)), flag

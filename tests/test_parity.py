@@ -848,7 +848,7 @@ def test_bit_identical_to_torch_sgd(
     backend, dtype, momentum, nesterov, dampening, weight_decay, maximize, cycle_momentum, foreach
 ):
     """fp32 / fp64 on the CPU: the same bits as torch.optim.SGD + CyclicLR after every step
-    (csrc/sgd_update.h rounds where ATen rounds: each add with alpha is one fma), for
+    (csrc/math/sgd_update.h rounds where ATen rounds: each add with alpha is one fma), for
     sizes with and without SIMD tails, 300 steps, params without a grad now and then."""
     sizes = (1, 7, 17, 1031, 5001)
     gen = torch.Generator().manual_seed(11)

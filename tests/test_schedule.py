@@ -1,5 +1,5 @@
 """The schedule: the Python oracle against torch's CyclicLR (bit for bit), and the
-compiled schedule (csrc/schedule.h through clr_ext._C and clr_ext._cython._cpu) against
+compiled schedule (csrc/math/schedule.h through clr_ext._C and clr_ext._cython._cpu) against
 the oracle (bit for bit), including the paper's extra modes and huge iteration counts."""
 
 from __future__ import annotations
@@ -258,7 +258,7 @@ def test_compiled_schedule_rejects_bad_shape(fn):
 
 
 def test_mode_numbers_are_stable():
-    # The numbers are part of the op's schema (csrc/schedule.h): append, never renumber.
+    # The numbers are part of the op's schema (csrc/math/schedule.h): append, never renumber.
     assert MODES == {"triangular": 0, "triangular2": 1, "exp_range": 2, "fixed": 3, "exp": 4, "decay": 5}
     assert CUSTOM_MODE == 6
 

@@ -234,9 +234,7 @@ def test_a_step_bumps_the_version_counters_as_torch_optim_does(backend, cls_name
 
 
 @pytest.mark.parametrize("cls_name", CLASSES)
-def test_any_non_zero_found_inf_skips_the_step(backend, cls_name, request):
-    if backend == "cpp":  # the C++ kernels' skip test is csrc's (issue 21); Python backends here
-        request.applymarker(pytest.mark.xfail(reason="the compiled kernels test found_inf == 1", strict=False))
+def test_any_non_zero_found_inf_skips_the_step(backend, cls_name):
     params = [torch.nn.Parameter(torch.randn(4)), torch.nn.Parameter(torch.randn(2, 3))]
     opt = _make(cls_name, params, backend)
     for p in params:

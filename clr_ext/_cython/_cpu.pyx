@@ -1,7 +1,8 @@
 # distutils: language = c++
 # cython: boundscheck=False, wraparound=False, cdivision=True
 """The Cython fallback: the same schedule and update as clr_ext._C, through the
-same headers (csrc/schedule.h, csrc/sgd_update.h, csrc/cpu/sgd_cpu.h), reaching
+same headers (csrc/math/schedule.h, the rules' element bodies in csrc/math/, the loops
+of csrc/cpu/), reaching
 CPU tensors through their memory. It needs no torch C++ headers, no BLAS and no
 Fortran; it is what runs where the torch extension cannot be built.
 
@@ -10,11 +11,9 @@ shape and device, CPU, dense and laid out alike. Threads come from OpenMP.
 """
 from libc.stdint cimport int32_t, int64_t, uintptr_t
 from libcpp.vector cimport vector
-from cython.parallel cimport parallel
-cimport openmp
 
 
-cdef extern from "schedule.h" nogil:
+cdef extern from "math/schedule.h" nogil:
     ctypedef struct clr_shape:
         double step_size_up
         double step_size_down
@@ -38,7 +37,7 @@ cdef extern from "schedule.h" nogil:
     int CLR_MODE_ONE_CYCLE_LINEAR
 
 
-cdef extern from "sgd_update.h" nogil:
+cdef extern from "math/sgd_update.h" nogil:
     int CLR_MOMENTUM_NONE
     int CLR_MOMENTUM_FIRST
     int CLR_MOMENTUM_STEADY
@@ -60,30 +59,13 @@ cdef extern from "cpu/sgd_cpu.h" namespace "clr_cpu" nogil:
         int32_t maximize
         int32_t unscale
         double grad_scale
-    void run_range(int32_t dtype, const Span* spans, const int64_t* offsets, int64_t n_spans,
-                   int64_t begin, int64_t end, const StepArgs& a)
-    const int64_t kParallelGrain
-    const int64_t kRangeAlign
-
-
-cdef inline int _thread_count(int64_t total, int num_threads) noexcept nogil:
-    """The threads that share ``total`` elements: one below kParallelGrain, and never
-    more than one per kParallelGrain (waking a thread costs more than that much work)."""
-    if num_threads <= 1 or total <= kParallelGrain:
-        return 1
-    if num_threads > total // kParallelGrain:
-        return <int>(total // kParallelGrain)
-    return num_threads
-
-
-cdef inline int64_t _per_thread(int64_t total, int threads) noexcept nogil:
-    """Each thread's share of the flattened element space: even, cut at kRangeAlign."""
-    cdef int64_t n_blocks = (total + kRangeAlign - 1) // kRangeAlign
-    return (n_blocks + threads - 1) // threads * kRangeAlign
+    # The whole bucket on up to num_threads OpenMP threads (cpu/multi_tensor.h cuts it).
+    void run_sgd_bucket_openmp(int32_t dtype, const Span* spans, const int64_t* offsets, int64_t n_spans,
+                               const StepArgs& a, int num_threads)
 
 
 cdef inline clr_shape _shape(shape, int mode) except *:
-    """The op's ``shape`` list as csrc/ops.cpp's shape_from reads it."""
+    """The op's ``shape`` list as csrc/op/check.cpp's shape_from reads it."""
     if mode < 0 or mode >= CLR_MODE_COUNT:
         raise ValueError("unknown schedule mode %d" % mode)
     if len(shape) != 4:
@@ -130,7 +112,7 @@ cdef inline clr_bounds _bounds(bounds) except *:
 def schedule(long long iteration, double base_lr, double max_lr, double base_momentum,
              double max_momentum, double step_size_up, double step_size_down, int mode,
              double gamma, double custom_scale=1.0):
-    """(lr, momentum) that the step with this 0-based iteration uses (csrc/schedule.h)."""
+    """(lr, momentum) that the step with this 0-based iteration uses (csrc/math/schedule.h)."""
     return schedule_at(iteration, [base_lr, max_lr, base_momentum, max_momentum],
                        [step_size_up, step_size_down, gamma, custom_scale], mode)
 
@@ -195,25 +177,13 @@ def cyclic_sgd_(int dtype_code, list params, list grads, list momentum_buffers, 
         spans.push_back(sp)
         offsets.push_back(offsets.back() + numel)
 
-    cdef int64_t total = offsets.back()
-    cdef int64_t n_spans = spans.size()
     cdef int32_t dtype = dtype_code
-    cdef int threads = _thread_count(total, num_threads)
-    cdef int64_t per_thread = _per_thread(total, threads)
-    cdef int64_t lo, hi
-    if threads <= 1:
-        with nogil:
-            run_range(dtype, spans.data(), offsets.data(), n_spans, 0, total, a)
-        return
-    with nogil, parallel(num_threads=threads):
-        lo = openmp.omp_get_thread_num() * per_thread
-        hi = lo + per_thread if lo + per_thread < total else total
-        if lo < hi:
-            run_range(dtype, spans.data(), offsets.data(), n_spans, lo, hi, a)
+    with nogil:
+        run_sgd_bucket_openmp(dtype, spans.data(), offsets.data(), spans.size(), a, num_threads)
 
 
 # ------------------------------------------------------------------------------ AdamW
-# The same loops as clr_ext._C's cyclic_adamw_cpu_: csrc/adamw_update.h, csrc/cpu/adamw_cpu.h.
+# The same loops as clr_ext._C's cyclic_adamw_cpu_: csrc/math/adamw_update.h, csrc/cpu/adamw_cpu.h.
 
 cdef extern from "cpu/adamw_cpu.h" namespace "clr_cpu" nogil:
     cdef struct VectorSqrt:
@@ -240,8 +210,8 @@ cdef extern from "cpu/adamw_cpu.h" namespace "clr_cpu" nogil:
         const VectorSqrt* vsqrt
         int32_t fused_width
     void adamw_prepare_span(AdamwSpan* span, float* state_step, const AdamwArgs& a)
-    void adamw_run_range(int32_t dtype, const AdamwSpan* spans, const int64_t* offsets, int64_t n_spans,
-                         int64_t begin, int64_t end, const AdamwArgs& a)
+    void run_adamw_bucket_openmp(int32_t dtype, const AdamwSpan* spans, const int64_t* offsets,
+                                 int64_t n_spans, const AdamwArgs& a, int num_threads)
     const VectorSqrt* torch_vector_sqrt()
 
 
@@ -254,8 +224,9 @@ def cyclic_adamw_(int dtype_code, list params, list grads, list exp_avgs, list e
     cyclic_adamw_cpu_ (same loops, same bits): lr and, with cycle_momentum, beta1 from the
     schedule at the int64 counter `iteration` (not advanced here); each float32 tensor of
     `state_steps` is advanced by one. grad_scale / found_inf: one-element tensors or
-    floats; with found_inf == 1 nothing changes. fused_width > 0 rounds as
-    torch.optim.AdamW(fused=True) (csrc/cpu/adamw_cpu.h, backends.fused_adamw_width)."""
+    floats; with a non-zero found_inf (GradScaler's sum over devices) nothing changes.
+    fused_width > 0 rounds as torch.optim.AdamW(fused=True) (csrc/cpu/adamw_cpu.h,
+    backends.fused_adamw_width)."""
     cdef Py_ssize_t n = len(params)
     if (len(grads) != n or len(exp_avgs) != n or len(exp_avg_sqs) != n or len(state_steps) != n
             or len(max_exp_avg_sqs) != (n if amsgrad else 0)):
@@ -275,7 +246,8 @@ def cyclic_adamw_(int dtype_code, list params, list grads, list exp_avgs, list e
     if not (0.0 <= step_beta1 < 1.0):
         raise ValueError("the cycled beta1 at iteration %d is %r, outside [0, 1)" % (it, step_beta1))
     # A CPU flag: reading it is free, and a skipped step changes nothing, step counts included.
-    if found_inf is not None and float(found_inf) == 1.0:
+    # Any non-zero value skips: GradScaler passes the sum of its per-device flags.
+    if found_inf is not None and float(found_inf) != 0.0:
         return
 
     cdef AdamwArgs a
@@ -318,18 +290,6 @@ def cyclic_adamw_(int dtype_code, list params, list grads, list exp_avgs, list e
         spans.push_back(sp)
         offsets.push_back(offsets.back() + numel)
 
-    cdef int64_t total = offsets.back()
-    cdef int64_t n_spans = spans.size()
     cdef int32_t dtype = dtype_code
-    cdef int threads = _thread_count(total, num_threads)
-    cdef int64_t per_thread = _per_thread(total, threads)
-    cdef int64_t lo, hi
-    if threads <= 1:
-        with nogil:
-            adamw_run_range(dtype, spans.data(), offsets.data(), n_spans, 0, total, a)
-        return
-    with nogil, parallel(num_threads=threads):
-        lo = openmp.omp_get_thread_num() * per_thread
-        hi = lo + per_thread if lo + per_thread < total else total
-        if lo < hi:
-            adamw_run_range(dtype, spans.data(), offsets.data(), n_spans, lo, hi, a)
+    with nogil:
+        run_adamw_bucket_openmp(dtype, spans.data(), offsets.data(), spans.size(), a, num_threads)

@@ -5,7 +5,7 @@ An op call is ``(tensors, hyper, inputs)``: the bucket's tensor lists (``SgdTens
 ``AdamwHyper``: one per param group and step) and the per-step inputs (``StepInputs``: the
 device counter, its host mirror, GradScaler's tensors). Backends take the three records and
 unpack them only where they call a kernel; ``op_args`` lays them out in the op schema's
-order (``csrc/cyclic_sgd.h``), and ``python_op_schema`` derives the schema of the ops
+order (``csrc/op/sgd_op.h``), and ``python_op_schema`` derives the schema of the ops
 through which the Python backends run in a traced step from the same fields.
 
 A new rule adds its two records here (fields in its op schema's order).
@@ -31,7 +31,7 @@ class SgdTensors(NamedTuple):
     params: List[torch.Tensor]
     grads: List[torch.Tensor]
     momentum_buffers: List[torch.Tensor]  # empty: no momentum in this step
-    momentum_start: List[torch.Tensor]  # empty: ``first_step`` decides (csrc/cyclic_sgd.h)
+    momentum_start: List[torch.Tensor]  # empty: ``first_step`` decides (csrc/op/sgd_op.h)
 
     like_params = ("momentum_buffers",)  # state of the params' dtype, shape and device
 

@@ -3,11 +3,11 @@
 A schedule is a pure function of the iteration and of a param group's own bounds. For
 the host it is evaluated by the Python oracle (``clr_ext.schedule``); for the kernels it
 is described by the op's ``schedule_mode``, ``shape`` (one for all groups) and ``bounds``
-(per group), which ``csrc/schedule.h`` evaluates on the device. The optimizer core
+(per group), which ``csrc/math/schedule.h`` evaluates on the device. The optimizer core
 (``clr_ext.optim.core``) knows neither formula: it asks its schedule for these.
 
 A new schedule adds a class here with the same methods, its formula in
-``csrc/schedule.h`` and ``clr_ext/schedule.py``, and a thin public optimizer class.
+``csrc/math/schedule.h`` and ``clr_ext/schedule.py``, and a thin public optimizer class.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class CyclicSchedule:
                 custom = float(self.scale_fn(iteration))
         return [self.step_size_up, self.step_size_down, self.gamma, custom]
 
-    #: The group keys of the op's ``bounds``, in its order (csrc/schedule.h).
+    #: The group keys of the op's ``bounds``, in its order (csrc/math/schedule.h).
     bound_keys = ("base_lr", "max_lr", "base_momentum", "max_momentum")
 
     def point(self, group: Dict[str, Any], iteration: int) -> Tuple[float, float]:
@@ -359,7 +359,7 @@ _ANNEAL_NAMES = {number: name for name, number in _oracle.ONE_CYCLE_MODES.items(
 
 def op_point(iteration: int, bounds: List[float], shape: List[float], mode: int) -> Tuple[float, float]:
     """``(lr, cycled momentum)`` of a step from the op's schedule arguments (``bound_keys``,
-    ``op_shape``, ``op_mode`` above), by the oracle: what csrc/schedule.h evaluates, for the
+    ``op_shape``, ``op_mode`` above), by the oracle: what csrc/math/schedule.h evaluates, for the
     backends written in Python."""
     if mode in _ANNEAL_NAMES:
         ends = tuple(shape[: int(shape[3])])

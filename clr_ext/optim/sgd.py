@@ -19,7 +19,7 @@ __all__ = ["CyclicSGD", "OneCycleSGD"]
 
 _BUFFER = operator.itemgetter("momentum_buffer")
 
-# A param's momentum_start (csrc/cyclic_sgd.h) before its first step with momentum,
+# A param's momentum_start (csrc/op/sgd_op.h) before its first step with momentum,
 # and for a buffer that began before it had a start (loaded, or started on the host).
 _NOT_STARTED = 2**63 - 1
 _STARTED_BEFORE = -1
@@ -202,7 +202,7 @@ class _ScheduledSGD(_ScheduledOptimizer):
         On CUDA (no host sync) and in traced steps the host cannot read the overflow
         flag, nor, when cycling under torch.compile, the momentum: it cannot tell
         whether a new buffer was started. Each such buffer gets a ``momentum_start``
-        (see csrc/cyclic_sgd.h): ``self._momentum_start`` maps the param to (an int64
+        (see csrc/op/sgd_op.h): ``self._momentum_start`` maps the param to (an int64
         tensor, an index in it), kept for as long as the param lives (a captured CUDA
         graph holds its address)."""
         device, params = bucket.device, bucket.params

@@ -1,10 +1,10 @@
 /*
  * The multi-tensor CPU AdamW step: every parameter of a (dtype) bucket in one pass.
  *
- * The same design as sgd_cpu.h (whose ISA clones and grain it reuses; elements through
- * clr_storage, csrc/storage.h): header-only, no torch headers, so that clr_ext._C
- * (parallel through ATen) and the Cython fallback (OpenMP) run the very same loops over
- * the flattened element space of all tensors. AdamW differs in one way: each parameter
+ * The same design as sgd_cpu.h (the ISA clones, grain and span walk of cpu/multi_tensor.h;
+ * the rule's element body clr_adamw_element, math/adamw_update.h): header-only, no torch
+ * headers, so that clr_ext._C (parallel through ATen) and the Cython fallback (OpenMP) run
+ * the very same loops over the flattened element space of all tensors. AdamW differs in one way: each parameter
  * has its own step count, hence its own step_size and bias_correction2_sqrt, which the
  * host derives once per parameter (adamw_prepare_span) before the element pass.
  */
@@ -13,8 +13,10 @@
 
 #include <dlfcn.h>
 
-#include "../adamw_update.h"
-#include "sgd_cpu.h"
+#include <stdint.h>
+
+#include "../math/adamw_update.h"
+#include "multi_tensor.h"
 
 namespace clr_cpu {
 
@@ -150,23 +152,10 @@ CLR_ALWAYS_INLINE void adamw_span_single(S* __restrict param, S* __restrict grad
                                          S* __restrict exp_avg_sq, S* __restrict max_exp_avg_sq, int64_t n,
                                          const clr_adamw_coeffs<typename clr_storage<S>::compute>& c,
                                          typename clr_storage<S>::compute grad_scale) {
-  typedef typename clr_storage<S>::compute C;
-  for (int64_t k = 0; k < n; ++k) {
-    C g = clr_storage<S>::load(grad[k]);
-    if (kUnscale) {
-      g = g / grad_scale;
-      grad[k] = clr_storage<S>::store(g);
-    }
-    C m = clr_storage<S>::load(exp_avg[k]);
-    C v = clr_storage<S>::load(exp_avg_sq[k]);
-    C vmax = kAmsgrad ? clr_storage<S>::load(max_exp_avg_sq[k]) : C(0);
-    const C p =
-        clr_adamw_update<C, kWeightDecay, kAmsgrad, kFusedTail>(clr_storage<S>::load(param[k]), g, &m, &v, &vmax, c);
-    param[k] = clr_storage<S>::store(p);
-    exp_avg[k] = clr_storage<S>::store(m);
-    exp_avg_sq[k] = clr_storage<S>::store(v);
-    if (kAmsgrad) max_exp_avg_sq[k] = clr_storage<S>::store(vmax);
-  }
+  S unused;  // max_exp_avg_sq's stand-in without amsgrad (it is null then)
+  for (int64_t k = 0; k < n; ++k)
+    clr_adamw_element<S, kWeightDecay, kAmsgrad, kUnscale, kFusedTail>(
+        param[k], grad[k], exp_avg[k], exp_avg_sq[k], kAmsgrad ? max_exp_avg_sq[k] : unused, c, grad_scale);
 }
 
 /* [lo, lo + n) of a span of `numel` elements, with torch's MKL sqrt (blocked) or IEEE's
@@ -240,10 +229,7 @@ CLR_DEFINE_ADAMW_ENTRY(adamw_span_f16, clr_float16)
 CLR_DEFINE_ADAMW_ENTRY(adamw_span_bf16, clr_bfloat16)
 #undef CLR_DEFINE_ADAMW_ENTRY
 
-/*
- * Runs elements [begin, end) of the flattened bucket; `offsets` as in run_range (prefix
- * sums of the spans' numel), so any thread finds its first span by binary search.
- */
+/* Runs elements [begin, end) of the flattened bucket (cpu/multi_tensor.h, for_each_piece). */
 inline void adamw_run_range(int32_t dtype, const AdamwSpan* spans, const int64_t* offsets, int64_t n_spans,
                             int64_t begin, int64_t end, const AdamwArgs& a) {
   if (begin >= end) return;
@@ -255,13 +241,16 @@ inline void adamw_run_range(int32_t dtype, const AdamwSpan* spans, const int64_t
                                                                           : dtype == kFloat64 ? adamw_span_f64
                                                                           : dtype == kFloat16 ? adamw_span_f16
                                                                                               : adamw_span_bf16;
-  int64_t s = (int64_t)(std::upper_bound(offsets, offsets + n_spans + 1, begin) - offsets) - 1;
-  for (; s < n_spans && offsets[s] < end; ++s) {
-    const int64_t lo = std::max(begin, offsets[s]) - offsets[s];
-    const int64_t hi = std::min(end, offsets[s + 1]) - offsets[s];
-    if (hi > lo) span_fn(&spans[s], lo, hi - lo, &a);
-  }
+  for_each_piece(offsets, n_spans, begin, end,
+                 [&](int64_t s, int64_t lo, int64_t hi) { span_fn(&spans[s], lo, hi - lo, &a); });
   if (set_local != nullptr) set_local(previous);
+}
+
+/* The whole bucket on up to num_threads OpenMP threads (the Cython fallback's entry). */
+inline void run_adamw_bucket_openmp(int32_t dtype, const AdamwSpan* spans, const int64_t* offsets, int64_t n_spans,
+                                    const AdamwArgs& a, int num_threads) {
+  openmp_ranges(offsets[n_spans], num_threads,
+                [&](int64_t begin, int64_t end) { adamw_run_range(dtype, spans, offsets, n_spans, begin, end, a); });
 }
 
 }  // namespace clr_cpu

@@ -1,48 +1,19 @@
 /*
- * The multi-tensor CPU step: every parameter of a (dtype) bucket in one pass.
- *
- * Header-only C++ with no torch headers, so that both the torch extension
- * (clr_ext._C, parallel through ATen) and the Cython fallback (parallel through
- * OpenMP) compile the very same loops. Work is split over the flattened element
- * space of all tensors, not per tensor, so a model of many small tensors costs
- * one parallel region, not one per tensor. Elements are widened to the compute type
- * and rounded back by clr_storage (csrc/storage.h), the conversions the CUDA kernels
- * use too.
- *
- * Vectorization: each per-dtype entry point is compiled three times (AVX-512,
- * AVX2+FMA+F16C, baseline x86-64) with GCC's target_clones and the loader picks
- * the best clone for the running CPU. Sources must be compiled with
- * -ffp-contract=off (the update's fused multiply-adds are explicit fma calls): every
- * backend then rounds exactly like the scalar code, so results are bit-identical
- * across backends and CPUs (the baseline clone calls libm's exact fma).
+ * The multi-tensor CPU SGD step: every parameter of a (dtype) bucket in one pass, over
+ * the rule's element body (clr_sgd_element, math/sgd_update.h) with every flag a
+ * compile-time constant so that the loop vectorizes; the bucket is cut and walked as
+ * cpu/multi_tensor.h says (ISA clones, threads, spans). No torch headers: the Cython
+ * fallback compiles these very loops.
  */
 #ifndef CLR_EXT_CPU_SGD_CPU_H
 #define CLR_EXT_CPU_SGD_CPU_H
 
 #include <stdint.h>
 
-#include <algorithm>
-
-#include "../sgd_update.h"
-#include "../storage.h"
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
-    !defined(CLR_EXT_NO_TARGET_CLONES)
-#define CLR_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define CLR_CPU_CLONES
-#endif
-
-#if defined(__GNUC__)
-#define CLR_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define CLR_ALWAYS_INLINE inline
-#endif
+#include "../math/sgd_update.h"
+#include "multi_tensor.h"
 
 namespace clr_cpu {
-
-/* Numbering shared with the Python layer (clr_ext/backends.py). */
-enum DType : int32_t { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
 /* One parameter's memory: param, grad and (optionally) momentum buffer, all dense and alike. */
 struct Span {
@@ -70,18 +41,10 @@ template <typename S, bool kWeightDecay, int kMomentum, bool kNesterov, bool kUn
 CLR_ALWAYS_INLINE void span_loop(S* __restrict param, S* __restrict grad, S* __restrict buffer, int64_t n,
                                  const clr_sgd_coeffs<typename clr_storage<S>::compute>& c,
                                  typename clr_storage<S>::compute grad_scale) {
-  typedef typename clr_storage<S>::compute C;
-  for (int64_t i = 0; i < n; ++i) {
-    C g = clr_storage<S>::load(grad[i]);
-    if (kUnscale) {
-      g = g / grad_scale;
-      grad[i] = clr_storage<S>::store(g);
-    }
-    C b = kMomentum == CLR_MOMENTUM_STEADY ? clr_storage<S>::load(buffer[i]) : C(0);
-    const C p = clr_sgd_update<C>(clr_storage<S>::load(param[i]), g, &b, c, kWeightDecay, kMomentum, kNesterov);
-    if (kMomentum != CLR_MOMENTUM_NONE) buffer[i] = clr_storage<S>::store(b);
-    param[i] = clr_storage<S>::store(p);
-  }
+  S unused;  // the buffer's stand-in without momentum (buffer is null then)
+  for (int64_t i = 0; i < n; ++i)
+    clr_sgd_element<S, kMomentum, kUnscale>(param[i], grad[i], kMomentum != CLR_MOMENTUM_NONE ? buffer[i] : unused, c,
+                                            grad_scale, kWeightDecay, kNesterov);
 }
 
 template <typename S, bool kUnscale>
@@ -144,13 +107,7 @@ CLR_DEFINE_SPAN_ENTRY(span_f16, clr_float16)
 CLR_DEFINE_SPAN_ENTRY(span_bf16, clr_bfloat16)
 #undef CLR_DEFINE_SPAN_ENTRY
 
-inline int64_t element_size(int32_t dtype) { return dtype == kFloat64 ? 8 : (dtype == kFloat32 ? 4 : 2); }
-
-/*
- * Runs elements [begin, end) of the flattened bucket. `offsets` holds the prefix
- * sums of the spans' numel (offsets[0] = 0, offsets[n_spans] = total), so any
- * thread can find its first span by binary search and walk on from there.
- */
+/* Runs elements [begin, end) of the flattened bucket (cpu/multi_tensor.h, for_each_piece). */
 inline void run_range(int32_t dtype, const Span* spans, const int64_t* offsets, int64_t n_spans, int64_t begin,
                       int64_t end, const StepArgs& a) {
   if (begin >= end) return;
@@ -159,21 +116,19 @@ inline void run_range(int32_t dtype, const Span* spans, const int64_t* offsets, 
                                                                    : dtype == kFloat16 ? span_f16
                                                                                        : span_bf16;
   const int64_t esize = element_size(dtype);
-  int64_t s = (int64_t)(std::upper_bound(offsets, offsets + n_spans + 1, begin) - offsets) - 1;
-  for (; s < n_spans && offsets[s] < end; ++s) {
-    const int64_t lo = std::max(begin, offsets[s]) - offsets[s];
-    const int64_t hi = std::min(end, offsets[s + 1]) - offsets[s];
-    if (hi <= lo) continue;
+  for_each_piece(offsets, n_spans, begin, end, [&](int64_t s, int64_t lo, int64_t hi) {
     const Span& sp = spans[s];
     char* buf = (char*)sp.momentum_buffer;
     span_fn((char*)sp.param + lo * esize, (char*)sp.grad + lo * esize, buf ? buf + lo * esize : nullptr, hi - lo, &a);
-  }
+  });
 }
 
-/* Below this many elements a bucket runs on one thread: waking others costs more. */
-static const int64_t kParallelGrain = 32768;
-/* Thread ranges are cut at multiples of this many elements (a few cache lines). */
-static const int64_t kRangeAlign = 1024;
+/* The whole bucket on up to num_threads OpenMP threads (the Cython fallback's entry). */
+inline void run_sgd_bucket_openmp(int32_t dtype, const Span* spans, const int64_t* offsets, int64_t n_spans,
+                                  const StepArgs& a, int num_threads) {
+  openmp_ranges(offsets[n_spans], num_threads,
+                [&](int64_t begin, int64_t end) { run_range(dtype, spans, offsets, n_spans, begin, end, a); });
+}
 
 }  // namespace clr_cpu
 

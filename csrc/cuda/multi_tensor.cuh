@@ -4,9 +4,10 @@
  *
  * Layout of the work. Every tensor is cut into chunks of kChunkElems elements (the
  * last chunk of a tensor may be shorter); one block runs one chunk at a time. The
- * table lists, per tensor, its three addresses (param, grad, momentum buffer), its
+ * table lists, per tensor, its addresses (param, grad and the rule's state), its
  * element count and the running total of chunks up to and including it
- * (chunk_end). A block with chunk index c finds its tensor by a binary search over
+ * (chunk_end); one table type and one packer serve every rule (TensorTable,
+ * for_each_table). A block with chunk index c finds its tensor by a binary search over
  * chunk_end: the table then needs no per-block entries, so one launch covers any
  * number of chunks, and only the tensor count limits what one launch can hold.
  *
@@ -32,7 +33,7 @@
 
 #include <stdint.h>
 
-#include "../schedule.h"
+#include "../math/schedule.h"
 
 #if defined(__CUDACC__)
 #include <cuda_runtime_api.h>
@@ -65,46 +66,103 @@ constexpr int kMinBlocksPerSm = 2;      // caps registers at 64 per thread: 1,02
 constexpr int64_t kChunkElems = 65536;  // elements per chunk: a multiple of every vector width
 constexpr int kVectorBytes = 16;
 
-/* What every block of one step needs besides the table. Device pointers only: the
-   iteration, the loss scale and the overflow flag are read on the device. */
-struct StepArgs {
+/* What every rule's kernel reads besides its table and its own scalars: the device
+   pointers (the iteration, the loss scale and the overflow flag are read on the device),
+   the schedule, and the momentum it cycles (SGD's momentum, AdamW's beta1). The first
+   member of each rule's arguments; thread 0 of every block evaluates it
+   (cuda/kernel_prologue.cuh). */
+struct StepInputs {
   const int64_t* iteration;
   const void* grad_scale;  // nullptr: no unscaling
-  const void* found_inf;   // nullptr: never skip
+  const void* found_inf;   // nullptr: never skip; any non-zero value skips the step
   clr_shape shape;
   clr_bounds bounds;
-  double momentum;  // used when !cycle_momentum
-  double dampening;
-  double weight_decay;
+  double momentum;               // the fixed momentum / beta1, used when !cycle_momentum
   int32_t grad_scale_is_double;  // else float32
   int32_t found_inf_is_double;   // else float32
+  int32_t cycle_momentum;
+  int32_t maximize;
+};
+
+/* The SGD kernel's arguments (cuda/scheduled_sgd_kernel.cuh). */
+struct SgdStepArgs {
+  StepInputs step;
+  double dampening;
+  double weight_decay;
   int32_t has_buffers;
   int32_t first_step;  // used for tensors without a momentum start
-  int32_t cycle_momentum;
   int32_t nesterov;
-  int32_t maximize;
   int32_t use_weight_decay;
 };
 
-/* Per tensor: 4 addresses, an int64 count and an int32 running chunk total. */
-constexpr int kBytesPerTensor = 4 * 8 + 8 + 4;
-constexpr int kMaxTensors =
-    (kKernelParamBytes - (int)sizeof(StepArgs) - 16 /* count + alignment slack */) / kBytesPerTensor;
+/* The AdamW update kernel's arguments (cuda/scheduled_adamw_kernel.cuh). */
+struct AdamwStepArgs {
+  StepInputs step;
+  double beta2;
+  double eps;
+  double weight_decay;
+};
 
+CLR_HD int64_t chunks_of(int64_t numel) { return (numel + kChunkElems - 1) / kChunkElems; }
+
+/*
+ * The kernel-argument table of one launch: per tensor, kStreams addresses (param and grad
+ * first, then the rule's state), one more per-tensor pointer of the rule's (Extra), the
+ * element count and the running total of chunks up to and including it (chunk_end). As
+ * many tensors as fit the kernel-parameter space beside the rule's Args.
+ */
+template <int kStreams, typename Extra, typename Args>
 struct TensorTable {
-  void* param[kMaxTensors];
-  void* grad[kMaxTensors];
-  void* buffer[kMaxTensors];             // unused entries when the step has no buffers
-  int64_t* momentum_start[kMaxTensors];  // nullptr: args.first_step decides
+  static constexpr int kBytesPerTensor = kStreams * 8 + (int)sizeof(Extra) + 8 + 4;
+  static constexpr int kMaxTensors =
+      (kKernelParamBytes - (int)sizeof(Args) - 16 /* count + alignment slack */) / kBytesPerTensor;
+
+  /* One tensor as the host packs it. */
+  struct Entry {
+    void* address[kStreams];
+    Extra extra;
+    int64_t numel;  // > 0, fewer than INT32_MAX chunks (the launcher checks)
+  };
+
+  void* address[kStreams][kMaxTensors];
+  Extra extra[kMaxTensors];
   int64_t numel[kMaxTensors];
   int32_t chunk_end[kMaxTensors];  // chunks of tensors 0..t, cumulative
   int32_t count;
+
+  static int64_t chunks_of_entry(const Entry& e) { return chunks_of(e.numel); }
+  void put(int t, const Entry& e, int64_t chunks_so_far) {
+    for (int k = 0; k < kStreams; ++k) address[k][t] = e.address[k];
+    extra[t] = e.extra;
+    numel[t] = e.numel;
+    chunk_end[t] = (int32_t)chunks_so_far;
+  }
 };
 
-static_assert(sizeof(TensorTable) + sizeof(StepArgs) <= (size_t)kKernelParamBytes,
-              "the kernel arguments must fit the kernel-parameter space");
+/* The streams every table starts with. */
+constexpr int kParam = 0;
+constexpr int kGrad = 1;
 
-CLR_HD int64_t chunks_of(int64_t numel) { return (numel + kChunkElems - 1) / kChunkElems; }
+/* SGD: param, grad, momentum buffer (unused entries when the step has no buffers); Extra
+   is the param's momentum start (nullptr: args.first_step decides). ~740 tensors per
+   launch with 32 KB of kernel parameters, ~90 with 4 KB. */
+constexpr int kBuffer = 2;
+typedef TensorTable<3, int64_t*, SgdStepArgs> SgdTable;
+constexpr int kMaxTensors = SgdTable::kMaxTensors;
+
+/* AdamW: param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq (unused entries without
+   amsgrad); Extra is the param's step count before this step (read only there). ~540
+   tensors per launch with 32 KB of kernel parameters, ~65 with 4 KB. */
+constexpr int kExpAvg = 2;
+constexpr int kExpAvgSq = 3;
+constexpr int kMaxExpAvgSq = 4;
+typedef TensorTable<5, const float*, AdamwStepArgs> AdamwTable;
+constexpr int kAdamwMaxTensors = AdamwTable::kMaxTensors;
+
+static_assert(sizeof(SgdTable) + sizeof(SgdStepArgs) <= (size_t)kKernelParamBytes,
+              "the SGD kernel arguments must fit the kernel-parameter space");
+static_assert(sizeof(AdamwTable) + sizeof(AdamwStepArgs) <= (size_t)kKernelParamBytes,
+              "the AdamW kernel arguments must fit the kernel-parameter space");
 
 /* The tensor that owns chunk c: the first t with chunk_end[t] > c (count >= 1, c < chunk_end[count-1]). */
 CLR_HD int find_tensor(const int32_t* chunk_end, int count, int64_t c) {
@@ -135,127 +193,6 @@ CLR_HD ChunkRange chunk_range(const int32_t* chunk_end, const int64_t* numel, in
   return r;
 }
 
-// ------------------------------------------------------------------ packing
-
-struct Entry {
-  void* param;
-  void* grad;
-  void* buffer;
-  int64_t* momentum_start;
-  int64_t numel;  // > 0, fewer than INT32_MAX chunks (the launcher checks)
-};
-
-/* Packs the entries, in order, into as few tables as possible and calls
-   launch_table(table, chunks) for each full one and the last: one kernel launch per
-   table, chunks blocks. A table closes at kMaxTensors tensors or before its chunk
-   count would reach INT32_MAX (the grid's x limit). Host code. */
-template <typename LaunchTable>
-inline void for_each_table(const Entry* entries, int64_t n_entries, TensorTable& table, LaunchTable&& launch_table) {
-  table.count = 0;
-  int64_t chunks = 0;
-  for (int64_t k = 0; k < n_entries; ++k) {
-    const Entry& e = entries[k];
-    const int64_t n_chunks = chunks_of(e.numel);
-    if (table.count == kMaxTensors || chunks + n_chunks >= INT32_MAX) {
-      launch_table(table, chunks);
-      table.count = 0;
-      chunks = 0;
-    }
-    const int t = table.count;
-    table.param[t] = e.param;
-    table.grad[t] = e.grad;
-    table.buffer[t] = e.buffer;
-    table.momentum_start[t] = e.momentum_start;
-    table.numel[t] = e.numel;
-    chunks += n_chunks;
-    table.chunk_end[t] = (int32_t)chunks;
-    table.count = t + 1;
-  }
-  if (table.count > 0) launch_table(table, chunks);
-}
-
-// ------------------------------------------------------------------ AdamW's tables
-
-/* What every block of one AdamW step needs besides its table: the device pointers
-   (iteration, loss scale, overflow flag) and the rule's scalars. */
-struct AdamwStepArgs {
-  const int64_t* iteration;
-  const void* grad_scale;  // nullptr: no unscaling
-  const void* found_inf;   // nullptr: never skip
-  clr_shape shape;
-  clr_bounds bounds;
-  double beta1;  // used when !cycle_momentum
-  double beta2;
-  double eps;
-  double weight_decay;
-  int32_t grad_scale_is_double;  // else float32
-  int32_t found_inf_is_double;   // else float32
-  int32_t cycle_momentum;
-  int32_t maximize;
-};
-
-/* Per tensor: 6 addresses (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step), an
-   int64 count and an int32 running chunk total: ~540 tensors per launch with 32 KB of
-   kernel parameters, ~65 with 4 KB. */
-constexpr int kAdamwBytesPerTensor = 6 * 8 + 8 + 4;
-constexpr int kAdamwMaxTensors =
-    (kKernelParamBytes - (int)sizeof(AdamwStepArgs) - 16 /* count + alignment slack */) / kAdamwBytesPerTensor;
-
-struct AdamwTensorTable {
-  void* param[kAdamwMaxTensors];
-  void* grad[kAdamwMaxTensors];
-  void* exp_avg[kAdamwMaxTensors];
-  void* exp_avg_sq[kAdamwMaxTensors];
-  void* max_exp_avg_sq[kAdamwMaxTensors];  // unused entries without amsgrad
-  const float* step[kAdamwMaxTensors];     // the step count before this step (read only here)
-  int64_t numel[kAdamwMaxTensors];
-  int32_t chunk_end[kAdamwMaxTensors];  // chunks of tensors 0..t, cumulative
-  int32_t count;
-};
-
-static_assert(sizeof(AdamwTensorTable) + sizeof(AdamwStepArgs) <= (size_t)kKernelParamBytes,
-              "the AdamW kernel arguments must fit the kernel-parameter space");
-
-struct AdamwEntry {
-  void* param;
-  void* grad;
-  void* exp_avg;
-  void* exp_avg_sq;
-  void* max_exp_avg_sq;  // nullptr without amsgrad
-  const float* step;
-  int64_t numel;  // > 0, fewer than INT32_MAX chunks (the launcher checks)
-};
-
-/* for_each_table for AdamW entries: the same packing rules (in order; a table closes at
-   kAdamwMaxTensors tensors or before its chunk count would reach INT32_MAX). Host code. */
-template <typename LaunchTable>
-inline void for_each_adamw_table(const AdamwEntry* entries, int64_t n_entries, AdamwTensorTable& table,
-                                 LaunchTable&& launch_table) {
-  table.count = 0;
-  int64_t chunks = 0;
-  for (int64_t k = 0; k < n_entries; ++k) {
-    const AdamwEntry& e = entries[k];
-    const int64_t n_chunks = chunks_of(e.numel);
-    if (table.count == kAdamwMaxTensors || chunks + n_chunks >= INT32_MAX) {
-      launch_table(table, chunks);
-      table.count = 0;
-      chunks = 0;
-    }
-    const int t = table.count;
-    table.param[t] = e.param;
-    table.grad[t] = e.grad;
-    table.exp_avg[t] = e.exp_avg;
-    table.exp_avg_sq[t] = e.exp_avg_sq;
-    table.max_exp_avg_sq[t] = e.max_exp_avg_sq;
-    table.step[t] = e.step;
-    table.numel[t] = e.numel;
-    chunks += n_chunks;
-    table.chunk_end[t] = (int32_t)chunks;
-    table.count = t + 1;
-  }
-  if (table.count > 0) launch_table(table, chunks);
-}
-
 /* The second launch of an AdamW step: every param's step count (empty params included)
    advanced by one thread each, unless found_inf says the step was skipped. */
 struct StepCountArgs {
@@ -264,29 +201,45 @@ struct StepCountArgs {
 };
 
 constexpr int kStepCountBlock = 256;  // threads per block of the step-count launch
-constexpr int kMaxStepCounts = (kKernelParamBytes - (int)sizeof(StepCountArgs) - 16) / 8;
 
 struct StepCountTable {
-  float* step[kMaxStepCounts];
+  static constexpr int kMaxTensors = (kKernelParamBytes - (int)sizeof(StepCountArgs) - 16) / 8;
+  typedef float* Entry;
+
+  float* step[kMaxTensors];
   int32_t count;
+
+  static int64_t chunks_of_entry(float*) { return 0; }  // one thread per count, no chunks
+  void put(int t, float* e, int64_t) { step[t] = e; }
 };
+constexpr int kMaxStepCounts = StepCountTable::kMaxTensors;
 
 static_assert(sizeof(StepCountTable) + sizeof(StepCountArgs) <= (size_t)kKernelParamBytes,
               "the step-count kernel arguments must fit the kernel-parameter space");
 
-/* Packs the step counts kMaxStepCounts at a time; launch_table(table) for each. Host code. */
-template <typename LaunchTable>
-inline void for_each_step_table(float* const* steps, int64_t n_steps, StepCountTable& table,
-                                LaunchTable&& launch_table) {
+// ------------------------------------------------------------------ packing
+
+/* Packs the entries, in order, into as few tables as possible and calls
+   launch_table(table, chunks) for each full one and the last: one kernel launch per
+   table. A table closes at Table::kMaxTensors tensors or before its chunk count would
+   reach INT32_MAX (the grid's x limit). Every rule's launcher packs with it. Host code. */
+template <typename Table, typename LaunchTable>
+inline void for_each_table(const typename Table::Entry* entries, int64_t n_entries, Table& table,
+                           LaunchTable&& launch_table) {
   table.count = 0;
-  for (int64_t k = 0; k < n_steps; ++k) {
-    if (table.count == kMaxStepCounts) {
-      launch_table(table);
+  int64_t chunks = 0;
+  for (int64_t k = 0; k < n_entries; ++k) {
+    const int64_t n_chunks = Table::chunks_of_entry(entries[k]);
+    if (table.count == Table::kMaxTensors || chunks + n_chunks >= INT32_MAX) {
+      launch_table(table, chunks);
       table.count = 0;
+      chunks = 0;
     }
-    table.step[table.count++] = steps[k];
+    chunks += n_chunks;
+    table.put(table.count, entries[k], chunks);
+    table.count = table.count + 1;
   }
-  if (table.count > 0) launch_table(table);
+  if (table.count > 0) launch_table(table, chunks);
 }
 
 }  // namespace clr_cuda

@@ -5,7 +5,7 @@
 //  - fp32 / fp64 bit-exact against an independent scalar loop in the compute type (the
 //    vectorized ISA clone must round exactly like scalar code: -ffp-contract=off);
 //  - any split of the flattened range (as threads cut it) gives bit-identical results;
-//  - the host's 16-bit conversions (csrc/storage.h) against the compiler's own _Float16
+//  - the host's 16-bit conversions (csrc/math/storage.h) against the compiler's own _Float16
 //    where it has one.
 #include <cmath>
 #include <math.h>

@@ -26,16 +26,16 @@ static int g_failures = 0;
 // the launcher does) and walks every chunk of every table as the kernel's blocks would.
 static void check_table(const std::vector<int64_t>& numels) {
   using namespace clr_cuda;
-  std::vector<Entry> entries;
+  std::vector<SgdTable::Entry> entries;
   for (int64_t n : numels) {
     if (n == 0) continue;
-    Entry e = {};
+    SgdTable::Entry e = {};
     e.numel = n;
     entries.push_back(e);
   }
   size_t next_entry = 0;
-  TensorTable table;
-  for_each_table(entries.data(), (int64_t)entries.size(), table, [&](const TensorTable& full, int64_t chunks) {
+  SgdTable table;
+  for_each_table(entries.data(), (int64_t)entries.size(), table, [&](const SgdTable& full, int64_t chunks) {
     const int count = full.count;
     CHECK(count >= 1 && count <= kMaxTensors, "table of %d tensors\n", count);
     CHECK(chunks == full.chunk_end[count - 1] && chunks < INT32_MAX, "table of %lld chunks\n", (long long)chunks);
@@ -66,16 +66,16 @@ static void check_table(const std::vector<int64_t>& numels) {
 
 // How many tables for_each_table makes of these numels.
 static int tables_for(const std::vector<int64_t>& numels) {
-  std::vector<clr_cuda::Entry> entries;
+  std::vector<clr_cuda::SgdTable::Entry> entries;
   for (int64_t n : numels) {
-    clr_cuda::Entry e = {};
+    clr_cuda::SgdTable::Entry e = {};
     e.numel = n;
     entries.push_back(e);
   }
   int tables = 0;
-  clr_cuda::TensorTable table;
+  clr_cuda::SgdTable table;
   clr_cuda::for_each_table(entries.data(), (int64_t)entries.size(), table,
-                           [&](const clr_cuda::TensorTable&, int64_t) { ++tables; });
+                           [&](const clr_cuda::SgdTable&, int64_t) { ++tables; });
   return tables;
 }
 
@@ -83,7 +83,7 @@ int main() {
   using namespace clr_cuda;
   // chunk starts stay 16-byte aligned for 2-, 4- and 8-byte elements
   CHECK(kChunkElems * 2 % kVectorBytes == 0 && kChunkElems * 4 % kVectorBytes == 0, "chunk size\n");
-  CHECK(sizeof(TensorTable) + sizeof(StepArgs) <= (size_t)kKernelParamBytes, "table too large\n");
+  CHECK(sizeof(SgdTable) + sizeof(SgdStepArgs) <= (size_t)kKernelParamBytes, "table too large\n");
   CHECK(kMaxTensors >= 80, "only %d tensors per launch\n", kMaxTensors);
 
   check_table({1});

@@ -1,4 +1,4 @@
-// clr::CyclicSGD (csrc/optim/) from a libtorch program:
+// clr::CyclicSGD (csrc/libtorch/) from a libtorch program:
 //  - the LR (and momentum) sequences against values worked out by hand for small step
 //    sizes (triangular, triangular2 halving, exp_range, asymmetric up/down, the paper's
 //    fixed / exp / decay), and against an independent transcription of
@@ -21,7 +21,7 @@
 #include <string>
 #include <vector>
 
-#include "optim/cyclic_sgd.h"
+#include "libtorch/cyclic_sgd.h"
 #include "expect.h"
 
 static bool close(double a, double b, double rel = 1e-15) {

@@ -1,7 +1,7 @@
 // torch.ops.clr_ext.cyclic_sgd_ through the PyTorch dispatcher, from C++ (libtorch, no
 // Python): the op is registered by linking libclr_ext, found by name, and run on CPU
 // tensors; the result is compared with the same SGD step written with ATen ops, whose
-// lr/momentum come from csrc/schedule.h. Also: a bad argument throws before anything
+// lr/momentum come from csrc/math/schedule.h. Also: a bad argument throws before anything
 // is written, and the op does not advance the iteration counter.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -9,7 +9,7 @@
 #include <cstdio>
 #include <vector>
 
-#include "schedule.h"
+#include "math/schedule.h"
 #include "expect.h"
 
 using OpSig = void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, const at::Tensor&,

@@ -1,11 +1,11 @@
-// csrc/schedule.h against values computed independently here: the triangular ramp is
+// csrc/math/schedule.h against values computed independently here: the triangular ramp is
 // rebuilt from integer arithmetic (position = iteration mod cycle length), not from
 // CyclicLR's floating-point formula, and a few points are written out by hand.
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 
-#include "schedule.h"
+#include "math/schedule.h"
 
 static int g_failures = 0;
 static int g_checks = 0;

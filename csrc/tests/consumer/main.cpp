@@ -3,7 +3,7 @@
 
 #include <cstdio>
 
-#include "schedule.h"
+#include "math/schedule.h"
 
 int main() {
   const bool found = c10::Dispatcher::singleton().findSchema({"clr_ext::cyclic_sgd_", ""}).has_value();

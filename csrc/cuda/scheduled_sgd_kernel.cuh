@@ -1,9 +1,10 @@
 /*
- * The CUDA step's device code: one element, one chunk, the kernel. (The tables it reads
- * are packed on the host by multi_tensor.cuh; elements are loaded and stored through
- * clr_storage, csrc/storage.h, as in the CPU loops.)
+ * The CUDA SGD step's device code: one chunk and the kernel, over the rule's element body
+ * (clr_sgd_element, math/sgd_update.h, the CPU loops' too) and the prologue every rule's
+ * kernel shares (cuda/kernel_prologue.cuh). The tables it reads are packed on the host
+ * by multi_tensor.cuh.
  *
- * Kept apart from the launcher (cyclic_sgd_cuda.cu, which needs ATen) so that it
+ * Kept apart from the launcher (scheduled_sgd_cuda.cu, which needs ATen) so that it
  * compiles as plain host C++ too: csrc/tests/test_cuda_kernel_host.cpp runs this
  * very kernel on the CPU, block by block and thread by thread, under ASan/UBSan,
  * against the CPU kernel. That checks the chunk walk, the vector/tail split at
@@ -14,45 +15,15 @@
  * csrc/tests/cuda_host_emulation.h does. The 16-bit conversions then are clr_storage's
  * host ones, which round like the device's.
  */
-#ifndef CLR_EXT_CUDA_CYCLIC_SGD_KERNEL_CUH
-#define CLR_EXT_CUDA_CYCLIC_SGD_KERNEL_CUH
+#ifndef CLR_EXT_CUDA_SCHEDULED_SGD_KERNEL_CUH
+#define CLR_EXT_CUDA_SCHEDULED_SGD_KERNEL_CUH
 
 #include <stdint.h>
 
-#if !defined(__CUDACC__) && !defined(CLR_CUDA_HOST_EMULATION)
-#error "cyclic_sgd_kernel.cuh needs nvcc, or csrc/tests/cuda_host_emulation.h included first"
-#endif
-
-#include "../sgd_update.h"
-#include "../storage.h"
-#include "multi_tensor.cuh"
+#include "../math/sgd_update.h"
+#include "kernel_prologue.cuh"
 
 namespace clr_cuda {
-
-template <typename S>
-struct alignas(kVectorBytes) Vec {
-  static constexpr int kWidth = kVectorBytes / (int)sizeof(S);
-  S v[kWidth];
-};
-
-// ------------------------------------------------------------------ the element
-
-// One element: the CPU kernel's loop body (csrc/cpu/sgd_cpu.h, span_loop), same order.
-template <typename S, int kMomentum, bool kUnscale>
-__device__ __forceinline__ void update_element(S& param, S& grad, S& buffer,
-                                               const clr_sgd_coeffs<typename clr_storage<S>::compute>& c,
-                                               typename clr_storage<S>::compute scale, int use_wd, int nesterov) {
-  typedef typename clr_storage<S>::compute C;
-  C g = clr_storage<S>::load(grad);
-  if (kUnscale) {
-    g = g / scale;
-    grad = clr_storage<S>::store(g);
-  }
-  C b = kMomentum == CLR_MOMENTUM_STEADY ? clr_storage<S>::load(buffer) : C(0);
-  const C p = clr_sgd_update<C>(clr_storage<S>::load(param), g, &b, c, use_wd, kMomentum, nesterov);
-  if (kMomentum != CLR_MOMENTUM_NONE) buffer = clr_storage<S>::store(b);
-  param = clr_storage<S>::store(p);
-}
 
 // ------------------------------------------------------------------- one chunk
 
@@ -92,7 +63,7 @@ __device__ __forceinline__ void run_chunk(S* __restrict__ p, S* __restrict__ g, 
         if (i < n_vec) {
 #pragma unroll
           for (int k = 0; k < W; ++k)
-            update_element<S, kMomentum, kUnscale>(rp[u].v[k], rg[u].v[k], rb[u].v[k], c, scale, use_wd, nesterov);
+            clr_sgd_element<S, kMomentum, kUnscale>(rp[u].v[k], rg[u].v[k], rb[u].v[k], c, scale, use_wd, nesterov);
           vp[i] = rp[u];
           if (kUnscale) vg[i] = rg[u];
           if (kMomentum != CLR_MOMENTUM_NONE) vb[i] = rb[u];
@@ -103,20 +74,16 @@ __device__ __forceinline__ void run_chunk(S* __restrict__ p, S* __restrict__ g, 
   }
   for (int i = done + (int)threadIdx.x; i < n; i += kBlockSize) {
     S dummy;
-    update_element<S, kMomentum, kUnscale>(p[i], g[i], kMomentum != CLR_MOMENTUM_NONE ? b[i] : dummy, c, scale, use_wd,
-                                           nesterov);
+    clr_sgd_element<S, kMomentum, kUnscale>(p[i], g[i], kMomentum != CLR_MOMENTUM_NONE ? b[i] : dummy, c, scale, use_wd,
+                                            nesterov);
   }
 }
 
 // -------------------------------------------------------------------- the kernel
 
-__device__ __forceinline__ double read_scalar(const void* ptr, int is_double) {
-  return is_double ? *static_cast<const double*>(ptr) : (double)*static_cast<const float*>(ptr);
-}
-
 template <typename S>
 __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerSm)
-    cyclic_sgd_kernel(const CLR_GRID_CONSTANT TensorTable table, const CLR_GRID_CONSTANT StepArgs args) {
+    cyclic_sgd_kernel(const CLR_GRID_CONSTANT SgdTable table, const CLR_GRID_CONSTANT SgdStepArgs args) {
   typedef typename clr_storage<S>::compute C;
   typedef clr_sgd_coeffs<C> Coeffs;
   __shared__ Coeffs s_coeffs;
@@ -128,28 +95,16 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerSm)
   // One thread per block evaluates the schedule (a few double operations) and the
   // step's flags; every block of every launch of the step reads the same iteration.
   if (threadIdx.x == 0) {
-    // The three device loads first, unconditionally, so that they are in flight together
-    // (one memory latency, not three, while the block waits at the barrier); only then
-    // the decisions and the schedule's double pow(). Every pointer is valid whenever it
-    // is non-null, so reading grad_scale in a step that found_inf skips is harmless.
-    const double found_inf = args.found_inf != nullptr ? read_scalar(args.found_inf, args.found_inf_is_double) : 0.0;
-    const int64_t iteration = *args.iteration;
-    const double grad_scale =
-        args.grad_scale != nullptr ? read_scalar(args.grad_scale, args.grad_scale_is_double) : 1.0;
-    const int skip = found_inf == 1.0;
-    s_skip = skip;
-    if (!skip) {
-      const clr_shape shape = args.shape;
-      const clr_bounds bounds = args.bounds;
-      s_iteration = iteration;
-      const clr_point point = clr_schedule(iteration, &shape, &bounds);
-      const double momentum = args.cycle_momentum ? point.momentum : args.momentum;
+    const StepPoint step = thread0_step_point(args.step);
+    s_skip = step.skip;
+    if (!step.skip) {
+      s_iteration = step.iteration;
       // torch.optim.SGD leaves its buffers alone in any step whose momentum is 0.
-      s_momentum_state = (args.has_buffers && momentum != 0.0)
+      s_momentum_state = (args.has_buffers && step.momentum != 0.0)
                              ? (args.first_step ? CLR_MOMENTUM_FIRST : CLR_MOMENTUM_STEADY)
                              : CLR_MOMENTUM_NONE;
-      s_coeffs = clr_sgd_coeffs_make<C>(point.lr, args.weight_decay, momentum, args.dampening, args.maximize);
-      s_scale = (C)grad_scale;  // exact: a float scale widened to double and back, or a double
+      s_coeffs = clr_sgd_coeffs_make<C>(step.lr, args.weight_decay, step.momentum, args.dampening, args.step.maximize);
+      s_scale = (C)step.grad_scale;  // exact: a float scale widened to double and back, or a double
     }
   }
   __syncthreads();
@@ -158,18 +113,15 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerSm)
   const C scale = s_scale;
   const int block_momentum_state = s_momentum_state;
   const int64_t iteration = s_iteration;
-  const bool unscale = args.grad_scale != nullptr;
+  const bool unscale = args.step.grad_scale != nullptr;
   const int use_wd = args.use_weight_decay;
   const int nesterov = args.nesterov;
 
-  const int64_t total_chunks = table.chunk_end[table.count - 1];
-  for (int64_t chunk = blockIdx.x; chunk < total_chunks; chunk += gridDim.x) {
-    const int t = find_tensor(table.chunk_end, table.count, chunk);
-    const ChunkRange r = chunk_range(table.chunk_end, table.numel, t, chunk);
-    S* p = static_cast<S*>(table.param[t]) + r.begin;
-    S* g = static_cast<S*>(table.grad[t]) + r.begin;
+  for_each_chunk(table, [&](int t, const ChunkRange& r) {
+    S* p = static_cast<S*>(table.address[kParam][t]) + r.begin;
+    S* g = static_cast<S*>(table.address[kGrad][t]) + r.begin;
     int momentum_state = block_momentum_state;
-    int64_t* const start = table.momentum_start[t];
+    int64_t* const start = table.extra[t];
     if (momentum_state != CLR_MOMENTUM_NONE && start != nullptr) {
       // Every block that runs a chunk of tensor t reads either the value from before
       // this step or this iteration, written by another block of the step: both mean
@@ -178,7 +130,7 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerSm)
       momentum_state = started >= iteration ? CLR_MOMENTUM_FIRST : CLR_MOMENTUM_STEADY;
       if (threadIdx.x == 0 && started > iteration) *start = iteration;
     }
-    S* b = momentum_state != CLR_MOMENTUM_NONE ? static_cast<S*>(table.buffer[t]) + r.begin : nullptr;
+    S* b = momentum_state != CLR_MOMENTUM_NONE ? static_cast<S*>(table.address[kBuffer][t]) + r.begin : nullptr;
 #define CLR_RUN(MS)                                                           \
   if (unscale)                                                                \
     run_chunk<S, MS, true>(p, g, b, r.size, coeffs, scale, use_wd, nesterov); \
@@ -192,9 +144,9 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerSm)
       CLR_RUN(CLR_MOMENTUM_NONE);
     }
 #undef CLR_RUN
-  }
+  });
 }
 
 }  // namespace clr_cuda
 
-#endif /* CLR_EXT_CUDA_CYCLIC_SGD_KERNEL_CUH */
+#endif /* CLR_EXT_CUDA_SCHEDULED_SGD_KERNEL_CUH */

@@ -19,11 +19,16 @@
  *
  * The flags are plain ints that callers pass as compile-time constants; after
  * inlining, the untaken branches vanish and the loop around the call vectorizes.
+ *
+ * clr_sgd_element is the stored element's whole step (load through clr_storage, AMP
+ * unscale, update, store): the body of the CPU loops (cpu/sgd_cpu.h, which the Cython
+ * fallback compiles too) and of the CUDA kernel (cuda/scheduled_sgd_kernel.cuh).
  */
 #ifndef CLR_EXT_SGD_UPDATE_H
 #define CLR_EXT_SGD_UPDATE_H
 
 #include "schedule.h"
+#include "storage.h"
 
 enum {
   CLR_MOMENTUM_NONE = 0,  /* momentum == 0: no buffer is read or written */
@@ -72,6 +77,27 @@ CLR_INLINE T clr_sgd_update(T param, T grad, T* momentum_buffer, const clr_sgd_c
     g = nesterov ? clr_fma(c.momentum, buf, g) : buf;
   }
   return clr_fma(c.neg_lr, g, param);
+}
+
+/* One stored element: the gradient widened and, with kUnscale, divided by the loss scale
+   and written back (as torch's _amp_foreach_non_finite_check_and_unscale_ leaves it); the
+   buffer read only when it continues, written whenever momentum is on (`buffer` is then
+   the element's, else a dummy the body never touches). */
+template <typename S, int kMomentum, bool kUnscale>
+CLR_ELEMENT_INLINE void clr_sgd_element(S& param, S& grad, S& buffer,
+                                        const clr_sgd_coeffs<typename clr_storage<S>::compute>& c,
+                                        typename clr_storage<S>::compute grad_scale, int use_weight_decay,
+                                        int nesterov) {
+  typedef typename clr_storage<S>::compute C;
+  C g = clr_storage<S>::load(grad);
+  if (kUnscale) {
+    g = g / grad_scale;
+    grad = clr_storage<S>::store(g);
+  }
+  C b = kMomentum == CLR_MOMENTUM_STEADY ? clr_storage<S>::load(buffer) : C(0);
+  const C p = clr_sgd_update<C>(clr_storage<S>::load(param), g, &b, c, use_weight_decay, kMomentum, nesterov);
+  if (kMomentum != CLR_MOMENTUM_NONE) buffer = clr_storage<S>::store(b);
+  param = clr_storage<S>::store(p);
 }
 
 #endif /* CLR_EXT_SGD_UPDATE_H */

@@ -3,7 +3,7 @@
 //
 // One step() is exactly torch::optim::SGD's step with the lr (and momentum) that
 // torch.optim.lr_scheduler.CyclicLR gives the current iteration (0-based), then the
-// iteration advances: the schedule comes from csrc/schedule.h and the update is the
+// iteration advances: the schedule comes from csrc/math/schedule.h and the update is the
 // registered op clr_ext::cyclic_sgd_ (the same fused kernel the Python package runs).
 //
 //   #include <clr_ext/optim/cyclic_sgd.h>
@@ -41,7 +41,7 @@ namespace clr {
 // The schedule's policy. The first three are torch.optim.lr_scheduler.CyclicLR's modes;
 // fixed (lr = base_lr), exp (base_lr * gamma^iteration) and decay (max_lr falling
 // linearly to base_lr over step_size_up, then flat) are the paper's other policies.
-// The values are csrc/schedule.h's CLR_MODE_* numbers.
+// The values are csrc/math/schedule.h's CLR_MODE_* numbers.
 enum class CyclicMode : int64_t {
   kTriangular = 0,
   kTriangular2 = 1,

@@ -53,6 +53,8 @@
 #else
 #define CLR_STORAGE_INLINE CLR_HOST_ALWAYS_INLINE
 #endif
+/* The rules' element bodies (clr_sgd_element, clr_adamw_element), inlined likewise. */
+#define CLR_ELEMENT_INLINE CLR_STORAGE_INLINE
 
 /* torch.float16: IEEE binary16. */
 struct clr_float16 {

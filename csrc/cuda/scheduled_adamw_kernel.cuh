@@ -1,8 +1,8 @@
 /*
- * The CUDA AdamW step's device code: one element, one chunk, the update kernel and the
- * step-count kernel. The tables are packed on the host (multi_tensor.cuh); the storage
- * conversions are clr_storage's (csrc/storage.h), the vectors and scalar reads the SGD
- * kernel's (cyclic_sgd_kernel.cuh).
+ * The CUDA AdamW step's device code: one chunk, the update kernel and the step-count
+ * kernel, over the rule's element body (clr_adamw_element, math/adamw_update.h, the CPU
+ * loops' too) and the prologue every rule's kernel shares (cuda/kernel_prologue.cuh).
+ * The tables are packed on the host (multi_tensor.cuh).
  *
  * Host-compilable like the SGD kernel: csrc/tests/test_cuda_adamw_host.cpp runs these
  * very kernels on the CPU, block by block (csrc/tests/cuda_host_emulation.h), against
@@ -38,15 +38,13 @@
  * default -prec-sqrt=true; no --use_fast_math) and --fmad=false; on the CPU, torch and the
  * CPU op take MKL's vector sqrt (within 1 ulp), so CPU and GPU compare with a tolerance.
  */
-#ifndef CLR_EXT_CUDA_CYCLIC_ADAMW_KERNEL_CUH
-#define CLR_EXT_CUDA_CYCLIC_ADAMW_KERNEL_CUH
+#ifndef CLR_EXT_CUDA_SCHEDULED_ADAMW_KERNEL_CUH
+#define CLR_EXT_CUDA_SCHEDULED_ADAMW_KERNEL_CUH
 
 #include <stdint.h>
 
-#include "../adamw_update.h"
-#include "../storage.h"
-#include "cyclic_sgd_kernel.cuh"  // Vec, read_scalar
-#include "multi_tensor.cuh"
+#include "../math/adamw_update.h"
+#include "kernel_prologue.cuh"
 
 namespace clr_cuda {
 
@@ -59,30 +57,6 @@ namespace clr_cuda {
 #define CLR_ADAMW_MIN_BLOCKS 1
 #endif
 constexpr int kAdamwMinBlocksPerSm = CLR_ADAMW_MIN_BLOCKS;
-
-// One element: the CPU loop body (csrc/cpu/adamw_cpu.h, adamw_span_loop), same order. The
-// weight decay is always applied: with weight_decay == 0 the factor is exactly 1 and the
-// product is the param itself (torch skips the multiply; the bits are the same).
-template <typename S, bool kAmsgrad, bool kUnscale>
-__device__ __forceinline__ void adamw_element(S& param, S& grad, S& exp_avg, S& exp_avg_sq, S& max_exp_avg_sq,
-                                              const clr_adamw_coeffs<typename clr_storage<S>::compute>& c,
-                                              typename clr_storage<S>::compute scale) {
-  typedef typename clr_storage<S>::compute C;
-  C g = clr_storage<S>::load(grad);
-  if (kUnscale) {
-    g = g / scale;
-    grad = clr_storage<S>::store(g);
-  }
-  C m = clr_storage<S>::load(exp_avg);
-  C v = clr_storage<S>::load(exp_avg_sq);
-  C vmax = kAmsgrad ? clr_storage<S>::load(max_exp_avg_sq) : C(0);
-  // The parameter uses the compute-type moments, not their rounded 16-bit copies.
-  const C p = clr_adamw_update<C, true, kAmsgrad>(clr_storage<S>::load(param), g, &m, &v, &vmax, c);
-  exp_avg = clr_storage<S>::store(m);
-  exp_avg_sq = clr_storage<S>::store(v);
-  if (kAmsgrad) max_exp_avg_sq = clr_storage<S>::store(vmax);
-  param = clr_storage<S>::store(p);
-}
 
 // n (<= kChunkElems) elements of one tensor. 16-byte vectors when every stream touched is
 // 16-byte aligned, then a scalar tail; element by element otherwise. One vector per stream
@@ -109,7 +83,7 @@ __device__ __forceinline__ void run_adamw_chunk(S* __restrict__ p, S* __restrict
       if (kAmsgrad) rx = vx[i];
 #pragma unroll
       for (int k = 0; k < W; ++k)
-        adamw_element<S, kAmsgrad, kUnscale>(rp.v[k], rg.v[k], rm.v[k], rv.v[k], rx.v[k], c, scale);
+        clr_adamw_element<S, true, kAmsgrad, kUnscale, false>(rp.v[k], rg.v[k], rm.v[k], rv.v[k], rx.v[k], c, scale);
       vp[i] = rp;
       if (kUnscale) vg[i] = rg;
       vm[i] = rm;
@@ -120,15 +94,17 @@ __device__ __forceinline__ void run_adamw_chunk(S* __restrict__ p, S* __restrict
   }
   for (int i = done + (int)threadIdx.x; i < n; i += kBlockSize) {
     S dummy;
-    adamw_element<S, kAmsgrad, kUnscale>(p[i], g[i], m[i], v[i], kAmsgrad ? vmax[i] : dummy, c, scale);
+    clr_adamw_element<S, true, kAmsgrad, kUnscale, false>(p[i], g[i], m[i], v[i], kAmsgrad ? vmax[i] : dummy, c, scale);
   }
 }
 
 // The update launch: every element of every tensor of the table. Reads the step counts,
-// never writes them (adamw_step_count_kernel does, after this launch).
+// never writes them (adamw_step_count_kernel does, after this launch). The weight decay
+// is always applied: with weight_decay == 0 the factor is exactly 1 and the product is the
+// param itself (torch skips the multiply; the bits are the same).
 template <typename S, bool kAmsgrad>
 __global__ void __launch_bounds__(kBlockSize, kAdamwMinBlocksPerSm)
-    cyclic_adamw_kernel(const CLR_GRID_CONSTANT AdamwTensorTable table, const CLR_GRID_CONSTANT AdamwStepArgs args) {
+    cyclic_adamw_kernel(const CLR_GRID_CONSTANT AdamwTable table, const CLR_GRID_CONSTANT AdamwStepArgs args) {
   typedef typename clr_storage<S>::compute C;
   __shared__ double s_lr;
   __shared__ double s_beta1;
@@ -136,20 +112,12 @@ __global__ void __launch_bounds__(kBlockSize, kAdamwMinBlocksPerSm)
   __shared__ int s_skip;
 
   if (threadIdx.x == 0) {
-    // The three device loads first, together (as in cyclic_sgd_kernel), then the schedule.
-    const double found_inf = args.found_inf != nullptr ? read_scalar(args.found_inf, args.found_inf_is_double) : 0.0;
-    const int64_t iteration = *args.iteration;
-    const double grad_scale =
-        args.grad_scale != nullptr ? read_scalar(args.grad_scale, args.grad_scale_is_double) : 1.0;
-    const int skip = found_inf == 1.0;
-    s_skip = skip;
-    if (!skip) {
-      const clr_shape shape = args.shape;
-      const clr_bounds bounds = args.bounds;
-      const clr_point point = clr_schedule(iteration, &shape, &bounds);
-      s_lr = point.lr;
-      s_beta1 = args.cycle_momentum ? point.momentum : args.beta1;
-      s_scale = (C)grad_scale;  // exact: a float scale widened to double and back, or a double
+    const StepPoint step = thread0_step_point(args.step);
+    s_skip = step.skip;
+    if (!step.skip) {
+      s_lr = step.lr;
+      s_beta1 = step.momentum;
+      s_scale = (C)step.grad_scale;  // exact: a float scale widened to double and back, or a double
     }
   }
   __syncthreads();
@@ -157,28 +125,25 @@ __global__ void __launch_bounds__(kBlockSize, kAdamwMinBlocksPerSm)
   const double lr = s_lr;
   const double beta1 = s_beta1;
   const C scale = s_scale;
-  const bool unscale = args.grad_scale != nullptr;
+  const bool unscale = args.step.grad_scale != nullptr;
 
-  const int64_t total_chunks = table.chunk_end[table.count - 1];
-  for (int64_t chunk = blockIdx.x; chunk < total_chunks; chunk += gridDim.x) {
-    const int t = find_tensor(table.chunk_end, table.count, chunk);
-    const ChunkRange r = chunk_range(table.chunk_end, table.numel, t, chunk);
+  for_each_chunk(table, [&](int t, const ChunkRange& r) {
     // This step's count, as torch.optim.AdamW's step_t += 1 makes it (float32).
-    const float step = *table.step[t] + 1.0f;
+    const float step = *table.extra[t] + 1.0f;
     double step_size, bias_correction2_sqrt;
     clr_adamw_step_scalars(lr, beta1, args.beta2, (double)step, 0, &step_size, &bias_correction2_sqrt);
     const clr_adamw_coeffs<C> c = clr_adamw_coeffs_make<C>(lr, beta1, args.beta2, args.eps, args.weight_decay,
-                                                           args.maximize, step_size, bias_correction2_sqrt);
-    S* p = static_cast<S*>(table.param[t]) + r.begin;
-    S* g = static_cast<S*>(table.grad[t]) + r.begin;
-    S* m = static_cast<S*>(table.exp_avg[t]) + r.begin;
-    S* v = static_cast<S*>(table.exp_avg_sq[t]) + r.begin;
-    S* vmax = kAmsgrad ? static_cast<S*>(table.max_exp_avg_sq[t]) + r.begin : nullptr;
+                                                           args.step.maximize, step_size, bias_correction2_sqrt);
+    S* p = static_cast<S*>(table.address[kParam][t]) + r.begin;
+    S* g = static_cast<S*>(table.address[kGrad][t]) + r.begin;
+    S* m = static_cast<S*>(table.address[kExpAvg][t]) + r.begin;
+    S* v = static_cast<S*>(table.address[kExpAvgSq][t]) + r.begin;
+    S* vmax = kAmsgrad ? static_cast<S*>(table.address[kMaxExpAvgSq][t]) + r.begin : nullptr;
     if (unscale)
       run_adamw_chunk<S, kAmsgrad, true>(p, g, m, v, vmax, r.size, c, scale);
     else
       run_adamw_chunk<S, kAmsgrad, false>(p, g, m, v, vmax, r.size, c, scale);
-  }
+  });
 }
 
 // The step-count launch: one thread per param, after every update launch of the step.
@@ -186,11 +151,11 @@ __global__ void __launch_bounds__(kStepCountBlock)
     adamw_step_count_kernel(const CLR_GRID_CONSTANT StepCountTable table, const CLR_GRID_CONSTANT StepCountArgs args) {
   const int i = (int)(blockIdx.x * kStepCountBlock + threadIdx.x);
   if (i >= table.count) return;
-  if (args.found_inf != nullptr && read_scalar(args.found_inf, args.found_inf_is_double) == 1.0) return;
+  if (args.found_inf != nullptr && skips_step(read_scalar(args.found_inf, args.found_inf_is_double))) return;
   float* const step = table.step[i];
   *step = *step + 1.0f;
 }
 
 }  // namespace clr_cuda
 
-#endif /* CLR_EXT_CUDA_CYCLIC_ADAMW_KERNEL_CUH */
+#endif /* CLR_EXT_CUDA_SCHEDULED_ADAMW_KERNEL_CUH */

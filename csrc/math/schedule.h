@@ -1,8 +1,9 @@
 /*
- * The cyclical learning-rate schedule: the one place it is written.
+ * The schedules (the cyclical modes and 1cycle): the one place their formulas are written.
  *
- * Plain C99 so that the C++ CPU kernel, the CUDA kernel and the Cython fallback
- * include the same text. The arithmetic follows torch.optim.lr_scheduler.CyclicLR
+ * Valid C99 as well as C++ (.ci/sanitizers.sh compiles it with -std=c99 -pedantic), so
+ * that the CPU loops, the CUDA kernels and the Cython fallback include the same text.
+ * The arithmetic follows torch.optim.lr_scheduler.CyclicLR (and OneCycleLR)
  * operation by operation (same order, double precision, the same libm pow), so
  * that a host compiled with -ffp-contract=off produces bit-identical values to
  * PyTorch and to the Python oracle in clr_ext/schedule.py. On a CUDA device the

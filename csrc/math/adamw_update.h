@@ -39,6 +39,7 @@
 #define CLR_EXT_ADAMW_UPDATE_H
 
 #include "sgd_update.h" /* clr_fma */
+#include "storage.h"
 CLR_INLINE float clr_sqrt(float a) { return sqrtf(a); }
 CLR_INLINE double clr_sqrt(double a) { return sqrt(a); }
 
@@ -133,6 +134,31 @@ CLR_INLINE T clr_adamw_update(T param, T grad, T* exp_avg, T* exp_avg_sq, T* max
                               const clr_adamw_coeffs<T>& c) {
   const T second = clr_adamw_moments<T, kAmsgrad, kFusedTail>(grad, exp_avg, exp_avg_sq, max_exp_avg_sq, c);
   return clr_adamw_finish<T, kWeightDecay>(param, *exp_avg, clr_sqrt(second), c);
+}
+
+/* One stored element's whole step with an IEEE square root: the body of the CPU loops'
+   one-pass path (cpu/adamw_cpu.h, also in the Cython fallback) and of the CUDA kernel
+   (cuda/scheduled_adamw_kernel.cuh). The gradient is unscaled and written back with
+   kUnscale; the parameter takes the compute-type moments, not their rounded 16-bit
+   copies. Without kAmsgrad max_exp_avg_sq is a dummy the body never touches. */
+template <typename S, bool kWeightDecay, bool kAmsgrad, bool kUnscale, bool kFusedTail>
+CLR_ELEMENT_INLINE void clr_adamw_element(S& param, S& grad, S& exp_avg, S& exp_avg_sq, S& max_exp_avg_sq,
+                                          const clr_adamw_coeffs<typename clr_storage<S>::compute>& c,
+                                          typename clr_storage<S>::compute grad_scale) {
+  typedef typename clr_storage<S>::compute C;
+  C g = clr_storage<S>::load(grad);
+  if (kUnscale) {
+    g = g / grad_scale;
+    grad = clr_storage<S>::store(g);
+  }
+  C m = clr_storage<S>::load(exp_avg);
+  C v = clr_storage<S>::load(exp_avg_sq);
+  C vmax = kAmsgrad ? clr_storage<S>::load(max_exp_avg_sq) : C(0);
+  const C p = clr_adamw_update<C, kWeightDecay, kAmsgrad, kFusedTail>(clr_storage<S>::load(param), g, &m, &v, &vmax, c);
+  param = clr_storage<S>::store(p);
+  exp_avg = clr_storage<S>::store(m);
+  exp_avg_sq = clr_storage<S>::store(v);
+  if (kAmsgrad) max_exp_avg_sq = clr_storage<S>::store(vmax);
 }
 
 #endif /* CLR_EXT_ADAMW_UPDATE_H */

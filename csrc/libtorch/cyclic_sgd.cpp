@@ -1,5 +1,5 @@
 // clr::CyclicSGD (see cyclic_sgd.h): the Python clr_ext.CyclicSGD's step for libtorch.
-// The schedule is csrc/schedule.h's clr_schedule() and the update is the registered op
+// The schedule is csrc/math/schedule.h's clr_schedule() and the update is the registered op
 // clr_ext::cyclic_sgd_ (the CPU kernel called directly for CPU tensors, the dispatcher
 // for any other device): nothing here re-implements either.
 #include "cyclic_sgd.h"
@@ -13,8 +13,8 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "../cyclic_sgd.h"
-#include "../schedule.h"
+#include "../op/sgd_op.h"
+#include "../math/schedule.h"
 
 namespace clr {
 
@@ -366,9 +366,9 @@ torch::Tensor CyclicSGD::step(LossClosure closure) {
     const CyclicSGDOptions& o = group_options(w.group);
     at::Tensor& it = counter(w.device);
     if (w.device.type() == c10::DeviceType::CPU) {
-      clr_ext::cyclic_sgd_cpu_(w.params, w.grads, w.buffers, {}, it, group_bounds[w.group], shape_vec, mode,
-                               o.momentum(), o.dampening(), o.weight_decay(), o.nesterov(), o.maximize(),
-                               cycle_momentum, w.first, std::nullopt, std::nullopt);
+      clr_ext::scheduled_sgd<c10::DeviceType::CPU>(
+          w.params, w.grads, w.buffers, {}, it, group_bounds[w.group], shape_vec, mode, o.momentum(), o.dampening(),
+          o.weight_decay(), o.nesterov(), o.maximize(), cycle_momentum, w.first, std::nullopt, std::nullopt);
     } else {
       registered_op().call(w.params, w.grads, w.buffers, {}, it, group_bounds[w.group], shape_vec, mode, o.momentum(),
                            o.dampening(), o.weight_decay(), o.nesterov(), o.maximize(), cycle_momentum, w.first,

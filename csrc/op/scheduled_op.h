@@ -1,0 +1,30 @@
+// What the ops of every rule share (op/sgd_op.h, op/adamw_op.h): the schedule's
+// parameters parsed from the op's bounds / shape / mode, and the overflow flag as the
+// CPU implementations read it.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "../math/schedule.h"
+
+namespace clr_ext {
+
+// The parameter dtypes the kernels update: float32, float64, float16, bfloat16.
+bool supported_dtype(at::ScalarType t);
+
+// `shape` is [step_size_up, step_size_down, gamma, custom_scale] for the cyclical modes
+// and [phase_end_0, phase_end_1, phase_end_2, phases] for 1cycle (phase_end_2 unread
+// with two phases); checked, raising on what the schedule cannot run.
+clr_shape shape_from(at::ArrayRef<double> shape, int64_t mode);
+
+// [base_lr, max_lr, base_momentum, max_momentum] and, for 1cycle, min_lr.
+clr_bounds bounds_from(at::ArrayRef<double> bounds);
+
+// A step that AMP found overflowing changes nothing. GradScaler hands a fused optimizer
+// the sum of its per-device flags, so any non-zero value skips (2.0: two devices
+// overflowed). On the CPU the flag is host memory: reading it costs nothing.
+inline bool host_skips_step(const c10::optional<at::Tensor>& found_inf) {
+  return found_inf.has_value() && found_inf->item<double>() != 0.0;
+}
+
+}  // namespace clr_ext
