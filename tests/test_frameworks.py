@@ -259,7 +259,7 @@ def test_lightning_resumes_a_checkpoint_written_by_the_pytorch_pair(tmp_path):
 
 def test_lightning_lr_find_on_a_scheduled_optimizer_warns(tmp_path):
     """Tuner.lr_find sweeps group["lr"] with its own scheduler: CyclicSGD keeps its cycle
-    and says so (the README: use clr_ext.range_test and the bounds instead)."""
+    and says so (docs/guide/frameworks.md: use clr_ext.range_test and the bounds instead)."""
     pl, Module, _ = _lightning_classes()
     from lightning.pytorch.tuner import Tuner
 
@@ -284,7 +284,7 @@ def test_lightning_lr_find_on_a_scheduled_optimizer_warns(tmp_path):
 
 def test_lightning_fp16_clipping_rule():
     """Lightning's fp16 (16-mixed) refuses gradient clipping for optimizers that unscale in
-    their step, as CyclicSGD does (as torch's fused optimizers do); the README says: bf16, or
+    their step, as CyclicSGD does (as torch's fused optimizers do); docs/guide/frameworks.md says: bf16, or
     no clipping. (16-mixed needs a GPU in a Trainer; its precision plugin shows the rule.)"""
     pytest.importorskip("lightning.pytorch")
     from lightning.pytorch.plugins.precision import MixedPrecision

@@ -8,7 +8,7 @@
   load_state_dict, deepcopy, pickle and the adapter itself do not.
 - The adapter: an LRScheduler that changes nothing, reports what torch's CyclicLR /
   OneCycleLR report at every point of a loop, and whose state dict round-trips.
-- GradScaler with ``scaler.unscale_(opt)`` before clipping (the README's fp16 rule):
+- GradScaler with ``scaler.unscale_(opt)`` before clipping (the fp16 rule of docs/guide/frameworks.md):
   bit-identical to torch.optim.SGD + CyclicLR, inf steps included.
 """
 
@@ -401,7 +401,7 @@ def test_adapter_last_epoch_cannot_be_moved():
 
 
 def test_gradscaler_unscale_before_clipping_bit_identical_to_torch_pair(backend):
-    """The README's rule for fp16 with clipping in a plain loop: ``scaler.unscale_(opt)``,
+    """The rule (docs/guide/frameworks.md) for fp16 with clipping in a plain loop: ``scaler.unscale_(opt)``,
     clip, ``scaler.step(opt)``. CyclicSGD then gets unscaled gradients (GradScaler passes
     no scale, only the inf flag) and skips the steps with infs, as SGD + CyclicLR does."""
     net, ref_net = _net(), _net()

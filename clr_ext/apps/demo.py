@@ -159,7 +159,7 @@ def run_demo(out_dir: str, config: Optional[DemoConfig] = None, *, progress: boo
         f"{cfg.seeds} seeds"
     )
     # The numbers are reproducible run to run on one machine; across machines the rounding
-    # differs with these (README: "Reproducing the demo's numbers").
+    # differs with these (docs/guide/demo.md, "Reproducing the demo's numbers").
     numerics = {"torch_threads": torch.get_num_threads(), "cpu_capability": _cpu_capability()}
     log(
         f"numerics: torch {torch.__version__}, {numerics['torch_threads']} thread(s), "
