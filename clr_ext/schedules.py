@@ -455,7 +455,7 @@ class _Leaf(Schedule):
     def _group_counts(self) -> List[Optional[int]]:
         return [_groups_of(getattr(self, name)) for name in self._PER_GROUP]
 
-    def _named_params(self, initial_lr: Optional[float], group: int) -> Dict[str, float]:
+    def _named_params(self, initial_lr: Optional[float], group: int) -> Dict[str, Optional[float]]:
         raise NotImplementedError
 
     def _params(self, initial_lr: Optional[float], group: int) -> Tuple[float, ...]:
@@ -542,7 +542,7 @@ class Cyclic(_Leaf):
             max_momentum=max_momentum,
         )
 
-    def _named_params(self, initial_lr: Optional[float], group: int) -> Dict[str, float]:
+    def _named_params(self, initial_lr: Optional[float], group: int) -> Dict[str, Optional[float]]:
         cycled = self.cycle_momentum
         return {
             "base_lr": _pick(self.base_lr, group),
@@ -632,7 +632,7 @@ class OneCycle(_Leaf):
             max_momentum=max_momentum,
         )
 
-    def _named_params(self, initial_lr: Optional[float], group: int) -> Dict[str, float]:
+    def _named_params(self, initial_lr: Optional[float], group: int) -> Dict[str, Optional[float]]:
         max_lr = _pick(self.max_lr, group)
         initial = max_lr / self.div_factor  # as OneCycleLR writes group["initial_lr"] and ["min_lr"]
         ends = _oracle.one_cycle_phase_ends(self.total_steps, self.pct_start, self.three_phase)
@@ -662,7 +662,7 @@ class CosineRestarts(_Leaf):
             T_0=_integer("T_0", T_0, 1), T_mult=_integer("T_mult", T_mult, 1), eta_min=non_negative("eta_min", eta_min)
         )
 
-    def _named_params(self, initial_lr: Optional[float], group: int) -> Dict[str, float]:
+    def _named_params(self, initial_lr: Optional[float], group: int) -> Dict[str, Optional[float]]:
         return {"initial_lr": initial_lr, "T_0": self.T_0, "T_mult": self.T_mult, "eta_min": self.eta_min}
 
 
@@ -681,7 +681,7 @@ class Linear(_Leaf):
             total_iters=_integer("total_iters", total_iters, 1),
         )
 
-    def _named_params(self, initial_lr: Optional[float], group: int) -> Dict[str, float]:
+    def _named_params(self, initial_lr: Optional[float], group: int) -> Dict[str, Optional[float]]:
         return {
             "initial_lr": initial_lr,
             "start_factor": self.start_factor,
@@ -704,7 +704,7 @@ class Constant(_Leaf):
             total_iters=_integer("total_iters", total_iters, 1),
         )
 
-    def _named_params(self, initial_lr: Optional[float], group: int) -> Dict[str, float]:
+    def _named_params(self, initial_lr: Optional[float], group: int) -> Dict[str, Optional[float]]:
         return {"initial_lr": initial_lr, "factor": self.factor, "total_iters": self.total_iters}
 
 
@@ -720,7 +720,7 @@ class HFLinearWithWarmup(_Leaf):
             num_training_steps=_integer("num_training_steps", num_training_steps, 0),
         )
 
-    def _named_params(self, initial_lr: Optional[float], group: int) -> Dict[str, float]:
+    def _named_params(self, initial_lr: Optional[float], group: int) -> Dict[str, Optional[float]]:
         return {
             "initial_lr": initial_lr,
             "num_warmup_steps": self.num_warmup_steps,
@@ -741,7 +741,7 @@ class HFCosineWithWarmup(_Leaf):
             num_cycles=as_float("num_cycles", num_cycles),
         )
 
-    def _named_params(self, initial_lr: Optional[float], group: int) -> Dict[str, float]:
+    def _named_params(self, initial_lr: Optional[float], group: int) -> Dict[str, Optional[float]]:
         return {
             "initial_lr": initial_lr,
             "num_warmup_steps": self.num_warmup_steps,
@@ -807,7 +807,7 @@ class HFWSD(_Leaf):
             num_cycles=as_float("num_cycles", num_cycles),
         )
 
-    def _named_params(self, initial_lr: Optional[float], group: int) -> Dict[str, float]:
+    def _named_params(self, initial_lr: Optional[float], group: int) -> Dict[str, Optional[float]]:
         return {
             "initial_lr": initial_lr,
             "num_warmup_steps": self.num_warmup_steps,
