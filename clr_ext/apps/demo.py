@@ -8,19 +8,28 @@ of fixed LRs: the tuning that CLR claims to save). It reports what it measures, 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from ..range_test import range_test
-from .data import CaffeCifar10Full, CaffeMeanSubtract, DigitsCNN, TensorLoader, load_cifar10, load_digits_split
+from ..range_test import RangeTestResult, range_test
+from .data import (
+    CaffeCifar10Full,
+    CaffeMeanSubtract,
+    DigitsCNN,
+    DigitsSplit,
+    TensorLoader,
+    load_cifar10,
+    load_digits_split,
+)
 
 __all__ = ["DemoConfig", "run_demo", "CifarConfig", "run_cifar10", "PAPER_TABLE1_CIFAR10"]
 
@@ -49,6 +58,23 @@ def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: i
         correct += (model(xb).argmax(-1) == y[k : k + batch]).sum().item()
     model.train(was_training)
     return correct / max(1, len(x))
+
+
+def digits_range_test(
+    data: DigitsSplit, batch_size: int, seed: int, validate: bool = True, **options: Any
+) -> RangeTestResult:
+    """The LR range test of a fresh :class:`DigitsCNN` (initialised from ``seed``) on the digits'
+    training split in shuffled batches, read on the validation split (or, without
+    ``validate``, on the training batches); ``options`` go to :func:`range_test`. The demo
+    and ``clr_ext range-test`` run this same test."""
+    torch.manual_seed(seed)
+    return range_test(
+        DigitsCNN(),
+        TensorLoader(data.x_train, data.y_train, batch_size, drop_last=True, seed=seed),
+        F.cross_entropy,
+        val_loader=TensorLoader(data.x_val, data.y_val, len(data.x_val), shuffle=False) if validate else None,
+        **options,
+    )
 
 
 def _first_reach(iters: Sequence[int], accs: Sequence[float], target: float) -> Optional[int]:
@@ -167,39 +193,32 @@ def run_demo(out_dir: str, config: Optional[DemoConfig] = None, *, progress: boo
     )
 
     # 1. One range test (the paper's: linear sweep, accuracy read on held-out data).
-    torch.manual_seed(cfg.split_seed)
-    rt = range_test(
-        DigitsCNN(),
-        TensorLoader(data.x_train, data.y_train, cfg.batch_size, drop_last=True, seed=cfg.split_seed),
-        F.cross_entropy,
+    range_test_on_digits = functools.partial(
+        digits_range_test,
+        data,
+        cfg.batch_size,
+        cfg.split_seed,
+        num_iters=cfg.range_test_iters,
+        metric="accuracy",
+        progress=progress,
+    )
+    rt = range_test_on_digits(
         start_lr=cfg.range_start_lr,
         end_lr=cfg.range_end_lr,
-        num_iters=cfg.range_test_iters,
         sweep="linear",
-        metric="accuracy",
-        val_loader=TensorLoader(data.x_val, data.y_val, len(data.x_val), shuffle=False),
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
-        progress=progress,
     )
     rt.plot(os.path.join(out_dir, "range_test.png"))
     base_lr, max_lr = rt.base_lr, rt.max_lr
     rt_iters = len(rt.lrs)  # the steps it actually took (it may stop early)
     # AdamW's own range: its LRs are an order of magnitude below SGD's, swept geometrically.
-    torch.manual_seed(cfg.split_seed)
-    rt_adamw = range_test(
-        DigitsCNN(),
-        TensorLoader(data.x_train, data.y_train, cfg.batch_size, drop_last=True, seed=cfg.split_seed),
-        F.cross_entropy,
+    rt_adamw = range_test_on_digits(
         start_lr=cfg.adamw_start_lr,
         end_lr=cfg.adamw_end_lr,
-        num_iters=cfg.range_test_iters,
         sweep="exp",
-        metric="accuracy",
         optimizer="adamw",
         weight_decay=cfg.adamw_weight_decay,
-        val_loader=TensorLoader(data.x_val, data.y_val, len(data.x_val), shuffle=False),
-        progress=progress,
     )
     adamw_base, adamw_max, adamw_rt_iters = rt_adamw.base_lr, rt_adamw.max_lr, len(rt_adamw.lrs)
     step = rt.step_size(iters_per_epoch, cfg.epochs_per_half_cycle)
