@@ -10,6 +10,9 @@ from typing import Any, Callable, Optional, Tuple
 
 from . import schedule as _oracle
 
+#: A user's ``scale_fn`` (CyclicLR's), or None.
+ScaleFn = Optional[Callable[[float], float]]
+
 try:
     import torch as _torch
 except ImportError:  # the oracle (clr_ext.schedule) works without torch; so does this module
@@ -62,7 +65,7 @@ def positive_int(name: str, value: Any) -> int:
 
 
 def cyclic_shape(
-    step_size_up: Any, step_size_down: Any, mode: str, gamma: Any, scale_fn: Optional[Callable], scale_mode: str
+    step_size_up: Any, step_size_down: Any, mode: str, gamma: Any, scale_fn: ScaleFn, scale_mode: str
 ) -> Tuple[float, Optional[float], float]:
     """CyclicLR's shape checked, for the optimizers' schedule and the schedule value alike:
     ``(step_size_up, step_size_down, gamma)`` as floats (``step_size_down`` None if not given)."""
@@ -82,23 +85,20 @@ def cyclic_shape(
     return up, down, gamma
 
 
-def one_cycle_shape(
-    total_steps: Any,
-    epochs: Any,
-    steps_per_epoch: Any,
-    pct_start: Any,
-    anneal_strategy: str,
-    div_factor: Any,
-    final_div_factor: Any,
-) -> Tuple[int, float, float, float]:
-    """OneCycleLR's shape checked, for the optimizers' schedule and the schedule value alike:
-    ``(total_steps, pct_start, div_factor, final_div_factor)``."""
+def one_cycle_total(total_steps: Any, epochs: Any, steps_per_epoch: Any) -> int:
+    """OneCycleLR's length: ``total_steps``, or ``epochs * steps_per_epoch``."""
     if total_steps is not None:
-        total = positive_int("total_steps", total_steps)
-    elif epochs is not None and steps_per_epoch is not None:
-        total = positive_int("epochs", epochs) * positive_int("steps_per_epoch", steps_per_epoch)
-    else:
-        raise ValueError("total_steps: give total_steps, or both epochs and steps_per_epoch")
+        return positive_int("total_steps", total_steps)
+    if epochs is not None and steps_per_epoch is not None:
+        return positive_int("epochs", epochs) * positive_int("steps_per_epoch", steps_per_epoch)
+    raise ValueError("total_steps: give total_steps, or both epochs and steps_per_epoch")
+
+
+def one_cycle_shape(
+    total: int, pct_start: Any, anneal_strategy: str, div_factor: Any, final_div_factor: Any
+) -> Tuple[float, float, float]:
+    """OneCycleLR's shape over ``total`` steps checked, for the optimizers' schedule and the
+    schedule value alike: ``(pct_start, div_factor, final_div_factor)`` as floats."""
     pct_start = as_float("pct_start", pct_start)
     if not 0.0 < pct_start < 1.0:
         raise ValueError(f"pct_start: must be in (0, 1), got {pct_start!r}")
@@ -109,7 +109,7 @@ def one_cycle_shape(
     for name, value in (("div_factor", div_factor), ("final_div_factor", final_div_factor)):
         if as_float(name, value) <= 0:
             raise ValueError(f"{name}: must be positive, got {value!r}")
-    return total, pct_start, as_float("div_factor", div_factor), as_float("final_div_factor", final_div_factor)
+    return pct_start, as_float("div_factor", div_factor), as_float("final_div_factor", final_div_factor)
 
 
 # The tensor validator's messages. ``_C.validate_group`` (csrc/op/check.cpp) raises these words

@@ -31,7 +31,7 @@ import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import schedule as _oracle
-from ._checks import as_float, cyclic_shape, momentum_value, non_negative, one_cycle_shape
+from ._checks import ScaleFn, as_float, cyclic_shape, momentum_value, non_negative, one_cycle_shape, one_cycle_total
 
 NAN = float("nan")
 
@@ -100,7 +100,6 @@ HF_SHAPES = ("linear", "cosine", "1-sqrt")
 _MODE_NAMES = {code: name for name, code in _oracle.MODES.items()}
 _MODE_NAMES[_oracle.CUSTOM_MODE] = "custom"
 
-ScaleFn = Optional[Callable[[float], float]]
 Point = Tuple[float, float]
 
 
@@ -588,8 +587,9 @@ class OneCycle(_Leaf):
         max_momentum: Any = 0.95,
     ) -> None:
         max_lr = _per_group("max_lr", max_lr, non_negative)
-        total, pct_start, div_factor, final_div_factor = one_cycle_shape(
-            total_steps, epochs, steps_per_epoch, pct_start, anneal_strategy, div_factor, final_div_factor
+        total = one_cycle_total(total_steps, epochs, steps_per_epoch)
+        pct_start, div_factor, final_div_factor = one_cycle_shape(
+            total, pct_start, anneal_strategy, div_factor, final_div_factor
         )
         for name, value in (("three_phase", three_phase), ("cycle_momentum", cycle_momentum)):
             if not isinstance(value, bool):

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 from .. import schedule as _oracle
-from .._checks import cyclic_shape, non_negative, one_cycle_shape
+from .._checks import ScaleFn, cyclic_shape, non_negative, one_cycle_shape, one_cycle_total
 
 
 def _capturing() -> bool:
@@ -36,14 +36,9 @@ class CyclicSchedule:
     #: What CyclicLR saves of its shape; saved and restored with the optimizer.
     _SAVED = ("mode", "step_size_up", "step_size_down", "gamma", "scale_mode")
 
+    # No defaults here: the public classes' signatures hold them (construct passes every argument).
     def __init__(
-        self,
-        step_size_up: Any = 2000,
-        step_size_down: Any = None,
-        mode: str = "triangular",
-        gamma: Any = 1.0,
-        scale_fn: Optional[Callable[[float], float]] = None,
-        scale_mode: str = "cycle",
+        self, step_size_up: Any, step_size_down: Any, mode: str, gamma: Any, scale_fn: ScaleFn, scale_mode: str
     ) -> None:
         up, down, gamma = cyclic_shape(step_size_up, step_size_down, mode, gamma, scale_fn, scale_mode)
         down = up if down is None else down
@@ -153,17 +148,18 @@ class OneCycleSchedule:
 
     def __init__(
         self,
-        total_steps: Any = None,
-        epochs: Any = None,
-        steps_per_epoch: Any = None,
-        pct_start: Any = 0.3,
-        anneal_strategy: str = "cos",
-        div_factor: Any = 25.0,
-        final_div_factor: Any = 1e4,
-        three_phase: bool = False,
+        total_steps: Any,
+        epochs: Any,
+        steps_per_epoch: Any,
+        pct_start: Any,
+        anneal_strategy: str,
+        div_factor: Any,
+        final_div_factor: Any,
+        three_phase: bool,
     ) -> None:
-        total, pct_start, div_factor, final_div_factor = one_cycle_shape(
-            total_steps, epochs, steps_per_epoch, pct_start, anneal_strategy, div_factor, final_div_factor
+        total = one_cycle_total(total_steps, epochs, steps_per_epoch)
+        pct_start, div_factor, final_div_factor = one_cycle_shape(
+            total, pct_start, anneal_strategy, div_factor, final_div_factor
         )
         ends = _oracle.one_cycle_phase_ends(total, pct_start, bool(three_phase))
         self.total_steps = total
