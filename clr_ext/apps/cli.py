@@ -107,12 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         "It reports whatever it measures, whichever policy wins.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    d.add_argument(
-        "--out",
-        metavar="DIR",
-        default="clr_ext_demo",
-        help="folder for the plots and results.json (default: ./clr_ext_demo)",
-    )
+    _add_out(d, "clr_ext_demo", "the plots and results.json")
     d.add_argument(
         "--quick",
         action="store_true",
@@ -159,12 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  opt = clr_ext.CyclicSGD.from_range_test(model.parameters(), result, iters_per_epoch)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    r.add_argument(
-        "--out",
-        metavar="DIR",
-        default="clr_ext_range_test",
-        help="folder for range_test.png and range_test.json (default: ./clr_ext_range_test)",
-    )
+    _add_out(r, "clr_ext_range_test", "range_test.png and range_test.json")
     _add_choice(
         r,
         "--sweep",
@@ -208,9 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     c.add_argument("--data-root", required=True, metavar="DIR", help="where the CIFAR-10 python batches are")
-    c.add_argument(
-        "--out", metavar="DIR", default="clr_ext_cifar10", help="folder for the results (default: ./clr_ext_cifar10)"
-    )
+    _add_out(c, "clr_ext_cifar10", "the results")
     c.add_argument(
         "--iters-scale",
         type=positive_float,
@@ -254,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
         "vector features and whether CUDA is available.",
     )
     return p
+
+
+def _add_out(parser: argparse.ArgumentParser, default: str, what: str) -> None:
+    parser.add_argument("--out", metavar="DIR", default=default, help=f"folder for {what} (default: ./{default})")
 
 
 def _add_choice(parser: argparse.ArgumentParser, flag: str, choices: Tuple[str, ...], help: str) -> None:

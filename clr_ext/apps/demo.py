@@ -477,6 +477,17 @@ def _cpu_capability() -> str:
         return "unknown"
 
 
+def _save_plot(fig, ax, ylabel: str, title: str, legend_at: str, path: str) -> None:
+    """Labels, grid and legend as every plot of the demos has them, then the PNG."""
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc=legend_at)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def _plot_schedules(path, runs, names, best_fixed, step) -> None:
     fig = _new_figure((8, 4.8))
     ax = fig.add_subplot(1, 1, 1)
@@ -484,13 +495,7 @@ def _plot_schedules(path, runs, names, best_fixed, step) -> None:
         lrs = runs[name]["seeds"][0]["lrs"]
         label = f"fixed (best of grid, {runs[name]['lr']})" if name == best_fixed else name
         ax.plot(range(len(lrs)), lrs, lw=1.5, label=label, ls="--" if name.startswith("fixed") else "-")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("learning rate")
-    ax.set_title(f"LR policies (stepsize {step} iterations)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save_plot(fig, ax, "learning rate", f"LR policies (stepsize {step} iterations)", "upper right", path)
 
 
 def _plot_accuracy(path, runs, names, best_fixed, target) -> None:
@@ -506,13 +511,9 @@ def _plot_accuracy(path, runs, names, best_fixed, target) -> None:
         ax.plot(its, [100 * m for m in mean], lw=1.5, label=label, ls="--" if name.startswith("fixed") else "-")
     ax.axhline(100 * target, color="0.3", lw=0.8, ls=":", label=f"target {100 * target:.1f}%")
     ax.set_ylim(max(0.0, 100 * min(lowest, target) - 3), 100.5)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("test accuracy (%), mean over seeds")
-    ax.set_title("Digits: test accuracy during training")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save_plot(
+        fig, ax, "test accuracy (%), mean over seeds", "Digits: test accuracy during training", "lower right", path
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -719,13 +720,14 @@ def run_cifar10(data_root: str, out_dir: str, config: Optional[CifarConfig] = No
     ax = fig.add_subplot(1, 1, 1)
     for name, r in results.items():
         ax.plot(r["eval_iters"], [100 * a for a in r["accuracy"]], lw=1.5, label=name)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("CIFAR-10, Caffe 'full' network")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "cifar10_accuracy.png"), dpi=100)
+    _save_plot(
+        fig,
+        ax,
+        "test accuracy (%)",
+        "CIFAR-10, Caffe 'full' network",
+        "lower right",
+        os.path.join(out_dir, "cifar10_accuracy.png"),
+    )
     log(f"wrote cifar10_results.json and cifar10_accuracy.png to {out_dir}")
     return out
 
