@@ -85,6 +85,10 @@ def cyclic_shape(
     return up, down, gamma
 
 
+#: OneCycleLR's shape: what a 1cycle schedule keeps besides its per-group bounds.
+ONE_CYCLE_SHAPE = ("total_steps", "pct_start", "anneal_strategy", "div_factor", "final_div_factor", "three_phase")
+
+
 def one_cycle_total(total_steps: Any, epochs: Any, steps_per_epoch: Any) -> int:
     """OneCycleLR's length: ``total_steps``, or ``epochs * steps_per_epoch``."""
     if total_steps is not None:

@@ -31,7 +31,16 @@ import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import schedule as _oracle
-from ._checks import ScaleFn, as_float, cyclic_shape, momentum_value, non_negative, one_cycle_shape, one_cycle_total
+from ._checks import (
+    ONE_CYCLE_SHAPE,
+    ScaleFn,
+    as_float,
+    cyclic_shape,
+    momentum_value,
+    non_negative,
+    one_cycle_shape,
+    one_cycle_total,
+)
 
 NAN = float("nan")
 
@@ -556,18 +565,7 @@ class OneCycle(_Leaf):
     """``torch.optim.lr_scheduler.OneCycleLR`` (the final values held past ``total_steps``)."""
 
     KIND, RELATIVE = ONE_CYCLE, False
-    _FIELDS = (
-        "max_lr",
-        "total_steps",
-        "pct_start",
-        "anneal_strategy",
-        "div_factor",
-        "final_div_factor",
-        "three_phase",
-        "cycle_momentum",
-        "base_momentum",
-        "max_momentum",
-    )
+    _FIELDS = ("max_lr", *ONE_CYCLE_SHAPE, "cycle_momentum", "base_momentum", "max_momentum")
     _PER_GROUP = ("max_lr", "base_momentum", "max_momentum")
 
     def __init__(

@@ -17,7 +17,7 @@ import warnings
 from typing import Any, Dict, List, Sequence, Tuple
 
 from .. import schedule as _oracle
-from .._checks import ScaleFn, cyclic_shape, non_negative, one_cycle_shape, one_cycle_total
+from .._checks import ONE_CYCLE_SHAPE, ScaleFn, cyclic_shape, non_negative, one_cycle_shape, one_cycle_total
 
 
 def _capturing() -> bool:
@@ -136,15 +136,7 @@ class OneCycleSchedule:
 
     kind = "one_cycle"
     group_keys = ("max_lr", "base_momentum", "max_momentum")
-    _SAVED = (
-        "total_steps",
-        "pct_start",
-        "anneal_strategy",
-        "div_factor",
-        "final_div_factor",
-        "three_phase",
-        "phase_ends",
-    )
+    _SAVED = ONE_CYCLE_SHAPE + ("phase_ends",)
 
     def __init__(
         self,
