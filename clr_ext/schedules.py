@@ -31,7 +31,16 @@ import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import schedule as _oracle
-from ._checks import as_float, momentum_value, non_negative, positive_int
+from ._checks import (
+    ONE_CYCLE_SHAPE,
+    ScaleFn,
+    as_float,
+    cyclic_shape,
+    momentum_value,
+    non_negative,
+    one_cycle_shape,
+    one_cycle_total,
+)
 
 NAN = float("nan")
 
@@ -100,7 +109,6 @@ HF_SHAPES = ("linear", "cosine", "1-sqrt")
 _MODE_NAMES = {code: name for name, code in _oracle.MODES.items()}
 _MODE_NAMES[_oracle.CUSTOM_MODE] = "custom"
 
-ScaleFn = Optional[Callable[[float], float]]
 Point = Tuple[float, float]
 
 
@@ -508,19 +516,9 @@ class Cyclic(_Leaf):
         for g in range(n):
             if _pick(max_lr, g) < _pick(base_lr, g):
                 raise ValueError(f"max_lr: must be >= base_lr ({_pick(base_lr, g)}), got {_pick(max_lr, g)}")
-        if isinstance(step_size_up, bool) or as_float("step_size_up", step_size_up) <= 0:
-            raise ValueError(f"step_size_up: must be positive, got {step_size_up!r}")
-        if step_size_down is not None:
-            step_size_down = non_negative("step_size_down", step_size_down)
-        gamma = as_float("gamma", gamma)
-        if gamma <= 0:
-            raise ValueError(f"gamma: must be positive, got {gamma!r}")
-        if scale_fn is not None and not callable(scale_fn):
-            raise ValueError(f"scale_fn: must be callable, got {scale_fn!r}")
-        if scale_fn is None and mode not in _oracle.MODES:
-            raise ValueError(f"mode: must be one of {', '.join(_oracle.MODES)} (or give a scale_fn), got {mode!r}")
-        if scale_mode not in ("cycle", "iterations"):
-            raise ValueError(f"scale_mode: must be 'cycle' or 'iterations', got {scale_mode!r}")
+        step_size_up, step_size_down, gamma = cyclic_shape(
+            step_size_up, step_size_down, mode, gamma, scale_fn, scale_mode
+        )
         if not isinstance(cycle_momentum, bool):
             raise ValueError(f"cycle_momentum: must be True or False, got {cycle_momentum!r}")
         base_momentum = _per_group("base_momentum", base_momentum, momentum_value)
@@ -531,7 +529,7 @@ class Cyclic(_Leaf):
         self._set(
             base_lr=base_lr,
             max_lr=max_lr,
-            step_size_up=as_float("step_size_up", step_size_up),
+            step_size_up=step_size_up,
             step_size_down=step_size_down,
             mode=mode,
             gamma=gamma,
@@ -567,18 +565,7 @@ class OneCycle(_Leaf):
     """``torch.optim.lr_scheduler.OneCycleLR`` (the final values held past ``total_steps``)."""
 
     KIND, RELATIVE = ONE_CYCLE, False
-    _FIELDS = (
-        "max_lr",
-        "total_steps",
-        "pct_start",
-        "anneal_strategy",
-        "div_factor",
-        "final_div_factor",
-        "three_phase",
-        "cycle_momentum",
-        "base_momentum",
-        "max_momentum",
-    )
+    _FIELDS = ("max_lr", *ONE_CYCLE_SHAPE, "cycle_momentum", "base_momentum", "max_momentum")
     _PER_GROUP = ("max_lr", "base_momentum", "max_momentum")
 
     def __init__(
@@ -598,21 +585,10 @@ class OneCycle(_Leaf):
         max_momentum: Any = 0.95,
     ) -> None:
         max_lr = _per_group("max_lr", max_lr, non_negative)
-        if total_steps is not None:
-            total = positive_int("total_steps", total_steps)
-        elif epochs is not None and steps_per_epoch is not None:
-            total = positive_int("epochs", epochs) * positive_int("steps_per_epoch", steps_per_epoch)
-        else:
-            raise ValueError("total_steps: give total_steps, or both epochs and steps_per_epoch")
-        pct_start = _in_range("pct_start", pct_start, 0.0, 1.0, low_open=True)
-        if pct_start == 1.0 or _oracle.one_cycle_phase_ends(total, pct_start)[0] == 0.0:
-            # OneCycleLR divides 0 by 0 in a phase of no steps
-            raise ValueError(f"pct_start: leaves a phase without steps ({pct_start} of {total} steps)")
-        if anneal_strategy not in _oracle.ONE_CYCLE_MODES:
-            raise ValueError(f"anneal_strategy: must be 'cos' or 'linear', got {anneal_strategy!r}")
-        for name, value in (("div_factor", div_factor), ("final_div_factor", final_div_factor)):
-            if as_float(name, value) <= 0:
-                raise ValueError(f"{name}: must be positive, got {value!r}")
+        total = one_cycle_total(total_steps, epochs, steps_per_epoch)
+        pct_start, div_factor, final_div_factor = one_cycle_shape(
+            total, pct_start, anneal_strategy, div_factor, final_div_factor
+        )
         for name, value in (("three_phase", three_phase), ("cycle_momentum", cycle_momentum)):
             if not isinstance(value, bool):
                 raise ValueError(f"{name}: must be True or False, got {value!r}")
@@ -624,8 +600,8 @@ class OneCycle(_Leaf):
             total_steps=total,
             pct_start=pct_start,
             anneal_strategy=anneal_strategy,
-            div_factor=float(div_factor),
-            final_div_factor=float(final_div_factor),
+            div_factor=div_factor,
+            final_div_factor=final_div_factor,
             three_phase=three_phase,
             cycle_momentum=cycle_momentum,
             base_momentum=base_momentum,

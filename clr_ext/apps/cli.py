@@ -11,7 +11,7 @@ import argparse
 import math
 import os
 import sys
-from typing import Callable, List, NoReturn, Optional, Sequence, TypeVar
+from typing import Callable, List, NoReturn, Optional, Sequence, Tuple, TypeVar
 
 __all__ = ["main", "build_parser", "backend_lines", "build_info"]
 
@@ -107,12 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         "It reports whatever it measures, whichever policy wins.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    d.add_argument(
-        "--out",
-        metavar="DIR",
-        default="clr_ext_demo",
-        help="folder for the plots and results.json (default: ./clr_ext_demo)",
-    )
+    _add_out(d, "clr_ext_demo", "the plots and results.json")
     d.add_argument(
         "--quick",
         action="store_true",
@@ -144,8 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="E",
         help="stepsize (half a cycle) in epochs (default 4; the paper advises 2-10; --quick: 1)",
     )
-    _add_threads(d, 1)
-    d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_run_options(d)
 
     # ---- range-test ----
     r = sub.add_parser(
@@ -160,17 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         "  opt = clr_ext.CyclicSGD.from_range_test(model.parameters(), result, iters_per_epoch)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    r.add_argument(
-        "--out",
-        metavar="DIR",
-        default="clr_ext_range_test",
-        help="folder for range_test.png and range_test.json (default: ./clr_ext_range_test)",
-    )
-    r.add_argument(
+    _add_out(r, "clr_ext_range_test", "range_test.png and range_test.json")
+    _add_choice(
+        r,
         "--sweep",
-        choices=("linear", "exp"),
-        default="linear",
-        help="how the LR rises: linear (the paper's test; default) or exp (geometric, for sweeping several decades)",
+        ("linear", "exp"),
+        "how the LR rises: linear (the paper's test; default) or exp (geometric, for sweeping several decades)",
     )
     r.add_argument("--start-lr", type=positive_float, default=1e-3, metavar="LR", help="first LR (default 0.001)")
     r.add_argument("--end-lr", type=positive_float, default=0.5, metavar="LR", help="last LR (default 0.5)")
@@ -181,11 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="steps in the test (default 300, about 8 epochs)",
     )
-    r.add_argument(
-        "--metric",
-        choices=("accuracy", "loss"),
-        default="accuracy",
-        help="which curve the bounds are read from (default accuracy, as in the paper)",
+    _add_choice(
+        r, "--metric", ("accuracy", "loss"), "which curve the bounds are read from (default accuracy, as in the paper)"
     )
     r.add_argument(
         "--no-val", action="store_true", help="read the training batches instead of the held-out validation split"
@@ -194,8 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--weight-decay", type=non_negative_float, default=5e-4, help="(default 0.0005)")
     r.add_argument("--batch-size", type=positive_int, default=32, help="(default 32)")
     r.add_argument("--seed", type=non_negative_int, default=0, help="initial weights and batch order (default 0)")
-    _add_threads(r, 1)
-    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_run_options(r)
 
     # ---- reproduce-cifar10 ----
     c = sub.add_parser(
@@ -213,9 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     c.add_argument("--data-root", required=True, metavar="DIR", help="where the CIFAR-10 python batches are")
-    c.add_argument(
-        "--out", metavar="DIR", default="clr_ext_cifar10", help="folder for the results (default: ./clr_ext_cifar10)"
-    )
+    _add_out(c, "clr_ext_cifar10", "the results")
     c.add_argument(
         "--iters-scale",
         type=positive_float,
@@ -259,6 +242,21 @@ def build_parser() -> argparse.ArgumentParser:
         "vector features and whether CUDA is available.",
     )
     return p
+
+
+def _add_out(parser: argparse.ArgumentParser, default: str, what: str) -> None:
+    parser.add_argument("--out", metavar="DIR", default=default, help=f"folder for {what} (default: ./{default})")
+
+
+def _add_choice(parser: argparse.ArgumentParser, flag: str, choices: Tuple[str, ...], help: str) -> None:
+    """An option taking one of ``choices``, the first by default."""
+    parser.add_argument(flag, choices=choices, default=choices[0], help=help)
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a command that trains the small digits CNN."""
+    _add_threads(parser, 1)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def _add_threads(parser: argparse.ArgumentParser, default: Optional[int]) -> None:
@@ -317,11 +315,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_range_test(args: argparse.Namespace) -> int:
-    import torch
-    import torch.nn.functional as F
-
-    from ..range_test import range_test
-    from .data import DigitsCNN, TensorLoader, load_digits_split
+    from .data import load_digits_split
+    from .demo import digits_range_test
 
     if not args.end_lr > args.start_lr:
         raise UserError(f"--end-lr ({args.end_lr:g}) must be greater than --start-lr ({args.start_lr:g})")
@@ -330,17 +325,16 @@ def _cmd_range_test(args: argparse.Namespace) -> int:
     out = _prepare_out(args.out)
     _set_threads(args.threads)
     data = load_digits_split(test_size=360, val_size=300, seed=0)
-    torch.manual_seed(args.seed)
-    result = range_test(
-        DigitsCNN(),
-        TensorLoader(data.x_train, data.y_train, args.batch_size, drop_last=True, seed=args.seed),
-        F.cross_entropy,
+    result = digits_range_test(
+        data,
+        args.batch_size,
+        args.seed,
+        validate=not args.no_val,
         start_lr=args.start_lr,
         end_lr=args.end_lr,
         num_iters=args.num_iters,
         sweep=args.sweep,
         metric=args.metric,
-        val_loader=None if args.no_val else TensorLoader(data.x_val, data.y_val, len(data.x_val), shuffle=False),
         momentum=args.momentum,
         weight_decay=args.weight_decay,
         progress=not args.quiet,

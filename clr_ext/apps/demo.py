@@ -8,19 +8,28 @@ of fixed LRs: the tuning that CLR claims to save). It reports what it measures, 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from ..range_test import range_test
-from .data import CaffeCifar10Full, CaffeMeanSubtract, DigitsCNN, TensorLoader, load_cifar10, load_digits_split
+from ..range_test import RangeTestResult, range_test
+from .data import (
+    CaffeCifar10Full,
+    CaffeMeanSubtract,
+    DigitsCNN,
+    DigitsSplit,
+    TensorLoader,
+    load_cifar10,
+    load_digits_split,
+)
 
 __all__ = ["DemoConfig", "run_demo", "CifarConfig", "run_cifar10", "PAPER_TABLE1_CIFAR10"]
 
@@ -49,6 +58,23 @@ def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: i
         correct += (model(xb).argmax(-1) == y[k : k + batch]).sum().item()
     model.train(was_training)
     return correct / max(1, len(x))
+
+
+def digits_range_test(
+    data: DigitsSplit, batch_size: int, seed: int, validate: bool = True, **options: Any
+) -> RangeTestResult:
+    """The LR range test of a fresh :class:`DigitsCNN` (initialised from ``seed``) on the digits'
+    training split in shuffled batches, read on the validation split (or, without
+    ``validate``, on the training batches); ``options`` go to :func:`range_test`. The demo
+    and ``clr_ext range-test`` run this same test."""
+    torch.manual_seed(seed)
+    return range_test(
+        DigitsCNN(),
+        TensorLoader(data.x_train, data.y_train, batch_size, drop_last=True, seed=seed),
+        F.cross_entropy,
+        val_loader=TensorLoader(data.x_val, data.y_val, len(data.x_val), shuffle=False) if validate else None,
+        **options,
+    )
 
 
 def _first_reach(iters: Sequence[int], accs: Sequence[float], target: float) -> Optional[int]:
@@ -167,39 +193,32 @@ def run_demo(out_dir: str, config: Optional[DemoConfig] = None, *, progress: boo
     )
 
     # 1. One range test (the paper's: linear sweep, accuracy read on held-out data).
-    torch.manual_seed(cfg.split_seed)
-    rt = range_test(
-        DigitsCNN(),
-        TensorLoader(data.x_train, data.y_train, cfg.batch_size, drop_last=True, seed=cfg.split_seed),
-        F.cross_entropy,
+    range_test_on_digits = functools.partial(
+        digits_range_test,
+        data,
+        cfg.batch_size,
+        cfg.split_seed,
+        num_iters=cfg.range_test_iters,
+        metric="accuracy",
+        progress=progress,
+    )
+    rt = range_test_on_digits(
         start_lr=cfg.range_start_lr,
         end_lr=cfg.range_end_lr,
-        num_iters=cfg.range_test_iters,
         sweep="linear",
-        metric="accuracy",
-        val_loader=TensorLoader(data.x_val, data.y_val, len(data.x_val), shuffle=False),
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
-        progress=progress,
     )
     rt.plot(os.path.join(out_dir, "range_test.png"))
     base_lr, max_lr = rt.base_lr, rt.max_lr
     rt_iters = len(rt.lrs)  # the steps it actually took (it may stop early)
     # AdamW's own range: its LRs are an order of magnitude below SGD's, swept geometrically.
-    torch.manual_seed(cfg.split_seed)
-    rt_adamw = range_test(
-        DigitsCNN(),
-        TensorLoader(data.x_train, data.y_train, cfg.batch_size, drop_last=True, seed=cfg.split_seed),
-        F.cross_entropy,
+    rt_adamw = range_test_on_digits(
         start_lr=cfg.adamw_start_lr,
         end_lr=cfg.adamw_end_lr,
-        num_iters=cfg.range_test_iters,
         sweep="exp",
-        metric="accuracy",
         optimizer="adamw",
         weight_decay=cfg.adamw_weight_decay,
-        val_loader=TensorLoader(data.x_val, data.y_val, len(data.x_val), shuffle=False),
-        progress=progress,
     )
     adamw_base, adamw_max, adamw_rt_iters = rt_adamw.base_lr, rt_adamw.max_lr, len(rt_adamw.lrs)
     step = rt.step_size(iters_per_epoch, cfg.epochs_per_half_cycle)
@@ -458,6 +477,17 @@ def _cpu_capability() -> str:
         return "unknown"
 
 
+def _save_plot(fig, ax, ylabel: str, title: str, legend_at: str, path: str) -> None:
+    """Labels, grid and legend as every plot of the demos has them, then the PNG."""
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc=legend_at)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def _plot_schedules(path, runs, names, best_fixed, step) -> None:
     fig = _new_figure((8, 4.8))
     ax = fig.add_subplot(1, 1, 1)
@@ -465,13 +495,7 @@ def _plot_schedules(path, runs, names, best_fixed, step) -> None:
         lrs = runs[name]["seeds"][0]["lrs"]
         label = f"fixed (best of grid, {runs[name]['lr']})" if name == best_fixed else name
         ax.plot(range(len(lrs)), lrs, lw=1.5, label=label, ls="--" if name.startswith("fixed") else "-")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("learning rate")
-    ax.set_title(f"LR policies (stepsize {step} iterations)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save_plot(fig, ax, "learning rate", f"LR policies (stepsize {step} iterations)", "upper right", path)
 
 
 def _plot_accuracy(path, runs, names, best_fixed, target) -> None:
@@ -487,13 +511,9 @@ def _plot_accuracy(path, runs, names, best_fixed, target) -> None:
         ax.plot(its, [100 * m for m in mean], lw=1.5, label=label, ls="--" if name.startswith("fixed") else "-")
     ax.axhline(100 * target, color="0.3", lw=0.8, ls=":", label=f"target {100 * target:.1f}%")
     ax.set_ylim(max(0.0, 100 * min(lowest, target) - 3), 100.5)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("test accuracy (%), mean over seeds")
-    ax.set_title("Digits: test accuracy during training")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save_plot(
+        fig, ax, "test accuracy (%), mean over seeds", "Digits: test accuracy during training", "lower right", path
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -700,13 +720,14 @@ def run_cifar10(data_root: str, out_dir: str, config: Optional[CifarConfig] = No
     ax = fig.add_subplot(1, 1, 1)
     for name, r in results.items():
         ax.plot(r["eval_iters"], [100 * a for a in r["accuracy"]], lw=1.5, label=name)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("CIFAR-10, Caffe 'full' network")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "cifar10_accuracy.png"), dpi=100)
+    _save_plot(
+        fig,
+        ax,
+        "test accuracy (%)",
+        "CIFAR-10, Caffe 'full' network",
+        "lower right",
+        os.path.join(out_dir, "cifar10_accuracy.png"),
+    )
     log(f"wrote cifar10_results.json and cifar10_accuracy.png to {out_dir}")
     return out
 

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 from .. import schedule as _oracle
-from .._checks import as_float, non_negative, positive_int
-
-_SCALE_MODES = ("cycle", "iterations")
+from .._checks import ONE_CYCLE_SHAPE, ScaleFn, cyclic_shape, non_negative, one_cycle_shape, one_cycle_total
 
 
 def _capturing() -> bool:
@@ -38,30 +36,12 @@ class CyclicSchedule:
     #: What CyclicLR saves of its shape; saved and restored with the optimizer.
     _SAVED = ("mode", "step_size_up", "step_size_down", "gamma", "scale_mode")
 
+    # No defaults here: the public classes' signatures hold them (construct passes every argument).
     def __init__(
-        self,
-        step_size_up: Any = 2000,
-        step_size_down: Any = None,
-        mode: str = "triangular",
-        gamma: Any = 1.0,
-        scale_fn: Optional[Callable[[float], float]] = None,
-        scale_mode: str = "cycle",
+        self, step_size_up: Any, step_size_down: Any, mode: str, gamma: Any, scale_fn: ScaleFn, scale_mode: str
     ) -> None:
-        if isinstance(step_size_up, bool):
-            raise ValueError(f"step_size_up: must be a positive number, got {step_size_up!r}")
-        up = as_float("step_size_up", step_size_up)
-        if up <= 0:
-            raise ValueError(f"step_size_up: must be positive, got {step_size_up!r}")
-        down = up if step_size_down is None else non_negative("step_size_down", step_size_down)
-        gamma = as_float("gamma", gamma)
-        if gamma <= 0:
-            raise ValueError(f"gamma: must be positive, got {gamma!r}")
-        if scale_fn is not None and not callable(scale_fn):
-            raise ValueError(f"scale_fn: must be callable, got {scale_fn!r}")
-        if scale_fn is None and mode not in _oracle.MODES:
-            raise ValueError(f"mode: must be one of {', '.join(_oracle.MODES)} (or give a scale_fn), got {mode!r}")
-        if scale_mode not in _SCALE_MODES:
-            raise ValueError(f"scale_mode: must be 'cycle' or 'iterations', got {scale_mode!r}")
+        up, down, gamma = cyclic_shape(step_size_up, step_size_down, mode, gamma, scale_fn, scale_mode)
+        down = up if down is None else down
         self.mode = mode
         self.step_size_up = up
         self.step_size_down = down
@@ -156,52 +136,29 @@ class OneCycleSchedule:
 
     kind = "one_cycle"
     group_keys = ("max_lr", "base_momentum", "max_momentum")
-    _SAVED = (
-        "total_steps",
-        "pct_start",
-        "anneal_strategy",
-        "div_factor",
-        "final_div_factor",
-        "three_phase",
-        "phase_ends",
-    )
+    _SAVED = ONE_CYCLE_SHAPE + ("phase_ends",)
 
     def __init__(
         self,
-        total_steps: Any = None,
-        epochs: Any = None,
-        steps_per_epoch: Any = None,
-        pct_start: Any = 0.3,
-        anneal_strategy: str = "cos",
-        div_factor: Any = 25.0,
-        final_div_factor: Any = 1e4,
-        three_phase: bool = False,
+        total_steps: Any,
+        epochs: Any,
+        steps_per_epoch: Any,
+        pct_start: Any,
+        anneal_strategy: str,
+        div_factor: Any,
+        final_div_factor: Any,
+        three_phase: bool,
     ) -> None:
-        if total_steps is not None:
-            total = positive_int("total_steps", total_steps)
-        elif epochs is not None and steps_per_epoch is not None:
-            total = positive_int("epochs", epochs) * positive_int("steps_per_epoch", steps_per_epoch)
-        else:
-            raise ValueError("total_steps: give total_steps, or both epochs and steps_per_epoch")
-        pct_start = as_float("pct_start", pct_start)
-        if not 0.0 < pct_start < 1.0:
-            raise ValueError(f"pct_start: must be in (0, 1), got {pct_start!r}")
-        if anneal_strategy not in _oracle.ONE_CYCLE_MODES:
-            raise ValueError(f"anneal_strategy: must be 'cos' or 'linear', got {anneal_strategy!r}")
-        for name, value in (("div_factor", div_factor), ("final_div_factor", final_div_factor)):
-            if as_float(name, value) <= 0:
-                raise ValueError(f"{name}: must be positive, got {value!r}")
+        total = one_cycle_total(total_steps, epochs, steps_per_epoch)
+        pct_start, div_factor, final_div_factor = one_cycle_shape(
+            total, pct_start, anneal_strategy, div_factor, final_div_factor
+        )
         ends = _oracle.one_cycle_phase_ends(total, pct_start, bool(three_phase))
-        if ends[0] == 0.0:  # OneCycleLR divides 0 by 0 at step 0
-            raise ValueError(
-                f"pct_start: pct_start * total_steps must not be 1 (the first phase would have no "
-                f"steps), got {pct_start} * {total}"
-            )
         self.total_steps = total
         self.pct_start = pct_start
         self.anneal_strategy = anneal_strategy
-        self.div_factor = float(div_factor)
-        self.final_div_factor = float(final_div_factor)
+        self.div_factor = div_factor
+        self.final_div_factor = final_div_factor
         self.three_phase = bool(three_phase)
         self.phase_ends = ends
         self._warned_end = False
