@@ -15,6 +15,7 @@ from test_range_test import (
     classification_batches,
     full_state,
     prepared_model_and_optimizer,
+    range_test_recording_group_lrs,
     small_bn_model,
 )
 from torch import nn
@@ -125,36 +126,29 @@ def test_amp_bfloat16_on_the_cpu_runs_and_restores_bit_exactly():
     dtypes = set()
     hook = model[0].register_forward_hook(lambda m, i, o: dtypes.add(o.dtype))
     val = ListLoader(classification_batches(seed=4, n_batches=2, bs=12))
-    result = range_test(
-        model,
-        ListLoader(classification_batches()),
-        nn.functional.cross_entropy,
-        start_lr=1e-3,
-        end_lr=1.0,
-        num_iters=15,
-        optimizer=opt,
-        amp=torch.bfloat16,
-        val_loader=val,
-        metric="accuracy",
-        progress=False,
-    )
+
+    def sweep(**amp):
+        return range_test(
+            model,
+            ListLoader(classification_batches()),
+            nn.functional.cross_entropy,
+            start_lr=1e-3,
+            end_lr=1.0,
+            num_iters=15,
+            optimizer=opt,
+            val_loader=val,
+            metric="accuracy",
+            progress=False,
+            **amp,
+        )
+
+    result = sweep(amp=torch.bfloat16)
     hook.remove()
     assert dtypes == {torch.bfloat16}  # training and validation forwards ran under autocast
     assert len(result.lrs) >= 10 and all(math.isfinite(v) for v in result.losses[:10])
     assert_same_state(before, full_state(model, opt))
     # Not the fp32 curve: autocast really changed the arithmetic.
-    ref = range_test(
-        model,
-        ListLoader(classification_batches()),
-        nn.functional.cross_entropy,
-        start_lr=1e-3,
-        end_lr=1.0,
-        num_iters=15,
-        optimizer=opt,
-        val_loader=val,
-        metric="accuracy",
-        progress=False,
-    )
+    ref = sweep()
     assert ref.losses[:3] != result.losses[:3]
     assert result.losses[:3] == pytest.approx(ref.losses[:3], rel=0.05)
 
@@ -332,28 +326,16 @@ def test_adamw_sweeps_as_torch_adamw_with_the_planned_lrs():
 
 def test_given_adamw_with_discriminative_lrs_keeps_the_ratios():
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
-    seen = []
-
-    class Recording(torch.optim.AdamW):
-        def step(self, closure=None):
-            seen.append([g["lr"] for g in self.param_groups])
-            return super().step(closure)
-
-    opt = Recording([{"params": model[0].parameters(), "lr": 1e-4}, {"params": model[2].parameters()}], lr=1e-3)
-    result = range_test(
+    result, opt, second_group_lrs = range_test_recording_group_lrs(
         model,
         ListLoader([(torch.randn(8, 4), torch.randn(8, 1))] * 3),
-        nn.MSELoss(),
+        torch.optim.AdamW([{"params": model[0].parameters(), "lr": 1e-4}, {"params": model[2].parameters()}], lr=1e-3),
         start_lr=1e-5,
         end_lr=1e-1,
         num_iters=8,
         sweep="exp",
-        optimizer=opt,
-        diverge_factor=math.inf,
-        progress=False,
     )
-    assert [s[0] for s in seen] == result.lrs
-    assert [s[1] for s in seen] == pytest.approx([10 * lr for lr in result.lrs], rel=1e-12)
+    assert second_group_lrs == pytest.approx([10 * lr for lr in result.lrs], rel=1e-12)
     assert [g["lr"] for g in opt.param_groups] == [1e-4, 1e-3]
 
 
