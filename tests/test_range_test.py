@@ -100,6 +100,19 @@ def classification_batches(seed=0, n_batches=4, bs=16):
     return [(torch.randn(bs, 6, generator=g), torch.randint(0, 3, (bs,), generator=g)) for _ in range(n_batches)]
 
 
+def classification_range_test(model, **kwargs):
+    """range_test of ``model`` on classification_batches() with cross-entropy, from lr 1e-3,
+    without a progress bar."""
+    return range_test(
+        model,
+        ListLoader(classification_batches()),
+        nn.functional.cross_entropy,
+        start_lr=1e-3,
+        progress=False,
+        **kwargs,
+    )
+
+
 def full_state(model, optimizer=None):
     """Everything restore promises to keep, deep-copied."""
     state = {
@@ -265,29 +278,21 @@ def test_cyclic_sgd_is_refused():
 def test_restore_is_exact_after_a_normal_run():
     model, opt = prepared_model_and_optimizer()
     before = full_state(model, opt)
-    result = range_test(
+    result = classification_range_test(
         model,
-        ListLoader(classification_batches()),
-        nn.functional.cross_entropy,
-        start_lr=1e-3,
         end_lr=1.0,
         num_iters=12,
         optimizer=opt,
-        progress=False,
     )
     assert len(result.lrs) >= 2
     assert_same_state(before, full_state(model, opt))
     # The same run without restore does change the model: the check above is not vacuous.
-    range_test(
+    classification_range_test(
         model,
-        ListLoader(classification_batches()),
-        nn.functional.cross_entropy,
-        start_lr=1e-3,
         end_lr=1.0,
         num_iters=12,
         optimizer=opt,
         restore=False,
-        progress=False,
     )
     after = full_state(model, opt)
     assert not torch.equal(before["buffers"]["1.running_mean"], after["buffers"]["1.running_mean"])
@@ -298,14 +303,10 @@ def test_restore_with_the_default_optimizer_and_eval_model():
     model = small_bn_model()
     model.eval()  # range_test trains in train mode, then puts eval mode back
     before = full_state(model)
-    range_test(
+    classification_range_test(
         model,
-        ListLoader(classification_batches()),
-        nn.functional.cross_entropy,
-        start_lr=1e-3,
         end_lr=0.5,
         num_iters=10,
-        progress=False,
     )
     assert_same_state(before, full_state(model))
 
@@ -463,17 +464,13 @@ def test_callable_metric_and_val_loader_every_step():
         seen["training"].add(model.training)
         return -float((out.softmax(-1).argmax(-1) - target).abs().float().mean())
 
-    result = range_test(
+    result = classification_range_test(
         model,
-        ListLoader(classification_batches()),
-        nn.functional.cross_entropy,
-        start_lr=1e-3,
         end_lr=0.1,
         num_iters=7,
         metric=neg_mae,
         val_loader=val,
         diverge_factor=math.inf,
-        progress=False,
     )
     assert result.metric == "neg_mae" and result.measured_on == "val"
     assert seen["calls"] == 7 * 3  # the whole val loader, after every step (stride 1)

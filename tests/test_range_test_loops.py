@@ -13,6 +13,7 @@ from test_range_test import (
     ListLoader,
     assert_same_state,
     classification_batches,
+    classification_range_test,
     full_state,
     prepared_model_and_optimizer,
     range_test_recording_group_lrs,
@@ -128,18 +129,8 @@ def test_amp_bfloat16_on_the_cpu_runs_and_restores_bit_exactly():
     val = ListLoader(classification_batches(seed=4, n_batches=2, bs=12))
 
     def sweep(**amp):
-        return range_test(
-            model,
-            ListLoader(classification_batches()),
-            nn.functional.cross_entropy,
-            start_lr=1e-3,
-            end_lr=1.0,
-            num_iters=15,
-            optimizer=opt,
-            val_loader=val,
-            metric="accuracy",
-            progress=False,
-            **amp,
+        return classification_range_test(
+            model, end_lr=1.0, num_iters=15, optimizer=opt, val_loader=val, metric="accuracy", **amp
         )
 
     result = sweep(amp=torch.bfloat16)
@@ -164,17 +155,13 @@ def test_amp_float16_uses_a_grad_scaler(monkeypatch):
     monkeypatch.setattr(torch.amp.GradScaler, "scale", spy)
     model = small_bn_model()
     before = full_state(model)
-    result = range_test(
+    result = classification_range_test(
         model,
-        ListLoader(classification_batches()),
-        nn.functional.cross_entropy,
-        start_lr=1e-3,
         end_lr=0.3,
         num_iters=6,
         amp=torch.float16,
         accumulation_steps=2,
         diverge_factor=math.inf,
-        progress=False,
     )
     assert len(scaled) == 6 * 2  # every batch's (divided) loss went through the scaler
     # Each batch's loss divided by 2 was scaled; the recorded loss is the mean of the two.
@@ -272,16 +259,12 @@ def test_snapshot_cpu_matches_device_snapshot():
     for snap in ("device", "cpu"):
         model, opt = prepared_model_and_optimizer()
         before = full_state(model, opt)
-        results[snap] = range_test(
+        results[snap] = classification_range_test(
             model,
-            ListLoader(classification_batches()),
-            nn.functional.cross_entropy,
-            start_lr=1e-3,
             end_lr=1.0,
             num_iters=10,
             optimizer=opt,
             snapshot=snap,
-            progress=False,
         )
         assert_same_state(before, full_state(model, opt))
     assert results["cpu"].losses == results["device"].losses
@@ -351,18 +334,14 @@ def test_val_batches_bounds_the_measurement():
                 yield b
 
     model = small_bn_model()
-    result = range_test(
+    result = classification_range_test(
         model,
-        ListLoader(classification_batches()),
-        nn.functional.cross_entropy,
-        start_lr=1e-3,
         end_lr=0.1,
         num_iters=6,
         val_loader=CountingVal(),
         val_batches=2,
         metric="accuracy",
         diverge_factor=math.inf,
-        progress=False,
     )
     assert batches_read == [0, 1] * 6
     # The first measurement by hand: after one SGD step, the first 2 batches (16 samples).
