@@ -405,50 +405,37 @@ def test_found_inf_writes_nothing():
         bs = [torch.randn(p.shape, generator=gen).to(dtype).to(DEVICE) for p in ps]
         before = [t.clone() for t in ps + gs + bs]
         counter = torch.tensor(4, device=DEVICE)
+
+        def scaled_step(first, found_inf):
+            """One step of the op with grads scaled by 256 and the given found_inf."""
+            op()(
+                ps,
+                gs,
+                bs,
+                [],
+                counter,
+                [0.01, 0.1, 0.8, 0.9],
+                [5.0, 5.0, 1.0, 1.0],
+                0,
+                0.9,
+                0.0,
+                0.01,
+                False,
+                False,
+                True,
+                first,
+                torch.tensor(256.0, device=DEVICE),
+                found_inf,
+            )
+
         for inf_dtype in (torch.float32, torch.float64, torch.float16):
             for first in (False, True):
-                op()(
-                    ps,
-                    gs,
-                    bs,
-                    [],
-                    counter,
-                    [0.01, 0.1, 0.8, 0.9],
-                    [5.0, 5.0, 1.0, 1.0],
-                    0,
-                    0.9,
-                    0.0,
-                    0.01,
-                    False,
-                    False,
-                    True,
-                    first,
-                    torch.tensor(256.0, device=DEVICE),
-                    torch.ones((), dtype=inf_dtype, device=DEVICE),
-                )
+                scaled_step(first, torch.ones((), dtype=inf_dtype, device=DEVICE))
         for a, b in zip(ps + gs + bs, before):
             assert torch.equal(a, b)
         assert int(counter) == 4
         # found_inf == 0: the step applies and the grads come back unscaled
-        op()(
-            ps,
-            gs,
-            bs,
-            [],
-            counter,
-            [0.01, 0.1, 0.8, 0.9],
-            [5.0, 5.0, 1.0, 1.0],
-            0,
-            0.9,
-            0.0,
-            0.01,
-            False,
-            False,
-            True,
-            False,
-            torch.tensor(256.0, device=DEVICE),
-            torch.zeros((), device=DEVICE),
-        )
+        scaled_step(False, torch.zeros((), device=DEVICE))
         assert not torch.equal(ps[1], before[1])
         compute = torch.float64 if dtype == torch.float64 else torch.float32
         assert torch.equal(gs[1], (before[4].to(compute) / 256.0).to(dtype))
