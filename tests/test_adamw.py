@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch._dynamo.testing
 from conftest import HALF_DTYPES, assert_close_rel, compiled_step_against_eager
-from test_parity import Problem
+from test_parity import Problem, assert_every_param_moved, step_both
 
 import clr_ext
 
@@ -141,12 +141,8 @@ def run_adamw(
 
     check_reported("after construction")
     for k in range(steps):
-        noise = problem.noise()
         ref.last = kind == "one_cycle" and k == steps - 1  # OneCycleLR raises past its end
-        ref.step(problem.grads(ref.params, noise, k, maximize))
-        for p, g in zip(params, problem.grads(params, noise, k, maximize)):
-            p.grad = g
-        opt.step()
+        step_both(problem, ref, opt, params, k, maximize)
         if not ref.last:
             check_reported("after step %d" % k)
     assert_close_rel(params, ref.params)
@@ -157,8 +153,7 @@ def run_adamw(
         assert_close_rel(mine, theirs, what=key, half_factor=2.0)
     for i, p in enumerate(params):  # each param's own step count (params miss steps)
         assert float(opt.state[p]["step"]) == float(ref.state(i, "step")), i
-    for p, p0 in zip(params, [t for g in problem.groups for t in g]):
-        assert not torch.equal(p.detach(), p0)
+    assert_every_param_moved(params, problem)
     return opt, params, ref
 
 

@@ -381,11 +381,7 @@ def test_per_group_sgd_values(backend):
     ref = ReferencePair([dict(params=g, **e) for g, e in zip(problem.groups, extra)], sgd_kwargs, sched_kwargs)
     opt, params = make_cyclic(problem, backend, "lists", sgd_kwargs, sched_kwargs, group_extra=extra)
     for k in range(100):
-        noise = problem.noise()
-        ref.step(problem.grads(ref.params, noise, k, False))
-        for p, g in zip(params, problem.grads(params, noise, k, False)):
-            p.grad = g
-        opt.step()
+        step_both(problem, ref, opt, params, k, False)
         check_reported(opt, ref, False, "step %d" % k)
     check_state(opt, params, ref)
 
@@ -429,11 +425,7 @@ def test_custom_scale_fn(backend, scale_fn, scale_mode, dtype):
     opt, params = make_cyclic(problem, backend, "lists", sgd_kwargs, sched_kwargs)
     check_reported(opt, ref, True, "construction")
     for k in range(200):
-        noise = problem.noise()
-        ref.step(problem.grads(ref.params, noise, k, False))
-        for p, g in zip(params, problem.grads(params, noise, k, False)):
-            p.grad = g
-        opt.step()
+        step_both(problem, ref, opt, params, k, False)
         check_reported(opt, ref, True, "step %d" % k)
     check_state(opt, params, ref)
 
@@ -642,11 +634,7 @@ def test_mixed_dtypes_in_one_group(backend):
     ref = ReferencePair([{"params": g} for g in problem.groups], sgd_kwargs, sched_kwargs)
     opt, params = make_cyclic(problem, backend, "lists", sgd_kwargs, sched_kwargs)
     for k in range(120):
-        noise = problem.noise()
-        ref.step(problem.grads(ref.params, noise, k, False))
-        for p, g in zip(params, problem.grads(params, noise, k, False)):
-            p.grad = g
-        opt.step()
+        step_both(problem, ref, opt, params, k, False)
         check_reported(opt, ref, True, "step %d" % k)
     assert [p.dtype for p in params] == list(ALL_DTYPES) * 2
     check_state(opt, params, ref)
