@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import pytest
 import torch
+import torch._dynamo.testing
 
 import clr_ext
 
@@ -276,3 +277,35 @@ def same_float(a: float, b: float) -> bool:
 def _deterministic_seed():
     torch.manual_seed(1234)
     yield
+
+
+def compiled_step_against_eager(make, group_key):
+    """Two optimizers ``make(params, steps)`` on equal params, one stepped eagerly and one
+    through torch.compile(fullgraph=True) on the aot_eager backend, on the same gradients
+    for three times dynamo's recompile limit: the lr and the group's ``group_key`` equal
+    after every step, params bit-equal at the end. Returns the compile counter (how many
+    frames were traced)."""
+    torch._dynamo.reset()
+    try:
+        steps = 3 * torch._dynamo.config.recompile_limit
+        init = [torch.randn(31), torch.randn(4, 5)]
+        eager_p = [torch.nn.Parameter(t.clone()) for t in init]
+        comp_p = [torch.nn.Parameter(t.clone()) for t in init]
+        eager = make(eager_p, steps)
+        compiled_opt = make(comp_p, steps)
+        counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+        compiled = torch.compile(lambda: compiled_opt.step(), fullgraph=True, backend=counter)
+        gen = torch.Generator().manual_seed(2)
+        for s in range(steps):
+            for a, b in zip(eager_p, comp_p):
+                g = torch.randn(a.shape, generator=gen)
+                a.grad, b.grad = g.clone(), g.clone()
+            eager.step()
+            compiled()
+            assert compiled_opt.get_last_lr() == eager.get_last_lr(), s
+            assert compiled_opt.param_groups[0][group_key] == eager.param_groups[0][group_key], s
+        for a, b in zip(eager_p, comp_p):
+            assert torch.equal(a, b)
+        return counter
+    finally:
+        torch._dynamo.reset()

@@ -13,8 +13,8 @@ import warnings
 import pytest
 import torch
 import torch._dynamo.testing
-from conftest import HALF_DTYPES, assert_close_rel
-from test_parity import Problem
+from conftest import HALF_DTYPES, assert_close_rel, compiled_step_against_eager
+from test_parity import Problem, assert_every_param_moved, step_both
 
 import clr_ext
 
@@ -141,12 +141,8 @@ def run_adamw(
 
     check_reported("after construction")
     for k in range(steps):
-        noise = problem.noise()
         ref.last = kind == "one_cycle" and k == steps - 1  # OneCycleLR raises past its end
-        ref.step(problem.grads(ref.params, noise, k, maximize))
-        for p, g in zip(params, problem.grads(params, noise, k, maximize)):
-            p.grad = g
-        opt.step()
+        step_both(problem, ref, opt, params, k, maximize)
         if not ref.last:
             check_reported("after step %d" % k)
     assert_close_rel(params, ref.params)
@@ -157,8 +153,7 @@ def run_adamw(
         assert_close_rel(mine, theirs, what=key, half_factor=2.0)
     for i, p in enumerate(params):  # each param's own step count (params miss steps)
         assert float(opt.state[p]["step"]) == float(ref.state(i, "step")), i
-    for p, p0 in zip(params, [t for g in problem.groups for t in g]):
-        assert not torch.equal(p.detach(), p0)
+    assert_every_param_moved(params, problem)
     return opt, params, ref
 
 
@@ -386,31 +381,13 @@ def test_from_range_test_for_both_classes():
 
 @pytest.mark.parametrize("fused", [None, True])
 def test_compiled_step_is_traced_twice_and_matches_eager(backend, fused):
-    torch._dynamo.reset()
-    steps = 3 * torch._dynamo.config.recompile_limit
-    init = [torch.randn(31), torch.randn(4, 5)]
-    eager_p = [torch.nn.Parameter(t.clone()) for t in init]
-    comp_p = [torch.nn.Parameter(t.clone()) for t in init]
     kwargs = dict(step_size_up=3, amsgrad=True, fused=fused, backend=backend)
-    eager = clr_ext.CyclicAdamW(eager_p, 1e-3, 1e-2, **kwargs)
-    compiled_opt = clr_ext.CyclicAdamW(comp_p, 1e-3, 1e-2, **kwargs)
-    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
-    compiled = torch.compile(lambda: compiled_opt.step(), fullgraph=True, backend=counter)
-    gen = torch.Generator().manual_seed(2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        for s in range(steps):
-            for a, b in zip(eager_p, comp_p):
-                g = torch.randn(a.shape, generator=gen)
-                a.grad, b.grad = g.clone(), g.clone()
-            eager.step()
-            compiled()
-            assert compiled_opt.get_last_lr() == eager.get_last_lr(), s
-            assert compiled_opt.param_groups[0]["betas"] == eager.param_groups[0]["betas"], s
-    for a, b in zip(eager_p, comp_p):
-        assert torch.equal(a, b)
+        counter = compiled_step_against_eager(
+            lambda params, steps: clr_ext.CyclicAdamW(params, 1e-3, 1e-2, **kwargs), "betas"
+        )
     assert counter.frame_count <= 2
-    torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("kind", ["cyclic", "one_cycle"])

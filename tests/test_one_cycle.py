@@ -14,8 +14,8 @@ import warnings
 import pytest
 import torch
 import torch._dynamo.testing
-from conftest import ALL_DTYPES, ReferencePair, assert_close_rel, same_float
-from test_parity import Problem, check_reported, check_state
+from conftest import ALL_DTYPES, ReferencePair, assert_close_rel, compiled_step_against_eager, same_float
+from test_parity import Problem, assert_every_param_moved, check_reported, check_state, step_both
 
 import clr_ext
 from clr_ext import backends as _backends
@@ -161,20 +161,13 @@ def run_one_cycle(
     check_reported(opt, ref, cycle_momentum, "after construction")
     steps = total_steps if steps is None else steps
     for k in range(steps):
-        noise = problem.noise()
-        grads = problem.grads(ref.params, noise, k, maximize)
         if k == steps - 1:  # OneCycleLR raises on a step past total_steps: step the SGD alone
             ref.sched.step = lambda: None
-        ref.step(grads)
-        for p, g in zip(params, problem.grads(params, noise, k, maximize)):
-            p.grad = g
-        opt.step()
-        assert opt.iteration == k + 1
+        step_both(problem, ref, opt, params, k, maximize)
         if k < steps - 1:
             check_reported(opt, ref, cycle_momentum, "after step %d" % k)
     check_state(opt, params, ref)
-    for p, p0 in zip(params, [t for g in problem.groups for t in g]):
-        assert not torch.equal(p.detach(), p0), "a parameter never changed"
+    assert_every_param_moved(params, problem)
     return opt, params, ref
 
 
@@ -510,29 +503,11 @@ def test_grad_scaler_skip_changes_nothing_but_the_schedule(backend):
 
 
 def test_compiled_step_is_traced_twice_and_matches_eager(backend):
-    torch._dynamo.reset()
-    steps = 3 * torch._dynamo.config.recompile_limit
-    init = [torch.randn(31), torch.randn(4, 5)]
-    eager_p = [torch.nn.Parameter(t.clone()) for t in init]
-    comp_p = [torch.nn.Parameter(t.clone()) for t in init]
     kw = dict(momentum=0.9, weight_decay=1e-3, anneal_strategy="linear", backend=backend)
-    eager = clr_ext.OneCycleSGD(eager_p, 0.2, steps, **kw)
-    compiled_opt = clr_ext.OneCycleSGD(comp_p, 0.2, steps, **kw)
-    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
-    compiled = torch.compile(lambda: compiled_opt.step(), fullgraph=True, backend=counter)
-    gen = torch.Generator().manual_seed(2)
-    for s in range(steps):
-        for a, b in zip(eager_p, comp_p):
-            g = torch.randn(a.shape, generator=gen)
-            a.grad, b.grad = g.clone(), g.clone()
-        eager.step()
-        compiled()
-        assert compiled_opt.get_last_lr() == eager.get_last_lr(), s
-        assert compiled_opt.param_groups[0]["momentum"] == eager.param_groups[0]["momentum"], s
-    for a, b in zip(eager_p, comp_p):
-        assert torch.equal(a, b)
+    counter = compiled_step_against_eager(
+        lambda params, steps: clr_ext.OneCycleSGD(params, 0.2, steps, **kw), "momentum"
+    )
     assert counter.frame_count == 2
-    torch._dynamo.reset()
 
 
 def test_complex_params_step_as_torch_sgd_does(backend):

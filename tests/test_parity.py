@@ -188,20 +188,29 @@ def run_parity(
     opt, params = make_cyclic(problem, backend, bounds_as, sgd_kwargs, sched_kwargs)
     check_reported(opt, ref, cycle_momentum, "after construction")
     for k in range(steps):
-        noise = problem.noise()
-        ref.step(problem.grads(ref.params, noise, k, maximize))
-        for p, g in zip(params, problem.grads(params, noise, k, maximize)):
-            p.grad = g
-        opt.step()
-        assert opt.iteration == k + 1
+        step_both(problem, ref, opt, params, k, maximize)
         check_reported(opt, ref, cycle_momentum, "after step %d" % k)
         if check_every and (k + 1) % check_every == 0:
             check_state(opt, params, ref)
     check_state(opt, params, ref)
-    # The run really moved every parameter (the comparison is not vacuous).
+    assert_every_param_moved(params, problem)
+    return opt, params, ref
+
+
+def step_both(problem, ref, opt, params, k, maximize):
+    """Step k of the reference and of ``opt`` on the same (noisy) gradients of ``problem``."""
+    noise = problem.noise()
+    ref.step(problem.grads(ref.params, noise, k, maximize))
+    for p, g in zip(params, problem.grads(params, noise, k, maximize)):
+        p.grad = g
+    opt.step()
+    assert opt.iteration == k + 1
+
+
+def assert_every_param_moved(params, problem):
+    """The run really moved every parameter (the comparison is not vacuous)."""
     for p, p0 in zip(params, [t for g in problem.groups for t in g]):
         assert not torch.equal(p.detach(), p0), "a parameter never changed"
-    return opt, params, ref
 
 
 def _product():
@@ -223,38 +232,33 @@ def _product():
                     DTYPE_IDS[dtype],
                     bounds_as,
                 )
-                cases.append(
-                    pytest.param(mode, momentum, nesterov, dampening, wd, maximize, cycle, dtype, bounds_as, id=cid)
+                case = dict(
+                    mode=mode,
+                    momentum=momentum,
+                    nesterov=nesterov,
+                    dampening=dampening,
+                    weight_decay=wd,
+                    maximize=maximize,
+                    cycle_momentum=cycle,
+                    dtype=dtype,
+                    bounds_as=bounds_as,
                 )
+                cases.append(pytest.param(case, id=cid))
     return cases
 
 
 PRODUCT = _product()
 
 
-@pytest.mark.parametrize(
-    "mode,momentum,nesterov,dampening,weight_decay,maximize,cycle_momentum,dtype,bounds_as", PRODUCT
-)
-def test_parity_product(
-    backend, mode, momentum, nesterov, dampening, weight_decay, maximize, cycle_momentum, dtype, bounds_as
-):
-    # 3 full asymmetric cycles (7 up, 13 down); exp_range decays visibly (0.97**60 = 0.16).
-    run_parity(
-        backend,
-        dtype,
-        mode,
-        momentum,
-        nesterov,
-        dampening,
-        weight_decay,
-        maximize,
-        cycle_momentum,
-        steps=60,
-        step_size_up=7,
-        step_size_down=13,
-        gamma=0.97,
-        bounds_as=bounds_as,
-    )
+#: 3 full asymmetric cycles (7 up, 13 down); exp_range decays visibly (0.97**60 = 0.16).
+SHORT_RUN = dict(steps=60, step_size_up=7, step_size_down=13, gamma=0.97)
+#: 1,000 steps = 4 cycles of 100 up + 150 down; exp_range: 0.999**1000 = 0.37.
+LONG_RUN = dict(steps=1000, step_size_up=100, step_size_down=150, gamma=0.999)
+
+
+@pytest.mark.parametrize("case", PRODUCT)
+def test_parity_product(backend, case):
+    run_parity(backend, **case, **SHORT_RUN)
 
 
 #: The representative subset run for >= 1,000 steps, in every mode and dtype.
@@ -272,7 +276,6 @@ LONG_CONFIGS = {
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: DTYPE_IDS[d])
 def test_parity_long(backend, dtype, mode, config):
     momentum, nesterov, dampening, wd, maximize, cycle, bounds_as = LONG_CONFIGS[config]
-    # 1,000 steps = 4 cycles of 100 up + 150 down; exp_range: 0.999**1000 = 0.37.
     run_parity(
         backend,
         dtype,
@@ -283,38 +286,16 @@ def test_parity_long(backend, dtype, mode, config):
         wd,
         maximize,
         cycle,
-        steps=1000,
-        step_size_up=100,
-        step_size_down=150,
-        gamma=0.999,
         bounds_as=bounds_as,
         check_every=250,
+        **LONG_RUN,
     )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "mode,momentum,nesterov,dampening,weight_decay,maximize,cycle_momentum,dtype,bounds_as", PRODUCT
-)
-def test_parity_product_long(
-    backend, mode, momentum, nesterov, dampening, weight_decay, maximize, cycle_momentum, dtype, bounds_as
-):
-    run_parity(
-        backend,
-        dtype,
-        mode,
-        momentum,
-        nesterov,
-        dampening,
-        weight_decay,
-        maximize,
-        cycle_momentum,
-        steps=1000,
-        step_size_up=100,
-        step_size_down=150,
-        gamma=0.999,
-        bounds_as=bounds_as,
-    )
+@pytest.mark.parametrize("case", PRODUCT)
+def test_parity_product_long(backend, case):
+    run_parity(backend, **case, **LONG_RUN)
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: DTYPE_IDS[d])
@@ -400,11 +381,7 @@ def test_per_group_sgd_values(backend):
     ref = ReferencePair([dict(params=g, **e) for g, e in zip(problem.groups, extra)], sgd_kwargs, sched_kwargs)
     opt, params = make_cyclic(problem, backend, "lists", sgd_kwargs, sched_kwargs, group_extra=extra)
     for k in range(100):
-        noise = problem.noise()
-        ref.step(problem.grads(ref.params, noise, k, False))
-        for p, g in zip(params, problem.grads(params, noise, k, False)):
-            p.grad = g
-        opt.step()
+        step_both(problem, ref, opt, params, k, False)
         check_reported(opt, ref, False, "step %d" % k)
     check_state(opt, params, ref)
 
@@ -448,11 +425,7 @@ def test_custom_scale_fn(backend, scale_fn, scale_mode, dtype):
     opt, params = make_cyclic(problem, backend, "lists", sgd_kwargs, sched_kwargs)
     check_reported(opt, ref, True, "construction")
     for k in range(200):
-        noise = problem.noise()
-        ref.step(problem.grads(ref.params, noise, k, False))
-        for p, g in zip(params, problem.grads(params, noise, k, False)):
-            p.grad = g
-        opt.step()
+        step_both(problem, ref, opt, params, k, False)
         check_reported(opt, ref, True, "step %d" % k)
     check_state(opt, params, ref)
 
@@ -661,11 +634,7 @@ def test_mixed_dtypes_in_one_group(backend):
     ref = ReferencePair([{"params": g} for g in problem.groups], sgd_kwargs, sched_kwargs)
     opt, params = make_cyclic(problem, backend, "lists", sgd_kwargs, sched_kwargs)
     for k in range(120):
-        noise = problem.noise()
-        ref.step(problem.grads(ref.params, noise, k, False))
-        for p, g in zip(params, problem.grads(params, noise, k, False)):
-            p.grad = g
-        opt.step()
+        step_both(problem, ref, opt, params, k, False)
         check_reported(opt, ref, True, "step %d" % k)
     assert [p.dtype for p in params] == list(ALL_DTYPES) * 2
     check_state(opt, params, ref)

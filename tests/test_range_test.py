@@ -65,6 +65,29 @@ def lambda_max(x, y):
     return torch.linalg.eigvalsh(h)[-1].item()
 
 
+def least_squares_sweep(seed, momentum):
+    """An exponential range test over edge*1e-4 .. edge*100 (200 steps, torch's SGD with
+    ``momentum``) of a bias-free nn.Linear on least_squares(seed) in batches of 64, where
+    edge = 2(1 + momentum)/lambda_max(H) is where that SGD diverges: the result and edge."""
+    x, y = least_squares(seed)
+    edge = 2.0 * (1.0 + momentum) / lambda_max(x, y)
+    loader = ListLoader([(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x), 64)])
+    torch.manual_seed(seed)
+    model = nn.Linear(x.shape[1], 1, bias=False).double()
+    result = range_test(
+        model,
+        loader,
+        nn.MSELoss(),
+        start_lr=edge * 1e-4,
+        end_lr=edge * 100,
+        num_iters=200,
+        sweep="exp",
+        momentum=momentum,
+        progress=False,
+    )
+    return result, edge
+
+
 def small_bn_model(seed=0):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
@@ -75,6 +98,19 @@ def small_bn_model(seed=0):
 def classification_batches(seed=0, n_batches=4, bs=16):
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn(bs, 6, generator=g), torch.randint(0, 3, (bs,), generator=g)) for _ in range(n_batches)]
+
+
+def classification_range_test(model, **kwargs):
+    """range_test of ``model`` on classification_batches() with cross-entropy, from lr 1e-3,
+    without a progress bar."""
+    return range_test(
+        model,
+        ListLoader(classification_batches()),
+        nn.functional.cross_entropy,
+        start_lr=1e-3,
+        progress=False,
+        **kwargs,
+    )
 
 
 def full_state(model, optimizer=None):
@@ -122,6 +158,24 @@ def _assert_nested_equal(x, y):
         assert x == y
 
 
+def range_test_recording_group_lrs(model, loader, optimizer, **sweep):
+    """range_test(optimizer=optimizer) on nn.MSELoss() that never stops early, recording
+    every group's lr at each optimizer step; checks that the first group's are the lrs
+    the result reports: the result, the optimizer and the second group's lrs."""
+    seen = []
+    record = optimizer.register_step_pre_hook(
+        lambda opt, args, kwargs: seen.append([g["lr"] for g in opt.param_groups])
+    )
+    try:
+        result = range_test(
+            model, loader, nn.MSELoss(), optimizer=optimizer, diverge_factor=math.inf, progress=False, **sweep
+        )
+    finally:
+        record.remove()
+    assert [s[0] for s in seen] == result.lrs
+    return result, optimizer, [s[1] for s in seen]
+
+
 def prepared_model_and_optimizer():
     """A BatchNorm model with non-trivial state: running stats moved, a grad present, one
     submodule in eval mode, and an optimizer that has momentum buffers."""
@@ -142,22 +196,7 @@ def test_least_squares_divergence_edge_plain_sgd(seed):
     """For plain SGD on a quadratic, LRs above edge = 2/lambda_max(H) diverge. An exponential
     sweep over edge*1e-4 .. edge*100 must stop soon after the edge and suggest a max_lr
     within [edge/2, 1.2 edge] (tests/test_range_test_edge.py: more problem shapes)."""
-    x, y = least_squares(seed)
-    edge = 2.0 / lambda_max(x, y)
-    loader = ListLoader([(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x), 64)])
-    torch.manual_seed(seed)
-    model = nn.Linear(x.shape[1], 1, bias=False).double()
-    result = range_test(
-        model,
-        loader,
-        nn.MSELoss(),
-        start_lr=edge * 1e-4,
-        end_lr=edge * 100,
-        num_iters=200,
-        sweep="exp",
-        momentum=0.0,
-        progress=False,
-    )
+    result, edge = least_squares_sweep(seed, momentum=0.0)
     assert result.diverged and result.stop_reason in ("diverged", "nan")
     assert len(result.lrs) < 200
     # It stopped after the edge, and soon: within a factor 3 (16 steps of this sweep).
@@ -174,23 +213,7 @@ def test_least_squares_divergence_edge_heavy_ball():
     """With heavy-ball momentum m (torch's SGD), a quadratic diverges above 2(1+m)/lambda_max.
     With momentum the loss reaches its floor long before that edge, so "where the loss stops
     improving" is read well below it; only the upper side is pinned here."""
-    m = 0.9
-    x, y = least_squares(7)
-    edge = 2.0 * (1.0 + m) / lambda_max(x, y)
-    loader = ListLoader([(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x), 64)])
-    torch.manual_seed(7)
-    model = nn.Linear(x.shape[1], 1, bias=False).double()
-    result = range_test(
-        model,
-        loader,
-        nn.MSELoss(),
-        start_lr=edge * 1e-4,
-        end_lr=edge * 100,
-        num_iters=200,
-        sweep="exp",
-        momentum=m,
-        progress=False,
-    )
+    result, edge = least_squares_sweep(7, momentum=0.9)
     assert result.diverged
     assert edge < result.lrs[-1] <= 3 * edge
     assert result.base_lr < result.max_lr <= 1.5 * edge
@@ -226,30 +249,17 @@ def test_sweep_shape_and_endpoints(sweep):
 def test_given_optimizer_lr_is_overwritten_and_restored():
     """Discriminative LRs: every group is scaled by the same factor (the second group keeps
     its 14x ratio to the first); the result reports the first group's LRs."""
-    seen = []
-
-    class RecordingSGD(torch.optim.SGD):
-        def step(self, closure=None):
-            seen.append([g["lr"] for g in self.param_groups])
-            return super().step(closure)
-
     model = nn.Linear(3, 1)
-    opt = RecordingSGD([{"params": [model.weight]}, {"params": [model.bias], "lr": 7.0}], lr=0.5)
-    loader = ListLoader([(torch.randn(8, 3), torch.randn(8, 1))] * 2)
-    result = range_test(
+    result, opt, second_group_lrs = range_test_recording_group_lrs(
         model,
-        loader,
-        nn.MSELoss(),
+        ListLoader([(torch.randn(8, 3), torch.randn(8, 1))] * 2),
+        torch.optim.SGD([{"params": [model.weight]}, {"params": [model.bias], "lr": 7.0}], lr=0.5),
         start_lr=1e-4,
         end_lr=1e-2,
         num_iters=5,
         sweep="linear",
-        optimizer=opt,
-        diverge_factor=math.inf,
-        progress=False,
     )
-    assert [s[0] for s in seen] == result.lrs
-    assert [s[1] for s in seen] == pytest.approx([14.0 * lr for lr in result.lrs], rel=1e-15)
+    assert second_group_lrs == pytest.approx([14.0 * lr for lr in result.lrs], rel=1e-15)
     assert [g["lr"] for g in opt.param_groups] == [0.5, 7.0]
     assert opt.state_dict()["state"] == {}
 
@@ -268,29 +278,21 @@ def test_cyclic_sgd_is_refused():
 def test_restore_is_exact_after_a_normal_run():
     model, opt = prepared_model_and_optimizer()
     before = full_state(model, opt)
-    result = range_test(
+    result = classification_range_test(
         model,
-        ListLoader(classification_batches()),
-        nn.functional.cross_entropy,
-        start_lr=1e-3,
         end_lr=1.0,
         num_iters=12,
         optimizer=opt,
-        progress=False,
     )
     assert len(result.lrs) >= 2
     assert_same_state(before, full_state(model, opt))
     # The same run without restore does change the model: the check above is not vacuous.
-    range_test(
+    classification_range_test(
         model,
-        ListLoader(classification_batches()),
-        nn.functional.cross_entropy,
-        start_lr=1e-3,
         end_lr=1.0,
         num_iters=12,
         optimizer=opt,
         restore=False,
-        progress=False,
     )
     after = full_state(model, opt)
     assert not torch.equal(before["buffers"]["1.running_mean"], after["buffers"]["1.running_mean"])
@@ -301,14 +303,10 @@ def test_restore_with_the_default_optimizer_and_eval_model():
     model = small_bn_model()
     model.eval()  # range_test trains in train mode, then puts eval mode back
     before = full_state(model)
-    range_test(
+    classification_range_test(
         model,
-        ListLoader(classification_batches()),
-        nn.functional.cross_entropy,
-        start_lr=1e-3,
         end_lr=0.5,
         num_iters=10,
-        progress=False,
     )
     assert_same_state(before, full_state(model))
 
@@ -466,17 +464,13 @@ def test_callable_metric_and_val_loader_every_step():
         seen["training"].add(model.training)
         return -float((out.softmax(-1).argmax(-1) - target).abs().float().mean())
 
-    result = range_test(
+    result = classification_range_test(
         model,
-        ListLoader(classification_batches()),
-        nn.functional.cross_entropy,
-        start_lr=1e-3,
         end_lr=0.1,
         num_iters=7,
         metric=neg_mae,
         val_loader=val,
         diverge_factor=math.inf,
-        progress=False,
     )
     assert result.metric == "neg_mae" and result.measured_on == "val"
     assert seen["calls"] == 7 * 3  # the whole val loader, after every step (stride 1)

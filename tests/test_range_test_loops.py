@@ -13,8 +13,10 @@ from test_range_test import (
     ListLoader,
     assert_same_state,
     classification_batches,
+    classification_range_test,
     full_state,
     prepared_model_and_optimizer,
+    range_test_recording_group_lrs,
     small_bn_model,
 )
 from torch import nn
@@ -125,36 +127,19 @@ def test_amp_bfloat16_on_the_cpu_runs_and_restores_bit_exactly():
     dtypes = set()
     hook = model[0].register_forward_hook(lambda m, i, o: dtypes.add(o.dtype))
     val = ListLoader(classification_batches(seed=4, n_batches=2, bs=12))
-    result = range_test(
-        model,
-        ListLoader(classification_batches()),
-        nn.functional.cross_entropy,
-        start_lr=1e-3,
-        end_lr=1.0,
-        num_iters=15,
-        optimizer=opt,
-        amp=torch.bfloat16,
-        val_loader=val,
-        metric="accuracy",
-        progress=False,
-    )
+
+    def sweep(**amp):
+        return classification_range_test(
+            model, end_lr=1.0, num_iters=15, optimizer=opt, val_loader=val, metric="accuracy", **amp
+        )
+
+    result = sweep(amp=torch.bfloat16)
     hook.remove()
     assert dtypes == {torch.bfloat16}  # training and validation forwards ran under autocast
     assert len(result.lrs) >= 10 and all(math.isfinite(v) for v in result.losses[:10])
     assert_same_state(before, full_state(model, opt))
     # Not the fp32 curve: autocast really changed the arithmetic.
-    ref = range_test(
-        model,
-        ListLoader(classification_batches()),
-        nn.functional.cross_entropy,
-        start_lr=1e-3,
-        end_lr=1.0,
-        num_iters=15,
-        optimizer=opt,
-        val_loader=val,
-        metric="accuracy",
-        progress=False,
-    )
+    ref = sweep()
     assert ref.losses[:3] != result.losses[:3]
     assert result.losses[:3] == pytest.approx(ref.losses[:3], rel=0.05)
 
@@ -170,17 +155,13 @@ def test_amp_float16_uses_a_grad_scaler(monkeypatch):
     monkeypatch.setattr(torch.amp.GradScaler, "scale", spy)
     model = small_bn_model()
     before = full_state(model)
-    result = range_test(
+    result = classification_range_test(
         model,
-        ListLoader(classification_batches()),
-        nn.functional.cross_entropy,
-        start_lr=1e-3,
         end_lr=0.3,
         num_iters=6,
         amp=torch.float16,
         accumulation_steps=2,
         diverge_factor=math.inf,
-        progress=False,
     )
     assert len(scaled) == 6 * 2  # every batch's (divided) loss went through the scaler
     # Each batch's loss divided by 2 was scaled; the recorded loss is the mean of the two.
@@ -278,16 +259,12 @@ def test_snapshot_cpu_matches_device_snapshot():
     for snap in ("device", "cpu"):
         model, opt = prepared_model_and_optimizer()
         before = full_state(model, opt)
-        results[snap] = range_test(
+        results[snap] = classification_range_test(
             model,
-            ListLoader(classification_batches()),
-            nn.functional.cross_entropy,
-            start_lr=1e-3,
             end_lr=1.0,
             num_iters=10,
             optimizer=opt,
             snapshot=snap,
-            progress=False,
         )
         assert_same_state(before, full_state(model, opt))
     assert results["cpu"].losses == results["device"].losses
@@ -332,28 +309,16 @@ def test_adamw_sweeps_as_torch_adamw_with_the_planned_lrs():
 
 def test_given_adamw_with_discriminative_lrs_keeps_the_ratios():
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
-    seen = []
-
-    class Recording(torch.optim.AdamW):
-        def step(self, closure=None):
-            seen.append([g["lr"] for g in self.param_groups])
-            return super().step(closure)
-
-    opt = Recording([{"params": model[0].parameters(), "lr": 1e-4}, {"params": model[2].parameters()}], lr=1e-3)
-    result = range_test(
+    result, opt, second_group_lrs = range_test_recording_group_lrs(
         model,
         ListLoader([(torch.randn(8, 4), torch.randn(8, 1))] * 3),
-        nn.MSELoss(),
+        torch.optim.AdamW([{"params": model[0].parameters(), "lr": 1e-4}, {"params": model[2].parameters()}], lr=1e-3),
         start_lr=1e-5,
         end_lr=1e-1,
         num_iters=8,
         sweep="exp",
-        optimizer=opt,
-        diverge_factor=math.inf,
-        progress=False,
     )
-    assert [s[0] for s in seen] == result.lrs
-    assert [s[1] for s in seen] == pytest.approx([10 * lr for lr in result.lrs], rel=1e-12)
+    assert second_group_lrs == pytest.approx([10 * lr for lr in result.lrs], rel=1e-12)
     assert [g["lr"] for g in opt.param_groups] == [1e-4, 1e-3]
 
 
@@ -369,18 +334,14 @@ def test_val_batches_bounds_the_measurement():
                 yield b
 
     model = small_bn_model()
-    result = range_test(
+    result = classification_range_test(
         model,
-        ListLoader(classification_batches()),
-        nn.functional.cross_entropy,
-        start_lr=1e-3,
         end_lr=0.1,
         num_iters=6,
         val_loader=CountingVal(),
         val_batches=2,
         metric="accuracy",
         diverge_factor=math.inf,
-        progress=False,
     )
     assert batches_read == [0, 1] * 6
     # The first measurement by hand: after one SGD step, the first 2 batches (16 samples).
