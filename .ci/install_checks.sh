@@ -121,7 +121,7 @@ compile_error() {
   step "a C++ compile error: two installs"
   source_copy "$src"
   # A missing header stops the compiler at once (an #error would let it parse torch's headers).
-  for f in "$src"/csrc/*.cpp "$src"/csrc/*/*.cpp; do sed -i '1i #include "injected_by_install_checks_missing.h"' "$f"; done
+  find "$src/csrc" -name '*.cpp' -exec sed -i '1i #include "injected_by_install_checks_missing.h"' {} +
   if (cd "$src" && CLR_EXT_NO_CYTHON=1 CLR_EXT_REQUIRE_COMPILED=1 "$venv/bin/python" -m pip install -q \
     --no-build-isolation --no-deps --force-reinstall . >"$WORK/broken-required.log" 2>&1); then
     fail "the install succeeded although the C++ backend failed and compiled backends were required"
