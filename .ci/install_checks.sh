@@ -16,6 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 PY=${PY:-$REPO/.venv/bin/python}
+case $PY in /*) ;; *) PY=$REPO/$PY ;; esac # (the checks cd into copies of the source)
 BASE_PYTHON=${BASE_PYTHON:-$(command -v python3.11 || command -v python3)}
 TORCH_SPEC=${CLR_EXT_TORCH:-torch==2.13.0}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
