@@ -3,6 +3,10 @@
 For each model (a pytest-benchmark group "rules: <model>"), one training-loop iteration of:
   - clr_cyclic_sgd / clr_onecycle_sgd:       CyclicSGD / OneCycleSGD.step() (cpp): the same
     step with another formula, which should cost the same;
+  - clr_value_cyclic_sgd / clr_warmup_cyclic_sgd / clr_warmup_cyclic_adamw: clr_ext.SGD / AdamW
+    with the schedule as a value (``S.Cyclic``; ``S.Warmup(S.Cyclic, 1500)``, a chain whose
+    milestone falls in the middle of the run): the device-evaluated chain should cost what
+    the cyclical schedule alone costs (issue 23);
   - clr_cyclic_adamw / clr_onecycle_adamw:   CyclicAdamW / OneCycleAdamW.step() (cpp), the
     numbers of torch.optim.AdamW's default path (MKL's square root, a second pass per block);
   - clr_cyclic_adamw_fused:                  CyclicAdamW(fused=True).step() (cpp), the numbers
@@ -27,15 +31,19 @@ import torch
 
 import clr_ext
 from bench.conftest import MODELS, ROUNDS, SLOW_ROUNDS, make_params, n_params
+from clr_ext import schedules as S
 from clr_ext.backends import available_backends
 
 TOTAL_STEPS = 10**9  # 1cycle: a schedule that does not end inside the benchmark
 VARIANTS = (
     "clr_cyclic_sgd",
+    "clr_value_cyclic_sgd",
+    "clr_warmup_cyclic_sgd",
     "clr_onecycle_sgd",
     "clr_cyclic_adamw",
     "clr_onecycle_adamw",
     "clr_cyclic_adamw_fused",
+    "clr_warmup_cyclic_adamw",
     "adamw_fused_cyclic",
     "adamw_fused_onecycle",
     "adamw_forloop_cyclic",
@@ -47,7 +55,14 @@ BYTES_PER_PARAM = {"sgd": 20, "adamw": 28}
 
 def _clr(model: str, variant: str):
     params = make_params(model)
-    if variant == "clr_cyclic_sgd":
+    cycle = S.Cyclic(0.01, 0.1, step_size_up=2000)
+    if variant == "clr_value_cyclic_sgd":
+        opt = clr_ext.SGD(params, schedule=cycle, momentum=0.9, weight_decay=5e-4, backend="cpp")
+    elif variant == "clr_warmup_cyclic_sgd":
+        opt = clr_ext.SGD(params, 0.1, schedule=S.Warmup(cycle, 1500), momentum=0.9, weight_decay=5e-4, backend="cpp")
+    elif variant == "clr_warmup_cyclic_adamw":
+        opt = clr_ext.AdamW(params, 1e-3, schedule=S.Warmup(S.Cyclic(1e-4, 1e-3, 2000), 1500), backend="cpp")
+    elif variant == "clr_cyclic_sgd":
         opt = clr_ext.CyclicSGD(params, 0.01, 0.1, step_size_up=2000, momentum=0.9, weight_decay=5e-4, backend="cpp")
     elif variant == "clr_onecycle_sgd":
         opt = clr_ext.OneCycleSGD(params, 0.1, TOTAL_STEPS, momentum=0.9, weight_decay=5e-4, backend="cpp")

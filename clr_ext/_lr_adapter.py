@@ -117,7 +117,7 @@ class ScheduleAdapter(LRScheduler):
         optimizer = self.optimizer
         iteration = optimizer.iteration
         if iteration > self._seen:  # between optimizer.step() and this step(): the LR it used
-            return [optimizer._point(group, iteration - 1)[0] for group in optimizer.param_groups]
+            return [optimizer._point(group, iteration - 1, i)[0] for i, group in enumerate(optimizer.param_groups)]
         return optimizer.get_last_lr()
 
     def get_lr(self) -> list[float]:

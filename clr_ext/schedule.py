@@ -25,6 +25,8 @@ MODES = {
 CUSTOM_MODE = 6
 #: The 1cycle policy's numbers in the op, by ``anneal_strategy``.
 ONE_CYCLE_MODES = {"cos": 7, "linear": 8}
+#: The op's number for a chain of clr_ext.schedules values (its table is in the op's shape).
+CHAIN_MODE = 9
 #: The modes of torch.optim.lr_scheduler.CyclicLR.
 PYTORCH_MODES = ("triangular", "triangular2", "exp_range")
 

@@ -72,6 +72,7 @@ LAYOUTS = {
         "max_momentum",
         "mode",
         "scale_by_iteration",
+        "custom_scale",
     ),
     ONE_CYCLE: (
         "initial_lr",
@@ -113,7 +114,11 @@ Point = Tuple[float, float]
 
 
 def _cyclic(t: int, p: Sequence[float], scale_fn: ScaleFn) -> Point:
-    # CyclicLR.get_lr at last_epoch == t (clr_ext.schedule holds it to PyTorch).
+    # CyclicLR.get_lr at last_epoch == t (clr_ext.schedule holds it to PyTorch). Without the
+    # Python scale_fn (a device table), its value at t is in the custom_scale slot.
+    if scale_fn is None and int(p[7]) == _oracle.CUSTOM_MODE:
+        custom = p[9]
+        scale_fn = lambda _x: custom  # noqa: E731
     return _oracle.cyclic_point(
         t,
         p[0],
@@ -258,10 +263,56 @@ class Flat:
             momentum = self.held_momentum[group][k]
         return lr, (None if math.isnan(momentum) else momentum)
 
+    def table(self, group: int = 0, lr_scale: float = 1.0, iteration: Optional[int] = None) -> List[float]:
+        """Group ``group``'s chain as the op's ``shape`` in ``CLR_MODE_CHAIN`` (csrc/math/schedule.h,
+        ``clr_chain_read``): ``lr_scale``, the segment count, then per segment its kind, start, held
+        momentum and parameter vector. A segment with a Python ``scale_fn`` gets its value at
+        ``iteration`` (a host evaluation, as CyclicLR's) in its ``custom_scale`` slot."""
+        if len(self.kinds) > MAX_SEGMENTS:
+            raise ValueError(
+                f"schedule: {len(self.kinds)} segments; a device-evaluated chain holds at most {MAX_SEGMENTS}"
+            )
+        out = [float(lr_scale), float(len(self.kinds))]
+        for k, (kind, start) in enumerate(zip(self.kinds, self.starts)):
+            params = list(self.params[group][k])
+            scale_fn = self.scale_fns[k]
+            if scale_fn is not None:
+                ends = self.starts[k + 1] if k + 1 < len(self.starts) else math.inf
+                if iteration is not None and start <= iteration < ends:
+                    params[9] = _host_scale(scale_fn, params, iteration - start)
+            out += [float(kind), float(start), self.held_momentum[group][k], *params]
+        return out
+
     def __repr__(self) -> str:
         return (
             f"Flat(kinds={self.kinds}, starts={self.starts}, params={self.params}, held_momentum={self.held_momentum})"
         )
+
+
+#: The most segments a device-evaluated chain holds (CLR_MAX_SEGMENTS).
+MAX_SEGMENTS = 8
+_TABLE_HEADER, _SEGMENT_VALUES = 2, 3 + WIDTH
+
+
+def _host_scale(scale_fn: Callable[[float], float], params: Sequence[float], local: int) -> float:
+    # CyclicLR's scale_fn(cycle) or scale_fn(iteration), at the segment's own step count.
+    if params[8]:
+        return float(scale_fn(local))
+    return float(scale_fn(math.floor(1 + local / (params[2] + params[3]))))
+
+
+def table_point(iteration: int, table: Sequence[float]) -> Tuple[float, float]:
+    """``(lr, momentum)`` of the step with index ``iteration`` from a :meth:`Flat.table`, as
+    ``clr_chain_point`` (csrc/math/schedule.h) evaluates it: the Python twin that the backends
+    written in Python and the host mirror use. The momentum is NaN where nothing cycles it."""
+    count = int(table[1])
+    k = 0
+    while k + 1 < count and iteration >= table[_TABLE_HEADER + (k + 1) * _SEGMENT_VALUES + 1]:
+        k += 1
+    base = _TABLE_HEADER + k * _SEGMENT_VALUES
+    kind, start, held = int(table[base]), int(table[base + 1]), table[base + 2]
+    lr, momentum = FORMULAS[kind](iteration - start, table[base + 3 : base + _SEGMENT_VALUES], None)
+    return lr * table[0], (held if math.isnan(momentum) else momentum)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,13 +462,26 @@ class Schedule:
             raise ValueError(f"initial_lrs: {len(initial_lrs)} groups, but the bounds are given for {self.groups}")
         if self.needs_initial_lr and any(v is None for v in initial_lrs):
             raise ValueError("initial_lrs: required by this schedule (it scales each group's initial lr)")
+        return self._flat([(group, initial) for group, initial in enumerate(initial_lrs)])
+
+    def flatten_group(self, initial_lr: Optional[float], group: int) -> Flat:
+        """Param group ``group`` alone, as :meth:`flatten` gives it (a one-group :class:`Flat`)."""
+        if self.groups is not None and not 0 <= group < self.groups:
+            raise ValueError(f"group: the bounds are given for {self.groups} param groups, got group {group}")
+        if self.needs_initial_lr and initial_lr is None:
+            raise ValueError("initial_lr: required by this schedule (it scales each group's initial lr)")
+        return self._flat([(group, initial_lr)])
+
+    def _flat(self, groups: Sequence[Tuple[int, Optional[float]]]) -> Flat:
         segments = self._segments()
         params, held = [], []
-        for group, initial in enumerate(initial_lrs):
+        for group, initial in groups:
             rows = [leaf._params(initial, group) for _, leaf in segments]
             holds = [self._initial_momentum(group)]
             for k in range(1, len(segments)):  # the previous segment's last momentum, or what it held
-                last = FORMULAS[segments[k - 1][1].KIND](segments[k][0] - segments[k - 1][0] - 1, rows[k - 1], None)[1]
+                before = segments[k - 1][1]
+                local = segments[k][0] - segments[k - 1][0] - 1
+                last = FORMULAS[before.KIND](local, rows[k - 1], getattr(before, "scale_fn", None))[1]
                 holds.append(holds[-1] if math.isnan(last) else last)
             params.append(rows)
             held.append(holds)
@@ -552,6 +616,7 @@ class Cyclic(_Leaf):
             "max_momentum": _pick(self.max_momentum, group) if cycled else NAN,
             "mode": _oracle.CUSTOM_MODE if self.scale_fn is not None else _oracle.MODES[self.mode],
             "scale_by_iteration": self.scale_mode == "iterations",
+            "custom_scale": 1.0,  # a scale_fn's value, evaluated on the host (Flat.table)
         }
 
     def state_dict(self) -> Dict[str, Any]:
@@ -878,6 +943,8 @@ def _check_lengths(*named: Tuple[str, Any]) -> None:
 
 
 _CLASSES = {cls.__name__: cls for cls in (*(c for c in _Leaf.__subclasses__()), Sequential, Warmup)}
+#: The ``"kind"`` of every schedule state dict.
+KIND_NAMES = frozenset(_CLASSES)
 
 
 def from_state_dict(state: Dict[str, Any], scale_fn: ScaleFn = None) -> Schedule:
@@ -885,7 +952,8 @@ def from_state_dict(state: Dict[str, Any], scale_fn: ScaleFn = None) -> Schedule
     Python ``scale_fn`` (not saved) needs it again as ``scale_fn``."""
     if not isinstance(state, dict) or state.get("kind") not in _CLASSES:
         raise ValueError(f"state: not a clr_ext schedule state dict ({state!r:.200})")
-    args = {key: value for key, value in state.items() if key != "kind"}
+    # (lr_scale: an optimizer's opt.scale_schedule() factor, saved beside its schedule)
+    args = {key: value for key, value in state.items() if key not in ("kind", "lr_scale")}
     kind = state["kind"]
     if kind == "Sequential":
         args["schedules"] = [from_state_dict(s, scale_fn) for s in args.get("schedules", ())]

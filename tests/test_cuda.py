@@ -33,6 +33,7 @@ import torch._dynamo.testing
 
 import clr_ext
 from clr_ext import backends as _backends
+from clr_ext import schedules as S
 from clr_ext.schedule import MODES
 
 try:
@@ -933,7 +934,26 @@ def _resnet50_shapes_small():
 # ------------------------------------------------------------------- CUDA graph capture
 
 
+def _chain(kw):
+    """A warmup, the cycle of ``kw`` and SGDR: a schedule value of three segments."""
+    cyclic = {key: kw[key] for key in ("step_size_up", "step_size_down", "mode") if key in kw}
+    segments = [S.Linear(0.1, 1.0, 4), S.Cyclic(kw["base_lr"], kw["max_lr"], **cyclic), S.CosineRestarts(5, 2)]
+    return S.Sequential(segments, [4, 20])
+
+
 def _scheduled(kind, params, **kw):
+    if kind == "chain":
+        opt = clr_ext.SGD(
+            params,
+            lr=kw["max_lr"],
+            schedule=_chain(kw),
+            momentum=kw.get("momentum", 0.9),
+            weight_decay=kw.get("weight_decay", 0.0),
+            backend=BACKEND,
+        )
+        if DRY_RUN:
+            opt._host_decided_types = ()
+        return opt
     if kind == "one_cycle":
         opt = clr_ext.OneCycleSGD(params, 0.1, 40, momentum=0.9, weight_decay=kw.get("weight_decay", 0.0))
         if DRY_RUN:
@@ -942,7 +962,7 @@ def _scheduled(kind, params, **kw):
     return cyclic_sgd(params, **kw)
 
 
-@parametrize("kind", ["cyclic", "one_cycle"])
+@parametrize("kind", ["cyclic", "one_cycle", "chain"])
 def test_capture_of_a_first_step_raises(kind):
     """Issue 15: state made inside capture would be a fill in the graph (the counter and
     momentum reset at every replay); the step refuses, with nothing changed, and works
@@ -1393,6 +1413,15 @@ def test_one_cycle_adamw_matches_torch_fused(dtype, variant):
 
 
 def _scheduled_adamw(kind, params, **kw):
+    if kind == "chain":
+        return clr_ext.AdamW(
+            params,
+            lr=kw["max_lr"],
+            schedule=_chain(kw),
+            weight_decay=kw.get("weight_decay", 0.01),
+            amsgrad=kw.get("amsgrad", False),
+            backend=BACKEND,
+        )
     if kind == "one_cycle":
         return clr_ext.OneCycleAdamW(
             params,
@@ -1403,6 +1432,80 @@ def _scheduled_adamw(kind, params, **kw):
             backend=BACKEND,
         )
     return clr_ext.CyclicAdamW(params, backend=BACKEND, **kw)
+
+
+# ----------------------------------------------- schedules as values (clr_ext.SGD / AdamW)
+
+_L = torch.optim.lr_scheduler
+
+
+def _warmup_then(o, then):
+    warmup = _L.LinearLR(o, 0.1, 1.0, 20)  # built first, as the value's order says
+    return _L.SequentialLR(o, [warmup, then(o)], [20])
+
+
+CHAIN_PAIRS = {
+    # (ours, torch's optimizer, torch's scheduler(s)) with a warmup in front of SGDR / a cycle
+    "sgd": (
+        lambda ps: clr_ext.SGD(
+            ps, lr=0.05, schedule=S.Warmup(S.CosineRestarts(30, 2, 1e-4), 20, 0.1), momentum=0.9, backend=BACKEND
+        ),
+        lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, fused=not DRY_RUN),
+        lambda o: _warmup_then(o, lambda o: _L.CosineAnnealingWarmRestarts(o, 30, 2, 1e-4)),
+    ),
+    "adamw": (
+        lambda ps: clr_ext.AdamW(
+            ps, lr=3e-3, schedule=S.Warmup(S.Cyclic(1e-4, 3e-3, 25, mode="triangular2"), 20, 0.1), backend=BACKEND
+        ),
+        lambda ps: torch.optim.AdamW(ps, lr=3e-3, fused=not DRY_RUN),
+        lambda o: _warmup_then(o, lambda o: _L.CyclicLR(o, 1e-4, 3e-3, 25, mode="triangular2")),
+    ),
+}
+
+
+@parametrize("rule", list(CHAIN_PAIRS))
+def test_schedule_chain_matches_torch(rule):
+    """300 steps of clr_ext.SGD / AdamW with a warmup + SGDR / cycle chain, evaluated on the
+    device, against torch's fused optimizer with SequentialLR: the LR of every step (within
+    LinearLR's recursive roundings) and the params."""
+    need_gpu()
+    make, make_torch, make_sched = CHAIN_PAIRS[rule]
+    gen = torch.Generator().manual_seed(5)
+    init = [torch.randn(4099, generator=gen), torch.randn(33, 7, generator=gen)]
+    mine = [t.to(DEVICE).requires_grad_() for t in init]
+    ref = [t.to(DEVICE).requires_grad_() for t in init]
+    opt, ref_opt = make(mine), make_torch(ref)
+    if DRY_RUN and rule == "sgd":
+        opt._host_decided_types = ()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sched = make_sched(ref_opt)
+        for k in range(300):
+            assert opt.get_last_lr() == pytest_approx(sched.get_last_lr()), k
+            for a, b in zip(mine, ref):
+                a.grad = torch.sin(a.detach() * (k + 1)) + 0.1
+                b.grad = torch.sin(b.detach() * (k + 1)) + 0.1
+            opt.step()
+            ref_opt.step()
+            sched.step()
+    synchronize()
+    assert_close_rel(mine, ref, 1e-5, "param")
+
+
+def pytest_approx(values):
+    """LRs equal up to LinearLR's recursive roundings (one per factor: 20 here)."""
+    return [_Approx(v) for v in values]
+
+
+class _Approx:
+    def __init__(self, value):
+        self.value = value
+
+    def __eq__(self, other):
+        return abs(other - self.value) <= 64 * 2.0**-52 * abs(self.value)
+
+    def __repr__(self):
+        return f"~{self.value!r}"
 
 
 # ------------------------------------------- the properties every rule must have, once
@@ -1500,7 +1603,7 @@ RULES = {
 }
 
 
-@parametrize("kind", ["cyclic", "one_cycle"])
+@parametrize("kind", ["cyclic", "one_cycle", "chain"])
 @parametrize("rule", list(RULES))
 def test_step_issues_no_host_sync(rule, kind):
     """opt.step() under torch.cuda.set_sync_debug_mode("error"): the first step (state
@@ -1532,7 +1635,7 @@ def test_step_issues_no_host_sync(rule, kind):
     r.no_sync_state(opt, model)
 
 
-@parametrize("kind", ["cyclic", "one_cycle"])
+@parametrize("kind", ["cyclic", "one_cycle", "chain"])
 @parametrize("rule", list(RULES))
 def test_whole_training_step_in_a_cuda_graph(rule, kind):
     """Forward, backward and opt.step() captured once and replayed N times give the same

@@ -14,6 +14,8 @@ from libcpp.vector cimport vector
 
 
 cdef extern from "math/schedule.h" nogil:
+    ctypedef struct clr_chain:
+        pass
     ctypedef struct clr_shape:
         double step_size_up
         double step_size_down
@@ -22,6 +24,7 @@ cdef extern from "math/schedule.h" nogil:
         int32_t mode
         int32_t phases
         double phase_end[3]
+        clr_chain chain
     ctypedef struct clr_bounds:
         double base_lr
         double max_lr
@@ -32,7 +35,9 @@ cdef extern from "math/schedule.h" nogil:
         double lr
         double momentum
     clr_point clr_schedule(int64_t iteration, const clr_shape* shape, const clr_bounds* b)
+    const char* clr_chain_read(const double* values, int64_t n, clr_chain* out)
     int CLR_MODE_COUNT
+    int CLR_MODE_CHAIN
     int CLR_MODE_ONE_CYCLE_COS
     int CLR_MODE_ONE_CYCLE_LINEAR
 
@@ -68,11 +73,19 @@ cdef inline clr_shape _shape(shape, int mode) except *:
     """The op's ``shape`` list as csrc/op/check.cpp's shape_from reads it."""
     if mode < 0 or mode >= CLR_MODE_COUNT:
         raise ValueError("unknown schedule mode %d" % mode)
-    if len(shape) != 4:
-        raise ValueError("shape must have 4 values, got %d" % len(shape))
     cdef clr_shape s
     cdef int i
+    cdef vector[double] values
+    cdef const char* error
     s.mode = mode
+    if mode == CLR_MODE_CHAIN:
+        values = shape
+        error = clr_chain_read(values.data(), values.size(), &s.chain)
+        if error != NULL:
+            raise ValueError("schedule chain: " + error.decode())
+        return s
+    if len(shape) != 4:
+        raise ValueError("shape must have 4 values, got %d" % len(shape))
     s.step_size_up = 0.0
     s.step_size_down = 0.0
     s.gamma = 1.0
@@ -97,10 +110,15 @@ cdef inline clr_shape _shape(shape, int mode) except *:
     return s
 
 
-cdef inline clr_bounds _bounds(bounds) except *:
+cdef inline clr_bounds _bounds(bounds, int mode) except *:
+    cdef clr_bounds b
+    if mode == CLR_MODE_CHAIN:  # a chain carries each group's values in its shape
+        if len(bounds) != 0:
+            raise ValueError("with a schedule chain, bounds must be empty")
+        b.base_lr = b.max_lr = b.base_momentum = b.max_momentum = b.min_lr = 0.0
+        return b
     if len(bounds) != 4 and len(bounds) != 5:
         raise ValueError("bounds must be [base_lr, max_lr, base_momentum, max_momentum(, min_lr)]")
-    cdef clr_bounds b
     b.base_lr = bounds[0]
     b.max_lr = bounds[1]
     b.base_momentum = bounds[2]
@@ -120,7 +138,7 @@ def schedule(long long iteration, double base_lr, double max_lr, double base_mom
 def schedule_at(long long iteration, bounds, shape, int mode):
     """Any schedule from the op's own arguments (bounds, shape, mode)."""
     cdef clr_shape s = _shape(shape, mode)
-    cdef clr_bounds b = _bounds(bounds)
+    cdef clr_bounds b = _bounds(bounds, mode)
     cdef clr_point p = clr_schedule(iteration, &s, &b)
     return p.lr, p.momentum
 
@@ -135,7 +153,7 @@ def cyclic_sgd_(int dtype_code, list params, list grads, list momentum_buffers, 
     if len(grads) != n or (momentum_buffers and len(momentum_buffers) != n):
         raise ValueError("params, grads and momentum_buffers differ in length")
     cdef clr_shape s = _shape(shape, mode)
-    cdef clr_bounds b = _bounds(bounds)
+    cdef clr_bounds b = _bounds(bounds, mode)
     cdef int64_t it = (<int64_t*><uintptr_t>iteration.data_ptr())[0]
     cdef clr_point point = clr_schedule(it, &s, &b)
 
@@ -239,7 +257,7 @@ def cyclic_adamw_(int dtype_code, list params, list grads, list exp_avgs, list e
     if not 0 <= fused_width <= 1024:
         raise ValueError("fused_width must be in [0, 1024], got %r" % fused_width)
     cdef clr_shape s = _shape(shape, mode)
-    cdef clr_bounds b = _bounds(bounds)
+    cdef clr_bounds b = _bounds(bounds, mode)
     cdef int64_t it = (<int64_t*><uintptr_t>iteration.data_ptr())[0]
     cdef clr_point point = clr_schedule(it, &s, &b)
     cdef double step_beta1 = point.momentum if cycle_momentum else beta1

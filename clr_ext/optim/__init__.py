@@ -2,8 +2,8 @@
 on one core (``core``, with the step's shared functions in ``functional`` and each op's
 arguments as ``records``), run by a backend (``clr_ext.backends``)."""
 
-from .adamw import CyclicAdamW, OneCycleAdamW
+from .adamw import AdamW, CyclicAdamW, OneCycleAdamW
 from .convert import from_torch
-from .sgd import CyclicSGD, OneCycleSGD
+from .sgd import SGD, CyclicSGD, OneCycleSGD
 
-__all__ = ["CyclicSGD", "OneCycleSGD", "CyclicAdamW", "OneCycleAdamW", "from_torch"]
+__all__ = ["SGD", "AdamW", "CyclicSGD", "OneCycleSGD", "CyclicAdamW", "OneCycleAdamW", "from_torch"]

@@ -13,9 +13,16 @@ from .._checks import beta, non_negative
 from .core import _refuse_capture, _ScheduledOptimizer, construct
 from .functional import Work
 from .records import AdamwHyper, AdamwTensors
-from .schedules import CyclicSchedule, CyclicScheduled, OneCycleSchedule, OneCycleScheduled
+from .schedules import (
+    CyclicSchedule,
+    CyclicScheduled,
+    OneCycleSchedule,
+    OneCycleScheduled,
+    ValueSchedule,
+    ValueScheduled,
+)
 
-__all__ = ["CyclicAdamW", "OneCycleAdamW"]
+__all__ = ["AdamW", "CyclicAdamW", "OneCycleAdamW"]
 
 #: The per-param state, named as torch.optim.AdamW names it.
 _MOMENTS = ("exp_avg", "exp_avg_sq")
@@ -220,3 +227,33 @@ class OneCycleAdamW(OneCycleScheduled, _ScheduledAdamW):
         backend: str = "auto",
     ) -> None:
         construct(self, OneCycleSchedule, locals())
+
+
+class AdamW(ValueScheduled, _ScheduledAdamW):
+    r"""AdamW under any schedule of :mod:`clr_ext.schedules`, in one fused step:
+    ``adamw.step(); sched.step()`` for ``torch.optim.AdamW(params, lr, betas, eps,
+    weight_decay, amsgrad, maximize=maximize)`` and the PyTorch scheduler(s) that
+    ``schedule`` names, with their numbers (beta1 cycled where the schedule cycles the
+    momentum, as CyclicLR / OneCycleLR do). ``lr`` is each group's LR before the schedule
+    (see :class:`clr_ext.SGD`); ``fused=True`` reproduces ``torch.optim.AdamW(fused=True)``'s
+    rounding on the CPU (see :class:`clr_ext.CyclicAdamW`). :meth:`scale_schedule`
+    multiplies the running schedule's LRs."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: Optional[float] = 1e-3,
+        *,
+        schedule: Any,
+        betas: Tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        maximize: bool = False,
+        fused: Optional[bool] = None,
+        backend: str = "auto",
+    ) -> None:
+        value = ValueSchedule(schedule)
+        rule = dict(betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize, fused=fused)
+        rule.update(lr=None if lr is None else non_negative("lr", lr))
+        _ScheduledAdamW.__init__(self, params, value, {}, rule, cycle_momentum=value.cycles_momentum, backend=backend)

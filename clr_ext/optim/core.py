@@ -257,7 +257,8 @@ class _ScheduledOptimizer(Optimizer):
         for key, value in group_bounds.items():
             for group, value_of_group in zip(groups, per_group(key, value, len(groups))):
                 group.setdefault(key, value_of_group)
-        defaults = dict(lr=0.0, **rule_defaults)  # lr: replaced by the schedule for every group
+        schedule.check_group_count(len(groups))
+        defaults = {"lr": 0.0, **rule_defaults}  # lr: replaced by the schedule for every group
         for key, value in (("foreach", None), ("fused", None), ("differentiable", False)):  # torch's group keys
             defaults.setdefault(key, value)
         for key, value in group_bounds.items():
@@ -285,15 +286,16 @@ class _ScheduledOptimizer(Optimizer):
             del self.param_groups[n_before:]
             raise
         group["iteration"] = self._iteration
-        self._refresh_group(group)
+        self._refresh_group(group, len(self.param_groups) - 1)
 
     def _check_group(self, group: Dict[str, Any], index: int, schedule: Any = None) -> None:
         """Checks and normalises a group's values, against ``schedule`` (default: this
         optimizer's), as the constructor and ``load_state_dict`` take them."""
         where = "" if index == 0 else f" (param group {index})"
-        (schedule or self._schedule).init_group(group, where)
+        (schedule or self._schedule).init_group(group, where, index)
         for key in ("base_momentum", "max_momentum"):
-            group[key] = momentum_value(key + where, group[key])
+            if key in group:  # (a chain that cycles no momentum has none)
+                group[key] = momentum_value(key + where, group[key])
         self._check_rule_group(group, where)
 
     def _check_rule_group(self, group: Dict[str, Any], where: str) -> None:
@@ -338,11 +340,11 @@ class _ScheduledOptimizer(Optimizer):
         self._adopt_group_iteration()  # after a wrapper restored the groups (see there)
         return self._iteration
 
-    def _point(self, group: Dict[str, Any], iteration: int) -> Tuple[float, float]:
-        return self._schedule.point(group, iteration)
+    def _point(self, group: Dict[str, Any], iteration: int, index: int) -> Tuple[float, Any]:
+        return self._schedule.point(group, iteration, index)
 
-    def _refresh_group(self, group: Dict[str, Any]) -> None:
-        lr, momentum = self._point(group, self._iteration)
+    def _refresh_group(self, group: Dict[str, Any], index: int) -> None:
+        lr, momentum = self._point(group, self._iteration, index)
         group["lr"] = lr
         group["iteration"] = self._iteration
         if self.cycle_momentum:
@@ -351,8 +353,8 @@ class _ScheduledOptimizer(Optimizer):
 
     def _refresh_all(self) -> None:
         self._written = {}  # (keyed by id: no group that has gone may leave its id behind)
-        for group in self.param_groups:
-            self._refresh_group(group)
+        for index, group in enumerate(self.param_groups):
+            self._refresh_group(group, index)
 
     def get_last_lr(self) -> List[float]:
         """The lr of every group for the next step (as CyclicLR.get_last_lr())."""
@@ -483,15 +485,24 @@ class _ScheduledOptimizer(Optimizer):
         # traced frame, and lr, momentum and iteration change at every step: a traced step
         # reads the same list through another attribute, with guards on the keys it reads.
         groups = self._groups_alias if compiling else self.param_groups
+        if compiling:
+            # Dynamo names a tensor by the first path it meets it on. Met first as a key of
+            # ``self.state`` (group 0's lookups see every param), a later group's param gets a
+            # path through that dict, and its ``.grad`` a guard that fails as soon as the
+            # grad is replaced (``zero_grad(set_to_none=True)``): a re-trace per step. Every
+            # param and grad is therefore met through its group first.
+            for group in groups:
+                for p in group["params"]:
+                    p.grad  # noqa: B018
+        # (a schedule evaluated on the host reads the iteration; dynamo re-traces as it changes)
+        iteration = self._iteration if schedule.host_evaluated else None
         for attempt in (1, 2):
-            # (a schedule evaluated on the host reads the iteration; dynamo re-traces as it changes)
-            shape = schedule.op_shape(self._iteration) if schedule.host_evaluated else schedule.shape
             work: List[Work] = []
             new_state: List[Any] = []
             for group_index, group in enumerate(groups):
                 buckets = self._buckets_of(group_index, group, compiling)
                 if buckets:
-                    arguments = ([group[key] for key in schedule.bound_keys], shape, schedule.op_mode)
+                    arguments = schedule.op_arguments(group, group_index, iteration)
                     self._collect(group_index, group, buckets, arguments, compiling, work, new_state)
             try:
                 if len(work) > 1 or (work and not work[0].backend.checks_before_writing):
@@ -672,6 +683,8 @@ class _ScheduledOptimizer(Optimizer):
     def _finish_load(self, kept: List[Dict[str, Any]], schedule: Any) -> None:
         if schedule is not None:
             self._schedule = schedule
+            # (a loaded composition may cycle the momentum where the one replaced did not)
+            self.cycle_momentum = getattr(schedule, "cycles_momentum", self.cycle_momentum)
         iterations = []
         for group, old in zip(self.param_groups, kept):
             for key, value in old.items():

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .. import schedule as _oracle
+from .. import schedules as S
 from .._checks import ONE_CYCLE_SHAPE, ScaleFn, cyclic_shape, non_negative, one_cycle_shape, one_cycle_total
 
 
@@ -27,7 +28,38 @@ def _capturing() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
-class CyclicSchedule:
+class CoreSchedule:
+    """What the optimizer core asks of its schedule, and the defaults of a schedule whose
+    op arguments are ``bound_keys`` read from the group, one ``shape`` and one ``op_mode``."""
+
+    kind = ""
+    #: Per-group keys the schedule reads from the groups (a new group must carry them).
+    group_keys: Tuple[str, ...] = ()
+    bound_keys: Tuple[str, ...] = ()
+    #: Whether each step needs a value computed on the host (a ``scale_fn``).
+    host_evaluated = False
+    #: Whether the amplitude can exceed the bounds' (then the momentum can cross 0).
+    may_overshoot = False
+    op_mode = -1
+    shape: Any = None
+
+    def op_shape(self, iteration: int) -> List[float]:
+        raise NotImplementedError
+
+    def op_arguments(self, group: Dict[str, Any], index: int, iteration: Any) -> Tuple[List[float], List[float], int]:
+        """The op's ``(bounds, shape, schedule_mode)`` for param group ``index``. ``iteration``
+        is read only by a host-evaluated schedule (None otherwise: a traced step must not)."""
+        shape = self.op_shape(iteration) if self.host_evaluated else self.shape
+        return [group[key] for key in self.bound_keys], shape, self.op_mode
+
+    def check_group_count(self, n_groups: int) -> None:
+        """Called with the constructor's groups: a schedule with per-group values checks their count."""
+
+    def check_iteration(self, iteration: int) -> None:
+        """Called before each step: nothing to say for a schedule without an end."""
+
+
+class CyclicSchedule(CoreSchedule):
     """CyclicLR's schedule (plus the paper's fixed / exp / decay policies)."""
 
     kind = "cyclic"
@@ -57,7 +89,7 @@ class CyclicSchedule:
         #: Whether the amplitude can exceed the bounds' (then the momentum can cross 0).
         self.may_overshoot = scale_fn is not None or (mode == "exp_range" and gamma > 1)
 
-    def init_group(self, group: Dict[str, Any], where: str) -> None:
+    def init_group(self, group: Dict[str, Any], where: str, index: int) -> None:
         """Checks a group's bounds and sets what a scheduler would (``initial_lr``)."""
         for key in ("base_lr", "max_lr"):
             group[key] = non_negative(key + where, group[key])
@@ -85,7 +117,7 @@ class CyclicSchedule:
     #: The group keys of the op's ``bounds``, in its order (csrc/math/schedule.h).
     bound_keys = ("base_lr", "max_lr", "base_momentum", "max_momentum")
 
-    def point(self, group: Dict[str, Any], iteration: int) -> Tuple[float, float]:
+    def point(self, group: Dict[str, Any], iteration: int, index: int) -> Tuple[float, float]:
         """``(lr, cycled momentum)`` of the step with index ``iteration``, by the oracle."""
         return _oracle.cyclic_point(
             iteration,
@@ -100,9 +132,6 @@ class CyclicSchedule:
             self.scale_fn,
             self.scale_mode,
         )
-
-    def check_iteration(self, iteration: int) -> None:
-        """Called before each step: nothing to say for a schedule without an end."""
 
     def state_dict(self) -> Dict[str, Any]:
         state: Dict[str, Any] = {"kind": self.kind}
@@ -131,7 +160,7 @@ class CyclicSchedule:
         self.__dict__.update(restored.__dict__)
 
 
-class OneCycleSchedule:
+class OneCycleSchedule(CoreSchedule):
     """OneCycleLR's 1cycle policy."""
 
     kind = "one_cycle"
@@ -165,10 +194,7 @@ class OneCycleSchedule:
         self.op_mode = _oracle.ONE_CYCLE_MODES[anneal_strategy]
         self.shape = self.op_shape(0)
 
-    host_evaluated = False
-    may_overshoot = False
-
-    def init_group(self, group: Dict[str, Any], where: str) -> None:
+    def init_group(self, group: Dict[str, Any], where: str, index: int) -> None:
         """Checks a group's ``max_lr`` and sets ``initial_lr`` and ``min_lr`` as OneCycleLR does."""
         group["max_lr"] = non_negative("max_lr" + where, group["max_lr"])
         if "initial_lr" not in group:
@@ -183,7 +209,7 @@ class OneCycleSchedule:
 
     bound_keys = ("initial_lr", "max_lr", "base_momentum", "max_momentum", "min_lr")
 
-    def point(self, group: Dict[str, Any], iteration: int) -> Tuple[float, float]:
+    def point(self, group: Dict[str, Any], iteration: int, index: int) -> Tuple[float, float]:
         return _oracle.one_cycle_point(
             iteration,
             group["initial_lr"],
@@ -226,6 +252,154 @@ class OneCycleSchedule:
             restored.phase_ends = tuple(float(end) for end in state["phase_ends"])
             restored.shape = restored.op_shape(0)
         self.__dict__.update(restored.__dict__)
+
+
+class ValueSchedule(CoreSchedule):
+    """A :mod:`clr_ext.schedules` value (any kind or chain) as the optimizer core runs it:
+    each group's chain is a table (``Flat.table``) that the op evaluates from the device
+    counter (``CLR_MODE_CHAIN``, csrc/math/schedule.h), times ``lr_scale``
+    (``scale_schedule``). The tables are built on the host when a group's ``initial_lr`` or
+    the scale changes, never by a traced step."""
+
+    kind = "value"
+    op_mode = _oracle.CHAIN_MODE
+
+    def __init__(self, value: Any, lr_scale: float = 1.0) -> None:
+        if not isinstance(value, S.Schedule):
+            raise ValueError(
+                f"schedule: must be a clr_ext.schedules value (S.Cyclic, S.OneCycle, S.CosineRestarts, "
+                f"S.Warmup(...), ...), got {value!r}"
+            )
+        segments = len(value._segments())
+        if segments > S.MAX_SEGMENTS:
+            raise ValueError(
+                f"schedule: a chain of {segments} schedules; the device evaluates at most {S.MAX_SEGMENTS}"
+            )
+        self.value = value
+        self.lr_scale = lr_scale_value("lr_scale", lr_scale)
+        leaves = value.leaves()
+        scale_fns = [leaf.scale_fn for leaf in leaves if isinstance(leaf, S.Cyclic) and leaf.scale_fn is not None]
+        self.scale_fn = scale_fns[0] if scale_fns else None  # (given back to from_state_dict on a load)
+        self.host_evaluated = bool(scale_fns)
+        self.may_overshoot = self.host_evaluated or any(
+            isinstance(leaf, S.Cyclic) and leaf.mode == "exp_range" and leaf.gamma > 1 for leaf in leaves
+        )
+        #: Whether some part of the chain cycles the momentum (SGD) or beta1 (AdamW).
+        self.cycles_momentum = any(isinstance(leaf, (S.Cyclic, S.OneCycle)) and leaf.cycle_momentum for leaf in leaves)
+        self._tables: Dict[int, Tuple[Any, List[float], Any]] = {}  # group index -> (initial_lr, table, flat)
+
+    def check_group_count(self, n_groups: int) -> None:
+        given = self.value.groups
+        if given is not None and given != n_groups:
+            raise ValueError(f"schedule: its per-group values are given for {given} param groups, there are {n_groups}")
+
+    def init_group(self, group: Dict[str, Any], where: str, index: int) -> None:
+        """Sets ``initial_lr`` as PyTorch's schedulers built on the group would (from its ``lr``
+        where the chain scales it), and, where the chain cycles the momentum, the range it
+        spans as ``base_momentum`` / ``max_momentum`` (the rules read them, as for CyclicLR)."""
+        given = self.value.groups
+        if given is not None and index >= given:
+            raise ValueError(
+                f"schedule{where}: its per-group values are given for {given} param groups; a group "
+                "added later needs a schedule with a value for it"
+            )
+        if group.get("initial_lr") is None:
+            lr = group.get("lr")
+            if lr is None and self.value.needs_initial_lr:
+                raise ValueError(f"lr{where}: required by this schedule (it scales each group's initial lr)")
+            group["initial_lr"] = self.value.initial_lr(lr, index)
+        group["initial_lr"] = non_negative("initial_lr" + where, group["initial_lr"])
+        flat = self._table(group, index)[2]
+        if self.cycles_momentum:
+            momenta = [m for m in flat.held_momentum[0] if not math.isnan(m)]
+            for kind, row in zip(flat.kinds, flat.params[0]):
+                slots = _MOMENTUM_SLOTS.get(kind, ())
+                momenta += [row[i] for i in slots if not math.isnan(row[i])]
+            group["base_momentum"], group["max_momentum"] = min(momenta), max(momenta)
+
+    def _table(self, group: Dict[str, Any], index: int, iteration: Any = None) -> Tuple[Any, List[float], Any]:
+        initial = group.get("initial_lr")
+        cached = self._tables.get(index)
+        if cached is None or cached[0] != initial or iteration is not None:
+            flat = self.value.flatten_group(initial, index)
+            cached = (initial, flat.table(0, self.lr_scale, iteration), flat)
+            self._tables[index] = cached
+        return cached
+
+    def op_arguments(self, group: Dict[str, Any], index: int, iteration: Any) -> Tuple[List[float], List[float], int]:
+        return [], self._table(group, index, iteration)[1], _oracle.CHAIN_MODE
+
+    def point(self, group: Dict[str, Any], iteration: int, index: int) -> Tuple[float, Optional[float]]:
+        table = self._table(group, index, iteration if self.host_evaluated else None)[1]
+        lr, momentum = S.table_point(iteration, table)
+        return lr, (None if math.isnan(momentum) else momentum)
+
+    def scaled(self, factor: Any) -> "ValueSchedule":
+        """This schedule with its LRs multiplied by ``factor`` from now on (a new value)."""
+        factor = lr_scale_value("factor", factor)
+        return ValueSchedule(self.value, self.lr_scale * factor)
+
+    def state_dict(self) -> Dict[str, Any]:
+        state = self.value.state_dict()
+        state["lr_scale"] = self.lr_scale
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if not isinstance(state, dict) or state.get("kind") not in S.KIND_NAMES:
+            kind = state.get("kind") if isinstance(state, dict) else state
+            raise ValueError(
+                f"state_dict: holds a {kind!r} schedule, this optimizer follows a clr_ext.schedules value "
+                "(a state dict of CyclicSGD / OneCycleSGD / ... loads into that class)"
+            )
+        value = S.from_state_dict(state, self.scale_fn)
+        restored = ValueSchedule(value, state.get("lr_scale", 1.0))
+        self.__dict__.update(restored.__dict__)
+
+
+#: Where a kind's parameter vector holds momentum bounds (clr_ext.schedules.LAYOUTS).
+_MOMENTUM_SLOTS = {
+    S.CYCLIC: (S.LAYOUTS[S.CYCLIC].index("base_momentum"), S.LAYOUTS[S.CYCLIC].index("max_momentum")),
+    S.ONE_CYCLE: (S.LAYOUTS[S.ONE_CYCLE].index("base_momentum"), S.LAYOUTS[S.ONE_CYCLE].index("max_momentum")),
+}
+
+
+def lr_scale_value(name: str, value: Any) -> float:
+    """A factor on the LRs: finite and >= 0."""
+    value = non_negative(name, value)
+    if math.isinf(value):
+        raise ValueError(f"{name}: must be finite, got {value!r}")
+    return value
+
+
+class ValueScheduled:
+    """What the optimizers that take a schedule as a value (:class:`clr_ext.SGD`,
+    :class:`clr_ext.AdamW`) show of it, and the call that scales it; a mixin."""
+
+    _schedule: ValueSchedule
+
+    @property
+    def schedule(self) -> Any:
+        """The :mod:`clr_ext.schedules` value this optimizer follows."""
+        return self._schedule.value
+
+    @property
+    def schedule_scale(self) -> float:
+        """The product of every :meth:`scale_schedule` factor so far (1.0: none)."""
+        return self._schedule.lr_scale
+
+    def scale_schedule(self, factor: float) -> None:
+        """Multiplies the LR of every group, from the next step on, by ``factor`` (on top of
+        earlier factors): a drop on a plateau that the host detected (what
+        ``ReduceLROnPlateau`` does to a fixed LR), a multistep decay, applied to a running
+        schedule. The schedule keeps its shape and position; the factor is saved in
+        ``state_dict()["schedule"]["lr_scale"]``. It changes the group tables the op reads:
+        an eager step takes it at no cost; a step compiled by ``torch.compile`` re-traces
+        once; a captured CUDA graph keeps the LRs it was captured with (capture again)."""
+        scaled = self._schedule.scaled(factor)  # (checks factor before anything changes)
+        for index, group in enumerate(self.param_groups):  # type: ignore[attr-defined]
+            scaled._table(group, index)
+        self._schedule = scaled
+        self._refresh_all()  # type: ignore[attr-defined]
 
 
 class CyclicScheduled:
@@ -318,6 +492,8 @@ def op_point(iteration: int, bounds: List[float], shape: List[float], mode: int)
     """``(lr, cycled momentum)`` of a step from the op's schedule arguments (``bound_keys``,
     ``op_shape``, ``op_mode`` above), by the oracle: what csrc/math/schedule.h evaluates, for the
     backends written in Python."""
+    if mode == _oracle.CHAIN_MODE:
+        return S.table_point(iteration, shape)
     if mode in _ANNEAL_NAMES:
         ends = tuple(shape[: int(shape[3])])
         return _oracle.one_cycle_point(

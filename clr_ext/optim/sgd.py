@@ -13,9 +13,16 @@ from .._checks import as_float, momentum_value, non_negative
 from .core import _refuse_capture, _ScheduledOptimizer, construct
 from .functional import Work
 from .records import SgdHyper, SgdTensors
-from .schedules import CyclicSchedule, CyclicScheduled, OneCycleSchedule, OneCycleScheduled
+from .schedules import (
+    CyclicSchedule,
+    CyclicScheduled,
+    OneCycleSchedule,
+    OneCycleScheduled,
+    ValueSchedule,
+    ValueScheduled,
+)
 
-__all__ = ["CyclicSGD", "OneCycleSGD"]
+__all__ = ["SGD", "CyclicSGD", "OneCycleSGD"]
 
 _BUFFER = operator.itemgetter("momentum_buffer")
 
@@ -131,7 +138,7 @@ class _ScheduledSGD(_ScheduledOptimizer):
             if compiling or (low > 0 and high > 0 and high - low != high and not self._schedule.may_overshoot):
                 use_buffers = momentum_possible
             else:
-                use_buffers = self._point(group, self._iteration)[1] != 0
+                use_buffers = self._point(group, self._iteration, group_index)[1] != 0
         else:
             use_buffers = momentum_possible = group["momentum"] != 0
         state, starts_of = self.state, self._momentum_start
@@ -387,3 +394,51 @@ class OneCycleSGD(OneCycleScheduled, _ScheduledSGD):
         backend: str = "auto",
     ) -> None:
         construct(self, OneCycleSchedule, locals())
+
+
+class SGD(ValueScheduled, _ScheduledSGD):
+    r"""SGD with momentum under any schedule of :mod:`clr_ext.schedules`, in one fused step.
+
+    One ``step()`` does what ``sgd.step(); sched.step()`` does for
+    ``sgd = torch.optim.SGD(params, lr=lr, momentum=momentum, dampening=dampening,
+    weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)`` and the PyTorch
+    scheduler(s) that ``schedule`` names (``S.CosineRestarts`` for
+    ``CosineAnnealingWarmRestarts``, ``S.Warmup(X, n)`` for ``SequentialLR([LinearLR, X])``,
+    ...), with their numbers: the schedule is evaluated from the device counter inside the
+    kernel, whatever the chain (no host sync on CUDA, CUDA-graph capturable, a bounded
+    number of traces under torch.compile).
+
+    Args:
+        params: an iterable of tensors or of param-group dicts (a group may carry its own
+            ``lr`` and the SGD keys).
+        lr: each group's LR before the schedule, which the schedules that scale a group's
+            initial LR read (``CosineRestarts``, ``Linear``, ``Constant``, the ``hf_*``
+            forms and ``Warmup``); unused (None allowed) when every part of the chain
+            carries its own bounds (``Cyclic``, ``OneCycle``).
+        schedule: a :mod:`clr_ext.schedules` value. Where it cycles the momentum, that
+            replaces ``momentum``, as CyclicLR / OneCycleLR do.
+        momentum, dampening, weight_decay, nesterov, maximize: as torch.optim.SGD.
+        backend: ``"auto"`` or one of ``available_backends()``.
+
+    Each group holds ``initial_lr`` (as PyTorch's schedulers leave it) and, after every
+    step, the ``lr`` (and cycled ``momentum``) of the next step. :meth:`scale_schedule`
+    multiplies the running schedule's LRs.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: Optional[float] = None,
+        *,
+        schedule: Any,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        maximize: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        value = ValueSchedule(schedule)
+        rule = dict(momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
+        rule.update(maximize=maximize, lr=None if lr is None else non_negative("lr", lr))
+        _ScheduledSGD.__init__(self, params, value, {}, rule, cycle_momentum=value.cycles_momentum, backend=backend)

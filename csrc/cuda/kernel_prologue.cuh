@@ -60,9 +60,8 @@ __device__ __forceinline__ StepPoint thread0_step_point(const StepInputs& in) {
   s.lr = 0.0;
   s.momentum = 0.0;
   if (!s.skip) {
-    const clr_shape shape = in.shape;
-    const clr_bounds bounds = in.bounds;
-    const clr_point point = clr_schedule(iteration, &shape, &bounds);
+    // Read in place: a chain's shape is ~0.9 KB, too large to copy into a thread's registers.
+    const clr_point point = clr_schedule(iteration, &in.shape, &in.bounds);
     s.lr = point.lr;
     s.momentum = in.cycle_momentum ? point.momentum : in.momentum;
   }

@@ -50,6 +50,11 @@ clr_shape shape_from(at::ArrayRef<double> shape, int64_t mode) {
   TORCH_CHECK(mode >= 0 && mode < CLR_MODE_COUNT, "clr_ext: unknown schedule mode ", mode);
   clr_shape s = {};
   s.mode = (int32_t)mode;
+  if (mode == CLR_MODE_CHAIN) {
+    const char* error = clr_chain_read(shape.data(), (int64_t)shape.size(), &s.chain);
+    TORCH_CHECK(error == nullptr, "clr_ext: schedule chain: ", error ? error : "");
+    return s;
+  }
   if (is_one_cycle(mode)) {
     TORCH_CHECK(shape.size() == 4, "clr_ext: a 1cycle shape must be [phase_end_0, phase_end_1, phase_end_2, phases]");
     TORCH_CHECK(shape[3] == 2.0 || shape[3] == 3.0, "clr_ext: a 1cycle schedule has 2 or 3 phases, got ", shape[3]);
@@ -69,7 +74,11 @@ clr_shape shape_from(at::ArrayRef<double> shape, int64_t mode) {
   return s;
 }
 
-clr_bounds bounds_from(at::ArrayRef<double> bounds) {
+clr_bounds bounds_from(at::ArrayRef<double> bounds, int64_t mode) {
+  if (mode == CLR_MODE_CHAIN) {  // a chain carries each group's values in its shape
+    TORCH_CHECK(bounds.empty(), "clr_ext: with a schedule chain, bounds must be empty");
+    return clr_bounds{};
+  }
   TORCH_CHECK(bounds.size() == 4 || bounds.size() == 5,
               "clr_ext: bounds must be [base_lr, max_lr, base_momentum, max_momentum(, min_lr)]");
   clr_bounds b;
@@ -86,7 +95,7 @@ SgdConfig parse_sgd_config(at::ArrayRef<double> bounds, at::ArrayRef<double> sha
                            bool first_step) {
   SgdConfig c;
   c.shape = shape_from(shape, mode);
-  c.bounds = bounds_from(bounds);
+  c.bounds = bounds_from(bounds, mode);
   c.momentum = momentum;
   c.dampening = dampening;
   c.weight_decay = weight_decay;
@@ -164,7 +173,7 @@ AdamwConfig parse_adamw_config(at::ArrayRef<double> bounds, at::ArrayRef<double>
                                bool cycle_momentum, int64_t fused_width) {
   AdamwConfig c;
   c.shape = shape_from(shape, mode);
-  c.bounds = bounds_from(bounds);
+  c.bounds = bounds_from(bounds, mode);
   // Every comparison is false for NaN, so these refuse NaN as well.
   TORCH_CHECK(beta1 >= 0.0 && beta1 < 1.0, "clr_ext: beta1 must be in [0, 1), got ", beta1);
   TORCH_CHECK(beta2 >= 0.0 && beta2 < 1.0, "clr_ext: beta2 must be in [0, 1), got ", beta2);

@@ -21,7 +21,7 @@ std::pair<double, double> schedule_point(int64_t iteration, double base_lr, doub
                                          double max_momentum, double step_size_up, double step_size_down, int64_t mode,
                                          double gamma, double custom_scale) {
   const clr_shape s = shape_from({step_size_up, step_size_down, gamma, custom_scale}, mode);
-  const clr_bounds b = bounds_from({base_lr, max_lr, base_momentum, max_momentum});
+  const clr_bounds b = bounds_from({base_lr, max_lr, base_momentum, max_momentum}, mode);
   const clr_point p = clr_schedule(iteration, &s, &b);
   return {p.lr, p.momentum};
 }
@@ -30,7 +30,7 @@ std::pair<double, double> schedule_point(int64_t iteration, double base_lr, doub
 std::pair<double, double> schedule_at(int64_t iteration, const std::vector<double>& bounds,
                                       const std::vector<double>& shape, int64_t mode) {
   const clr_shape s = shape_from(shape, mode);
-  const clr_bounds b = bounds_from(bounds);
+  const clr_bounds b = bounds_from(bounds, mode);
   const clr_point p = clr_schedule(iteration, &s, &b);
   return {p.lr, p.momentum};
 }

@@ -12,13 +12,14 @@ namespace clr_ext {
 // The parameter dtypes the kernels update: float32, float64, float16, bfloat16.
 bool supported_dtype(at::ScalarType t);
 
-// `shape` is [step_size_up, step_size_down, gamma, custom_scale] for the cyclical modes
-// and [phase_end_0, phase_end_1, phase_end_2, phases] for 1cycle (phase_end_2 unread
-// with two phases); checked, raising on what the schedule cannot run.
+// `shape` is [step_size_up, step_size_down, gamma, custom_scale] for the cyclical modes,
+// [phase_end_0, phase_end_1, phase_end_2, phases] for 1cycle (phase_end_2 unread with two
+// phases) and a group's whole chain for CLR_MODE_CHAIN (clr_chain_read's layout); checked,
+// raising on what the schedule cannot run.
 clr_shape shape_from(at::ArrayRef<double> shape, int64_t mode);
 
-// [base_lr, max_lr, base_momentum, max_momentum] and, for 1cycle, min_lr.
-clr_bounds bounds_from(at::ArrayRef<double> bounds);
+// [base_lr, max_lr, base_momentum, max_momentum] and, for 1cycle, min_lr; empty for a chain.
+clr_bounds bounds_from(at::ArrayRef<double> bounds, int64_t mode);
 
 // A step that AMP found overflowing changes nothing. GradScaler hands a fused optimizer
 // the sum of its per-device flags, so any non-zero value skips (2.0: two devices

@@ -47,6 +47,110 @@ static double ramp(int64_t it, int64_t up, int64_t down, int64_t* cycle_index) {
   return (double)(total - pos) / (double)down;
 }
 
+// A chain table as clr_ext.schedules writes it (clr_chain_read's layout).
+typedef struct {
+  double values[CLR_CHAIN_HEADER + CLR_MAX_SEGMENTS * CLR_SEGMENT_VALUES];
+  int64_t n;
+} chain_table;
+
+static void chain_begin(chain_table* t, double lr_scale) {
+  t->values[0] = lr_scale;
+  t->values[1] = 0.0;
+  t->n = CLR_CHAIN_HEADER;
+}
+
+static void chain_add(chain_table* t, int kind, double start, double held, const double* p, int np) {
+  double* v = t->values + t->n;
+  v[0] = kind;
+  v[1] = start;
+  v[2] = held;
+  for (int i = 0; i < CLR_SEGMENT_WIDTH; ++i) v[3 + i] = i < np ? p[i] : 0.0;
+  t->n += CLR_SEGMENT_VALUES;
+  t->values[1] += 1.0;
+}
+
+// A warmup, a triangular cycle, SGDR: each segment recomputed here from its definition.
+static void check_chain(void) {
+  const double linear[] = {0.2, 0.1, 1.0, 10};
+  const double cyclic[] = {0.001, 0.006, 5, 5, 1.0, 0.85, 0.95, CLR_MODE_TRIANGULAR, 0, 1.0};
+  const double restarts[] = {0.2, 4, 2, 0.0};
+  chain_table t;
+  chain_begin(&t, 0.5);
+  chain_add(&t, CLR_KIND_LINEAR, 0, 0.95, linear, 4);
+  chain_add(&t, CLR_KIND_CYCLIC, 10, NAN, cyclic, 10);
+  int64_t cycle = 0;
+  const double last_momentum = 0.95 - 0.1 * ramp(29, 5, 5, &cycle);
+  chain_add(&t, CLR_KIND_COSINE_RESTARTS, 40, last_momentum, restarts, 4);
+  clr_shape s;
+  s.mode = CLR_MODE_CHAIN;
+  const char* error = clr_chain_read(t.values, t.n, &s.chain);
+  expect_close(error == NULL, 1.0, 0.0, "chain read", 0);
+  const clr_bounds unused = make_bounds(0, 0, 0, 0);
+  for (int64_t it = 0; it < 200; ++it) {
+    double lr = 0.0, momentum = 0.0;
+    if (it < 10) {
+      lr = 0.2 * (0.1 + 0.9 * (double)it / 10.0);
+      momentum = 0.95;
+    } else if (it < 40) {
+      const double f = ramp(it - 10, 5, 5, &cycle);
+      lr = 0.001 + 0.005 * f;
+      momentum = 0.95 - 0.1 * f;
+    } else {
+      int64_t t_cur = it - 40, t_i = 4;
+      while (t_cur >= t_i) {
+        t_cur -= t_i;
+        t_i *= 2;
+      }
+      lr = 0.2 * (1.0 + cos(M_PI * (double)t_cur / (double)t_i)) / 2.0;
+      momentum = last_momentum;
+    }
+    const clr_point p = clr_schedule(it, &s, &unused);
+    expect_close(p.lr, 0.5 * lr, 1e-14, "chain lr", (long long)it);
+    expect_close(p.momentum, momentum, 1e-14, "chain momentum", (long long)it);
+  }
+
+  // transformers' WSD (linear warmup, cosine decay to 10%): 5 + 10 + 20 steps
+  const double wsd[] = {0.3, 5, 10, 20, 0, 1, 0.1, 0.5};
+  chain_begin(&t, 1.0);
+  chain_add(&t, CLR_KIND_HF_WSD, 0, NAN, wsd, 8);
+  expect_close(clr_chain_read(t.values, t.n, &s.chain) == NULL, 1.0, 0.0, "wsd read", 0);
+  for (int64_t it = 0; it < 50; ++it) {
+    double factor = 1.0;
+    if (it < 5) factor = (double)it / 5.0;
+    if (it >= 15 && it < 35) factor = 0.5 * (1.0 + cos(M_PI * (double)(it - 15) / 20.0));
+    if (it >= 35) factor = 0.0;
+    const clr_point p = clr_schedule(it, &s, &unused);
+    expect_close(p.lr, 0.3 * (0.1 + 0.9 * factor), 1e-14, "wsd lr", (long long)it);
+    expect_close(p.momentum != p.momentum, 1.0, 0.0, "wsd sets no momentum", (long long)it);
+  }
+
+  // What the reader refuses: each table differs from a good one in one value.
+  chain_begin(&t, 1.0);
+  chain_add(&t, CLR_KIND_LINEAR, 0, NAN, linear, 4);
+  chain_add(&t, CLR_KIND_CYCLIC, 10, NAN, cyclic, 10);
+  const int64_t second = CLR_CHAIN_HEADER + CLR_SEGMENT_VALUES;
+  struct {
+    int64_t index;
+    double value;
+    const char* what;
+  } bad[] = {{0, -1.0, "negative scale"},
+             {0, INFINITY, "infinite scale"},
+             {1, 0.0, "no segment"},
+             {1, 9.0, "too many segments"},
+             {CLR_CHAIN_HEADER, 8.0, "bad kind"},
+             {CLR_CHAIN_HEADER + 1, 1.0, "first start"},
+             {second + 1, 0.0, "start order"},
+             {second + 1, 10.5, "fractional start"},
+             {second + 3 + 7, 7.0, "cyclic mode"},
+             {second + 3 + 2, 0.0, "step size"}};
+  for (size_t k = 0; k < sizeof bad / sizeof bad[0]; ++k) {
+    chain_table broken = t;
+    broken.values[bad[k].index] = bad[k].value;
+    expect_close(clr_chain_read(broken.values, broken.n, &s.chain) != NULL, 1.0, 0.0, bad[k].what, (long long)k);
+  }
+  expect_close(clr_chain_read(t.values, t.n - 1, &s.chain) != NULL, 1.0, 0.0, "short table", 0);
+}
+
 static void check_sequence(int32_t mode, int64_t up, int64_t down, double gamma, int64_t first, int64_t count,
                            double rel, const char* name) {
   const clr_shape s = make_shape(mode, (double)up, (double)down, gamma);
@@ -131,6 +235,8 @@ int main() {
       expect_close(clr_schedule(it, &decay, &b).momentum, 0.9 - 0.1 * f, 1e-14, "decay momentum", (long long)it);
     }
   }
+
+  check_chain();
 
   if (g_failures) {
     fprintf(stderr, "test_schedule: %d of %d checks failed\n", g_failures, g_checks);

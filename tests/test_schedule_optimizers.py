@@ -1,0 +1,360 @@
+"""clr_ext.SGD / clr_ext.AdamW with a schedule value, against PyTorch's optimizer + scheduler(s).
+
+- The device formula (``CLR_MODE_CHAIN`` of csrc/math/schedule.h, through ``_C`` and the Cython
+  fallback) gives the Python twin's numbers (``clr_ext.schedules.table_point``) bit for bit, for
+  every composition of tests/compositions.py, every group, over their 10,000 steps; the twin is
+  held to PyTorch there (tests/test_schedule_values.py).
+- Both rules on every CPU backend step as ``torch.optim.SGD`` / ``AdamW`` with the PyTorch
+  scheduler(s) that the value names: the params and the host LRs bit for bit, except where
+  PyTorch's LinearLR is recursive (within a rounding per factor).
+- ``scale_schedule``, state dicts, the group checks, torch.compile's trace count, ``as_scheduler``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import pytest
+import torch
+from compositions import PARITY, STEPS
+from torch.optim import lr_scheduler as L
+
+import clr_ext
+from clr_ext import schedules as S
+from clr_ext.schedule import CHAIN_MODE
+
+# ------------------------------------------------------------------ the device formula
+
+
+def _device_evaluators():
+    """Every compiled evaluation of the op's schedule arguments: ``(name, (it, bounds, shape, mode) -> point)``."""
+    from clr_ext import backends
+
+    out = []
+    if backends._C is not None:
+        out.append(("cpp", backends._C.schedule_at))
+    if backends._cython_cpu is not None:
+        out.append(("cython", backends._cython_cpu.schedule_at))
+    return out
+
+
+@pytest.mark.parametrize("evaluator", _device_evaluators(), ids=lambda e: e[0])
+@pytest.mark.parametrize("rule, build, value, recursive", PARITY)
+def test_device_chain_equals_the_python_twin(evaluator, rule, build, value, recursive):
+    _, schedule_at = evaluator
+    initial = [value.initial_lr(lr, g) for g, lr in enumerate((0.1, 0.037, 1.3e-3))]
+    for g in range(3):
+        flat = value.flatten_group(initial[g], g)
+        for t in range(0, STEPS, 3):
+            table = flat.table(0, 1.0, t)  # (a host scale_fn is evaluated into the table, as a step does)
+            lr, momentum = schedule_at(t, [], table, CHAIN_MODE)
+            want_lr, want_momentum = S.table_point(t, table)
+            assert lr == want_lr, (t, g)
+            assert momentum == want_momentum or (math.isnan(momentum) and math.isnan(want_momentum)), (t, g)
+
+
+def test_table_point_is_the_value_and_scales():
+    value = S.Warmup(S.Sequential([S.Cyclic(1e-3, 0.1, 30), S.CosineRestarts(20, 2)], [200]), 25, 0.1)
+    flat = value.flatten_group(0.05, 0)
+    for t in range(0, 600, 7):
+        lr, momentum = value.point(t, 0.05)
+        assert S.table_point(t, flat.table(0, 1.0)) == (lr, momentum)
+        assert S.table_point(t, flat.table(0, 0.25))[0] == lr * 0.25
+
+
+def test_device_chain_refuses_a_bad_table():
+    from clr_ext import backends
+
+    if backends._C is None:
+        pytest.skip("no compiled _C")
+    table = S.Cyclic(1e-3, 0.1, 30).flatten_group(None, 0).table()
+    for bad, words in (
+        (table[:-1], "length"),
+        ([table[0], 9.0] + table[2:], "segments"),
+        ([-1.0] + table[1:], "lr_scale"),
+        (table[:2] + [42.0] + table[3:], "kind"),
+    ):
+        with pytest.raises(RuntimeError, match=words):
+            backends._C.schedule_at(0, [], bad, CHAIN_MODE)
+    with pytest.raises(RuntimeError, match="bounds must be empty"):
+        backends._C.schedule_at(0, [0.1, 0.2, 0.8, 0.9], table, CHAIN_MODE)
+
+
+# ---------------------------------------------------------- the optimizers against PyTorch
+
+LRS = (0.1, 0.03)
+BOUNDS = ([1e-3, 4e-3], [0.1, 0.05])
+STEPS_SHORT = 90
+
+
+def _hf(name):
+    return getattr(pytest.importorskip("transformers.optimization"), name)
+
+
+def _seq(first, then, at):
+    return lambda o: L.SequentialLR(o, [first(o), then(o)], [at])
+
+
+def _case(id, build, value, recursive=False):
+    return pytest.param(build, value, recursive, id=id)
+
+
+# Each PyTorch composition of the issue, with milestones inside a short run.
+CASES = [
+    _case("cawr", lambda o: L.CosineAnnealingWarmRestarts(o, 7, 2, 1e-4), S.CosineRestarts(7, 2, 1e-4)),
+    _case("cawr-T1", lambda o: L.CosineAnnealingWarmRestarts(o, 11), S.CosineRestarts(11)),
+    _case("cyclic", lambda o: L.CyclicLR(o, *BOUNDS, 9, mode="triangular2"), S.Cyclic(*BOUNDS, 9, mode="triangular2")),
+    _case("onecycle", lambda o: L.OneCycleLR(o, BOUNDS[1], 95), S.OneCycle(BOUNDS[1], 95)),
+    _case(
+        "warmup-cyclic",
+        _seq(lambda o: L.LinearLR(o, 0.1, 1.0, 10), lambda o: L.CyclicLR(o, *BOUNDS, 9), 10),
+        S.Warmup(S.Cyclic(*BOUNDS, 9), 10, 0.1),
+        True,
+    ),
+    _case(
+        "warmup-onecycle",
+        _seq(lambda o: L.LinearLR(o, 0.1, 1.0, 10), lambda o: L.OneCycleLR(o, BOUNDS[1], 85, three_phase=True), 10),
+        S.Warmup(S.OneCycle(BOUNDS[1], 85, three_phase=True), 10, 0.1),
+        True,
+    ),
+    _case(
+        "warmup-cawr",
+        _seq(lambda o: L.LinearLR(o, 0.1, 1.0, 10), lambda o: L.CosineAnnealingWarmRestarts(o, 7, 2), 10),
+        S.Sequential([S.Linear(0.1, 1.0, 10), S.CosineRestarts(7, 2)], [10]),
+        True,
+    ),
+    _case(
+        "constant-cyclic",
+        _seq(
+            lambda o: L.ConstantLR(o, 0.25, 5), lambda o: L.CyclicLR(o, 1e-3, 0.1, 9, mode="exp_range", gamma=0.99), 8
+        ),
+        S.Sequential([S.Constant(0.25, 5), S.Cyclic(1e-3, 0.1, 9, mode="exp_range", gamma=0.99)], [8]),
+    ),
+    _case(
+        "hf-linear",
+        lambda o: _hf("get_linear_schedule_with_warmup")(o, 10, 70),
+        S.hf_linear_with_warmup(10, 70),
+    ),
+    _case(
+        "hf-cosine",
+        lambda o: _hf("get_cosine_schedule_with_warmup")(o, 10, 80, num_cycles=1.5),
+        S.hf_cosine_with_warmup(10, 80, num_cycles=1.5),
+    ),
+    _case(
+        "hf-wsd",
+        lambda o: _hf("get_wsd_schedule")(o, 10, 30, num_training_steps=75, decay_type="1-sqrt", min_lr_ratio=0.1),
+        S.hf_wsd(10, 30, num_training_steps=75, decay_type="1-sqrt", min_lr_ratio=0.1),
+    ),
+]
+
+RULES = {
+    "sgd": (
+        lambda groups: torch.optim.SGD(groups, lr=0.5, momentum=0.9, weight_decay=1e-3),
+        lambda groups, value, backend: clr_ext.SGD(
+            groups, lr=0.5, schedule=value, momentum=0.9, weight_decay=1e-3, backend=backend
+        ),
+    ),
+    "adamw": (
+        lambda groups: torch.optim.AdamW(groups, lr=0.5, weight_decay=1e-2),
+        lambda groups, value, backend: clr_ext.AdamW(
+            groups, lr=0.5, schedule=value, weight_decay=1e-2, backend=backend
+        ),
+    ),
+}
+
+
+def _params(dtype):
+    gen = torch.Generator().manual_seed(0)
+    shapes = ((37,), (5, 3))
+    return [torch.nn.Parameter(torch.randn(shape, generator=gen, dtype=dtype)) for shape in shapes]
+
+
+def _groups(params):
+    return [{"params": [p], "lr": lr} for p, lr in zip(params, LRS)]
+
+
+def _grads(step, params):
+    gen = torch.Generator().manual_seed(1000 + step)
+    return [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
+
+
+def _reference(rule, build, dtype, steps, scale_at=None, factor=1.0):
+    """PyTorch's pair; ``scale_at``: from that step on, every LR the scheduler sets is times ``factor``."""
+    params = _params(dtype)
+    opt = RULES[rule][0](_groups(params))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the schedulers' "step() before optimizer.step()"
+        sched = build(opt)
+        lrs = []
+        for t in range(steps):
+            if scale_at is not None and t >= scale_at:
+                for group in opt.param_groups:
+                    group["lr"] = group["lr"] * factor
+            lrs.append([g["lr"] for g in opt.param_groups])
+            for p, g in zip(params, _grads(t, params)):
+                p.grad = g
+            opt.step()
+            if scale_at is not None and t >= scale_at:
+                for group in opt.param_groups:
+                    group["lr"] = group["lr"] / factor  # (undone: the scheduler's own value goes on)
+            sched.step()
+    return [p.detach() for p in params], lrs
+
+
+def _run(opt, params, start, steps, scale_at=None, factor=1.0):
+    lrs = []
+    for t in range(start, steps):
+        if scale_at is not None and t == scale_at:
+            opt.scale_schedule(factor)
+        lrs.append([g["lr"] for g in opt.param_groups])
+        for p, g in zip(params, _grads(t, params)):
+            p.grad = g
+        opt.step()
+    return lrs
+
+
+def _assert_params(ours, theirs, recursive):
+    for a, b in zip(ours, theirs):
+        if recursive:  # PyTorch's LinearLR multiplies a factor per step: last-bit differences
+            torch.testing.assert_close(a, b, rtol=1e-5 if a.dtype == torch.float32 else 1e-12, atol=1e-7)
+        else:
+            assert torch.equal(a, b), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("rule", sorted(RULES))
+@pytest.mark.parametrize("build, value, recursive", CASES)
+def test_steps_as_pytorchs_pair(backend, build, value, recursive, rule, dtype):
+    theirs, ref_lrs = _reference(rule, build, dtype, STEPS_SHORT)
+    params = _params(dtype)
+    opt = RULES[rule][1](_groups(params), value, backend)
+    lrs = _run(opt, params, 0, STEPS_SHORT)
+    _assert_params(params, theirs, recursive)
+    if recursive:
+        assert sum(lrs, []) == pytest.approx(sum(ref_lrs, []), rel=1e-13, abs=0)
+    else:
+        assert lrs == ref_lrs
+    assert opt.iteration == STEPS_SHORT
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_scale_schedule_multiplies_every_later_lr(backend, rule):
+    build, value, _ = CASES[0].values
+    theirs, ref_lrs = _reference(rule, build, torch.float32, 40, scale_at=17, factor=0.5)
+    params = _params(torch.float32)
+    opt = RULES[rule][1](_groups(params), value, backend)
+    lrs = _run(opt, params, 0, 40, scale_at=17, factor=0.5)
+    assert lrs == ref_lrs
+    _assert_params(params, theirs, False)
+    assert opt.schedule_scale == 0.5 and opt.state_dict()["schedule"]["lr_scale"] == 0.5
+
+
+@pytest.mark.parametrize("factor", [-0.5, float("nan"), float("inf"), "x"])
+def test_scale_schedule_refuses_a_bad_factor_and_changes_nothing(backend, factor):
+    params = _params(torch.float32)
+    opt = clr_ext.SGD(_groups(params), lr=0.1, schedule=S.CosineRestarts(7), backend=backend)
+    before = [g["lr"] for g in opt.param_groups]
+    with pytest.raises(ValueError, match="factor"):
+        opt.scale_schedule(factor)
+    assert [g["lr"] for g in opt.param_groups] == before and opt.schedule_scale == 1.0
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_state_dict_carries_the_whole_composition(backend, rule):
+    """Saved mid-run (after a scale), loaded into an optimizer built with ANOTHER schedule: the
+    saved composition, scale and position replace it, and the run goes on as if uninterrupted."""
+    build, value, _ = CASES[4].values  # a warmup in front of a cycle
+    params = _params(torch.float64)
+    opt = RULES[rule][1](_groups(params), value, backend)
+    lrs = _run(opt, params, 0, 25, scale_at=20, factor=0.3)
+    saved = copy.deepcopy(opt.state_dict())
+    assert S.from_state_dict(saved["schedule"]) == value
+    resumed_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    lrs += _run(opt, params, 25, 60)
+
+    other = RULES[rule][1](_groups(resumed_params), S.CosineRestarts(3), backend)
+    other.load_state_dict(saved)
+    assert other.schedule == value and other.schedule_scale == 0.3 and other.iteration == 25
+    resumed = lrs[:25] + _run(other, resumed_params, 25, 60)
+    assert resumed == lrs
+    for a, b in zip(params, resumed_params):
+        assert torch.equal(a, b)
+
+
+def test_a_cyclic_sgd_state_dict_is_refused_with_words():
+    params = _params(torch.float32)
+    cyclic = clr_ext.CyclicSGD(_groups(params), 1e-3, 0.1, 9)
+    opt = clr_ext.SGD(_groups(params), lr=0.1, schedule=S.Cyclic(1e-3, 0.1, 9))
+    with pytest.raises(ValueError, match="schedule"):
+        opt.load_state_dict(cyclic.state_dict())
+    assert opt.schedule == S.Cyclic(1e-3, 0.1, 9)
+
+
+def test_groups_are_checked_against_the_schedule():
+    params = _params(torch.float32)
+    with pytest.raises(ValueError, match="lr: required"):
+        clr_ext.SGD(params, schedule=S.CosineRestarts(7))
+    with pytest.raises(ValueError, match="schedule"):
+        clr_ext.SGD(params, schedule=L.CosineAnnealingWarmRestarts)
+    with pytest.raises(ValueError, match="schedule: its per-group values are given for 3"):
+        clr_ext.SGD(_groups(params), schedule=S.Cyclic([1e-3] * 3, [0.1] * 3))
+    with pytest.raises(ValueError, match="lr"):
+        clr_ext.AdamW(params, lr=-1.0, schedule=S.CosineRestarts(7))
+    nine = S.Sequential([S.Constant(0.5, 1)] * 9, list(range(1, 9)))
+    with pytest.raises(ValueError, match="at most 8"):
+        clr_ext.SGD(params, lr=0.1, schedule=nine)
+    # bounds-only chains need no lr; per-group values take a group added later only if they cover it
+    opt = clr_ext.SGD([params[0]], schedule=S.Cyclic([1e-3], [0.1]))
+    with pytest.raises(ValueError, match="param group 1"):
+        opt.add_param_group({"params": [params[1]]})
+    assert len(opt.param_groups) == 1
+
+
+def test_group_values_follow_pytorchs_conventions():
+    params = _params(torch.float32)
+    opt = clr_ext.SGD(_groups(params), lr=0.5, schedule=S.Warmup(S.Cyclic(1e-3, 0.1, 9, base_momentum=0.7), 4))
+    assert [g["initial_lr"] for g in opt.param_groups] == list(LRS)
+    assert [g["lr"] for g in opt.param_groups] == [0.0, 0.0]  # the warmup's start_factor 0
+    assert opt.param_groups[0]["momentum"] == 0.9  # CyclicLR's momentum at its step 0, held by the warmup
+    assert (opt.param_groups[0]["base_momentum"], opt.param_groups[0]["max_momentum"]) == (0.7, 0.9)
+    plain = clr_ext.AdamW(_groups(params), schedule=S.CosineRestarts(5), betas=(0.8, 0.99))
+    assert plain.param_groups[0]["betas"] == (0.8, 0.99) and not plain.cycle_momentum
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_compiled_step_traces_a_bounded_number_of_times(backend, rule):
+    """torch.compile(fullgraph=True) over a chain that crosses two milestones: the eager numbers,
+    and the traces of the cyclical classes (one before and one after the state exists)."""
+    torch._dynamo.reset()
+    value = S.Sequential([S.Linear(0.1, 1.0, 5), S.Cyclic(1e-3, 0.1, 4), S.CosineRestarts(6, 2)], [5, 15])
+    eager_params, params = _params(torch.float32), _params(torch.float32)
+    eager = RULES[rule][1](_groups(eager_params), value, backend)
+    opt = RULES[rule][1](_groups(params), value, backend)
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(lambda: opt.step(), fullgraph=True, backend=counter)
+    for t in range(30):
+        for ps in (eager_params, params):
+            for p, g in zip(ps, _grads(t, ps)):
+                p.grad = g
+        eager.step()
+        compiled()
+        assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in eager.param_groups], t
+    for a, b in zip(params, eager_params):
+        assert torch.equal(a, b)
+    assert counter.frame_count <= 2
+    torch._dynamo.reset()
+
+
+def test_as_scheduler_reports_the_chain():
+    params = _params(torch.float32)
+    value = S.hf_cosine_with_warmup(5, 40)
+    opt = clr_ext.AdamW(_groups(params), schedule=value)
+    sched = opt.as_scheduler()
+    for t in range(12):
+        assert sched.get_last_lr() == [value.lr(t, lr) for lr in LRS]
+        for p, g in zip(params, _grads(t, params)):
+            p.grad = g
+        opt.step()
+        sched.step()
