@@ -358,3 +358,49 @@ def test_as_scheduler_reports_the_chain():
             p.grad = g
         opt.step()
         sched.step()
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+@pytest.mark.parametrize("build, value, recursive", CASES)
+def test_from_torch_continues_a_running_composition(backend, build, value, recursive, rule):
+    """A PyTorch pair stepped 7 times (inside the warmups), converted by clr_ext.from_torch
+    (a copy of it: the conversion shares the params), goes on as the pair does: the value
+    that names the scheduler, the LRs and the params."""
+    ref_params = _params(torch.float64)
+    ref = RULES[rule][0](_groups(ref_params))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sched = build(ref)
+        for t in range(7):
+            for p, g in zip(ref_params, _grads(t, ref_params)):
+                p.grad = g
+            ref.step()
+            sched.step()
+        copied, copied_sched = copy.deepcopy((ref, sched))
+        opt = clr_ext.from_torch(copied, copied_sched, backend=backend)
+        params = [p for g in opt.param_groups for p in g["params"]]
+        assert opt.iteration == 7
+        if isinstance(opt, (clr_ext.SGD, clr_ext.AdamW)):  # (a plain CyclicLR / OneCycleLR: a Cyclic* class)
+            assert _flat_form(opt.schedule) == _flat_form(value)  # the same numbers, maybe another spelling
+        for t in range(7, 40):
+            assert [g["lr"] for g in opt.param_groups] == pytest.approx([g["lr"] for g in ref.param_groups], rel=1e-13)
+            for ps in (ref_params, params):
+                for p, g in zip(ps, _grads(t, ps)):
+                    p.grad = g
+            ref.step()
+            sched.step()
+            opt.step()
+    _assert_params(params, [p.detach() for p in ref_params], recursive)
+
+
+def _flat_form(value):
+    flat = value.flatten(LRS)
+    return flat.kinds, flat.starts, flat.params, str(flat.held_momentum)  # (str: NaN == NaN)
+
+
+def test_from_torch_refuses_a_scheduler_it_cannot_run():
+    sgd = torch.optim.SGD(_params(torch.float32), lr=0.1)
+    with pytest.raises(TypeError, match="scheduler"):
+        clr_ext.from_torch(sgd, L.LambdaLR(sgd, lambda t: 0.5**t))
+    with pytest.raises(TypeError, match="scheduler"):
+        clr_ext.from_torch(sgd, L.StepLR(sgd, 10))
