@@ -131,6 +131,24 @@ class Curve:
         hi = min(self.n, self.i_best + self.h + 1)
         return min(range(self.i_best, hi), key=fine.__getitem__)
 
+    def turn(self, first: int, last: int) -> int:
+        """Where the curve stops improving, for ``min/10``: within ``first..last``, the
+        minimum of the TRAILING mean over the trend's number of points (``2h + 1``). That
+        mean falls while each new point is lower than the one leaving the window and turns
+        up at the first point that is no better than a window earlier: where the loss stops
+        falling. A centred window cannot read that point on a range test: the blow-up past
+        the bottom is much steeper than the descent before it (and spiky), so a window that
+        looks ahead is lifted by the rise a half-width before the loss stops falling, and its
+        minimum sits up to a half-width (0.8 decades of fastai's sweep) left of it; a
+        trailing window sees the rise only once it has begun. (fastai's ``minimum`` reads a
+        trailing EMA for the same reason; on a gently rising floor a trailing window reads
+        late, but there the LRs it reads late by train about as well.)"""
+        w = 2 * self.h + 1
+        csum = [0.0]
+        for v in self.c:
+            csum.append(csum[-1] + v)
+        return min(range(first, last + 1), key=lambda i: (csum[i + 1] - csum[max(i + 1 - w, 0)]) / min(i + 1, w))
+
     def rule_trend(self) -> List[float]:
         """The trend the single-LR rules read: ``t``, except that on a linear sweep its window
         is narrowed at low LRs to the log-LR width it has on an exponential sweep (see
@@ -263,9 +281,9 @@ def suggest_single(method: str, lrs, losses, metrics=None, *, smooth=0.05, measu
             2,
         )
         return lo
-    if method == "min/10":
-        return min(max(cv.at(cv.i_bottom) / 10.0, lo), hi)
     first, last = cv.read_window()
+    if method == "min/10":
+        return min(max(cv.at(cv.turn(first, last)) / 10.0, lo), hi)
     if method == "steepest":
         i = _steepest(cv, first, last)
     elif method == "valley":
