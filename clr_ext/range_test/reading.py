@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import statistics
 import warnings
 from typing import List, Optional, Sequence, Tuple
 
@@ -15,11 +16,15 @@ __all__ = ["SUGGEST_METHODS", "read_curve", "suggest_bounds", "suggest_single"]
 SUGGEST_METHODS = ("clr", "steepest", "valley", "min/10")
 
 # Fractions of the curve's total improvement (its "depth": fall of the loss, rise of the metric).
-# _PLATEAU_TOL: reading a METRIC, max_lr is where the trend has come within this fraction of its
-# best value: where accuracy levels off, before it turns ragged (the paper's reading).
+# _PLATEAU_TOL: reading a METRIC, max_lr is where the trend has come within this fraction of the
+# total improvement of its best value: where accuracy levels off, before it turns ragged (the
+# paper's reading).
 # _ONSET: how far the trend must have improved before we say learning has "started".
 _PLATEAU_TOL = 0.05
 _ONSET = 0.10
+# _PLATEAU_SE: ... or, when that is less, within this many standard errors of the trend at its
+# best: a smooth curve whose last 5% still rise far above its noise is still improving.
+_PLATEAU_SE = 3.0
 # Reading a LOSS: the divergence ratio of the paper's rule of thumb, base = max/3..max/4.
 _BASE_FACTOR = 4.0
 
@@ -130,6 +135,15 @@ class Curve:
         fine = centered_mean(self.c, (self.h + 1) // 2)
         hi = min(self.n, self.i_best + self.h + 1)
         return min(range(self.i_best, hi), key=fine.__getitem__)
+
+    def trend_noise(self, i: int) -> float:
+        """The standard error of the trend at point ``i``: the spread of the curve about its
+        trend within two half-widths of ``i`` (1.4826 x the median absolute deviation, so
+        that a few outliers do not inflate it), over the square root of the size of the
+        window the trend has at ``i`` (cut short near the ends, where it is noisier)."""
+        lo, hi = max(0, i - 2 * self.h), min(self.n, i + 2 * self.h + 1)
+        spread = 1.4826 * statistics.median(abs(self.c[j] - self.t[j]) for j in range(lo, hi))
+        return spread / math.sqrt(2 * min(self.h, i, self.n - 1 - i) + 1)
 
     def turn(self, first: int, last: int) -> int:
         """Where the curve stops improving, for ``min/10``: within ``first..last``, the
@@ -250,9 +264,13 @@ def suggest_bounds(
         # Where the metric stops improving: the first point at which the trend has come
         # within _PLATEAU_TOL of the total improvement of its best value (the paper: where
         # accuracy "slows, becomes ragged, or starts to fall"); on a noisy plateau this is its
-        # start, not wherever noise put the best point.
+        # start, not wherever noise put the best point. Where the trend is much smoother
+        # than that (a model that keeps gaining a few points of accuracy over a wide range
+        # of LRs, as a convex one does), those last 5% are real gains, not noise: the curve
+        # has stopped improving only once the rest is within the trend's noise.
+        tol = min(_PLATEAU_TOL * cv.depth, _PLATEAU_SE * cv.trend_noise(i_best))
         i_max = i_top
-        while i_max < i_best and t[i_max] > t[i_best] + _PLATEAU_TOL * cv.depth:
+        while i_max < i_best and t[i_max] > t[i_best] + tol:
             i_max += 1
     i_on = cv.onset()
     max_lr = cv.at(max(i_max, 1 + cv.shift))  # at least the second LR: base_lr must fit below
