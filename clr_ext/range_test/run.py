@@ -536,7 +536,7 @@ def range_test(
        few points over a wide range of LRs (a convex model's), the last 5% are real gains
        and ``max_lr`` is where the rest is within the noise (softmax regression on the
        digits, ``bench/finders.py``: 0.27-0.30 -> 0.42-0.54, best constant LR 0.32, and
-       the CLR run from the bounds 0.8 -> 0.2 points below it, 12 seeds).
+       the CLR run from the bounds 1.0 -> 0.5 points below it over 20 seeds).
     5. Onset: the first point after the curve's worst value (before its best) where the trend
        has improved by 10% of the total: where the loss starts to fall / the accuracy starts
        to rise.
