@@ -52,14 +52,20 @@ def half_width(smooth: float, n: int) -> int:
     return max(1, min(h, n // 10))
 
 
+def prefix_sums(values: Sequence[float]) -> List[float]:
+    """``[0, v0, v0 + v1, ...]``: the sum of ``values[a:b]`` is ``csum[b] - csum[a]``."""
+    csum = [0.0]
+    for v in values:
+        csum.append(csum[-1] + v)
+    return csum
+
+
 def centered_mean(values: Sequence[float], h: int, widths: Optional[Sequence[int]] = None) -> List[float]:
     """Centred moving average whose window shrinks symmetrically at the ends, so no point is
     shifted (a causal average would lag the curve, a one-sided one near the ends would bias
     it). ``widths``: a smaller half-width for some points. Cumulative sums keep it O(n)."""
     n = len(values)
-    csum = [0.0]
-    for v in values:
-        csum.append(csum[-1] + v)
+    csum = prefix_sums(values)
     out = []
     for i in range(n):
         k = min(h, i, n - 1 - i) if widths is None else min(h, i, n - 1 - i, widths[i])
@@ -155,12 +161,10 @@ class Curve:
         looks ahead is lifted by the rise a half-width before the loss stops falling, and its
         minimum sits up to a half-width (0.8 decades of fastai's sweep) left of it; a
         trailing window sees the rise only once it has begun. (fastai's ``minimum`` reads a
-        trailing EMA for the same reason; on a gently rising floor a trailing window reads
-        late, but there the LRs it reads late by train about as well.)"""
+        trailing EMA, to the same effect. On a gently rising floor a trailing window reads
+        late, but only as far as where the loss is back at its level of a window before.)"""
         w = 2 * self.h + 1
-        csum = [0.0]
-        for v in self.c:
-            csum.append(csum[-1] + v)
+        csum = prefix_sums(self.c)
         return min(range(first, last + 1), key=lambda i: (csum[i + 1] - csum[max(i + 1 - w, 0)]) / min(i + 1, w))
 
     def rule_trend(self) -> List[float]:
