@@ -22,8 +22,9 @@ SUGGEST_METHODS = ("clr", "steepest", "valley", "min/10")
 # _ONSET: how far the trend must have improved before we say learning has "started".
 _PLATEAU_TOL = 0.05
 _ONSET = 0.10
-# _PLATEAU_SE: ... or, when that is less, within this many standard errors of the trend at its
-# best: a smooth curve whose last 5% still rise far above its noise is still improving.
+# _PLATEAU_SE: ... or, on a curve that does not fall after its best, within this many standard
+# errors of the trend at its best when that is less: a smooth curve whose last 5% still rise far
+# above its noise is still improving.
 _PLATEAU_SE = 3.0
 # Reading a LOSS: the divergence ratio of the paper's rule of thumb, base = max/3..max/4.
 _BASE_FACTOR = 4.0
@@ -268,11 +269,15 @@ def suggest_bounds(
         # Where the metric stops improving: the first point at which the trend has come
         # within _PLATEAU_TOL of the total improvement of its best value (the paper: where
         # accuracy "slows, becomes ragged, or starts to fall"); on a noisy plateau this is its
-        # start, not wherever noise put the best point. Where the trend is much smoother
-        # than that (a model that keeps gaining a few points of accuracy over a wide range
-        # of LRs, as a convex one does), those last 5% are real gains, not noise: the curve
-        # has stopped improving only once the rest is within the trend's noise.
-        tol = min(_PLATEAU_TOL * cv.depth, _PLATEAU_SE * cv.trend_noise(i_best))
+        # start, not wherever noise put the best point. A curve that falls out of that band
+        # after its best (a collapse: the model stops training) is read so: its last gains
+        # came at the edge of stability. A curve that never falls in the sweep (a model that
+        # trains at every LR past its plateau, as a convex one does) may go on gaining its
+        # last 5% over a wide range of LRs, far above its noise: such gains are real, and
+        # the curve has stopped improving only once the rest is within the trend's noise.
+        tol = _PLATEAU_TOL * cv.depth
+        if max(t[i_best : cv.n]) <= t[i_best] + tol:
+            tol = min(tol, _PLATEAU_SE * cv.trend_noise(i_best))
         i_max = i_top
         while i_max < i_best and t[i_max] > t[i_best] + tol:
             i_max += 1

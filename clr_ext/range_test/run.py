@@ -529,14 +529,17 @@ def range_test(
        where SGD noise makes the floor rise with the LR, it is near the floor's start.)
     4. Reading a metric, ``max_lr`` is where the curve stops improving: going right from the
        curve's worst point (before its best), the first point at which the trend has come
-       within 5% of the total improvement of its best value, or within three standard
-       errors of the trend at its best if that is less: where accuracy slows and levels
+       within 5% of the total improvement of its best value: where accuracy slows and levels
        off, before it turns ragged or falls (the paper). On a noisy plateau this is the
-       plateau's start, not a random point on it; on a smooth curve that goes on gaining a
-       few points over a wide range of LRs (a convex model's), the last 5% are real gains
-       and ``max_lr`` is where the rest is within the noise (softmax regression on the
-       digits, ``bench/finders.py``: 0.27-0.30 -> 0.42-0.54, best constant LR 0.32, and
-       the CLR run from the bounds 1.0 -> 0.5 points below it over 20 seeds).
+       plateau's start, not a random point on it. On a curve that does not fall out of that
+       5% band after its best (a model that trains at every swept LR past its plateau, as a
+       convex one does), the tolerance is three standard errors of the trend at its best if
+       that is less: such a curve may go on gaining its last 5% over a wide range of LRs,
+       far above its noise, and ``max_lr`` is where the rest is within the noise (softmax
+       regression on the digits, ``bench/finders.py``: 0.27-0.30 -> 0.42-0.54, best
+       constant LR 0.32, and the CLR run from the bounds 1.0 -> 0.5 points below it over 20
+       seeds). A curve that collapses after its best keeps the 5%: its last gains came at
+       the edge of stability.
     5. Onset: the first point after the curve's worst value (before its best) where the trend
        has improved by 10% of the total: where the loss starts to fall / the accuracy starts
        to rise.
