@@ -10,6 +10,7 @@ A peer that is not installed is skipped.
 
     python -m bench.finders                 # all tasks, 3 seeds (a few minutes on 2 cores)
     python -m bench.finders --tasks digits --seeds 2 --json out.json
+    python -m bench.finders --tasks softmax --recipe-noise 20   # the recipe's regret: seed noise?
 
 Peers (not clr_ext dependencies): ``pip install torch-lr-finder==0.2.2 fastai==2.8.12
 lightning==2.6.6`` (fastai pulls in torchvision, which it does not need here).
@@ -451,6 +452,27 @@ def table(res: Dict) -> str:
     return "\n".join(lines)
 
 
+def recipe_noise(task_name: str, seeds: int, train_seeds: int, log=print) -> Dict:
+    """Is the README recipe's regret on a task seed noise? The best grid LR (picked on
+    ``seeds`` training seeds, as in :func:`run`) and the recipe's CLR from each of ``seeds``
+    finder runs are trained on ``train_seeds`` more seeds, and each recipe run's accuracy is
+    compared with the best LR's on the same seed: the mean of those paired differences and
+    its standard error, per finder run."""
+    task = TASKS[task_name]()
+    grid = {lr: statistics.fmean(train(task, s, fixed_lr(task, lr)) for s in range(seeds)) for lr in task.grid}
+    best_lr = max(grid, key=grid.get)
+    held_out = range(seeds, seeds + train_seeds)  # not the seeds that picked best_lr
+    best = [train(task, s, fixed_lr(task, best_lr)) for s in held_out]
+    out: Dict = {"task": task_name, "best_lr": best_lr, "best": statistics.fmean(best), "runs": []}
+    for seed in range(seeds):
+        r, _ = clr_ext_recipe_finder(task, seed)
+        diff = [b - train(task, s, clr_recipe(task, r)) for b, s in zip(best, held_out)]
+        mean, se = statistics.fmean(diff), statistics.stdev(diff) / len(diff) ** 0.5
+        out["runs"].append({"bounds": [r.base_lr, r.max_lr], "regret": mean, "se": se})
+        log(f"[{task_name}] recipe run {seed} {r.base_lr:.3g}-{r.max_lr:.3g}: regret {mean:.2f} +- {se:.2f} (SE)")
+    return out
+
+
 ADAMW_GRID = (1e-3, 3e-3, 1e-2, 3e-2)
 
 
@@ -504,9 +526,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
+    p.add_argument(
+        "--recipe-noise",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only the README recipe against the best grid LR, paired on N held-out training seeds",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    if args.recipe_noise:
+        res = {name: recipe_noise(name, args.seeds, args.recipe_noise, log=log) for name in args.tasks}
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(res, f, indent=1)
+        return 0
     res = run(args.tasks, args.seeds, log=log)
     print(table(res))
     if "digits" in args.tasks:

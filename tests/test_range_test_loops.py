@@ -439,7 +439,9 @@ def test_suggest_methods_on_a_known_curve():
 
     base, mx, _, _ = _suggest_bounds(lrs, r.losses, smooth=0.05, measured_on="val")
     assert 140 <= lrs.index(mx) <= 150
-    assert r.suggest("min/10") == pytest.approx(mx / 10, rel=1e-12)
+    # min/10: a tenth of where the loss stops falling, the curve's bottom (150), which the
+    # centred trend reads a few steps early (its window meets the blow-up first).
+    assert abs(lrs.index(r.suggest("min/10") * 10) - 150) <= 1
     # Training-batch readings move every suggestion one step left.
     t = _curve_result("train")
     assert t.suggest("steepest") == lrs[lrs.index(r.suggest("steepest")) - 1]

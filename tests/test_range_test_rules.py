@@ -110,6 +110,72 @@ def test_short_curves_are_read_whole():
         assert lrs[0] <= r.suggest(method) <= lrs[-1]
 
 
+# ------------------------------------------------- a blow-up past a known bottom
+BOTTOM = 0.5
+
+
+def blowup_curve(kind, seed, spikes, n=100):
+    """A range test whose loss falls until LR ``BOTTOM`` (still falling there, as a real
+    model's does) and then blows up, much faster than it fell; with ``spikes``, a third of
+    the points past the bottom jump 3-20x (the erratic losses of a diverging run)."""
+    rng = random.Random(seed)
+    lrs = sweep(kind, n, 1e-7, 10.0) if kind == "exp" else sweep(kind, n, 1e-5, 1.0)
+    losses = []
+    for lr in lrs:
+        x = math.log10(lr)
+        log_loss = math.log(2.3) - 0.8 / (1.0 + math.exp(-(x - math.log10(0.1)) / 0.3))
+        if lr > BOTTOM:
+            log_loss += 4.0 * (x - math.log10(BOTTOM))
+            if spikes and rng.random() < 0.3:
+                log_loss += rng.uniform(1.0, 3.0)
+        losses.append(math.exp(log_loss + rng.gauss(0.0, 0.05)))
+    return lrs, losses
+
+
+def fastai_minimum(lrs, losses):
+    """fastai's ``minimum`` suggestion (fastai 2.8 ``lr_find``): the losses smoothed by the
+    Recorder's debiased EMA (beta 0.98), the first tenth and the last 5 points dropped, a
+    tenth of the LR at the smallest smoothed loss."""
+    avg, smooth = 0.0, []
+    for k, loss in enumerate(losses, 1):
+        avg = 0.98 * avg + 0.02 * loss
+        smooth.append(avg / (1 - 0.98**k))
+    keep = range(len(lrs) // 10, len(lrs) - 5)
+    return lrs[min(keep, key=smooth.__getitem__)] / 10
+
+
+@pytest.mark.parametrize("measured_on", ["val", "train"])
+@pytest.mark.parametrize("spikes", [False, True])
+@pytest.mark.parametrize("kind", ["exp", "linear"])
+def test_min_over_10_is_a_tenth_of_where_the_loss_stops_falling(kind, spikes, measured_on):
+    """The blow-up past the bottom is steep (and spiky): a centred window straddling it is
+    lifted a half-width before the loss stops falling, so "min/10" read at the centred
+    trend's bottom was 2-3x low on the exponential sweep (0.017-0.024 for 0.05) and 1.1-1.3x
+    on the linear one. Read on the trailing mean it is within 1.6x of a tenth of the true
+    bottom, and never further from it than fastai's ``minimum`` (computed here from its
+    formula) plus one step of the exponential sweep (1.2x)."""
+    truth = BOTTOM / 10
+    for seed in range(6):
+        lrs, losses = blowup_curve(kind, seed, spikes)
+        got = result_of(lrs, losses, kind, measured_on).suggest("min/10")
+        fastai = fastai_minimum(lrs, losses)
+        assert truth / 1.6 <= got <= truth * 1.6, (seed, got)
+        assert abs(math.log(got / truth)) <= abs(math.log(fastai / truth)) + math.log(1.25), (seed, got, fastai)
+
+
+@pytest.mark.parametrize("method", SUGGEST_METHODS[1:])
+@pytest.mark.parametrize("kind", ["exp", "linear"])
+def test_every_rule_reads_below_the_bottom_whatever_the_blow_up(kind, method):
+    """Every single-LR rule reads an LR in the descent, below the bottom, and the blow-up's
+    spikes move none of them by more than 1.6x."""
+    for seed in range(6):
+        calm = result_of(*blowup_curve(kind, seed, spikes=False), kind).suggest(method)
+        spiky = result_of(*blowup_curve(kind, seed, spikes=True), kind).suggest(method)
+        for got in (calm, spiky):
+            assert 0.005 <= got < BOTTOM, (seed, got)
+        assert abs(math.log(spiky / calm)) <= math.log(1.6), (seed, calm, spiky)
+
+
 # ------------------------------------------------------------------ the defaults
 def tiny_classifier():
     return small_bn_model(), ListLoader(classification_batches()), nn.functional.cross_entropy

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import statistics
 import warnings
 from typing import List, Optional, Sequence, Tuple
 
@@ -15,11 +16,16 @@ __all__ = ["SUGGEST_METHODS", "read_curve", "suggest_bounds", "suggest_single"]
 SUGGEST_METHODS = ("clr", "steepest", "valley", "min/10")
 
 # Fractions of the curve's total improvement (its "depth": fall of the loss, rise of the metric).
-# _PLATEAU_TOL: reading a METRIC, max_lr is where the trend has come within this fraction of its
-# best value: where accuracy levels off, before it turns ragged (the paper's reading).
+# _PLATEAU_TOL: reading a METRIC, max_lr is where the trend has come within this fraction of the
+# total improvement of its best value: where accuracy levels off, before it turns ragged (the
+# paper's reading).
 # _ONSET: how far the trend must have improved before we say learning has "started".
 _PLATEAU_TOL = 0.05
 _ONSET = 0.10
+# _PLATEAU_SE: ... or, on a curve that does not fall after its best, within this many standard
+# errors of the trend at its best when that is less: a smooth curve whose last 5% still rise far
+# above its noise is still improving.
+_PLATEAU_SE = 3.0
 # Reading a LOSS: the divergence ratio of the paper's rule of thumb, base = max/3..max/4.
 _BASE_FACTOR = 4.0
 
@@ -47,14 +53,20 @@ def half_width(smooth: float, n: int) -> int:
     return max(1, min(h, n // 10))
 
 
+def prefix_sums(values: Sequence[float]) -> List[float]:
+    """``[0, v0, v0 + v1, ...]``: the sum of ``values[a:b]`` is ``csum[b] - csum[a]``."""
+    csum = [0.0]
+    for v in values:
+        csum.append(csum[-1] + v)
+    return csum
+
+
 def centered_mean(values: Sequence[float], h: int, widths: Optional[Sequence[int]] = None) -> List[float]:
     """Centred moving average whose window shrinks symmetrically at the ends, so no point is
     shifted (a causal average would lag the curve, a one-sided one near the ends would bias
     it). ``widths``: a smaller half-width for some points. Cumulative sums keep it O(n)."""
     n = len(values)
-    csum = [0.0]
-    for v in values:
-        csum.append(csum[-1] + v)
+    csum = prefix_sums(values)
     out = []
     for i in range(n):
         k = min(h, i, n - 1 - i) if widths is None else min(h, i, n - 1 - i, widths[i])
@@ -130,6 +142,31 @@ class Curve:
         fine = centered_mean(self.c, (self.h + 1) // 2)
         hi = min(self.n, self.i_best + self.h + 1)
         return min(range(self.i_best, hi), key=fine.__getitem__)
+
+    def trend_noise(self, i: int) -> float:
+        """The standard error of the trend at point ``i``: the spread of the curve about its
+        trend within two half-widths of ``i`` (1.4826 x the median absolute deviation, so
+        that a few outliers do not inflate it), over the square root of the size of the
+        window the trend has at ``i`` (cut short near the ends, where it is noisier)."""
+        lo, hi = max(0, i - 2 * self.h), min(self.n, i + 2 * self.h + 1)
+        spread = 1.4826 * statistics.median(abs(self.c[j] - self.t[j]) for j in range(lo, hi))
+        return spread / math.sqrt(2 * min(self.h, i, self.n - 1 - i) + 1)
+
+    def turn(self, first: int, last: int) -> int:
+        """Where the curve stops improving, for ``min/10``: within ``first..last``, the
+        minimum of the TRAILING mean over the trend's number of points (``2h + 1``). That
+        mean falls while each new point is lower than the one leaving the window and turns
+        up at the first point that is no better than a window earlier: where the loss stops
+        falling. A centred window cannot read that point on a range test: the blow-up past
+        the bottom is much steeper than the descent before it (and spiky), so a window that
+        looks ahead is lifted by the rise a half-width before the loss stops falling, and its
+        minimum sits up to a half-width (0.8 decades of fastai's sweep) left of it; a
+        trailing window sees the rise only once it has begun. (fastai's ``minimum`` reads a
+        trailing EMA, to the same effect. On a gently rising floor a trailing window reads
+        late, but only as far as where the loss is back at its level of a window before.)"""
+        w = 2 * self.h + 1
+        csum = prefix_sums(self.c)
+        return min(range(first, last + 1), key=lambda i: (csum[i + 1] - csum[max(i + 1 - w, 0)]) / min(i + 1, w))
 
     def rule_trend(self) -> List[float]:
         """The trend the single-LR rules read: ``t``, except that on a linear sweep its window
@@ -232,9 +269,17 @@ def suggest_bounds(
         # Where the metric stops improving: the first point at which the trend has come
         # within _PLATEAU_TOL of the total improvement of its best value (the paper: where
         # accuracy "slows, becomes ragged, or starts to fall"); on a noisy plateau this is its
-        # start, not wherever noise put the best point.
+        # start, not wherever noise put the best point. A curve that falls out of that band
+        # after its best (a collapse: the model stops training) is read so: its last gains
+        # came at the edge of stability. A curve that never falls in the sweep (a model that
+        # trains at every LR past its plateau, as a convex one does) may go on gaining its
+        # last 5% over a wide range of LRs, far above its noise: such gains are real, and
+        # the curve has stopped improving only once the rest is within the trend's noise.
+        tol = _PLATEAU_TOL * cv.depth
+        if max(t[i_best : cv.n]) <= t[i_best] + tol:
+            tol = min(tol, _PLATEAU_SE * cv.trend_noise(i_best))
         i_max = i_top
-        while i_max < i_best and t[i_max] > t[i_best] + _PLATEAU_TOL * cv.depth:
+        while i_max < i_best and t[i_max] > t[i_best] + tol:
             i_max += 1
     i_on = cv.onset()
     max_lr = cv.at(max(i_max, 1 + cv.shift))  # at least the second LR: base_lr must fit below
@@ -263,9 +308,9 @@ def suggest_single(method: str, lrs, losses, metrics=None, *, smooth=0.05, measu
             2,
         )
         return lo
-    if method == "min/10":
-        return min(max(cv.at(cv.i_bottom) / 10.0, lo), hi)
     first, last = cv.read_window()
+    if method == "min/10":
+        return min(max(cv.at(cv.turn(first, last)) / 10.0, lo), hi)
     if method == "steepest":
         i = _steepest(cv, first, last)
     elif method == "valley":

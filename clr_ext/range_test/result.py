@@ -164,18 +164,20 @@ class RangeTestResult:
           into it) on the lag-free trend, the run counted from the onset of learning (where
           the trend has fallen a tenth of the way from its top to its best) up to the
           valley's bottom, and "halfway" measured in log(LR).
-        - ``"min/10"``: one LR, a tenth of the LR at the valley's bottom (where the loss is
-          lowest before it turns up, or the metric best): the "one order of magnitude before
-          the minimum" rule of fastai's ``minimum`` suggestion and of the fast.ai course.
-          Read lag-free, the bottom is the largest LR that still trains; fastai reads its
-          minimum on an EMA that lags 20-50 steps, so its "minimum" lies further right and
-          its min/10 is 2-3x higher than this one.
+        - ``"min/10"``: one LR, a tenth of the LR where the loss stops falling (or the metric
+          stops improving): the "one order of magnitude before the minimum" rule of fastai's
+          ``minimum`` suggestion and of the fast.ai course. The minimum is read on the
+          TRAILING mean of the curve (as many points as the trend's window), which turns up
+          at the first point no better than a window earlier. Not on the centred trend: the
+          blow-up past the bottom is much steeper (and spikier) than the descent before it,
+          so a window that looks ahead is lifted by it up to a half-width before the loss
+          stops falling, and a tenth of that point was 2-3x below the best constant LR.
+          (fastai's EMA is trailing too, for the same effect.)
 
         Which rule suits which sweep: on an exponential sweep (``sweep="exp"``, the other
         finders' test) all three work; in ``bench/finders.py`` (three small tasks, see
-        ``bench/RESULTS.md``) ``steepest`` and ``valley`` came within 1.4 accuracy points of
-        the best constant LR of a grid, ``min/10`` within 0.5-4.3 (it stays a decade below
-        the largest LR that trains). On a linear sweep of a real model, the loss falls late
+        ``bench/RESULTS.md``) each came within 1.4 accuracy points of the best constant LR
+        of a grid, and within 1.3 of the best peer rule. On a linear sweep of a real model, the loss falls late
         (each step trains at a higher LR than the last, and the few steps at low LRs have not
         trained the model yet), so ``steepest`` and ``valley`` land near the valley's bottom,
         a good ``max_lr`` but too high for a constant LR: use ``"min/10"`` or ``base_lr``
