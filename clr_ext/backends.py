@@ -287,18 +287,20 @@ class CythonBackend(_PythonBackend):
         dense, staged = _contiguous(lists)
         # The Cython entry takes the op's arguments less momentum_start and found_inf (the
         # step is not run on overflow), the scale as a float, and a thread count.
-        args = op_args(SgdTensors(*dense, []), hyper, inputs)
+        args = op_args(SgdTensors(*dense, []), hyper, inputs)[:-1]  # (lr_scale: a keyword)
         scale = None if inputs.grad_scale is None else float(inputs.grad_scale)
-        _cython_cpu.cyclic_sgd_(
-            _DTYPE_CODES[tensors.params[0].dtype], *args[:3], *args[4:-2], scale, torch.get_num_threads()
-        )
+        code = _DTYPE_CODES[tensors.params[0].dtype]
+        threads = torch.get_num_threads()
+        _cython_cpu.cyclic_sgd_(code, *args[:3], *args[4:-2], scale, threads, lr_scale=inputs.lr_scale)
         _copy_back(lists, dense, staged)
 
     def cyclic_adamw(self, tensors, hyper, inputs):
         lists = list(tensors[:5])
         dense, staged = _contiguous(lists)
-        args = op_args((*dense, list(tensors.state_steps)), hyper, inputs)
-        _cython_cpu.cyclic_adamw_(_DTYPE_CODES[tensors.params[0].dtype], *args[:-1], torch.get_num_threads(), args[-1])
+        args = op_args((*dense, list(tensors.state_steps)), hyper, inputs)[:-1]  # (lr_scale: a keyword)
+        code = _DTYPE_CODES[tensors.params[0].dtype]
+        threads = torch.get_num_threads()
+        _cython_cpu.cyclic_adamw_(code, *args[:-1], threads, args[-1], lr_scale=inputs.lr_scale)
         _copy_back(lists, dense, staged)
 
 
@@ -315,6 +317,8 @@ class TorchBackend(_PythonBackend):
         params, grads, buffers = tensors[:3]
         grad_scale = inputs.grad_scale
         lr, cycled = op_point(inputs.iteration, hyper.bounds, hyper.shape, hyper.schedule_mode)
+        if inputs.lr_scale is not None:  # (as the kernels: the schedule's LR times the scale, in double)
+            lr = lr * float(inputs.lr_scale)
         mom = cycled if hyper.cycle_momentum else hyper.momentum
         use_buffers = bool(buffers) and mom != 0
 
@@ -357,6 +361,8 @@ class TorchBackend(_PythonBackend):
         beta2, eps, weight_decay, amsgrad = hyper.beta2, hyper.eps, hyper.weight_decay, hyper.amsgrad
         grad_scale = inputs.grad_scale
         lr, cycled = op_point(inputs.iteration, hyper.bounds, hyper.shape, hyper.schedule_mode)
+        if inputs.lr_scale is not None:  # (as the kernels: the schedule's LR times the scale, in double)
+            lr = lr * float(inputs.lr_scale)
         beta1 = cycled if hyper.cycle_momentum else hyper.beta1
         if hyper.fused_width:
             torch._foreach_add_(state_steps, 1)  # as torch.optim.AdamW does before its fused kernel

@@ -263,16 +263,16 @@ class Flat:
             momentum = self.held_momentum[group][k]
         return lr, (None if math.isnan(momentum) else momentum)
 
-    def table(self, group: int = 0, lr_scale: float = 1.0, iteration: Optional[int] = None) -> List[float]:
+    def table(self, group: int = 0, iteration: Optional[int] = None) -> List[float]:
         """Group ``group``'s chain as the op's ``shape`` in ``CLR_MODE_CHAIN`` (csrc/math/schedule.h,
-        ``clr_chain_read``): ``lr_scale``, the segment count, then per segment its kind, start, held
-        momentum and parameter vector. A segment with a Python ``scale_fn`` gets its value at
+        ``clr_chain_read``): the segment count, then per segment its kind, start, held momentum and
+        parameter vector. A segment with a Python ``scale_fn`` gets its value at
         ``iteration`` (a host evaluation, as CyclicLR's) in its ``custom_scale`` slot."""
         if len(self.kinds) > MAX_SEGMENTS:
             raise ValueError(
                 f"schedule: {len(self.kinds)} segments; a device-evaluated chain holds at most {MAX_SEGMENTS}"
             )
-        out = [float(lr_scale), float(len(self.kinds))]
+        out = [float(len(self.kinds))]
         for k, (kind, start) in enumerate(zip(self.kinds, self.starts)):
             params = list(self.params[group][k])
             scale_fn = self.scale_fns[k]
@@ -291,7 +291,7 @@ class Flat:
 
 #: The most segments a device-evaluated chain holds (CLR_MAX_SEGMENTS).
 MAX_SEGMENTS = 8
-_TABLE_HEADER, _SEGMENT_VALUES = 2, 3 + WIDTH
+_TABLE_HEADER, _SEGMENT_VALUES = 1, 3 + WIDTH
 
 
 def _host_scale(scale_fn: Callable[[float], float], params: Sequence[float], local: int) -> float:
@@ -305,14 +305,14 @@ def table_point(iteration: int, table: Sequence[float]) -> Tuple[float, float]:
     """``(lr, momentum)`` of the step with index ``iteration`` from a :meth:`Flat.table`, as
     ``clr_chain_point`` (csrc/math/schedule.h) evaluates it: the Python twin that the backends
     written in Python and the host mirror use. The momentum is NaN where nothing cycles it."""
-    count = int(table[1])
+    count = int(table[0])
     k = 0
     while k + 1 < count and iteration >= table[_TABLE_HEADER + (k + 1) * _SEGMENT_VALUES + 1]:
         k += 1
     base = _TABLE_HEADER + k * _SEGMENT_VALUES
     kind, start, held = int(table[base]), int(table[base + 1]), table[base + 2]
     lr, momentum = FORMULAS[kind](iteration - start, table[base + 3 : base + _SEGMENT_VALUES], None)
-    return lr * table[0], (held if math.isnan(momentum) else momentum)
+    return lr, (held if math.isnan(momentum) else momentum)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -252,6 +252,8 @@ def test_python_backend_step_op_passes_opcheck(name):
             None,
         )
         torch.library.opcheck(torch.ops.clr_ext.python_backend_step_.default, args)
+        lr_scale = torch.tensor([0.5], dtype=torch.float64)  # (scale_schedule's input)
+        torch.library.opcheck(torch.ops.clr_ext.python_backend_step_.default, (*args, lr_scale))
 
 
 def test_compiled_step_resumes_from_a_checkpoint(backend):

@@ -1668,7 +1668,11 @@ def test_whole_training_step_in_a_cuda_graph(rule, kind):
     eager = _tiny_model(seed=1)
     opt_e = r.make(kind, eager.parameters(), **kw)
     eager_lrs = []
-    for x, y in batches:
+    # a chain's scale changes between replays: the graph reads it on the device
+    scale_at = warmup + 7 if kind == "chain" else None
+    for k, (x, y) in enumerate(batches):
+        if k == scale_at:
+            opt_e.scale_schedule(0.5)
         opt_e.zero_grad(set_to_none=True)
         loss_fn(eager, x, y).backward()
         opt_e.step()
@@ -1696,7 +1700,9 @@ def test_whole_training_step_in_a_cuda_graph(rule, kind):
     with torch.cuda.graph(graph):
         loss_fn(model, static_x, static_y).backward()
         opt.step()
-    for x, y in batches[warmup:]:
+    for k, (x, y) in enumerate(batches[warmup:], warmup):
+        if k == scale_at:
+            opt.scale_schedule(0.5)
         static_x.copy_(x)
         static_y.copy_(y)
         graph.replay()

@@ -107,6 +107,29 @@ def test_opcheck_empty_and_zero_element():
     torch.library.opcheck(op(), op_args([], [], []))
 
 
+@pytest.mark.parametrize("entry", ["dispatcher", "pybind"])
+def test_lr_scale_multiplies_the_schedules_lr(entry):
+    """The op's lr_scale (scale_schedule's device tensor) multiplies the schedule's LR: a
+    "fixed" schedule at 0.1 scaled by 0.5 steps exactly as one at 0.05 (a halving is exact);
+    it is checked like grad_scale."""
+    call = op() if entry == "dispatcher" else _backends._C.cyclic_sgd_cpu_
+    runs = []
+    for base, scale in ((0.1, torch.tensor([0.5], dtype=torch.float64)), (0.05, None)):
+        params, grads, bufs = make_tensors(torch.float32)
+        call(*op_args(params, grads, bufs, mode="fixed", bounds=[base, 0.2, 0.8, 0.9]), scale)
+        runs.append(params)
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+    params, grads, bufs = make_tensors(torch.float32)
+    args = op_args(params, grads, bufs)
+    before = [p.clone() for p in params]
+    for bad in (torch.tensor([0.5, 0.5]), torch.tensor([1], dtype=torch.int64)):
+        with pytest.raises(RuntimeError, match="lr_scale"):
+            call(*args, bad)
+    assert all(torch.equal(a, b) for a, b in zip(params, before))
+    torch.library.opcheck(op(), (*args, torch.tensor([0.25], dtype=torch.float64)))
+
+
 def test_op_schema_mutations():
     schema = op().default._schema
     mutated = [a.name for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write]

@@ -146,9 +146,10 @@ def schedule_at(long long iteration, bounds, shape, int mode):
 def cyclic_sgd_(int dtype_code, list params, list grads, list momentum_buffers, iteration,
                 bounds, shape, int mode, double momentum, double dampening, double weight_decay,
                 bint nesterov, bint maximize, bint cycle_momentum, bint first_step,
-                grad_scale=None, int num_threads=1):
+                grad_scale=None, int num_threads=1, lr_scale=None):
     """One step over a bucket of same-dtype CPU tensors; the iteration is read from
-    the int64 counter tensor `iteration`, which is not advanced here."""
+    the int64 counter tensor `iteration`, which is not advanced here. lr_scale (a float or
+    a one-element tensor) multiplies the schedule's LR."""
     cdef Py_ssize_t n = len(params)
     if len(grads) != n or (momentum_buffers and len(momentum_buffers) != n):
         raise ValueError("params, grads and momentum_buffers differ in length")
@@ -158,7 +159,7 @@ def cyclic_sgd_(int dtype_code, list params, list grads, list momentum_buffers, 
     cdef clr_point point = clr_schedule(it, &s, &b)
 
     cdef StepArgs a
-    a.lr = point.lr
+    a.lr = point.lr * float(lr_scale) if lr_scale is not None else point.lr
     a.momentum = point.momentum if cycle_momentum else momentum
     a.dampening = dampening
     a.weight_decay = weight_decay
@@ -237,14 +238,14 @@ def cyclic_adamw_(int dtype_code, list params, list grads, list exp_avgs, list e
                   list max_exp_avg_sqs, list state_steps, iteration, bounds, shape, int mode,
                   double beta1, double beta2, double eps, double weight_decay, bint amsgrad,
                   bint maximize, bint cycle_momentum, grad_scale=None, found_inf=None,
-                  int num_threads=1, int fused_width=0):
+                  int num_threads=1, int fused_width=0, lr_scale=None):
     """One AdamW step over a bucket of same-dtype CPU tensors, as clr_ext._C's
     cyclic_adamw_cpu_ (same loops, same bits): lr and, with cycle_momentum, beta1 from the
     schedule at the int64 counter `iteration` (not advanced here); each float32 tensor of
     `state_steps` is advanced by one. grad_scale / found_inf: one-element tensors or
     floats; with a non-zero found_inf (GradScaler's sum over devices) nothing changes.
     fused_width > 0 rounds as torch.optim.AdamW(fused=True) (csrc/cpu/adamw_cpu.h,
-    backends.fused_adamw_width)."""
+    backends.fused_adamw_width). lr_scale multiplies the schedule's LR."""
     cdef Py_ssize_t n = len(params)
     if (len(grads) != n or len(exp_avgs) != n or len(exp_avg_sqs) != n or len(state_steps) != n
             or len(max_exp_avg_sqs) != (n if amsgrad else 0)):
@@ -269,7 +270,7 @@ def cyclic_adamw_(int dtype_code, list params, list grads, list exp_avgs, list e
         return
 
     cdef AdamwArgs a
-    a.lr = point.lr
+    a.lr = point.lr * float(lr_scale) if lr_scale is not None else point.lr
     a.beta1 = step_beta1
     a.beta2 = beta2
     a.eps = eps

@@ -234,6 +234,7 @@ class _ScheduledOptimizer(Optimizer):
         self.cycle_momentum = bool(cycle_momentum)
         self._iteration = 0
         self._counters: Dict[torch.device, torch.Tensor] = {}
+        self._lr_scales: Dict[torch.device, torch.Tensor] = {}  # (a scalable schedule's, per device)
         self._bucket_cache: Dict[int, Tuple[Any, ...]] = {}
         self._loading: Optional[Tuple[Any, ...]] = None
         # group id -> the (lr, cycled momentum or None) objects this optimizer last wrote
@@ -367,6 +368,21 @@ class _ScheduledOptimizer(Optimizer):
             counter = torch.full((), self._iteration, dtype=torch.int64, device=device)
             self._counters[device] = counter
         return counter
+
+    def _lr_scale(self, device: torch.device) -> torch.Tensor:
+        """The op's ``lr_scale`` on ``device``: float64, written by ``scale_schedule`` and loads."""
+        scale = self._lr_scales.get(device)
+        if scale is None:
+            _refuse_capture(device, "the schedule's scale")
+            # (shape (1,), as GradScaler's scale: dynamo reads a 0-dim float tensor made in a
+            # traced step as a Python number the next time, and re-traces)
+            scale = torch.full((1,), self._schedule.lr_scale, dtype=torch.float64, device=device)
+            self._lr_scales[device] = scale
+        return scale
+
+    def _write_lr_scales(self) -> None:
+        for scale in self._lr_scales.values():
+            scale.fill_(self._schedule.lr_scale)
 
     def sync(self) -> int:
         """Refreshes the host mirror (``iteration``, ``group["lr"]``, ``group["momentum"]``)
@@ -601,6 +617,7 @@ class _ScheduledOptimizer(Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         iteration = None if compiling else self._iteration
+        scalable = self._schedule.scalable
         inputs: Dict[torch.device, StepInputs] = {}
         for item in work:
             device = item.device
@@ -611,6 +628,7 @@ class _ScheduledOptimizer(Optimizer):
                     iteration,
                     None if grad_scale is None else grad_scale.to(device, non_blocking=True),
                     None if found_inf is None else found_inf.to(device, non_blocking=True),
+                    self._lr_scale(device) if scalable else None,
                 )
         return inputs
 
@@ -659,6 +677,8 @@ class _ScheduledOptimizer(Optimizer):
             super().load_state_dict(state_dict)  # runs __setstate__, then the post-hooks
         except BaseException:
             _loading.restore(self, before)  # a refused load changes nothing
+            if self._schedule.scalable:  # (the device scales are written once the load is in)
+                self._write_lr_scales()
             raise
         finally:
             self._loading = None
@@ -685,6 +705,8 @@ class _ScheduledOptimizer(Optimizer):
             self._schedule = schedule
             # (a loaded composition may cycle the momentum where the one replaced did not)
             self.cycle_momentum = getattr(schedule, "cycles_momentum", self.cycle_momentum)
+            if schedule.scalable:
+                self._write_lr_scales()
         iterations = []
         for group, old in zip(self.param_groups, kept):
             for key, value in old.items():
@@ -708,8 +730,9 @@ class _ScheduledOptimizer(Optimizer):
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         super().__setstate__(state)
-        # Device counters and bucket caches are rebuilt on demand.
+        # Device counters, scales and bucket caches are rebuilt on demand.
         self._counters = {}
+        self._lr_scales = {}
         self._bucket_cache = {}
         self.__dict__.setdefault("_written", {})
         self.__dict__.setdefault("_warned_outside", set())

@@ -25,6 +25,9 @@ class StepInputs(NamedTuple):
     iteration: Optional[int]  # its host mirror; None in a step traced by torch.compile
     grad_scale: Optional[torch.Tensor]
     found_inf: Optional[torch.Tensor]
+    # multiplies the schedule's LRs (scale_schedule): float64, one element, on the device;
+    # None: 1 (the schedules that cannot be scaled)
+    lr_scale: Optional[torch.Tensor] = None
 
 
 class SgdTensors(NamedTuple):
@@ -91,16 +94,19 @@ class AdamwHyper(NamedTuple):
 def op_args(tensors: Tuple[Any, ...], hyper: Any, inputs: StepInputs) -> Tuple[Any, ...]:
     """The op's positional arguments, in its schema's order."""
     cut = len(hyper) - hyper.after_inputs
-    return (*tensors, inputs.counter, *hyper[:cut], inputs.grad_scale, inputs.found_inf, *hyper[cut:])
+    return (*tensors, inputs.counter, *hyper[:cut], inputs.grad_scale, inputs.found_inf, *hyper[cut:], inputs.lr_scale)
 
 
 def from_op_args(hyper_type: Any, args: Tuple[Any, ...]) -> Tuple[Any, Any, StepInputs]:
     """``op_args`` read back: ``(tensors, hyper, inputs)``, the host iteration read from the counter."""
     n_tensors, n_hyper = len(hyper_type.tensors._fields), len(hyper_type._fields)
     cut = n_tensors + 1 + n_hyper - hyper_type.after_inputs
+    end = n_tensors + 1 + n_hyper + 2  # (lr_scale, the last, may be left out: its default is None)
     counter, grad_scale, found_inf = args[n_tensors], args[cut], args[cut + 1]
-    hyper = hyper_type(*args[n_tensors + 1 : cut], *args[cut + 2 :])
-    return hyper_type.tensors(*args[:n_tensors]), hyper, StepInputs(counter, int(counter), grad_scale, found_inf)
+    lr_scale = args[end] if len(args) > end else None
+    hyper = hyper_type(*args[n_tensors + 1 : cut], *args[cut + 2 : end])
+    inputs = StepInputs(counter, int(counter), grad_scale, found_inf, lr_scale)
+    return hyper_type.tensors(*args[:n_tensors]), hyper, inputs
 
 
 _SCHEMA_TYPES = {"List[float]": "float[]", "int": "int", "float": "float", "bool": "bool"}
@@ -114,7 +120,7 @@ def python_op_schema(hyper_type: Any) -> str:
     scalars = [f"{_SCHEMA_TYPES[types[name]]} {name}" for name in hyper_type._fields]
     cut = len(scalars) - hyper_type.after_inputs
     args = ["str backend", *tensors, "Tensor iteration", *scalars[:cut], "Tensor? grad_scale", "Tensor? found_inf"]
-    return f"{hyper_type.python_op}({', '.join(args + scalars[cut:])}) -> ()"
+    return f"{hyper_type.python_op}({', '.join(args + scalars[cut:] + ['Tensor? lr_scale=None'])}) -> ()"
 
 
 def written(tensors: Tuple[Any, ...], inputs: StepInputs) -> List[torch.Tensor]:

@@ -42,6 +42,8 @@ class CoreSchedule:
     may_overshoot = False
     op_mode = -1
     shape: Any = None
+    #: Whether ``scale_schedule`` can multiply its LRs (through the op's ``lr_scale`` tensor).
+    scalable = False
 
     def op_shape(self, iteration: int) -> List[float]:
         raise NotImplementedError
@@ -257,12 +259,14 @@ class OneCycleSchedule(CoreSchedule):
 class ValueSchedule(CoreSchedule):
     """A :mod:`clr_ext.schedules` value (any kind or chain) as the optimizer core runs it:
     each group's chain is a table (``Flat.table``) that the op evaluates from the device
-    counter (``CLR_MODE_CHAIN``, csrc/math/schedule.h), times ``lr_scale``
-    (``scale_schedule``). The tables are built on the host when a group's ``initial_lr`` or
-    the scale changes, never by a traced step."""
+    counter (``CLR_MODE_CHAIN``, csrc/math/schedule.h). The tables are built on the host when
+    a group is added or its ``initial_lr`` changes, never by a traced step. ``lr_scale``
+    (``scale_schedule``'s product) reaches the op as a device tensor (the op's ``lr_scale``),
+    so that changing it changes no argument of a compiled or captured step."""
 
     kind = "value"
     op_mode = _oracle.CHAIN_MODE
+    scalable = True
 
     def __init__(self, value: Any, lr_scale: float = 1.0) -> None:
         if not isinstance(value, S.Schedule):
@@ -322,7 +326,7 @@ class ValueSchedule(CoreSchedule):
         cached = self._tables.get(index)
         if cached is None or cached[0] != initial or iteration is not None:
             flat = self.value.flatten_group(initial, index)
-            cached = (initial, flat.table(0, self.lr_scale, iteration), flat)
+            cached = (initial, flat.table(0, iteration), flat)
             self._tables[index] = cached
         return cached
 
@@ -332,12 +336,14 @@ class ValueSchedule(CoreSchedule):
     def point(self, group: Dict[str, Any], iteration: int, index: int) -> Tuple[float, Optional[float]]:
         table = self._table(group, index, iteration if self.host_evaluated else None)[1]
         lr, momentum = S.table_point(iteration, table)
-        return lr, (None if math.isnan(momentum) else momentum)
+        return lr * self.lr_scale, (None if math.isnan(momentum) else momentum)
 
     def scaled(self, factor: Any) -> "ValueSchedule":
         """This schedule with its LRs multiplied by ``factor`` from now on (a new value)."""
         factor = lr_scale_value("factor", factor)
-        return ValueSchedule(self.value, self.lr_scale * factor)
+        scaled = ValueSchedule(self.value, self.lr_scale * factor)
+        scaled._tables = dict(self._tables)  # (the tables do not hold the scale)
+        return scaled
 
     def state_dict(self) -> Dict[str, Any]:
         state = self.value.state_dict()
@@ -392,13 +398,11 @@ class ValueScheduled:
         earlier factors): a drop on a plateau that the host detected (what
         ``ReduceLROnPlateau`` does to a fixed LR), a multistep decay, applied to a running
         schedule. The schedule keeps its shape and position; the factor is saved in
-        ``state_dict()["schedule"]["lr_scale"]``. It changes the group tables the op reads:
-        an eager step takes it at no cost; a step compiled by ``torch.compile`` re-traces
-        once; a captured CUDA graph keeps the LRs it was captured with (capture again)."""
-        scaled = self._schedule.scaled(factor)  # (checks factor before anything changes)
-        for index, group in enumerate(self.param_groups):  # type: ignore[attr-defined]
-            scaled._table(group, index)
-        self._schedule = scaled
+        ``state_dict()["schedule"]["lr_scale"]``. The product lives in a one-element tensor
+        on each device that the step reads there: scaling writes it (no sync, no
+        re-trace of a compiled step), and a captured CUDA graph's replays follow it."""
+        self._schedule = self._schedule.scaled(factor)  # (checks factor before anything changes)
+        self._write_lr_scales()  # type: ignore[attr-defined]
         self._refresh_all()  # type: ignore[attr-defined]
 
 

@@ -23,7 +23,7 @@ void run_adamw_cpu(const AdamwCall& call) {
   if (params.empty()) return;
 
   clr_cpu::AdamwArgs args;
-  args.lr = host.point.lr;
+  args.lr = host_scaled_lr(host.point.lr, call.lr_scale);
   args.beta1 = host.beta1;
   args.beta2 = config.beta2;
   args.eps = config.eps;

@@ -49,7 +49,7 @@ void run_sgd_cpu(const SgdCall& call) {
   const int64_t now = call.iteration.item<int64_t>();
   const HostSgdStep host = host_sgd_step(config, now, !momentum_buffers.empty());
   clr_cpu::StepArgs args;
-  args.lr = host.point.lr;
+  args.lr = host_scaled_lr(host.point.lr, call.lr_scale);
   args.momentum = host.momentum;
   args.dampening = config.dampening;
   args.weight_decay = config.weight_decay;

@@ -44,8 +44,8 @@ struct StepPoint {
   double momentum;    // the cycled momentum / beta1, or the fixed one (unset when skipped)
 };
 
-/* Thread 0's part of every rule's prologue. The three device loads first, unconditionally,
-   so that they are in flight together (one memory latency, not three, while the block
+/* Thread 0's part of every rule's prologue. The four device loads first, unconditionally,
+   so that they are in flight together (one memory latency, not four, while the block
    waits at the barrier); only then the decisions and the schedule's double pow(). Every
    pointer is valid whenever it is non-null, so reading grad_scale in a step that
    found_inf skips is harmless. */
@@ -53,6 +53,7 @@ __device__ __forceinline__ StepPoint thread0_step_point(const StepInputs& in) {
   const double found_inf = in.found_inf != nullptr ? read_scalar(in.found_inf, in.found_inf_is_double) : 0.0;
   const int64_t iteration = *in.iteration;
   const double grad_scale = in.grad_scale != nullptr ? read_scalar(in.grad_scale, in.grad_scale_is_double) : 1.0;
+  const double lr_scale = in.lr_scale != nullptr ? read_scalar(in.lr_scale, in.lr_scale_is_double) : 1.0;
   StepPoint s;
   s.skip = skips_step(found_inf);
   s.iteration = iteration;
@@ -62,7 +63,7 @@ __device__ __forceinline__ StepPoint thread0_step_point(const StepInputs& in) {
   if (!s.skip) {
     // Read in place: a chain's shape is ~0.9 KB, too large to copy into a thread's registers.
     const clr_point point = clr_schedule(iteration, &in.shape, &in.bounds);
-    s.lr = point.lr;
+    s.lr = in.lr_scale != nullptr ? CLR_DMUL(point.lr, lr_scale) : point.lr;
     s.momentum = in.cycle_momentum ? point.momentum : in.momentum;
   }
   return s;

@@ -10,7 +10,7 @@
 
 namespace clr_cuda {
 
-// grad_scale / found_inf as the kernels read them: float32 or float64 (is_double says
+// grad_scale / found_inf / lr_scale as the kernels read them: float32 or float64 (is_double says
 // which; anything else is converted on the device), or undefined when not given.
 inline at::Tensor device_scalar(const c10::optional<at::Tensor>& t, int32_t* is_double) {
   *is_double = 0;
@@ -29,16 +29,20 @@ struct DeviceStepInputs {
   StepInputs inputs;
   at::Tensor grad_scale;
   at::Tensor found_inf;
+  at::Tensor lr_scale;
 
   DeviceStepInputs(const at::Tensor& iteration, const c10::optional<at::Tensor>& grad_scale_arg,
-                   const c10::optional<at::Tensor>& found_inf_arg, const clr_shape& shape, const clr_bounds& bounds,
-                   double fixed_momentum, bool cycle_momentum, bool maximize)
+                   const c10::optional<at::Tensor>& found_inf_arg, const c10::optional<at::Tensor>& lr_scale_arg,
+                   const clr_shape& shape, const clr_bounds& bounds, double fixed_momentum, bool cycle_momentum,
+                   bool maximize)
       : inputs(),
         grad_scale(device_scalar(grad_scale_arg, &inputs.grad_scale_is_double)),
-        found_inf(device_scalar(found_inf_arg, &inputs.found_inf_is_double)) {
+        found_inf(device_scalar(found_inf_arg, &inputs.found_inf_is_double)),
+        lr_scale(device_scalar(lr_scale_arg, &inputs.lr_scale_is_double)) {
     inputs.iteration = iteration.const_data_ptr<int64_t>();
     inputs.grad_scale = grad_scale.defined() ? grad_scale.const_data_ptr() : nullptr;
     inputs.found_inf = found_inf.defined() ? found_inf.const_data_ptr() : nullptr;
+    inputs.lr_scale = lr_scale.defined() ? lr_scale.const_data_ptr() : nullptr;
     inputs.shape = shape;
     inputs.bounds = bounds;
     inputs.momentum = fixed_momentum;

@@ -14,9 +14,10 @@
  * Kernel-argument space. CUDA 12.1 raised the limit for kernel parameters from 4,096
  * to 32,764 bytes on sm_70 and newer (driver >= 530). A CUDA 13 toolkit only targets
  * sm_75 and newer and needs a driver >= 580, so every CUDA 13 build can use the large
- * space: the table then holds kMaxTensors = ~740 tensors, enough for one launch per
+ * space: the table then holds kMaxTensors = ~720 tensors, enough for one launch per
  * step for nearly every model. Older toolkits (or -DCLR_EXT_SMALL_KERNEL_ARGS) use
- * the classic 4 KB: ~100 tensors per launch, more launches, same results.
+ * the classic 4 KB: ~70 tensors per launch beside the schedule (a chain takes ~0.9 KB),
+ * more launches, same results.
  * Large arguments cost nothing per step under CUDA-graph replay (they are captured by
  * value) and need no extra host-to-device copy that could break capture, unlike a
  * metadata buffer copied with cudaMemcpyAsync.
@@ -75,11 +76,13 @@ struct StepInputs {
   const int64_t* iteration;
   const void* grad_scale;  // nullptr: no unscaling
   const void* found_inf;   // nullptr: never skip; any non-zero value skips the step
+  const void* lr_scale;    // nullptr: 1; multiplies the schedule's LR (scale_schedule)
   clr_shape shape;
   clr_bounds bounds;
   double momentum;               // the fixed momentum / beta1, used when !cycle_momentum
   int32_t grad_scale_is_double;  // else float32
   int32_t found_inf_is_double;   // else float32
+  int32_t lr_scale_is_double;    // else float32
   int32_t cycle_momentum;
   int32_t maximize;
 };
@@ -145,14 +148,14 @@ constexpr int kGrad = 1;
 
 /* SGD: param, grad, momentum buffer (unused entries when the step has no buffers); Extra
    is the param's momentum start (nullptr: args.first_step decides). ~740 tensors per
-   launch with 32 KB of kernel parameters, ~90 with 4 KB. */
+   launch with 32 KB of kernel parameters, ~69 with 4 KB. */
 constexpr int kBuffer = 2;
 typedef TensorTable<3, int64_t*, SgdStepArgs> SgdTable;
 constexpr int kMaxTensors = SgdTable::kMaxTensors;
 
 /* AdamW: param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq (unused entries without
-   amsgrad); Extra is the param's step count before this step (read only there). ~540
-   tensors per launch with 32 KB of kernel parameters, ~65 with 4 KB. */
+   amsgrad); Extra is the param's step count before this step (read only there). ~530
+   tensors per launch with 32 KB of kernel parameters, ~50 with 4 KB. */
 constexpr int kExpAvg = 2;
 constexpr int kExpAvgSq = 3;
 constexpr int kMaxExpAvgSq = 4;

@@ -31,8 +31,8 @@ void run_adamw_cuda(const AdamwCall& call) {
   const c10::cuda::CUDAGuard guard(iteration.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
-  const clr_cuda::DeviceStepInputs step(iteration, call.grad_scale, call.found_inf, config.shape, config.bounds,
-                                        config.beta1, config.cycle_momentum, config.maximize);
+  const clr_cuda::DeviceStepInputs step(iteration, call.grad_scale, call.found_inf, call.lr_scale, config.shape,
+                                        config.bounds, config.beta1, config.cycle_momentum, config.maximize);
   clr_cuda::AdamwStepArgs args;
   args.step = step.inputs;
   args.beta2 = config.beta2;

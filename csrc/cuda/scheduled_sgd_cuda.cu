@@ -37,8 +37,8 @@ void run_sgd_cuda(const SgdCall& call) {
   const c10::cuda::CUDAGuard guard(iteration.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
-  const clr_cuda::DeviceStepInputs step(iteration, call.grad_scale, call.found_inf, config.shape, config.bounds,
-                                        config.momentum, config.cycle_momentum, config.maximize);
+  const clr_cuda::DeviceStepInputs step(iteration, call.grad_scale, call.found_inf, call.lr_scale, config.shape,
+                                        config.bounds, config.momentum, config.cycle_momentum, config.maximize);
   clr_cuda::SgdStepArgs args;
   args.step = step.inputs;
   args.dampening = config.dampening;

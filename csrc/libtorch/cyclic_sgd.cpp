@@ -69,7 +69,8 @@ clr_bounds bounds_of(const CyclicSGDOptions& o) {
 
 using OpSig = void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, const at::Tensor&,
                    at::ArrayRef<double>, at::ArrayRef<double>, int64_t, double, double, double, bool, bool, bool, bool,
-                   const std::optional<at::Tensor>&, const std::optional<at::Tensor>&);
+                   const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                   const std::optional<at::Tensor>&);
 
 const c10::TypedOperatorHandle<OpSig>& registered_op() {
   static const c10::TypedOperatorHandle<OpSig> op =
@@ -366,13 +367,14 @@ torch::Tensor CyclicSGD::step(LossClosure closure) {
     const CyclicSGDOptions& o = group_options(w.group);
     at::Tensor& it = counter(w.device);
     if (w.device.type() == c10::DeviceType::CPU) {
-      clr_ext::scheduled_sgd<c10::DeviceType::CPU>(
-          w.params, w.grads, w.buffers, {}, it, group_bounds[w.group], shape_vec, mode, o.momentum(), o.dampening(),
-          o.weight_decay(), o.nesterov(), o.maximize(), cycle_momentum, w.first, std::nullopt, std::nullopt);
+      clr_ext::scheduled_sgd<c10::DeviceType::CPU>(w.params, w.grads, w.buffers, {}, it, group_bounds[w.group],
+                                                   shape_vec, mode, o.momentum(), o.dampening(), o.weight_decay(),
+                                                   o.nesterov(), o.maximize(), cycle_momentum, w.first, std::nullopt,
+                                                   std::nullopt, std::nullopt);
     } else {
       registered_op().call(w.params, w.grads, w.buffers, {}, it, group_bounds[w.group], shape_vec, mode, o.momentum(),
                            o.dampening(), o.weight_decay(), o.nesterov(), o.maximize(), cycle_momentum, w.first,
-                           std::nullopt, std::nullopt);
+                           std::nullopt, std::nullopt, std::nullopt);
     }
   }
 

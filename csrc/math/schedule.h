@@ -14,6 +14,7 @@
 #define CLR_EXT_SCHEDULE_H
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #if defined(__CUDACC__)
@@ -70,9 +71,9 @@ enum {
    chain of several schedules. */
 #define CLR_SEGMENT_WIDTH 10
 #define CLR_MAX_SEGMENTS 8
-/* In the op's `shape` list: lr_scale, count, then per segment kind, start, held momentum
+/* In the op's `shape` list: the segment count, then per segment kind, start, held momentum
    and the CLR_SEGMENT_WIDTH parameters. */
-#define CLR_CHAIN_HEADER 2
+#define CLR_CHAIN_HEADER 1
 #define CLR_SEGMENT_VALUES (3 + CLR_SEGMENT_WIDTH)
 
 typedef struct clr_segment {
@@ -84,7 +85,6 @@ typedef struct clr_segment {
 } clr_segment;
 
 typedef struct clr_chain {
-  double lr_scale; /* opt.scale_schedule()'s factor: multiplies every LR of the chain */
   int32_t count;
   int32_t unused;
   clr_segment segment[CLR_MAX_SEGMENTS];
@@ -342,32 +342,29 @@ CLR_INLINE clr_point clr_segment_point(int64_t t, const clr_segment* s) {
 }
 
 /* A chain at `iteration`: the last segment that has started, at its own step count (as
-   SequentialLR restarts each scheduler at its milestone); the momentum held where the
-   segment sets none; every LR times the chain's lr_scale. */
+   SequentialLR restarts each scheduler at its milestone), the momentum held where the
+   segment sets none. */
 CLR_INLINE clr_point clr_chain_point(int64_t iteration, const clr_chain* chain) {
   int k = 0;
   while (k + 1 < chain->count && (double)iteration >= chain->segment[k + 1].start) ++k;
   const clr_segment* s = &chain->segment[k];
   clr_point out = clr_segment_point(iteration - (int64_t)s->start, s);
   if (out.momentum != out.momentum) out.momentum = s->held_momentum; /* NaN: not set by this kind */
-  out.lr = CLR_DMUL(out.lr, chain->lr_scale);
   return out;
 }
 
 /*
- * Reads a chain from the op's `shape` list (n values): lr_scale, count, then per segment
+ * Reads a chain from the op's `shape` list (n values): the segment count, then per segment
  * kind, start, held momentum and CLR_SEGMENT_WIDTH parameters (clr_ext.schedules writes
  * it). Returns NULL, or what is wrong with it. The one parser of a chain: the op's
  * argument checks and the Cython fallback both call it.
  */
 static inline const char* clr_chain_read(const double* values, int64_t n, clr_chain* out) {
-  if (n < CLR_CHAIN_HEADER) return "a chain needs lr_scale and a segment count";
-  const double count = values[1];
+  if (n < CLR_CHAIN_HEADER) return "a chain needs a segment count";
+  const double count = values[0];
   if (!(count >= 1.0 && count <= (double)CLR_MAX_SEGMENTS && count == floor(count)))
     return "a chain has 1 to CLR_MAX_SEGMENTS (8) segments";
   if (n != CLR_CHAIN_HEADER + (int64_t)count * CLR_SEGMENT_VALUES) return "the chain's length does not match its count";
-  if (!(values[0] >= 0.0 && values[0] < INFINITY)) return "lr_scale must be finite and >= 0";
-  out->lr_scale = values[0];
   out->count = (int32_t)count;
   out->unused = 0;
   for (int k = 0; k < out->count; ++k) {

@@ -18,7 +18,8 @@ constexpr const char* kCyclicAdamwSchema =
     "cyclic_adamw_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_avg_sqs, "
     "Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] state_steps, Tensor iteration, float[] bounds, float[] shape, "
     "int schedule_mode, float beta1, float beta2, float eps, float weight_decay, bool amsgrad, bool maximize, "
-    "bool cycle_momentum, Tensor? grad_scale=None, Tensor? found_inf=None, int fused_width=0) -> ()";
+    "bool cycle_momentum, Tensor? grad_scale=None, Tensor? found_inf=None, int fused_width=0, "
+    "Tensor? lr_scale=None) -> ()";
 
 // The scalar arguments of one cyclic_adamw_ call, parsed and checked once.
 struct AdamwConfig {
@@ -59,6 +60,7 @@ struct AdamwCall {
   const at::Tensor& iteration;
   const c10::optional<at::Tensor>& grad_scale;
   const c10::optional<at::Tensor>& found_inf;
+  const c10::optional<at::Tensor>& lr_scale;
   AdamwConfig config;
 };
 
@@ -82,7 +84,7 @@ void scheduled_adamw(at::TensorList params, at::TensorList grads, at::TensorList
                      at::ArrayRef<double> bounds, at::ArrayRef<double> shape, int64_t mode, double beta1, double beta2,
                      double eps, double weight_decay, bool amsgrad, bool maximize, bool cycle_momentum,
                      const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
-                     int64_t fused_width) {
+                     int64_t fused_width, const c10::optional<at::Tensor>& lr_scale) {
   const AdamwCall call{params,
                        grads,
                        exp_avgs,
@@ -92,10 +94,12 @@ void scheduled_adamw(at::TensorList params, at::TensorList grads, at::TensorList
                        iteration,
                        grad_scale,
                        found_inf,
+                       lr_scale,
                        parse_adamw_config(bounds, shape, mode, beta1, beta2, eps, weight_decay, amsgrad, maximize,
                                           cycle_momentum, fused_width)};
   check_adamw_tensors(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, amsgrad, iteration,
                       grad_scale, found_inf, kDevice);
+  check_lr_scale(lr_scale, iteration);
 #ifdef CLR_EXT_WITH_CUDA
   if constexpr (kDevice == c10::DeviceType::CUDA) return run_adamw_cuda(call);
 #endif

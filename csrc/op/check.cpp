@@ -46,6 +46,13 @@ bool is_one_cycle(int64_t mode) { return mode == CLR_MODE_ONE_CYCLE_COS || mode 
 
 }  // namespace
 
+void check_lr_scale(const c10::optional<at::Tensor>& lr_scale, const at::Tensor& iteration) {
+  if (!lr_scale.has_value()) return;
+  TORCH_CHECK(lr_scale->numel() == 1 && at::isFloatingType(lr_scale->scalar_type()),
+              "clr_ext: lr_scale must be a one-element floating tensor");
+  TORCH_CHECK(lr_scale->device() == iteration.device(), "clr_ext: lr_scale must be on ", iteration.device());
+}
+
 clr_shape shape_from(at::ArrayRef<double> shape, int64_t mode) {
   TORCH_CHECK(mode >= 0 && mode < CLR_MODE_COUNT, "clr_ext: unknown schedule mode ", mode);
   clr_shape s = {};

@@ -87,13 +87,13 @@ void eager_sgd_step(const pybind11::list& params, const pybind11::list& grads, c
                     const std::vector<double>& bounds, const std::vector<double>& shape, int64_t mode, double momentum,
                     double dampening, double weight_decay, bool nesterov, bool maximize, bool cycle_momentum,
                     bool first_step, const c10::optional<at::Tensor>& grad_scale,
-                    const c10::optional<at::Tensor>& found_inf) {
+                    const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& lr_scale) {
   const BorrowedTensors p = unpack_tensors(params, "params");
   const BorrowedTensors g = unpack_tensors(grads, "grads");
   const BorrowedTensors b = unpack_tensors(momentum_buffers, "momentum_buffers");
   const BorrowedTensors s = unpack_tensors(momentum_start, "momentum_start");
   kStep(p, g, b, s, iteration, bounds, shape, mode, momentum, dampening, weight_decay, nesterov, maximize,
-        cycle_momentum, first_step, grad_scale, found_inf);
+        cycle_momentum, first_step, grad_scale, found_inf, lr_scale);
   for (at::TensorList written : {at::TensorList(p), at::TensorList(b), at::TensorList(s)}) bump_versions(written);
   if (grad_scale.has_value()) bump_versions(g);  // unscaled in place
 }
@@ -156,7 +156,7 @@ void eager_adamw_step(const pybind11::list& params, const pybind11::list& grads,
                       const std::vector<double>& shape, int64_t mode, double beta1, double beta2, double eps,
                       double weight_decay, bool amsgrad, bool maximize, bool cycle_momentum,
                       const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
-                      int64_t fused_width) {
+                      int64_t fused_width, const c10::optional<at::Tensor>& lr_scale) {
   const BorrowedTensors p = unpack_tensors(params, "params");
   const BorrowedTensors g = unpack_tensors(grads, "grads");
   const BorrowedTensors m = unpack_tensors(exp_avgs, "exp_avgs");
@@ -164,7 +164,7 @@ void eager_adamw_step(const pybind11::list& params, const pybind11::list& grads,
   const BorrowedTensors vmax = unpack_tensors(max_exp_avg_sqs, "max_exp_avg_sqs");
   const BorrowedTensors steps = unpack_tensors(state_steps, "state_steps");
   kStep(p, g, m, v, vmax, steps, iteration, bounds, shape, mode, beta1, beta2, eps, weight_decay, amsgrad, maximize,
-        cycle_momentum, grad_scale, found_inf, fused_width);
+        cycle_momentum, grad_scale, found_inf, fused_width, lr_scale);
   for (at::TensorList written :
        {at::TensorList(p), at::TensorList(m), at::TensorList(v), at::TensorList(vmax), at::TensorList(steps)})
     bump_versions(written);
@@ -212,7 +212,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(lr, momentum) of the step with this 0-based iteration, from the op's bounds, shape and mode",
         pybind11::arg("iteration"), pybind11::arg("bounds"), pybind11::arg("shape"), pybind11::arg("mode"));
   m.def("cyclic_sgd_cpu_", &clr_ext::eager_sgd_step<&clr_ext::scheduled_sgd<c10::DeviceType::CPU>>,
-        "The CPU kernel called directly, bypassing the dispatcher (eager fast path)");
+        "The CPU kernel called directly, bypassing the dispatcher (eager fast path)", pybind11::arg("params"),
+        pybind11::arg("grads"), pybind11::arg("momentum_buffers"), pybind11::arg("momentum_start"),
+        pybind11::arg("iteration"), pybind11::arg("bounds"), pybind11::arg("shape"), pybind11::arg("schedule_mode"),
+        pybind11::arg("momentum"), pybind11::arg("dampening"), pybind11::arg("weight_decay"), pybind11::arg("nesterov"),
+        pybind11::arg("maximize"), pybind11::arg("cycle_momentum"), pybind11::arg("first_step"),
+        pybind11::arg("grad_scale") = pybind11::none(), pybind11::arg("found_inf") = pybind11::none(),
+        pybind11::arg("lr_scale") = pybind11::none());
   m.def("check_bucket", &clr_ext::check_bucket, "Raises if the tensors of one bucket do not fit the op");
   m.def("validate_group", &clr_ext::validate_group,
         "Raises, naming the parameter, if a param group's params or gradients cannot be stepped",
@@ -225,14 +231,21 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("bounds"), pybind11::arg("shape"), pybind11::arg("schedule_mode"), pybind11::arg("beta1"),
         pybind11::arg("beta2"), pybind11::arg("eps"), pybind11::arg("weight_decay"), pybind11::arg("amsgrad"),
         pybind11::arg("maximize"), pybind11::arg("cycle_momentum"), pybind11::arg("grad_scale") = pybind11::none(),
-        pybind11::arg("found_inf") = pybind11::none(), pybind11::arg("fused_width") = 0);
+        pybind11::arg("found_inf") = pybind11::none(), pybind11::arg("fused_width") = 0,
+        pybind11::arg("lr_scale") = pybind11::none());
   m.def("check_adamw_bucket", &clr_ext::check_adamw_bucket,
         "Raises if the tensors of one AdamW bucket do not fit the op", pybind11::arg("params"), pybind11::arg("grads"),
         pybind11::arg("exp_avgs"), pybind11::arg("exp_avg_sqs"), pybind11::arg("max_exp_avg_sqs"),
         pybind11::arg("state_steps"), pybind11::arg("amsgrad"));
 #ifdef CLR_EXT_WITH_CUDA
   m.def("cyclic_sgd_cuda_", &clr_ext::eager_sgd_step<&clr_ext::scheduled_sgd<c10::DeviceType::CUDA>>,
-        "The CUDA kernel called directly, bypassing the dispatcher (eager fast path; no host sync)");
+        "The CUDA kernel called directly, bypassing the dispatcher (eager fast path; no host sync)",
+        pybind11::arg("params"), pybind11::arg("grads"), pybind11::arg("momentum_buffers"),
+        pybind11::arg("momentum_start"), pybind11::arg("iteration"), pybind11::arg("bounds"), pybind11::arg("shape"),
+        pybind11::arg("schedule_mode"), pybind11::arg("momentum"), pybind11::arg("dampening"),
+        pybind11::arg("weight_decay"), pybind11::arg("nesterov"), pybind11::arg("maximize"),
+        pybind11::arg("cycle_momentum"), pybind11::arg("first_step"), pybind11::arg("grad_scale") = pybind11::none(),
+        pybind11::arg("found_inf") = pybind11::none(), pybind11::arg("lr_scale") = pybind11::none());
   m.def("cuda_max_tensors_per_launch", &clr_ext::cuda_max_tensors_per_launch,
         "How many tensors one CUDA kernel launch takes");
   m.def("cyclic_adamw_cuda_", &clr_ext::eager_adamw_step<&clr_ext::scheduled_adamw<c10::DeviceType::CUDA>>,
@@ -242,7 +255,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("bounds"), pybind11::arg("shape"), pybind11::arg("schedule_mode"), pybind11::arg("beta1"),
         pybind11::arg("beta2"), pybind11::arg("eps"), pybind11::arg("weight_decay"), pybind11::arg("amsgrad"),
         pybind11::arg("maximize"), pybind11::arg("cycle_momentum"), pybind11::arg("grad_scale") = pybind11::none(),
-        pybind11::arg("found_inf") = pybind11::none(), pybind11::arg("fused_width") = 0);
+        pybind11::arg("found_inf") = pybind11::none(), pybind11::arg("fused_width") = 0,
+        pybind11::arg("lr_scale") = pybind11::none());
   m.def("cuda_adamw_max_tensors_per_launch", &clr_ext::cuda_adamw_max_tensors_per_launch,
         "How many tensors one CUDA AdamW update launch takes");
   m.attr("with_cuda") = true;

@@ -28,4 +28,15 @@ inline bool host_skips_step(const c10::optional<at::Tensor>& found_inf) {
   return found_inf.has_value() && found_inf->item<double>() != 0.0;
 }
 
+// lr_scale: a one-element floating tensor on the counter's device that multiplies every LR
+// of the schedule (clr_ext's scale_schedule), read where the step runs: a device write
+// between steps reaches a captured graph and a compiled step alike. None: 1.
+void check_lr_scale(const c10::optional<at::Tensor>& lr_scale, const at::Tensor& iteration);
+
+// The schedule's LR at a step on the host (CPU buckets): times lr_scale, in double, as the
+// device kernels and the Python backends multiply it.
+inline double host_scaled_lr(double lr, const c10::optional<at::Tensor>& lr_scale) {
+  return lr_scale.has_value() ? lr * lr_scale->item<double>() : lr;
+}
+
 }  // namespace clr_ext

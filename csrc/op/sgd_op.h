@@ -33,7 +33,7 @@ constexpr const char* kCyclicSgdSchema =
     "Tensor(d!)[] momentum_start, "
     "Tensor iteration, float[] bounds, float[] shape, int schedule_mode, float momentum, float dampening, "
     "float weight_decay, bool nesterov, bool maximize, bool cycle_momentum, bool first_step, "
-    "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()";
+    "Tensor? grad_scale=None, Tensor? found_inf=None, Tensor? lr_scale=None) -> ()";
 
 // A param's momentum_start before its first step with momentum.
 constexpr int64_t kMomentumNotStarted = INT64_MAX;
@@ -86,6 +86,7 @@ struct SgdCall {
   const at::Tensor& iteration;
   const c10::optional<at::Tensor>& grad_scale;
   const c10::optional<at::Tensor>& found_inf;
+  const c10::optional<at::Tensor>& lr_scale;
   SgdConfig config;
 };
 
@@ -107,7 +108,8 @@ void scheduled_sgd(at::TensorList params, at::TensorList grads, at::TensorList m
                    at::TensorList momentum_start, const at::Tensor& iteration, at::ArrayRef<double> bounds,
                    at::ArrayRef<double> shape, int64_t mode, double momentum, double dampening, double weight_decay,
                    bool nesterov, bool maximize, bool cycle_momentum, bool first_step,
-                   const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf) {
+                   const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
+                   const c10::optional<at::Tensor>& lr_scale) {
   const SgdCall call{params,
                      grads,
                      momentum_buffers,
@@ -115,9 +117,11 @@ void scheduled_sgd(at::TensorList params, at::TensorList grads, at::TensorList m
                      iteration,
                      grad_scale,
                      found_inf,
+                     lr_scale,
                      parse_sgd_config(bounds, shape, mode, momentum, dampening, weight_decay, nesterov, maximize,
                                       cycle_momentum, first_step)};
   check_sgd_tensors(params, grads, momentum_buffers, momentum_start, iteration, grad_scale, found_inf, kDevice);
+  check_lr_scale(lr_scale, iteration);
 #ifdef CLR_EXT_WITH_CUDA
   if constexpr (kDevice == c10::DeviceType::CUDA) return run_sgd_cuda(call);
 #endif

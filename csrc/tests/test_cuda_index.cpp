@@ -84,7 +84,9 @@ int main() {
   // chunk starts stay 16-byte aligned for 2-, 4- and 8-byte elements
   CHECK(kChunkElems * 2 % kVectorBytes == 0 && kChunkElems * 4 % kVectorBytes == 0, "chunk size\n");
   CHECK(sizeof(SgdTable) + sizeof(SgdStepArgs) <= (size_t)kKernelParamBytes, "table too large\n");
-  CHECK(kMaxTensors >= 80, "only %d tensors per launch\n", kMaxTensors);
+  // 4 KB of kernel parameters (toolkits before CUDA 13) hold the schedule chain's ~0.9 KB
+  // beside the table: ~69 SGD tensors per launch; CUDA 13's 32 KB hold ~720.
+  CHECK(kMaxTensors >= 64, "only %d tensors per launch\n", kMaxTensors);
 
   check_table({1});
   check_table({kChunkElems});

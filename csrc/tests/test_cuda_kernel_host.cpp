@@ -112,6 +112,15 @@ void run_case(std::mt19937_64& rng, int case_index) {
     scale_f = (float)scale_d;
     in.grad_scale = in.grad_scale_is_double ? (const void*)&scale_d : (const void*)&scale_f;
   }
+  // scale_schedule's factor, as a float32 or float64 device scalar, in a third of the steps
+  float lr_scale_f = 1.0f;
+  double lr_scale_d = 1.0;
+  if (rng() % 3 == 0) {
+    in.lr_scale_is_double = rng() % 2;
+    lr_scale_d = in.lr_scale_is_double ? 0.1 * (double)(1 + rng() % 10) : 0.375;
+    lr_scale_f = (float)lr_scale_d;
+    in.lr_scale = in.lr_scale_is_double ? (const void*)&lr_scale_d : (const void*)&lr_scale_f;
+  }
   const bool skip = rng() % 6 == 0;
   clr_emu::FoundInf inf;
   clr_emu::pick_found_inf(rng, skip, &inf, &in.found_inf, &in.found_inf_is_double);
@@ -148,7 +157,7 @@ void run_case(std::mt19937_64& rng, int case_index) {
         }
       }
       clr_cpu::StepArgs a;
-      a.lr = point.lr;
+      a.lr = in.lr_scale != nullptr ? point.lr * (in.lr_scale_is_double ? lr_scale_d : (double)lr_scale_f) : point.lr;
       a.momentum = momentum;
       a.dampening = args.dampening;
       a.weight_decay = args.weight_decay;
