@@ -406,3 +406,59 @@ def test_from_torch_refuses_a_scheduler_it_cannot_run():
         clr_ext.from_torch(sgd, L.LambdaLR(sgd, lambda t: 0.5**t))
     with pytest.raises(TypeError, match="scheduler"):
         clr_ext.from_torch(sgd, L.StepLR(sgd, 10))
+
+
+# The four classes of the cyclical and 1cycle pairs: clr_ext.SGD / AdamW with their schedule.
+FOUR = {
+    "CyclicSGD": (
+        "sgd",
+        lambda groups, backend: clr_ext.CyclicSGD(groups, *BOUNDS, 9, momentum=0.9, weight_decay=1e-3, backend=backend),
+        lambda o: L.CyclicLR(o, *BOUNDS, 9),
+        S.Cyclic(*BOUNDS, 9),
+    ),
+    "OneCycleSGD": (
+        "sgd",
+        lambda groups, backend: clr_ext.OneCycleSGD(
+            groups, BOUNDS[1], 95, momentum=0.9, weight_decay=1e-3, backend=backend
+        ),
+        lambda o: L.OneCycleLR(o, BOUNDS[1], 95),
+        S.OneCycle(BOUNDS[1], 95),
+    ),
+    "CyclicAdamW": (
+        "adamw",
+        lambda groups, backend: clr_ext.CyclicAdamW(groups, *BOUNDS, 9, weight_decay=1e-2, backend=backend),
+        lambda o: L.CyclicLR(o, *BOUNDS, 9),
+        S.Cyclic(*BOUNDS, 9),
+    ),
+    "OneCycleAdamW": (
+        "adamw",
+        lambda groups, backend: clr_ext.OneCycleAdamW(groups, BOUNDS[1], 95, weight_decay=1e-2, backend=backend),
+        lambda o: L.OneCycleLR(o, BOUNDS[1], 95),
+        S.OneCycle(BOUNDS[1], 95),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FOUR))
+def test_the_four_classes_are_the_rules_with_their_schedule(backend, name):
+    """isinstance of clr_ext.SGD / AdamW, ``schedule`` the value with the same numbers, and
+    ``scale_schedule`` as for any value: against the PyTorch pair whose LRs are scaled from
+    step 17, params and LRs bit for bit; the factor is saved and restored; an unscaled state
+    dict is what it was before scale_schedule existed (no lr_scale entry)."""
+    rule, make, build, value = FOUR[name]
+    params = _params(torch.float32)
+    opt = make(_groups(params), backend)
+    assert isinstance(opt, clr_ext.SGD if rule == "sgd" else clr_ext.AdamW)
+    assert _flat_form(opt.schedule) == _flat_form(value)
+    assert "lr_scale" not in opt.state_dict()["schedule"]
+    theirs, ref_lrs = _reference(rule, build, torch.float32, 40, scale_at=17, factor=0.5)
+    lrs = _run(opt, params, 0, 30, scale_at=17, factor=0.5)
+    saved = copy.deepcopy(opt.state_dict())
+    assert saved["schedule"]["lr_scale"] == 0.5
+    resumed_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    resumed = make(_groups(resumed_params), backend)
+    resumed.load_state_dict(saved)
+    assert resumed.schedule_scale == 0.5
+    lrs_after = _run(resumed, resumed_params, 30, 40)
+    assert lrs + lrs_after == ref_lrs
+    _assert_params(resumed_params, theirs, False)

@@ -127,6 +127,15 @@ cdef inline clr_bounds _bounds(bounds, int mode) except *:
     return b
 
 
+cdef inline double _scale(value) except? -1.0:
+    """A float64 CPU tensor read in place (float() of a tensor costs ~1 us), else float(value)."""
+    if isinstance(value, float):
+        return value
+    if value.element_size() == 8 and value.is_floating_point() and not value.is_cuda and not value.is_complex():
+        return (<double*><uintptr_t>value.data_ptr())[0]
+    return float(value)
+
+
 def schedule(long long iteration, double base_lr, double max_lr, double base_momentum,
              double max_momentum, double step_size_up, double step_size_down, int mode,
              double gamma, double custom_scale=1.0):
@@ -159,7 +168,7 @@ def cyclic_sgd_(int dtype_code, list params, list grads, list momentum_buffers, 
     cdef clr_point point = clr_schedule(it, &s, &b)
 
     cdef StepArgs a
-    a.lr = point.lr * float(lr_scale) if lr_scale is not None else point.lr
+    a.lr = point.lr * _scale(lr_scale) if lr_scale is not None else point.lr
     a.momentum = point.momentum if cycle_momentum else momentum
     a.dampening = dampening
     a.weight_decay = weight_decay
@@ -270,7 +279,7 @@ def cyclic_adamw_(int dtype_code, list params, list grads, list exp_avgs, list e
         return
 
     cdef AdamwArgs a
-    a.lr = point.lr * float(lr_scale) if lr_scale is not None else point.lr
+    a.lr = point.lr * _scale(lr_scale) if lr_scale is not None else point.lr
     a.beta1 = step_beta1
     a.beta2 = beta2
     a.eps = eps

@@ -19,7 +19,6 @@ from .schedules import (
     OneCycleSchedule,
     OneCycleScheduled,
     ValueSchedule,
-    ValueScheduled,
 )
 
 __all__ = ["AdamW", "CyclicAdamW", "OneCycleAdamW"]
@@ -144,7 +143,37 @@ class _ScheduledAdamW(_ScheduledOptimizer):
         return columns
 
 
-class CyclicAdamW(CyclicScheduled, _ScheduledAdamW):
+class AdamW(_ScheduledAdamW):
+    r"""AdamW under any schedule of :mod:`clr_ext.schedules`, in one fused step:
+    ``adamw.step(); sched.step()`` for ``torch.optim.AdamW(params, lr, betas, eps,
+    weight_decay, amsgrad, maximize=maximize)`` and the PyTorch scheduler(s) that
+    ``schedule`` names, with their numbers (beta1 cycled where the schedule cycles the
+    momentum, as CyclicLR / OneCycleLR do). ``lr`` is each group's LR before the schedule
+    (see :class:`clr_ext.SGD`); ``fused=True`` reproduces ``torch.optim.AdamW(fused=True)``'s
+    rounding on the CPU (see :class:`clr_ext.CyclicAdamW`). :meth:`scale_schedule`
+    multiplies the running schedule's LRs."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: Optional[float] = 1e-3,
+        *,
+        schedule: Any,
+        betas: Tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        maximize: bool = False,
+        fused: Optional[bool] = None,
+        backend: str = "auto",
+    ) -> None:
+        value = ValueSchedule(schedule)
+        rule = dict(betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize, fused=fused)
+        rule.update(lr=None if lr is None else non_negative("lr", lr))
+        _ScheduledAdamW.__init__(self, params, value, {}, rule, cycle_momentum=value.cycles_momentum, backend=backend)
+
+
+class CyclicAdamW(CyclicScheduled, AdamW):
     r"""AdamW whose learning rate (and beta1) follow a cyclical schedule, in one fused step.
 
     One ``step()`` does what ``adamw.step(); sched.step()`` does for::
@@ -196,7 +225,7 @@ class CyclicAdamW(CyclicScheduled, _ScheduledAdamW):
         construct(self, CyclicSchedule, locals())
 
 
-class OneCycleAdamW(OneCycleScheduled, _ScheduledAdamW):
+class OneCycleAdamW(OneCycleScheduled, AdamW):
     r"""AdamW under the 1cycle policy, in one fused step: ``adamw.step(); sched.step()`` for
     ``torch.optim.AdamW`` + ``OneCycleLR`` (beta1 cycled between ``max_momentum`` and
     ``base_momentum`` with ``cycle_momentum``). The schedule's arguments and its end are
@@ -227,33 +256,3 @@ class OneCycleAdamW(OneCycleScheduled, _ScheduledAdamW):
         backend: str = "auto",
     ) -> None:
         construct(self, OneCycleSchedule, locals())
-
-
-class AdamW(ValueScheduled, _ScheduledAdamW):
-    r"""AdamW under any schedule of :mod:`clr_ext.schedules`, in one fused step:
-    ``adamw.step(); sched.step()`` for ``torch.optim.AdamW(params, lr, betas, eps,
-    weight_decay, amsgrad, maximize=maximize)`` and the PyTorch scheduler(s) that
-    ``schedule`` names, with their numbers (beta1 cycled where the schedule cycles the
-    momentum, as CyclicLR / OneCycleLR do). ``lr`` is each group's LR before the schedule
-    (see :class:`clr_ext.SGD`); ``fused=True`` reproduces ``torch.optim.AdamW(fused=True)``'s
-    rounding on the CPU (see :class:`clr_ext.CyclicAdamW`). :meth:`scale_schedule`
-    multiplies the running schedule's LRs."""
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: Optional[float] = 1e-3,
-        *,
-        schedule: Any,
-        betas: Tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
-        amsgrad: bool = False,
-        maximize: bool = False,
-        fused: Optional[bool] = None,
-        backend: str = "auto",
-    ) -> None:
-        value = ValueSchedule(schedule)
-        rule = dict(betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize, fused=fused)
-        rule.update(lr=None if lr is None else non_negative("lr", lr))
-        _ScheduledAdamW.__init__(self, params, value, {}, rule, cycle_momentum=value.cycles_momentum, backend=backend)

@@ -342,7 +342,31 @@ class _ScheduledOptimizer(Optimizer):
         return self._iteration
 
     def _point(self, group: Dict[str, Any], iteration: int, index: int) -> Tuple[float, Any]:
-        return self._schedule.point(group, iteration, index)
+        lr, momentum = self._schedule.point(group, iteration, index)
+        return lr * self._schedule.lr_scale, momentum  # (as the op multiplies its lr_scale in)
+
+    @property
+    def schedule(self) -> Any:
+        """The :mod:`clr_ext.schedules` value this optimizer follows (for the cyclical and
+        1cycle classes, the value with their groups' bounds)."""
+        return self._schedule.as_value(self.param_groups, self.cycle_momentum)
+
+    @property
+    def schedule_scale(self) -> float:
+        """The product of every :meth:`scale_schedule` factor so far (1.0: none)."""
+        return self._schedule.lr_scale
+
+    def scale_schedule(self, factor: float) -> None:
+        """Multiplies the LR of every group, from the next step on, by ``factor`` (on top of
+        earlier factors): a drop on a plateau that the host detected (what
+        ``ReduceLROnPlateau`` does to a fixed LR), a multistep decay, applied to the running
+        schedule, which keeps its shape and position. The product is saved in
+        ``state_dict()["schedule"]["lr_scale"]``. It lives in a one-element tensor on each
+        device that the step reads there: scaling writes it (no sync, no re-trace of a
+        compiled step), and the replays of a captured CUDA graph follow it."""
+        self._schedule = self._schedule.scaled(factor)  # (checks factor before anything changes)
+        self._write_lr_scales()
+        self._refresh_all()
 
     def _refresh_group(self, group: Dict[str, Any], index: int) -> None:
         lr, momentum = self._point(group, self._iteration, index)
@@ -617,7 +641,6 @@ class _ScheduledOptimizer(Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         iteration = None if compiling else self._iteration
-        scalable = self._schedule.scalable
         inputs: Dict[torch.device, StepInputs] = {}
         for item in work:
             device = item.device
@@ -628,7 +651,7 @@ class _ScheduledOptimizer(Optimizer):
                     iteration,
                     None if grad_scale is None else grad_scale.to(device, non_blocking=True),
                     None if found_inf is None else found_inf.to(device, non_blocking=True),
-                    self._lr_scale(device) if scalable else None,
+                    self._lr_scale(device),
                 )
         return inputs
 
@@ -677,8 +700,7 @@ class _ScheduledOptimizer(Optimizer):
             super().load_state_dict(state_dict)  # runs __setstate__, then the post-hooks
         except BaseException:
             _loading.restore(self, before)  # a refused load changes nothing
-            if self._schedule.scalable:  # (the device scales are written once the load is in)
-                self._write_lr_scales()
+            self._write_lr_scales()  # (a load that got as far as writing them)
             raise
         finally:
             self._loading = None
@@ -705,8 +727,7 @@ class _ScheduledOptimizer(Optimizer):
             self._schedule = schedule
             # (a loaded composition may cycle the momentum where the one replaced did not)
             self.cycle_momentum = getattr(schedule, "cycles_momentum", self.cycle_momentum)
-            if schedule.scalable:
-                self._write_lr_scales()
+            self._write_lr_scales()
         iterations = []
         for group, old in zip(self.param_groups, kept):
             for key, value in old.items():

@@ -26,7 +26,7 @@ class StepInputs(NamedTuple):
     grad_scale: Optional[torch.Tensor]
     found_inf: Optional[torch.Tensor]
     # multiplies the schedule's LRs (scale_schedule): float64, one element, on the device;
-    # None: 1 (the schedules that cannot be scaled)
+    # None: 1
     lr_scale: Optional[torch.Tensor] = None
 
 

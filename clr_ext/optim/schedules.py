@@ -12,6 +12,7 @@ A new schedule adds a class here with the same methods, its formula in
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -42,8 +43,8 @@ class CoreSchedule:
     may_overshoot = False
     op_mode = -1
     shape: Any = None
-    #: Whether ``scale_schedule`` can multiply its LRs (through the op's ``lr_scale`` tensor).
-    scalable = False
+    #: ``scale_schedule``'s product: multiplies every LR (the op's ``lr_scale`` tensor).
+    lr_scale = 1.0
 
     def op_shape(self, iteration: int) -> List[float]:
         raise NotImplementedError
@@ -56,6 +57,23 @@ class CoreSchedule:
 
     def check_group_count(self, n_groups: int) -> None:
         """Called with the constructor's groups: a schedule with per-group values checks their count."""
+
+    def scaled(self, factor: Any) -> Any:
+        """This schedule with its LRs multiplied by ``factor`` from now on (a new object)."""
+        factor = lr_scale_value("factor", factor)
+        scaled = copy.copy(self)  # (a ValueSchedule's group tables hold no scale: shared)
+        scaled.lr_scale = self.lr_scale * factor
+        return scaled
+
+    def _saved_scale(self, state: Dict[str, Any]) -> Dict[str, Any]:
+        # (an unscaled schedule saves what it saved before scale_schedule existed)
+        if self.lr_scale != 1.0:
+            state["lr_scale"] = self.lr_scale
+        return state
+
+    def as_value(self, groups: List[Dict[str, Any]], cycle_momentum: bool) -> Any:
+        """The :mod:`clr_ext.schedules` value with these numbers, for ``groups``."""
+        raise NotImplementedError
 
     def check_iteration(self, iteration: int) -> None:
         """Called before each step: nothing to say for a schedule without an end."""
@@ -140,7 +158,18 @@ class CyclicSchedule(CoreSchedule):
         state.update({key: getattr(self, key) for key in self._SAVED})
         # A user function is not saved (as CyclicLR saves none); say that one was used.
         state["scale_fn"] = None if self.scale_fn is None else getattr(self.scale_fn, "__qualname__", "custom")
-        return state
+        return self._saved_scale(state)
+
+    def as_value(self, groups: List[Dict[str, Any]], cycle_momentum: bool) -> Any:
+        shape: Dict[str, Any] = dict(step_size_up=self.step_size_up, step_size_down=self.step_size_down)
+        shape.update(mode=self.mode, gamma=self.gamma, scale_fn=self.scale_fn, scale_mode=self.scale_mode)
+        return S.Cyclic(
+            *([g[key] for g in groups] for key in ("base_lr", "max_lr")),
+            cycle_momentum=cycle_momentum,
+            base_momentum=[g["base_momentum"] for g in groups],
+            max_momentum=[g["max_momentum"] for g in groups],
+            **shape,
+        )
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         _check_kind(self, state)
@@ -159,6 +188,7 @@ class CyclicSchedule(CoreSchedule):
             self.scale_fn,
             state["scale_mode"],
         )
+        restored.lr_scale = lr_scale_value("lr_scale", state.get("lr_scale", 1.0))
         self.__dict__.update(restored.__dict__)
 
 
@@ -236,7 +266,21 @@ class OneCycleSchedule(CoreSchedule):
     def state_dict(self) -> Dict[str, Any]:
         state: Dict[str, Any] = {"kind": self.kind}
         state.update({key: getattr(self, key) for key in self._SAVED})
-        return state
+        return self._saved_scale(state)
+
+    def as_value(self, groups: List[Dict[str, Any]], cycle_momentum: bool) -> Any:
+        return S.OneCycle(
+            [g["max_lr"] for g in groups],
+            self.total_steps,
+            pct_start=self.pct_start,
+            anneal_strategy=self.anneal_strategy,
+            div_factor=self.div_factor,
+            final_div_factor=self.final_div_factor,
+            three_phase=self.three_phase,
+            cycle_momentum=cycle_momentum,
+            base_momentum=[g["base_momentum"] for g in groups],
+            max_momentum=[g["max_momentum"] for g in groups],
+        )
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         _check_kind(self, state)
@@ -253,6 +297,7 @@ class OneCycleSchedule(CoreSchedule):
         if "phase_ends" in state:  # exact, also for a schedule taken over from OneCycleLR
             restored.phase_ends = tuple(float(end) for end in state["phase_ends"])
             restored.shape = restored.op_shape(0)
+        restored.lr_scale = lr_scale_value("lr_scale", state.get("lr_scale", 1.0))
         self.__dict__.update(restored.__dict__)
 
 
@@ -266,7 +311,6 @@ class ValueSchedule(CoreSchedule):
 
     kind = "value"
     op_mode = _oracle.CHAIN_MODE
-    scalable = True
 
     def __init__(self, value: Any, lr_scale: float = 1.0) -> None:
         if not isinstance(value, S.Schedule):
@@ -336,14 +380,10 @@ class ValueSchedule(CoreSchedule):
     def point(self, group: Dict[str, Any], iteration: int, index: int) -> Tuple[float, Optional[float]]:
         table = self._table(group, index, iteration if self.host_evaluated else None)[1]
         lr, momentum = S.table_point(iteration, table)
-        return lr * self.lr_scale, (None if math.isnan(momentum) else momentum)
+        return lr, (None if math.isnan(momentum) else momentum)
 
-    def scaled(self, factor: Any) -> "ValueSchedule":
-        """This schedule with its LRs multiplied by ``factor`` from now on (a new value)."""
-        factor = lr_scale_value("factor", factor)
-        scaled = ValueSchedule(self.value, self.lr_scale * factor)
-        scaled._tables = dict(self._tables)  # (the tables do not hold the scale)
-        return scaled
+    def as_value(self, groups: List[Dict[str, Any]], cycle_momentum: bool) -> Any:
+        return self.value
 
     def state_dict(self) -> Dict[str, Any]:
         state = self.value.state_dict()
@@ -375,35 +415,6 @@ def lr_scale_value(name: str, value: Any) -> float:
     if math.isinf(value):
         raise ValueError(f"{name}: must be finite, got {value!r}")
     return value
-
-
-class ValueScheduled:
-    """What the optimizers that take a schedule as a value (:class:`clr_ext.SGD`,
-    :class:`clr_ext.AdamW`) show of it, and the call that scales it; a mixin."""
-
-    _schedule: ValueSchedule
-
-    @property
-    def schedule(self) -> Any:
-        """The :mod:`clr_ext.schedules` value this optimizer follows."""
-        return self._schedule.value
-
-    @property
-    def schedule_scale(self) -> float:
-        """The product of every :meth:`scale_schedule` factor so far (1.0: none)."""
-        return self._schedule.lr_scale
-
-    def scale_schedule(self, factor: float) -> None:
-        """Multiplies the LR of every group, from the next step on, by ``factor`` (on top of
-        earlier factors): a drop on a plateau that the host detected (what
-        ``ReduceLROnPlateau`` does to a fixed LR), a multistep decay, applied to a running
-        schedule. The schedule keeps its shape and position; the factor is saved in
-        ``state_dict()["schedule"]["lr_scale"]``. The product lives in a one-element tensor
-        on each device that the step reads there: scaling writes it (no sync, no
-        re-trace of a compiled step), and a captured CUDA graph's replays follow it."""
-        self._schedule = self._schedule.scaled(factor)  # (checks factor before anything changes)
-        self._write_lr_scales()  # type: ignore[attr-defined]
-        self._refresh_all()  # type: ignore[attr-defined]
 
 
 class CyclicScheduled:

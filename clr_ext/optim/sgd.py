@@ -19,7 +19,6 @@ from .schedules import (
     OneCycleSchedule,
     OneCycleScheduled,
     ValueSchedule,
-    ValueScheduled,
 )
 
 __all__ = ["SGD", "CyclicSGD", "OneCycleSGD"]
@@ -253,7 +252,56 @@ class _ScheduledSGD(_ScheduledOptimizer):
         return buffers, _starts_argument(entries)
 
 
-class CyclicSGD(CyclicScheduled, _ScheduledSGD):
+class SGD(_ScheduledSGD):
+    r"""SGD with momentum under any schedule of :mod:`clr_ext.schedules`, in one fused step.
+
+    One ``step()`` does what ``sgd.step(); sched.step()`` does for
+    ``sgd = torch.optim.SGD(params, lr=lr, momentum=momentum, dampening=dampening,
+    weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)`` and the PyTorch
+    scheduler(s) that ``schedule`` names (``S.CosineRestarts`` for
+    ``CosineAnnealingWarmRestarts``, ``S.Warmup(X, n)`` for ``SequentialLR([LinearLR, X])``,
+    ...), with their numbers: the schedule is evaluated from the device counter inside the
+    kernel, whatever the chain (no host sync on CUDA, CUDA-graph capturable, a bounded
+    number of traces under torch.compile).
+
+    Args:
+        params: an iterable of tensors or of param-group dicts (a group may carry its own
+            ``lr`` and the SGD keys).
+        lr: each group's LR before the schedule, which the schedules that scale a group's
+            initial LR read (``CosineRestarts``, ``Linear``, ``Constant``, the ``hf_*``
+            forms and ``Warmup``); unused (None allowed) when every part of the chain
+            carries its own bounds (``Cyclic``, ``OneCycle``).
+        schedule: a :mod:`clr_ext.schedules` value. Where it cycles the momentum, that
+            replaces ``momentum``, as CyclicLR / OneCycleLR do.
+        momentum, dampening, weight_decay, nesterov, maximize: as torch.optim.SGD.
+        backend: ``"auto"`` or one of ``available_backends()``.
+
+    Each group holds ``initial_lr`` (as PyTorch's schedulers leave it) and, after every
+    step, the ``lr`` (and cycled ``momentum``) of the next step. :meth:`scale_schedule`
+    multiplies the running schedule's LRs. :class:`CyclicSGD` and :class:`OneCycleSGD` are
+    this optimizer with their schedule.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: Optional[float] = None,
+        *,
+        schedule: Any,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        maximize: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        value = ValueSchedule(schedule)
+        rule = dict(momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
+        rule.update(maximize=maximize, lr=None if lr is None else non_negative("lr", lr))
+        _ScheduledSGD.__init__(self, params, value, {}, rule, cycle_momentum=value.cycles_momentum, backend=backend)
+
+
+class CyclicSGD(CyclicScheduled, SGD):
     r"""SGD with momentum whose learning rate (and momentum) follow a cyclical schedule.
 
     One ``step()`` does what ``sgd.step(); sched.step()`` does for::
@@ -340,7 +388,7 @@ class CyclicSGD(CyclicScheduled, _ScheduledSGD):
         construct(self, CyclicSchedule, locals())
 
 
-class OneCycleSGD(OneCycleScheduled, _ScheduledSGD):
+class OneCycleSGD(OneCycleScheduled, SGD):
     r"""SGD with momentum under the 1cycle policy, in one fused step.
 
     One ``step()`` does what ``sgd.step(); sched.step()`` does for::
@@ -394,51 +442,3 @@ class OneCycleSGD(OneCycleScheduled, _ScheduledSGD):
         backend: str = "auto",
     ) -> None:
         construct(self, OneCycleSchedule, locals())
-
-
-class SGD(ValueScheduled, _ScheduledSGD):
-    r"""SGD with momentum under any schedule of :mod:`clr_ext.schedules`, in one fused step.
-
-    One ``step()`` does what ``sgd.step(); sched.step()`` does for
-    ``sgd = torch.optim.SGD(params, lr=lr, momentum=momentum, dampening=dampening,
-    weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)`` and the PyTorch
-    scheduler(s) that ``schedule`` names (``S.CosineRestarts`` for
-    ``CosineAnnealingWarmRestarts``, ``S.Warmup(X, n)`` for ``SequentialLR([LinearLR, X])``,
-    ...), with their numbers: the schedule is evaluated from the device counter inside the
-    kernel, whatever the chain (no host sync on CUDA, CUDA-graph capturable, a bounded
-    number of traces under torch.compile).
-
-    Args:
-        params: an iterable of tensors or of param-group dicts (a group may carry its own
-            ``lr`` and the SGD keys).
-        lr: each group's LR before the schedule, which the schedules that scale a group's
-            initial LR read (``CosineRestarts``, ``Linear``, ``Constant``, the ``hf_*``
-            forms and ``Warmup``); unused (None allowed) when every part of the chain
-            carries its own bounds (``Cyclic``, ``OneCycle``).
-        schedule: a :mod:`clr_ext.schedules` value. Where it cycles the momentum, that
-            replaces ``momentum``, as CyclicLR / OneCycleLR do.
-        momentum, dampening, weight_decay, nesterov, maximize: as torch.optim.SGD.
-        backend: ``"auto"`` or one of ``available_backends()``.
-
-    Each group holds ``initial_lr`` (as PyTorch's schedulers leave it) and, after every
-    step, the ``lr`` (and cycled ``momentum``) of the next step. :meth:`scale_schedule`
-    multiplies the running schedule's LRs.
-    """
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: Optional[float] = None,
-        *,
-        schedule: Any,
-        momentum: float = 0.0,
-        dampening: float = 0.0,
-        weight_decay: float = 0.0,
-        nesterov: bool = False,
-        maximize: bool = False,
-        backend: str = "auto",
-    ) -> None:
-        value = ValueSchedule(schedule)
-        rule = dict(momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
-        rule.update(maximize=maximize, lr=None if lr is None else non_negative("lr", lr))
-        _ScheduledSGD.__init__(self, params, value, {}, rule, cycle_momentum=value.cycles_momentum, backend=backend)

@@ -147,7 +147,7 @@ constexpr int kParam = 0;
 constexpr int kGrad = 1;
 
 /* SGD: param, grad, momentum buffer (unused entries when the step has no buffers); Extra
-   is the param's momentum start (nullptr: args.first_step decides). ~740 tensors per
+   is the param's momentum start (nullptr: args.first_step decides). ~720 tensors per
    launch with 32 KB of kernel parameters, ~69 with 4 KB. */
 constexpr int kBuffer = 2;
 typedef TensorTable<3, int64_t*, SgdStepArgs> SgdTable;

@@ -1,4 +1,4 @@
-// The CUDA implementation of the SGD op: one multi-tensor launch per step (per ~740
+// The CUDA implementation of the SGD op: one multi-tensor launch per step (per ~720
 // tensors) that reads the iteration from the device, evaluates the schedule
 // (csrc/math/schedule.h, double precision) and applies the update (csrc/math/sgd_update.h)
 // to every element of the bucket.
