@@ -462,3 +462,44 @@ def test_the_four_classes_are_the_rules_with_their_schedule(backend, name):
     lrs_after = _run(resumed, resumed_params, 30, 40)
     assert lrs + lrs_after == ref_lrs
     _assert_params(resumed_params, theirs, False)
+
+
+@pytest.mark.slow  # (~70 s: CI's slow section runs it once, on the cpp backend)
+@pytest.mark.parametrize("rule, build, value, recursive", PARITY)
+def test_ten_thousand_steps_as_pytorchs_pair(rule, build, value, recursive):
+    """Every composition of tests/compositions.py (three groups of different LRs, per-group
+    bounds) for its 10,000 steps on the default backend: the params of clr_ext.SGD / AdamW and
+    of PyTorch's optimizer with the scheduler(s), bit for bit in float64 outside LinearLR's
+    recursive steps (within their bound there), and the LRs of every step."""
+    lrs = (0.1, 0.037, 1.3e-3)
+    gen = torch.Generator().manual_seed(3)
+    init = [torch.randn(2, generator=gen, dtype=torch.float64) for _ in lrs]
+    theirs = [torch.nn.Parameter(t.clone()) for t in init]
+    mine = [torch.nn.Parameter(t.clone()) for t in init]
+    if rule == "sgd":
+        ref = torch.optim.SGD([{"params": [p], "lr": lr} for p, lr in zip(theirs, lrs)], lr=0.5, momentum=0.9)
+        opt = clr_ext.SGD([{"params": [p], "lr": lr} for p, lr in zip(mine, lrs)], lr=0.5, schedule=value, momentum=0.9)
+    else:
+        ref = torch.optim.AdamW([{"params": [p], "lr": lr} for p, lr in zip(theirs, lrs)], lr=0.5)
+        opt = clr_ext.AdamW([{"params": [p], "lr": lr} for p, lr in zip(mine, lrs)], lr=0.5, schedule=value)
+    grads = torch.randn(STEPS, len(lrs), 2, generator=gen, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sched = build(ref)
+        ours, pytorch = [], []
+        for t in range(STEPS):
+            ours.append([g["lr"] for g in opt.param_groups])
+            pytorch.append([g["lr"] for g in ref.param_groups])
+            for a, b, g in zip(mine, theirs, grads[t]):
+                a.grad, b.grad = g.clone(), g.clone()
+            opt.step()
+            ref.step()
+            sched.step()
+    if recursive:
+        assert sum(ours, []) == pytest.approx(sum(pytorch, []), rel=1e-12, abs=0)
+        for a, b in zip(mine, theirs):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    else:
+        assert ours == pytorch
+        for a, b in zip(mine, theirs):
+            assert torch.equal(a, b), (a - b).abs().max()
