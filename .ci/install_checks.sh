@@ -9,7 +9,8 @@
 #      with its dependencies alone, then a smoke run (every backend the wheel holds steps
 #      like torch.optim.SGD + CyclicLR; `clr-ext --help`, `clr-ext info`).
 #   3. a C++ compile error (injected into a copy): the install goes on without that backend.
-# Usage: bash .ci/install_checks.sh [nocompiler|compile-error|wheel]...   (default: all)
+# Usage: bash .ci/install_checks.sh [nocompiler|compile-error|wheel|tools]...   (default: the
+# three checks; tools only installs what they need into PY's venv)
 # PY: the development venv's python (builds the wheel); BASE_PYTHON: the interpreter the
 # fresh venvs are made from; CLR_EXT_TORCH: the torch they get.
 set -euo pipefail
@@ -140,9 +141,13 @@ clr_ext.CyclicSGD([p], 0.01, 0.1).step()
 print('a C++ compile error left a working install: backends', clr_ext.available_backends())")
 }
 
+tools() { # what the checks install into the development venv (.ci/run installs it up front)
+  "$PY" -m pip install -q "build>=1.0" 2>/dev/null
+}
+
 wheel() {
   step "python -m build --wheel --no-isolation (compilers on)"
-  "$PY" -m pip install -q "build>=1.0" 2>/dev/null
+  tools
   local venv=$WORK/wheel
   # Built from the repository itself (in CI a fresh clone), not from a copy: with the object
   # folder of scripts/setup.sh's editable build (CLR_EXT_BUILD_TEMP, setup.py), ninja finds
@@ -184,7 +189,8 @@ for check in "${checks[@]}"; do
     nocompiler) no_compiler ;;
     compile-error) compile_error ;;
     wheel) wheel ;;
-    *) fail "unknown check $check (nocompiler, compile-error, wheel)" ;;
+    tools) tools ;;
+    *) fail "unknown check $check (nocompiler, compile-error, wheel, tools)" ;;
   esac
 done
 step "passed"
