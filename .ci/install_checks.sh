@@ -157,10 +157,12 @@ wheel() {
   # (package-data; MANIFEST.in leaves *.so out), build_ext links each extension afresh into
   # a build folder under $WORK (DIST_EXTRA_CONFIG), and the smoke run below fails if a
   # compiled backend is missing from the wheel.
+  # (CC and CXX as scripts/setup.sh sets them: another compiler name is another command line)
   printf '[build]\nbuild_base = %s\n' "$WORK/wheel-build" >"$WORK/wheel-build.cfg"
   (cd "$REPO" && DIST_EXTRA_CONFIG=$WORK/wheel-build.cfg CLR_EXT_BUILD_TEMP=${CLR_EXT_BUILD_TEMP:-$REPO/build/temp} \
-    CLR_EXT_REQUIRE_COMPILED=1 MAX_JOBS=${MAX_JOBS:-2} "$PY" -m build --wheel --no-isolation \
-    --outdir "$WORK/dist" >"$WORK/wheel.log" 2>&1) || { tail -40 "$WORK/wheel.log"; fail "the wheel build failed"; }
+    CC="${CC:-gcc}" CXX="${CXX:-g++}" CLR_EXT_REQUIRE_COMPILED=1 MAX_JOBS=${MAX_JOBS:-2} \
+    "$PY" -m build --wheel --no-isolation --outdir "$WORK/dist" >"$WORK/wheel.log" 2>&1) ||
+    { tail -40 "$WORK/wheel.log"; fail "the wheel build failed"; }
   echo "wheel build: $(grep -c '^\[[0-9]*/[0-9]*\] ' "$WORK/wheel.log" || true) files compiled (the rest reused)"
   local whl
   whl=$(ls "$WORK"/dist/clr_ext-*.whl)
