@@ -15,7 +15,10 @@ Switches (environment): CLR_EXT_REQUIRE_COMPILED=1 makes every extension that is
 switched off required (any failure stops the build), CLR_EXT_NO_CPP=1 skips _C,
 CLR_EXT_NO_CYTHON=1 skips the fallback, CLR_EXT_NO_CUDA=1 never builds CUDA,
 CLR_EXT_FORCE_CUDA=1 builds it without a visible GPU (honours TORCH_CUDA_ARCH_LIST;
-default "9.0" then).
+default "9.0" then), CLR_EXT_BUILD_TEMP=DIR keeps the object files in DIR (an editable
+install otherwise compiles in a temporary folder, so every re-install compiled everything):
+a later build from the same folder with the same compiler flags, editable or a wheel, then
+recompiles only what changed (ninja compares each file's command line and headers).
 Install with: pip install --no-build-isolation .   (or -e .)
 """
 
@@ -187,6 +190,14 @@ class OptionalBuildExt(cpp_extension.BuildExtension):
     """torch's BuildExtension, with every extension optional unless CLR_EXT_REQUIRE_COMPILED
     is set: a missing compiler skips them all, a failed compile skips that one. What was
     left out is said in one line at the end and recorded for ``clr-ext info``."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        keep = os.environ.get("CLR_EXT_BUILD_TEMP", "").strip()
+        # After the default (an editable install sets its temporary folder before this runs);
+        # an explicit --build-temp still wins.
+        if keep and "build_temp" not in self.distribution.get_option_dict("build_ext"):
+            self.build_temp = os.path.abspath(keep)
 
     def run(self):
         self._skipped = {}

@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 "$PY" -m pip install -q "ruff==0.17.6" "clang-format==23.1.5"
+[ "${1:-}" != --install-only ] || exit 0  # (.ci/run installs every tool before its checks)
 BIN=$(dirname "$PY")
 "$BIN/ruff" format --check .
 "$BIN/ruff" check .

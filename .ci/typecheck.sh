@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 "$PY" -m pip install -q "mypy==2.4.1"
+[ "${1:-}" != --install-only ] || exit 0  # (.ci/run installs every tool before its checks)
 "$PY" -m mypy

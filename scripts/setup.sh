@@ -26,7 +26,9 @@ fi
 # The demo's and the tests' dependencies come with the extras (pyproject.toml). The compiled
 # backends are required here (the tests run each of them): a failed build stops the set-up
 # instead of leaving a pure-PyTorch install (CLR_EXT_REQUIRE_COMPILED=0 allows that).
+# The objects stay in build/temp (CLR_EXT_BUILD_TEMP, setup.py): a second run, and the wheel
+# CI builds from this tree (.ci/install_checks.sh), recompile only what changed.
 echo "clr_ext setup: building clr_ext from source, with the demo and test extras"
 CC="${CC:-gcc}" CXX="${CXX:-g++}" MAX_JOBS="${MAX_JOBS:-2}" CLR_EXT_REQUIRE_COMPILED="${CLR_EXT_REQUIRE_COMPILED:-1}" \
-  "$PY" -m pip install -q --no-build-isolation -e ".[demo,test]"
+  CLR_EXT_BUILD_TEMP="${CLR_EXT_BUILD_TEMP:-$PWD/build/temp}" "$PY" -m pip install -q --no-build-isolation -e ".[demo,test]"
 "$PY" -c "import clr_ext; print('clr_ext', clr_ext.__version__, 'backends:', clr_ext.available_backends())"
