@@ -14,7 +14,8 @@
 
 using OpSig = void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, const at::Tensor&,
                    at::ArrayRef<double>, at::ArrayRef<double>, int64_t, double, double, double, bool, bool, bool, bool,
-                   const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&);
+                   const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
+                   const c10::optional<at::Tensor>&);
 
 int main() {
   auto handle = c10::Dispatcher::singleton().findSchema({"clr_ext::cyclic_sgd_", ""});
@@ -46,7 +47,7 @@ int main() {
       counter.fill_(it);
       const bool first = it == 0;
       op.call(params, grads, bufs, {}, counter, bounds, shape, CLR_MODE_TRIANGULAR2, 0.0, 0.0, wd, false, false, true,
-              first, c10::nullopt, c10::nullopt);
+              first, c10::nullopt, c10::nullopt, c10::nullopt);
       EXPECT(counter.item<int64_t>() == it, "the op advanced the counter");
       const clr_point pt = clr_schedule(it, &cs, &cb);
       for (size_t i = 0; i < shapes.size(); ++i) {
@@ -73,7 +74,7 @@ int main() {
     bool threw = false;
     try {
       op.call(params, bad_grads, bufs, {}, counter, bounds, shape, 0, 0.0, 0.0, wd, false, false, true, false,
-              c10::nullopt, c10::nullopt);
+              c10::nullopt, c10::nullopt, c10::nullopt);
     } catch (const c10::Error&) {
       threw = true;
     }
