@@ -157,25 +157,12 @@ def _one_cycle(optimizer: Any, scheduler: Any, backend: str, keys: Tuple[str, ..
 # ------------------------------------------------- compositions: clr_ext.SGD / AdamW with a value
 
 _L = torch.optim.lr_scheduler
-#: transformers' LambdaLR helpers, by the name of the function their lambdas are partials of.
+#: transformers' LambdaLR helpers, by the name of the function their lambdas are partials of
+#: (the partials' keywords are the values' fields).
 _HF_LAMBDAS = {
-    "_get_linear_schedule_with_warmup_lr_lambda": (S.hf_linear_with_warmup, ("num_warmup_steps", "num_training_steps")),
-    "_get_cosine_schedule_with_warmup_lr_lambda": (
-        S.hf_cosine_with_warmup,
-        ("num_warmup_steps", "num_training_steps", "num_cycles"),
-    ),
-    "_get_wsd_scheduler_lambda": (
-        S.hf_wsd,
-        (
-            "num_warmup_steps",
-            "num_decay_steps",
-            "num_stable_steps",
-            "warmup_type",
-            "decay_type",
-            "min_lr_ratio",
-            "num_cycles",
-        ),
-    ),
+    "_get_linear_schedule_with_warmup_lr_lambda": S.HFLinearWithWarmup,
+    "_get_cosine_schedule_with_warmup_lr_lambda": S.HFCosineWithWarmup,
+    "_get_wsd_scheduler_lambda": S.HFWSD,
 }
 _COMPOSABLE = (
     _L.CosineAnnealingWarmRestarts,
@@ -249,7 +236,8 @@ def _value_of(optimizer: Any, scheduler: Any) -> Any:
             name = getattr(getattr(fn, "func", None), "__name__", None)
             if name not in _HF_LAMBDAS or getattr(fn, "args", ()):
                 break
-            make, names = _HF_LAMBDAS[name]
+            make = _HF_LAMBDAS[name]
+            names = make._FIELDS
             found.add((make, tuple((k, fn.keywords[k]) for k in names if k in fn.keywords)))
         else:
             if len(found) == 1:
