@@ -174,10 +174,8 @@ class _CompiledOpBackend(Backend):
     bumps_versions = bool(getattr(_C, "bumps_versions", False))
 
     def run(self, tensors, hyper, inputs):
-        if inputs.iteration is None:
-            op = getattr(torch.ops.clr_ext, hyper.op + "_")
-        else:
-            op = getattr(_C, f"{hyper.op}_{self.device}_")
+        traced = inputs.iteration is None
+        op = getattr(torch.ops.clr_ext, hyper.op + "_") if traced else getattr(_C, f"{hyper.op}_{self.device}_")
         op(*op_args(tensors, hyper, inputs))
 
 

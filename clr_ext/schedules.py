@@ -528,7 +528,9 @@ class _Leaf(Schedule):
         return [_groups_of(getattr(self, name)) for name in self._PER_GROUP]
 
     def _named_params(self, initial_lr: Optional[float], group: int) -> Dict[str, Optional[float]]:
-        raise NotImplementedError
+        """The parameter vector by name (``LAYOUTS[KIND]``): by default the group's initial lr
+        and the fields, for the kinds that scale it."""
+        return {"initial_lr": initial_lr, **{name: getattr(self, name) for name in self._FIELDS}}
 
     def _params(self, initial_lr: Optional[float], group: int) -> Tuple[float, ...]:
         named = self._named_params(initial_lr, group)
@@ -703,9 +705,6 @@ class CosineRestarts(_Leaf):
             T_0=_integer("T_0", T_0, 1), T_mult=_integer("T_mult", T_mult, 1), eta_min=non_negative("eta_min", eta_min)
         )
 
-    def _named_params(self, initial_lr: Optional[float], group: int) -> Dict[str, Optional[float]]:
-        return {"initial_lr": initial_lr, "T_0": self.T_0, "T_mult": self.T_mult, "eta_min": self.eta_min}
-
 
 class Linear(_Leaf):
     """``torch.optim.lr_scheduler.LinearLR``: the initial lr times a factor going linearly from
@@ -722,14 +721,6 @@ class Linear(_Leaf):
             total_iters=_integer("total_iters", total_iters, 1),
         )
 
-    def _named_params(self, initial_lr: Optional[float], group: int) -> Dict[str, Optional[float]]:
-        return {
-            "initial_lr": initial_lr,
-            "start_factor": self.start_factor,
-            "end_factor": self.end_factor,
-            "total_iters": self.total_iters,
-        }
-
 
 class Constant(_Leaf):
     """``torch.optim.lr_scheduler.ConstantLR``: the initial lr times ``factor`` for ``total_iters``
@@ -745,9 +736,6 @@ class Constant(_Leaf):
             total_iters=_integer("total_iters", total_iters, 1),
         )
 
-    def _named_params(self, initial_lr: Optional[float], group: int) -> Dict[str, Optional[float]]:
-        return {"initial_lr": initial_lr, "factor": self.factor, "total_iters": self.total_iters}
-
 
 class HFLinearWithWarmup(_Leaf):
     """transformers' ``get_linear_schedule_with_warmup`` (a ``LambdaLR``)."""
@@ -760,13 +748,6 @@ class HFLinearWithWarmup(_Leaf):
             num_warmup_steps=_integer("num_warmup_steps", num_warmup_steps, 0),
             num_training_steps=_integer("num_training_steps", num_training_steps, 0),
         )
-
-    def _named_params(self, initial_lr: Optional[float], group: int) -> Dict[str, Optional[float]]:
-        return {
-            "initial_lr": initial_lr,
-            "num_warmup_steps": self.num_warmup_steps,
-            "num_training_steps": self.num_training_steps,
-        }
 
 
 class HFCosineWithWarmup(_Leaf):
@@ -781,14 +762,6 @@ class HFCosineWithWarmup(_Leaf):
             num_training_steps=_integer("num_training_steps", num_training_steps, 0),
             num_cycles=as_float("num_cycles", num_cycles),
         )
-
-    def _named_params(self, initial_lr: Optional[float], group: int) -> Dict[str, Optional[float]]:
-        return {
-            "initial_lr": initial_lr,
-            "num_warmup_steps": self.num_warmup_steps,
-            "num_training_steps": self.num_training_steps,
-            "num_cycles": self.num_cycles,
-        }
 
 
 class HFWSD(_Leaf):

@@ -60,6 +60,7 @@ class _ScheduledAdamW(_ScheduledOptimizer):
         group["betas"] = (momentum, group["betas"][1])
 
     _momentum_key = "betas[0]"
+    _momentum_slot = "betas"
 
     def _reported_momentum(self, group: Dict[str, Any]) -> Any:
         return group["betas"][0]

@@ -13,7 +13,6 @@ in ``clr_ext.optim.functional``.
 from __future__ import annotations
 
 import copy
-import functools
 import inspect
 import itertools
 import operator
@@ -60,6 +59,7 @@ _ops.define("advance_schedule_(Tensor(a!)[] counters, int handle) -> ()", _advan
 
 
 _GRAD = operator.attrgetter("grad")
+_NOTHING_WRITTEN = (None, None, None)
 
 
 def _dtensor_type() -> Any:
@@ -190,29 +190,23 @@ class _ScheduledOptimizer(Optimizer):
 
     @staticmethod
     def profile_hook_step(func: Callable[..., Any]) -> Callable[..., Any]:
-        """torch.optim.Optimizer's step wrapper (step hooks, the profiler's record_function),
-        entered only when there are hooks, a profiler, or a trace: its record_function alone
-        costs ~10 us per step, a fifth of a 200-param step. Otherwise the step runs
-        directly, with what the wrapper does besides (``_optimizer_step_code``)."""
-        hooked = Optimizer.profile_hook_step(func)
+        """torch.optim.Optimizer wraps ``step`` in this at the first construction. Here
+        ``step`` stays as it is, with torch's wrapper (step hooks, the profiler's
+        record_function) at hand as ``step.with_hooks``: ``step`` enters it only when there
+        are hooks, a profiler or a trace, as its record_function alone costs ~10 us per
+        step, a fifth of a 200-param step."""
+        func.with_hooks = Optimizer.profile_hook_step(func)  # type: ignore[attr-defined]
+        return func
 
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            self = args[0]
-            if (
-                self._optimizer_step_pre_hooks
-                or self._optimizer_step_post_hooks
-                or _global_optimizer_pre_hooks
-                or _global_optimizer_post_hooks
-                or functional.traced()
-                or torch.autograd._profiler_enabled()
-            ):
-                return hooked(*args, **kwargs)
-            out = func(*args, **kwargs)
-            self._optimizer_step_code()
-            return out
+    #: True while ``step`` runs inside torch's wrapper (``_step_with_hooks``).
+    _in_hooks = False
 
-        return wrapper
+    def _step_with_hooks(self, closure: Optional[Callable[[], Any]]) -> Any:
+        self._in_hooks = True
+        try:
+            return type(self).step.with_hooks(self, closure)  # type: ignore[attr-defined]
+        finally:
+            self._in_hooks = False
 
     # Devices whose overflow flag the host reads for free; on all others the op decides
     # which buffers start (tests empty this to run that path without a GPU).
@@ -237,9 +231,9 @@ class _ScheduledOptimizer(Optimizer):
         self._lr_scales: Dict[torch.device, torch.Tensor] = {}  # (a scalable schedule's, per device)
         self._bucket_cache: Dict[int, Tuple[Any, ...]] = {}
         self._loading: Optional[Tuple[Any, ...]] = None
-        # group id -> the (lr, cycled momentum or None) objects this optimizer last wrote
-        # there (see _check_outside_writes)
-        self._written: Dict[int, Tuple[float, Optional[float]]] = {}
+        # group id -> (lr, cycled momentum, the group's entry that reports it) as this
+        # optimizer last wrote them there (see step and _outside_write)
+        self._written: Dict[int, Tuple[Any, Any, Any]] = {}
         self._warned_outside: set = set()
         self._position_unknown = False  # see _say_position_unknown
 
@@ -306,8 +300,10 @@ class _ScheduledOptimizer(Optimizer):
         """Writes the cycled momentum where the rule's PyTorch optimizer keeps it."""
         raise NotImplementedError
 
-    #: Where the rule reports its cycled momentum, as its warnings name it.
+    #: Where the rule reports its cycled momentum, as its warnings name it, and the group
+    #: key that holds it.
     _momentum_key = ""
+    _momentum_slot = ""
 
     def _reported_momentum(self, group: Dict[str, Any]) -> Any:
         """The cycled momentum as the group holds it now (read back from where
@@ -372,9 +368,13 @@ class _ScheduledOptimizer(Optimizer):
         lr, momentum = self._point(group, self._iteration, index)
         group["lr"] = lr
         group["iteration"] = self._iteration
+        reported = None
         if self.cycle_momentum:
             self._report_momentum(group, momentum)
-        self._written[id(group)] = (lr, momentum if self.cycle_momentum else None)
+            reported = group[self._momentum_slot]
+            self._written[id(group)] = (lr, momentum, reported)
+        else:
+            self._written[id(group)] = (lr, None, None)
 
     def _refresh_all(self) -> None:
         self._written = {}  # (keyed by id: no group that has gone may leave its id behind)
@@ -385,24 +385,22 @@ class _ScheduledOptimizer(Optimizer):
         """The lr of every group for the next step (as CyclicLR.get_last_lr())."""
         return [group["lr"] for group in self.param_groups]
 
-    def _counter(self, device: torch.device) -> torch.Tensor:
+    def _device_tensors(self, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The step counter and the schedule's scale on ``device``, made at its first step
+        there: the counter (int64) caches the groups' ``iteration``, the scale (float64,
+        shape (1,)) is what ``scale_schedule`` and loads write."""
         counter = self._counters.get(device)
         if counter is None:
             _refuse_capture(device, "the step counter")
             counter = torch.full((), self._iteration, dtype=torch.int64, device=device)
             self._counters[device] = counter
-        return counter
-
-    def _lr_scale(self, device: torch.device) -> torch.Tensor:
-        """The op's ``lr_scale`` on ``device``: float64, written by ``scale_schedule`` and loads."""
         scale = self._lr_scales.get(device)
         if scale is None:
-            _refuse_capture(device, "the schedule's scale")
             # (shape (1,), as GradScaler's scale: dynamo reads a 0-dim float tensor made in a
             # traced step as a Python number the next time, and re-traces)
             scale = torch.full((1,), self._schedule.lr_scale, dtype=torch.float64, device=device)
             self._lr_scales[device] = scale
-        return scale
+        return counter, scale
 
     def _write_lr_scales(self) -> None:
         for scale in self._lr_scales.values():
@@ -443,7 +441,7 @@ class _ScheduledOptimizer(Optimizer):
         The grouping is cached while the same params have gradients: a step then costs
         one pass over ``.grad`` in Python. The cache is not checked against later dtype
         or device changes; the kernels check every tensor before writing, and a failed
-        check drops the cache and plans the step again (see ``step``).
+        check drops the cache and plans the step again (``_replan``).
         """
         params = group["params"]
         if compiling:  # dynamo traces neither attrgetter nor map(operator.is_)
@@ -455,34 +453,35 @@ class _ScheduledOptimizer(Optimizer):
         keep = None
         if missing:
             keep = tuple(i for i, g in enumerate(grads) if g is not None)
-            if not keep:
-                return []
-            params = [params[i] for i in keep]
-            grads = [grads[i] for i in keep]
-        key = (id(group["params"]), len(group["params"]), keep)
-        cached = self._bucket_cache.get(group_index)
+            params, grads = [params[i] for i in keep], [grads[i] for i in keep]
+        plan = self._bucket_cache.get(group_index)
         # (the state's size matters to the eager path only, which keeps the params' state
         # dicts in the bucket; a traced step would re-trace as it changes)
         if (
-            cached is None
-            or cached[0] != key
-            or cached[1] is not self.state
-            or (cached[2] != len(self.state) and not compiling)
+            plan is None
+            or plan[0] != (id(group["params"]), len(group["params"]), keep)
+            or plan[1] is not self.state
+            or (plan[2] != len(self.state) and not compiling)
         ):
-            self._validate(group_index, params)
-            grouped: Dict[Tuple[torch.device, torch.dtype], List[int]] = {}
-            for i, p in enumerate(params):
-                grouped.setdefault((p.device, p.dtype), []).append(i)
-            buckets = [
-                (
-                    _Bucket(device, [params[i] for i in index], _backends.backend_for(self._backend_request, device)),
-                    None if len(grouped) == 1 else index,
-                )
-                for (device, _), index in grouped.items()
-            ]
-            cached = (key, self.state, len(self.state), buckets)
-            self._bucket_cache[group_index] = cached
-        return [(bucket, grads if index is None else [grads[i] for i in index]) for bucket, index in cached[3]]
+            plan = self._plan_buckets(group_index, group, params, keep)
+        return [(bucket, grads if index is None else [grads[i] for i in index]) for bucket, index in plan[3]]
+
+    def _plan_buckets(
+        self, group_index: int, group: Dict[str, Any], params: List[torch.Tensor], keep: Optional[Tuple[int, ...]]
+    ) -> Tuple[Any, ...]:
+        """Checks ``params`` (a group's, those in ``keep``) and groups them by (device,
+        dtype) into buckets, each with its backend. Cached for ``_buckets_of``."""
+        self._validate(group_index, params)
+        grouped: Dict[Tuple[torch.device, torch.dtype], List[int]] = {}
+        for i, p in enumerate(params):
+            grouped.setdefault((p.device, p.dtype), []).append(i)
+        buckets = []
+        for (device, _), index in grouped.items():
+            bucket = _Bucket(device, [params[i] for i in index], _backends.backend_for(self._backend_request, device))
+            buckets.append((bucket, None if len(grouped) == 1 else index))
+        plan = ((id(group["params"]), len(group["params"]), keep), self.state, len(self.state), buckets)
+        self._bucket_cache[group_index] = plan
+        return plan
 
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         """One step with this iteration's lr and momentum (or beta1), then the schedule advances.
@@ -491,12 +490,22 @@ class _ScheduledOptimizer(Optimizer):
         ``torch.amp.GradScaler`` the gradients are unscaled inside the kernel and the
         update is skipped on overflow; the schedule advances either way.
         """
+        if not self._in_hooks and (
+            self._optimizer_step_pre_hooks
+            or self._optimizer_step_post_hooks
+            or _global_optimizer_pre_hooks
+            or _global_optimizer_post_hooks
+            or functional.traced()
+            or torch.autograd._profiler_enabled()
+        ):
+            return self._step_with_hooks(closure)
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         if functional.traced():
             with torch.no_grad():
+                self._meet_grads_through_groups()
                 self._step_checked(compiling=True)
             return loss
         # Grad mode off, as @torch.no_grad() would set it, without its wrapper's cost
@@ -505,11 +514,19 @@ class _ScheduledOptimizer(Optimizer):
         torch._C._set_grad_enabled(False)
         try:
             self._groups_alias = self.param_groups  # in case a user replaced the list
-            self._adopt_group_iteration()  # (a traced step must not read the host iteration)
-            self._schedule.check_iteration(self._iteration)
-            self._check_outside_writes()
-            if self._position_unknown:
-                self._say_position_unknown()
+            # The groups as this optimizer left them after the last step, by identity (the
+            # groups' ``iteration`` is the host truth, the device counters its cache): any
+            # difference is an outside write (``_outside_write``).
+            for index, group in enumerate(self.param_groups):
+                lr, _, reported = self._written.get(id(group), _NOTHING_WRITTEN)
+                if (
+                    group["lr"] is not lr
+                    or group.get("iteration") != self._iteration
+                    or (reported is not None and group[self._momentum_slot] is not reported)
+                ):
+                    self._outside_write(index, group)
+            if self._iteration >= self._schedule.warn_from or self._position_unknown:
+                self._say_where_the_schedule_is()
             self._step_checked(compiling=False)
         finally:
             torch._C._set_grad_enabled(grad_was_enabled)
@@ -520,66 +537,79 @@ class _ScheduledOptimizer(Optimizer):
         (``_collect``), all of them are checked before the first writes
         (``functional.check``), they run, the rule keeps the state it created, and the
         schedule advances. ``compiling``: torch.compile is tracing the step."""
-        schedule = self._schedule
         # Dynamo guards on every value of every group once ``param_groups`` is read in a
         # traced frame, and lr, momentum and iteration change at every step: a traced step
         # reads the same list through another attribute, with guards on the keys it reads.
         groups = self._groups_alias if compiling else self.param_groups
-        if compiling:
-            # Dynamo names a tensor by the first path it meets it on. Met first as a key of
-            # ``self.state`` (group 0's lookups see every param), a later group's param gets a
-            # path through that dict, and its ``.grad`` a guard that fails as soon as the
-            # grad is replaced (``zero_grad(set_to_none=True)``): a re-trace per step. Every
-            # param and grad is therefore met through its group first.
-            for group in groups:
-                for p in group["params"]:
-                    p.grad  # noqa: B018
         # (a schedule evaluated on the host reads the iteration; dynamo re-traces as it changes)
-        iteration = self._iteration if schedule.host_evaluated else None
+        iteration = self._iteration if self._schedule.host_evaluated else None
+        # Per device: the counter, its host mirror (none for a traced step: dynamo would
+        # guard on it), GradScaler's tensors (moved without a sync) and the LR scale.
+        host_iteration = None if compiling else self._iteration
+        amp = (getattr(self, "grad_scale", None), getattr(self, "found_inf", None))
         for attempt in (1, 2):
             work: List[Work] = []
             new_state: List[Any] = []
             for group_index, group in enumerate(groups):
                 buckets = self._buckets_of(group_index, group, compiling)
                 if buckets:
-                    arguments = schedule.op_arguments(group, group_index, iteration)
+                    arguments = self._schedule.op_arguments(group, group_index, iteration)
                     self._collect(group_index, group, buckets, arguments, compiling, work, new_state)
             try:
                 if len(work) > 1 or (work and not work[0].backend.checks_before_writing):
                     functional.check(work, compiling, self._validate_all)
-                functional.run(work, self._device_inputs(work, compiling))
+                inputs_of: Dict[torch.device, StepInputs] = {}
+                for item in work:  # (the counters made, where new, before any call runs)
+                    if item.device not in inputs_of:
+                        counter, scale = self._counters.get(item.device), self._lr_scales.get(item.device)
+                        if counter is None or scale is None:
+                            counter, scale = self._device_tensors(item.device)
+                        moved = (None if t is None else t.to(item.device, non_blocking=True) for t in amp)
+                        inputs_of[item.device] = StepInputs(counter, host_iteration, *moved, scale)
+                functional.run(work, inputs_of)
                 break
             except StalePlan as stale:
-                if attempt == 2:
-                    cause = stale.__cause__
-                    raise RuntimeError(f"{type(self).__name__}: param group {stale.group_index}: {cause}") from None
-                # A param changed dtype or device since the grouping was cached (nothing
-                # was written): check every param, so that a real error names it, and replan.
-                self._bucket_cache.clear()
-                self._validate_all()
+                self._replan(stale, attempt)
         self._keep(new_state)
         self._advance(compiling)
 
-    def _check_outside_writes(self) -> None:
-        """Warns once per group and key when ``group["lr"]`` (or the momentum / ``betas[0]``
-        that the schedule cycles) is not what this optimizer last wrote there: an outside
-        scheduler (LambdaLR, ReduceLROnPlateau, SWALR, a trainer's warmup, an lr_find) would
-        otherwise be ignored without a word. The schedule wins: the step uses its own values
-        and writes them back."""
-        for index, group in enumerate(self.param_groups):
-            written = self._written.get(id(group))
-            if written is None:
-                continue
-            lr, momentum = written
-            if group["lr"] is not lr:
-                self._warn_outside_write(index, group, "lr", group["lr"], lr)
+    def _meet_grads_through_groups(self) -> None:
+        """Dynamo names a tensor by the first path it meets it on. Met first as a key of
+        ``self.state`` (group 0's lookups see every param), a later group's param gets a
+        path through that dict, and its ``.grad`` a guard that fails as soon as the grad is
+        replaced (``zero_grad(set_to_none=True)``): a re-trace per step. A traced step
+        therefore meets every param and grad through its group first."""
+        for group in self._groups_alias:
+            for p in group["params"]:
+                p.grad  # noqa: B018
+
+    def _replan(self, stale: StalePlan, attempt: int) -> None:
+        """A param changed dtype or device since the grouping was cached (nothing was
+        written): every param is checked, so that a real error names it, and the step is
+        planned again; a second failure is the error."""
+        if attempt == 2:
+            raise RuntimeError(f"{type(self).__name__}: param group {stale.group_index}: {stale.__cause__}") from None
+        self._bucket_cache.clear()
+        self._validate_all()
+
+    def _outside_write(self, index: int, group: Dict[str, Any]) -> None:
+        """Group ``index`` is not as this optimizer left it. An ``iteration`` written into
+        the groups is taken up (``_adopt_group_iteration``). An outside ``lr`` (or the
+        momentum / ``betas[0]`` that the schedule cycles) warns once per group and key: an
+        outside scheduler (LambdaLR, ReduceLROnPlateau, SWALR, a trainer's warmup, an
+        lr_find) would otherwise be ignored without a word. The schedule wins: the step
+        uses its own values and writes them back."""
+        if self._adopt_group_iteration():
+            return
+        written = self._written.get(id(group))
+        if written is not None:
+            lr, momentum, _ = written
+            self._warn_outside_write(index, group, "lr", group["lr"], lr)
             if momentum is not None:
-                theirs = self._reported_momentum(group)
-                if theirs is not momentum:
-                    self._warn_outside_write(index, group, self._momentum_key, theirs, momentum)
+                self._warn_outside_write(index, group, self._momentum_key, self._reported_momentum(group), momentum)
 
     def _warn_outside_write(self, index: int, group: Dict[str, Any], key: str, theirs: Any, mine: float) -> None:
-        if (index, key) in self._warned_outside or not _differs_for_the_step(theirs, mine, group):
+        if theirs is mine or (index, key) in self._warned_outside or not _differs_for_the_step(theirs, mine, group):
             return
         self._warned_outside.add((index, key))
         warnings.warn(
@@ -601,8 +631,9 @@ class _ScheduledOptimizer(Optimizer):
 
         return ScheduleAdapter(self)
 
-    def _adopt_group_iteration(self) -> None:
-        """Takes up an ``iteration`` that was written into the param groups directly.
+    def _adopt_group_iteration(self) -> bool:
+        """Takes up an ``iteration`` that was written into the param groups directly (True:
+        it did; every group is rewritten then).
 
         Wrappers that own the state dict, such as
         ``torch.distributed.optim.ZeroRedundancyOptimizer.load_state_dict``, restore a
@@ -615,12 +646,13 @@ class _ScheduledOptimizer(Optimizer):
             if it != iteration:
                 break
         else:
-            return
+            return False
         self._iteration = max(int(g.get("iteration", iteration)) for g in self.param_groups)
         for counter in self._counters.values():
             counter.fill_(self._iteration)
         self._iteration_moved()
         self._refresh_all()
+        return True
 
     def _iteration_moved(self) -> None:
         """The iteration was set back or forth from outside (hook for the rules)."""
@@ -633,27 +665,6 @@ class _ScheduledOptimizer(Optimizer):
         if bucket.complex:
             tensors = _real_views(tensors)
         return tensors
-
-    def _device_inputs(self, work: List[Work], compiling: bool) -> Dict[torch.device, StepInputs]:
-        """Per device of ``work``: the step counter (made before any bucket runs), its host
-        mirror (none for a traced step: dynamo would guard on it), and GradScaler's
-        ``grad_scale`` / ``found_inf`` (None without AMP), moved without a sync."""
-        grad_scale = getattr(self, "grad_scale", None)
-        found_inf = getattr(self, "found_inf", None)
-        iteration = None if compiling else self._iteration
-        inputs: Dict[torch.device, StepInputs] = {}
-        for item in work:
-            device = item.device
-            if device not in inputs:
-                counter = self._counters.get(device)
-                inputs[device] = StepInputs(
-                    self._counter(device) if counter is None else counter,
-                    iteration,
-                    None if grad_scale is None else grad_scale.to(device, non_blocking=True),
-                    None if found_inf is None else found_inf.to(device, non_blocking=True),
-                    self._lr_scale(device),
-                )
-        return inputs
 
     def _advance(self, compiling: bool) -> None:
         """Ends a step: the device counters, then the host mirror."""
@@ -705,6 +716,13 @@ class _ScheduledOptimizer(Optimizer):
         finally:
             self._loading = None
         self._position_unknown = schedule is None and not any("iteration" in g for g in state_dict["param_groups"])
+
+    def _say_where_the_schedule_is(self) -> None:
+        """Before a step that the schedule has something to say about (the end of a 1cycle
+        run) or that follows a load which gave no position."""
+        self._schedule.check_iteration(self._iteration)
+        if self._position_unknown:
+            self._say_position_unknown()
 
     def _say_position_unknown(self) -> None:
         """After a load whose state dict held no schedule position (a ``torch.optim.SGD`` /

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -75,8 +76,12 @@ class CoreSchedule:
         """The :mod:`clr_ext.schedules` value with these numbers, for ``groups``."""
         raise NotImplementedError
 
+    #: The first iteration at which ``check_iteration`` has something to say (the step
+    #: compares, and calls it from there on only).
+    warn_from = math.inf
+
     def check_iteration(self, iteration: int) -> None:
-        """Called before each step: nothing to say for a schedule without an end."""
+        """Called before a step from ``warn_from`` on: nothing to say for a schedule without an end."""
 
 
 class CyclicSchedule(CoreSchedule):
@@ -222,7 +227,7 @@ class OneCycleSchedule(CoreSchedule):
         self.final_div_factor = final_div_factor
         self.three_phase = bool(three_phase)
         self.phase_ends = ends
-        self._warned_end = False
+        self.warn_from = total  # (then inf, once said)
         self.op_mode = _oracle.ONE_CYCLE_MODES[anneal_strategy]
         self.shape = self.op_shape(0)
 
@@ -254,13 +259,13 @@ class OneCycleSchedule(CoreSchedule):
         )
 
     def check_iteration(self, iteration: int) -> None:
-        if iteration >= self.total_steps and not self._warned_end:
-            self._warned_end = True
+        if iteration >= self.total_steps:
+            self.warn_from = math.inf
             warnings.warn(
                 f"clr_ext: step {iteration + 1} of a 1cycle schedule of total_steps={self.total_steps}: "
                 "the final LR and momentum are kept from here on (OneCycleLR would raise)",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=5,  # (the user's step: check_iteration, the step's note, step, its wrapper)
             )
 
     def state_dict(self) -> Dict[str, Any]:
@@ -423,13 +428,6 @@ class CyclicScheduled:
 
     _schedule: CyclicSchedule
 
-    mode = property(lambda self: self._schedule.mode)
-    gamma = property(lambda self: self._schedule.gamma)
-    step_size_up = property(lambda self: self._schedule.step_size_up)
-    step_size_down = property(lambda self: self._schedule.step_size_down)
-    scale_fn = property(lambda self: self._schedule.scale_fn)
-    scale_mode = property(lambda self: self._schedule.scale_mode)
-
     @classmethod
     def from_range_test(
         cls,
@@ -462,13 +460,6 @@ class OneCycleScheduled:
 
     _schedule: OneCycleSchedule
 
-    total_steps = property(lambda self: self._schedule.total_steps)
-    pct_start = property(lambda self: self._schedule.pct_start)
-    anneal_strategy = property(lambda self: self._schedule.anneal_strategy)
-    div_factor = property(lambda self: self._schedule.div_factor)
-    final_div_factor = property(lambda self: self._schedule.final_div_factor)
-    three_phase = property(lambda self: self._schedule.three_phase)
-
     @classmethod
     def from_range_test(cls, params: Any, result: Any, total_steps: Any = None, **kwargs: Any) -> Any:
         """A 1cycle optimizer whose ``max_lr`` is the range test's ``result.max_lr``.
@@ -481,6 +472,12 @@ class OneCycleScheduled:
         LR and sit well below it. ``kwargs`` go to the constructor (an explicit ``max_lr``
         wins; ``epochs`` with ``steps_per_epoch`` instead of ``total_steps``)."""
         return cls(params, kwargs.pop("max_lr", result.max_lr), total_steps, **kwargs)
+
+
+# The schedule's fields, read-only on the optimizers, as the PyTorch schedulers show them.
+for _mixin, _fields in ((CyclicScheduled, CyclicSchedule._SAVED + ("scale_fn",)), (OneCycleScheduled, ONE_CYCLE_SHAPE)):
+    for _field in _fields:
+        setattr(_mixin, _field, property(operator.attrgetter("_schedule." + _field)))
 
 
 def _check_kind(schedule: Any, state: Dict[str, Any]) -> None:

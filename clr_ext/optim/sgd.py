@@ -24,6 +24,7 @@ from .schedules import (
 __all__ = ["SGD", "CyclicSGD", "OneCycleSGD"]
 
 _BUFFER = operator.itemgetter("momentum_buffer")
+_BUFFER_OR_NONE = operator.methodcaller("get", "momentum_buffer")
 
 # A param's momentum_start (csrc/op/sgd_op.h) before its first step with momentum,
 # and for a buffer that began before it had a start (loaded, or started on the host).
@@ -63,6 +64,7 @@ class _ScheduledSGD(_ScheduledOptimizer):
         group["momentum"] = momentum
 
     _momentum_key = "momentum"
+    _momentum_slot = "momentum"
 
     def _reported_momentum(self, group: Dict[str, Any]) -> Any:
         return group["momentum"]
@@ -110,17 +112,16 @@ class _ScheduledSGD(_ScheduledOptimizer):
 
     def _collect(self, group_index, group, buckets, schedule_arguments, compiling, work, new_buffers):
         """``new_buffers``: (param, its new buffer or None, its new start or None)."""
-        cycle = self.cycle_momentum
         hyper = SgdHyper(
             *schedule_arguments,
             # when cycling the op computes the momentum; a traced step passes a constant
             # in its place (group["momentum"] changes at every step)
-            group["max_momentum"] if compiling and cycle else group["momentum"],
+            group["max_momentum"] if compiling and self.cycle_momentum else group["momentum"],
             group["dampening"],
             group["weight_decay"],
             group["nesterov"],
             group["maximize"],
-            cycle,
+            self.cycle_momentum,
             False,
         )
         # torch.optim.SGD keeps no buffer while momentum is 0. On CUDA, and in a step
@@ -128,16 +129,18 @@ class _ScheduledSGD(_ScheduledOptimizer):
         # captured graph would freeze it, dynamo would re-trace at every step): buffers
         # are passed whenever momentum can be non-zero, and the kernel leaves them alone
         # in a step whose momentum is 0.
-        if cycle:
+        if hyper.cycle_momentum:
             low, high = group["base_momentum"], group["max_momentum"]
             momentum_possible = low != 0 or high != 0
             # Between two positive bounds (and an amplitude within them) the cycled
             # momentum is never 0: no need to evaluate it. (high - low != high: the
             # difference does not round to high, so the momentum cannot round to 0.)
-            if compiling or (low > 0 and high > 0 and high - low != high and not self._schedule.may_overshoot):
-                use_buffers = momentum_possible
-            else:
-                use_buffers = self._point(group, self._iteration, group_index)[1] != 0
+            never_zero = low > 0 and high > 0 and high - low != high and not self._schedule.may_overshoot
+            use_buffers = (
+                momentum_possible
+                if compiling or never_zero
+                else self._point(group, self._iteration, group_index)[1] != 0
+            )
         else:
             use_buffers = momentum_possible = group["momentum"] != 0
         state, starts_of = self.state, self._momentum_start
@@ -151,11 +154,8 @@ class _ScheduledSGD(_ScheduledOptimizer):
                 calls = [(params, grads, *self._plan_device_decided(bucket, new_buffers, compiling), False)]
             else:
                 dicts = bucket.states(state) if bucket.state_dicts is None else bucket.state_dicts
-                try:
-                    buffers = list(map(_BUFFER, dicts))
-                except KeyError:
-                    buffers = None
-                if buffers is not None and not any(map(operator.is_, buffers, repeat(None))):
+                buffers = list(map(_BUFFER_OR_NONE, dicts))
+                if not any(map(operator.is_, buffers, repeat(None))):
                     calls = [(params, grads, buffers, [], False)]
                 else:
                     calls = self._with_new_buffers(params, grads, new_buffers)
