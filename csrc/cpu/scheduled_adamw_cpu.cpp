@@ -52,7 +52,7 @@ void run_cpu(const AdamwCall& call) {
   }
   const int32_t dtype = clr_cpu::dtype_code(params[0].scalar_type());
   clr_cpu::aten_ranges(bucket.total(), [&](int64_t begin, int64_t end) {
-    clr_cpu::adamw_run_range(dtype, bucket.spans.data(), bucket.offsets.data(), bucket.size(), begin, end, args);
+    clr_cpu::run_range(dtype, bucket.spans.data(), bucket.offsets.data(), bucket.size(), begin, end, args);
   });
   staging.copy_back({true, args.unscale != 0, true, true, config.amsgrad});
 }

@@ -79,7 +79,7 @@ inline int g_failures = 0;
   } while (0)
 
 // A storage type's torch name (for messages) and its dtype code in the CPU loops, whose
-// run_range / adamw_run_range are the references the kernels are compared with.
+// run_range overloads are the references the kernels are compared with.
 template <typename S>
 struct StorageInfo;
 template <>

@@ -170,8 +170,8 @@ void run_case(std::mt19937_64& rng, int case_index) {
       // in two pieces now and then: the CPU's parallel split must not matter either
       const int64_t cut = t.numel > 1 && rng() % 2 ? (int64_t)(rng() % (uint64_t)t.numel) : 0;
       const int64_t offsets[2] = {0, t.numel};
-      if (cut > 0) clr_cpu::adamw_run_range(clr_emu::StorageInfo<S>::code, &sp, offsets, 1, 0, cut, a);
-      clr_cpu::adamw_run_range(clr_emu::StorageInfo<S>::code, &sp, offsets, 1, cut, t.numel, a);
+      if (cut > 0) clr_cpu::run_range(clr_emu::StorageInfo<S>::code, &sp, offsets, 1, 0, cut, a);
+      clr_cpu::run_range(clr_emu::StorageInfo<S>::code, &sp, offsets, 1, cut, t.numel, a);
     }
   }
 
