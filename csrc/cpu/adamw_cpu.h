@@ -206,18 +206,9 @@ CLR_ALWAYS_INLINE void adamw_span_dispatch(const AdamwSpan& sp, int64_t lo, int6
   });
 }
 
-/* One entry point per storage type: these are the functions that get ISA clones. */
-#define CLR_DEFINE_ADAMW_ENTRY(NAME, S)                                                                 \
-  CLR_CPU_CLONES __attribute__((noinline)) static void NAME(const AdamwSpan* sp, int64_t lo, int64_t n, \
-                                                            const AdamwArgs* a) {                       \
-    adamw_span_dispatch<S>(*sp, lo, n, *a);                                                             \
-  }
-
-CLR_DEFINE_ADAMW_ENTRY(adamw_span_f32, float)
-CLR_DEFINE_ADAMW_ENTRY(adamw_span_f64, double)
-CLR_DEFINE_ADAMW_ENTRY(adamw_span_f16, clr_float16)
-CLR_DEFINE_ADAMW_ENTRY(adamw_span_bf16, clr_bfloat16)
-#undef CLR_DEFINE_ADAMW_ENTRY
+/* adamw_span_f32, _f64, _f16, _bf16: the ISA-cloned entries. */
+CLR_CPU_ENTRIES(adamw_span, (const AdamwSpan* sp, int64_t lo, int64_t n, const AdamwArgs* a),
+                adamw_span_dispatch<S>(*sp, lo, n, *a))
 
 /* Runs elements [begin, end) of the flattened bucket (cpu/multi_tensor.h, for_each_piece). */
 inline void run_range(int32_t dtype, const AdamwSpan* spans, const int64_t* offsets, int64_t n_spans, int64_t begin,

@@ -50,6 +50,20 @@ enum DType : int32_t { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 }
 
 inline int64_t element_size(int32_t dtype) { return dtype == kFloat64 ? 8 : (dtype == kFloat32 ? 4 : 2); }
 
+/* A rule's four entry points, one per storage type: the functions that get ISA clones
+   (target_clones takes no templates, hence a macro). Defines static void NAME_f32 PARAMS,
+   NAME_f64, NAME_f16 and NAME_bf16, each running BODY with S its storage type. */
+#define CLR_CPU_ENTRY(NAME, STORAGE, PARAMS, BODY)                   \
+  CLR_CPU_CLONES __attribute__((noinline)) static void NAME PARAMS { \
+    typedef STORAGE S;                                               \
+    BODY;                                                            \
+  }
+#define CLR_CPU_ENTRIES(NAME, PARAMS, BODY)            \
+  CLR_CPU_ENTRY(NAME##_f32, float, PARAMS, BODY)       \
+  CLR_CPU_ENTRY(NAME##_f64, double, PARAMS, BODY)      \
+  CLR_CPU_ENTRY(NAME##_f16, clr_float16, PARAMS, BODY) \
+  CLR_CPU_ENTRY(NAME##_bf16, clr_bfloat16, PARAMS, BODY)
+
 /* A rule's per-storage-type entry (one of its four ISA-cloned functions) for a dtype code. */
 template <typename Entry>
 inline Entry entry_for(int32_t dtype, Entry f32, Entry f64, Entry f16, Entry bf16) {

@@ -70,18 +70,9 @@ CLR_ALWAYS_INLINE void span_dispatch(S* param, S* grad, S* buffer, int64_t n, co
   });
 }
 
-/* One entry point per storage type: these are the functions that get ISA clones. */
-#define CLR_DEFINE_SPAN_ENTRY(NAME, S)                                                                        \
-  CLR_CPU_CLONES __attribute__((noinline)) static void NAME(void* param, void* grad, void* buffer, int64_t n, \
-                                                            const StepArgs* a) {                              \
-    span_dispatch<S>((S*)param, (S*)grad, (S*)buffer, n, *a);                                                 \
-  }
-
-CLR_DEFINE_SPAN_ENTRY(span_f32, float)
-CLR_DEFINE_SPAN_ENTRY(span_f64, double)
-CLR_DEFINE_SPAN_ENTRY(span_f16, clr_float16)
-CLR_DEFINE_SPAN_ENTRY(span_bf16, clr_bfloat16)
-#undef CLR_DEFINE_SPAN_ENTRY
+/* span_f32, span_f64, span_f16, span_bf16: the ISA-cloned entries. */
+CLR_CPU_ENTRIES(span, (void* param, void* grad, void* buffer, int64_t n, const StepArgs* a),
+                span_dispatch<S>((S*)param, (S*)grad, (S*)buffer, n, *a))
 
 /* Runs elements [begin, end) of the flattened bucket (cpu/multi_tensor.h, for_each_piece). */
 inline void run_range(int32_t dtype, const Span* spans, const int64_t* offsets, int64_t n_spans, int64_t begin,
