@@ -96,14 +96,14 @@ nm -C "$SO" > "$BUILD/nm.txt"
 for t in float double clr_float16 clr_bfloat16; do
   grep -q "clr_cuda::cyclic_sgd_kernel<$t>" "$BUILD/nm.txt" || die "no cyclic_sgd_kernel<$t> in $SO"
 done
-grep -q "clr_ext::run_sgd_cuda" "$BUILD/nm.txt" || die "no clr_ext::run_sgd_cuda in $SO"
+grep -q "clr_ext::run_cuda(clr_ext::SgdCall const&)" "$BUILD/nm.txt" || die "no clr_ext::run_cuda(SgdCall) in $SO"
 for t in float double clr_float16 clr_bfloat16; do
   for ams in false true; do
     grep -q "clr_cuda::cyclic_adamw_kernel<$t, $ams>" "$BUILD/nm.txt" || die "no cyclic_adamw_kernel<$t, $ams> in $SO"
   done
 done
 grep -q "clr_cuda::adamw_step_count_kernel" "$BUILD/nm.txt" || die "no adamw_step_count_kernel in $SO"
-grep -q "clr_ext::run_adamw_cuda" "$BUILD/nm.txt" || die "no clr_ext::run_adamw_cuda in $SO"
+grep -q "clr_ext::run_cuda(clr_ext::AdamwCall const&)" "$BUILD/nm.txt" || die "no clr_ext::run_cuda(AdamwCall) in $SO"
 nm -D --defined-only "$SO" | grep "PyInit__C" >/dev/null || die "no PyInit__C exported"
 # the embedded fatbinary names the architectures it holds (an ELF cubin per sm_XX)
 arch=${TORCH_CUDA_ARCH_LIST%%;*}; arch=${arch//./}; arch=${arch%%+PTX}

@@ -42,6 +42,16 @@ cdef extern from "math/schedule.h" nogil:
     int CLR_MODE_ONE_CYCLE_LINEAR
 
 
+cdef extern from "cpu/multi_tensor.h" namespace "clr_cpu" nogil:
+    # A bucket's spans and the prefix sums of their sizes (one span per param with elements).
+    cdef cppclass SpanList[S]:
+        void reserve(size_t capacity)
+        void add(const S& span)
+    # The whole bucket on up to num_threads OpenMP threads, through the rule's loops (the
+    # span and args types pick the rule: cpu/sgd_cpu.h, cpu/adamw_cpu.h).
+    void run_bucket_openmp[S, A](int32_t dtype, const SpanList[S]& bucket, const A& a, int num_threads)
+
+
 cdef extern from "math/sgd_update.h" nogil:
     int CLR_MOMENTUM_NONE
     int CLR_MOMENTUM_FIRST
@@ -64,9 +74,39 @@ cdef extern from "cpu/sgd_cpu.h" namespace "clr_cpu" nogil:
         int32_t maximize
         int32_t unscale
         double grad_scale
-    # The whole bucket on up to num_threads OpenMP threads (cpu/multi_tensor.h cuts it).
-    void run_sgd_bucket_openmp(int32_t dtype, const Span* spans, const int64_t* offsets, int64_t n_spans,
-                               const StepArgs& a, int num_threads)
+
+
+cdef extern from "cpu/adamw_cpu.h" namespace "clr_cpu" nogil:
+    cdef struct VectorSqrt:
+        pass
+    cdef struct AdamwSpan:
+        void* param
+        void* grad
+        void* exp_avg
+        void* exp_avg_sq
+        void* max_exp_avg_sq
+        int64_t numel
+        double step_size
+        double bias_correction2_sqrt
+    cdef struct AdamwArgs:
+        double lr
+        double beta1
+        double beta2
+        double eps
+        double weight_decay
+        int32_t amsgrad
+        int32_t maximize
+        int32_t unscale
+        double grad_scale
+        const VectorSqrt* vsqrt
+        int32_t fused_width
+    void adamw_prepare_span(AdamwSpan* span, float* state_step, const AdamwArgs& a)
+    const VectorSqrt* torch_vector_sqrt()
+
+
+ctypedef fused RuleArgs:
+    StepArgs
+    AdamwArgs
 
 
 cdef inline clr_shape _shape(shape, int mode) except *:
@@ -136,6 +176,28 @@ cdef inline double _scale(value) except? -1.0:
     return float(value)
 
 
+cdef inline int _set_step_scalars(RuleArgs* a, double lr, lr_scale, grad_scale, bint maximize) except -1:
+    """What every rule's args carry of the step besides its own scalars (cpu/aten_ranges.h's
+    set_step_scalars for clr_ext._C): the LR times lr_scale, maximize, AMP's scale."""
+    a.lr = lr * _scale(lr_scale) if lr_scale is not None else lr
+    a.maximize = maximize
+    a.unscale = grad_scale is not None
+    a.grad_scale = float(grad_scale) if grad_scale is not None else 1.0
+    return 0
+
+
+cdef inline int64_t _iteration(iteration):
+    """The int64 counter tensor's value, read in place."""
+    return (<int64_t*><uintptr_t>iteration.data_ptr())[0]
+
+
+cdef inline clr_point _point(int64_t iteration, bounds, shape, int mode) except *:
+    """The schedule at `iteration` from the op's bounds, shape and mode."""
+    cdef clr_shape s = _shape(shape, mode)
+    cdef clr_bounds b = _bounds(bounds, mode)
+    return clr_schedule(iteration, &s, &b)
+
+
 def schedule(long long iteration, double base_lr, double max_lr, double base_momentum,
              double max_momentum, double step_size_up, double step_size_down, int mode,
              double gamma, double custom_scale=1.0):
@@ -146,9 +208,7 @@ def schedule(long long iteration, double base_lr, double max_lr, double base_mom
 
 def schedule_at(long long iteration, bounds, shape, int mode):
     """Any schedule from the op's own arguments (bounds, shape, mode)."""
-    cdef clr_shape s = _shape(shape, mode)
-    cdef clr_bounds b = _bounds(bounds, mode)
-    cdef clr_point p = clr_schedule(iteration, &s, &b)
+    cdef clr_point p = _point(iteration, bounds, shape, mode)
     return p.lr, p.momentum
 
 
@@ -162,20 +222,14 @@ def cyclic_sgd_(int dtype_code, list params, list grads, list momentum_buffers, 
     cdef Py_ssize_t n = len(params)
     if len(grads) != n or (momentum_buffers and len(momentum_buffers) != n):
         raise ValueError("params, grads and momentum_buffers differ in length")
-    cdef clr_shape s = _shape(shape, mode)
-    cdef clr_bounds b = _bounds(bounds, mode)
-    cdef int64_t it = (<int64_t*><uintptr_t>iteration.data_ptr())[0]
-    cdef clr_point point = clr_schedule(it, &s, &b)
+    cdef clr_point point = _point(_iteration(iteration), bounds, shape, mode)
 
     cdef StepArgs a
-    a.lr = point.lr * _scale(lr_scale) if lr_scale is not None else point.lr
+    _set_step_scalars(&a, point.lr, lr_scale, grad_scale, maximize)
     a.momentum = point.momentum if cycle_momentum else momentum
     a.dampening = dampening
     a.weight_decay = weight_decay
     a.nesterov = nesterov
-    a.maximize = maximize
-    a.unscale = grad_scale is not None
-    a.grad_scale = float(grad_scale) if grad_scale is not None else 1.0
     # torch.optim.SGD leaves its buffers alone in any step whose momentum is 0.
     if not momentum_buffers or a.momentum == 0.0:
         a.momentum_state = CLR_MOMENTUM_NONE
@@ -185,11 +239,8 @@ def cyclic_sgd_(int dtype_code, list params, list grads, list momentum_buffers, 
         a.momentum_state = CLR_MOMENTUM_STEADY
     cdef bint use_buffers = a.momentum_state != CLR_MOMENTUM_NONE
 
-    cdef vector[Span] spans
-    cdef vector[int64_t] offsets
-    spans.reserve(n)
-    offsets.reserve(n + 1)
-    offsets.push_back(0)
+    cdef SpanList[Span] bucket
+    bucket.reserve(n)
     cdef Span sp
     cdef Py_ssize_t i
     cdef int64_t numel
@@ -202,46 +253,15 @@ def cyclic_sgd_(int dtype_code, list params, list grads, list momentum_buffers, 
         sp.grad = <void*><uintptr_t>grads[i].data_ptr()
         sp.momentum_buffer = <void*><uintptr_t>momentum_buffers[i].data_ptr() if use_buffers else NULL
         sp.numel = numel
-        spans.push_back(sp)
-        offsets.push_back(offsets.back() + numel)
+        bucket.add(sp)
 
     cdef int32_t dtype = dtype_code
     with nogil:
-        run_sgd_bucket_openmp(dtype, spans.data(), offsets.data(), spans.size(), a, num_threads)
+        run_bucket_openmp(dtype, bucket, a, num_threads)
 
 
 # ------------------------------------------------------------------------------ AdamW
 # The same loops as clr_ext._C's cyclic_adamw_cpu_: csrc/math/adamw_update.h, csrc/cpu/adamw_cpu.h.
-
-cdef extern from "cpu/adamw_cpu.h" namespace "clr_cpu" nogil:
-    cdef struct VectorSqrt:
-        pass
-    cdef struct AdamwSpan:
-        void* param
-        void* grad
-        void* exp_avg
-        void* exp_avg_sq
-        void* max_exp_avg_sq
-        int64_t numel
-        double step_size
-        double bias_correction2_sqrt
-    cdef struct AdamwArgs:
-        double lr
-        double beta1
-        double beta2
-        double eps
-        double weight_decay
-        int32_t amsgrad
-        int32_t maximize
-        int32_t unscale
-        double grad_scale
-        const VectorSqrt* vsqrt
-        int32_t fused_width
-    void adamw_prepare_span(AdamwSpan* span, float* state_step, const AdamwArgs& a)
-    void run_adamw_bucket_openmp(int32_t dtype, const AdamwSpan* spans, const int64_t* offsets,
-                                 int64_t n_spans, const AdamwArgs& a, int num_threads)
-    const VectorSqrt* torch_vector_sqrt()
-
 
 def cyclic_adamw_(int dtype_code, list params, list grads, list exp_avgs, list exp_avg_sqs,
                   list max_exp_avg_sqs, list state_steps, iteration, bounds, shape, int mode,
@@ -266,10 +286,8 @@ def cyclic_adamw_(int dtype_code, list params, list grads, list exp_avgs, list e
         raise ValueError("eps must be non-negative, got %r" % eps)
     if not 0 <= fused_width <= 1024:
         raise ValueError("fused_width must be in [0, 1024], got %r" % fused_width)
-    cdef clr_shape s = _shape(shape, mode)
-    cdef clr_bounds b = _bounds(bounds, mode)
-    cdef int64_t it = (<int64_t*><uintptr_t>iteration.data_ptr())[0]
-    cdef clr_point point = clr_schedule(it, &s, &b)
+    cdef int64_t it = _iteration(iteration)
+    cdef clr_point point = _point(it, bounds, shape, mode)
     cdef double step_beta1 = point.momentum if cycle_momentum else beta1
     if not (0.0 <= step_beta1 < 1.0):
         raise ValueError("the cycled beta1 at iteration %d is %r, outside [0, 1)" % (it, step_beta1))
@@ -279,26 +297,20 @@ def cyclic_adamw_(int dtype_code, list params, list grads, list exp_avgs, list e
         return
 
     cdef AdamwArgs a
-    a.lr = point.lr * _scale(lr_scale) if lr_scale is not None else point.lr
+    _set_step_scalars(&a, point.lr, lr_scale, grad_scale, maximize)
     a.beta1 = step_beta1
     a.beta2 = beta2
     a.eps = eps
     a.weight_decay = weight_decay
     a.amsgrad = amsgrad
-    a.maximize = maximize
-    a.unscale = grad_scale is not None
-    a.grad_scale = float(grad_scale) if grad_scale is not None else 1.0
     a.fused_width = fused_width
     # AdamW(fused=True) takes IEEE square roots, torch.sqrt (AdamW's default path) MKL's.
     a.vsqrt = NULL
     if fused_width == 0:
         a.vsqrt = torch_vector_sqrt()
 
-    cdef vector[AdamwSpan] spans
-    cdef vector[int64_t] offsets
-    spans.reserve(n)
-    offsets.reserve(n + 1)
-    offsets.push_back(0)
+    cdef SpanList[AdamwSpan] bucket
+    bucket.reserve(n)
     cdef AdamwSpan sp
     cdef Py_ssize_t i
     cdef int64_t numel
@@ -315,9 +327,8 @@ def cyclic_adamw_(int dtype_code, list params, list grads, list exp_avgs, list e
         sp.exp_avg_sq = <void*><uintptr_t>exp_avg_sqs[i].data_ptr()
         sp.max_exp_avg_sq = <void*><uintptr_t>max_exp_avg_sqs[i].data_ptr() if amsgrad else NULL
         sp.numel = numel
-        spans.push_back(sp)
-        offsets.push_back(offsets.back() + numel)
+        bucket.add(sp)
 
     cdef int32_t dtype = dtype_code
     with nogil:
-        run_adamw_bucket_openmp(dtype, spans.data(), offsets.data(), spans.size(), a, num_threads)
+        run_bucket_openmp(dtype, bucket, a, num_threads)

@@ -184,7 +184,7 @@ CLR_ALWAYS_INLINE void adamw_span_range(S* param, S* grad, S* exp_avg, S* exp_av
 }
 
 /* Elements [lo, lo + n) of one span. */
-template <typename S, bool kUnscale>
+template <typename S>
 CLR_ALWAYS_INLINE void adamw_span_dispatch(const AdamwSpan& sp, int64_t lo, int64_t n, const AdamwArgs& a) {
   typedef typename clr_storage<S>::compute C;
   const clr_adamw_coeffs<C> c = clr_adamw_coeffs_make<C>(a.lr, a.beta1, a.beta2, a.eps, a.weight_decay, a.maximize,
@@ -196,61 +196,32 @@ CLR_ALWAYS_INLINE void adamw_span_dispatch(const AdamwSpan& sp, int64_t lo, int6
   S* exp_avg_sq = (S*)sp.exp_avg_sq;
   S* max_exp_avg_sq = (S*)sp.max_exp_avg_sq;
   // torch.optim.AdamW skips param.mul_ when weight_decay == 0; a multiply by 1 would be exact anyway.
-  const bool wd = a.weight_decay != 0.0;
-#define CLR_SPAN(WD, AMS) \
-  adamw_span_range<S, WD, AMS, kUnscale>(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lo, n, sp.numel, c, scale, a)
-  if (a.amsgrad) {
-    if (wd)
-      CLR_SPAN(true, true);
-    else
-      CLR_SPAN(false, true);
-  } else {
-    if (wd)
-      CLR_SPAN(true, false);
-    else
-      CLR_SPAN(false, false);
-  }
-#undef CLR_SPAN
+  with_flag(a.unscale, [&](auto unscale) CLR_LAMBDA_INLINE {
+    with_flag(a.weight_decay != 0.0, [&](auto wd) CLR_LAMBDA_INLINE {
+      with_flag(a.amsgrad, [&](auto amsgrad) CLR_LAMBDA_INLINE {
+        adamw_span_range<S, decltype(wd)::value, decltype(amsgrad)::value, decltype(unscale)::value>(
+            param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lo, n, sp.numel, c, scale, a);
+      });
+    });
+  });
 }
 
-/* One entry point per storage type: these are the functions that get ISA clones. */
-#define CLR_DEFINE_ADAMW_ENTRY(NAME, S)                                                                 \
-  CLR_CPU_CLONES __attribute__((noinline)) static void NAME(const AdamwSpan* sp, int64_t lo, int64_t n, \
-                                                            const AdamwArgs* a) {                       \
-    if (a->unscale)                                                                                     \
-      adamw_span_dispatch<S, true>(*sp, lo, n, *a);                                                     \
-    else                                                                                                \
-      adamw_span_dispatch<S, false>(*sp, lo, n, *a);                                                    \
-  }
-
-CLR_DEFINE_ADAMW_ENTRY(adamw_span_f32, float)
-CLR_DEFINE_ADAMW_ENTRY(adamw_span_f64, double)
-CLR_DEFINE_ADAMW_ENTRY(adamw_span_f16, clr_float16)
-CLR_DEFINE_ADAMW_ENTRY(adamw_span_bf16, clr_bfloat16)
-#undef CLR_DEFINE_ADAMW_ENTRY
+/* adamw_span_f32, _f64, _f16, _bf16: the ISA-cloned entries. */
+CLR_CPU_ENTRIES(adamw_span, (const AdamwSpan* sp, int64_t lo, int64_t n, const AdamwArgs* a),
+                adamw_span_dispatch<S>(*sp, lo, n, *a))
 
 /* Runs elements [begin, end) of the flattened bucket (cpu/multi_tensor.h, for_each_piece). */
-inline void adamw_run_range(int32_t dtype, const AdamwSpan* spans, const int64_t* offsets, int64_t n_spans,
-                            int64_t begin, int64_t end, const AdamwArgs& a) {
+inline void run_range(int32_t dtype, const AdamwSpan* spans, const int64_t* offsets, int64_t n_spans, int64_t begin,
+                      int64_t end, const AdamwArgs& a) {
   if (begin >= end) return;
   // The caller's threads are the parallelism: after torch.set_num_threads(n) MKL would
   // otherwise treat each call as a region of n threads of its own (3x slower on 2 cores).
   const MklSetNumThreadsLocal set_local = a.vsqrt != nullptr ? a.vsqrt->set_num_threads_local : nullptr;
   const int previous = set_local != nullptr ? set_local(1) : 0;
-  void (*span_fn)(const AdamwSpan*, int64_t, int64_t, const AdamwArgs*) = dtype == kFloat32   ? adamw_span_f32
-                                                                          : dtype == kFloat64 ? adamw_span_f64
-                                                                          : dtype == kFloat16 ? adamw_span_f16
-                                                                                              : adamw_span_bf16;
+  const auto span_fn = entry_for(dtype, adamw_span_f32, adamw_span_f64, adamw_span_f16, adamw_span_bf16);
   for_each_piece(offsets, n_spans, begin, end,
                  [&](int64_t s, int64_t lo, int64_t hi) { span_fn(&spans[s], lo, hi - lo, &a); });
   if (set_local != nullptr) set_local(previous);
-}
-
-/* The whole bucket on up to num_threads OpenMP threads (the Cython fallback's entry). */
-inline void run_adamw_bucket_openmp(int32_t dtype, const AdamwSpan* spans, const int64_t* offsets, int64_t n_spans,
-                                    const AdamwArgs& a, int num_threads) {
-  openmp_ranges(offsets[n_spans], num_threads,
-                [&](int64_t begin, int64_t end) { adamw_run_range(dtype, spans, offsets, n_spans, begin, end, a); });
 }
 
 }  // namespace clr_cpu

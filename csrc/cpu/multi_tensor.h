@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #if defined(_OPENMP)
@@ -36,8 +37,10 @@
 
 #if defined(__GNUC__)
 #define CLR_ALWAYS_INLINE inline __attribute__((always_inline))
+#define CLR_LAMBDA_INLINE __attribute__((always_inline))
 #else
 #define CLR_ALWAYS_INLINE inline
+#define CLR_LAMBDA_INLINE
 #endif
 
 namespace clr_cpu {
@@ -46,6 +49,37 @@ namespace clr_cpu {
 enum DType : int32_t { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
 inline int64_t element_size(int32_t dtype) { return dtype == kFloat64 ? 8 : (dtype == kFloat32 ? 4 : 2); }
+
+/* A rule's four entry points, one per storage type: the functions that get ISA clones
+   (target_clones takes no templates, hence a macro). Defines static void NAME_f32 PARAMS,
+   NAME_f64, NAME_f16 and NAME_bf16, each running BODY with S its storage type. */
+#define CLR_CPU_ENTRY(NAME, STORAGE, PARAMS, BODY)                   \
+  CLR_CPU_CLONES __attribute__((noinline)) static void NAME PARAMS { \
+    typedef STORAGE S;                                               \
+    BODY;                                                            \
+  }
+#define CLR_CPU_ENTRIES(NAME, PARAMS, BODY)            \
+  CLR_CPU_ENTRY(NAME##_f32, float, PARAMS, BODY)       \
+  CLR_CPU_ENTRY(NAME##_f64, double, PARAMS, BODY)      \
+  CLR_CPU_ENTRY(NAME##_f16, clr_float16, PARAMS, BODY) \
+  CLR_CPU_ENTRY(NAME##_bf16, clr_bfloat16, PARAMS, BODY)
+
+/* A rule's per-storage-type entry (one of its four ISA-cloned functions) for a dtype code. */
+template <typename Entry>
+inline Entry entry_for(int32_t dtype, Entry f32, Entry f64, Entry f16, Entry bf16) {
+  return dtype == kFloat32 ? f32 : dtype == kFloat64 ? f64 : dtype == kFloat16 ? f16 : bf16;
+}
+
+/* run(std::true_type()) or run(std::false_type()): a runtime flag as the compile-time
+   constant the loops are instantiated on (every caller's lambda is CLR_LAMBDA_INLINE, so
+   the loop still lands in the ISA clone that calls it). */
+template <typename Run>
+CLR_ALWAYS_INLINE void with_flag(bool flag, Run&& run) {
+  if (flag)
+    run(std::true_type());
+  else
+    run(std::false_type());
+}
 
 /* Below this many elements a bucket runs on one thread: waking others costs more. */
 static const int64_t kParallelGrain = 32768;
@@ -75,10 +109,11 @@ struct SpanList {
   std::vector<Span> spans;
   std::vector<int64_t> offsets;  // offsets[s]: the first element of span s; back(): the total
 
-  explicit SpanList(size_t capacity) {
+  SpanList() : offsets(1, 0) {}
+  explicit SpanList(size_t capacity) : SpanList() { reserve(capacity); }
+  void reserve(size_t capacity) {
     spans.reserve(capacity);
     offsets.reserve(capacity + 1);
-    offsets.push_back(0);
   }
   void add(const Span& span) {
     spans.push_back(span);
@@ -117,6 +152,15 @@ inline void openmp_ranges(int64_t total, int num_threads, RunRange&& run) {
 #endif
   (void)threads;
   run(0, total);
+}
+
+/* The whole bucket on up to num_threads OpenMP threads, through the rule's run_range (the
+   Cython fallback's entry, for every rule: the Span and Args types pick the rule). */
+template <typename Span, typename Args>
+inline void run_bucket_openmp(int32_t dtype, const SpanList<Span>& bucket, const Args& a, int num_threads) {
+  openmp_ranges(bucket.total(), num_threads, [&](int64_t begin, int64_t end) {
+    run_range(dtype, bucket.spans.data(), bucket.offsets.data(), bucket.size(), begin, end, a);
+  });
 }
 
 }  // namespace clr_cpu

@@ -12,26 +12,22 @@
 
 namespace clr_ext {
 
-void run_adamw_cpu(const AdamwCall& call) {
+void run_cpu(const AdamwCall& call) {
   const AdamwConfig& config = call.config;
   at::TensorList params = call.params;
-  const c10::optional<at::Tensor>& grad_scale = call.grad_scale;
-  const HostAdamwStep host = host_adamw_step(config, call.iteration.item<int64_t>());
+  const HostAdamwStep host = host_adamw_step(config, call.step.iteration.item<int64_t>());
   // A skipped step must not touch a single element nor a step count (grads stay scaled,
   // as in PyTorch).
-  if (host_skips_step(call.found_inf)) return;
+  if (host_skips_step(call.step.found_inf)) return;
   if (params.empty()) return;
 
   clr_cpu::AdamwArgs args;
-  args.lr = host_scaled_lr(host.point.lr, call.lr_scale);
+  clr_cpu::set_step_scalars(&args, call.step, host.point.lr, config.maximize);
   args.beta1 = host.beta1;
   args.beta2 = config.beta2;
   args.eps = config.eps;
   args.weight_decay = config.weight_decay;
   args.amsgrad = config.amsgrad ? 1 : 0;
-  args.maximize = config.maximize ? 1 : 0;
-  args.unscale = grad_scale.has_value() ? 1 : 0;
-  args.grad_scale = grad_scale.has_value() ? grad_scale->item<double>() : 1.0;
   // AdamW(fused=True) takes IEEE square roots, torch.sqrt (AdamW's default path) MKL's.
   args.fused_width = (int32_t)config.fused_width;
   args.vsqrt = config.fused_width > 0 ? nullptr : clr_cpu::torch_vector_sqrt();
@@ -56,7 +52,7 @@ void run_adamw_cpu(const AdamwCall& call) {
   }
   const int32_t dtype = clr_cpu::dtype_code(params[0].scalar_type());
   clr_cpu::aten_ranges(bucket.total(), [&](int64_t begin, int64_t end) {
-    clr_cpu::adamw_run_range(dtype, bucket.spans.data(), bucket.offsets.data(), bucket.size(), begin, end, args);
+    clr_cpu::run_range(dtype, bucket.spans.data(), bucket.offsets.data(), bucket.size(), begin, end, args);
   });
   staging.copy_back({true, args.unscale != 0, true, true, config.amsgrad});
 }

@@ -37,27 +37,23 @@ void apply_update(at::TensorList params, at::TensorList grads, at::TensorList mo
 
 }  // namespace
 
-void run_sgd_cpu(const SgdCall& call) {
+void run_cpu(const SgdCall& call) {
   const SgdConfig& config = call.config;
   at::TensorList params = call.params, grads = call.grads, momentum_buffers = call.momentum_buffers;
   at::TensorList momentum_start = call.momentum_start;
-  const c10::optional<at::Tensor>& grad_scale = call.grad_scale;
   // A skipped step must not touch a single element (grads stay scaled, as in PyTorch).
-  if (host_skips_step(call.found_inf)) return;
+  if (host_skips_step(call.step.found_inf)) return;
   if (params.empty()) return;
 
-  const int64_t now = call.iteration.item<int64_t>();
+  const int64_t now = call.step.iteration.item<int64_t>();
   const HostSgdStep host = host_sgd_step(config, now, !momentum_buffers.empty());
   clr_cpu::StepArgs args;
-  args.lr = host_scaled_lr(host.point.lr, call.lr_scale);
+  clr_cpu::set_step_scalars(&args, call.step, host.point.lr, config.maximize);
   args.momentum = host.momentum;
   args.dampening = config.dampening;
   args.weight_decay = config.weight_decay;
   args.momentum_state = host.momentum_state;
   args.nesterov = config.nesterov ? 1 : 0;
-  args.maximize = config.maximize ? 1 : 0;
-  args.unscale = grad_scale.has_value() ? 1 : 0;
-  args.grad_scale = grad_scale.has_value() ? grad_scale->item<double>() : 1.0;
 
   if (momentum_start.empty() || host.momentum_state == CLR_MOMENTUM_NONE) {
     apply_update(params, grads, momentum_buffers, nullptr, args);

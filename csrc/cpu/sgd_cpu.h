@@ -47,87 +47,44 @@ CLR_ALWAYS_INLINE void span_loop(S* __restrict param, S* __restrict grad, S* __r
                                             grad_scale, kWeightDecay, kNesterov);
 }
 
-template <typename S, bool kUnscale>
+template <typename S>
 CLR_ALWAYS_INLINE void span_dispatch(S* param, S* grad, S* buffer, int64_t n, const StepArgs& a) {
   typedef typename clr_storage<S>::compute C;
   const clr_sgd_coeffs<C> c = clr_sgd_coeffs_make<C>(a.lr, a.weight_decay, a.momentum, a.dampening, a.maximize);
   const C scale = (C)a.grad_scale;
-  const bool wd = a.weight_decay != 0.0;
-#define CLR_SPAN(WD, MS, NEST) span_loop<S, WD, MS, NEST, kUnscale>(param, grad, buffer, n, c, scale)
-  switch (a.momentum_state) {
-    case CLR_MOMENTUM_NONE:
-      if (wd)
-        CLR_SPAN(true, CLR_MOMENTUM_NONE, false);
-      else
-        CLR_SPAN(false, CLR_MOMENTUM_NONE, false);
-      break;
-    case CLR_MOMENTUM_FIRST:
-      if (wd) {
-        if (a.nesterov)
-          CLR_SPAN(true, CLR_MOMENTUM_FIRST, true);
+  with_flag(a.unscale, [&](auto unscale) CLR_LAMBDA_INLINE {
+    constexpr bool kUnscale = decltype(unscale)::value;
+    with_flag(a.weight_decay != 0.0, [&](auto wd) CLR_LAMBDA_INLINE {
+      constexpr bool kWd = decltype(wd)::value;
+      // Without momentum nesterov changes nothing: one instantiation less.
+      if (a.momentum_state == CLR_MOMENTUM_NONE)
+        return span_loop<S, kWd, CLR_MOMENTUM_NONE, false, kUnscale>(param, grad, buffer, n, c, scale);
+      with_flag(a.nesterov, [&](auto nesterov) CLR_LAMBDA_INLINE {
+        constexpr bool kNesterov = decltype(nesterov)::value;
+        if (a.momentum_state == CLR_MOMENTUM_FIRST)
+          span_loop<S, kWd, CLR_MOMENTUM_FIRST, kNesterov, kUnscale>(param, grad, buffer, n, c, scale);
         else
-          CLR_SPAN(true, CLR_MOMENTUM_FIRST, false);
-      } else {
-        if (a.nesterov)
-          CLR_SPAN(false, CLR_MOMENTUM_FIRST, true);
-        else
-          CLR_SPAN(false, CLR_MOMENTUM_FIRST, false);
-      }
-      break;
-    default:
-      if (wd) {
-        if (a.nesterov)
-          CLR_SPAN(true, CLR_MOMENTUM_STEADY, true);
-        else
-          CLR_SPAN(true, CLR_MOMENTUM_STEADY, false);
-      } else {
-        if (a.nesterov)
-          CLR_SPAN(false, CLR_MOMENTUM_STEADY, true);
-        else
-          CLR_SPAN(false, CLR_MOMENTUM_STEADY, false);
-      }
-      break;
-  }
-#undef CLR_SPAN
+          span_loop<S, kWd, CLR_MOMENTUM_STEADY, kNesterov, kUnscale>(param, grad, buffer, n, c, scale);
+      });
+    });
+  });
 }
 
-/* One entry point per storage type: these are the functions that get ISA clones. */
-#define CLR_DEFINE_SPAN_ENTRY(NAME, S)                                                                        \
-  CLR_CPU_CLONES __attribute__((noinline)) static void NAME(void* param, void* grad, void* buffer, int64_t n, \
-                                                            const StepArgs* a) {                              \
-    if (a->unscale)                                                                                           \
-      span_dispatch<S, true>((S*)param, (S*)grad, (S*)buffer, n, *a);                                         \
-    else                                                                                                      \
-      span_dispatch<S, false>((S*)param, (S*)grad, (S*)buffer, n, *a);                                        \
-  }
-
-CLR_DEFINE_SPAN_ENTRY(span_f32, float)
-CLR_DEFINE_SPAN_ENTRY(span_f64, double)
-CLR_DEFINE_SPAN_ENTRY(span_f16, clr_float16)
-CLR_DEFINE_SPAN_ENTRY(span_bf16, clr_bfloat16)
-#undef CLR_DEFINE_SPAN_ENTRY
+/* span_f32, span_f64, span_f16, span_bf16: the ISA-cloned entries. */
+CLR_CPU_ENTRIES(span, (void* param, void* grad, void* buffer, int64_t n, const StepArgs* a),
+                span_dispatch<S>((S*)param, (S*)grad, (S*)buffer, n, *a))
 
 /* Runs elements [begin, end) of the flattened bucket (cpu/multi_tensor.h, for_each_piece). */
 inline void run_range(int32_t dtype, const Span* spans, const int64_t* offsets, int64_t n_spans, int64_t begin,
                       int64_t end, const StepArgs& a) {
   if (begin >= end) return;
-  void (*span_fn)(void*, void*, void*, int64_t, const StepArgs*) = dtype == kFloat32   ? span_f32
-                                                                   : dtype == kFloat64 ? span_f64
-                                                                   : dtype == kFloat16 ? span_f16
-                                                                                       : span_bf16;
+  const auto span_fn = entry_for(dtype, span_f32, span_f64, span_f16, span_bf16);
   const int64_t esize = element_size(dtype);
   for_each_piece(offsets, n_spans, begin, end, [&](int64_t s, int64_t lo, int64_t hi) {
     const Span& sp = spans[s];
     char* buf = (char*)sp.momentum_buffer;
     span_fn((char*)sp.param + lo * esize, (char*)sp.grad + lo * esize, buf ? buf + lo * esize : nullptr, hi - lo, &a);
   });
-}
-
-/* The whole bucket on up to num_threads OpenMP threads (the Cython fallback's entry). */
-inline void run_sgd_bucket_openmp(int32_t dtype, const Span* spans, const int64_t* offsets, int64_t n_spans,
-                                  const StepArgs& a, int num_threads) {
-  openmp_ranges(offsets[n_spans], num_threads,
-                [&](int64_t begin, int64_t end) { run_range(dtype, spans, offsets, n_spans, begin, end, a); });
 }
 
 }  // namespace clr_cpu

@@ -1,8 +1,9 @@
 /*
  * What every rule's CUDA kernel does before and around its element loop, written once:
  * the 16-byte vector of a storage type, the read of a float32/float64 device scalar,
- * thread 0's loads and schedule evaluation (thread0_step_point), and the grid-stride walk
- * over a table's chunks (for_each_chunk).
+ * thread 0's loads and schedule evaluation (thread0_step_point) and the block's barrier
+ * after it (block_step), and the grid-stride walk over a table's chunks (for_each_chunk,
+ * stream_at).
  *
  * Host-compilable like the kernels: without nvcc the includer must first define the CUDA
  * builtins (csrc/tests/cuda_host_emulation.h does).
@@ -69,6 +70,23 @@ __device__ __forceinline__ StepPoint thread0_step_point(const StepInputs& in) {
   return s;
 }
 
+/* Every rule's kernel prologue: thread 0 evaluates the step and, unless AMP skips it,
+   hands it to decide(step), which stores what the rule's threads need of it in the block's
+   shared memory; then the block's barrier. False (in every thread) when the step is
+   skipped: nothing may be written, decided on the device. s_skip is the kernel's
+   __shared__ flag (declared there with the rule's values: one layout of the block's
+   shared memory, the kernel's). */
+template <typename Decide>
+__device__ __forceinline__ bool block_step(const StepInputs& in, int& s_skip, Decide&& decide) {
+  if (threadIdx.x == 0) {
+    const StepPoint step = thread0_step_point(in);
+    s_skip = step.skip;
+    if (!step.skip) decide(step);
+  }
+  __syncthreads();
+  return !s_skip;
+}
+
 /* The block's grid-stride walk over the table's chunks: run(t, range) per chunk, t the
    tensor that owns it. */
 template <typename Table, typename RunChunk>
@@ -78,6 +96,12 @@ __device__ __forceinline__ void for_each_chunk(const Table& table, RunChunk&& ru
     const int t = find_tensor(table.chunk_end, table.count, chunk);
     run(t, chunk_range(table.chunk_end, table.numel, t, chunk));
   }
+}
+
+/* Stream k (kParam, kGrad, the rule's state) of tensor t from the chunk's first element. */
+template <typename S, typename Table>
+__device__ __forceinline__ S* stream_at(const Table& table, int k, int t, const ChunkRange& r) {
+  return static_cast<S*>(table.address[k][t]) + r.begin;
 }
 
 }  // namespace clr_cuda

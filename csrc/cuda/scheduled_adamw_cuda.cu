@@ -8,9 +8,6 @@
 // addresses. Nothing is allocated except the staging of non-dense tensors, so the whole
 // step can be captured in a CUDA graph. Compiled with --fmad=false (setup.py, CMake).
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 
 #include <cstdint>
 #include <vector>
@@ -23,16 +20,11 @@
 namespace clr_ext {
 
 // fused_width is parsed (and checked) but not read: CUDA's square root is IEEE's either way.
-void run_adamw_cuda(const AdamwCall& call) {
+void run_cuda(const AdamwCall& call) {
   const AdamwConfig& config = call.config;
   at::TensorList params = call.params;
-  const at::Tensor& iteration = call.iteration;
   if (params.empty()) return;
-  const c10::cuda::CUDAGuard guard(iteration.device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-
-  const clr_cuda::DeviceStepInputs step(iteration, call.grad_scale, call.found_inf, call.lr_scale, config.shape,
-                                        config.bounds, config.beta1, config.cycle_momentum, config.maximize);
+  const clr_cuda::DeviceStep step(call.step, config, config.beta1);
   clr_cuda::AdamwStepArgs args;
   args.step = step.inputs;
   args.beta2 = config.beta2;
@@ -48,25 +40,19 @@ void run_adamw_cuda(const AdamwCall& call) {
   for (size_t i = 0; i < params.size(); ++i) {
     // Every param's count advances (in the second launch), those without elements too.
     steps.push_back(call.state_steps[i].mutable_data_ptr<float>());
-    const int64_t n = params[i].numel();
+    const int64_t n = clr_cuda::entry_numel(params[i]);
     if (n == 0) continue;
-    TORCH_CHECK(clr_cuda::chunks_of(n) < INT32_MAX, "clr_ext: a tensor of ", n, " elements is too large");
     const std::array<void*, 5> ptr = staging.addresses(i);
     entries.push_back({{ptr[0], ptr[1], ptr[2], ptr[3], ptr[4]}, call.state_steps[i].const_data_ptr<float>(), n});
   }
-  // The tables are built on the host stack and passed by value: no device allocation, no copy.
-  clr_cuda::with_storage_type(params[0].scalar_type(), [&](auto storage) {
-    using S = decltype(storage);
-    clr_cuda::AdamwTable table;
-    clr_cuda::for_each_table(
-        entries.data(), (int64_t)entries.size(), table, [&](const clr_cuda::AdamwTable& full, int64_t chunks) {
-          if (config.amsgrad)
-            clr_cuda::cyclic_adamw_kernel<S, true><<<(unsigned)chunks, clr_cuda::kBlockSize, 0, stream>>>(full, args);
-          else
-            clr_cuda::cyclic_adamw_kernel<S, false><<<(unsigned)chunks, clr_cuda::kBlockSize, 0, stream>>>(full, args);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        });
-  });
+  clr_cuda::launch_tables<clr_cuda::AdamwTable>(
+      params[0].scalar_type(), entries, [&](auto storage, const clr_cuda::AdamwTable& table, unsigned blocks) {
+        using S = decltype(storage);
+        if (config.amsgrad)
+          clr_cuda::cyclic_adamw_kernel<S, true><<<blocks, clr_cuda::kBlockSize, 0, step.stream>>>(table, args);
+        else
+          clr_cuda::cyclic_adamw_kernel<S, false><<<blocks, clr_cuda::kBlockSize, 0, step.stream>>>(table, args);
+      });
   // After every update launch of this bucket (stream order): the counts they read.
   clr_cuda::StepCountArgs count_args;
   count_args.found_inf = args.step.found_inf;
@@ -75,12 +61,12 @@ void run_adamw_cuda(const AdamwCall& call) {
   clr_cuda::for_each_table(
       steps.data(), (int64_t)steps.size(), count_table, [&](const clr_cuda::StepCountTable& full, int64_t) {
         const unsigned blocks = (unsigned)((full.count + clr_cuda::kStepCountBlock - 1) / clr_cuda::kStepCountBlock);
-        clr_cuda::adamw_step_count_kernel<<<blocks, clr_cuda::kStepCountBlock, 0, stream>>>(full, count_args);
+        clr_cuda::adamw_step_count_kernel<<<blocks, clr_cuda::kStepCountBlock, 0, step.stream>>>(full, count_args);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
 
   // A skipped step copies back what the kernel left alone: the staged values, unchanged.
-  staging.copy_back({true, call.grad_scale.has_value(), true, true, config.amsgrad});
+  staging.copy_back({true, call.step.grad_scale.has_value(), true, true, config.amsgrad});
 }
 
 int64_t cuda_adamw_max_tensors_per_launch() { return clr_cuda::kAdamwMaxTensors; }

@@ -111,17 +111,12 @@ __global__ void __launch_bounds__(kBlockSize, kAdamwMinBlocksPerSm)
   __shared__ C s_scale;
   __shared__ int s_skip;
 
-  if (threadIdx.x == 0) {
-    const StepPoint step = thread0_step_point(args.step);
-    s_skip = step.skip;
-    if (!step.skip) {
-      s_lr = step.lr;
-      s_beta1 = step.momentum;
-      s_scale = (C)step.grad_scale;  // exact: a float scale widened to double and back, or a double
-    }
-  }
-  __syncthreads();
-  if (s_skip) return;  // AMP overflow: nothing is written, decided on the device
+  if (!block_step(args.step, s_skip, [&](const StepPoint& step) {
+        s_lr = step.lr;
+        s_beta1 = step.momentum;
+        s_scale = (C)step.grad_scale;  // exact: a float scale widened to double and back, or a double
+      }))
+    return;
   const double lr = s_lr;
   const double beta1 = s_beta1;
   const C scale = s_scale;
@@ -134,11 +129,11 @@ __global__ void __launch_bounds__(kBlockSize, kAdamwMinBlocksPerSm)
     clr_adamw_step_scalars(lr, beta1, args.beta2, (double)step, 0, &step_size, &bias_correction2_sqrt);
     const clr_adamw_coeffs<C> c = clr_adamw_coeffs_make<C>(lr, beta1, args.beta2, args.eps, args.weight_decay,
                                                            args.step.maximize, step_size, bias_correction2_sqrt);
-    S* p = static_cast<S*>(table.address[kParam][t]) + r.begin;
-    S* g = static_cast<S*>(table.address[kGrad][t]) + r.begin;
-    S* m = static_cast<S*>(table.address[kExpAvg][t]) + r.begin;
-    S* v = static_cast<S*>(table.address[kExpAvgSq][t]) + r.begin;
-    S* vmax = kAmsgrad ? static_cast<S*>(table.address[kMaxExpAvgSq][t]) + r.begin : nullptr;
+    S* p = stream_at<S>(table, kParam, t, r);
+    S* g = stream_at<S>(table, kGrad, t, r);
+    S* m = stream_at<S>(table, kExpAvg, t, r);
+    S* v = stream_at<S>(table, kExpAvgSq, t, r);
+    S* vmax = kAmsgrad ? stream_at<S>(table, kMaxExpAvgSq, t, r) : nullptr;
     if (unscale)
       run_adamw_chunk<S, kAmsgrad, true>(p, g, m, v, vmax, r.size, c, scale);
     else

@@ -14,9 +14,6 @@
 // double intrinsics on the device, so CPU and GPU steps agree to the last bit
 // wherever the device pow() agrees with the host's.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 
 #include <cstdint>
 #include <vector>
@@ -28,17 +25,12 @@
 
 namespace clr_ext {
 
-void run_sgd_cuda(const SgdCall& call) {
+void run_cuda(const SgdCall& call) {
   const SgdConfig& config = call.config;
   at::TensorList params = call.params, momentum_buffers = call.momentum_buffers;
   at::TensorList momentum_start = call.momentum_start;
-  const at::Tensor& iteration = call.iteration;
   if (params.empty()) return;
-  const c10::cuda::CUDAGuard guard(iteration.device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-
-  const clr_cuda::DeviceStepInputs step(iteration, call.grad_scale, call.found_inf, call.lr_scale, config.shape,
-                                        config.bounds, config.momentum, config.cycle_momentum, config.maximize);
+  const clr_cuda::DeviceStep step(call.step, config, config.momentum);
   clr_cuda::SgdStepArgs args;
   args.step = step.inputs;
   args.dampening = config.dampening;
@@ -53,24 +45,17 @@ void run_sgd_cuda(const SgdCall& call) {
   std::vector<clr_cuda::SgdTable::Entry> entries;
   entries.reserve(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
-    const int64_t n = params[i].numel();
+    const int64_t n = clr_cuda::entry_numel(params[i]);
     if (n == 0) continue;
-    TORCH_CHECK(clr_cuda::chunks_of(n) < INT32_MAX, "clr_ext: a tensor of ", n, " elements is too large");
     const std::array<void*, 3> ptr = staging.addresses(i);
     entries.push_back(
         {{ptr[0], ptr[1], ptr[2]}, momentum_start.empty() ? nullptr : momentum_start_of(momentum_start, i), n});
   }
-  // The tables are built on the host stack and passed by value: no device allocation, no copy.
-  clr_cuda::with_storage_type(params[0].scalar_type(), [&](auto storage) {
-    using S = decltype(storage);
-    clr_cuda::SgdTable table;
-    clr_cuda::for_each_table(
-        entries.data(), (int64_t)entries.size(), table, [&](const clr_cuda::SgdTable& full, int64_t chunks) {
-          clr_cuda::cyclic_sgd_kernel<S><<<(unsigned)chunks, clr_cuda::kBlockSize, 0, stream>>>(full, args);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        });
-  });
-  staging.copy_back({true, call.grad_scale.has_value(), use_buffers});
+  clr_cuda::launch_tables<clr_cuda::SgdTable>(
+      params[0].scalar_type(), entries, [&](auto storage, const clr_cuda::SgdTable& table, unsigned blocks) {
+        clr_cuda::cyclic_sgd_kernel<decltype(storage)><<<blocks, clr_cuda::kBlockSize, 0, step.stream>>>(table, args);
+      });
+  staging.copy_back({true, call.step.grad_scale.has_value(), use_buffers});
 }
 
 int64_t cuda_max_tensors_per_launch() { return clr_cuda::kMaxTensors; }

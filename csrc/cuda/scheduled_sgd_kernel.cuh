@@ -94,21 +94,17 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerSm)
 
   // One thread per block evaluates the schedule (a few double operations) and the
   // step's flags; every block of every launch of the step reads the same iteration.
-  if (threadIdx.x == 0) {
-    const StepPoint step = thread0_step_point(args.step);
-    s_skip = step.skip;
-    if (!step.skip) {
-      s_iteration = step.iteration;
-      // torch.optim.SGD leaves its buffers alone in any step whose momentum is 0.
-      s_momentum_state = (args.has_buffers && step.momentum != 0.0)
-                             ? (args.first_step ? CLR_MOMENTUM_FIRST : CLR_MOMENTUM_STEADY)
-                             : CLR_MOMENTUM_NONE;
-      s_coeffs = clr_sgd_coeffs_make<C>(step.lr, args.weight_decay, step.momentum, args.dampening, args.step.maximize);
-      s_scale = (C)step.grad_scale;  // exact: a float scale widened to double and back, or a double
-    }
-  }
-  __syncthreads();
-  if (s_skip) return;  // AMP overflow: nothing is written, decided on the device
+  if (!block_step(args.step, s_skip, [&](const StepPoint& step) {
+        s_iteration = step.iteration;
+        // torch.optim.SGD leaves its buffers alone in any step whose momentum is 0.
+        s_momentum_state = (args.has_buffers && step.momentum != 0.0)
+                               ? (args.first_step ? CLR_MOMENTUM_FIRST : CLR_MOMENTUM_STEADY)
+                               : CLR_MOMENTUM_NONE;
+        s_coeffs =
+            clr_sgd_coeffs_make<C>(step.lr, args.weight_decay, step.momentum, args.dampening, args.step.maximize);
+        s_scale = (C)step.grad_scale;  // exact: a float scale widened to double and back, or a double
+      }))
+    return;
   const Coeffs coeffs = s_coeffs;
   const C scale = s_scale;
   const int block_momentum_state = s_momentum_state;
@@ -118,8 +114,8 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerSm)
   const int nesterov = args.nesterov;
 
   for_each_chunk(table, [&](int t, const ChunkRange& r) {
-    S* p = static_cast<S*>(table.address[kParam][t]) + r.begin;
-    S* g = static_cast<S*>(table.address[kGrad][t]) + r.begin;
+    S* p = stream_at<S>(table, kParam, t, r);
+    S* g = stream_at<S>(table, kGrad, t, r);
     int momentum_state = block_momentum_state;
     int64_t* const start = table.extra[t];
     if (momentum_state != CLR_MOMENTUM_NONE && start != nullptr) {
@@ -130,7 +126,7 @@ __global__ void __launch_bounds__(kBlockSize, kMinBlocksPerSm)
       momentum_state = started >= iteration ? CLR_MOMENTUM_FIRST : CLR_MOMENTUM_STEADY;
       if (threadIdx.x == 0 && started > iteration) *start = iteration;
     }
-    S* b = momentum_state != CLR_MOMENTUM_NONE ? static_cast<S*>(table.address[kBuffer][t]) + r.begin : nullptr;
+    S* b = momentum_state != CLR_MOMENTUM_NONE ? stream_at<S>(table, kBuffer, t, r) : nullptr;
 #define CLR_RUN(MS)                                                           \
   if (unscale)                                                                \
     run_chunk<S, MS, true>(p, g, b, r.size, coeffs, scale, use_wd, nesterov); \

@@ -36,19 +36,21 @@
 #include <utility>
 #include <vector>
 
+#include "../math/schedule.h"  // CLR_MODE_*
+
 namespace clr {
 
 // The schedule's policy. The first three are torch.optim.lr_scheduler.CyclicLR's modes;
 // fixed (lr = base_lr), exp (base_lr * gamma^iteration) and decay (max_lr falling
 // linearly to base_lr over step_size_up, then flat) are the paper's other policies.
-// The values are csrc/math/schedule.h's CLR_MODE_* numbers.
+// The values are the op's schedule modes (csrc/math/schedule.h).
 enum class CyclicMode : int64_t {
-  kTriangular = 0,
-  kTriangular2 = 1,
-  kExpRange = 2,
-  kFixed = 3,
-  kExp = 4,
-  kDecay = 5,
+  kTriangular = CLR_MODE_TRIANGULAR,
+  kTriangular2 = CLR_MODE_TRIANGULAR2,
+  kExpRange = CLR_MODE_EXP_RANGE,
+  kFixed = CLR_MODE_FIXED,
+  kExp = CLR_MODE_EXP,
+  kDecay = CLR_MODE_DECAY,
 };
 
 // "triangular", "triangular2", "exp_range", "fixed", "exp", "decay" (the Python names).

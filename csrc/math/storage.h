@@ -141,46 +141,38 @@ struct clr_storage<double> {
   static CLR_STORAGE_INLINE double store(double v) { return v; }
 };
 
-template <>
-struct clr_storage<clr_float16> {
+/* The 16-bit types' bits widened to float and rounded back: CUDA's intrinsics on the
+   device, the bit manipulation above on the host. */
+#if defined(__CUDA_ARCH__)
+CLR_STORAGE_INLINE float clr_widen(clr_float16 v) { return __half2float(__ushort_as_half(v.bits)); }
+CLR_STORAGE_INLINE float clr_widen(clr_bfloat16 v) { return __bfloat162float(__ushort_as_bfloat16(v.bits)); }
+CLR_STORAGE_INLINE void clr_round(float v, clr_float16* out) { out->bits = __half_as_ushort(__float2half_rn(v)); }
+CLR_STORAGE_INLINE void clr_round(float v, clr_bfloat16* out) {
+  out->bits = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+}
+#else
+CLR_STORAGE_INLINE float clr_widen(clr_float16 v) { return clr_float16_bits_to_float(v.bits); }
+CLR_STORAGE_INLINE float clr_widen(clr_bfloat16 v) { return clr_bfloat16_bits_to_float(v.bits); }
+CLR_STORAGE_INLINE void clr_round(float v, clr_float16* out) { out->bits = clr_float_to_float16_bits(v); }
+CLR_STORAGE_INLINE void clr_round(float v, clr_bfloat16* out) { out->bits = clr_float_to_bfloat16_bits(v); }
+#endif
+
+/* float16 and bfloat16: computed in float. */
+template <typename S>
+struct clr_storage_16 {
   typedef float compute;
-  static CLR_STORAGE_INLINE float load(clr_float16 v) {
-#if defined(__CUDA_ARCH__)
-    return __half2float(__ushort_as_half(v.bits));
-#else
-    return clr_float16_bits_to_float(v.bits);
-#endif
-  }
-  static CLR_STORAGE_INLINE clr_float16 store(float v) {
-    clr_float16 out;
-#if defined(__CUDA_ARCH__)
-    out.bits = __half_as_ushort(__float2half_rn(v));
-#else
-    out.bits = clr_float_to_float16_bits(v);
-#endif
+  static CLR_STORAGE_INLINE float load(S v) { return clr_widen(v); }
+  static CLR_STORAGE_INLINE S store(float v) {
+    S out;
+    clr_round(v, &out);
     return out;
   }
 };
 
 template <>
-struct clr_storage<clr_bfloat16> {
-  typedef float compute;
-  static CLR_STORAGE_INLINE float load(clr_bfloat16 v) {
-#if defined(__CUDA_ARCH__)
-    return __bfloat162float(__ushort_as_bfloat16(v.bits));
-#else
-    return clr_bfloat16_bits_to_float(v.bits);
-#endif
-  }
-  static CLR_STORAGE_INLINE clr_bfloat16 store(float v) {
-    clr_bfloat16 out;
-#if defined(__CUDA_ARCH__)
-    out.bits = __bfloat16_as_ushort(__float2bfloat16_rn(v));
-#else
-    out.bits = clr_float_to_bfloat16_bits(v);
-#endif
-    return out;
-  }
-};
+struct clr_storage<clr_float16> : clr_storage_16<clr_float16> {};
+
+template <>
+struct clr_storage<clr_bfloat16> : clr_storage_16<clr_bfloat16> {};
 
 #endif /* CLR_EXT_STORAGE_H */

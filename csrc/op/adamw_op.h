@@ -21,7 +21,7 @@ constexpr const char* kCyclicAdamwSchema =
     "bool cycle_momentum, Tensor? grad_scale=None, Tensor? found_inf=None, int fused_width=0, "
     "Tensor? lr_scale=None) -> ()";
 
-// The scalar arguments of one cyclic_adamw_ call, parsed and checked once.
+// The scalar arguments of one cyclic_adamw_ call, parsed once.
 struct AdamwConfig {
   clr_shape shape;
   clr_bounds bounds;
@@ -35,9 +35,9 @@ struct AdamwConfig {
   int64_t fused_width;
 };
 
-AdamwConfig parse_adamw_config(at::ArrayRef<double> bounds, at::ArrayRef<double> shape, int64_t mode, double beta1,
-                               double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
-                               bool cycle_momentum, int64_t fused_width);
+// Checks the scalars of one cyclic_adamw_ call (the schedule's were checked by shape_from
+// and bounds_from, which made its shape and bounds).
+void check_adamw_config(const AdamwConfig& config);
 
 // Checks the tensors of one cyclic_adamw_ call, as check_sgd_tensors does.
 void check_adamw_tensors(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
@@ -53,31 +53,33 @@ struct HostAdamwStep {
 
 HostAdamwStep host_adamw_step(const AdamwConfig& config, int64_t iteration);
 
-// One call of the op, its scalars parsed and its tensors checked: what an
-// implementation runs (the references live as long as the op's arguments).
+// One call of the op, its scalars parsed: what an implementation runs.
 struct AdamwCall {
   at::TensorList params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps;
-  const at::Tensor& iteration;
-  const c10::optional<at::Tensor>& grad_scale;
-  const c10::optional<at::Tensor>& found_inf;
-  const c10::optional<at::Tensor>& lr_scale;
+  StepTensors step;
   AdamwConfig config;
 };
 
+// The scalars first, then the tensors.
+inline void check_call(const AdamwCall& call, c10::DeviceType device_type) {
+  check_adamw_config(call.config);
+  check_adamw_tensors(call.params, call.grads, call.exp_avgs, call.exp_avg_sqs, call.max_exp_avg_sqs, call.state_steps,
+                      call.config.amsgrad, call.step.iteration, call.step.grad_scale, call.step.found_inf, device_type);
+}
+
 // cpu/scheduled_adamw_cpu.cpp: CPU tensors (schedule and step counts on the host).
-void run_adamw_cpu(const AdamwCall& call);
+void run_cpu(const AdamwCall& call);
 #ifdef CLR_EXT_WITH_CUDA
 // cuda/scheduled_adamw_cuda.cu: CUDA tensors (no host sync; the schedule and the step
 // counts are read on the device, and the counts advanced there).
-void run_adamw_cuda(const AdamwCall& call);
+void run_cuda(const AdamwCall& call);
 
 // How many tensors one CUDA AdamW update launch takes.
 int64_t cuda_adamw_max_tensors_per_launch();
 #endif
 
-// The op on kDevice's tensors: its arguments parsed and checked once, then run there.
-// Registered with the dispatcher (op/register.cpp), called directly by the eager Python
-// entry (op/python.cpp).
+// The op on kDevice's tensors (run_call). Registered with the dispatcher (op/register.cpp),
+// called directly by the eager Python entry (op/python.cpp).
 template <c10::DeviceType kDevice>
 void scheduled_adamw(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
                      at::TensorList max_exp_avg_sqs, at::TensorList state_steps, const at::Tensor& iteration,
@@ -85,25 +87,10 @@ void scheduled_adamw(at::TensorList params, at::TensorList grads, at::TensorList
                      double eps, double weight_decay, bool amsgrad, bool maximize, bool cycle_momentum,
                      const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
                      int64_t fused_width, const c10::optional<at::Tensor>& lr_scale) {
-  const AdamwCall call{params,
-                       grads,
-                       exp_avgs,
-                       exp_avg_sqs,
-                       max_exp_avg_sqs,
-                       state_steps,
-                       iteration,
-                       grad_scale,
-                       found_inf,
-                       lr_scale,
-                       parse_adamw_config(bounds, shape, mode, beta1, beta2, eps, weight_decay, amsgrad, maximize,
-                                          cycle_momentum, fused_width)};
-  check_adamw_tensors(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, amsgrad, iteration,
-                      grad_scale, found_inf, kDevice);
-  check_lr_scale(lr_scale, iteration);
-#ifdef CLR_EXT_WITH_CUDA
-  if constexpr (kDevice == c10::DeviceType::CUDA) return run_adamw_cuda(call);
-#endif
-  run_adamw_cpu(call);
+  run_call<kDevice>(AdamwCall{params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
+                              StepTensors{iteration, grad_scale, found_inf, lr_scale},
+                              AdamwConfig{shape_from(shape, mode), bounds_from(bounds, mode), beta1, beta2, eps,
+                                          weight_decay, amsgrad, maximize, cycle_momentum, fused_width}});
 }
 
 // The op's C++ signature (the dispatcher's and the eager entry's).

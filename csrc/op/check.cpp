@@ -1,6 +1,7 @@
-// The ops' argument checks, written once for every device: the scalar arguments parsed
-// into each rule's config (op/sgd_op.h, op/adamw_op.h), the tensors checked before
-// anything is written, and the step's host values where the iteration is host memory.
+// The ops' argument checks, written once for every device: the schedule's arguments parsed
+// (shape_from, bounds_from) and the rules' other scalars checked (op/sgd_op.h,
+// op/adamw_op.h), the tensors checked before anything is written, and the step's host
+// values where the iteration is host memory.
 #include <ATen/ATen.h>
 
 #include "adamw_op.h"
@@ -31,7 +32,8 @@ void check_step_inputs(const at::Tensor& iteration, const c10::optional<at::Tens
   }
 }
 
-// What every op checks of param i: dense, a dtype the kernels update, the bucket's dtype and device.
+// What every op checks of param i: dense, a dtype the kernels update, the bucket's dtype and
+// device, memory of its own.
 void check_param(size_t i, const at::Tensor& p, const at::Tensor& first, const at::Tensor& iteration,
                  const char* rule) {
   TORCH_CHECK(p.layout() == at::kStrided, "clr_ext: param ", i, " is not a strided (dense) tensor");
@@ -40,6 +42,24 @@ void check_param(size_t i, const at::Tensor& p, const at::Tensor& first, const a
   TORCH_CHECK(p.scalar_type() == first.scalar_type(), "clr_ext: all params of one call must share a dtype");
   TORCH_CHECK(p.device() == iteration.device(), "clr_ext: param ", i, " is on ", p.device(), " but the bucket is on ",
               iteration.device());
+  // Wrapper subclasses (DTensor, ...) have no memory of their own: pass their local tensors.
+  TORCH_CHECK(p.has_storage(), "clr_ext: param ", i,
+              " has no storage of its own (a tensor subclass such as DTensor?); pass its local tensor");
+}
+
+// What every op checks of a tensor the kernels walk beside param i (its gradient, the rule's
+// state): dense, memory of its own, and the param's dtype, shape and device.
+void check_like_param(size_t i, const char* what, const at::Tensor& t, const at::Tensor& p) {
+  TORCH_CHECK(t.layout() == at::kStrided, "clr_ext: the ", what, " of param ", i,
+              " is not a strided (dense) tensor; sparse gradients are not supported");
+  TORCH_CHECK(t.has_storage(), "clr_ext: the ", what, " of param ", i,
+              " has no storage of its own (a tensor subclass such as DTensor?); pass its local tensor");
+  TORCH_CHECK(t.scalar_type() == p.scalar_type(), "clr_ext: the ", what, " of param ", i, " has dtype ",
+              t.scalar_type(), " but the param has ", p.scalar_type());
+  TORCH_CHECK(t.sizes() == p.sizes(), "clr_ext: the ", what, " of param ", i, " has shape ", t.sizes(),
+              " but the param has ", p.sizes());
+  TORCH_CHECK(t.device() == p.device(), "clr_ext: the ", what, " of param ", i, " is on ", t.device(),
+              " but the param is on ", p.device());
 }
 
 bool is_one_cycle(int64_t mode) { return mode == CLR_MODE_ONE_CYCLE_COS || mode == CLR_MODE_ONE_CYCLE_LINEAR; }
@@ -97,22 +117,6 @@ clr_bounds bounds_from(at::ArrayRef<double> bounds, int64_t mode) {
   return b;
 }
 
-SgdConfig parse_sgd_config(at::ArrayRef<double> bounds, at::ArrayRef<double> shape, int64_t mode, double momentum,
-                           double dampening, double weight_decay, bool nesterov, bool maximize, bool cycle_momentum,
-                           bool first_step) {
-  SgdConfig c;
-  c.shape = shape_from(shape, mode);
-  c.bounds = bounds_from(bounds, mode);
-  c.momentum = momentum;
-  c.dampening = dampening;
-  c.weight_decay = weight_decay;
-  c.nesterov = nesterov;
-  c.maximize = maximize;
-  c.cycle_momentum = cycle_momentum;
-  c.first_step = first_step;
-  return c;
-}
-
 void check_sgd_tensors(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
                        at::TensorList momentum_start, const at::Tensor& iteration,
                        const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
@@ -136,26 +140,9 @@ void check_sgd_tensors(at::TensorList params, at::TensorList grads, at::TensorLi
   check_step_inputs(iteration, grad_scale, found_inf, device_type);
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& p = params[i];
-    const at::Tensor& g = grads[i];
     check_param(i, p, params[0], iteration, "CyclicSGD");
-    TORCH_CHECK(g.layout() == at::kStrided, "clr_ext: the gradient of param ", i,
-                " is sparse; CyclicSGD does not support sparse gradients");
-    // Wrapper subclasses (DTensor, ...) have no memory of their own: pass their local tensors.
-    TORCH_CHECK(p.has_storage() && g.has_storage(), "clr_ext: param ", i,
-                " or its gradient has no storage of its own (a tensor subclass such as DTensor?); "
-                "pass its local tensor");
-    TORCH_CHECK(g.scalar_type() == p.scalar_type(), "clr_ext: the gradient of param ", i, " has dtype ",
-                g.scalar_type(), " but the param has ", p.scalar_type());
-    TORCH_CHECK(g.sizes() == p.sizes(), "clr_ext: the gradient of param ", i, " has shape ", g.sizes(),
-                " but the param has ", p.sizes());
-    TORCH_CHECK(g.device() == p.device(), "clr_ext: the gradient of param ", i, " is on ", g.device(),
-                " but the param is on ", p.device());
-    if (!momentum_buffers.empty()) {
-      const at::Tensor& b = momentum_buffers[i];
-      TORCH_CHECK(b.layout() == at::kStrided && b.has_storage() && b.scalar_type() == p.scalar_type() &&
-                      b.sizes() == p.sizes() && b.device() == p.device(),
-                  "clr_ext: the momentum buffer of param ", i, " does not match the param in dtype, shape or device");
-    }
+    check_like_param(i, "gradient", grads[i], p);
+    if (!momentum_buffers.empty()) check_like_param(i, "momentum buffer", momentum_buffers[i], p);
     if (!momentum_start.empty() && !packed_starts) {
       const at::Tensor& s = momentum_start[i];
       TORCH_CHECK(s.scalar_type() == at::kLong && s.numel() == 1 && s.has_storage() && s.device() == p.device(),
@@ -175,32 +162,19 @@ HostSgdStep host_sgd_step(const SgdConfig& config, int64_t iteration, bool has_b
   return step;
 }
 
-AdamwConfig parse_adamw_config(at::ArrayRef<double> bounds, at::ArrayRef<double> shape, int64_t mode, double beta1,
-                               double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
-                               bool cycle_momentum, int64_t fused_width) {
-  AdamwConfig c;
-  c.shape = shape_from(shape, mode);
-  c.bounds = bounds_from(bounds, mode);
+void check_adamw_config(const AdamwConfig& c) {
   // Every comparison is false for NaN, so these refuse NaN as well.
-  TORCH_CHECK(beta1 >= 0.0 && beta1 < 1.0, "clr_ext: beta1 must be in [0, 1), got ", beta1);
-  TORCH_CHECK(beta2 >= 0.0 && beta2 < 1.0, "clr_ext: beta2 must be in [0, 1), got ", beta2);
-  TORCH_CHECK(eps >= 0.0, "clr_ext: eps must be non-negative, got ", eps);
-  TORCH_CHECK(fused_width >= 0 && fused_width <= 1024, "clr_ext: fused_width must be in [0, 1024], got ", fused_width);
-  if (cycle_momentum) {
+  TORCH_CHECK(c.beta1 >= 0.0 && c.beta1 < 1.0, "clr_ext: beta1 must be in [0, 1), got ", c.beta1);
+  TORCH_CHECK(c.beta2 >= 0.0 && c.beta2 < 1.0, "clr_ext: beta2 must be in [0, 1), got ", c.beta2);
+  TORCH_CHECK(c.eps >= 0.0, "clr_ext: eps must be non-negative, got ", c.eps);
+  TORCH_CHECK(c.fused_width >= 0 && c.fused_width <= 1024, "clr_ext: fused_width must be in [0, 1024], got ",
+              c.fused_width);
+  if (c.cycle_momentum) {
     TORCH_CHECK(c.bounds.base_momentum >= 0.0 && c.bounds.base_momentum < 1.0 && c.bounds.max_momentum >= 0.0 &&
                     c.bounds.max_momentum < 1.0,
                 "clr_ext: with cycle_momentum the momentum bounds are beta1's and must be in [0, 1), got ",
                 c.bounds.base_momentum, " and ", c.bounds.max_momentum);
   }
-  c.beta1 = beta1;
-  c.beta2 = beta2;
-  c.eps = eps;
-  c.weight_decay = weight_decay;
-  c.amsgrad = amsgrad;
-  c.maximize = maximize;
-  c.cycle_momentum = cycle_momentum;
-  c.fused_width = fused_width;
-  return c;
 }
 
 void check_adamw_tensors(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
@@ -223,28 +197,10 @@ void check_adamw_tensors(at::TensorList params, at::TensorList grads, at::Tensor
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
     check_param(i, p, params[0], iteration, "AdamW");
-    // Wrapper subclasses (DTensor, ...) have no memory of their own: pass their local tensors.
-    TORCH_CHECK(p.has_storage(), "clr_ext: param ", i,
-                " has no storage of its own (a tensor subclass such as DTensor?); pass its local tensor");
-    const std::pair<const char*, const at::Tensor*> alike[] = {
-        {"grad", &grads[i]},
-        {"exp_avg", &exp_avgs[i]},
-        {"exp_avg_sq", &exp_avg_sqs[i]},
-        {"max_exp_avg_sq", amsgrad ? &max_exp_avg_sqs[i] : nullptr}};
-    for (const auto& named : alike) {
-      if (named.second == nullptr) continue;
-      const at::Tensor& t = *named.second;
-      TORCH_CHECK(t.layout() == at::kStrided, "clr_ext: the ", named.first, " of param ", i,
-                  " is not a strided (dense) tensor; sparse gradients are not supported");
-      TORCH_CHECK(t.has_storage(), "clr_ext: the ", named.first, " of param ", i,
-                  " has no storage of its own (a tensor subclass such as DTensor?); pass its local tensor");
-      TORCH_CHECK(t.scalar_type() == p.scalar_type(), "clr_ext: the ", named.first, " of param ", i, " has dtype ",
-                  t.scalar_type(), " but the param has ", p.scalar_type());
-      TORCH_CHECK(t.sizes() == p.sizes(), "clr_ext: the ", named.first, " of param ", i, " has shape ", t.sizes(),
-                  " but the param has ", p.sizes());
-      TORCH_CHECK(t.device() == p.device(), "clr_ext: the ", named.first, " of param ", i, " is on ", t.device(),
-                  " but the param is on ", p.device());
-    }
+    check_like_param(i, "grad", grads[i], p);
+    check_like_param(i, "exp_avg", exp_avgs[i], p);
+    check_like_param(i, "exp_avg_sq", exp_avg_sqs[i], p);
+    if (amsgrad) check_like_param(i, "max_exp_avg_sq", max_exp_avg_sqs[i], p);
     const at::Tensor& s = state_steps[i];
     TORCH_CHECK(s.layout() == at::kStrided && s.has_storage() && s.scalar_type() == at::kFloat && s.numel() == 1 &&
                     s.device() == p.device(),

@@ -197,6 +197,28 @@ std::string compiled_isa() {
 #endif
 }
 
+// The eager entries of one rule, on each device: the op's keywords, written once per rule.
+template <typename Entry>
+void def_sgd_entry(pybind11::module_& m, const char* name, Entry entry, const char* doc) {
+  m.def(name, entry, doc, pybind11::arg("params"), pybind11::arg("grads"), pybind11::arg("momentum_buffers"),
+        pybind11::arg("momentum_start"), pybind11::arg("iteration"), pybind11::arg("bounds"), pybind11::arg("shape"),
+        pybind11::arg("schedule_mode"), pybind11::arg("momentum"), pybind11::arg("dampening"),
+        pybind11::arg("weight_decay"), pybind11::arg("nesterov"), pybind11::arg("maximize"),
+        pybind11::arg("cycle_momentum"), pybind11::arg("first_step"), pybind11::arg("grad_scale") = pybind11::none(),
+        pybind11::arg("found_inf") = pybind11::none(), pybind11::arg("lr_scale") = pybind11::none());
+}
+
+template <typename Entry>
+void def_adamw_entry(pybind11::module_& m, const char* name, Entry entry, const char* doc) {
+  m.def(name, entry, doc, pybind11::arg("params"), pybind11::arg("grads"), pybind11::arg("exp_avgs"),
+        pybind11::arg("exp_avg_sqs"), pybind11::arg("max_exp_avg_sqs"), pybind11::arg("state_steps"),
+        pybind11::arg("iteration"), pybind11::arg("bounds"), pybind11::arg("shape"), pybind11::arg("schedule_mode"),
+        pybind11::arg("beta1"), pybind11::arg("beta2"), pybind11::arg("eps"), pybind11::arg("weight_decay"),
+        pybind11::arg("amsgrad"), pybind11::arg("maximize"), pybind11::arg("cycle_momentum"),
+        pybind11::arg("grad_scale") = pybind11::none(), pybind11::arg("found_inf") = pybind11::none(),
+        pybind11::arg("fused_width") = 0, pybind11::arg("lr_scale") = pybind11::none());
+}
+
 }  // namespace
 
 }  // namespace clr_ext
@@ -211,52 +233,29 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("schedule_at", &clr_ext::schedule_at,
         "(lr, momentum) of the step with this 0-based iteration, from the op's bounds, shape and mode",
         pybind11::arg("iteration"), pybind11::arg("bounds"), pybind11::arg("shape"), pybind11::arg("mode"));
-  m.def("cyclic_sgd_cpu_", &clr_ext::eager_sgd_step<&clr_ext::scheduled_sgd<c10::DeviceType::CPU>>,
-        "The CPU kernel called directly, bypassing the dispatcher (eager fast path)", pybind11::arg("params"),
-        pybind11::arg("grads"), pybind11::arg("momentum_buffers"), pybind11::arg("momentum_start"),
-        pybind11::arg("iteration"), pybind11::arg("bounds"), pybind11::arg("shape"), pybind11::arg("schedule_mode"),
-        pybind11::arg("momentum"), pybind11::arg("dampening"), pybind11::arg("weight_decay"), pybind11::arg("nesterov"),
-        pybind11::arg("maximize"), pybind11::arg("cycle_momentum"), pybind11::arg("first_step"),
-        pybind11::arg("grad_scale") = pybind11::none(), pybind11::arg("found_inf") = pybind11::none(),
-        pybind11::arg("lr_scale") = pybind11::none());
+  clr_ext::def_sgd_entry(m, "cyclic_sgd_cpu_", &clr_ext::eager_sgd_step<&clr_ext::scheduled_sgd<c10::DeviceType::CPU>>,
+                         "The CPU kernel called directly, bypassing the dispatcher (eager fast path)");
   m.def("check_bucket", &clr_ext::check_bucket, "Raises if the tensors of one bucket do not fit the op");
   m.def("validate_group", &clr_ext::validate_group,
         "Raises, naming the parameter, if a param group's params or gradients cannot be stepped",
         pybind11::arg("params"), pybind11::arg("grads"), pybind11::arg("group_index"), pybind11::arg("owner"));
   m.def("cpu_isa", &clr_ext::compiled_isa, "The instruction set the CPU kernel's clones run with here");
-  m.def("cyclic_adamw_cpu_", &clr_ext::eager_adamw_step<&clr_ext::scheduled_adamw<c10::DeviceType::CPU>>,
-        "The CPU AdamW kernel called directly, bypassing the dispatcher (eager fast path)", pybind11::arg("params"),
-        pybind11::arg("grads"), pybind11::arg("exp_avgs"), pybind11::arg("exp_avg_sqs"),
-        pybind11::arg("max_exp_avg_sqs"), pybind11::arg("state_steps"), pybind11::arg("iteration"),
-        pybind11::arg("bounds"), pybind11::arg("shape"), pybind11::arg("schedule_mode"), pybind11::arg("beta1"),
-        pybind11::arg("beta2"), pybind11::arg("eps"), pybind11::arg("weight_decay"), pybind11::arg("amsgrad"),
-        pybind11::arg("maximize"), pybind11::arg("cycle_momentum"), pybind11::arg("grad_scale") = pybind11::none(),
-        pybind11::arg("found_inf") = pybind11::none(), pybind11::arg("fused_width") = 0,
-        pybind11::arg("lr_scale") = pybind11::none());
+  clr_ext::def_adamw_entry(m, "cyclic_adamw_cpu_",
+                           &clr_ext::eager_adamw_step<&clr_ext::scheduled_adamw<c10::DeviceType::CPU>>,
+                           "The CPU AdamW kernel called directly, bypassing the dispatcher (eager fast path)");
   m.def("check_adamw_bucket", &clr_ext::check_adamw_bucket,
         "Raises if the tensors of one AdamW bucket do not fit the op", pybind11::arg("params"), pybind11::arg("grads"),
         pybind11::arg("exp_avgs"), pybind11::arg("exp_avg_sqs"), pybind11::arg("max_exp_avg_sqs"),
         pybind11::arg("state_steps"), pybind11::arg("amsgrad"));
 #ifdef CLR_EXT_WITH_CUDA
-  m.def("cyclic_sgd_cuda_", &clr_ext::eager_sgd_step<&clr_ext::scheduled_sgd<c10::DeviceType::CUDA>>,
-        "The CUDA kernel called directly, bypassing the dispatcher (eager fast path; no host sync)",
-        pybind11::arg("params"), pybind11::arg("grads"), pybind11::arg("momentum_buffers"),
-        pybind11::arg("momentum_start"), pybind11::arg("iteration"), pybind11::arg("bounds"), pybind11::arg("shape"),
-        pybind11::arg("schedule_mode"), pybind11::arg("momentum"), pybind11::arg("dampening"),
-        pybind11::arg("weight_decay"), pybind11::arg("nesterov"), pybind11::arg("maximize"),
-        pybind11::arg("cycle_momentum"), pybind11::arg("first_step"), pybind11::arg("grad_scale") = pybind11::none(),
-        pybind11::arg("found_inf") = pybind11::none(), pybind11::arg("lr_scale") = pybind11::none());
+  clr_ext::def_sgd_entry(m, "cyclic_sgd_cuda_",
+                         &clr_ext::eager_sgd_step<&clr_ext::scheduled_sgd<c10::DeviceType::CUDA>>,
+                         "The CUDA kernel called directly, bypassing the dispatcher (eager fast path; no host sync)");
   m.def("cuda_max_tensors_per_launch", &clr_ext::cuda_max_tensors_per_launch,
         "How many tensors one CUDA kernel launch takes");
-  m.def("cyclic_adamw_cuda_", &clr_ext::eager_adamw_step<&clr_ext::scheduled_adamw<c10::DeviceType::CUDA>>,
-        "The CUDA AdamW kernel called directly, bypassing the dispatcher (eager fast path; no host sync)",
-        pybind11::arg("params"), pybind11::arg("grads"), pybind11::arg("exp_avgs"), pybind11::arg("exp_avg_sqs"),
-        pybind11::arg("max_exp_avg_sqs"), pybind11::arg("state_steps"), pybind11::arg("iteration"),
-        pybind11::arg("bounds"), pybind11::arg("shape"), pybind11::arg("schedule_mode"), pybind11::arg("beta1"),
-        pybind11::arg("beta2"), pybind11::arg("eps"), pybind11::arg("weight_decay"), pybind11::arg("amsgrad"),
-        pybind11::arg("maximize"), pybind11::arg("cycle_momentum"), pybind11::arg("grad_scale") = pybind11::none(),
-        pybind11::arg("found_inf") = pybind11::none(), pybind11::arg("fused_width") = 0,
-        pybind11::arg("lr_scale") = pybind11::none());
+  clr_ext::def_adamw_entry(
+      m, "cyclic_adamw_cuda_", &clr_ext::eager_adamw_step<&clr_ext::scheduled_adamw<c10::DeviceType::CUDA>>,
+      "The CUDA AdamW kernel called directly, bypassing the dispatcher (eager fast path; no host sync)");
   m.def("cuda_adamw_max_tensors_per_launch", &clr_ext::cuda_adamw_max_tensors_per_launch,
         "How many tensors one CUDA AdamW update launch takes");
   m.attr("with_cuda") = true;

@@ -43,4 +43,27 @@ inline double host_scaled_lr(double lr, const c10::optional<at::Tensor>& lr_scal
   return lr * scale;
 }
 
+// The per-step inputs of one op call, every rule's: the device counter (read, never
+// advanced), AMP's loss scale and overflow flag, and scale_schedule's factor. References
+// to the op's arguments, which outlive the call.
+struct StepTensors {
+  const at::Tensor& iteration;
+  const c10::optional<at::Tensor>& grad_scale;
+  const c10::optional<at::Tensor>& found_inf;
+  const c10::optional<at::Tensor>& lr_scale;
+};
+
+// One op call on kDevice's tensors, its scalars already parsed into call.config: its
+// tensors checked (check_call, per rule), then run by the rule's implementation for the
+// device (run_cpu / run_cuda, overloaded on the rule's Call).
+template <c10::DeviceType kDevice, typename Call>
+void run_call(const Call& call) {
+  check_call(call, kDevice);
+  check_lr_scale(call.step.lr_scale, call.step.iteration);
+#ifdef CLR_EXT_WITH_CUDA
+  if constexpr (kDevice == c10::DeviceType::CUDA) return run_cuda(call);
+#endif
+  run_cpu(call);
+}
+
 }  // namespace clr_ext

@@ -44,8 +44,9 @@ inline int64_t* momentum_start_of(at::TensorList momentum_start, size_t i) {
                                     : momentum_start[i].mutable_data_ptr<int64_t>();
 }
 
-// The scalar arguments of one cyclic_sgd_ call, parsed and checked once: what every
-// backend reads of them (the tensors are checked apart, by check_sgd_tensors).
+// The scalar arguments of one cyclic_sgd_ call, parsed once (the schedule's by shape_from
+// and bounds_from, which check them): what every backend reads of them (the tensors are
+// checked apart, by check_sgd_tensors).
 struct SgdConfig {
   clr_shape shape;
   clr_bounds bounds;
@@ -57,10 +58,6 @@ struct SgdConfig {
   bool cycle_momentum;
   bool first_step;
 };
-
-SgdConfig parse_sgd_config(at::ArrayRef<double> bounds, at::ArrayRef<double> shape, int64_t mode, double momentum,
-                           double dampening, double weight_decay, bool nesterov, bool maximize, bool cycle_momentum,
-                           bool first_step);
 
 // Checks the tensors of one cyclic_sgd_ call; nothing has been modified when it throws.
 // device_type Meta checks the metadata alone (a step over several buckets checks them
@@ -79,30 +76,31 @@ struct HostSgdStep {
 
 HostSgdStep host_sgd_step(const SgdConfig& config, int64_t iteration, bool has_buffers);
 
-// One call of the op, its scalars parsed and its tensors checked: what an
-// implementation runs (the references live as long as the op's arguments).
+// One call of the op, its scalars parsed: what an implementation runs.
 struct SgdCall {
   at::TensorList params, grads, momentum_buffers, momentum_start;
-  const at::Tensor& iteration;
-  const c10::optional<at::Tensor>& grad_scale;
-  const c10::optional<at::Tensor>& found_inf;
-  const c10::optional<at::Tensor>& lr_scale;
+  StepTensors step;
   SgdConfig config;
 };
 
+inline void check_call(const SgdCall& call, c10::DeviceType device_type) {
+  check_sgd_tensors(call.params, call.grads, call.momentum_buffers, call.momentum_start, call.step.iteration,
+                    call.step.grad_scale, call.step.found_inf, device_type);
+}
+
 // cpu/scheduled_sgd_cpu.cpp: CPU tensors (the schedule evaluated on the host).
-void run_sgd_cpu(const SgdCall& call);
+void run_cpu(const SgdCall& call);
 #ifdef CLR_EXT_WITH_CUDA
 // cuda/scheduled_sgd_cuda.cu: CUDA tensors (no host sync).
-void run_sgd_cuda(const SgdCall& call);
+void run_cuda(const SgdCall& call);
 
 // How many tensors one CUDA SGD launch takes (the kernel-argument table's size).
 int64_t cuda_max_tensors_per_launch();
 #endif
 
-// The op on kDevice's tensors: its arguments parsed and checked once, then run there.
-// Registered with the dispatcher (op/register.cpp), called directly by the eager Python
-// entry (op/python.cpp) and by clr::CyclicSGD (csrc/libtorch/).
+// The op on kDevice's tensors (run_call). Registered with the dispatcher (op/register.cpp),
+// called directly by the eager Python entry (op/python.cpp) and by clr::CyclicSGD
+// (csrc/libtorch/).
 template <c10::DeviceType kDevice>
 void scheduled_sgd(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
                    at::TensorList momentum_start, const at::Tensor& iteration, at::ArrayRef<double> bounds,
@@ -110,22 +108,10 @@ void scheduled_sgd(at::TensorList params, at::TensorList grads, at::TensorList m
                    bool nesterov, bool maximize, bool cycle_momentum, bool first_step,
                    const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
                    const c10::optional<at::Tensor>& lr_scale) {
-  const SgdCall call{params,
-                     grads,
-                     momentum_buffers,
-                     momentum_start,
-                     iteration,
-                     grad_scale,
-                     found_inf,
-                     lr_scale,
-                     parse_sgd_config(bounds, shape, mode, momentum, dampening, weight_decay, nesterov, maximize,
-                                      cycle_momentum, first_step)};
-  check_sgd_tensors(params, grads, momentum_buffers, momentum_start, iteration, grad_scale, found_inf, kDevice);
-  check_lr_scale(lr_scale, iteration);
-#ifdef CLR_EXT_WITH_CUDA
-  if constexpr (kDevice == c10::DeviceType::CUDA) return run_sgd_cuda(call);
-#endif
-  run_sgd_cpu(call);
+  run_call<kDevice>(SgdCall{params, grads, momentum_buffers, momentum_start,
+                            StepTensors{iteration, grad_scale, found_inf, lr_scale},
+                            SgdConfig{shape_from(shape, mode), bounds_from(bounds, mode), momentum, dampening,
+                                      weight_decay, nesterov, maximize, cycle_momentum, first_step}});
 }
 
 // The op's C++ signature (the dispatcher's and the eager entry's).

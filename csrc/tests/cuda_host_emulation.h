@@ -31,7 +31,9 @@
 #include <string.h>
 
 #include <algorithm>
+#include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #define CLR_CUDA_HOST_EMULATION 1
@@ -67,7 +69,9 @@ void emulate_grid(unsigned grid, unsigned block, const std::vector<unsigned>& bl
 // ------------------------------------------------------------------ the tests' harness
 
 #include "cpu/multi_tensor.h"
+#include "cuda/multi_tensor.cuh"
 #include "math/storage.h"  // after the builtins above
+#include "tests/storage_info.h"
 
 namespace clr_emu {
 
@@ -78,30 +82,9 @@ inline int g_failures = 0;
     if (++clr_emu::g_failures <= 25) fprintf(stderr, __VA_ARGS__); \
   } while (0)
 
-// A storage type's torch name (for messages) and its dtype code in the CPU loops, whose
-// run_range / adamw_run_range are the references the kernels are compared with.
-template <typename S>
-struct StorageInfo;
-template <>
-struct StorageInfo<float> {
-  static constexpr const char* name = "float32";
-  static constexpr int32_t code = clr_cpu::kFloat32;
-};
-template <>
-struct StorageInfo<double> {
-  static constexpr const char* name = "float64";
-  static constexpr int32_t code = clr_cpu::kFloat64;
-};
-template <>
-struct StorageInfo<clr_float16> {
-  static constexpr const char* name = "float16";
-  static constexpr int32_t code = clr_cpu::kFloat16;
-};
-template <>
-struct StorageInfo<clr_bfloat16> {
-  static constexpr const char* name = "bfloat16";
-  static constexpr int32_t code = clr_cpu::kBFloat16;
-};
+// A storage type's dtype code in the CPU loops, whose run_range overloads are the
+// references the kernels are compared with, and its torch name (for messages).
+using clr_test::StorageInfo;
 
 // v rounded to S's compute type, then stored as S rounds it (as both the CPU loops and the
 // kernels write values).
@@ -170,6 +153,114 @@ inline void pick_found_inf(std::mt19937_64& rng, bool skip, FoundInf* flag, cons
     flag->f = (float)flag->d;
     *ptr = *is_double ? (const void*)&flag->d : (const void*)&flag->f;
   }
+}
+
+// The loss scale of a random step, in a third of them (unscale): a power of two or three
+// quarters of one, as float32 or float64.
+struct GradScale {
+  float f = 0;
+  double d = 0;
+  int32_t is_double = 0;
+  double value() const { return is_double ? d : (double)f; }
+};
+inline bool pick_grad_scale(std::mt19937_64& rng, GradScale* scale, const void** ptr, int32_t* is_double) {
+  if (rng() % 3 != 0) return false;
+  scale->is_double = *is_double = rng() % 2;
+  scale->d = (double)(1u << (rng() % 17)) * (rng() % 2 ? 1.0 : 0.75);
+  scale->f = (float)scale->d;
+  *ptr = *is_double ? (const void*)&scale->d : (const void*)&scale->f;
+  return true;
+}
+
+// A random cyclical shape of `mode` (triangular, triangular2 or exp_range).
+inline void pick_cyclic_shape(std::mt19937_64& rng, int mode, clr_shape* shape) {
+  shape->mode = mode;
+  shape->step_size_up = (double)(1 + rng() % 40);
+  shape->step_size_down = (double)(1 + rng() % 40);
+  shape->gamma = mode == CLR_MODE_EXP_RANGE ? 0.99 : 1.0;
+  shape->custom_scale = 1.0;
+}
+
+// A tensor's element count: up to many_max in a step with many tensors (many_max > 0),
+// else around the vector width, up to 5,000, around one chunk, several chunks, whole
+// unrolled strides of a block, or up to 64.
+inline int64_t pick_numel(std::mt19937_64& rng, int esize, int64_t many_max) {
+  const int64_t width = clr_cuda::kVectorBytes / esize;
+  if (many_max > 0) return 1 + (int64_t)(rng() % (uint64_t)many_max);
+  switch (rng() % 6) {
+    case 0:
+      return 1 + (int64_t)(rng() % 3 * width) + (int64_t)(rng() % 3);  // around the vector width
+    case 1:
+      return 1 + (int64_t)(rng() % 5000);
+    case 2:
+      return clr_cuda::kChunkElems + (int64_t)(rng() % 5) - 2;  // around one chunk
+    case 3:
+      return 2 * clr_cuda::kChunkElems + 1 + (int64_t)(rng() % (clr_cuda::kChunkElems));
+    case 4:
+      return (int64_t)(rng() % 2 ? 2 : 3) * clr_cuda::kBlockSize * width * clr_cuda::kMaxUnroll +
+             (int64_t)(rng() % 3);  // whole unrolled strides of a block
+    default:
+      return 1 + (int64_t)(rng() % 64);
+  }
+}
+
+// A stream's element offset past a 16-byte boundary: whole vectors of `width` elements
+// when the tensor is aligned, any offset otherwise.
+inline int pick_offset(std::mt19937_64& rng, bool aligned, int width) {
+  return aligned ? width * (int)(rng() % 3) : (int)(rng() % (2 * width));
+}
+
+// The entries packed into tables as the launcher packs them, each table's launch of
+// `block` threads emulated (emulate_launch) with run_kernel(table) as its threads' code.
+// Returns how many tables (launches) it took.
+template <typename Table, typename RunKernel>
+int emulate_tables(std::mt19937_64& rng, const std::vector<typename Table::Entry>& entries, unsigned block,
+                   unsigned keep_order_one_in, RunKernel&& run_kernel) {
+  // (a table of 32 KB or more: on the heap, as a launch would copy it into parameter space)
+  std::unique_ptr<Table> table(new Table);
+  int tables = 0;
+  clr_cuda::for_each_table(entries.data(), (int64_t)entries.size(), *table, [&](const Table& full, int64_t chunks) {
+    ++tables;
+    emulate_launch(rng, chunks, block, keep_order_one_in, [&]() { run_kernel(full); });
+  });
+  return tables;
+}
+
+// Every byte of a tensor's streams (got[w], named what[w]) against the reference's; a
+// difference is reported with the case and `context`.
+template <size_t N>
+void compare_streams(const char* dtype, int case_index, int tensor, int64_t numel, int esize,
+                     const char* const (&what)[N], const Stream* const (&got)[N], const Stream* const (&want)[N],
+                     const char* context) {
+  for (size_t w = 0; w < N; ++w) {
+    long long element;
+    if (first_difference(*got[w], *want[w], esize, &element)) {
+      FAIL("%s case %d tensor %d (numel %lld): %s differs at element %lld%s (%s)\n", dtype, case_index, tensor,
+           (long long)numel, what[w], element, element < 0 || element >= numel ? ", OUTSIDE the tensor" : "", context);
+    }
+  }
+}
+
+// run_case(S(), rng, c) for c < cases and every storage type, from one seed.
+template <typename RunCase>
+void for_each_case(int cases, uint64_t seed, RunCase&& run_case) {
+  std::mt19937_64 rng(seed);
+  for (int c = 0; c < cases; ++c) {
+    run_case(float(), rng, c);
+    run_case(double(), rng, c);
+    run_case(clr_float16(), rng, c);
+    run_case(clr_bfloat16(), rng, c);
+  }
+}
+
+// The test's exit status: 1 with its failures, else 0 with what it ran.
+inline int finish(const char* test, const std::string& ran) {
+  if (g_failures) {
+    fprintf(stderr, "%s: %d failures\n", test, g_failures);
+    return 1;
+  }
+  printf("%s: ok (%s)\n", test, ran.c_str());
+  return 0;
 }
 
 }  // namespace clr_emu

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "cpu/sgd_cpu.h"
+#include "tests/storage_info.h"
 
 static int g_failures = 0;
 static long long g_checks = 0;
@@ -34,40 +35,20 @@ struct Config {
   int32_t momentum_state, nesterov, maximize, unscale;
 };
 
-// ---- storage helpers (test-side; the 16-bit ones are checked separately below) ----
+// ---- storage helpers (test-side; the 16-bit conversions are checked separately below) ----
 template <typename S>
-struct St;
-template <>
-struct St<float> {
-  static const int32_t code = clr_cpu::kFloat32;
-  static float from(double v) { return (float)v; }
-  static double to(float v) { return v; }
-  static double rel_tol() { return 2e-6; }
-  static double abs_tol() { return 0.0; }
-};
-template <>
-struct St<double> {
-  static const int32_t code = clr_cpu::kFloat64;
-  static double from(double v) { return v; }
-  static double to(double v) { return v; }
-  static double rel_tol() { return 1e-14; }
-  static double abs_tol() { return 0.0; }
-};
-template <>
-struct St<clr_bfloat16> {
-  static const int32_t code = clr_cpu::kBFloat16;
-  static clr_bfloat16 from(double v) { return clr_storage<clr_bfloat16>::store((float)v); }
-  static double to(clr_bfloat16 v) { return clr_storage<clr_bfloat16>::load(v); }
-  static double rel_tol() { return 1.0 / 128; }  // one bf16 ulp (8 significant bits)
-  static double abs_tol() { return 0.0; }
-};
-template <>
-struct St<clr_float16> {
-  static const int32_t code = clr_cpu::kFloat16;
-  static clr_float16 from(double v) { return clr_storage<clr_float16>::store((float)v); }
-  static double to(clr_float16 v) { return clr_storage<clr_float16>::load(v); }
-  static double rel_tol() { return 1.0 / 1024; }  // one fp16 ulp (11 significant bits)
-  static double abs_tol() { return 0x1p-24; }     // fp16 subnormal spacing
+struct St : clr_test::StorageInfo<S> {
+  using clr_test::StorageInfo<S>::code;
+  static S from(double v) { return clr_storage<S>::store((typename clr_storage<S>::compute)v); }
+  static double to(S v) { return clr_storage<S>::load(v); }
+  // a few float32 / float64 ulps; one bf16 ulp (8 significant bits), one fp16 ulp (11)
+  static double rel_tol() {
+    return code == clr_cpu::kFloat32    ? 2e-6
+           : code == clr_cpu::kFloat64  ? 1e-14
+           : code == clr_cpu::kBFloat16 ? 1.0 / 128
+                                        : 1.0 / 1024;
+  }
+  static double abs_tol() { return code == clr_cpu::kFloat16 ? 0x1p-24 : 0.0; }  // fp16 subnormal spacing
 };
 
 static StepArgs args_of(const Config& c) {

@@ -37,34 +37,11 @@ static long long g_multi_chunk_tensors = 0, g_skipped = 0, g_empty = 0, g_multi_
 
 namespace {
 
-using clr_emu::g_failures;
-using clr_emu::make_stream;
-using clr_emu::store_value;
-using clr_emu::Stream;
-
 struct Tensor {
   int64_t numel;
-  Stream param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq;
+  clr_emu::Stream param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq;
   float step;
 };
-
-int64_t pick_numel(std::mt19937_64& rng, int esize, bool many) {
-  const int64_t width = clr_cuda::kVectorBytes / esize;
-  if (rng() % 12 == 0) return 0;  // no elements: no chunk, but its step still counts
-  if (many) return 1 + (int64_t)(rng() % 200);
-  switch (rng() % 5) {
-    case 0:
-      return 1 + (int64_t)(rng() % 3 * width) + (int64_t)(rng() % 3);
-    case 1:
-      return 1 + (int64_t)(rng() % 5000);
-    case 2:
-      return clr_cuda::kChunkElems + (int64_t)(rng() % 5) - 2;
-    case 3:
-      return 2 * clr_cuda::kChunkElems + 1 + (int64_t)(rng() % (clr_cuda::kChunkElems));
-    default:
-      return 1 + (int64_t)(rng() % 64);
-  }
-}
 
 template <typename S>
 void run_case(std::mt19937_64& rng, int case_index) {
@@ -90,11 +67,7 @@ void run_case(std::mt19937_64& rng, int case_index) {
     in.shape.phase_end[1] = in.shape.phase_end[0] + (double)(5 + rng() % 60);
     in.shape.phase_end[2] = in.shape.phase_end[1] + (double)(5 + rng() % 60);
   } else {
-    in.shape.mode = mode;
-    in.shape.step_size_up = (double)(1 + rng() % 40);
-    in.shape.step_size_down = (double)(1 + rng() % 40);
-    in.shape.gamma = mode == CLR_MODE_EXP_RANGE ? 0.99 : 1.0;
-    in.shape.custom_scale = 1.0;
+    clr_emu::pick_cyclic_shape(rng, mode, &in.shape);
   }
   in.bounds.base_lr = 1e-4 + 1e-3 * (double)(rng() % 10);
   in.bounds.max_lr = in.bounds.base_lr + 5e-3 * (double)(rng() % 10);
@@ -110,15 +83,8 @@ void run_case(std::mt19937_64& rng, int case_index) {
   const bool amsgrad = rng() % 2;
   int64_t iteration = (int64_t)(rng() % 200);
   in.iteration = &iteration;
-  float scale_f = 0;
-  double scale_d = 0;
-  const bool unscale = rng() % 3 == 0;
-  if (unscale) {
-    in.grad_scale_is_double = rng() % 2;
-    scale_d = (double)(1u << (rng() % 17)) * (rng() % 2 ? 1.0 : 0.75);
-    scale_f = (float)scale_d;
-    in.grad_scale = in.grad_scale_is_double ? (const void*)&scale_d : (const void*)&scale_f;
-  }
+  clr_emu::GradScale scale;
+  const bool unscale = clr_emu::pick_grad_scale(rng, &scale, &in.grad_scale, &in.grad_scale_is_double);
   const bool skip = rng() % 6 == 0;
   clr_emu::FoundInf inf;
   clr_emu::pick_found_inf(rng, skip, &inf, &in.found_inf, &in.found_inf_is_double);
@@ -127,17 +93,18 @@ void run_case(std::mt19937_64& rng, int case_index) {
   // ---- the tensors
   std::vector<Tensor> tensors(n_tensors);
   for (Tensor& t : tensors) {
-    t.numel = pick_numel(rng, esize, many);
+    // no elements now and then: no chunk, but its step still counts
+    t.numel = rng() % 12 == 0 ? 0 : clr_emu::pick_numel(rng, esize, many ? 200 : 0);
     if (t.numel == 0) ++g_empty;
     if (clr_cuda::chunks_of(t.numel) > 1) ++g_multi_chunk_tensors;
-    const int aligned = rng() % 3 != 0;
-    auto offset = [&]() { return aligned ? width * (int)(rng() % 3) : (int)(rng() % (2 * width)); };
-    t.param = make_stream(rng, t.numel, esize, offset(), -2.0, 2.0, store_value<S>);
-    t.grad =
-        make_stream(rng, t.numel, esize, offset(), unscale ? -1000.0 : -1.0, unscale ? 1000.0 : 1.0, store_value<S>);
-    t.exp_avg = make_stream(rng, t.numel, esize, offset(), -0.1, 0.1, store_value<S>);
-    t.exp_avg_sq = make_stream(rng, t.numel, esize, offset(), 0.0, 0.01, store_value<S>);
-    t.max_exp_avg_sq = make_stream(rng, t.numel, esize, offset(), 0.0, 0.012, store_value<S>);
+    const bool aligned = rng() % 3 != 0;
+    auto offset = [&]() { return clr_emu::pick_offset(rng, aligned, width); };
+    t.param = clr_emu::make_stream(rng, t.numel, esize, offset(), -2.0, 2.0, clr_emu::store_value<S>);
+    t.grad = clr_emu::make_stream(rng, t.numel, esize, offset(), unscale ? -1000.0 : -1.0, unscale ? 1000.0 : 1.0,
+                                  clr_emu::store_value<S>);
+    t.exp_avg = clr_emu::make_stream(rng, t.numel, esize, offset(), -0.1, 0.1, clr_emu::store_value<S>);
+    t.exp_avg_sq = clr_emu::make_stream(rng, t.numel, esize, offset(), 0.0, 0.01, clr_emu::store_value<S>);
+    t.max_exp_avg_sq = clr_emu::make_stream(rng, t.numel, esize, offset(), 0.0, 0.012, clr_emu::store_value<S>);
     t.step = (float)(rng() % 4 == 0 ? 0 : rng() % 500);  // each param at its own count
   }
 
@@ -154,7 +121,7 @@ void run_case(std::mt19937_64& rng, int case_index) {
     a.amsgrad = amsgrad;
     a.maximize = in.maximize;
     a.unscale = unscale;
-    a.grad_scale = in.grad_scale_is_double ? scale_d : (double)scale_f;
+    a.grad_scale = scale.value();
     a.vsqrt = nullptr;  // IEEE sqrt, as on the device
     a.fused_width = 0;  // AdamW's default path, which the device computes (it ignores fused_width)
     for (Tensor& t : expected) {
@@ -170,8 +137,8 @@ void run_case(std::mt19937_64& rng, int case_index) {
       // in two pieces now and then: the CPU's parallel split must not matter either
       const int64_t cut = t.numel > 1 && rng() % 2 ? (int64_t)(rng() % (uint64_t)t.numel) : 0;
       const int64_t offsets[2] = {0, t.numel};
-      if (cut > 0) clr_cpu::adamw_run_range(clr_emu::StorageInfo<S>::code, &sp, offsets, 1, 0, cut, a);
-      clr_cpu::adamw_run_range(clr_emu::StorageInfo<S>::code, &sp, offsets, 1, cut, t.numel, a);
+      if (cut > 0) clr_cpu::run_range(clr_emu::StorageInfo<S>::code, &sp, offsets, 1, 0, cut, a);
+      clr_cpu::run_range(clr_emu::StorageInfo<S>::code, &sp, offsets, 1, cut, t.numel, a);
     }
   }
 
@@ -191,20 +158,14 @@ void run_case(std::mt19937_64& rng, int case_index) {
     e.numel = t.numel;
     entries.push_back(e);
   }
-  // (a table of 32 KB or more: on the heap, as a launch would copy it into parameter space)
-  std::unique_ptr<clr_cuda::AdamwTable> table(new clr_cuda::AdamwTable);
-  int tables = 0;
-  clr_cuda::for_each_table(entries.data(), (int64_t)entries.size(), *table,
-                           [&](const clr_cuda::AdamwTable& full, int64_t chunks) {
-                             ++tables;
-                             clr_emu::emulate_launch(rng, chunks, clr_cuda::kBlockSize, 4, [&]() {
-                               if (amsgrad)
-                                 clr_cuda::cyclic_adamw_kernel<S, true>(full, args);
-                               else
-                                 clr_cuda::cyclic_adamw_kernel<S, false>(full, args);
-                             });
-                             ++g_launches;
-                           });
+  const int tables = clr_emu::emulate_tables<clr_cuda::AdamwTable>(
+      rng, entries, clr_cuda::kBlockSize, 4, [&](const clr_cuda::AdamwTable& table) {
+        if (amsgrad)
+          clr_cuda::cyclic_adamw_kernel<S, true>(table, args);
+        else
+          clr_cuda::cyclic_adamw_kernel<S, false>(table, args);
+      });
+  g_launches += tables;
   if (tables > 1) ++g_multi_table_steps;
   clr_cuda::StepCountArgs count_args;
   count_args.found_inf = in.found_inf;
@@ -229,17 +190,12 @@ void run_case(std::mt19937_64& rng, int case_index) {
   for (int k = 0; k < n_tensors; ++k) {
     const Tensor& got = tensors[k];
     const Tensor& want = expected[k];
-    const char* what[5] = {"param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
-    const Stream* got_s[5] = {&got.param, &got.grad, &got.exp_avg, &got.exp_avg_sq, &got.max_exp_avg_sq};
-    const Stream* want_s[5] = {&want.param, &want.grad, &want.exp_avg, &want.exp_avg_sq, &want.max_exp_avg_sq};
-    for (int w = 0; w < 5; ++w) {
-      long long element;
-      if (clr_emu::first_difference(*got_s[w], *want_s[w], esize, &element)) {
-        FAIL("%s case %d tensor %d (numel %lld): %s differs at element %lld%s (skip %d, unscale %d, amsgrad %d)\n",
-             name, case_index, k, (long long)got.numel, what[w], element,
-             element < 0 || element >= got.numel ? ", OUTSIDE the tensor" : "", (int)skip, (int)unscale, (int)amsgrad);
-      }
-    }
+    char context[64];
+    snprintf(context, sizeof context, "skip %d, unscale %d, amsgrad %d", (int)skip, (int)unscale, (int)amsgrad);
+    clr_emu::compare_streams(name, case_index, k, got.numel, esize,
+                             {"param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"},
+                             {&got.param, &got.grad, &got.exp_avg, &got.exp_avg_sq, &got.max_exp_avg_sq},
+                             {&want.param, &want.grad, &want.exp_avg, &want.exp_avg_sq, &want.max_exp_avg_sq}, context);
     if (memcmp(&got.step, &want.step, sizeof got.step) != 0)
       FAIL("%s case %d tensor %d: step %g, expected %g (skip %d)\n", name, case_index, k, (double)got.step,
            (double)want.step, (int)skip);
@@ -249,29 +205,19 @@ void run_case(std::mt19937_64& rng, int case_index) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const int cases = argc > 1 ? atoi(argv[1]) : 60;
-  std::mt19937_64 rng(20261201);
-  for (int c = 0; c < cases; ++c) {
-    run_case<float>(rng, c);
-    run_case<double>(rng, c);
-    run_case<clr_float16>(rng, c);
-    run_case<clr_bfloat16>(rng, c);
-  }
+  clr_emu::for_each_case(argc > 1 ? atoi(argv[1]) : 60, 20261201,
+                         [](auto storage, std::mt19937_64& rng, int c) { run_case<decltype(storage)>(rng, c); });
   // the test must have reached the paths it claims to cover
   if (g_multi_table_steps == 0) FAIL("no step needed more than one update table\n");
   if (g_multi_count_tables == 0) FAIL("no step needed more than one step-count table\n");
   if (g_multi_chunk_tensors == 0) FAIL("no tensor had several chunks\n");
   if (g_skipped == 0) FAIL("no step was skipped\n");
   if (g_empty == 0) FAIL("no param without elements\n");
-  if (g_failures) {
-    fprintf(stderr, "test_cuda_adamw_host: %d failures\n", g_failures);
-    return 1;
-  }
-  printf(
-      "test_cuda_adamw_host: ok (%lld steps, %lld update launches, %lld step-count launches, %lld steps with "
-      "several update tables, %lld with several step-count tables, %lld multi-chunk tensors, %lld skipped "
-      "steps, %lld empty params)\n",
-      g_cases, g_launches, g_count_launches, g_multi_table_steps, g_multi_count_tables, g_multi_chunk_tensors,
-      g_skipped, g_empty);
-  return 0;
+  return clr_emu::finish(
+      "test_cuda_adamw_host",
+      std::to_string(g_cases) + " steps, " + std::to_string(g_launches) + " update launches, " +
+          std::to_string(g_count_launches) + " step-count launches, " + std::to_string(g_multi_table_steps) +
+          " steps with several update tables, " + std::to_string(g_multi_count_tables) +
+          " with several step-count tables, " + std::to_string(g_multi_chunk_tensors) + " multi-chunk tensors, " +
+          std::to_string(g_skipped) + " skipped steps, " + std::to_string(g_empty) + " empty params");
 }

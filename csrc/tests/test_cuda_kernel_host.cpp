@@ -34,37 +34,12 @@ static long long g_cases = 0, g_launches = 0, g_multi_table_steps = 0, g_racing_
 
 namespace {
 
-using clr_emu::g_failures;
-using clr_emu::make_stream;
-using clr_emu::store_value;
-using clr_emu::Stream;
-
 struct Tensor {
   int64_t numel;
-  Stream param, grad, buffer;
+  clr_emu::Stream param, grad, buffer;
   bool has_start;
   int64_t start;
 };
-
-int64_t pick_numel(std::mt19937_64& rng, int esize, bool many) {
-  const int64_t width = clr_cuda::kVectorBytes / esize;
-  if (many) return 1 + (int64_t)(rng() % 300);
-  switch (rng() % 6) {
-    case 0:
-      return 1 + (int64_t)(rng() % 3 * width) + (int64_t)(rng() % 3);  // around the vector width
-    case 1:
-      return 1 + (int64_t)(rng() % 5000);
-    case 2:
-      return clr_cuda::kChunkElems + (int64_t)(rng() % 5) - 2;  // around one chunk
-    case 3:
-      return 2 * clr_cuda::kChunkElems + 1 + (int64_t)(rng() % (clr_cuda::kChunkElems));
-    case 4:
-      return (int64_t)(rng() % 2 ? 2 : 3) * clr_cuda::kBlockSize * width * clr_cuda::kMaxUnroll +
-             (int64_t)(rng() % 3);  // whole unrolled strides of a block
-    default:
-      return 1 + (int64_t)(rng() % 64);
-  }
-}
 
 template <typename S>
 void run_case(std::mt19937_64& rng, int case_index) {
@@ -79,12 +54,7 @@ void run_case(std::mt19937_64& rng, int case_index) {
   clr_cuda::SgdStepArgs args;
   memset(&args, 0, sizeof args);
   clr_cuda::StepInputs& in = args.step;
-  const int mode = (int)(rng() % 3);  // triangular, triangular2, exp_range
-  in.shape.mode = mode;
-  in.shape.step_size_up = (double)(1 + rng() % 40);
-  in.shape.step_size_down = (double)(1 + rng() % 40);
-  in.shape.gamma = mode == CLR_MODE_EXP_RANGE ? 0.99 : 1.0;
-  in.shape.custom_scale = 1.0;
+  clr_emu::pick_cyclic_shape(rng, (int)(rng() % 3), &in.shape);
   in.bounds.base_lr = 0.001 + 0.01 * (double)(rng() % 10);
   in.bounds.max_lr = in.bounds.base_lr + 0.05 * (double)(rng() % 10);
   const bool cycle_momentum = rng() % 2;
@@ -103,15 +73,8 @@ void run_case(std::mt19937_64& rng, int case_index) {
   // a cycle point where the cycled momentum is base_momentum (possibly 0)
   if (rng() % 8 == 0) iteration = (int64_t)in.shape.step_size_up;
   in.iteration = &iteration;
-  float scale_f = 0;
-  double scale_d = 0;
-  const bool unscale = rng() % 3 == 0;
-  if (unscale) {
-    in.grad_scale_is_double = rng() % 2;
-    scale_d = (double)(1u << (rng() % 17)) * (rng() % 2 ? 1.0 : 0.75);
-    scale_f = (float)scale_d;
-    in.grad_scale = in.grad_scale_is_double ? (const void*)&scale_d : (const void*)&scale_f;
-  }
+  clr_emu::GradScale scale;
+  const bool unscale = clr_emu::pick_grad_scale(rng, &scale, &in.grad_scale, &in.grad_scale_is_double);
   // scale_schedule's factor, as a float32 or float64 device scalar, in a third of the steps
   float lr_scale_f = 1.0f;
   double lr_scale_d = 1.0;
@@ -129,13 +92,13 @@ void run_case(std::mt19937_64& rng, int case_index) {
   // ---- the tensors, with aligned or misaligned streams
   std::vector<Tensor> tensors(n_tensors);
   for (Tensor& t : tensors) {
-    t.numel = pick_numel(rng, esize, many);
-    const int aligned = rng() % 3 != 0;
-    auto offset = [&]() { return aligned ? width * (int)(rng() % 3) : (int)(rng() % (2 * width)); };
+    t.numel = clr_emu::pick_numel(rng, esize, many ? 300 : 0);
+    const bool aligned = rng() % 3 != 0;
+    auto offset = [&]() { return clr_emu::pick_offset(rng, aligned, width); };
     const double grad_range = unscale ? 1000.0 : 1.0;
-    t.param = make_stream(rng, t.numel, esize, offset(), -2.0, 2.0, store_value<S>);
-    t.grad = make_stream(rng, t.numel, esize, offset(), -grad_range, grad_range, store_value<S>);
-    t.buffer = make_stream(rng, t.numel, esize, offset(), -1.0, 1.0, store_value<S>);
+    t.param = clr_emu::make_stream(rng, t.numel, esize, offset(), -2.0, 2.0, clr_emu::store_value<S>);
+    t.grad = clr_emu::make_stream(rng, t.numel, esize, offset(), -grad_range, grad_range, clr_emu::store_value<S>);
+    t.buffer = clr_emu::make_stream(rng, t.numel, esize, offset(), -1.0, 1.0, clr_emu::store_value<S>);
     t.has_start = use_starts && rng() % 4 != 0;
     const int kind = (int)(rng() % 3);
     t.start = kind == 0 ? std::numeric_limits<int64_t>::max() : kind == 1 ? iteration - 1 - (int64_t)(rng() % 3) : -1;
@@ -165,7 +128,7 @@ void run_case(std::mt19937_64& rng, int case_index) {
       a.nesterov = args.nesterov;
       a.maximize = in.maximize;
       a.unscale = unscale;
-      a.grad_scale = in.grad_scale_is_double ? scale_d : (double)scale_f;
+      a.grad_scale = scale.value();
       const clr_cpu::Span span = {t.param.data(), t.grad.data(), state != CLR_MOMENTUM_NONE ? t.buffer.data() : nullptr,
                                   t.numel};
       const int64_t offsets[2] = {0, t.numel};
@@ -186,16 +149,10 @@ void run_case(std::mt19937_64& rng, int case_index) {
     const int64_t chunks = clr_cuda::chunks_of(t.numel);
     if (t.has_start && t.start == std::numeric_limits<int64_t>::max() && chunks > 1) ++g_racing_starts;
   }
-  // (a table of 32 KB or more: on the heap, as a launch would copy it into parameter space)
-  std::unique_ptr<clr_cuda::SgdTable> table(new clr_cuda::SgdTable);
-  int tables = 0;
-  clr_cuda::for_each_table(entries.data(), (int64_t)entries.size(), *table,
-                           [&](const clr_cuda::SgdTable& full, int64_t chunks) {
-                             ++tables;
-                             clr_emu::emulate_launch(rng, chunks, clr_cuda::kBlockSize, 2,
-                                                     [&]() { clr_cuda::cyclic_sgd_kernel<S>(full, args); });
-                             ++g_launches;
-                           });
+  const int tables = clr_emu::emulate_tables<clr_cuda::SgdTable>(
+      rng, entries, clr_cuda::kBlockSize, 2,
+      [&](const clr_cuda::SgdTable& table) { clr_cuda::cyclic_sgd_kernel<S>(table, args); });
+  g_launches += tables;
   if (tables > 1) ++g_multi_table_steps;
   ++g_cases;
 
@@ -203,18 +160,10 @@ void run_case(std::mt19937_64& rng, int case_index) {
   for (int k = 0; k < n_tensors; ++k) {
     const Tensor& got = tensors[k];
     const Tensor& want = expected[k];
-    const char* what[3] = {"param", "grad", "buffer"};
-    const Stream* got_s[3] = {&got.param, &got.grad, &got.buffer};
-    const Stream* want_s[3] = {&want.param, &want.grad, &want.buffer};
-    for (int w = 0; w < 3; ++w) {
-      long long element;
-      if (clr_emu::first_difference(*got_s[w], *want_s[w], esize, &element)) {
-        FAIL("%s case %d tensor %d (numel %lld): %s differs at element %lld%s (skip %d, unscale %d, starts %d)\n", name,
-             case_index, k, (long long)got.numel, what[w], element,
-             element < 0 || element >= got.numel ? ", OUTSIDE the tensor" : "", (int)skip, (int)unscale,
-             (int)got.has_start);
-      }
-    }
+    char context[64];
+    snprintf(context, sizeof context, "skip %d, unscale %d, starts %d", (int)skip, (int)unscale, (int)got.has_start);
+    clr_emu::compare_streams(name, case_index, k, got.numel, esize, {"param", "grad", "buffer"},
+                             {&got.param, &got.grad, &got.buffer}, {&want.param, &want.grad, &want.buffer}, context);
     if (got.start != want.start)
       FAIL("%s case %d tensor %d: momentum start %lld, expected %lld\n", name, case_index, k, (long long)got.start,
            (long long)want.start);
@@ -224,24 +173,13 @@ void run_case(std::mt19937_64& rng, int case_index) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const int cases = argc > 1 ? atoi(argv[1]) : 120;
-  std::mt19937_64 rng(20261128);
-  for (int c = 0; c < cases; ++c) {
-    run_case<float>(rng, c);
-    run_case<double>(rng, c);
-    run_case<clr_float16>(rng, c);
-    run_case<clr_bfloat16>(rng, c);
-  }
+  clr_emu::for_each_case(argc > 1 ? atoi(argv[1]) : 120, 20261128,
+                         [](auto storage, std::mt19937_64& rng, int c) { run_case<decltype(storage)>(rng, c); });
   // the test must have reached the paths it claims to cover
   if (g_multi_table_steps == 0) FAIL("no step needed more than one table\n");
   if (g_racing_starts == 0) FAIL("no multi-chunk tensor started its buffer\n");
-  if (g_failures) {
-    fprintf(stderr, "test_cuda_kernel_host: %d failures\n", g_failures);
-    return 1;
-  }
-  printf(
-      "test_cuda_kernel_host: ok (%lld steps, %lld emulated launches, %lld with several tables, "
-      "%lld multi-chunk buffer starts)\n",
-      g_cases, g_launches, g_multi_table_steps, g_racing_starts);
-  return 0;
+  return clr_emu::finish("test_cuda_kernel_host", std::to_string(g_cases) + " steps, " + std::to_string(g_launches) +
+                                                      " emulated launches, " + std::to_string(g_multi_table_steps) +
+                                                      " with several tables, " + std::to_string(g_racing_starts) +
+                                                      " multi-chunk buffer starts");
 }
