@@ -24,7 +24,7 @@ Not run here, and why:
 - tensor LR (``lr=torch.tensor(...)``): the LR is the schedule's, a host float per step.
 - sparse gradients (``test_rosenbrock_sparse``): not supported (a clear error, api.md).
 - CUDA / multi-GPU / fused-kernel / peak-memory / large-tensor tests: no GPU here
-  (tests/test_cuda.py covers the CUDA backend), and there is no fused/foreach flag.
+  (tests/cuda/test_cuda.py covers the CUDA backend), and there is no fused/foreach flag.
 - second-order optimizers (closure-requiring): none of ours is one.
 - from optim_db's own SGD / AdamW inputs (test_matches_torch_optim_with_constant_lr): the
   "tensor lr" input, and the foreach / fused / differentiable variants the helper adds (their
@@ -134,7 +134,7 @@ def _error_inputs_func(torch_info, schedule: Dict[str, Any]):
     """torch's error inputs for the matching optimizer, as our constructor takes them.
 
     The generic ones (param types, duplicates, names) keep torch's own message. ``lr`` goes:
-    the LR is scheduled (the schedule's own bounds are checked by tests/test_optimizer.py).
+    the LR is scheduled (the schedule's own bounds are checked by tests/rules/test_optimizer.py).
     Inputs about tensor LRs/betas or the implementation flags have no counterpart and are left
     out. A rule-specific one keeps its error type; the message names the argument (api.md)
     where torch's says "Invalid ... value"."""
@@ -1155,7 +1155,7 @@ def _torch_and_ours_kwargs(torch_info, optim_info):
     adds), as (torch kwargs, our kwargs) pairs: the same update rule, our schedule held at
     torch's LR. Left out, as ours has no such argument: implementation variants (foreach /
     fused / differentiable set: their torch twin with the flags off is compared), capturable
-    (CUDA graphs: tests/test_cuda.py), tensor LRs and betas, decoupled_weight_decay (Adam's)."""
+    (CUDA graphs: tests/cuda/test_cuda.py), tensor LRs and betas, decoupled_weight_decay (Adam's)."""
     default_lr = inspect.signature(torch_info.optim_cls).parameters["lr"].default
     pairs = []
     for optim_input in all_optim_inputs(DEVICE, torch.float32, torch_info):

@@ -1,6 +1,6 @@
 """The PyTorch schedulers and compositions that clr_ext.schedules values stand for, each with
-its value: the cases of the schedule-value tests (tests/test_schedule_values.py, the LR of every
-step) and of the optimizer tests (tests/test_schedule_optimizers.py, the params of every step).
+its value: the cases of the schedule-value tests (tests/schedules/test_schedule_values.py, the LR of every
+step) and of the optimizer tests (tests/schedules/test_schedule_optimizers.py, the params of every step).
 
 ``recursive`` lists the step ranges where PyTorch runs LinearLR's recursive ``step()`` (a
 product of per-step factors, not its closed form): there the numbers may differ by one rounding

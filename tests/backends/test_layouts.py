@@ -5,7 +5,7 @@ same offset in both, so the compiled op must walk them in place, not stage them 
 dense copies at every step (csrc/op/staging.h: strides are compared only where the
 size is > 1). Checked here on the CPU op: the numbers are torch.optim.SGD + CyclicLR's,
 and no copy runs inside the op (torch.profiler sees no aten::contiguous / clone /
-copy_). tests/test_cuda.py::test_size_one_strides_are_not_staged is the CUDA twin.
+copy_). tests/cuda/test_cuda.py::test_size_one_strides_are_not_staged is the CUDA twin.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def test_layout_zoo_is_what_it_claims():
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float64), ids=lambda d: DTYPE_IDS[d])
 def test_size_one_stride_layouts_match_torch_sgd(backend, dtype, layout):
     """The same bits as torch.optim.SGD + CyclicLR after every step (as
-    tests/test_parity.py::test_bit_identical_to_torch_sgd for contiguous params), with
+    tests/rules/test_parity.py::test_bit_identical_to_torch_sgd for contiguous params), with
     the gradients given in a layout that differs from the param's on a size-1
     dimension; the param stays in place with its own strides."""
     shape, make_p, make_g, _ = LAYOUTS[layout]

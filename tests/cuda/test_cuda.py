@@ -52,7 +52,7 @@ except ImportError:  # pragma: no cover - the fallback runner at the bottom is u
 
 
 # bench/model_shapes.py: ResNet-50's parameter shapes
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bench"))
 
 REQUIRE = os.environ.get("CLR_EXT_REQUIRE_CUDA", "").strip() in ("1", "true", "yes")
 DEVICE = os.environ.get("CLR_EXT_CUDA_TESTS_DEVICE", "cuda").strip() or "cuda"

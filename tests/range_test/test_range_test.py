@@ -195,7 +195,7 @@ def prepared_model_and_optimizer():
 def test_least_squares_divergence_edge_plain_sgd(seed):
     """For plain SGD on a quadratic, LRs above edge = 2/lambda_max(H) diverge. An exponential
     sweep over edge*1e-4 .. edge*100 must stop soon after the edge and suggest a max_lr
-    within [edge/2, 1.2 edge] (tests/test_range_test_edge.py: more problem shapes)."""
+    within [edge/2, 1.2 edge] (tests/range_test/test_range_test_edge.py: more problem shapes)."""
     result, edge = least_squares_sweep(seed, momentum=0.0)
     assert result.diverged and result.stop_reason in ("diverged", "nan")
     assert len(result.lrs) < 200
