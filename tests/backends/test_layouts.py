@@ -5,7 +5,7 @@ same offset in both, so the compiled op must walk them in place, not stage them 
 dense copies at every step (csrc/op/staging.h: strides are compared only where the
 size is > 1). Checked here on the CPU op: the numbers are torch.optim.SGD + CyclicLR's,
 and no copy runs inside the op (torch.profiler sees no aten::contiguous / clone /
-copy_). tests/cuda/test_cuda.py::test_size_one_strides_are_not_staged is the CUDA twin.
+copy_). tests/cuda/test_cuda_sgd.py::test_size_one_strides_are_not_staged is the CUDA twin.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """State that a captured CUDA graph would freeze (issue 15): the device counter, momentum
 buffers and their starts must exist before capture, or the step refuses, with nothing
 changed. Run on the CPU by making every device look as if it were being captured (the
-real capture is in tests/cuda/test_cuda.py)."""
+real capture is in tests/cuda/test_cuda_rules.py)."""
 
 from __future__ import annotations
 
