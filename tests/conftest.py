@@ -273,6 +273,17 @@ def same_float(a: float, b: float) -> bool:
 # ------------------------------------------------------------------ fixtures
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread for the test (modules of tiny models take it with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): extra threads only add
+    synchronisation there, and on a busy 2-core CI machine they slow a test many times over."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_seed():
     torch.manual_seed(1234)

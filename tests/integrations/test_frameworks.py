@@ -30,12 +30,7 @@ TOTAL_STEPS = 16  # OneCycleSGD's: the longest run here
 SGD_KW = {"momentum": 0.9, "weight_decay": 1e-4}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cyclic(params, kind: str = "cyclic"):

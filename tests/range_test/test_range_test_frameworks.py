@@ -25,12 +25,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 N_SAMPLES, BATCH = 48, 4  # 12 batches per epoch
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _dataset():

@@ -23,13 +23,7 @@ from torch import nn
 
 from clr_ext.range_test import SUGGEST_METHODS, RangeTestResult, range_test
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def regression_samples(seed=0, n=256, d=5):
