@@ -199,8 +199,8 @@ EOF
 # --- the CUDA test file against this build (GPU tests skip without a GPU)
 say "tests/cuda/ against the CUDA build"
 mkdir -p "$STAGE/tests"
-rm -rf "$STAGE/tests/cuda"
-cp -r "$REPO/tests/cuda" "$STAGE/tests/"
+rm -rf "$STAGE/tests/cuda" "$STAGE/tests/support"
+cp -r "$REPO/tests/cuda" "$REPO/tests/support" "$STAGE/tests/"
 printf '[pytest]\nmarkers =\n    cuda: needs a CUDA device\n' > "$STAGE/pytest.ini"
 (PYTHONPATH="$STAGE" "$PY" -m pytest -q -p no:cacheprovider tests/cuda 2>&1 | tail -5) \
   || die "tests/cuda/ failed"

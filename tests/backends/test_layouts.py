@@ -10,28 +10,17 @@ copy_). tests/cuda/test_cuda_sgd.py::test_size_one_strides_are_not_staged is the
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, List
 
 import pytest
 import torch
+from support.layouts import channels_last, size_one_layouts, staged_copies
 
 import clr_ext
 from clr_ext import backends as _backends
 from clr_ext.schedule import MODES
 
-Shape = Tuple[int, ...]
 DTYPE_IDS = {torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", torch.bfloat16: "bf16"}
-#: what a staged (copied) tensor shows in the profiler, from the op's own dispatches
-COPY_OPS = ("aten::contiguous", "aten::clone", "aten::copy_", "aten::empty_like", "aten::empty_strided")
-
-
-def with_size1_stride(t: torch.Tensor, dim: int, stride: int) -> torch.Tensor:
-    """``t``'s values in a new dense tensor whose stride on size-1 dimension ``dim`` is
-    ``stride`` (every other stride as in ``t``)."""
-    assert t.shape[dim] == 1
-    strides = list(t.stride())
-    strides[dim] = stride
-    return torch.empty_strided(t.shape, strides, dtype=t.dtype).copy_(t)
 
 
 def is_dense(t: torch.Tensor) -> bool:
@@ -45,41 +34,15 @@ def is_dense(t: torch.Tensor) -> bool:
     return True
 
 
-def channels_last(t: torch.Tensor) -> torch.Tensor:
-    """``t``'s values in channels_last strides. (t.contiguous(memory_format=...) would keep a
-    (C, 1, k, k) tensor's contiguous strides: with one channel it already counts as
-    channels_last-contiguous.)"""
-    return torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=torch.channels_last).copy_(t)
-
-
-#: name: (shape, param layout, grad layout, buffer layout). Every pair differs only on a
-#: size-1 dimension, and each tensor is dense.
-LAYOUTS: Dict[str, Tuple[Shape, Callable, Callable, Callable]] = {
-    # depthwise conv weights: a contiguous param, a channels_last grad (and the reverse)
-    "depthwise-contig-param-cl-grad": ((12, 1, 3, 3), lambda t: t, channels_last, lambda t: t),
-    "depthwise-cl-param-contig-grad": ((12, 1, 5, 5), channels_last, lambda t: t, channels_last),
-    # any stride at all on the size-1 dimension, a different one per tensor
-    "depthwise-odd-strides": (
-        (7, 1, 3, 3),
-        lambda t: with_size1_stride(t, 1, 1),
-        lambda t: with_size1_stride(t, 1, 12345),
-        lambda t: with_size1_stride(t, 1, 2),
-    ),
-    # a (1, n) row: a transposed (n, 1) column against a contiguous row
-    "row-from-transpose": (
-        (1, 1031),
-        lambda t: t,
-        lambda t: t.t().contiguous().t(),
-        lambda t: with_size1_stride(t, 0, 7),
-    ),
-    # size-1 leading and trailing dimensions
-    "leading-trailing-ones": (
-        (1, 33, 1),
-        lambda t: with_size1_stride(with_size1_stride(t, 0, 99), 2, 5),
-        lambda t: t,
-        lambda t: with_size1_stride(t, 2, 0),
-    ),
-}
+LAYOUTS = size_one_layouts(
+    {
+        "depthwise-contig-param-cl-grad": (12, 1, 3, 3),
+        "depthwise-cl-param-contig-grad": (12, 1, 5, 5),
+        "depthwise-odd-strides": (7, 1, 3, 3),
+        "row-from-transpose": (1, 1031),
+        "leading-trailing-ones": (1, 33, 1),
+    }
+)
 
 
 def test_layout_zoo_is_what_it_claims():
@@ -173,10 +136,6 @@ def ops_run_by(fn: Callable[[], None]) -> List[str]:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
     return [e.name for e in prof.events()]
-
-
-def staged_copies(names: List[str]) -> List[str]:
-    return [n for n in names if n in COPY_OPS]
 
 
 @needs_op

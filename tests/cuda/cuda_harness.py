@@ -51,8 +51,10 @@ except ImportError:  # pragma: no cover - the fallback runner at the bottom is u
         return deco
 
 
-# bench/model_shapes.py: ResNet-50's parameter shapes
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bench"))
+# tests/ (the support package, as pyproject's pytest pythonpath gives it, also without
+# pytest) and bench/model_shapes.py (ResNet-50's parameter shapes)
+_TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [_TESTS, os.path.join(os.path.dirname(_TESTS), "bench")]
 
 REQUIRE = os.environ.get("CLR_EXT_REQUIRE_CUDA", "").strip() in ("1", "true", "yes")
 DEVICE = os.environ.get("CLR_EXT_CUDA_TESTS_DEVICE", "cuda").strip() or "cuda"

@@ -13,11 +13,13 @@ from typing import Callable
 
 import torch
 from cuda_harness import (
+    _C,
     BACKEND,
     DEVICE,
     DRY_RUN,
     assert_close_rel,
     cyclic_sgd,
+    need_cuda_build,
     need_gpu,
     need_real_gpu,
     parametrize,
@@ -28,6 +30,26 @@ from cuda_harness import (
 
 import clr_ext
 from clr_ext import schedules as S
+
+#: Per rule: its op, and the tensors one launch of its kernel takes with a CUDA 13 toolkit's
+#: 32 KB of kernel parameters or older ones' 4 KB (csrc/cuda/multi_tensor.cuh).
+KERNELS = {
+    "sgd": ("cyclic_sgd_", "cuda_max_tensors_per_launch", (720, 69)),
+    "adamw": ("cyclic_adamw_", "cuda_adamw_max_tensors_per_launch", (528, 50)),
+}
+
+
+@parametrize("rule", list(KERNELS))
+def test_cuda_kernel_registered(rule):
+    """The CUDA build registers the rule's CUDA kernel with the op and its eager entry in _C
+    (no GPU needed)."""
+    need_cuda_build()
+    op, per_launch, expected = KERNELS[rule]
+    for key in ("CUDA", "CPU"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key("clr_ext::" + op, key), key
+    assert callable(getattr(_C, op + "cuda_", None)), op + "cuda_"
+    assert "cuda" in clr_ext.available_backends()
+    assert getattr(_C, per_launch)() in expected, getattr(_C, per_launch)()
 
 
 def _scheduled(kind, params, **kw):

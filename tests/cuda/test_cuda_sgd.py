@@ -26,7 +26,6 @@ from cuda_harness import (
     dry_run_sample,
     layout_zoo,
     make_problem,
-    need_cuda_build,
     need_gpu,
     need_real_gpu,
     parametrize,
@@ -35,6 +34,7 @@ from cuda_harness import (
     synchronize,
     tiny_model,
 )
+from support.layouts import size_one_layouts, staged_copies
 
 import clr_ext
 from clr_ext import backends as _backends
@@ -43,17 +43,6 @@ from clr_ext.schedule import MODES
 
 def op():
     return torch.ops.clr_ext.cyclic_sgd_
-
-
-def test_cuda_kernel_registered():
-    """The CUDA build registers a CUDA kernel for the op (no GPU needed)."""
-    need_cuda_build()
-    assert torch._C._dispatch_has_kernel_for_dispatch_key("clr_ext::cyclic_sgd_", "CUDA")
-    assert torch._C._dispatch_has_kernel_for_dispatch_key("clr_ext::cyclic_sgd_", "CPU")
-    assert "cuda" in clr_ext.available_backends()
-    # 720 with a CUDA 13 toolkit (32 KB kernel parameters), 69 with older ones (4 KB):
-    # csrc/cuda/multi_tensor.cuh.
-    assert _C.cuda_max_tensors_per_launch() in (720, 69), _C.cuda_max_tensors_per_launch()
 
 
 OP_CONFIGS = {
@@ -147,40 +136,16 @@ def test_op_matches_cpu_op(dtype, config):
         assert a.stride() == b.stride()
 
 
-def _with_size1_stride(t, dim, stride):
-    """``t``'s values in a new dense tensor whose stride on size-1 dimension ``dim`` is ``stride``."""
-    strides = list(t.stride())
-    strides[dim] = stride
-    return torch.empty_strided(t.shape, strides, dtype=t.dtype, device=t.device).copy_(t)
-
-
-def _channels_last(t):
-    """``t``'s values in channels_last strides. (t.contiguous(memory_format=...) would keep a
-    (C, 1, k, k) tensor's contiguous strides: with one channel it already counts as
-    channels_last-contiguous.)"""
-    return torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=torch.channels_last).copy_(t)
-
-
-SIZE_ONE_LAYOUTS = {
-    "depthwise-contig-param-cl-grad": ((64, 1, 3, 3), lambda t: t, _channels_last, lambda t: t),
-    "depthwise-cl-param-contig-grad": ((64, 1, 5, 5), _channels_last, lambda t: t, _channels_last),
-    # several chunks, a different stride on the size-1 dimension in each tensor
-    "depthwise-odd-strides-chunks": (
-        (300, 1, 15, 15),
-        lambda t: _with_size1_stride(t, 1, 1),
-        lambda t: _with_size1_stride(t, 1, 12345),
-        lambda t: _with_size1_stride(t, 1, 2),
-    ),
-    "row-from-transpose": (
-        (1, 4099),
-        lambda t: t,
-        lambda t: t.t().contiguous().t(),
-        lambda t: _with_size1_stride(t, 0, 7),
-    ),
-}
-
-
-_COPY_OPS = ("aten::contiguous", "aten::clone", "aten::copy_", "aten::empty_like", "aten::empty_strided")
+#: (shape, param layout, grad layout, buffer layout): strides that differ only on size-1
+#: dimensions (backends/test_layouts.py has the CPU op's cases), in tensors of several chunks.
+SIZE_ONE_LAYOUTS = size_one_layouts(
+    {
+        "depthwise-contig-param-cl-grad": (64, 1, 3, 3),
+        "depthwise-cl-param-contig-grad": (64, 1, 5, 5),
+        "depthwise-odd-strides": (300, 1, 15, 15),
+        "row-from-transpose": (1, 4099),
+    }
+)
 
 
 def _aten_ops_run_by(fn):
@@ -248,7 +213,7 @@ def test_size_one_strides_are_not_staged(dtype):
                 names = _aten_ops_run_by(call)
                 if names is not None:
                     assert "clr_ext::cyclic_sgd_" in names, (name, names)
-                    copies = [n for n in names if n in _COPY_OPS]
+                    copies = staged_copies(names)
                     assert copies == [], (name, step, copies)
             synchronize()
         rtol = RTOL_CPU[dtype]

@@ -17,6 +17,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from support.frameworks import hf_arguments, lightning_trainer
 
 import clr_ext
 
@@ -146,16 +147,12 @@ def _lightning_classes():
 def _lightning_fit(module, epochs: int, ckpt_path=None, expected_warnings=(), **trainer_kwargs):
     pl, _, MemoryLogger = _lightning_classes()
     logger = MemoryLogger()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
+    trainer = lightning_trainer(
+        pl,
         max_epochs=epochs,
         logger=logger,
         callbacks=[pl.callbacks.LearningRateMonitor(logging_interval="step")],
         log_every_n_steps=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
         num_sanity_val_steps=0,
         **trainer_kwargs,
     )
@@ -258,16 +255,7 @@ def test_lightning_lr_find_on_a_scheduled_optimizer_warns(tmp_path):
     pl, Module, _ = _lightning_classes()
     from lightning.pytorch.tuner import Tuner
 
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=str(tmp_path),
-    )
+    trainer = lightning_trainer(pl, max_epochs=1, logger=False, default_root_dir=str(tmp_path))
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         Tuner(trainer).lr_find(
@@ -338,20 +326,8 @@ def _record_forward_calls(model):
 
 def _hf_train(model, out, optimizers, max_steps=12, accumulation=1, resume=None, **kwargs):
     transformers = pytest.importorskip("transformers")
-    args = transformers.TrainingArguments(
-        output_dir=str(out),
-        per_device_train_batch_size=BATCH,
-        gradient_accumulation_steps=accumulation,
-        max_steps=max_steps,
-        max_grad_norm=1.0,
-        use_cpu=True,
-        report_to=[],
-        logging_steps=1,
-        seed=0,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        save_strategy=kwargs.pop("save_strategy", "no"),
-        **kwargs,
+    args = hf_arguments(
+        out, BATCH, gradient_accumulation_steps=accumulation, max_steps=max_steps, max_grad_norm=1.0, **kwargs
     )
     trainer = transformers.Trainer(model=model, args=args, train_dataset=_Tokens(), optimizers=optimizers)
     with warnings.catch_warnings(record=True) as record:
@@ -645,19 +621,7 @@ def test_hf_trainer_optimizer_cls_and_kwargs_with_the_mixin_takes_the_optimizers
     ref = copy.deepcopy(model)
     calls = _record_forward_calls(model)
     kwargs = {"base_lr": BASE_LR, "max_lr": MAX_LR, "step_size_up": STEP_UP, "momentum": 0.9}
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=BATCH,
-        max_steps=12,
-        max_grad_norm=1.0,
-        use_cpu=True,
-        report_to=[],
-        logging_steps=1,
-        seed=0,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        save_strategy="no",
-    )
+    args = hf_arguments(tmp_path, BATCH, max_steps=12, max_grad_norm=1.0)
     trainer = CLRTrainer(
         model=model, args=args, train_dataset=_Tokens(), optimizer_cls_and_kwargs=(clr_ext.CyclicSGD, kwargs)
     )

@@ -423,16 +423,7 @@ def test_smooth_zero_means_raw():
 
 # -------------------------------------------------------------------------- metrics
 def test_accuracy_metric_on_training_batches():
-    result = range_test(
-        small_bn_model(),
-        ListLoader(classification_batches()),
-        nn.functional.cross_entropy,
-        start_lr=1e-3,
-        end_lr=0.3,
-        num_iters=15,
-        metric="accuracy",
-        progress=False,
-    )
+    result = classification_range_test(small_bn_model(), end_lr=0.3, num_iters=15, metric="accuracy")
     assert result.metric == "accuracy" and result.reading == "metric" and result.measured_on == "train"
     assert len(result.metrics) == len(result.lrs)
     assert all(0.0 <= a <= 1.0 for a in result.metrics)
@@ -581,15 +572,7 @@ def test_plot_writes_a_png(tmp_path):
     assert fig.axes[0].get_xscale() == "log"  # exponential sweep
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert any(lbl.startswith("base_lr") for lbl in labels) and any(lbl.startswith("max_lr") for lbl in labels)
-    linear = range_test(
-        nn.Linear(2, 1),
-        ListLoader([(torch.randn(4, 2), torch.randn(4, 1))]),
-        nn.MSELoss(),
-        num_iters=5,
-        start_lr=1e-4,
-        end_lr=1e-3,
-        progress=False,
-    )
+    linear = _one_batch_range_test(num_iters=5, progress=False)
     assert linear.plot().axes[0].get_xscale() == "linear"
 
 
@@ -615,16 +598,21 @@ def test_from_range_test_uses_the_bounds():
     assert opt.step_size_up == result.step_size(50)
 
 
-def test_progress_bar_runs():
-    result = range_test(
+def _one_batch_range_test(num_iters, progress):
+    """A linear sweep of a tiny regression over one batch (the plot and the progress bar)."""
+    return range_test(
         nn.Linear(2, 1),
         ListLoader([(torch.randn(4, 2), torch.randn(4, 1))]),
         nn.MSELoss(),
-        num_iters=4,
+        num_iters=num_iters,
         start_lr=1e-4,
         end_lr=1e-3,
-        progress=True,
+        progress=progress,
     )
+
+
+def test_progress_bar_runs():
+    result = _one_batch_range_test(num_iters=4, progress=True)
     assert len(result.lrs) == 4
 
 

@@ -462,15 +462,11 @@ def real_results():
             )
         )
     out.append(
-        range_test(
+        classification_range_test(
             small_bn_model(),
-            ListLoader(classification_batches()),
-            nn.functional.cross_entropy,
-            start_lr=1e-3,
             end_lr=3.0,
             num_iters=40,
             metric="accuracy",
-            progress=False,
             val_loader=ListLoader(classification_batches(seed=2, n_batches=2)),
         )
     )
