@@ -15,10 +15,10 @@ from typing import Callable, List
 import pytest
 import torch
 from support.layouts import channels_last, size_one_layouts, staged_copies
+from support.sgd_op import op_args
 
 import clr_ext
 from clr_ext import backends as _backends
-from clr_ext.schedule import MODES
 
 DTYPE_IDS = {torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", torch.bfloat16: "bf16"}
 
@@ -101,32 +101,18 @@ def op_call(
     params: List[torch.Tensor], grads: List[torch.Tensor], bufs: List[torch.Tensor], iteration: int, grad_scale=None
 ) -> Callable[[], None]:
     """One step of the op as a function (its scalar tensors made now, outside what is profiled)."""
-    counter = torch.tensor(iteration, dtype=torch.int64)
-    scale = None if grad_scale is None else torch.tensor(grad_scale)
-    found_inf = None if grad_scale is None else torch.zeros(())
-
-    def call():
-        torch.ops.clr_ext.cyclic_sgd_(
-            params,
-            grads,
-            bufs,
-            [],
-            counter,
-            [0.01, 0.1, 0.8, 0.9],
-            [5.0, 7.0, 0.99, 1.0],
-            MODES["triangular"],
-            0.9,
-            0.1,
-            0.01,
-            False,
-            False,
-            True,
-            iteration == 0,
-            scale,
-            found_inf,
-        )
-
-    return call
+    args = op_args(
+        params,
+        grads,
+        bufs,
+        iteration,
+        dampening=0.1,
+        weight_decay=0.01,
+        first_step=iteration == 0,
+        grad_scale=None if grad_scale is None else torch.tensor(grad_scale),
+        found_inf=None if grad_scale is None else torch.zeros(()),
+    )
+    return lambda: torch.ops.clr_ext.cyclic_sgd_(*args)
 
 
 def ops_run_by(fn: Callable[[], None]) -> List[str]:

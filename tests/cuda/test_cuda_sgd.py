@@ -35,6 +35,7 @@ from cuda_harness import (
     tiny_model,
 )
 from support.layouts import size_one_layouts, staged_copies
+from support.sgd_op import op_args
 
 import clr_ext
 from clr_ext import backends as _backends
@@ -105,23 +106,19 @@ def test_op_matches_cpu_op(dtype, config):
             gs_t = torch.tensor(scale, device=dev) if scale is not None else None
             fi = torch.zeros((), device=dev) if scale is not None else None
             op()(
-                ps,
-                gs,
-                bs,
-                [],
-                counter,
-                bounds,
-                shape,
-                mode_number,
-                kw["momentum"],
-                kw["dampening"],
-                kw["weight_decay"],
-                kw["nesterov"],
-                kw["maximize"],
-                kw["cycle_momentum"],
-                step == 0,
-                gs_t,
-                fi,
+                *op_args(
+                    ps,
+                    gs,
+                    bs,
+                    counter,
+                    mode_number,
+                    bounds=bounds,
+                    shape=shape,
+                    first_step=step == 0,
+                    grad_scale=gs_t,
+                    found_inf=fi,
+                    **kw,
+                )
             )
             counter.add_(1)
     synchronize()
@@ -188,23 +185,17 @@ def test_size_one_strides_are_not_staged(dtype):
 
                 def call():
                     op()(
-                        ps,
-                        gs,
-                        bs,
-                        [],
-                        scalars[0],
-                        [0.01, 0.1, 0.8, 0.9],
-                        [5.0, 7.0, 0.99, 1.0],
-                        0,
-                        0.9,
-                        0.1,
-                        0.01,
-                        False,
-                        False,
-                        True,
-                        step == 0,
-                        scalars[1],
-                        scalars[2],
+                        *op_args(
+                            ps,
+                            gs,
+                            bs,
+                            scalars[0],
+                            dampening=0.1,
+                            weight_decay=0.01,
+                            first_step=step == 0,
+                            grad_scale=scalars[1],
+                            found_inf=scalars[2],
+                        )
                     )
 
                 if dev == "cpu":
@@ -236,23 +227,17 @@ def test_found_inf_writes_nothing():
         def scaled_step(first, found_inf):
             """One step of the op with grads scaled by 256 and the given found_inf."""
             op()(
-                ps,
-                gs,
-                bs,
-                [],
-                counter,
-                [0.01, 0.1, 0.8, 0.9],
-                [5.0, 5.0, 1.0, 1.0],
-                0,
-                0.9,
-                0.0,
-                0.01,
-                False,
-                False,
-                True,
-                first,
-                torch.tensor(256.0, device=DEVICE),
-                found_inf,
+                *op_args(
+                    ps,
+                    gs,
+                    bs,
+                    counter,
+                    shape=[5.0, 5.0, 1.0, 1.0],
+                    weight_decay=0.01,
+                    first_step=first,
+                    grad_scale=torch.tensor(256.0, device=DEVICE),
+                    found_inf=found_inf,
+                )
             )
 
         for inf_dtype in (torch.float32, torch.float64, torch.float16):
@@ -280,10 +265,10 @@ def test_many_tensors_span_several_launches():
     gc = [torch.randn(s, generator=gen) for s in sizes]
     bc = [torch.randn(s, generator=gen) for s in sizes]
     pg, gg, bg = ([t.to(DEVICE) for t in ts] for ts in (pc, gc, bc))
-    args = ([0.01, 0.1, 0.8, 0.9], [3.0, 3.0, 1.0, 1.0], 1, 0.0, 0.0, 0.001, False, False, True, False, None, None)
+    kw = dict(mode=1, momentum=0.0, weight_decay=0.001, shape=[3.0, 3.0, 1.0, 1.0])
     for step in range(5):
-        op()(pc, gc, bc, [], torch.tensor(step), *args)
-        op()(pg, gg, bg, [], torch.tensor(step, device=DEVICE), *args)
+        op()(*op_args(pc, gc, bc, step, **kw))
+        op()(*op_args(pg, gg, bg, step, device=DEVICE, **kw))
     assert_close_rel([t.cpu() for t in pg], pc, RTOL_CPU[torch.float32], "param")
     assert_close_rel([t.cpu() for t in bg], bc, RTOL_CPU[torch.float32], "buffer")
 
@@ -314,23 +299,19 @@ def test_momentum_start_matches_cpu_op(case):
         found_inf = torch.tensor(1.0 if case == "found_inf" else 0.0, device=dev)
         before = [b.clone() for b in bs]
         op()(
-            ps,
-            gs,
-            bs,
-            op_ss,
-            torch.tensor(iteration, device=dev),
-            bounds,
-            [5.0, 5.0, 1.0, 1.0],
-            0,
-            0.9,
-            0.3,
-            0.0,
-            False,
-            False,
-            True,
-            False,
-            torch.tensor(1.0, device=dev),
-            found_inf,
+            *op_args(
+                ps,
+                gs,
+                bs,
+                iteration,
+                dampening=0.3,
+                bounds=bounds,
+                shape=[5.0, 5.0, 1.0, 1.0],
+                grad_scale=torch.tensor(1.0, device=dev),
+                found_inf=found_inf,
+                starts=op_ss,
+                device=dev,
+            )
         )
         sides[dev] = (ps, bs, ss, before)
     synchronize()
@@ -357,24 +338,17 @@ def test_opcheck_cuda():
             gs = [torch.randn(n, generator=gen).to(dtype).to(DEVICE) for n in (1, 17, 1031)]
             bs = [torch.randn(n, generator=gen).to(dtype).to(DEVICE) for n in (1, 17, 1031)] if buffers else []
             scale = v.pop("grad_scale", None)
-            args = (
+            args = op_args(
                 ps,
                 gs,
                 bs,
-                [],
-                torch.tensor(3, device=DEVICE),
-                [0.01, 0.1, 0.8, 0.9],
-                [5.0, 7.0, 0.99, 1.0],
-                0,
-                0.9 if buffers else 0.0,
-                0.0,
-                0.0,
-                False,
-                False,
-                buffers,
-                v.get("first_step", False),
-                None if scale is None else torch.tensor(scale, device=DEVICE),
-                None if scale is None else torch.zeros((), device=DEVICE),
+                3,
+                momentum=0.9 if buffers else 0.0,
+                cycle_momentum=buffers,
+                first_step=v.get("first_step", False),
+                grad_scale=None if scale is None else torch.tensor(scale, device=DEVICE),
+                found_inf=None if scale is None else torch.zeros((), device=DEVICE),
+                device=DEVICE,
             )
             torch.library.opcheck(op(), args)
 
@@ -721,12 +695,12 @@ def test_more_than_2_31_elements(dtype, misaligned):
 
     p, g, b = make(0.5), make(1.0), make(0.0)
     counter = torch.tensor(2, device=DEVICE)
-    args = ([0.01, 0.1, 0.8, 0.9], [5.0, 5.0, 1.0, 1.0], 0, 0.9, 0.0, 0.0, False, False, True)
+    kw = dict(shape=[5.0, 5.0, 1.0, 1.0])
     # reference: the CPU op on one element with the same inputs
     pr, gr, br = (torch.full((1,), v, dtype=dtype) for v in (0.5, 1.0, 0.0))
     for first in (True, False):
-        op()([p], [g], [b], [], counter, *args, first, None, None)
-        op()([pr], [gr], [br], [], torch.tensor(int(counter)), *args, first, None, None)
+        op()(*op_args([p], [g], [b], counter, first_step=first, **kw))
+        op()(*op_args([pr], [gr], [br], int(counter), first_step=first, **kw))
         counter.add_(1)
     synchronize()
     assert float(pr[0]) != 0.5 and float(br[0]) != 0.0
