@@ -207,6 +207,18 @@ def test_lightning_gradient_accumulation():
     assert trainer.optimizers[0].iteration == len(applied) == 8
 
 
+def _assert_second_epoch_resumes_bit_for_bit(resumed, ckpt):
+    """``resumed`` (other initial values: everything must come from the checkpoint) fitted
+    from the end of epoch 1 in ``ckpt`` ends epoch 2 as the uninterrupted pair does, bit for
+    bit, logging the pair's LRs."""
+    trainer, logged = _lightning_fit(resumed, epochs=2, ckpt_path=ckpt)
+    ref = _mlp(0)
+    applied = _reference_run(ref, epochs=2)
+    _assert_bitwise(resumed.net, ref)
+    assert logged == {step: lr for step, lr in enumerate(applied) if step >= 8}
+    assert trainer.optimizers[0].iteration == 16
+
+
 @pytest.mark.parametrize("form", ["adapter", "plain"])
 def test_lightning_checkpoint_resume_continues_bit_for_bit(form, tmp_path):
     _, Module, _ = _lightning_classes()
@@ -215,13 +227,7 @@ def test_lightning_checkpoint_resume_continues_bit_for_bit(form, tmp_path):
     ckpt = tmp_path / "epoch1.ckpt"
     trainer.save_checkpoint(ckpt)
 
-    resumed = Module(1, form)  # other initial values: everything must come from the checkpoint
-    trainer, logged = _lightning_fit(resumed, epochs=2, ckpt_path=ckpt)
-    ref = _mlp(0)
-    applied = _reference_run(ref, epochs=2)
-    _assert_bitwise(resumed.net, ref)
-    assert logged == {step: lr for step, lr in enumerate(applied) if step >= 8}
-    assert trainer.optimizers[0].iteration == 16
+    _assert_second_epoch_resumes_bit_for_bit(Module(1, form), ckpt)
 
 
 def test_lightning_resumes_a_checkpoint_written_by_the_pytorch_pair(tmp_path):
@@ -240,13 +246,7 @@ def test_lightning_resumes_a_checkpoint_written_by_the_pytorch_pair(tmp_path):
     ckpt = tmp_path / "pair-epoch1.ckpt"
     trainer.save_checkpoint(ckpt)
 
-    resumed = Module(1, "adapter")
-    trainer, logged = _lightning_fit(resumed, epochs=2, ckpt_path=ckpt)
-    ref = _mlp(0)
-    applied = _reference_run(ref, epochs=2)
-    _assert_bitwise(resumed.net, ref)
-    assert logged == {step: lr for step, lr in enumerate(applied) if step >= 8}
-    assert trainer.optimizers[0].iteration == 16
+    _assert_second_epoch_resumes_bit_for_bit(Module(1, "adapter"), ckpt)
 
 
 def test_lightning_lr_find_on_a_scheduled_optimizer_warns(tmp_path):

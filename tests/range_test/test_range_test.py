@@ -92,17 +92,10 @@ def classification_batches(seed=0, n_batches=4, bs=16):
     return [(torch.randn(bs, 6, generator=g), torch.randint(0, 3, (bs,), generator=g)) for _ in range(n_batches)]
 
 
-def classification_range_test(model, **kwargs):
-    """range_test of ``model`` on classification_batches() with cross-entropy, from lr 1e-3,
-    without a progress bar."""
-    return range_test(
-        model,
-        ListLoader(classification_batches()),
-        nn.functional.cross_entropy,
-        start_lr=1e-3,
-        progress=False,
-        **kwargs,
-    )
+def classification_range_test(model, loss_fn=nn.functional.cross_entropy, **kwargs):
+    """range_test of ``model`` on classification_batches() with ``loss_fn`` (cross-entropy),
+    from lr 1e-3, without a progress bar."""
+    return range_test(model, ListLoader(classification_batches()), loss_fn, start_lr=1e-3, progress=False, **kwargs)
 
 
 def full_state(model, optimizer=None):
@@ -316,16 +309,7 @@ def test_restore_is_exact_after_an_exception_mid_test(exc):
         return nn.functional.cross_entropy(out, target)
 
     with pytest.raises(exc):
-        range_test(
-            model,
-            ListLoader(classification_batches()),
-            loss_fn,
-            start_lr=1e-3,
-            end_lr=1.0,
-            num_iters=20,
-            optimizer=opt,
-            progress=False,
-        )
+        classification_range_test(model, loss_fn, end_lr=1.0, num_iters=20, optimizer=opt)
     assert calls["n"] == 6
     assert_same_state(before, full_state(model, opt))
 
