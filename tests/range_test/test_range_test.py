@@ -705,18 +705,31 @@ def test_a_metric_still_improving_beyond_five_percent_of_its_rise_is_read_where_
     assert true_accuracy(0.7) - true_accuracy(mx_collapsing) >= 0.02
 
 
-@settings(max_examples=60, deadline=None)
-@given(
+#: any curve (values of the log loss along the sweep), where it was measured, whether it is
+#: read as a metric, the smoothing: hypothesis's strategies for the reading's properties
+ANY_CURVE = (
     st.lists(st.floats(min_value=-5, max_value=5, allow_nan=False), min_size=2, max_size=80),
     st.sampled_from(["train", "val"]),
     st.booleans(),
     st.sampled_from([0.0, 0.05, 0.3]),
 )
-def test_bounds_are_always_ordered_and_inside_the_sweep(values, measured_on, as_metric, smooth):
+
+
+def curve_of(values, as_metric):
+    """(lrs, losses, metrics) of a sweep from 1e-3 to 1 whose log losses are ``values``,
+    with a metric (a sigmoid of them) when ``as_metric``."""
     n = len(values)
     lrs = [1e-3 * (1000 ** (i / (n - 1))) for i in range(n)]
     losses = [math.exp(v) for v in values]
     metrics = [1 / (1 + math.exp(-v)) for v in values] if as_metric else None
+    return lrs, losses, metrics
+
+
+@settings(max_examples=60, deadline=None)
+@given(*ANY_CURVE)
+def test_bounds_are_always_ordered_and_inside_the_sweep(values, measured_on, as_metric, smooth):
+    n = len(values)
+    lrs, losses, metrics = curve_of(values, as_metric)
     import warnings
 
     with warnings.catch_warnings():

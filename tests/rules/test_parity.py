@@ -214,6 +214,18 @@ def assert_every_param_moved(params, problem):
         assert not torch.equal(p.detach(), p0), "a parameter never changed"
 
 
+def sgd_case_id(momentum, nesterov, dampening, weight_decay, maximize, cycle_momentum):
+    """The part of a parity case's id that names the SGD flags (both schedules' products)."""
+    flags = ("-nest" if nesterov else "") + ("-damp" if dampening else "")
+    return "m%g%s-wd%g%s-%s" % (
+        momentum,
+        flags,
+        weight_decay,
+        "-max" if maximize else "",
+        "cyc" if cycle_momentum else "nocyc",
+    )
+
+
 def _product():
     cases = []
     for mi, mode in enumerate(MODES):
@@ -222,16 +234,8 @@ def _product():
                 WEIGHT_DECAYS, (False, True), (True, False), ALL_DTYPES
             ):
                 bounds_as = "lists" if (mi + vi + int(maximize)) % 2 == 0 else "dict"
-                cid = "%s-m%g%s%s-wd%g%s-%s-%s-%s" % (
-                    mode,
-                    momentum,
-                    "-nest" if nesterov else "",
-                    "-damp" if dampening else "",
-                    wd,
-                    "-max" if maximize else "",
-                    "cyc" if cycle else "nocyc",
-                    DTYPE_IDS[dtype],
-                    bounds_as,
+                cid = "-".join(
+                    (mode, sgd_case_id(momentum, nesterov, dampening, wd, maximize, cycle), DTYPE_IDS[dtype], bounds_as)
                 )
                 case = dict(
                     mode=mode,
