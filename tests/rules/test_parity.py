@@ -150,6 +150,20 @@ def check_state(opt, params, ref: ReferencePair) -> None:
         assert_close_rel(mine_b, ref_b, what="momentum buffer", half_factor=2.0)
 
 
+def cyclic_lr_kwargs(n_groups, step_size_up, step_size_down, **kwargs):
+    """CyclicLR's arguments for the first ``n_groups`` groups' bounds (BASE_LR, MAX_LR,
+    BASE_MOMENTUM, MAX_MOMENTUM) and the given steps and ``kwargs``."""
+    return dict(
+        base_lr=BASE_LR[:n_groups],
+        max_lr=MAX_LR[:n_groups],
+        step_size_up=step_size_up,
+        step_size_down=step_size_down,
+        base_momentum=BASE_MOMENTUM[:n_groups],
+        max_momentum=MAX_MOMENTUM[:n_groups],
+        **kwargs,
+    )
+
+
 def run_parity(
     backend,
     dtype,
@@ -174,16 +188,8 @@ def run_parity(
     sgd_kwargs = dict(
         momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov, maximize=maximize
     )
-    sched_kwargs = dict(
-        base_lr=BASE_LR[:n_groups],
-        max_lr=MAX_LR[:n_groups],
-        step_size_up=step_size_up,
-        step_size_down=step_size_down,
-        mode=mode,
-        gamma=gamma,
-        cycle_momentum=cycle_momentum,
-        base_momentum=BASE_MOMENTUM[:n_groups],
-        max_momentum=MAX_MOMENTUM[:n_groups],
+    sched_kwargs = cyclic_lr_kwargs(
+        n_groups, step_size_up, step_size_down, mode=mode, gamma=gamma, cycle_momentum=cycle_momentum
     )
     ref = ReferencePair([{"params": g} for g in problem.groups], sgd_kwargs, sched_kwargs)
     opt, params = make_cyclic(problem, backend, bounds_as, sgd_kwargs, sched_kwargs)
@@ -404,16 +410,7 @@ def test_per_group_sgd_values(backend):
         dict(momentum=0.0, weight_decay=0.0),
     ]
     sgd_kwargs = dict(momentum=0.7, dampening=0.0, weight_decay=0.01)
-    sched_kwargs = dict(
-        base_lr=BASE_LR,
-        max_lr=MAX_LR,
-        step_size_up=5,
-        step_size_down=9,
-        mode="triangular",
-        cycle_momentum=False,
-        base_momentum=BASE_MOMENTUM,
-        max_momentum=MAX_MOMENTUM,
-    )
+    sched_kwargs = cyclic_lr_kwargs(len(BASE_LR), 5, 9, mode="triangular", cycle_momentum=False)
     ref = ReferencePair([dict(params=g, **e) for g, e in zip(problem.groups, extra)], sgd_kwargs, sched_kwargs)
     opt, params = make_cyclic(problem, backend, "lists", sgd_kwargs, sched_kwargs, group_extra=extra)
     for k in range(100):
@@ -445,17 +442,8 @@ def cosine_of_iteration(iteration):
 def test_custom_scale_fn(backend, scale_fn, scale_mode, dtype):
     problem = Problem(dtype, seed=5)
     sgd_kwargs = dict(momentum=0.9, weight_decay=0.01)
-    sched_kwargs = dict(
-        base_lr=BASE_LR,
-        max_lr=MAX_LR,
-        step_size_up=6,
-        step_size_down=10,
-        mode="triangular",
-        scale_fn=scale_fn,
-        scale_mode=scale_mode,
-        cycle_momentum=True,
-        base_momentum=BASE_MOMENTUM,
-        max_momentum=MAX_MOMENTUM,
+    sched_kwargs = cyclic_lr_kwargs(
+        len(BASE_LR), 6, 10, mode="triangular", scale_fn=scale_fn, scale_mode=scale_mode, cycle_momentum=True
     )
     ref = ReferencePair([{"params": g} for g in problem.groups], sgd_kwargs, sched_kwargs)
     opt, params = make_cyclic(problem, backend, "lists", sgd_kwargs, sched_kwargs)
@@ -657,16 +645,7 @@ def test_mixed_dtypes_in_one_group(backend):
         None, ([(17,), (1031,), (7,), (33,)], [(9,), (65,), (1,), (1030,)]), seed=9, dtypes=list(ALL_DTYPES) * 2
     )
     sgd_kwargs = dict(momentum=0.9, dampening=0.1, weight_decay=0.01)
-    sched_kwargs = dict(
-        base_lr=BASE_LR[:2],
-        max_lr=MAX_LR[:2],
-        step_size_up=5,
-        step_size_down=8,
-        mode="exp_range",
-        gamma=0.99,
-        base_momentum=BASE_MOMENTUM[:2],
-        max_momentum=MAX_MOMENTUM[:2],
-    )
+    sched_kwargs = cyclic_lr_kwargs(2, 5, 8, mode="exp_range", gamma=0.99)
     ref = ReferencePair([{"params": g} for g in problem.groups], sgd_kwargs, sched_kwargs)
     opt, params = make_cyclic(problem, backend, "lists", sgd_kwargs, sched_kwargs)
     for k in range(120):
