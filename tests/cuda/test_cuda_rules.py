@@ -73,36 +73,6 @@ def _scheduled(kind, params, **kw):
     return cyclic_sgd(params, **kw)
 
 
-@parametrize("kind", ["cyclic", "one_cycle", "chain"])
-def test_capture_of_a_first_step_raises(kind):
-    """Issue 15: state made inside capture would be a fill in the graph (the counter and
-    momentum reset at every replay); the step refuses, with nothing changed, and works
-    once an eager step has made it."""
-    need_real_gpu()
-    p = torch.zeros(1000, device=DEVICE, requires_grad=True)
-    p.grad = torch.ones_like(p)
-    opt = _scheduled(kind, [p], base_lr=0.01, max_lr=0.1, step_size_up=3, momentum=0.9)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    graph = torch.cuda.CUDAGraph()
-    raised = None
-    try:
-        with torch.cuda.graph(graph):
-            opt.step()
-    except RuntimeError as err:
-        raised = err
-    assert raised is not None and "one eager opt.step()" in str(raised), raised
-    torch.cuda.synchronize()
-    assert opt.iteration == 0 and bool((p == 0).all()) and not opt._counters
-    opt.step()  # eager
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        opt.step()
-    for _ in range(4):
-        graph.replay()
-    assert opt.sync() == 5
-
-
 def _amp_pair(dtype_model=torch.float32, seed=3, **kw):
     a = tiny_model(seed=seed, dtype=dtype_model)
     b = tiny_model(seed=seed, dtype=dtype_model)
@@ -267,6 +237,7 @@ class _Rule:
     graph_state_close: Callable  # (opt, a, eager_opt, b, steps)
     amp_optimizers: Callable  # (mine, ref, cyclic_kwargs, overflow_steps) -> (opt, torch opt, torch sched)
     amp_state_close: Callable  # (opt, a, torch opt, b, overflow_steps)
+    capture_kw: dict  # what gives the rule state to make on its first step (SGD: momentum)
 
 
 RULES = {
@@ -280,6 +251,7 @@ RULES = {
         graph_state_close=_sgd_graph_state_close,
         amp_optimizers=_sgd_amp_optimizers,
         amp_state_close=_sgd_amp_state_close,
+        capture_kw=dict(momentum=0.9),
     ),
     "adamw": _Rule(
         make=_scheduled_adamw,
@@ -291,8 +263,41 @@ RULES = {
         graph_state_close=_adamw_graph_state_close,
         amp_optimizers=_adamw_amp_optimizers,
         amp_state_close=_adamw_amp_state_close,
+        capture_kw=dict(),
     ),
 }
+
+
+@parametrize("kind", ["cyclic", "one_cycle", "chain"])
+@parametrize("rule", list(RULES))
+def test_capture_of_a_first_step_raises(rule, kind):
+    """Issue 15: state made inside capture would be a fill in the graph (the counter and
+    momentum reset at every replay); the step refuses, with nothing changed, and works
+    once an eager step has made it. For every rule and schedule."""
+    need_real_gpu()
+    p = torch.zeros(1000, device=DEVICE, requires_grad=True)
+    p.grad = torch.ones_like(p)
+    r = RULES[rule]
+    opt = r.make(kind, [p], base_lr=r.base_lr, max_lr=r.max_lr, step_size_up=3, **r.capture_kw)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    raised = None
+    try:
+        with torch.cuda.graph(graph):
+            opt.step()
+    except RuntimeError as err:
+        raised = err
+    assert raised is not None and "one eager opt.step()" in str(raised), raised
+    torch.cuda.synchronize()
+    assert opt.iteration == 0 and bool((p == 0).all()) and not opt._counters
+    opt.step()  # eager
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step()
+    for _ in range(4):
+        graph.replay()
+    assert opt.sync() == 5
 
 
 @parametrize("kind", ["cyclic", "one_cycle", "chain"])
