@@ -352,16 +352,8 @@ def test_from_torch_converts_a_running_pair(backend):
     sgd = torch.optim.SGD(
         [{"params": ps[:1]}, {"params": ps[1:], "weight_decay": 0.01}], lr=0.1, momentum=0.9, nesterov=True
     )
-    sched = OneCycleLR(
-        sgd,
-        [0.2, 0.1],
-        total_steps=50,
-        pct_start=0.31,
-        anneal_strategy="linear",
-        three_phase=True,
-        div_factor=7.0,
-        final_div_factor=3.0,
-    )
+    shape = dict(total_steps=50, pct_start=0.31, anneal_strategy="linear", three_phase=True, div_factor=7.0)
+    sched = OneCycleLR(sgd, [0.2, 0.1], final_div_factor=3.0, **shape)
     gen = torch.Generator().manual_seed(1)
     for _ in range(13):
         for p in ps:
@@ -377,17 +369,7 @@ def test_from_torch_converts_a_running_pair(backend):
     twin_sgd = copy.deepcopy(sgd)  # continue the torch pair on copies, to compare
     twin_sgd.param_groups[0]["params"], twin_sgd.param_groups[1]["params"] = twin[:1], twin[1:]
     twin_sgd.state = {t: copy.deepcopy(sgd.state[p]) for t, p in zip(twin, ps)}
-    twin_sched = OneCycleLR(
-        twin_sgd,
-        [0.2, 0.1],
-        total_steps=50,
-        pct_start=0.31,
-        anneal_strategy="linear",
-        three_phase=True,
-        div_factor=7.0,
-        final_div_factor=3.0,
-        last_epoch=12,
-    )
+    twin_sched = OneCycleLR(twin_sgd, [0.2, 0.1], final_div_factor=3.0, last_epoch=12, **shape)
     twin_sched.load_state_dict(sched.state_dict())
     for _ in range(36):
         for p, t in zip(ps, twin):

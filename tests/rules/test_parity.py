@@ -286,21 +286,8 @@ LONG_CONFIGS = {
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: DTYPE_IDS[d])
 def test_parity_long(backend, dtype, mode, config):
-    momentum, nesterov, dampening, wd, maximize, cycle, bounds_as = LONG_CONFIGS[config]
-    run_parity(
-        backend,
-        dtype,
-        mode,
-        momentum,
-        nesterov,
-        dampening,
-        wd,
-        maximize,
-        cycle,
-        bounds_as=bounds_as,
-        check_every=250,
-        **LONG_RUN,
-    )
+    *flags, bounds_as = LONG_CONFIGS[config]  # run_parity's order, after the mode
+    run_parity(backend, dtype, mode, *flags, bounds_as=bounds_as, check_every=250, **LONG_RUN)
 
 
 def _repeats_another_case(case: Dict[str, Any]) -> bool:
