@@ -422,7 +422,7 @@ def test_cyclic_sgd_matches_torch_fused(dtype, mode, variant):
     assert [b is None for b in bm] == [b is None for b in br]
     if v["momentum"] != 0.0 or cycle_momentum:
         # Buffers of half-precision params are stored rounded at every step: the rounding
-        # differences of the two kernels accumulate there (tests/test_parity.py allows the
+        # differences of the two kernels accumulate there (tests/rules/test_parity.py allows the
         # same factor on the CPU).
         assert_close_rel(bm, br, RTOL_TORCH[dtype] * (2.0 if half else 1.0), "buffer")
 
