@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import ALL_DTYPES, HALF_DTYPES, RTOL
-from support.sgd_op import BOUNDS, SHAPE, op_args
+from support.sgd_op import BOUNDS, FLAGS, SHAPE, op_args
 
 from clr_ext import backends as _backends
 from clr_ext.schedule import MODES, cyclic_point
@@ -97,23 +97,13 @@ def test_op_schema_mutations():
 # ---------------------------------------------------------------- direct op calls
 
 
-def expected_step(
-    params,
-    grads,
-    bufs,
-    iteration,
-    mode="triangular",
-    momentum=0.9,
-    dampening=0.0,
-    weight_decay=0.0,
-    nesterov=False,
-    maximize=False,
-    cycle_momentum=True,
-    first_step=False,
-    grad_scale=None,
-):
+def expected_step(params, grads, bufs, iteration, mode="triangular", **flags):
     """One step of torch.optim.SGD's rule (fp32 compute for half types, fp64 for fp64)
-    with the oracle's lr / momentum at ``iteration``; returns (params, grads, bufs)."""
+    with the oracle's lr / momentum at ``iteration``, the op's FLAGS (op_args's defaults)
+    overridden by ``flags``; returns (params, grads, bufs)."""
+    f = {**FLAGS, **flags}
+    momentum, dampening, weight_decay, nesterov, maximize = (f[k] for k in list(FLAGS)[:5])
+    cycle_momentum, first_step, grad_scale = f["cycle_momentum"], f["first_step"], f["grad_scale"]
     lr, cycled = cyclic_point(iteration, BOUNDS[0], BOUNDS[1], SHAPE[0], SHAPE[1], mode, SHAPE[2], BOUNDS[2], BOUNDS[3])
     mom = cycled if cycle_momentum else momentum
     out_p, out_g, out_b = [], [], []
