@@ -72,6 +72,7 @@ def test_op_matches_cpu_op(dtype, config):
     """The CUDA op and the CPU op (same schedule.h / sgd_update.h) step the same tensors
     through 3 cycles: params, momentum buffers and (unscaled) grads agree."""
     need_gpu()
+    dry_run_sample(config=(config, list(OP_CONFIGS)), dtype=(dtype, ALL_DTYPES))
     cfg = dict(OP_CONFIGS[config])
     mode = cfg.pop("mode")
     mode_number = MODES[mode] if isinstance(mode, str) else mode
@@ -442,6 +443,7 @@ def test_one_cycle_sgd_matches_torch_fused(dtype, variant):
     """A whole 1cycle schedule (600 steps) of OneCycleSGD on CUDA against
     torch.optim.SGD + OneCycleLR, as test_cyclic_sgd_matches_torch_fused does for CyclicLR."""
     need_gpu()
+    dry_run_sample(dtype=(dtype, ALL_DTYPES), variant=(variant, range(len(ONE_CYCLE_VARIANTS))))
     v = dict(ONE_CYCLE_VARIANTS[variant])
     steps = 600 if not DRY_RUN else 150  # (the dry run proves this code, not the kernel)
     sched_kw = dict(
