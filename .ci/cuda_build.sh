@@ -3,8 +3,8 @@
 # a second venv with torch 2.14.1+cu130 (from the local wheel store), nvcc 13.0, the
 # extension built out of tree (the CPU venv's in-place clr_ext/_C*.so is not touched),
 # then checks that the .so links, carries the kernels, imports, registers a CUDA
-# kernel for torch.ops.clr_ext.cyclic_sgd_, and that tests/test_cuda.py runs (its
-# GPU tests skip here; the registration test runs).
+# kernel for torch.ops.clr_ext.cyclic_sgd_, and that tests/cuda/ runs (its
+# GPU tests skip here; the registration tests run).
 # Also: what the compiler made of the kernels (bench/sass_report.sh: 128-bit loads per
 # instantiation, which must exist for float32, registers, spills; into build/cuda-ci/sass.md),
 # the kernel emulated on the host with CUDA 13's 32 KB tables, and the libtorch
@@ -197,10 +197,11 @@ print("[cuda_build] import ok: torch %s, CUDA %s, backends %s, %d tensors per la
 EOF
 
 # --- the CUDA test file against this build (GPU tests skip without a GPU)
-say "tests/test_cuda.py against the CUDA build"
+say "tests/cuda/ against the CUDA build"
 mkdir -p "$STAGE/tests"
-cp "$REPO/tests/test_cuda.py" "$STAGE/tests/"
+rm -rf "$STAGE/tests/cuda" "$STAGE/tests/support"
+cp -r "$REPO/tests/cuda" "$REPO/tests/support" "$STAGE/tests/"
 printf '[pytest]\nmarkers =\n    cuda: needs a CUDA device\n' > "$STAGE/pytest.ini"
-(PYTHONPATH="$STAGE" "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -5) \
-  || die "tests/test_cuda.py failed"
+(PYTHONPATH="$STAGE" "$PY" -m pytest -q -p no:cacheprovider tests/cuda 2>&1 | tail -5) \
+  || die "tests/cuda/ failed"
 say "CUDA build OK ($SO)"

@@ -107,7 +107,7 @@ print('installed without a compiler: backends', clr_ext.available_backends())")
   # The parity suite (.ci/run's PARITY_TESTS) on this install, where torch is the only backend.
   # shellcheck disable=SC2086
   (cd "$run" && CLR_EXT_BACKEND=torch "$venv/bin/python" -m pytest -q -p no:cacheprovider \
-    ${PARITY_TESTS:-tests/test_parity.py})
+    ${PARITY_TESTS:-tests/rules/test_parity.py})
 }
 
 compile_error() {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI's native checks: the CPU kernel and schedule tests under the sanitizers, the libtorch
 # library through CMake and its CTest tests, the CUDA extension compiled and linked for
-# sm_90, and tests/test_cuda.py's dry run on the CPU. .ci/run starts this beside its Python
+# sm_90, and tests/cuda/'s dry run on the CPU. .ci/run starts this beside its Python
 # sections once scripts/setup.sh has made the venv: their pytest runs use one core of two,
 # and these are mostly compiler runs.
 #   PY=.venv/bin/python bash .ci/native_checks.sh
@@ -33,9 +33,9 @@ if [ -f .ci/cuda_build.sh ]; then
   bash .ci/cuda_build.sh
 fi
 
-section "tests/test_cuda.py dry run on the CPU (the GPU tests' own code, before a GPU is lent)"
+section "tests/cuda/ dry run on the CPU (the GPU tests' own code, before a GPU is lent)"
 if [ -n "${CI_VENV_READY:-}" ]; then
   while [ ! -e "$CI_VENV_READY" ]; do sleep 5; done
 fi
-CLR_EXT_CUDA_TESTS_DEVICE=cpu "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py
+CLR_EXT_CUDA_TESTS_DEVICE=cpu "$PY" -m pytest -q -p no:cacheprovider tests/cuda
 section "native checks passed"

@@ -82,6 +82,18 @@ def make_params(model: str, seed: int = 0) -> List[torch.Tensor]:
     return params
 
 
+def with_scheduler(params, opt, sched, opt_step=None):
+    """A timed step: ``opt_step`` (default ``opt.step``) then ``sched.step()``; and what
+    must stay alive while it is timed."""
+    opt_step = opt.step if opt_step is None else opt_step
+
+    def step():
+        opt_step()
+        sched.step()
+
+    return step, (params, opt, sched)
+
+
 @pytest.fixture(autouse=True)
 def _free_memory_between_benchmarks():
     """The 50M case holds ~600 MB per optimizer: release it before the next one."""

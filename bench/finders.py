@@ -39,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import clr_ext
-from clr_ext.apps.data import DigitsCNN, TensorLoader, load_digits_split
+from clr_ext.apps.data import DigitsCNN, DigitsSplit, TensorLoader, load_digits_split
 
 MOMENTUM = 0.9
 EXP_SWEEP = dict(start_lr=1e-7, end_lr=10.0, num_iters=100)  # fastai's and the peers' defaults
@@ -51,14 +51,11 @@ RULES = ("steepest", "valley", "min/10")
 # Tasks
 # --------------------------------------------------------------------------------------
 @dataclass
-class Task:
+class Task(DigitsSplit):
+    """A split (the digits', or another data set's in the same six fields), the model it
+    trains and its recipe."""
+
     name: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
     make_model: Callable[[], nn.Module]
     batch_size: int
     epochs: int
@@ -78,7 +75,7 @@ class Task:
 
 def digits_task() -> Task:
     d = load_digits_split(test_size=360, val_size=300, seed=0)
-    return Task("digits", d.x_train, d.y_train, d.x_val, d.y_val, d.x_test, d.y_test, DigitsCNN, 32, 4, 5e-4, _grid())
+    return Task(**vars(d), name="digits", make_model=DigitsCNN, **RECIPE)
 
 
 class MLP(nn.Module):
@@ -104,7 +101,7 @@ def mlp_task() -> Task:
     x = (x - x.mean(0)) / x.std(0)
     y = torch.tensor(y, dtype=torch.int64)
     tr, va, te = slice(0, 1600), slice(1600, 2000), slice(2000, 2400)
-    return Task("mlp", x[tr], y[tr], x[va], y[va], x[te], y[te], MLP, 32, 4, 5e-4, _grid())
+    return Task(x[tr], y[tr], x[va], y[va], x[te], y[te], name="mlp", make_model=MLP, **RECIPE)
 
 
 def softmax_task() -> Task:
@@ -113,13 +110,24 @@ def softmax_task() -> Task:
     d = load_digits_split(test_size=360, val_size=300, seed=0)
     flat = [t.flatten(1) for t in (d.x_train, d.x_val, d.x_test)]
     return Task(
-        "softmax", flat[0], d.y_train, flat[1], d.y_val, flat[2], d.y_test, lambda: nn.Linear(64, 10), 32, 4, 5e-4,
-        _grid(),
-    )  # fmt: skip
+        flat[0],
+        d.y_train,
+        flat[1],
+        d.y_val,
+        flat[2],
+        d.y_test,
+        name="softmax",
+        make_model=lambda: nn.Linear(64, 10),
+        **RECIPE,
+    )
 
 
 def _grid() -> Tuple[float, ...]:
     return tuple(round(10 ** (k / 4), 12) for k in range(-16, 3))  # 1e-4 .. ~3.2, 4 per decade
+
+
+#: every task's training recipe
+RECIPE = dict(batch_size=32, epochs=4, weight_decay=5e-4, grid=_grid())
 
 
 TASKS = {"digits": digits_task, "mlp": mlp_task, "softmax": softmax_task}

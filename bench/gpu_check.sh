@@ -6,10 +6,10 @@
 #               no Cython), under a timeout;
 #   2. sass     what the compiler made (bench/sass_report.sh): 128-bit loads per kernel
 #               instantiation (does the vector path exist?), registers, spills;
-#   3. smoke    a one-minute subset of tests/test_cuda.py (SMOKE_K below);
+#   3. smoke    a one-minute subset of tests/cuda/ (SMOKE_K below);
 #   3b. adamw   the AdamW parity against torch.optim.AdamW(fused=True) (ADAMW_K below);
 #   4. bench    bench/gpu_bench.py: each row printed and appended to $OUT as it is measured;
-#   5. parity   the rest of tests/test_cuda.py (the long parity runs), in the time left.
+#   5. parity   the rest of tests/cuda/ (the long parity runs), in the time left.
 # Every phase prints its elapsed time; a recap (phase times, SASS table, benchmark table,
 # test summaries) comes last. Tests run under `timeout --signal=INT`, so pytest writes its
 # summary (with -v and --durations=15) even when cut short; output is unbuffered.
@@ -216,15 +216,15 @@ HAVE_PYTEST=0
 
 run_tests() {  # NAME K-EXPRESSION TIMEOUT
   local name=$1 expr=$2 limit=$3 log="$LOGDIR/gpu_check_$1.log" rc
-  begin "$name" "tests/test_cuda.py -k '$expr' (limit $limit s)"
+  begin "$name" "tests/cuda -k '$expr' (limit $limit s)"
   if [ -n "${GPU_CHECK_SKIP_TESTS:-}" ]; then end "skipped (GPU_CHECK_SKIP_TESTS)"; return; fi
   if [ "$MODE" = gpu ] && [ "$have_cuda_backend" != 1 ]; then end "skipped: no CUDA backend"; status=1; return; fi
   if [ "$HAVE_PYTEST" = 1 ]; then
     bounded "$limit" "${TEST_ENV[@]}" "$PY" -m pytest -v --durations=15 -p no:cacheprovider -rfEs \
-      tests/test_cuda.py -k "$expr" >"$log" 2>&1
+      tests/cuda -k "$expr" >"$log" 2>&1
   else
     say "pytest is not installed: the test file's own runner"
-    bounded "$limit" "${TEST_ENV[@]}" "$PY" tests/test_cuda.py -k "$expr" >"$log" 2>&1
+    bounded "$limit" "${TEST_ENV[@]}" "$PY" tests/cuda/cuda_harness.py -k "$expr" >"$log" 2>&1
   fi
   rc=$?
   grep -E "^(FAILED|ERROR) |^FAIL " "$log" | head -30

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import clr_ext
-from bench.conftest import BYTES_PER_PARAM, MODELS, ROUNDS, SLOW_ROUNDS, make_params, n_params
+from bench.conftest import BYTES_PER_PARAM, MODELS, ROUNDS, SLOW_ROUNDS, make_params, n_params, with_scheduler
 from clr_ext.backends import available_backends
 
 BASE_LR, MAX_LR, STEP_SIZE = 0.01, 0.1, 2000
@@ -54,12 +54,7 @@ def _torch_step(model: str, variant: str):
     kw = {"forloop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}[variant]
     opt = torch.optim.SGD(params, lr=BASE_LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, **kw)
     sched = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=BASE_LR, max_lr=MAX_LR, step_size_up=STEP_SIZE)
-
-    def step():
-        opt.step()
-        sched.step()
-
-    return step, (params, opt, sched)
+    return with_scheduler(params, opt, sched)
 
 
 def _floor_step(model: str):
@@ -90,13 +85,7 @@ def _compiled_torch_step(model: str):
     params = make_params(model)
     opt = torch.optim.SGD(params, lr=torch.tensor(BASE_LR), momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, foreach=True)
     sched = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=BASE_LR, max_lr=MAX_LR, step_size_up=STEP_SIZE)
-    compiled = torch.compile(opt.step)
-
-    def step():
-        compiled()
-        sched.step()
-
-    return step, (params, opt, sched)
+    return with_scheduler(params, opt, sched, torch.compile(opt.step))
 
 
 def _measure(benchmark, model: str, variant: str, step, rounds_by_model) -> None:
@@ -119,27 +108,14 @@ def _host_work_step(variant: str):
     step takes (the op decides which buffers start, no host read of the overflow flag
     or the momentum), and torch's fused SGD with its lr in a tensor (the capturable
     setup torch advises) + CyclicLR."""
-    params = make_params("200x1")
     if variant == "clr_cpp_device_path":
-        opt = clr_ext.CyclicSGD(
-            params,
-            base_lr=BASE_LR,
-            max_lr=MAX_LR,
-            step_size_up=STEP_SIZE,
-            momentum=MOMENTUM,
-            weight_decay=WEIGHT_DECAY,
-            backend="cpp",
-        )
+        step, (params, opt) = _clr_step("200x1", "cpp")
         opt._host_decided_types = ()
-        return opt.step, (params, opt)
+        return step, (params, opt)
+    params = make_params("200x1")
     opt = torch.optim.SGD(params, lr=torch.tensor(BASE_LR), momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, fused=True)
     sched = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=BASE_LR, max_lr=MAX_LR, step_size_up=STEP_SIZE)
-
-    def step():
-        opt.step()
-        sched.step()
-
-    return step, (params, opt, sched)
+    return with_scheduler(params, opt, sched)
 
 
 @pytest.mark.parametrize("variant", ["clr_cpp_device_path", "sgd_fused_lr_tensor"])

@@ -30,7 +30,7 @@ import pytest
 import torch
 
 import clr_ext
-from bench.conftest import MODELS, ROUNDS, SLOW_ROUNDS, make_params, n_params
+from bench.conftest import MODELS, ROUNDS, SLOW_ROUNDS, make_params, n_params, with_scheduler
 from clr_ext import schedules as S
 from clr_ext.backends import available_backends
 
@@ -82,12 +82,7 @@ def _torch_adamw(model: str, variant: str):
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-3, total_steps=TOTAL_STEPS)
     else:
         sched = torch.optim.lr_scheduler.CyclicLR(opt, 1e-4, 1e-3, step_size_up=2000)
-
-    def step():
-        opt.step()
-        sched.step()
-
-    return step, (params, opt, sched)
+    return with_scheduler(params, opt, sched)
 
 
 def _adamw_floor(model: str):

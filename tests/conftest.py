@@ -13,7 +13,7 @@ References (nothing here calls clr_ext's own arithmetic):
   the fused semantics: the SGD runs on float32 shadows loaded from the half values, and
   params and momentum buffers are rounded to the half type once per step.
 - the pure-Python oracle ``clr_ext.cyclic_lr`` / ``clr_ext.schedule.cyclic_point``, which
-  tests/test_schedule.py holds to CyclicLR bit for bit.
+  tests/schedules/test_schedule.py holds to CyclicLR bit for bit.
 """
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ class ReferencePair:
 #: momentum buffers (measured against the largest buffer, several times smaller than the
 #: params whose differences drive its error), so the parity tests give buffers twice the
 #: room. A dropped or wrong update costs far more (the SIMD-loop bug of PyTorch's fused
-#: half SGD is off by hundreds of eps), and tests/test_parity.py also checks single
+#: half SGD is off by hundreds of eps), and tests/rules/test_parity.py also checks single
 #: half-precision steps exactly.
 RTOL = {
     torch.float32: 1e-5,
@@ -271,6 +271,17 @@ def same_float(a: float, b: float) -> bool:
 
 
 # ------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread for the test (modules of tiny models take it with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): extra threads only add
+    synchronisation there, and on a busy 2-core CI machine they slow a test many times over."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

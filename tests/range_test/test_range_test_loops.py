@@ -10,10 +10,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_range_test import (
+    ANY_CURVE,
     ListLoader,
     assert_same_state,
     classification_batches,
     classification_range_test,
+    curve_of,
     full_state,
     prepared_model_and_optimizer,
     range_test_recording_group_lrs,
@@ -23,13 +25,7 @@ from torch import nn
 
 from clr_ext.range_test import SUGGEST_METHODS, RangeTestResult, range_test
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def regression_samples(seed=0, n=256, d=5):
@@ -468,15 +464,11 @@ def real_results():
             )
         )
     out.append(
-        range_test(
+        classification_range_test(
             small_bn_model(),
-            ListLoader(classification_batches()),
-            nn.functional.cross_entropy,
-            start_lr=1e-3,
             end_lr=3.0,
             num_iters=40,
             metric="accuracy",
-            progress=False,
             val_loader=ListLoader(classification_batches(seed=2, n_batches=2)),
         )
     )
@@ -529,19 +521,11 @@ def test_suggest_on_nan_curves_stays_in_range():
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    st.lists(st.floats(min_value=-5, max_value=5, allow_nan=False), min_size=2, max_size=80),
-    st.sampled_from(["train", "val"]),
-    st.booleans(),
-    st.sampled_from([0.0, 0.05, 0.3]),
-    st.integers(min_value=0, max_value=3),
-)
+@given(*ANY_CURVE, st.integers(min_value=0, max_value=3))
 def test_every_suggestion_is_inside_the_sweep_on_any_curve(values, measured_on, as_metric, smooth, nans):
     n = len(values)
-    lrs = [1e-3 * (1000 ** (i / (n - 1))) for i in range(n)]
-    losses = [math.exp(v) for v in values]
+    lrs, losses, metrics = curve_of(values, as_metric)
     losses[n - min(nans, n - 1) :] = [math.nan] * min(nans, n - 1)  # a NaN tail, as after a blow-up
-    metrics = [1 / (1 + math.exp(-v)) for v in values] if as_metric else None
     r = RangeTestResult(
         lrs=lrs,
         losses=losses,

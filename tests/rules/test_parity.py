@@ -150,6 +150,20 @@ def check_state(opt, params, ref: ReferencePair) -> None:
         assert_close_rel(mine_b, ref_b, what="momentum buffer", half_factor=2.0)
 
 
+def cyclic_lr_kwargs(n_groups, step_size_up, step_size_down, **kwargs):
+    """CyclicLR's arguments for the first ``n_groups`` groups' bounds (BASE_LR, MAX_LR,
+    BASE_MOMENTUM, MAX_MOMENTUM) and the given steps and ``kwargs``."""
+    return dict(
+        base_lr=BASE_LR[:n_groups],
+        max_lr=MAX_LR[:n_groups],
+        step_size_up=step_size_up,
+        step_size_down=step_size_down,
+        base_momentum=BASE_MOMENTUM[:n_groups],
+        max_momentum=MAX_MOMENTUM[:n_groups],
+        **kwargs,
+    )
+
+
 def run_parity(
     backend,
     dtype,
@@ -174,16 +188,8 @@ def run_parity(
     sgd_kwargs = dict(
         momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov, maximize=maximize
     )
-    sched_kwargs = dict(
-        base_lr=BASE_LR[:n_groups],
-        max_lr=MAX_LR[:n_groups],
-        step_size_up=step_size_up,
-        step_size_down=step_size_down,
-        mode=mode,
-        gamma=gamma,
-        cycle_momentum=cycle_momentum,
-        base_momentum=BASE_MOMENTUM[:n_groups],
-        max_momentum=MAX_MOMENTUM[:n_groups],
+    sched_kwargs = cyclic_lr_kwargs(
+        n_groups, step_size_up, step_size_down, mode=mode, gamma=gamma, cycle_momentum=cycle_momentum
     )
     ref = ReferencePair([{"params": g} for g in problem.groups], sgd_kwargs, sched_kwargs)
     opt, params = make_cyclic(problem, backend, bounds_as, sgd_kwargs, sched_kwargs)
@@ -214,6 +220,18 @@ def assert_every_param_moved(params, problem):
         assert not torch.equal(p.detach(), p0), "a parameter never changed"
 
 
+def sgd_case_id(momentum, nesterov, dampening, weight_decay, maximize, cycle_momentum):
+    """The part of a parity case's id that names the SGD flags (both schedules' products)."""
+    flags = ("-nest" if nesterov else "") + ("-damp" if dampening else "")
+    return "m%g%s-wd%g%s-%s" % (
+        momentum,
+        flags,
+        weight_decay,
+        "-max" if maximize else "",
+        "cyc" if cycle_momentum else "nocyc",
+    )
+
+
 def _product():
     cases = []
     for mi, mode in enumerate(MODES):
@@ -222,16 +240,8 @@ def _product():
                 WEIGHT_DECAYS, (False, True), (True, False), ALL_DTYPES
             ):
                 bounds_as = "lists" if (mi + vi + int(maximize)) % 2 == 0 else "dict"
-                cid = "%s-m%g%s%s-wd%g%s-%s-%s-%s" % (
-                    mode,
-                    momentum,
-                    "-nest" if nesterov else "",
-                    "-damp" if dampening else "",
-                    wd,
-                    "-max" if maximize else "",
-                    "cyc" if cycle else "nocyc",
-                    DTYPE_IDS[dtype],
-                    bounds_as,
+                cid = "-".join(
+                    (mode, sgd_case_id(momentum, nesterov, dampening, wd, maximize, cycle), DTYPE_IDS[dtype], bounds_as)
                 )
                 case = dict(
                     mode=mode,
@@ -276,21 +286,8 @@ LONG_CONFIGS = {
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: DTYPE_IDS[d])
 def test_parity_long(backend, dtype, mode, config):
-    momentum, nesterov, dampening, wd, maximize, cycle, bounds_as = LONG_CONFIGS[config]
-    run_parity(
-        backend,
-        dtype,
-        mode,
-        momentum,
-        nesterov,
-        dampening,
-        wd,
-        maximize,
-        cycle,
-        bounds_as=bounds_as,
-        check_every=250,
-        **LONG_RUN,
-    )
+    *flags, bounds_as = LONG_CONFIGS[config]  # run_parity's order, after the mode
+    run_parity(backend, dtype, mode, *flags, bounds_as=bounds_as, check_every=250, **LONG_RUN)
 
 
 def _repeats_another_case(case: Dict[str, Any]) -> bool:
@@ -400,16 +397,7 @@ def test_per_group_sgd_values(backend):
         dict(momentum=0.0, weight_decay=0.0),
     ]
     sgd_kwargs = dict(momentum=0.7, dampening=0.0, weight_decay=0.01)
-    sched_kwargs = dict(
-        base_lr=BASE_LR,
-        max_lr=MAX_LR,
-        step_size_up=5,
-        step_size_down=9,
-        mode="triangular",
-        cycle_momentum=False,
-        base_momentum=BASE_MOMENTUM,
-        max_momentum=MAX_MOMENTUM,
-    )
+    sched_kwargs = cyclic_lr_kwargs(len(BASE_LR), 5, 9, mode="triangular", cycle_momentum=False)
     ref = ReferencePair([dict(params=g, **e) for g, e in zip(problem.groups, extra)], sgd_kwargs, sched_kwargs)
     opt, params = make_cyclic(problem, backend, "lists", sgd_kwargs, sched_kwargs, group_extra=extra)
     for k in range(100):
@@ -441,17 +429,8 @@ def cosine_of_iteration(iteration):
 def test_custom_scale_fn(backend, scale_fn, scale_mode, dtype):
     problem = Problem(dtype, seed=5)
     sgd_kwargs = dict(momentum=0.9, weight_decay=0.01)
-    sched_kwargs = dict(
-        base_lr=BASE_LR,
-        max_lr=MAX_LR,
-        step_size_up=6,
-        step_size_down=10,
-        mode="triangular",
-        scale_fn=scale_fn,
-        scale_mode=scale_mode,
-        cycle_momentum=True,
-        base_momentum=BASE_MOMENTUM,
-        max_momentum=MAX_MOMENTUM,
+    sched_kwargs = cyclic_lr_kwargs(
+        len(BASE_LR), 6, 10, mode="triangular", scale_fn=scale_fn, scale_mode=scale_mode, cycle_momentum=True
     )
     ref = ReferencePair([{"params": g} for g in problem.groups], sgd_kwargs, sched_kwargs)
     opt, params = make_cyclic(problem, backend, "lists", sgd_kwargs, sched_kwargs)
@@ -653,16 +632,7 @@ def test_mixed_dtypes_in_one_group(backend):
         None, ([(17,), (1031,), (7,), (33,)], [(9,), (65,), (1,), (1030,)]), seed=9, dtypes=list(ALL_DTYPES) * 2
     )
     sgd_kwargs = dict(momentum=0.9, dampening=0.1, weight_decay=0.01)
-    sched_kwargs = dict(
-        base_lr=BASE_LR[:2],
-        max_lr=MAX_LR[:2],
-        step_size_up=5,
-        step_size_down=8,
-        mode="exp_range",
-        gamma=0.99,
-        base_momentum=BASE_MOMENTUM[:2],
-        max_momentum=MAX_MOMENTUM[:2],
-    )
+    sched_kwargs = cyclic_lr_kwargs(2, 5, 8, mode="exp_range", gamma=0.99)
     ref = ReferencePair([{"params": g} for g in problem.groups], sgd_kwargs, sched_kwargs)
     opt, params = make_cyclic(problem, backend, "lists", sgd_kwargs, sched_kwargs)
     for k in range(120):

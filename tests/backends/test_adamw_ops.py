@@ -48,53 +48,15 @@ CPP_ENTRY_POINTS = [e for e in ENTRY_POINTS if e != "cython"]
 pytestmark = pytest.mark.skipif(not ENTRY_POINTS, reason="neither clr_ext._C nor the Cython fallback is built")
 
 
-def call(
-    entry,
-    params,
-    grads,
-    exp_avgs,
-    exp_avg_sqs,
-    max_exp_avg_sqs,
-    state_steps,
-    iteration,
-    bounds,
-    shape,
-    mode,
-    beta1,
-    beta2,
-    eps,
-    weight_decay,
-    amsgrad,
-    maximize,
-    cycle_momentum,
-    grad_scale=None,
-    found_inf=None,
-):
-    args = (
-        list(params),
-        list(grads),
-        list(exp_avgs),
-        list(exp_avg_sqs),
-        list(max_exp_avg_sqs),
-        list(state_steps),
-        iteration,
-        list(bounds),
-        list(shape),
-        mode,
-        beta1,
-        beta2,
-        eps,
-        weight_decay,
-        amsgrad,
-        maximize,
-        cycle_momentum,
-    )
+def call(entry, *args, grad_scale=None, found_inf=None):
+    """The op through ``entry`` with its positional arguments (each list passed as a copy)."""
+    args = tuple(list(a) if isinstance(a, list) else a for a in args)
     if entry == "op":
         torch.ops.clr_ext.cyclic_adamw_(*args, grad_scale, found_inf)
     elif entry == "pybind":
         _C.cyclic_adamw_cpu_(*args, grad_scale=grad_scale, found_inf=found_inf)
     else:
-        code = CODES[params[0].dtype] if params else 0
+        code = CODES[args[0][0].dtype] if args[0] else 0
         _cython_cpu.cyclic_adamw_(
             code, *args, grad_scale=grad_scale, found_inf=found_inf, num_threads=torch.get_num_threads()
         )
@@ -159,6 +121,7 @@ def step_op(
     shape=None,
     mode=FIXED,
     cycle_momentum=False,
+    amsgrad=None,
 ):
     keep = set(range(len(st.params))) if keep is None else keep
     params, exp_avgs, exp_avg_sqs, max_sqs, steps = st.subset(keep)
@@ -179,11 +142,11 @@ def step_op(
         beta2,
         eps,
         weight_decay,
-        st.amsgrad,
+        st.amsgrad if amsgrad is None else amsgrad,
         maximize,
         cycle_momentum,
-        grad_scale,
-        found_inf,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
     )
 
 
@@ -448,26 +411,7 @@ def test_iteration_is_not_advanced(entry):
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_empty_bucket_and_zero_element_params(entry):
-    call(
-        entry,
-        [],
-        [],
-        [],
-        [],
-        [],
-        [],
-        torch.tensor(0),
-        [LR, LR, 0.8, 0.9],
-        [1.0, 1.0, 1.0, 1.0],
-        FIXED,
-        0.9,
-        0.999,
-        EPS,
-        0.0,
-        False,
-        False,
-        False,
-    )
+    step_op(entry, State(torch.float32, shapes=[]), [])
     st = State(torch.float32, shapes=[(0,), (5,), (0, 3)])
     step_op(entry, st, [torch.ones(0), torch.ones(5), torch.ones(0, 3)])
     # Every param's step counts, with or without elements, as in torch.optim.AdamW.
@@ -571,27 +515,7 @@ def test_bad_input_raises_before_writing(entry, case):
     breaker, fragment = BAD_INPUTS[case]
     breaker(st, grads, kw)
     with pytest.raises(RuntimeError, match=fragment):
-        call(
-            entry,
-            st.params,
-            grads,
-            st.exp_avgs,
-            st.exp_avg_sqs,
-            st.max_exp_avg_sqs,
-            st.state_steps,
-            kw["iteration"],
-            kw["bounds"],
-            [1.0, 1.0, 1.0, 1.0],
-            kw["mode"],
-            kw["beta1"],
-            kw["beta2"],
-            kw["eps"],
-            0.01,
-            kw["amsgrad"],
-            False,
-            kw["cycle_momentum"],
-            kw["grad_scale"],
-        )
+        step_op(entry, st, grads, weight_decay=0.01, **kw)
     after = st.snapshot()
     same = [torch.equal(a, b) for a, b in zip(before, after) if a.shape == b.shape and a.dtype == b.dtype]
     assert all(same)

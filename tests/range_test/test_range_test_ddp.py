@@ -6,7 +6,7 @@ step and return the same result, equal to one process on the union of the ranks'
 (DDP averages the gradients; the test averages the losses); only rank 0 shows a progress
 bar; a NaN on one rank stops both ranks at that step without a deadlock, and the model is
 restored and still trains under DDP afterwards. The spawning and teardown helpers are
-tests/test_distributed.py's."""
+tests/support/ranks.py's, shared with integrations/test_distributed.py."""
 
 import importlib
 import math
@@ -15,7 +15,7 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-from test_distributed import WORLD, _rank_main, _spawn
+from support.ranks import WORLD, rank_main, spawn
 from torch import nn
 
 from clr_ext.range_test import range_test
@@ -113,11 +113,11 @@ def _ddp_rank(rank, out):
 
 
 def _ddp_worker(rank, port, out):
-    _rank_main(_ddp_rank, rank, port, out)
+    rank_main(_ddp_rank, rank, port, out)
 
 
 def test_ddp_ranks_record_the_same_curve_and_stop_together(tmp_path):
-    _spawn(_ddp_worker, lambda port: (port, str(tmp_path)))
+    spawn(_ddp_worker, lambda port: (port, str(tmp_path)))
     ranks = [torch.load(tmp_path / ("rank%d.pt" % r), weights_only=False) for r in range(WORLD)]
     r0, r1 = ranks[0]["result"], ranks[1]["result"]
     assert r0 == r1  # the whole result, bit for bit: curve, stop, bounds

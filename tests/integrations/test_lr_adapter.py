@@ -325,7 +325,7 @@ def test_adapter_reports_what_torchs_scheduler_reports_at_every_point(kind):
         sched.step(), ref.step()
         assert sched.get_last_lr() == ref.get_last_lr() == opt.get_last_lr()
         assert sched.last_epoch == ref.last_epoch == opt.iteration == k + 1
-    if kind.endswith("adamw"):  # (AdamW's parity is to a relative tolerance: tests/test_adamw.py)
+    if kind.endswith("adamw"):  # (AdamW's parity is to a relative tolerance: tests/rules/test_adamw.py)
         torch.testing.assert_close(_params(net), _params(ref_net), rtol=1e-5, atol=1e-7)
     else:
         _assert_same(_params(net), _params(ref_net))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import ALL_DTYPES, HALF_DTYPES, RTOL
+from support.sgd_op import BOUNDS, FLAGS, SHAPE, op_args
 
 from clr_ext import backends as _backends
 from clr_ext.schedule import MODES, cyclic_point
@@ -16,8 +17,6 @@ pytestmark = pytest.mark.skipif(_backends._C is None, reason="clr_ext._C (the co
 NOT_STARTED = 2**63 - 1  # a momentum_start before the buffer's first step
 DTYPE_IDS = {torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", torch.bfloat16: "bf16"}
 SIZES = (1, 7, 17, 1031)
-BOUNDS = [0.01, 0.1, 0.8, 0.9]  # base_lr, max_lr, base_momentum, max_momentum
-SHAPE = [5.0, 7.0, 0.99, 1.0]  # step_size_up, step_size_down, gamma, custom_scale
 
 
 def op():
@@ -30,48 +29,6 @@ def make_tensors(dtype, sizes=SIZES, seed=0, buffers=True):
     grads = [torch.randn(n, generator=gen).to(dtype) for n in sizes]
     bufs = [torch.randn(n, generator=gen).to(dtype) for n in sizes] if buffers else []
     return params, grads, bufs
-
-
-def op_args(
-    params,
-    grads,
-    bufs,
-    iteration=3,
-    mode="triangular",
-    momentum=0.9,
-    dampening=0.0,
-    weight_decay=0.0,
-    nesterov=False,
-    maximize=False,
-    cycle_momentum=True,
-    first_step=False,
-    grad_scale=None,
-    found_inf=None,
-    bounds=BOUNDS,
-    shape=SHAPE,
-    starts=(),
-):
-    counter = torch.tensor(iteration, dtype=torch.int64)
-    mode_number = MODES[mode] if isinstance(mode, str) else mode
-    return (
-        params,
-        grads,
-        bufs,
-        list(starts),
-        counter,
-        list(bounds),
-        list(shape),
-        mode_number,
-        momentum,
-        dampening,
-        weight_decay,
-        nesterov,
-        maximize,
-        cycle_momentum,
-        first_step,
-        grad_scale,
-        found_inf,
-    )
 
 
 # ------------------------------------------------------------------------ opcheck
@@ -140,23 +97,13 @@ def test_op_schema_mutations():
 # ---------------------------------------------------------------- direct op calls
 
 
-def expected_step(
-    params,
-    grads,
-    bufs,
-    iteration,
-    mode="triangular",
-    momentum=0.9,
-    dampening=0.0,
-    weight_decay=0.0,
-    nesterov=False,
-    maximize=False,
-    cycle_momentum=True,
-    first_step=False,
-    grad_scale=None,
-):
+def expected_step(params, grads, bufs, iteration, mode="triangular", **flags):
     """One step of torch.optim.SGD's rule (fp32 compute for half types, fp64 for fp64)
-    with the oracle's lr / momentum at ``iteration``; returns (params, grads, bufs)."""
+    with the oracle's lr / momentum at ``iteration``, the op's FLAGS (op_args's defaults)
+    overridden by ``flags``; returns (params, grads, bufs)."""
+    f = {**FLAGS, **flags}
+    momentum, dampening, weight_decay, nesterov, maximize = (f[k] for k in list(FLAGS)[:5])
+    cycle_momentum, first_step, grad_scale = f["cycle_momentum"], f["first_step"], f["grad_scale"]
     lr, cycled = cyclic_point(iteration, BOUNDS[0], BOUNDS[1], SHAPE[0], SHAPE[1], mode, SHAPE[2], BOUNDS[2], BOUNDS[3])
     mom = cycled if cycle_momentum else momentum
     out_p, out_g, out_b = [], [], []

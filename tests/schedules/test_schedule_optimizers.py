@@ -2,8 +2,8 @@
 
 - The device formula (``CLR_MODE_CHAIN`` of csrc/math/schedule.h, through ``_C`` and the Cython
   fallback) gives the Python twin's numbers (``clr_ext.schedules.table_point``) bit for bit, for
-  every composition of tests/compositions.py, every group, over their 10,000 steps; the twin is
-  held to PyTorch there (tests/test_schedule_values.py).
+  every composition of tests/schedules/compositions.py, every group, over their 10,000 steps; the twin is
+  held to PyTorch there (tests/schedules/test_schedule_values.py).
 - Both rules on every CPU backend step as ``torch.optim.SGD`` / ``AdamW`` with the PyTorch
   scheduler(s) that the value names: the params and the host LRs bit for bit, except where
   PyTorch's LinearLR is recursive (within a rounding per factor).
@@ -467,7 +467,7 @@ def test_the_four_classes_are_the_rules_with_their_schedule(backend, name):
 @pytest.mark.slow  # (~70 s: CI's slow section runs it once, on the cpp backend)
 @pytest.mark.parametrize("rule, build, value, recursive", PARITY)
 def test_ten_thousand_steps_as_pytorchs_pair(rule, build, value, recursive):
-    """Every composition of tests/compositions.py (three groups of different LRs, per-group
+    """Every composition of tests/schedules/compositions.py (three groups of different LRs, per-group
     bounds) for its 10,000 steps on the default backend: the params of clr_ext.SGD / AdamW and
     of PyTorch's optimizer with the scheduler(s), bit for bit in float64 outside LinearLR's
     recursive steps (within their bound there), and the LRs of every step."""

@@ -15,15 +15,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: extra intra-op threads only add synchronisation, and on a busy
-    2-core CI machine they slow these tests down many times over."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -100,17 +92,10 @@ def classification_batches(seed=0, n_batches=4, bs=16):
     return [(torch.randn(bs, 6, generator=g), torch.randint(0, 3, (bs,), generator=g)) for _ in range(n_batches)]
 
 
-def classification_range_test(model, **kwargs):
-    """range_test of ``model`` on classification_batches() with cross-entropy, from lr 1e-3,
-    without a progress bar."""
-    return range_test(
-        model,
-        ListLoader(classification_batches()),
-        nn.functional.cross_entropy,
-        start_lr=1e-3,
-        progress=False,
-        **kwargs,
-    )
+def classification_range_test(model, loss_fn=nn.functional.cross_entropy, **kwargs):
+    """range_test of ``model`` on classification_batches() with ``loss_fn`` (cross-entropy),
+    from lr 1e-3, without a progress bar."""
+    return range_test(model, ListLoader(classification_batches()), loss_fn, start_lr=1e-3, progress=False, **kwargs)
 
 
 def full_state(model, optimizer=None):
@@ -195,7 +180,7 @@ def prepared_model_and_optimizer():
 def test_least_squares_divergence_edge_plain_sgd(seed):
     """For plain SGD on a quadratic, LRs above edge = 2/lambda_max(H) diverge. An exponential
     sweep over edge*1e-4 .. edge*100 must stop soon after the edge and suggest a max_lr
-    within [edge/2, 1.2 edge] (tests/test_range_test_edge.py: more problem shapes)."""
+    within [edge/2, 1.2 edge] (tests/range_test/test_range_test_edge.py: more problem shapes)."""
     result, edge = least_squares_sweep(seed, momentum=0.0)
     assert result.diverged and result.stop_reason in ("diverged", "nan")
     assert len(result.lrs) < 200
@@ -324,16 +309,7 @@ def test_restore_is_exact_after_an_exception_mid_test(exc):
         return nn.functional.cross_entropy(out, target)
 
     with pytest.raises(exc):
-        range_test(
-            model,
-            ListLoader(classification_batches()),
-            loss_fn,
-            start_lr=1e-3,
-            end_lr=1.0,
-            num_iters=20,
-            optimizer=opt,
-            progress=False,
-        )
+        classification_range_test(model, loss_fn, end_lr=1.0, num_iters=20, optimizer=opt)
     assert calls["n"] == 6
     assert_same_state(before, full_state(model, opt))
 
@@ -431,16 +407,7 @@ def test_smooth_zero_means_raw():
 
 # -------------------------------------------------------------------------- metrics
 def test_accuracy_metric_on_training_batches():
-    result = range_test(
-        small_bn_model(),
-        ListLoader(classification_batches()),
-        nn.functional.cross_entropy,
-        start_lr=1e-3,
-        end_lr=0.3,
-        num_iters=15,
-        metric="accuracy",
-        progress=False,
-    )
+    result = classification_range_test(small_bn_model(), end_lr=0.3, num_iters=15, metric="accuracy")
     assert result.metric == "accuracy" and result.reading == "metric" and result.measured_on == "train"
     assert len(result.metrics) == len(result.lrs)
     assert all(0.0 <= a <= 1.0 for a in result.metrics)
@@ -589,15 +556,7 @@ def test_plot_writes_a_png(tmp_path):
     assert fig.axes[0].get_xscale() == "log"  # exponential sweep
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert any(lbl.startswith("base_lr") for lbl in labels) and any(lbl.startswith("max_lr") for lbl in labels)
-    linear = range_test(
-        nn.Linear(2, 1),
-        ListLoader([(torch.randn(4, 2), torch.randn(4, 1))]),
-        nn.MSELoss(),
-        num_iters=5,
-        start_lr=1e-4,
-        end_lr=1e-3,
-        progress=False,
-    )
+    linear = _one_batch_range_test(num_iters=5, progress=False)
     assert linear.plot().axes[0].get_xscale() == "linear"
 
 
@@ -623,16 +582,21 @@ def test_from_range_test_uses_the_bounds():
     assert opt.step_size_up == result.step_size(50)
 
 
-def test_progress_bar_runs():
-    result = range_test(
+def _one_batch_range_test(num_iters, progress):
+    """A linear sweep of a tiny regression over one batch (the plot and the progress bar)."""
+    return range_test(
         nn.Linear(2, 1),
         ListLoader([(torch.randn(4, 2), torch.randn(4, 1))]),
         nn.MSELoss(),
-        num_iters=4,
+        num_iters=num_iters,
         start_lr=1e-4,
         end_lr=1e-3,
-        progress=True,
+        progress=progress,
     )
+
+
+def test_progress_bar_runs():
+    result = _one_batch_range_test(num_iters=4, progress=True)
     assert len(result.lrs) == 4
 
 
@@ -741,18 +705,31 @@ def test_a_metric_still_improving_beyond_five_percent_of_its_rise_is_read_where_
     assert true_accuracy(0.7) - true_accuracy(mx_collapsing) >= 0.02
 
 
-@settings(max_examples=60, deadline=None)
-@given(
+#: any curve (values of the log loss along the sweep), where it was measured, whether it is
+#: read as a metric, the smoothing: hypothesis's strategies for the reading's properties
+ANY_CURVE = (
     st.lists(st.floats(min_value=-5, max_value=5, allow_nan=False), min_size=2, max_size=80),
     st.sampled_from(["train", "val"]),
     st.booleans(),
     st.sampled_from([0.0, 0.05, 0.3]),
 )
-def test_bounds_are_always_ordered_and_inside_the_sweep(values, measured_on, as_metric, smooth):
+
+
+def curve_of(values, as_metric):
+    """(lrs, losses, metrics) of a sweep from 1e-3 to 1 whose log losses are ``values``,
+    with a metric (a sigmoid of them) when ``as_metric``."""
     n = len(values)
     lrs = [1e-3 * (1000 ** (i / (n - 1))) for i in range(n)]
     losses = [math.exp(v) for v in values]
     metrics = [1 / (1 + math.exp(-v)) for v in values] if as_metric else None
+    return lrs, losses, metrics
+
+
+@settings(max_examples=60, deadline=None)
+@given(*ANY_CURVE)
+def test_bounds_are_always_ordered_and_inside_the_sweep(values, measured_on, as_metric, smooth):
+    n = len(values)
+    lrs, losses, metrics = curve_of(values, as_metric)
     import warnings
 
     with warnings.catch_warnings():

@@ -17,6 +17,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from support.frameworks import hf_arguments, lightning_trainer
 
 import clr_ext
 
@@ -30,12 +31,7 @@ TOTAL_STEPS = 16  # OneCycleSGD's: the longest run here
 SGD_KW = {"momentum": 0.9, "weight_decay": 1e-4}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cyclic(params, kind: str = "cyclic"):
@@ -151,16 +147,12 @@ def _lightning_classes():
 def _lightning_fit(module, epochs: int, ckpt_path=None, expected_warnings=(), **trainer_kwargs):
     pl, _, MemoryLogger = _lightning_classes()
     logger = MemoryLogger()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
+    trainer = lightning_trainer(
+        pl,
         max_epochs=epochs,
         logger=logger,
         callbacks=[pl.callbacks.LearningRateMonitor(logging_interval="step")],
         log_every_n_steps=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
         num_sanity_val_steps=0,
         **trainer_kwargs,
     )
@@ -215,6 +207,18 @@ def test_lightning_gradient_accumulation():
     assert trainer.optimizers[0].iteration == len(applied) == 8
 
 
+def _assert_second_epoch_resumes_bit_for_bit(resumed, ckpt):
+    """``resumed`` (other initial values: everything must come from the checkpoint) fitted
+    from the end of epoch 1 in ``ckpt`` ends epoch 2 as the uninterrupted pair does, bit for
+    bit, logging the pair's LRs."""
+    trainer, logged = _lightning_fit(resumed, epochs=2, ckpt_path=ckpt)
+    ref = _mlp(0)
+    applied = _reference_run(ref, epochs=2)
+    _assert_bitwise(resumed.net, ref)
+    assert logged == {step: lr for step, lr in enumerate(applied) if step >= 8}
+    assert trainer.optimizers[0].iteration == 16
+
+
 @pytest.mark.parametrize("form", ["adapter", "plain"])
 def test_lightning_checkpoint_resume_continues_bit_for_bit(form, tmp_path):
     _, Module, _ = _lightning_classes()
@@ -223,13 +227,7 @@ def test_lightning_checkpoint_resume_continues_bit_for_bit(form, tmp_path):
     ckpt = tmp_path / "epoch1.ckpt"
     trainer.save_checkpoint(ckpt)
 
-    resumed = Module(1, form)  # other initial values: everything must come from the checkpoint
-    trainer, logged = _lightning_fit(resumed, epochs=2, ckpt_path=ckpt)
-    ref = _mlp(0)
-    applied = _reference_run(ref, epochs=2)
-    _assert_bitwise(resumed.net, ref)
-    assert logged == {step: lr for step, lr in enumerate(applied) if step >= 8}
-    assert trainer.optimizers[0].iteration == 16
+    _assert_second_epoch_resumes_bit_for_bit(Module(1, form), ckpt)
 
 
 def test_lightning_resumes_a_checkpoint_written_by_the_pytorch_pair(tmp_path):
@@ -248,13 +246,7 @@ def test_lightning_resumes_a_checkpoint_written_by_the_pytorch_pair(tmp_path):
     ckpt = tmp_path / "pair-epoch1.ckpt"
     trainer.save_checkpoint(ckpt)
 
-    resumed = Module(1, "adapter")
-    trainer, logged = _lightning_fit(resumed, epochs=2, ckpt_path=ckpt)
-    ref = _mlp(0)
-    applied = _reference_run(ref, epochs=2)
-    _assert_bitwise(resumed.net, ref)
-    assert logged == {step: lr for step, lr in enumerate(applied) if step >= 8}
-    assert trainer.optimizers[0].iteration == 16
+    _assert_second_epoch_resumes_bit_for_bit(Module(1, "adapter"), ckpt)
 
 
 def test_lightning_lr_find_on_a_scheduled_optimizer_warns(tmp_path):
@@ -263,16 +255,7 @@ def test_lightning_lr_find_on_a_scheduled_optimizer_warns(tmp_path):
     pl, Module, _ = _lightning_classes()
     from lightning.pytorch.tuner import Tuner
 
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=str(tmp_path),
-    )
+    trainer = lightning_trainer(pl, max_epochs=1, logger=False, default_root_dir=str(tmp_path))
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         Tuner(trainer).lr_find(
@@ -343,20 +326,8 @@ def _record_forward_calls(model):
 
 def _hf_train(model, out, optimizers, max_steps=12, accumulation=1, resume=None, **kwargs):
     transformers = pytest.importorskip("transformers")
-    args = transformers.TrainingArguments(
-        output_dir=str(out),
-        per_device_train_batch_size=BATCH,
-        gradient_accumulation_steps=accumulation,
-        max_steps=max_steps,
-        max_grad_norm=1.0,
-        use_cpu=True,
-        report_to=[],
-        logging_steps=1,
-        seed=0,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        save_strategy=kwargs.pop("save_strategy", "no"),
-        **kwargs,
+    args = hf_arguments(
+        out, BATCH, gradient_accumulation_steps=accumulation, max_steps=max_steps, max_grad_norm=1.0, **kwargs
     )
     trainer = transformers.Trainer(model=model, args=args, train_dataset=_Tokens(), optimizers=optimizers)
     with warnings.catch_warnings(record=True) as record:
@@ -650,19 +621,7 @@ def test_hf_trainer_optimizer_cls_and_kwargs_with_the_mixin_takes_the_optimizers
     ref = copy.deepcopy(model)
     calls = _record_forward_calls(model)
     kwargs = {"base_lr": BASE_LR, "max_lr": MAX_LR, "step_size_up": STEP_UP, "momentum": 0.9}
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=BATCH,
-        max_steps=12,
-        max_grad_norm=1.0,
-        use_cpu=True,
-        report_to=[],
-        logging_steps=1,
-        seed=0,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        save_strategy="no",
-    )
+    args = hf_arguments(tmp_path, BATCH, max_steps=12, max_grad_norm=1.0)
     trainer = CLRTrainer(
         model=model, args=args, train_dataset=_Tokens(), optimizer_cls_and_kwargs=(clr_ext.CyclicSGD, kwargs)
     )

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch._dynamo.testing
 from conftest import ALL_DTYPES, ReferencePair, assert_close_rel, compiled_step_against_eager, same_float
-from test_parity import Problem, assert_every_param_moved, check_reported, check_state, step_both
+from test_parity import Problem, assert_every_param_moved, check_reported, check_state, sgd_case_id, step_both
 
 import clr_ext
 from clr_ext import backends as _backends
@@ -108,25 +108,11 @@ MAX_MOMENTUM = [0.9, 0.95, 0.9]
 MOMENTUM_VARIANTS = ((0.0, False, 0.0), (0.9, False, 0.1), (0.9, True, 0.0))
 
 
-def run_one_cycle(
-    backend,
-    dtype,
-    strategy,
-    three_phase,
-    momentum,
-    nesterov,
-    dampening,
-    weight_decay,
-    maximize,
-    cycle_momentum,
-    total_steps=60,
-    bounds_as="lists",
-    steps=None,
-):
+def run_one_cycle(backend, dtype, strategy, three_phase, total_steps=60, bounds_as="lists", steps=None, **sgd):
+    """OneCycleSGD against SGD + OneCycleLR over the whole schedule (or ``steps``); ``sgd``:
+    momentum, nesterov, dampening, weight_decay, maximize and cycle_momentum."""
+    cycle_momentum, maximize = sgd.pop("cycle_momentum"), sgd["maximize"]
     problem = Problem(dtype)
-    sgd_kwargs = dict(
-        momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov, maximize=maximize
-    )
     sched_kwargs = dict(
         max_lr=MAX_LR,
         total_steps=total_steps,
@@ -139,7 +125,7 @@ def run_one_cycle(
         base_momentum=BASE_MOMENTUM,
         max_momentum=MAX_MOMENTUM,
     )
-    ref = ReferencePair([{"params": g} for g in problem.groups], sgd_kwargs, sched_kwargs, scheduler=OneCycleLR)
+    ref = ReferencePair([{"params": g} for g in problem.groups], sgd, sched_kwargs, scheduler=OneCycleLR)
     params, groups = [], []
     for gi, group in enumerate(problem.groups):
         ps = [t.clone().requires_grad_(True) for t in group]
@@ -157,7 +143,7 @@ def run_one_cycle(
                 d[key] = value[gi]
         kwargs.update(base_momentum=0.1, max_momentum=0.2)
         max_lr = 0.5
-    opt = clr_ext.OneCycleSGD(groups, max_lr, total_steps, backend=backend, **sgd_kwargs, **kwargs)
+    opt = clr_ext.OneCycleSGD(groups, max_lr, total_steps, backend=backend, **sgd, **kwargs)
     check_reported(opt, ref, cycle_momentum, "after construction")
     steps = total_steps if steps is None else steps
     for k in range(steps):
@@ -183,48 +169,41 @@ def _parity_cases():
     ):
         if maximize and (wd == 0.0 or not cycle):  # maximize once per combination of the rest is enough
             continue
-        cid = "%s%s-m%g%s%s-wd%g%s-%s-%s" % (
+        sgd = dict(momentum=momentum, nesterov=nesterov, dampening=dampening, weight_decay=wd, maximize=maximize)
+        cid = "%s%s-%s-%s" % (
             strategy,
             "-3ph" if three else "",
-            momentum,
-            "-nest" if nesterov else "",
-            "-damp" if dampening else "",
-            wd,
-            "-max" if maximize else "",
-            "cyc" if cycle else "nocyc",
+            sgd_case_id(cycle_momentum=cycle, **sgd),
             str(dtype).split(".")[-1],
         )
-        cases.append(pytest.param(strategy, three, momentum, nesterov, dampening, wd, maximize, cycle, dtype, id=cid))
+        case = dict(strategy=strategy, three_phase=three, cycle_momentum=cycle, dtype=dtype, **sgd)
+        cases.append(pytest.param(case, id=cid))
     return cases
 
 
-@pytest.mark.parametrize(
-    "strategy,three_phase,momentum,nesterov,dampening,weight_decay,maximize,cycle_momentum,dtype", _parity_cases()
-)
-def test_parity_with_sgd_and_onecyclelr(
-    backend, strategy, three_phase, momentum, nesterov, dampening, weight_decay, maximize, cycle_momentum, dtype
-):
+@pytest.mark.parametrize("case", _parity_cases())
+def test_parity_with_sgd_and_onecyclelr(backend, case):
     """Three groups with per-group bounds, params that miss steps, the whole schedule:
     lr and momentum equal after every step, params and buffers within api.md's tolerance."""
-    bounds_as = "lists" if (momentum + weight_decay) == 0 or three_phase else "dict"
-    run_one_cycle(
-        backend,
-        dtype,
-        strategy,
-        three_phase,
-        momentum,
-        nesterov,
-        dampening,
-        weight_decay,
-        maximize,
-        cycle_momentum,
-        bounds_as=bounds_as,
-    )
+    bounds_as = "lists" if (case["momentum"] + case["weight_decay"]) == 0 or case["three_phase"] else "dict"
+    run_one_cycle(backend, bounds_as=bounds_as, **case)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_parity_is_bit_identical_in_fp32_and_fp64(backend, dtype):
-    opt, params, ref = run_one_cycle(backend, dtype, "cos", False, 0.9, False, 0.1, 0.01, False, True, total_steps=1000)
+    opt, params, ref = run_one_cycle(
+        backend,
+        dtype,
+        "cos",
+        False,
+        total_steps=1000,
+        momentum=0.9,
+        nesterov=False,
+        dampening=0.1,
+        weight_decay=0.01,
+        maximize=False,
+        cycle_momentum=True,
+    )
     for i, (p, r) in enumerate(zip(params, ref.params)):
         assert torch.equal(p.detach(), r), i
         assert torch.equal(opt.state[p]["momentum_buffer"], ref.buffer(i)), i
@@ -373,16 +352,8 @@ def test_from_torch_converts_a_running_pair(backend):
     sgd = torch.optim.SGD(
         [{"params": ps[:1]}, {"params": ps[1:], "weight_decay": 0.01}], lr=0.1, momentum=0.9, nesterov=True
     )
-    sched = OneCycleLR(
-        sgd,
-        [0.2, 0.1],
-        total_steps=50,
-        pct_start=0.31,
-        anneal_strategy="linear",
-        three_phase=True,
-        div_factor=7.0,
-        final_div_factor=3.0,
-    )
+    shape = dict(total_steps=50, pct_start=0.31, anneal_strategy="linear", three_phase=True, div_factor=7.0)
+    sched = OneCycleLR(sgd, [0.2, 0.1], final_div_factor=3.0, **shape)
     gen = torch.Generator().manual_seed(1)
     for _ in range(13):
         for p in ps:
@@ -398,17 +369,7 @@ def test_from_torch_converts_a_running_pair(backend):
     twin_sgd = copy.deepcopy(sgd)  # continue the torch pair on copies, to compare
     twin_sgd.param_groups[0]["params"], twin_sgd.param_groups[1]["params"] = twin[:1], twin[1:]
     twin_sgd.state = {t: copy.deepcopy(sgd.state[p]) for t, p in zip(twin, ps)}
-    twin_sched = OneCycleLR(
-        twin_sgd,
-        [0.2, 0.1],
-        total_steps=50,
-        pct_start=0.31,
-        anneal_strategy="linear",
-        three_phase=True,
-        div_factor=7.0,
-        final_div_factor=3.0,
-        last_epoch=12,
-    )
+    twin_sched = OneCycleLR(twin_sgd, [0.2, 0.1], final_div_factor=3.0, last_epoch=12, **shape)
     twin_sched.load_state_dict(sched.state_dict())
     for _ in range(36):
         for p, t in zip(ps, twin):

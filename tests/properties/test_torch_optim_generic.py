@@ -24,7 +24,7 @@ Not run here, and why:
 - tensor LR (``lr=torch.tensor(...)``): the LR is the schedule's, a host float per step.
 - sparse gradients (``test_rosenbrock_sparse``): not supported (a clear error, api.md).
 - CUDA / multi-GPU / fused-kernel / peak-memory / large-tensor tests: no GPU here
-  (tests/test_cuda.py covers the CUDA backend), and there is no fused/foreach flag.
+  (tests/cuda/ covers the CUDA backend), and there is no fused/foreach flag.
 - second-order optimizers (closure-requiring): none of ours is one.
 - from optim_db's own SGD / AdamW inputs (test_matches_torch_optim_with_constant_lr): the
   "tensor lr" input, and the foreach / fused / differentiable variants the helper adds (their
@@ -134,7 +134,7 @@ def _error_inputs_func(torch_info, schedule: Dict[str, Any]):
     """torch's error inputs for the matching optimizer, as our constructor takes them.
 
     The generic ones (param types, duplicates, names) keep torch's own message. ``lr`` goes:
-    the LR is scheduled (the schedule's own bounds are checked by tests/test_optimizer.py).
+    the LR is scheduled (the schedule's own bounds are checked by tests/rules/test_optimizer.py).
     Inputs about tensor LRs/betas or the implementation flags have no counterpart and are left
     out. A rule-specific one keeps its error type; the message names the argument (api.md)
     where torch's says "Invalid ... value"."""
@@ -865,33 +865,20 @@ def test_load_state_dict_pre_post_hook(optim_info):
 
 
 @optims
-def test_step_post_hook(optim_info):
+@pytest.mark.parametrize("when, first, last", [("post", 2, 6), ("pre", 5, 9)])
+def test_step_hook(optim_info, when, first, last):
     params = [torch.tensor([1.0, 1.0])]
     for optim_input in _inputs(optim_info):
         optimizer = optim_info.optim_cls(params, **optim_input.kwargs)
-        data = [2]
-        handle = optimizer.register_step_post_hook(lambda opt, args, kwargs: data.append(data[-1] + 2))
+        data = [first]
+        register = getattr(optimizer, "register_step_%s_hook" % when)
+        handle = register(lambda opt, args, kwargs: data.append(data[-1] + 2))
         optimizer.step()
         optimizer.step()
-        assert data[-1] == 6
+        assert data[-1] == last
         handle.remove()
         optimizer.step()
-        assert data[-1] == 6
-
-
-@optims
-def test_step_pre_hook(optim_info):
-    params = [torch.tensor([1.0, 1.0])]
-    for optim_input in _inputs(optim_info):
-        optimizer = optim_info.optim_cls(params, **optim_input.kwargs)
-        data = [5]
-        handle = optimizer.register_step_pre_hook(lambda opt, args, kwargs: data.append(data[-1] + 2))
-        optimizer.step()
-        optimizer.step()
-        assert data[-1] == 9
-        handle.remove()
-        optimizer.step()
-        assert data[-1] == 9
+        assert data[-1] == last
 
 
 @optims
@@ -1155,7 +1142,7 @@ def _torch_and_ours_kwargs(torch_info, optim_info):
     adds), as (torch kwargs, our kwargs) pairs: the same update rule, our schedule held at
     torch's LR. Left out, as ours has no such argument: implementation variants (foreach /
     fused / differentiable set: their torch twin with the flags off is compared), capturable
-    (CUDA graphs: tests/test_cuda.py), tensor LRs and betas, decoupled_weight_decay (Adam's)."""
+    (CUDA graphs: tests/cuda/test_cuda_rules.py), tensor LRs and betas, decoupled_weight_decay (Adam's)."""
     default_lr = inspect.signature(torch_info.optim_cls).parameters["lr"].default
     pairs = []
     for optim_input in all_optim_inputs(DEVICE, torch.float32, torch_info):

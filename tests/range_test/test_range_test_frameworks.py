@@ -15,6 +15,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from support.frameworks import hf_arguments, lightning_trainer
 
 import clr_ext
 
@@ -25,12 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 N_SAMPLES, BATCH = 48, 4  # 12 batches per epoch
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _dataset():
@@ -71,17 +67,8 @@ def _lightning_module(cls_name="CyclicSGD", log_calls=None):
 
 
 def _trainer(pl, callbacks, max_epochs, **kwargs):
-    return pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=max_epochs,
-        logger=False,
-        callbacks=callbacks,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
-        **kwargs,
+    return lightning_trainer(
+        pl, max_epochs=max_epochs, logger=False, callbacks=callbacks, num_sanity_val_steps=0, **kwargs
     )
 
 
@@ -250,19 +237,7 @@ def test_hf_trainer_recipe(cls_name, accumulation, tmp_path):
     transformers, model = _hf_model()
     from clr_ext.range_test.hf import use_range_test
 
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=BATCH,
-        gradient_accumulation_steps=accumulation,
-        num_train_epochs=4,
-        use_cpu=True,
-        report_to=[],
-        logging_steps=1,
-        seed=0,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        save_strategy="no",
-    )
+    args = hf_arguments(tmp_path, BATCH, gradient_accumulation_steps=accumulation, num_train_epochs=4)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=_Features())
     initial = _state(model)
     with warnings.catch_warnings():

@@ -11,18 +11,12 @@ whole batch, the same LR sequence, and the resumed run identical to the uninterr
 
 from __future__ import annotations
 
-import datetime
 import os
-import socket
-import sys
-import time
-import traceback
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from torch.multiprocessing.spawn import ProcessException
+from support.ranks import WORLD, rank_main, spawn
 
 import clr_ext
 
@@ -30,7 +24,6 @@ pytestmark = pytest.mark.skipif(
     not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available"
 )
 
-WORLD = 2
 K, M = 4, 3
 CFG = dict(
     base_lr=0.05, max_lr=0.4, step_size_up=2, step_size_down=3, mode="triangular2", momentum=0.9, weight_decay=1e-3
@@ -72,12 +65,6 @@ def _flat(module):
     return torch.cat([p.detach().reshape(-1) for p in module.parameters()]).clone()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _make_opt(kind, net, optim="CyclicSGD"):
     cls, cfg = OPTIMIZERS[optim]
     if kind == "zero":
@@ -87,38 +74,8 @@ def _make_opt(kind, net, optim="CyclicSGD"):
     return cls(net.parameters(), **cfg)
 
 
-def _rank_main(body, rank, port, *args):
-    """Runs ``body(rank, *args)`` on one rank of a gloo group, then leaves the process
-    without tearing the group down.
-
-    torch 2.13's gloo teardown can deadlock: ~ProcessGroupGloo (run from a pybind dealloc,
-    e.g. of DDP's Reducer, with the GIL held) joins its worker threads, while a worker
-    thread that is destroying a finished Work waits for the GIL to drop a Python object
-    from the Work's ThreadLocalState (native stacks from py-spy: main thread in
-    std::thread::join <- ~ProcessGroupGloo <- ~Reducer <- pybind11_object_dealloc; worker
-    thread in gil_scoped_acquire <- ~ThreadLocalState <- ~AsyncWork <- runLoop). The same
-    race also aborted a rank ("terminate called without an active exception"). The
-    results are on disk once ``body`` returns and both ranks pass the barrier, so each
-    rank then exits at once; an error exits with status 1 after printing its traceback."""
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    try:
-        dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
-        body(rank, *args)
-        dist.barrier()  # no rank leaves while the other still needs it
-    except BaseException:
-        traceback.print_exc()
-        exit_code = 1
-    else:
-        exit_code = 0
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(exit_code)
-
-
 def _worker(rank, kind, optim, port, out):
-    _rank_main(_train_rank, rank, port, kind, optim, out)
+    rank_main(_train_rank, rank, port, kind, optim, out)
 
 
 def _train_rank(rank, kind, optim, out):
@@ -151,37 +108,6 @@ def _train_rank(rank, kind, optim, out):
     )
 
 
-def _spawn_once(fn, args, timeout):
-    ctx = mp.start_processes(fn, args=args, nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + timeout
-    try:
-        while not ctx.join(timeout=1.0):
-            if time.monotonic() > deadline:
-                return "distributed workers did not finish within %.0f s" % timeout
-    except ProcessException as err:
-        return str(err)
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
-    return None
-
-
-def _spawn(fn, args_for_port, timeout=90.0, attempts=2):
-    """Runs ``fn`` on WORLD ranks with ``args_for_port(port)``, a fresh port per attempt.
-
-    The numbers are checked by the caller. The teardown deadlock that made launches
-    hang is avoided in ``_rank_main``; the one retry left covers the port race of
-    ``_free_port`` (another process may take the port before rank 0 binds it)."""
-    errors = []
-    for _ in range(attempts):
-        error = _spawn_once(fn, args_for_port(_free_port()), timeout)
-        if error is None:
-            return
-        errors.append(error)
-    pytest.fail("distributed workers failed %d times: %s" % (attempts, " | ".join(errors)))
-
-
 def _single_process(optim="CyclicSGD"):
     model = _model()
     opt = _make_opt("single", model, optim)
@@ -192,7 +118,7 @@ def _single_process(optim="CyclicSGD"):
 @pytest.mark.parametrize("optim", list(OPTIMIZERS))
 @pytest.mark.parametrize("kind", ["ddp", "zero"])
 def test_distributed_matches_single_process_and_resumes(kind, optim, tmp_path):
-    _spawn(_worker, lambda port: (kind, optim, port, str(tmp_path)))
+    spawn(_worker, lambda port: (kind, optim, port, str(tmp_path)))
     results = [torch.load(tmp_path / ("rank%d.pt" % r), weights_only=False) for r in range(WORLD)]
     ref, ref_lrs = _single_process(optim)
     for r, res in enumerate(results):
@@ -210,7 +136,7 @@ def test_distributed_matches_single_process_and_resumes(kind, optim, tmp_path):
 
 
 def _fsdp_worker(rank, optim, port, out):
-    _rank_main(_fsdp_rank, rank, port, optim, out)
+    rank_main(_fsdp_rank, rank, port, optim, out)
 
 
 def _fsdp_rank(rank, optim, out):
@@ -241,7 +167,7 @@ def _fsdp2_available():
 @pytest.mark.skipif(not _fsdp2_available(), reason="torch.distributed.fsdp.fully_shard is not in this torch")
 @pytest.mark.parametrize("optim", list(OPTIMIZERS))
 def test_fsdp2_dtensor_params(optim, tmp_path):
-    _spawn(_fsdp_worker, lambda port: (optim, port, str(tmp_path)))
+    spawn(_fsdp_worker, lambda port: (optim, port, str(tmp_path)))
     results = [torch.load(tmp_path / ("rank%d.pt" % r), weights_only=False) for r in range(WORLD)]
     ref, ref_lrs = _single_process(optim)
     for res in results:

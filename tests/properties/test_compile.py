@@ -4,7 +4,7 @@ What torch.compile does with ``opt.step()``:
 - With the ``cpp`` backend the step traces without a graph break (``fullgraph=True``): the
   Python planning is traceable and the update is the registered op
   ``torch.ops.clr_ext.cyclic_sgd_`` (fake impl in ``clr_ext/_ops.py``; ``opcheck`` is in
-  tests/test_ops.py), which AOTAutograd functionalizes.
+  tests/backends/test_ops.py), which AOTAutograd functionalizes.
 - No re-trace per step: the traced step reads no per-step Python number. The op reads
   the iteration from the device counter, the step reads the param groups through an
   alias (dynamo guards on every value of ``param_groups`` when that attribute is read,

@@ -5,33 +5,22 @@ same offset in both, so the compiled op must walk them in place, not stage them 
 dense copies at every step (csrc/op/staging.h: strides are compared only where the
 size is > 1). Checked here on the CPU op: the numbers are torch.optim.SGD + CyclicLR's,
 and no copy runs inside the op (torch.profiler sees no aten::contiguous / clone /
-copy_). tests/test_cuda.py::test_size_one_strides_are_not_staged is the CUDA twin.
+copy_). tests/cuda/test_cuda_sgd.py::test_size_one_strides_are_not_staged is the CUDA twin.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, List
 
 import pytest
 import torch
+from support.layouts import channels_last, size_one_layouts, staged_copies
+from support.sgd_op import op_args
 
 import clr_ext
 from clr_ext import backends as _backends
-from clr_ext.schedule import MODES
 
-Shape = Tuple[int, ...]
 DTYPE_IDS = {torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", torch.bfloat16: "bf16"}
-#: what a staged (copied) tensor shows in the profiler, from the op's own dispatches
-COPY_OPS = ("aten::contiguous", "aten::clone", "aten::copy_", "aten::empty_like", "aten::empty_strided")
-
-
-def with_size1_stride(t: torch.Tensor, dim: int, stride: int) -> torch.Tensor:
-    """``t``'s values in a new dense tensor whose stride on size-1 dimension ``dim`` is
-    ``stride`` (every other stride as in ``t``)."""
-    assert t.shape[dim] == 1
-    strides = list(t.stride())
-    strides[dim] = stride
-    return torch.empty_strided(t.shape, strides, dtype=t.dtype).copy_(t)
 
 
 def is_dense(t: torch.Tensor) -> bool:
@@ -45,41 +34,15 @@ def is_dense(t: torch.Tensor) -> bool:
     return True
 
 
-def channels_last(t: torch.Tensor) -> torch.Tensor:
-    """``t``'s values in channels_last strides. (t.contiguous(memory_format=...) would keep a
-    (C, 1, k, k) tensor's contiguous strides: with one channel it already counts as
-    channels_last-contiguous.)"""
-    return torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=torch.channels_last).copy_(t)
-
-
-#: name: (shape, param layout, grad layout, buffer layout). Every pair differs only on a
-#: size-1 dimension, and each tensor is dense.
-LAYOUTS: Dict[str, Tuple[Shape, Callable, Callable, Callable]] = {
-    # depthwise conv weights: a contiguous param, a channels_last grad (and the reverse)
-    "depthwise-contig-param-cl-grad": ((12, 1, 3, 3), lambda t: t, channels_last, lambda t: t),
-    "depthwise-cl-param-contig-grad": ((12, 1, 5, 5), channels_last, lambda t: t, channels_last),
-    # any stride at all on the size-1 dimension, a different one per tensor
-    "depthwise-odd-strides": (
-        (7, 1, 3, 3),
-        lambda t: with_size1_stride(t, 1, 1),
-        lambda t: with_size1_stride(t, 1, 12345),
-        lambda t: with_size1_stride(t, 1, 2),
-    ),
-    # a (1, n) row: a transposed (n, 1) column against a contiguous row
-    "row-from-transpose": (
-        (1, 1031),
-        lambda t: t,
-        lambda t: t.t().contiguous().t(),
-        lambda t: with_size1_stride(t, 0, 7),
-    ),
-    # size-1 leading and trailing dimensions
-    "leading-trailing-ones": (
-        (1, 33, 1),
-        lambda t: with_size1_stride(with_size1_stride(t, 0, 99), 2, 5),
-        lambda t: t,
-        lambda t: with_size1_stride(t, 2, 0),
-    ),
-}
+LAYOUTS = size_one_layouts(
+    {
+        "depthwise-contig-param-cl-grad": (12, 1, 3, 3),
+        "depthwise-cl-param-contig-grad": (12, 1, 5, 5),
+        "depthwise-odd-strides": (7, 1, 3, 3),
+        "row-from-transpose": (1, 1031),
+        "leading-trailing-ones": (1, 33, 1),
+    }
+)
 
 
 def test_layout_zoo_is_what_it_claims():
@@ -103,7 +66,7 @@ def test_layout_zoo_is_what_it_claims():
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float64), ids=lambda d: DTYPE_IDS[d])
 def test_size_one_stride_layouts_match_torch_sgd(backend, dtype, layout):
     """The same bits as torch.optim.SGD + CyclicLR after every step (as
-    tests/test_parity.py::test_bit_identical_to_torch_sgd for contiguous params), with
+    tests/rules/test_parity.py::test_bit_identical_to_torch_sgd for contiguous params), with
     the gradients given in a layout that differs from the param's on a size-1
     dimension; the param stays in place with its own strides."""
     shape, make_p, make_g, _ = LAYOUTS[layout]
@@ -138,32 +101,18 @@ def op_call(
     params: List[torch.Tensor], grads: List[torch.Tensor], bufs: List[torch.Tensor], iteration: int, grad_scale=None
 ) -> Callable[[], None]:
     """One step of the op as a function (its scalar tensors made now, outside what is profiled)."""
-    counter = torch.tensor(iteration, dtype=torch.int64)
-    scale = None if grad_scale is None else torch.tensor(grad_scale)
-    found_inf = None if grad_scale is None else torch.zeros(())
-
-    def call():
-        torch.ops.clr_ext.cyclic_sgd_(
-            params,
-            grads,
-            bufs,
-            [],
-            counter,
-            [0.01, 0.1, 0.8, 0.9],
-            [5.0, 7.0, 0.99, 1.0],
-            MODES["triangular"],
-            0.9,
-            0.1,
-            0.01,
-            False,
-            False,
-            True,
-            iteration == 0,
-            scale,
-            found_inf,
-        )
-
-    return call
+    args = op_args(
+        params,
+        grads,
+        bufs,
+        iteration,
+        dampening=0.1,
+        weight_decay=0.01,
+        first_step=iteration == 0,
+        grad_scale=None if grad_scale is None else torch.tensor(grad_scale),
+        found_inf=None if grad_scale is None else torch.zeros(()),
+    )
+    return lambda: torch.ops.clr_ext.cyclic_sgd_(*args)
 
 
 def ops_run_by(fn: Callable[[], None]) -> List[str]:
@@ -173,10 +122,6 @@ def ops_run_by(fn: Callable[[], None]) -> List[str]:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
     return [e.name for e in prof.events()]
-
-
-def staged_copies(names: List[str]) -> List[str]:
-    return [n for n in names if n in COPY_OPS]
 
 
 @needs_op

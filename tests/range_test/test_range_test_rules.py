@@ -13,13 +13,7 @@ from torch import nn
 import clr_ext
 from clr_ext.range_test import SUGGEST_METHODS, RangeTestResult, range_test
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------- known curves

@@ -20,13 +20,7 @@ from clr_ext.apps.data import (
     load_digits_split,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_fake_cifar10(folder, n_per_batch=6, n_test=8, seed=0, protocol=2):

@@ -1,6 +1,6 @@
 """The PyTorch schedulers and compositions that clr_ext.schedules values stand for, each with
-its value: the cases of the schedule-value tests (tests/test_schedule_values.py, the LR of every
-step) and of the optimizer tests (tests/test_schedule_optimizers.py, the params of every step).
+its value: the cases of the schedule-value tests (tests/schedules/test_schedule_values.py, the LR of every
+step) and of the optimizer tests (tests/schedules/test_schedule_optimizers.py, the params of every step).
 
 ``recursive`` lists the step ranges where PyTorch runs LinearLR's recursive ``step()`` (a
 product of per-step factors, not its closed form): there the numbers may differ by one rounding
@@ -35,6 +35,19 @@ def _case(id, rule, build, value, recursive=()):
     """``recursive``: (first step, end step, total_iters) of the step ranges where PyTorch runs
     LinearLR's recursive step(); everything else must be bit-identical."""
     return pytest.param(rule, build, value, recursive, id=id)
+
+
+#: transformers' helper -> the value that stands for it, called with the same arguments
+_HF_VALUES = {
+    "get_linear_schedule_with_warmup": S.hf_linear_with_warmup,
+    "get_cosine_schedule_with_warmup": S.hf_cosine_with_warmup,
+    "get_wsd_schedule": S.hf_wsd,
+}
+
+
+def _hf_case(id, rule, helper, *args, **kwargs):
+    """transformers' ``helper`` against its value, both given ``args`` and ``kwargs``."""
+    return _case(id, rule, lambda o: _hf(helper)(o, *args, **kwargs), _HF_VALUES[helper](*args, **kwargs))
 
 
 def _warmup(then):
@@ -186,65 +199,32 @@ PARITY = [
         S.Sequential([S.Cyclic(1e-4, 1e-2, 250), S.Constant(0.25, 50)], [1100]),
     ),
     # transformers' LambdaLR helpers (run past num_training_steps, where they clamp)
-    _case(
-        "hf-linear",
-        "adamw",
-        lambda o: _hf("get_linear_schedule_with_warmup")(o, WARMUP, 8000),
-        S.hf_linear_with_warmup(WARMUP, 8000),
-    ),
-    _case(
-        "hf-linear-nowarmup",
-        "sgd",
-        lambda o: _hf("get_linear_schedule_with_warmup")(o, 0, STEPS),
-        S.hf_linear_with_warmup(0, STEPS),
-    ),
-    _case(
-        "hf-cosine",
-        "adamw",
-        lambda o: _hf("get_cosine_schedule_with_warmup")(o, WARMUP, 9000),
-        S.hf_cosine_with_warmup(WARMUP, 9000),
-    ),
-    _case(
-        "hf-cosine-cycles",
-        "sgd",
-        lambda o: _hf("get_cosine_schedule_with_warmup")(o, 123, STEPS, num_cycles=2.25),
-        S.hf_cosine_with_warmup(123, STEPS, num_cycles=2.25),
-    ),
-    _case(
-        "hf-wsd",
-        "adamw",
-        lambda o: _hf("get_wsd_schedule")(o, WARMUP, 2000, num_training_steps=9000),
-        S.hf_wsd(WARMUP, 2000, num_training_steps=9000),
-    ),
-    _case(
+    _hf_case("hf-linear", "adamw", "get_linear_schedule_with_warmup", WARMUP, 8000),
+    _hf_case("hf-linear-nowarmup", "sgd", "get_linear_schedule_with_warmup", 0, STEPS),
+    _hf_case("hf-cosine", "adamw", "get_cosine_schedule_with_warmup", WARMUP, 9000),
+    _hf_case("hf-cosine-cycles", "sgd", "get_cosine_schedule_with_warmup", 123, STEPS, num_cycles=2.25),
+    _hf_case("hf-wsd", "adamw", "get_wsd_schedule", WARMUP, 2000, num_training_steps=9000),
+    _hf_case(
         "hf-wsd-cosine-1sqrt",
         "sgd",
-        lambda o: _hf("get_wsd_schedule")(
-            o, 700, 3000, num_stable_steps=4000, warmup_type="cosine", decay_type="1-sqrt", min_lr_ratio=0.1
-        ),
-        S.hf_wsd(700, 3000, num_stable_steps=4000, warmup_type="cosine", decay_type="1-sqrt", min_lr_ratio=0.1),
+        "get_wsd_schedule",
+        700,
+        3000,
+        num_stable_steps=4000,
+        warmup_type="cosine",
+        decay_type="1-sqrt",
+        min_lr_ratio=0.1,
     ),
-    _case(
+    _hf_case(
         "hf-wsd-1sqrt-linear",
         "sgd",
-        lambda o: _hf("get_wsd_schedule")(
-            o,
-            300,
-            2500,
-            num_training_steps=9500,
-            warmup_type="1-sqrt",
-            decay_type="linear",
-            min_lr_ratio=0.05,
-            num_cycles=0.7,
-        ),
-        S.hf_wsd(
-            300,
-            2500,
-            num_training_steps=9500,
-            warmup_type="1-sqrt",
-            decay_type="linear",
-            min_lr_ratio=0.05,
-            num_cycles=0.7,
-        ),
+        "get_wsd_schedule",
+        300,
+        2500,
+        num_training_steps=9500,
+        warmup_type="1-sqrt",
+        decay_type="linear",
+        min_lr_ratio=0.05,
+        num_cycles=0.7,
     ),
 ]

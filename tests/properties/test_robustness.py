@@ -71,22 +71,9 @@ def _split(items, n_groups):
 def _check_against_references(cfg, backend):
     gen = torch.Generator().manual_seed(cfg["seed"])
     init = [torch.randn(s, generator=gen, dtype=cfg["dtype"]) for s in cfg["shapes"]]
-    sgd_kw = dict(
-        momentum=cfg["momentum"],
-        dampening=cfg["dampening"],
-        weight_decay=cfg["weight_decay"],
-        nesterov=cfg["nesterov"],
-        maximize=cfg["maximize"],
-    )
-    sched_kw = dict(
-        base_lr=cfg["base_lr"],
-        max_lr=cfg["max_lr"],
-        step_size_up=cfg["up"],
-        step_size_down=cfg["down"],
-        mode=cfg["mode"],
-        gamma=cfg["gamma"],
-        cycle_momentum=cfg["cycle_momentum"],
-    )
+    sgd_kw = {k: cfg[k] for k in ("momentum", "dampening", "weight_decay", "nesterov", "maximize")}
+    sched_kw = {k: cfg[k] for k in ("base_lr", "max_lr", "mode", "gamma", "cycle_momentum")}
+    sched_kw.update(step_size_up=cfg["up"], step_size_down=cfg["down"])
     ref = ReferencePair([{"params": g} for g in _split(init, cfg["n_groups"])], sgd_kw, sched_kw)
 
     params = [t.clone().requires_grad_(True) for t in init]

@@ -14,7 +14,7 @@ import pytest
 
 import clr_ext
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 pytestmark = pytest.mark.skipif("cpp" not in clr_ext.available_backends(), reason="the bench variants use cpp")
 
 

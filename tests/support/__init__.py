@@ -1,0 +1,2 @@
+"""Helpers the tests in several folders share (importable as ``support``: pyproject's
+pytest ``pythonpath`` puts tests/ on the path)."""
