@@ -118,7 +118,7 @@ def one_cycle_shape(
 
 # The tensor validator's messages. ``_C.validate_group`` (csrc/op/check.cpp) raises these words
 # and its pure-Python twin (``clr_ext.optim.functional.validate_group``, for builds without
-# ``_C`` and traced steps) builds them here; tests/test_optimizer.py holds both to them.
+# ``_C`` and traced steps) builds them here; tests/rules/test_optimizer.py holds both to them.
 FLOATING = "float32, float64, float16, bfloat16, complex64, complex128"
 
 

@@ -22,7 +22,7 @@ step). :class:`GradientClippingMixin` overrides it::
 It clips as Lightning clips other optimizers (``torch.nn.utils.clip_grad_norm_`` or
 ``clip_grad_value_`` over the optimizer's parameters, ``gradient_clip_algorithm`` honoured),
 so a run gives the numbers of ``torch.optim.SGD`` + ``CyclicLR`` with the same clipping
-(``tests/test_frameworks.py``). Under ``"16-mixed"`` the gradients are still scaled at that
+(``tests/integrations/test_frameworks.py``). Under ``"16-mixed"`` the gradients are still scaled at that
 point: it first unscales them with the Trainer's scaler (``scaler.unscale_(optimizer)``,
 as in a plain AMP loop), and the optimizer's step then only skips steps with infs. Other
 optimizers go through Lightning's own clipping unchanged.

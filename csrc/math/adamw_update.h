@@ -19,7 +19,7 @@
  *   fma(w - 1, end - start, end), with w - 1 computed in T;
  * - addcmul is self + (value * t1) * t2, which ATen's build contracts into
  *   fma(value * t1, t2, self) in both its vector and its scalar loops (measured on
- *   torch 2.13's x86-64 wheel; tests/test_adamw_ops.py checks the bits);
+ *   torch 2.13's x86-64 wheel; tests/backends/test_adamw_ops.py checks the bits);
  * - addcdiv is self + (value * t1) / t2, nothing fused; div and add of a scalar and mul
  *   are single IEEE operations;
  * - sqrt is IEEE's, except where torch is built with MKL: there torch.sqrt is MKL's

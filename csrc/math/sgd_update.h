@@ -15,7 +15,7 @@
  * nesterov fma(momentum, buf, g) and the step fma(-lr, g, p). The fmas are explicit,
  * and everything else is built with -ffp-contract=off (--fmad=false on CUDA), so every
  * backend, CPU clone and device rounds the same way, and fp32/fp64 results are bit for
- * bit those of torch.optim.SGD on the CPU (tests/test_parity.py checks the bits).
+ * bit those of torch.optim.SGD on the CPU (tests/rules/test_parity.py checks the bits).
  *
  * The flags are plain ints that callers pass as compile-time constants; after
  * inlining, the untaken branches vanish and the loop around the call vectorizes.

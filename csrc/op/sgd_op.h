@@ -27,7 +27,7 @@ namespace clr_ext {
 //   still decides "start".
 // No argument may be named `mode`: under torch.compile, auto_functionalized_v2 passes
 // the op's arguments as keywords to a handler whose first parameter is `mode`
-// ("got multiple values for argument 'mode'"; tests/test_ops.py::test_opcheck).
+// ("got multiple values for argument 'mode'"; tests/backends/test_ops.py::test_opcheck).
 constexpr const char* kCyclicSgdSchema =
     "cyclic_sgd_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, "
     "Tensor(d!)[] momentum_start, "

@@ -16,7 +16,7 @@
 // The square root: the CPU loops take MKL's vector sqrt only where libtorch_cpu provides
 // it; this test has no torch, so they take the IEEE sqrt, which is what the device uses:
 // every byte is compared bit for bit, no tolerance. (On the GPU, against torch's MKL-backed
-// CPU AdamW, tests/test_cuda.py compares with a tolerance.)
+// CPU AdamW, tests/cuda/test_cuda_adamw.py compares with a tolerance.)
 // No GPU, no torch; builds under CTest and .ci/cuda_build.sh (32 KB tables).
 #include <stdint.h>
 #include <stdio.h>
