@@ -546,7 +546,7 @@ class _ScheduledOptimizer(Optimizer):
         # Per device: the counter, its host mirror (none for a traced step: dynamo would
         # guard on it), GradScaler's tensors (moved without a sync) and the LR scale.
         host_iteration = None if compiling else self._iteration
-        amp = (getattr(self, "grad_scale", None), getattr(self, "found_inf", None))
+        grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
         for attempt in (1, 2):
             work: List[Work] = []
             new_state: List[Any] = []
@@ -564,8 +564,13 @@ class _ScheduledOptimizer(Optimizer):
                         counter, scale = self._counters.get(item.device), self._lr_scales.get(item.device)
                         if counter is None or scale is None:
                             counter, scale = self._device_tensors(item.device)
-                        moved = (None if t is None else t.to(item.device, non_blocking=True) for t in amp)
-                        inputs_of[item.device] = StepInputs(counter, host_iteration, *moved, scale)
+                        inputs_of[item.device] = StepInputs(
+                            counter,
+                            host_iteration,
+                            None if grad_scale is None else grad_scale.to(item.device, non_blocking=True),
+                            None if found_inf is None else found_inf.to(item.device, non_blocking=True),
+                            scale,
+                        )
                 functional.run(work, inputs_of)
                 break
             except StalePlan as stale:

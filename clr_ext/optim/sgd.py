@@ -24,7 +24,6 @@ from .schedules import (
 __all__ = ["SGD", "CyclicSGD", "OneCycleSGD"]
 
 _BUFFER = operator.itemgetter("momentum_buffer")
-_BUFFER_OR_NONE = operator.methodcaller("get", "momentum_buffer")
 
 # A param's momentum_start (csrc/op/sgd_op.h) before its first step with momentum,
 # and for a buffer that began before it had a start (loaded, or started on the host).
@@ -154,7 +153,7 @@ class _ScheduledSGD(_ScheduledOptimizer):
                 calls = [(params, grads, *self._plan_device_decided(bucket, new_buffers, compiling), False)]
             else:
                 dicts = bucket.states(state) if bucket.state_dicts is None else bucket.state_dicts
-                buffers = list(map(_BUFFER_OR_NONE, dicts))
+                buffers = list(map(dict.get, dicts, repeat("momentum_buffer")))  # (None where missing)
                 if not any(map(operator.is_, buffers, repeat(None))):
                     calls = [(params, grads, buffers, [], False)]
                 else:
