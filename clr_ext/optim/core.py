@@ -372,9 +372,7 @@ class _ScheduledOptimizer(Optimizer):
         if self.cycle_momentum:
             self._report_momentum(group, momentum)
             reported = group[self._momentum_slot]
-            self._written[id(group)] = (lr, momentum, reported)
-        else:
-            self._written[id(group)] = (lr, None, None)
+        self._written[id(group)] = (lr, momentum if self.cycle_momentum else None, reported)
 
     def _refresh_all(self) -> None:
         self._written = {}  # (keyed by id: no group that has gone may leave its id behind)
@@ -725,7 +723,9 @@ class _ScheduledOptimizer(Optimizer):
     def _say_where_the_schedule_is(self) -> None:
         """Before a step that the schedule has something to say about (the end of a 1cycle
         run) or that follows a load which gave no position."""
-        self._schedule.check_iteration(self._iteration)
+        note = self._schedule.note_before_step(self._iteration)
+        if note is not None:
+            warnings.warn(note, UserWarning, stacklevel=_caller_stacklevel())
         if self._position_unknown:
             self._say_position_unknown()
 

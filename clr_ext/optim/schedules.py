@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import math
 import operator
-import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .. import schedule as _oracle
@@ -76,12 +75,15 @@ class CoreSchedule:
         """The :mod:`clr_ext.schedules` value with these numbers, for ``groups``."""
         raise NotImplementedError
 
-    #: The first iteration at which ``check_iteration`` has something to say (the step
-    #: compares, and calls it from there on only).
+    #: The first iteration at which ``note_before_step`` has something to say (the step
+    #: compares, and asks from there on only).
     warn_from = math.inf
 
-    def check_iteration(self, iteration: int) -> None:
-        """Called before a step from ``warn_from`` on: nothing to say for a schedule without an end."""
+    def note_before_step(self, iteration: int) -> Optional[str]:
+        """What to warn about before the step with index ``iteration`` (asked from
+        ``warn_from`` on; the optimizer warns, at the user's line): nothing for a schedule
+        without an end."""
+        return None
 
 
 class CyclicSchedule(CoreSchedule):
@@ -258,15 +260,14 @@ class OneCycleSchedule(CoreSchedule):
             group["max_momentum"],
         )
 
-    def check_iteration(self, iteration: int) -> None:
-        if iteration >= self.total_steps:
-            self.warn_from = math.inf
-            warnings.warn(
-                f"clr_ext: step {iteration + 1} of a 1cycle schedule of total_steps={self.total_steps}: "
-                "the final LR and momentum are kept from here on (OneCycleLR would raise)",
-                UserWarning,
-                stacklevel=5,  # (the user's step: check_iteration, the step's note, step, its wrapper)
-            )
+    def note_before_step(self, iteration: int) -> Optional[str]:
+        if iteration < self.total_steps:
+            return None
+        self.warn_from = math.inf  # (said once)
+        return (
+            f"clr_ext: step {iteration + 1} of a 1cycle schedule of total_steps={self.total_steps}: "
+            "the final LR and momentum are kept from here on (OneCycleLR would raise)"
+        )
 
     def state_dict(self) -> Dict[str, Any]:
         state: Dict[str, Any] = {"kind": self.kind}

@@ -225,8 +225,9 @@ def test_steps_past_total_keep_the_final_values_and_warn_once(backend):
     assert final[0] == clr_ext.one_cycle_lr(9, 0.1, 10) == pytest.approx(group["min_lr"], rel=1e-12)
     assert final[1] == 0.95
     before = p.detach().clone()
-    with pytest.warns(UserWarning, match="total_steps=10"):
+    with pytest.warns(UserWarning, match="total_steps=10") as said:
         opt.step()
+    assert said[0].filename == __file__  # (the warning points at the caller's step)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once only
         for _ in range(3):
