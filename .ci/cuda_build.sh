@@ -175,10 +175,12 @@ fi
 STAGE=$BUILD/stage
 rm -rf "$STAGE"
 mkdir -p "$STAGE"
-# (without the CPU build's .so files and the byte code: .ci/run's tests may be writing those
-# beside this, and a file that vanishes during a copy fails it)
-tar -C "$REPO" --exclude=__pycache__ --exclude="*.so" -cf - clr_ext | tar -C "$STAGE" -xf -
+# (without the CPU build's .so files, build record and byte code: .ci/run's set-up and tests
+# may be writing those beside this, and a file that changes during a copy fails it; the
+# CUDA build's own record comes from its build folder)
+tar -C "$REPO" --exclude=__pycache__ --exclude="*.so" --exclude=_build_info.json -cf - clr_ext | tar -C "$STAGE" -xf -
 cp "$SO" "$STAGE/clr_ext/"
+if [ -f "$BUILD/lib/clr_ext/_build_info.json" ]; then cp "$BUILD/lib/clr_ext/_build_info.json" "$STAGE/clr_ext/"; fi
 cd "$STAGE"  # so that the clone's own clr_ext/ (maybe with a CPU-only _C) is not on sys.path
 PYTHONPATH="$STAGE" "$PY" - <<'EOF'
 import torch
@@ -200,7 +202,7 @@ EOF
 say "tests/cuda/ against the CUDA build"
 mkdir -p "$STAGE/tests"
 rm -rf "$STAGE/tests/cuda" "$STAGE/tests/support"
-cp -r "$REPO/tests/cuda" "$REPO/tests/support" "$STAGE/tests/"
+tar -C "$REPO" --exclude=__pycache__ -cf - tests/cuda tests/support | tar -C "$STAGE" -xf -
 printf '[pytest]\nmarkers =\n    cuda: needs a CUDA device\n' > "$STAGE/pytest.ini"
 (PYTHONPATH="$STAGE" "$PY" -m pytest -q -p no:cacheprovider tests/cuda 2>&1 | tail -5) \
   || die "tests/cuda/ failed"
