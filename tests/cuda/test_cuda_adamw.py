@@ -29,6 +29,7 @@ from cuda_harness import (
     sizes_spanning_launches,
     synchronize,
 )
+from support.adamw_op import op_args
 
 import clr_ext
 
@@ -92,27 +93,10 @@ def test_adamw_op_matches_cpu_op(dtype, config):
             # param 1 misses every third step (its count falls behind)
             use = [i for i in range(len(zoo)) if not (i == 1 and step % 3 == 2)]
             gs_t, fi = amp_inputs(scale, dev)
-            adamw_op()(
-                [zoo[i][0] for i in use],
-                [zoo[i][1] for i in use],
-                [zoo[i][2] for i in use],
-                [zoo[i][3] for i in use],
-                [zoo[i][4] for i in use] if amsgrad else [],
-                [steps[i] for i in use],
-                counter,
-                bounds,
-                shape,
-                mode_number,
-                kw["beta1"],
-                kw["beta2"],
-                kw["eps"],
-                kw["weight_decay"],
-                amsgrad,
-                kw["maximize"],
-                kw["cycle_momentum"],
-                gs_t,
-                fi,
-            )
+            tensors = [[zoo[i][k] for i in use] for k in range(4)]
+            tensors += [[zoo[i][4] for i in use] if amsgrad else [], [steps[i] for i in use]]
+            flags = dict(kw, amsgrad=amsgrad, grad_scale=gs_t, found_inf=fi)
+            adamw_op()(*op_args(tensors, counter, bounds, shape, mode_number, **flags))
             counter.add_(1)
     synchronize()
     (zc, sc, _, _), (zg, sg, _, _) = sides
@@ -143,37 +127,20 @@ def test_adamw_found_inf_changes_nothing():
             steps = [torch.tensor(float(k), device=DEVICE) for k in (0, 1, 7, 2)]
             before = [t.clone() for t in ps + gs + ms + vs + xs + steps]
             counter = torch.tensor(4, device=DEVICE)
-            args = (
-                counter,
-                [0.001, 0.01, 0.85, 0.95],
-                [5.0, 5.0, 1.0, 1.0],
-                0,
-                0.9,
-                0.999,
-                1e-8,
-                0.01,
-                amsgrad,
-                False,
-                True,
-            )
+
+            def scaled_step(found_inf):
+                """One step of the op with grads scaled by 256 and the given found_inf."""
+                flags = dict(weight_decay=0.01, amsgrad=amsgrad, cycle_momentum=True, found_inf=found_inf)
+                schedule = (counter, [0.001, 0.01, 0.85, 0.95], [5.0, 5.0, 1.0, 1.0], 0)
+                tensors = (ps, gs, ms, vs, xs, steps)
+                adamw_op()(*op_args(tensors, *schedule, grad_scale=torch.tensor(256.0, device=DEVICE), **flags))
+
             for inf_dtype in (torch.float32, torch.float64, torch.float16):
-                adamw_op()(
-                    ps,
-                    gs,
-                    ms,
-                    vs,
-                    xs,
-                    steps,
-                    *args,
-                    torch.tensor(256.0, device=DEVICE),
-                    torch.ones((), dtype=inf_dtype, device=DEVICE),
-                )
+                scaled_step(torch.ones((), dtype=inf_dtype, device=DEVICE))
             for a, b in zip(ps + gs + ms + vs + xs + steps, before):
                 assert torch.equal(a, b), (dtype, amsgrad)
             assert int(counter) == 4
-            adamw_op()(
-                ps, gs, ms, vs, xs, steps, *args, torch.tensor(256.0, device=DEVICE), torch.zeros((), device=DEVICE)
-            )
+            scaled_step(torch.zeros((), device=DEVICE))
             assert not torch.equal(ps[1], before[1])
             assert [float(s) for s in steps] == [1.0, 2.0, 8.0, 3.0]
             compute = torch.float64 if dtype == torch.float64 else torch.float32
@@ -192,10 +159,10 @@ def test_adamw_many_tensors_span_several_launches():
     host_steps = [torch.tensor(float(k % 5)) for k in range(n)]
     dev = [[t.to(DEVICE, copy=True) for t in ts] for ts in host]
     dev_steps = [s.to(DEVICE, copy=True) for s in host_steps]
-    args = ([0.001, 0.01, 0.85, 0.95], [3.0, 3.0, 1.0, 1.0], 1, 0.9, 0.999, 1e-8, 0.01, False, False, True, None, None)
+    schedule, flags = ([0.001, 0.01, 0.85, 0.95], [3.0, 3.0, 1.0, 1.0], 1), dict(weight_decay=0.01, cycle_momentum=True)
     for step in range(4):
-        adamw_op()(*host, [], host_steps, torch.tensor(step), *args)
-        adamw_op()(*dev, [], dev_steps, torch.tensor(step, device=DEVICE), *args)
+        adamw_op()(*op_args((*host, [], host_steps), step, *schedule, **flags))
+        adamw_op()(*op_args((*dev, [], dev_steps), step, *schedule, device=DEVICE, **flags))
     synchronize()
     for name, a, b in zip(("param", "grad", "exp_avg", "exp_avg_sq"), dev, host):
         assert_close_rel([t.cpu() for t in a], b, RTOL_CPU[torch.float32], name)
