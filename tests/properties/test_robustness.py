@@ -41,26 +41,9 @@ def configs(draw):
     steps = draw(st.integers(1, 8))
     seed = draw(st.integers(0, 2**31 - 1))
     none_grads = draw(st.booleans())
-    return dict(
-        mode=mode,
-        base_lr=base_lr,
-        max_lr=max_lr,
-        up=up,
-        down=down,
-        gamma=gamma,
-        momentum=momentum,
-        dampening=dampening,
-        nesterov=nesterov,
-        cycle_momentum=cycle_momentum,
-        weight_decay=weight_decay,
-        maximize=maximize,
-        dtype=dtype,
-        shapes=shapes,
-        n_groups=n_groups,
-        steps=steps,
-        seed=seed,
-        none_grads=none_grads,
-    )
+    config = dict(locals())
+    del config["draw"]  # every other local is a key of the configuration
+    return config
 
 
 def _split(items, n_groups):
