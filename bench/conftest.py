@@ -82,6 +82,19 @@ def make_params(model: str, seed: int = 0) -> List[torch.Tensor]:
     return params
 
 
+def label_benchmark(benchmark, model: str, variant: str, bytes_per_param: int, group_prefix: str = "") -> None:
+    """Puts the benchmark in its model's group and records what report.py reads."""
+    benchmark.group = f"{group_prefix}{model} ({n_params(model):,} fp32 params, {len(MODELS[model])} tensors)"
+    benchmark.extra_info.update(
+        model=model,
+        variant=variant,
+        n_params=n_params(model),
+        n_tensors=len(MODELS[model]),
+        bytes_per_step=bytes_per_param * n_params(model),
+        threads=torch.get_num_threads(),
+    )
+
+
 def with_scheduler(params, opt, sched, opt_step=None):
     """A timed step: ``opt_step`` (default ``opt.step``) then ``sched.step()``; and what
     must stay alive while it is timed."""

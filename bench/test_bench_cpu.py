@@ -23,7 +23,16 @@ import pytest
 import torch
 
 import clr_ext
-from bench.conftest import BYTES_PER_PARAM, MODELS, ROUNDS, SLOW_ROUNDS, make_params, n_params, with_scheduler
+from bench.conftest import (
+    BYTES_PER_PARAM,
+    MODELS,
+    ROUNDS,
+    SLOW_ROUNDS,
+    label_benchmark,
+    make_params,
+    n_params,
+    with_scheduler,
+)
 from clr_ext.backends import available_backends
 
 BASE_LR, MAX_LR, STEP_SIZE = 0.01, 0.1, 2000
@@ -90,15 +99,7 @@ def _compiled_torch_step(model: str):
 
 def _measure(benchmark, model: str, variant: str, step, rounds_by_model) -> None:
     """Times ``step`` in the model's benchmark group, with what report.py reads."""
-    benchmark.group = f"{model} ({n_params(model):,} fp32 params, {len(MODELS[model])} tensors)"
-    benchmark.extra_info.update(
-        model=model,
-        variant=variant,
-        n_params=n_params(model),
-        n_tensors=len(MODELS[model]),
-        bytes_per_step=BYTES_PER_PARAM * n_params(model),
-        threads=torch.get_num_threads(),
-    )
+    label_benchmark(benchmark, model, variant, BYTES_PER_PARAM)
     rounds, iterations, warmup = rounds_by_model[model]
     benchmark.pedantic(step, rounds=rounds, iterations=iterations, warmup_rounds=warmup)
 

@@ -30,7 +30,7 @@ import pytest
 import torch
 
 import clr_ext
-from bench.conftest import MODELS, ROUNDS, SLOW_ROUNDS, make_params, n_params, with_scheduler
+from bench.conftest import MODELS, ROUNDS, SLOW_ROUNDS, label_benchmark, make_params, n_params, with_scheduler
 from clr_ext import schedules as S
 from clr_ext.backends import available_backends
 
@@ -111,15 +111,7 @@ def test_rules(benchmark, model, variant):
     else:
         step, keep = _torch_adamw(model, variant)
     rule = "sgd" if variant.endswith("_sgd") else "adamw"
-    benchmark.group = f"rules: {model} ({n_params(model):,} fp32 params, {len(MODELS[model])} tensors)"
-    benchmark.extra_info.update(
-        model=model,
-        variant=variant,
-        n_params=n_params(model),
-        n_tensors=len(MODELS[model]),
-        bytes_per_step=BYTES_PER_PARAM[rule] * n_params(model),
-        threads=torch.get_num_threads(),
-    )
+    label_benchmark(benchmark, model, variant, BYTES_PER_PARAM[rule], group_prefix="rules: ")
     rounds, iterations, warmup = (SLOW_ROUNDS if variant in SLOW else ROUNDS)[model]
     benchmark.pedantic(step, rounds=rounds, iterations=iterations, warmup_rounds=warmup)
     del keep

@@ -365,6 +365,11 @@ class Schedule:
         for name, value in values.items():
             object.__setattr__(self, name, value)
 
+    def _set_fields(self, checked: Dict[str, Any]) -> None:
+        """Sets every field from ``checked``: a constructor's ``locals()`` once each argument
+        holds its checked value."""
+        self._set(**{name: checked[name] for name in self._FIELDS})
+
     def _values(self) -> Tuple[Any, ...]:
         return tuple(getattr(self, name) for name in self._FIELDS)
 
@@ -592,19 +597,7 @@ class Cyclic(_Leaf):
         _check_lengths(
             ("base_lr", base_lr), ("max_lr", max_lr), ("base_momentum", base_momentum), ("max_momentum", max_momentum)
         )
-        self._set(
-            base_lr=base_lr,
-            max_lr=max_lr,
-            step_size_up=step_size_up,
-            step_size_down=step_size_down,
-            mode=mode,
-            gamma=gamma,
-            scale_fn=scale_fn,
-            scale_mode=scale_mode,
-            cycle_momentum=cycle_momentum,
-            base_momentum=base_momentum,
-            max_momentum=max_momentum,
-        )
+        self._set_fields(locals())
 
     def _named_params(self, initial_lr: Optional[float], group: int) -> Dict[str, Optional[float]]:
         cycled = self.cycle_momentum
@@ -652,9 +645,9 @@ class OneCycle(_Leaf):
         max_momentum: Any = 0.95,
     ) -> None:
         max_lr = _per_group("max_lr", max_lr, non_negative)
-        total = one_cycle_total(total_steps, epochs, steps_per_epoch)
+        total_steps = one_cycle_total(total_steps, epochs, steps_per_epoch)
         pct_start, div_factor, final_div_factor = one_cycle_shape(
-            total, pct_start, anneal_strategy, div_factor, final_div_factor
+            total_steps, pct_start, anneal_strategy, div_factor, final_div_factor
         )
         for name, value in (("three_phase", three_phase), ("cycle_momentum", cycle_momentum)):
             if not isinstance(value, bool):
@@ -662,18 +655,7 @@ class OneCycle(_Leaf):
         base_momentum = _per_group("base_momentum", base_momentum, momentum_value)
         max_momentum = _per_group("max_momentum", max_momentum, momentum_value)
         _check_lengths(("max_lr", max_lr), ("base_momentum", base_momentum), ("max_momentum", max_momentum))
-        self._set(
-            max_lr=max_lr,
-            total_steps=total,
-            pct_start=pct_start,
-            anneal_strategy=anneal_strategy,
-            div_factor=div_factor,
-            final_div_factor=final_div_factor,
-            three_phase=three_phase,
-            cycle_momentum=cycle_momentum,
-            base_momentum=base_momentum,
-            max_momentum=max_momentum,
-        )
+        self._set_fields(locals())
 
     def _named_params(self, initial_lr: Optional[float], group: int) -> Dict[str, Optional[float]]:
         max_lr = _pick(self.max_lr, group)

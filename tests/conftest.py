@@ -18,6 +18,7 @@ References (nothing here calls clr_ext's own arithmetic):
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import os
@@ -288,6 +289,59 @@ def one_torch_thread():
 def _deterministic_seed():
     torch.manual_seed(1234)
     yield
+
+
+def mlp_pair(backend, widths, batch, max_lr, step_size_up, fused=None):
+    """A Tanh MLP of ``widths`` (in, hidden, out) and a copy, a batch ``(x, y)``, and
+    CyclicSGD (lr 0.01 to ``max_lr``, momentum 0.9, weight decay 1e-3) on the model with the
+    torch pair it must equal, SGD(``fused``) + CyclicLR, on the copy:
+    ``(model, ref_model, x, y, opt, sgd, sched)``."""
+    torch.manual_seed(0)
+    n_in, hidden, n_out = widths
+    model = torch.nn.Sequential(torch.nn.Linear(n_in, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, n_out))
+    ref_model = copy.deepcopy(model)
+    x, y = torch.randn(batch, n_in), torch.randn(batch, n_out)
+    sgd_kw = dict(momentum=0.9, weight_decay=1e-3)
+    opt = clr_ext.CyclicSGD(model.parameters(), 0.01, max_lr, step_size_up=step_size_up, backend=backend, **sgd_kw)
+    sgd = torch.optim.SGD(ref_model.parameters(), lr=0.01, fused=fused, **sgd_kw)
+    sched = torch.optim.lr_scheduler.CyclicLR(sgd, 0.01, max_lr, step_size_up=step_size_up)
+    return model, ref_model, x, y, opt, sgd, sched
+
+
+def step_both(opt, torch_opt, sched, params, torch_params, grads):
+    """One step of ``opt`` and one of the torch pair it is compared with (``torch_opt`` and,
+    unless None, ``sched``), each param given its own copy of its gradient in ``grads``."""
+    for p, q, g in zip(params, torch_params, grads):
+        p.grad, q.grad = g.clone(), g.clone()
+    opt.step()
+    torch_opt.step()
+    if sched is not None:
+        sched.step()
+
+
+def torch_state_dict_continues(torch_opt, sched, make, grads, steps_before, group_key, loaded=None):
+    """``torch_opt`` + ``sched`` (on one param) step with the first ``steps_before`` of
+    ``grads``; their state dict, the groups' ``iteration`` set to ``sched.last_epoch`` (as a
+    conversion by hand does), loads into ``make([q])`` on a copy ``q`` of the param, and both
+    step with the rest: the params bit-equal and the group's ``group_key`` equal after every
+    step. ``loaded(opt, q)``: checks made right after loading."""
+    p = torch_opt.param_groups[0]["params"][0]
+    for g in grads[:steps_before]:
+        p.grad = g.clone()
+        torch_opt.step()
+        sched.step()
+    q = torch.nn.Parameter(p.detach().clone())
+    opt = make([q])
+    saved = copy.deepcopy(torch_opt.state_dict())  # (a live state dict shares its buffers with the loader)
+    for group in saved["param_groups"]:
+        group["iteration"] = sched.last_epoch
+    opt.load_state_dict(saved)
+    if loaded is not None:
+        loaded(opt, q)
+    for g in grads[steps_before:]:
+        step_both(opt, torch_opt, sched, [q], [p], [g])
+        assert torch.equal(p, q)
+        assert opt.param_groups[0][group_key] == torch_opt.param_groups[0][group_key]
 
 
 def compiled_step_against_eager(make, group_key):

@@ -245,22 +245,8 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
 # ---------------------------------------------------------------------- range-test
 def test_range_test_command(tmp_path, capsys):
     out_dir = tmp_path / "rt"
-    rc = cli.main(
-        [
-            "range-test",
-            "--sweep",
-            "exp",
-            "--start-lr",
-            "1e-4",
-            "--end-lr",
-            "2",
-            "--num-iters",
-            "60",
-            "--quiet",
-            "--out",
-            str(out_dir),
-        ]
-    )
+    options = "--sweep exp --start-lr 1e-4 --end-lr 2 --num-iters 60 --quiet".split()
+    rc = cli.main(["range-test", *options, "--out", str(out_dir)])
     assert rc == 0
     stdout = capsys.readouterr().out
     assert (out_dir / "range_test.png").read_bytes()[:8] == PNG
@@ -275,23 +261,8 @@ def test_reproduce_cifar10_on_tiny_fake_data(tmp_path, capsys):
     data = tmp_path / "cifar-10-batches-py"
     write_fake_cifar10(str(data))
     out_dir = tmp_path / "out"
-    rc = cli.main(
-        [
-            "reproduce-cifar10",
-            "--data-root",
-            str(tmp_path),
-            "--iters-scale",
-            "0.0002",
-            "--batch-size",
-            "10",
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "--out",
-            str(out_dir),
-        ]
-    )
+    options = "--iters-scale 0.0002 --batch-size 10 --device cpu --threads 1".split()
+    rc = cli.main(["reproduce-cifar10", "--data-root", str(tmp_path), *options, "--out", str(out_dir)])
     assert rc == 0
     stdout = capsys.readouterr().out
     # The paper's Table 1 beside the measured one.

@@ -16,6 +16,7 @@ from typing import Dict, List
 
 import pytest
 import torch
+from support.adamw_op import FLAGS, op_args
 
 from clr_ext import backends as _backends
 
@@ -30,6 +31,7 @@ ALL_DTYPES = tuple(CODES)
 # 512-element blocks; 2-D; 70001: the bucket is split between threads (grain 32768).
 SHAPES = [(1,), (7,), (17,), (1031,), (33, 65), (70001,)]
 FIXED = 3  # schedule mode "fixed"
+UNIT_SHAPE = [1.0, 1.0, 1.0, 1.0]  # step sizes, gamma and scale: unused by the fixed mode
 LR = 0.01
 EPS = 1e-8
 
@@ -48,12 +50,14 @@ CPP_ENTRY_POINTS = [e for e in ENTRY_POINTS if e != "cython"]
 pytestmark = pytest.mark.skipif(not ENTRY_POINTS, reason="neither clr_ext._C nor the Cython fallback is built")
 
 
-def call(entry, *args, grad_scale=None, found_inf=None):
+def call(entry, *args):
     """The op through ``entry`` with its positional arguments (each list passed as a copy)."""
     args = tuple(list(a) if isinstance(a, list) else a for a in args)
     if entry == "op":
-        torch.ops.clr_ext.cyclic_adamw_(*args, grad_scale, found_inf)
-    elif entry == "pybind":
+        torch.ops.clr_ext.cyclic_adamw_(*args)
+        return
+    *args, grad_scale, found_inf = args  # keywords of the pybind and Cython entries
+    if entry == "pybind":
         _C.cyclic_adamw_cpu_(*args, grad_scale=grad_scale, found_inf=found_inf)
     else:
         code = CODES[args[0][0].dtype] if args[0] else 0
@@ -104,50 +108,18 @@ def make_grads(shapes, dtype, step, gen):
     return [(torch.randn(s, generator=gen) * 10.0 ** (step % 6 - 3)).to(dtype) for s in shapes]
 
 
-def step_op(
-    entry,
-    st: State,
-    grads,
-    keep=None,
-    beta1=0.9,
-    beta2=0.999,
-    weight_decay=0.0,
-    maximize=False,
-    eps=EPS,
-    iteration=None,
-    grad_scale=None,
-    found_inf=None,
-    bounds=None,
-    shape=None,
-    mode=FIXED,
-    cycle_momentum=False,
-    amsgrad=None,
-):
+def step_op(entry, st: State, grads, keep=None, iteration=0, bounds=None, shape=UNIT_SHAPE, mode=FIXED, **flags):
+    """One step of the params whose index is in ``keep`` (all by default); ``flags``:
+    support.adamw_op.FLAGS's, amsgrad as ``st``'s unless given. Without ``bounds``, the
+    fixed schedule's lr = LR and beta1 = ``flags``' beta1."""
     keep = set(range(len(st.params))) if keep is None else keep
     params, exp_avgs, exp_avg_sqs, max_sqs, steps = st.subset(keep)
     grads = [g for i, g in enumerate(grads) if i in keep]
-    call(
-        entry,
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        max_sqs,
-        steps,
-        torch.tensor(0) if iteration is None else iteration,
-        [LR, LR, 0.8, beta1] if bounds is None else bounds,
-        [1.0, 1.0, 1.0, 1.0] if shape is None else shape,
-        mode,
-        beta1,
-        beta2,
-        eps,
-        weight_decay,
-        st.amsgrad if amsgrad is None else amsgrad,
-        maximize,
-        cycle_momentum,
-        grad_scale=grad_scale,
-        found_inf=found_inf,
-    )
+    flags.setdefault("amsgrad", st.amsgrad)
+    if bounds is None:
+        bounds = [LR, LR, 0.8, flags.get("beta1", FLAGS["beta1"])]
+    tensors = (params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps)
+    call(entry, *op_args(tensors, iteration, bounds, shape, mode, **flags))
 
 
 def assert_same_as_adamw(st: State, ref: List[torch.Tensor], opt: torch.optim.AdamW, what=""):
@@ -245,18 +217,9 @@ def test_bitwise_cycled_schedule_1000_steps(entry, mode):
     ref = [p.clone().requires_grad_() for p in st.params]
     opt = torch.optim.AdamW(ref, lr=0.001, betas=(0.9, 0.999), weight_decay=0.01, foreach=False)
     if mode == "triangular2":
-        sched = torch.optim.lr_scheduler.CyclicLR(
-            opt,
-            base_lr=0.001,
-            max_lr=0.01,
-            step_size_up=70,
-            step_size_down=50,
-            mode="triangular2",
-            cycle_momentum=True,
-            base_momentum=0.8,
-            max_momentum=0.95,
-        )
-        bounds, shape, mode_number = [0.001, 0.01, 0.8, 0.95], [70.0, 50.0, 1.0, 1.0], 1
+        bounds = dict(base_lr=0.001, max_lr=0.01, base_momentum=0.8, max_momentum=0.95)
+        sched = torch.optim.lr_scheduler.CyclicLR(opt, step_size_up=70, step_size_down=50, mode=mode, **bounds)
+        schedule = dict(bounds=list(bounds.values()), shape=[70.0, 50.0, 1.0, 1.0], mode=mode)
     else:
         total, max_lr, div, final_div = 1000, 0.01, 25.0, 1e4
         sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -271,7 +234,7 @@ def test_bitwise_cycled_schedule_1000_steps(entry, mode):
         )
         initial = max_lr / div
         bounds = [initial, max_lr, 0.8, 0.95, initial / final_div]
-        shape, mode_number = [float(0.3 * total) - 1, float(total - 1), 0.0, 2.0], 7
+        schedule = dict(bounds=bounds, shape=[float(0.3 * total) - 1, float(total - 1), 0.0, 2.0], mode=7)
     iteration = torch.tensor(0)
     gen = torch.Generator().manual_seed(4)
     for k in range(1000):
@@ -280,18 +243,7 @@ def test_bitwise_cycled_schedule_1000_steps(entry, mode):
             r.grad = g.clone()
         opt.step()
         sched.step()
-        step_op(
-            entry,
-            st,
-            grads,
-            iteration=iteration,
-            bounds=bounds,
-            shape=shape,
-            mode=mode_number,
-            cycle_momentum=True,
-            weight_decay=0.01,
-            beta1=0.9,
-        )
+        step_op(entry, st, grads, iteration=iteration, cycle_momentum=True, weight_decay=0.01, beta1=0.9, **schedule)
         iteration += 1
         if k % 100 == 99:
             assert_same_as_adamw(st, ref, opt, f"step {k}")
@@ -500,17 +452,9 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_raises_before_writing(entry, case):
     st, grads = _good_args()
-    kw: Dict[str, object] = dict(
-        beta1=0.9,
-        beta2=0.999,
-        eps=EPS,
-        amsgrad=True,
-        cycle_momentum=False,
-        mode=FIXED,
-        bounds=[LR, LR, 0.8, 0.9],
-        iteration=torch.tensor(0),
-        grad_scale=None,
-    )
+    # valid arguments that each case breaks one of; the others (beta1 0.9, beta2 0.999, eps
+    # 1e-8, mode fixed, iteration 0, no grad_scale) as step_op's defaults
+    kw: Dict[str, object] = dict(amsgrad=True, cycle_momentum=False, bounds=[LR, LR, 0.8, 0.9])
     before, grads_before = st.snapshot(), [g.clone() for g in grads]
     breaker, fragment = BAD_INPUTS[case]
     breaker(st, grads, kw)
@@ -601,27 +545,9 @@ def test_opcheck(dtype, variant):
     for i, s in enumerate(st.state_steps):
         s.fill_(float(i))
     grads = [torch.randn(p.shape).to(dtype) for p in st.params]
-    args = (
-        st.params,
-        grads,
-        st.exp_avgs,
-        st.exp_avg_sqs,
-        st.max_exp_avg_sqs,
-        st.state_steps,
-        torch.tensor(kw.get("iteration", 0)),
-        kw.get("bounds", [LR, 0.1, 0.8, 0.9]),
-        kw.get("shape", [1.0, 1.0, 1.0, 1.0]),
-        kw.get("mode", FIXED),
-        0.9,
-        0.999,
-        EPS,
-        kw.get("weight_decay", 0.0),
-        amsgrad,
-        kw.get("maximize", False),
-        kw.get("cycle_momentum", False),
-        kw.get("grad_scale"),
-        kw.get("found_inf"),
-    )
+    tensors = (st.params, grads, st.exp_avgs, st.exp_avg_sqs, st.max_exp_avg_sqs, st.state_steps)
+    schedule = (kw.pop("iteration", 0), kw.pop("bounds", [LR, 0.1, 0.8, 0.9]), kw.pop("shape", UNIT_SHAPE))
+    args = op_args(tensors, *schedule, kw.pop("mode", FIXED), **kw)
     torch.library.opcheck(torch.ops.clr_ext.cyclic_adamw_.default, args)
 
 

@@ -349,17 +349,8 @@ def test_momentum_start_decides_each_param(dtype, entry, layout):
         )
         for n, p, g, b in zip(names, params, grads, bufs)
     ]
-    args = op_args(
-        params,
-        grads,
-        bufs,
-        iteration=23,
-        dampening=0.3,
-        cycle_momentum=False,
-        momentum=0.7,
-        first_step=True,
-        starts=op_starts,
-    )
+    flags = dict(momentum=0.7, dampening=0.3, cycle_momentum=False, first_step=True)
+    args = op_args(params, grads, bufs, iteration=23, starts=op_starts, **flags)
     (op() if entry == "dispatcher" else _backends._C.cyclic_sgd_cpu_)(*args)
     # (a scale-relative absolute floor: one half-precision value cancels to 0 in the
     # reference and to 1e-8 in the fused multiply-add)

@@ -35,6 +35,7 @@ import torch._dynamo.testing
 import clr_ext
 from clr_ext import backends as _backends
 from clr_ext import schedules as S
+from clr_ext.schedule import MODES
 
 try:
     import pytest
@@ -196,6 +197,65 @@ def make_problem(dtype, seed):
     return init, targets
 
 
+def grads_towards_targets(mine, ref, targets, noise, dtype, pull, drop_first=False):
+    """Sets the grads of ``mine`` to ``pull * (param - target)`` plus noise and returns those
+    of ``ref``'s params with the same noise, for the reference's step. ``drop_first``: the
+    first param gets no gradient this step (None on both sides, and no noise drawn)."""
+    ref_grads = []
+    for i, (pm, pr, tgt) in enumerate(zip(mine, ref, targets)):
+        if i == 0 and drop_first:
+            pm.grad = None
+            ref_grads.append(None)
+            continue
+        n = 0.1 * torch.randn(tgt.shape, generator=noise, device=DEVICE, dtype=torch.float64)
+        pm.grad = (pull * (pm.detach().double() - tgt) + n).to(dtype)
+        ref_grads.append((pull * (pr.detach().double() - tgt) + n).to(dtype))
+    return ref_grads
+
+
+def on_device(dtype, sizes, gen, make=torch.randn):
+    """One tensor per size on DEVICE, drawn on the CPU from ``gen`` (the same values on
+    every device) and rounded to ``dtype``."""
+    return [make(n, generator=gen).to(dtype).to(DEVICE) for n in sizes]
+
+
+def amp_inputs(scale, device):
+    """The op's grad_scale and found_inf (0: the step applies) for grads scaled by
+    ``scale``; None for both without a scale."""
+    if scale is None:
+        return None, None
+    return torch.tensor(scale, device=device), torch.zeros((), device=device)
+
+
+def op_schedule(cfg, bounds, shape, min_lr):
+    """Takes the schedule out of an op test's config: the mode's number, the bounds and the
+    shape; a 1cycle mode's config carries the phase ends in place of the shape, and min_lr
+    comes as a fifth bound."""
+    mode = cfg.pop("mode")
+    mode_number = MODES[mode] if isinstance(mode, str) else mode
+    if "one_cycle" in cfg:
+        return mode_number, bounds + [min_lr], cfg.pop("one_cycle")
+    return mode_number, bounds, shape
+
+
+#: Per rule: its op, and the tensors one launch of its kernel takes with a CUDA 13 toolkit's
+#: 32 KB of kernel parameters or older ones' 4 KB (csrc/cuda/multi_tensor.cuh).
+KERNELS = {
+    "sgd": ("cyclic_sgd_", "cuda_max_tensors_per_launch", (720, 69)),
+    "adamw": ("cyclic_adamw_", "cuda_adamw_max_tensors_per_launch", (528, 50)),
+}
+
+
+def sizes_spanning_launches(rule, gen, smallest):
+    """The sizes of two launches' worth of the rule's tensors and three more (a CUDA 13
+    build's table in a dry run), one of them of several blocks."""
+    _, per_launch, expected = KERNELS[rule]
+    n = 2 * (getattr(_C, per_launch)() if not DRY_RUN else expected[0]) + 3
+    sizes = [int(s) for s in torch.randint(smallest, 300, (n,), generator=gen)]
+    sizes[n // 2] = 65536 * 2 + 1
+    return sizes
+
+
 class TorchFusedPair:
     """torch.optim.SGD(fused=True) + CyclicLR / OneCycleLR on copies of ``groups`` (lists of
     tensors), with the interface of tests/conftest.py's ReferencePair (which imports pytest,
@@ -272,6 +332,17 @@ class HalfViaFp32Pair(TorchFusedPair):
         if isinstance(value, torch.Tensor) and key != "step":
             value = value.to(self.params[i].dtype)
         return value
+
+
+def replay_captured_step(opt, replays):
+    """Captures ``opt.step()`` in a CUDA graph, replays it ``replays`` times and returns
+    ``opt.sync()``: the device counter brought to the host."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step()
+    for _ in range(replays):
+        graph.replay()
+    return opt.sync()
 
 
 def tiny_model(seed=0, dtype=torch.float32):

@@ -8,7 +8,6 @@ import sys
 
 import torch
 from cuda_harness import (
-    _C,
     ALL_DTYPES,
     BACKEND,
     DEVICE,
@@ -18,16 +17,21 @@ from cuda_harness import (
     RTOL_TORCH,
     HalfViaFp32Pair,
     TorchFusedPair,
+    amp_inputs,
     assert_close_rel,
+    grads_towards_targets,
     layout_zoo,
     make_problem,
     need_gpu,
+    on_device,
+    op_schedule,
     parametrize,
+    sizes_spanning_launches,
     synchronize,
 )
+from support.adamw_op import op_args
 
 import clr_ext
-from clr_ext.schedule import MODES
 
 
 def adamw_op():
@@ -68,15 +72,9 @@ def test_adamw_op_matches_cpu_op(dtype, config):
     one: a tolerance, not bits."""
     need_gpu()
     cfg = dict(ADAMW_OP_CONFIGS[config])
-    mode = cfg.pop("mode")
-    mode_number = MODES[mode] if isinstance(mode, str) else mode
     scale = cfg.pop("grad_scale", None)
     amsgrad = cfg.pop("amsgrad", False)
-    bounds = [0.001, 0.01, 0.85, 0.95]
-    shape = [7.0, 5.0, 0.999, 1.0]
-    if "one_cycle" in cfg:
-        shape = cfg.pop("one_cycle")
-        bounds.append(1e-6)
+    mode_number, bounds, shape = op_schedule(cfg, [0.001, 0.01, 0.85, 0.95], [7.0, 5.0, 0.999, 1.0], min_lr=1e-6)
     kw = dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, maximize=False, cycle_momentum=True)
     kw.update(cfg)
     sides = []
@@ -94,29 +92,11 @@ def test_adamw_op_matches_cpu_op(dtype, config):
                 t[1].copy_((new * (scale or 1.0)).to(dtype))
             # param 1 misses every third step (its count falls behind)
             use = [i for i in range(len(zoo)) if not (i == 1 and step % 3 == 2)]
-            gs_t = torch.tensor(scale, device=dev) if scale is not None else None
-            fi = torch.zeros((), device=dev) if scale is not None else None
-            adamw_op()(
-                [zoo[i][0] for i in use],
-                [zoo[i][1] for i in use],
-                [zoo[i][2] for i in use],
-                [zoo[i][3] for i in use],
-                [zoo[i][4] for i in use] if amsgrad else [],
-                [steps[i] for i in use],
-                counter,
-                bounds,
-                shape,
-                mode_number,
-                kw["beta1"],
-                kw["beta2"],
-                kw["eps"],
-                kw["weight_decay"],
-                amsgrad,
-                kw["maximize"],
-                kw["cycle_momentum"],
-                gs_t,
-                fi,
-            )
+            gs_t, fi = amp_inputs(scale, dev)
+            tensors = [[zoo[i][k] for i in use] for k in range(4)]
+            tensors += [[zoo[i][4] for i in use] if amsgrad else [], [steps[i] for i in use]]
+            flags = dict(kw, amsgrad=amsgrad, grad_scale=gs_t, found_inf=fi)
+            adamw_op()(*op_args(tensors, counter, bounds, shape, mode_number, **flags))
             counter.add_(1)
     synchronize()
     (zc, sc, _, _), (zg, sg, _, _) = sides
@@ -140,45 +120,27 @@ def test_adamw_found_inf_changes_nothing():
     gen = torch.Generator().manual_seed(3)
     for dtype in ALL_DTYPES:
         for amsgrad in (False, True):
-            ps = [torch.randn(n, generator=gen).to(dtype).to(DEVICE) for n in (5, 4096, 70001, 0)]
-            gs = [torch.randn(p.shape, generator=gen).to(dtype).to(DEVICE) for p in ps]
-            ms = [torch.randn(p.shape, generator=gen).to(dtype).to(DEVICE) for p in ps]
-            vs = [torch.rand(p.shape, generator=gen).to(dtype).to(DEVICE) for p in ps]
+            sizes = (5, 4096, 70001, 0)
+            ps, gs, ms = (on_device(dtype, sizes, gen) for _ in range(3))
+            vs = on_device(dtype, sizes, gen, make=torch.rand)
             xs = [v * 2 for v in vs] if amsgrad else []
             steps = [torch.tensor(float(k), device=DEVICE) for k in (0, 1, 7, 2)]
             before = [t.clone() for t in ps + gs + ms + vs + xs + steps]
             counter = torch.tensor(4, device=DEVICE)
-            args = (
-                counter,
-                [0.001, 0.01, 0.85, 0.95],
-                [5.0, 5.0, 1.0, 1.0],
-                0,
-                0.9,
-                0.999,
-                1e-8,
-                0.01,
-                amsgrad,
-                False,
-                True,
-            )
+
+            def scaled_step(found_inf):
+                """One step of the op with grads scaled by 256 and the given found_inf."""
+                flags = dict(weight_decay=0.01, amsgrad=amsgrad, cycle_momentum=True, found_inf=found_inf)
+                schedule = (counter, [0.001, 0.01, 0.85, 0.95], [5.0, 5.0, 1.0, 1.0], 0)
+                tensors = (ps, gs, ms, vs, xs, steps)
+                adamw_op()(*op_args(tensors, *schedule, grad_scale=torch.tensor(256.0, device=DEVICE), **flags))
+
             for inf_dtype in (torch.float32, torch.float64, torch.float16):
-                adamw_op()(
-                    ps,
-                    gs,
-                    ms,
-                    vs,
-                    xs,
-                    steps,
-                    *args,
-                    torch.tensor(256.0, device=DEVICE),
-                    torch.ones((), dtype=inf_dtype, device=DEVICE),
-                )
+                scaled_step(torch.ones((), dtype=inf_dtype, device=DEVICE))
             for a, b in zip(ps + gs + ms + vs + xs + steps, before):
                 assert torch.equal(a, b), (dtype, amsgrad)
             assert int(counter) == 4
-            adamw_op()(
-                ps, gs, ms, vs, xs, steps, *args, torch.tensor(256.0, device=DEVICE), torch.zeros((), device=DEVICE)
-            )
+            scaled_step(torch.zeros((), device=DEVICE))
             assert not torch.equal(ps[1], before[1])
             assert [float(s) for s in steps] == [1.0, 2.0, 8.0, 3.0]
             compute = torch.float64 if dtype == torch.float64 else torch.float32
@@ -189,20 +151,18 @@ def test_adamw_many_tensors_span_several_launches():
     """More tensors than one AdamW table holds (several update launches), params without
     elements among them: the same step as the CPU op, each count advanced once."""
     need_gpu()
-    per_launch = _C.cuda_adamw_max_tensors_per_launch() if not DRY_RUN else 528  # a CUDA 13 build's
-    n = 2 * per_launch + 3
     gen = torch.Generator().manual_seed(12)
-    sizes = [int(s) for s in torch.randint(0, 300, (n,), generator=gen)]
-    sizes[n // 2] = 65536 * 2 + 1
+    sizes = sizes_spanning_launches("adamw", gen, smallest=0)
+    n = len(sizes)
     host = [[torch.randn(s, generator=gen) for s in sizes] for _ in range(3)]
     host.insert(3, [t.abs() * 0.01 for t in host[2]])  # exp_avg_sq from exp_avg's values
     host_steps = [torch.tensor(float(k % 5)) for k in range(n)]
     dev = [[t.to(DEVICE, copy=True) for t in ts] for ts in host]
     dev_steps = [s.to(DEVICE, copy=True) for s in host_steps]
-    args = ([0.001, 0.01, 0.85, 0.95], [3.0, 3.0, 1.0, 1.0], 1, 0.9, 0.999, 1e-8, 0.01, False, False, True, None, None)
+    schedule, flags = ([0.001, 0.01, 0.85, 0.95], [3.0, 3.0, 1.0, 1.0], 1), dict(weight_decay=0.01, cycle_momentum=True)
     for step in range(4):
-        adamw_op()(*host, [], host_steps, torch.tensor(step), *args)
-        adamw_op()(*dev, [], dev_steps, torch.tensor(step, device=DEVICE), *args)
+        adamw_op()(*op_args((*host, [], host_steps), step, *schedule, **flags))
+        adamw_op()(*op_args((*dev, [], dev_steps), step, *schedule, device=DEVICE, **flags))
     synchronize()
     for name, a, b in zip(("param", "grad", "exp_avg", "exp_avg_sq"), dev, host):
         assert_close_rel([t.cpu() for t in a], b, RTOL_CPU[torch.float32], name)
@@ -243,15 +203,8 @@ def _run_adamw_vs_torch(dtype, opt_factory, ref_factory, steps, seed, maximize, 
     noise = torch.Generator(device=DEVICE).manual_seed(seed)
     pull = -0.5 if maximize else 0.5
     for k in range(steps):
-        ref_grads = []
-        for i, (pm, pr, tgt) in enumerate(zip(flat_mine, flat_ref, targets)):
-            if i == 0 and k % 9 == 4:  # a param without a gradient now and then: its count falls behind
-                pm.grad = None
-                ref_grads.append(None)
-                continue
-            n = 0.1 * torch.randn(tgt.shape, generator=noise, device=DEVICE, dtype=torch.float64)
-            pm.grad = (pull * (pm.detach().double() - tgt) + n).to(dtype)
-            ref_grads.append((pull * (pr.detach().double() - tgt) + n).to(dtype))
+        # a param without a gradient now and then: its count falls behind
+        ref_grads = grads_towards_targets(flat_mine, flat_ref, targets, noise, dtype, pull, drop_first=k % 9 == 4)
         ref.last = one_cycle and k == steps - 1  # OneCycleLR raises on a step past its end
         opt.step()
         ref.step(ref_grads)
@@ -305,9 +258,10 @@ def test_cyclic_adamw_matches_torch_fused(dtype, variant):
     )
 
 
+#: (OneCycleLR's annealing, AdamW's arguments); beta1 cycled (OneCycleLR's default) in both
 ADAMW_ONE_CYCLE_VARIANTS = [
-    dict(anneal_strategy="cos", three_phase=False, cycle_momentum=True, weight_decay=0.01),
-    dict(anneal_strategy="linear", three_phase=True, cycle_momentum=True, amsgrad=True, maximize=True),
+    (dict(anneal_strategy="cos", three_phase=False), dict(weight_decay=0.01)),
+    (dict(anneal_strategy="linear", three_phase=True), dict(amsgrad=True, maximize=True)),
 ]
 
 
@@ -317,18 +271,10 @@ def test_one_cycle_adamw_matches_torch_fused(dtype, variant):
     """A whole 1cycle schedule (600 steps) of OneCycleAdamW on CUDA against
     torch.optim.AdamW(fused=True) + OneCycleLR, as test_cyclic_adamw_matches_torch_fused."""
     need_gpu()
-    v = dict(ADAMW_ONE_CYCLE_VARIANTS[variant])
+    annealing, v = ADAMW_ONE_CYCLE_VARIANTS[variant]
     steps = 600 if not DRY_RUN else 20
-    sched_kw = dict(
-        max_lr=[0.01, 0.004],
-        total_steps=steps,
-        pct_start=0.3,
-        anneal_strategy=v.pop("anneal_strategy"),
-        three_phase=v.pop("three_phase"),
-        cycle_momentum=v.pop("cycle_momentum"),
-        base_momentum=0.85,
-        max_momentum=0.95,
-    )
+    sched_kw = dict(max_lr=[0.01, 0.004], total_steps=steps, pct_start=0.3, base_momentum=0.85, max_momentum=0.95)
+    sched_kw.update(annealing)
     _run_adamw_vs_torch(
         dtype,
         lambda groups: clr_ext.OneCycleAdamW(groups, backend=BACKEND, **sched_kw, **v),

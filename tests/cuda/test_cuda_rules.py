@@ -17,12 +17,14 @@ from cuda_harness import (
     BACKEND,
     DEVICE,
     DRY_RUN,
+    KERNELS,
     assert_close_rel,
     cyclic_sgd,
     need_cuda_build,
     need_gpu,
     need_real_gpu,
     parametrize,
+    replay_captured_step,
     schedule_chain,
     synchronize,
     tiny_model,
@@ -30,13 +32,6 @@ from cuda_harness import (
 
 import clr_ext
 from clr_ext import schedules as S
-
-#: Per rule: its op, and the tensors one launch of its kernel takes with a CUDA 13 toolkit's
-#: 32 KB of kernel parameters or older ones' 4 KB (csrc/cuda/multi_tensor.cuh).
-KERNELS = {
-    "sgd": ("cyclic_sgd_", "cuda_max_tensors_per_launch", (720, 69)),
-    "adamw": ("cyclic_adamw_", "cuda_adamw_max_tensors_per_launch", (528, 50)),
-}
 
 
 @parametrize("rule", list(KERNELS))
@@ -279,8 +274,6 @@ def test_capture_of_a_first_step_raises(rule, kind):
     p.grad = torch.ones_like(p)
     r = RULES[rule]
     opt = r.make(kind, [p], base_lr=r.base_lr, max_lr=r.max_lr, step_size_up=3, **r.capture_kw)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
     graph = torch.cuda.CUDAGraph()
     raised = None
     try:
@@ -292,12 +285,7 @@ def test_capture_of_a_first_step_raises(rule, kind):
     torch.cuda.synchronize()
     assert opt.iteration == 0 and bool((p == 0).all()) and not opt._counters
     opt.step()  # eager
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        opt.step()
-    for _ in range(4):
-        graph.replay()
-    assert opt.sync() == 5
+    assert replay_captured_step(opt, 4) == 5
 
 
 @parametrize("kind", ["cyclic", "one_cycle", "chain"])

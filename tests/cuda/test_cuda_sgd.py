@@ -11,7 +11,6 @@ from typing import List
 import torch
 import torch._dynamo.testing
 from cuda_harness import (
-    _C,
     ALL_DTYPES,
     BACKEND,
     DEVICE,
@@ -21,15 +20,21 @@ from cuda_harness import (
     RTOL_TORCH,
     HalfViaFp32Pair,
     TorchFusedPair,
+    amp_inputs,
     assert_close_rel,
     cyclic_sgd,
     dry_run_sample,
+    grads_towards_targets,
     layout_zoo,
     make_problem,
     need_gpu,
     need_real_gpu,
+    on_device,
+    op_schedule,
     parametrize,
+    replay_captured_step,
     resnet50_shapes_small,
+    sizes_spanning_launches,
     skip,
     synchronize,
     tiny_model,
@@ -39,7 +44,6 @@ from support.sgd_op import op_args
 
 import clr_ext
 from clr_ext import backends as _backends
-from clr_ext.schedule import MODES
 
 
 def op():
@@ -74,17 +78,11 @@ def test_op_matches_cpu_op(dtype, config):
     need_gpu()
     dry_run_sample(config=(config, list(OP_CONFIGS)), dtype=(dtype, ALL_DTYPES))
     cfg = dict(OP_CONFIGS[config])
-    mode = cfg.pop("mode")
-    mode_number = MODES[mode] if isinstance(mode, str) else mode
     buffers = cfg.pop("buffers", True)
     scale = cfg.pop("grad_scale", None)
-    gamma = cfg.pop("gamma", 0.999)
-    custom = cfg.pop("custom_scale", 1.0)
+    shape = [7.0, 5.0, cfg.pop("gamma", 0.999), cfg.pop("custom_scale", 1.0)]
     bounds = [0.01, 0.05, cfg.pop("base_momentum", 0.8), 0.9]
-    shape = [7.0, 5.0, gamma, custom]
-    if "one_cycle" in cfg:
-        shape = cfg.pop("one_cycle")
-        bounds.append(1e-4)
+    mode_number, bounds, shape = op_schedule(cfg, bounds, shape, min_lr=1e-4)
     kw = dict(momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False, cycle_momentum=True)
     kw.update(cfg)
 
@@ -104,8 +102,7 @@ def test_op_matches_cpu_op(dtype, config):
         for ps, gs, bs, counter, dev in sides:
             for g, new in zip(gs, grads_now):
                 g.copy_((new * (scale or 1.0)).to(dtype))
-            gs_t = torch.tensor(scale, device=dev) if scale is not None else None
-            fi = torch.zeros((), device=dev) if scale is not None else None
+            gs_t, fi = amp_inputs(scale, dev)
             op()(
                 *op_args(
                     ps,
@@ -219,9 +216,7 @@ def test_found_inf_writes_nothing():
     need_gpu()
     gen = torch.Generator().manual_seed(3)
     for dtype in ALL_DTYPES:
-        ps = [torch.randn(n, generator=gen).to(dtype).to(DEVICE) for n in (5, 4096, 70001)]
-        gs = [torch.randn(p.shape, generator=gen).to(dtype).to(DEVICE) for p in ps]
-        bs = [torch.randn(p.shape, generator=gen).to(dtype).to(DEVICE) for p in ps]
+        ps, gs, bs = (on_device(dtype, (5, 4096, 70001), gen) for _ in range(3))
         before = [t.clone() for t in ps + gs + bs]
         counter = torch.tensor(4, device=DEVICE)
 
@@ -257,11 +252,8 @@ def test_found_inf_writes_nothing():
 def test_many_tensors_span_several_launches():
     """More tensors than one kernel-argument table holds: several launches, one iteration."""
     need_gpu()
-    per_launch = _C.cuda_max_tensors_per_launch() if not DRY_RUN else 720  # a CUDA 13 build's
-    n = 2 * per_launch + 3
     gen = torch.Generator().manual_seed(11)
-    sizes = [int(s) for s in torch.randint(1, 300, (n,), generator=gen)]
-    sizes[n // 2] = 65536 * 2 + 1
+    sizes = sizes_spanning_launches("sgd", gen, smallest=1)
     pc = [torch.randn(s, generator=gen) for s in sizes]
     gc = [torch.randn(s, generator=gen) for s in sizes]
     bc = [torch.randn(s, generator=gen) for s in sizes]
@@ -402,15 +394,8 @@ def test_cyclic_sgd_matches_torch_fused(dtype, mode, variant):
     pull = -0.5 if v.get("maximize") else 0.5
     steps = 1000
     for k in range(steps):
-        ref_grads = []
-        for i, (pm, pr, tgt) in enumerate(zip(flat_mine, flat_ref, targets)):
-            if i == 0 and k % 9 == 4:  # a param without a gradient now and then
-                pm.grad = None
-                ref_grads.append(None)
-                continue
-            n = 0.1 * torch.randn(tgt.shape, generator=noise, device=DEVICE, dtype=torch.float64)
-            pm.grad = (pull * (pm.detach().double() - tgt) + n).to(dtype)
-            ref_grads.append((pull * (pr.detach().double() - tgt) + n).to(dtype))
+        # a param without a gradient now and then
+        ref_grads = grads_towards_targets(flat_mine, flat_ref, targets, noise, dtype, pull, drop_first=k % 9 == 4)
         opt.step()
         ref.step(ref_grads)
         assert opt.get_last_lr() == ref.last_lr(), (k, opt.get_last_lr(), ref.last_lr())
@@ -473,11 +458,7 @@ def test_one_cycle_sgd_matches_torch_fused(dtype, variant):
     noise = torch.Generator(device=DEVICE).manual_seed(2)
     pull = -0.5 if v.get("maximize") else 0.5
     for k in range(steps):
-        ref_grads = []
-        for i, (pm, pr, tgt) in enumerate(zip(flat_mine, flat_ref, targets)):
-            n = 0.1 * torch.randn(tgt.shape, generator=noise, device=DEVICE, dtype=torch.float64)
-            pm.grad = (pull * (pm.detach().double() - tgt) + n).to(dtype)
-            ref_grads.append((pull * (pr.detach().double() - tgt) + n).to(dtype))
+        ref_grads = grads_towards_targets(flat_mine, flat_ref, targets, noise, dtype, pull)
         ref.last = k == steps - 1
         opt.step()
         ref.step(ref_grads)
@@ -641,12 +622,7 @@ def test_replays_without_sync_then_sync():
     with torch.cuda.stream(side):
         opt.step()
     torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        opt.step()
-    for _ in range(10):
-        graph.replay()
-    assert opt.sync() == 12
+    assert replay_captured_step(opt, 10) == 12
     assert opt.get_last_lr()[0] == clr_ext.cyclic_lr(12, 0.01, 0.1, 3)
 
 

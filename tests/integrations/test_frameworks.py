@@ -288,16 +288,8 @@ def _gpt2(seed: int):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
     torch.manual_seed(seed)
-    config = transformers.GPT2Config(
-        vocab_size=N_TOKENS,
-        n_positions=SEQ,
-        n_embd=16,
-        n_layer=1,
-        n_head=2,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-    )
+    no_dropout = dict.fromkeys(("resid_pdrop", "embd_pdrop", "attn_pdrop"), 0.0)
+    config = transformers.GPT2Config(vocab_size=N_TOKENS, n_positions=SEQ, n_embd=16, n_layer=1, n_head=2, **no_dropout)
     return transformers.GPT2LMHeadModel(config)
 
 

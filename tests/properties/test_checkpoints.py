@@ -16,17 +16,9 @@ from clr_ext import from_torch
 CPU_BACKENDS = [b for b in ("cpp", "cython", "torch") if b in clr_ext.available_backends()]
 PAIRS = [(a, b) for a, b in itertools.product(CPU_BACKENDS, CPU_BACKENDS) if a != b]
 
-CONFIG = dict(
-    base_lr=[0.01, 0.02],
-    max_lr=[0.1, 0.3],
-    step_size_up=3,
-    step_size_down=5,
-    mode="triangular2",
-    momentum=0.9,
-    weight_decay=1e-3,
-    base_momentum=[0.8, 0.7],
-    max_momentum=[0.9, 0.95],
-)
+#: each of the two groups with its own bounds
+BOUNDS = dict(base_lr=[0.01, 0.02], max_lr=[0.1, 0.3], base_momentum=[0.8, 0.7], max_momentum=[0.9, 0.95])
+CONFIG = dict(BOUNDS, step_size_up=3, step_size_down=5, mode="triangular2", momentum=0.9, weight_decay=1e-3)
 
 
 def _init(dtype=torch.float64):

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 import torch
-from conftest import ReferencePair, assert_close_rel, same_float
+from conftest import ReferencePair, assert_close_rel, same_float, step_both
 
 import clr_ext
 import clr_ext.schedule
@@ -41,26 +41,9 @@ def configs(draw):
     steps = draw(st.integers(1, 8))
     seed = draw(st.integers(0, 2**31 - 1))
     none_grads = draw(st.booleans())
-    return dict(
-        mode=mode,
-        base_lr=base_lr,
-        max_lr=max_lr,
-        up=up,
-        down=down,
-        gamma=gamma,
-        momentum=momentum,
-        dampening=dampening,
-        nesterov=nesterov,
-        cycle_momentum=cycle_momentum,
-        weight_decay=weight_decay,
-        maximize=maximize,
-        dtype=dtype,
-        shapes=shapes,
-        n_groups=n_groups,
-        steps=steps,
-        seed=seed,
-        none_grads=none_grads,
-    )
+    config = dict(locals())
+    del config["draw"]  # every other local is a key of the configuration
+    return config
 
 
 def _split(items, n_groups):
@@ -118,27 +101,10 @@ def test_random_configurations_match_references(cfg, backend):
 def test_one_large_tensor(backend):
     """A tensor of more than 1M elements (the parallel / vectorized paths), fp32 and fp64."""
     for dtype in (torch.float32, torch.float64):
-        cfg = dict(
-            mode="triangular2",
-            base_lr=0.01,
-            max_lr=0.1,
-            up=2,
-            down=3,
-            gamma=1.0,
-            momentum=0.9,
-            dampening=0.0,
-            nesterov=True,
-            cycle_momentum=True,
-            weight_decay=1e-2,
-            maximize=False,
-            dtype=dtype,
-            shapes=[(1024 * 1024 + 3,), (5,)],
-            n_groups=1,
-            steps=3,
-            seed=5,
-            none_grads=False,
-        )
-        _check_against_references(cfg, backend)
+        schedule = dict(mode="triangular2", base_lr=0.01, max_lr=0.1, up=2, down=3, gamma=1.0, cycle_momentum=True)
+        sgd = dict(momentum=0.9, dampening=0.0, nesterov=True, weight_decay=1e-2, maximize=False)
+        problem = dict(dtype=dtype, shapes=[(1024 * 1024 + 3,), (5,)], n_groups=1, steps=3, seed=5, none_grads=False)
+        _check_against_references({**schedule, **sgd, **problem}, backend)
 
 
 # ------------------------------------------------------------------ NaN / Inf
@@ -163,12 +129,7 @@ def test_nan_inf_gradients_propagate_like_pytorch(backend, momentum, nesterov, w
             grads[0][3] = float("nan")
             grads[0][10] = float("inf")
             grads[1][1, 2] = float("-inf")
-        for p, q, g in zip(params, ref_params, grads):
-            p.grad = g.clone()
-            q.grad = g.clone()
-        opt.step()
-        sgd.step()
-        sched.step()
+        step_both(opt, sgd, sched, params, ref_params, grads)
         for p, q in zip(params, ref_params):
             assert torch.equal(torch.isnan(p), torch.isnan(q)), step
             assert torch.equal(torch.isposinf(p), torch.isposinf(q)), step
@@ -216,13 +177,8 @@ def test_huge_iteration_keeps_exact_schedule(backend, mode):
             assert lr == kw["base_lr"]
             sgd.param_groups[0]["lr"], sgd.param_groups[0]["momentum"] = lr, mom
         assert same_float(opt.param_groups[0]["momentum"], sgd.param_groups[0]["momentum"]), i
-        g = torch.randn(9, dtype=torch.float64)
-        p.grad = g.clone()
-        q.grad = g.clone()
-        opt.step()
-        sgd.step()
+        step_both(opt, sgd, sched, [p], [q], [torch.randn(9, dtype=torch.float64)])
         if sched is not None:
-            sched.step()
             assert same_float(opt.get_last_lr()[0], sched.get_last_lr()[0]), i
         torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-12, atol=1e-14)
     assert opt.iteration == start + 12

@@ -207,6 +207,12 @@ def _inputs(optim_info, dtype=torch.float32):
     return all_optim_inputs(DEVICE, dtype, optim_info)
 
 
+def _hook_test_optimizers(optim_info):
+    """One optimizer per input on one fresh 2x3 tensor: what torch's hook tests step."""
+    for optim_input in _inputs(optim_info):
+        yield optim_info.optim_cls([torch.rand(2, 3, requires_grad=True)], **optim_input.kwargs)
+
+
 # --------------------------------------------------------------------------------- helpers
 
 
@@ -785,16 +791,14 @@ def _state_dict_post_hook(optimizer, state_dict):
 
 @optims
 def test_state_dict_pre_hook(optim_info):
-    for optim_input in _inputs(optim_info):
-        optimizer = optim_info.optim_cls([torch.rand(2, 3, requires_grad=True)], **optim_input.kwargs)
+    for optimizer in _hook_test_optimizers(optim_info):
         optimizer.register_state_dict_pre_hook(_state_dict_pre_hook)
         assert optimizer.state_dict()["state"]["test"] == 1
 
 
 @optims
 def test_state_dict_post_hook(optim_info):
-    for optim_input in _inputs(optim_info):
-        optimizer = optim_info.optim_cls([torch.rand(2, 3, requires_grad=True)], **optim_input.kwargs)
+    for optimizer in _hook_test_optimizers(optim_info):
         optimizer.register_state_dict_post_hook(_state_dict_post_hook)
         state_dict = optimizer.state_dict()
         assert state_dict["ran_state_dict_pre_hook"] is False
@@ -803,8 +807,7 @@ def test_state_dict_post_hook(optim_info):
 
 @optims
 def test_state_dict_pre_post_hook(optim_info):
-    for optim_input in _inputs(optim_info):
-        optimizer = optim_info.optim_cls([torch.rand(2, 3, requires_grad=True)], **optim_input.kwargs)
+    for optimizer in _hook_test_optimizers(optim_info):
         optimizer.register_state_dict_pre_hook(_state_dict_pre_hook)
         optimizer.register_state_dict_post_hook(_state_dict_post_hook)
         state_dict = optimizer.state_dict()
@@ -831,8 +834,7 @@ def _load_state_dict_post_hook(optimizer) -> None:
 
 @optims
 def test_load_state_dict_pre_hook_and_prepend(optim_info):
-    for optim_input in _inputs(optim_info):
-        optimizer = optim_info.optim_cls([torch.rand(2, 3, requires_grad=True)], **optim_input.kwargs)
+    for optimizer in _hook_test_optimizers(optim_info):
         state_dict = optimizer.state_dict()
         optimizer.register_load_state_dict_pre_hook(_load_state_dict_pre_hook1)
         optimizer.load_state_dict(state_dict)
@@ -845,8 +847,7 @@ def test_load_state_dict_pre_hook_and_prepend(optim_info):
 
 @optims
 def test_load_state_dict_post_hook(optim_info):
-    for optim_input in _inputs(optim_info):
-        optimizer = optim_info.optim_cls([torch.rand(2, 3, requires_grad=True)], **optim_input.kwargs)
+    for optimizer in _hook_test_optimizers(optim_info):
         optimizer.register_load_state_dict_post_hook(_load_state_dict_post_hook)
         optimizer.load_state_dict(optimizer.state_dict())
         assert optimizer.state["ran_load_state_dict_pre_hook2"] is False
@@ -855,8 +856,7 @@ def test_load_state_dict_post_hook(optim_info):
 
 @optims
 def test_load_state_dict_pre_post_hook(optim_info):
-    for optim_input in _inputs(optim_info):
-        optimizer = optim_info.optim_cls([torch.rand(2, 3, requires_grad=True)], **optim_input.kwargs)
+    for optimizer in _hook_test_optimizers(optim_info):
         optimizer.register_load_state_dict_pre_hook(_load_state_dict_pre_hook2)
         optimizer.register_load_state_dict_post_hook(_load_state_dict_post_hook)
         optimizer.load_state_dict(optimizer.state_dict())

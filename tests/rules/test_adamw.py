@@ -5,7 +5,6 @@ per-group bounds, params that miss steps; state dicts, AMP skips, from_torch, er
 
 from __future__ import annotations
 
-import copy
 import itertools
 import pickle
 import warnings
@@ -13,7 +12,7 @@ import warnings
 import pytest
 import torch
 import torch._dynamo.testing
-from conftest import HALF_DTYPES, assert_close_rel, compiled_step_against_eager
+from conftest import HALF_DTYPES, assert_close_rel, compiled_step_against_eager, torch_state_dict_continues
 from test_parity import Problem, assert_every_param_moved, step_both
 
 import clr_ext
@@ -84,29 +83,15 @@ def run_adamw(
     adamw_kwargs = dict(
         betas=(0.9, 0.99), eps=1e-6, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize, fused=fused
     )
+    # beta1's cycle, the same for both schedules
+    sched_kwargs = dict(
+        max_lr=MAX_LR, cycle_momentum=cycle_momentum, base_momentum=BASE_MOMENTUM, max_momentum=MAX_MOMENTUM
+    )
     if kind == "cyclic":
-        sched_kwargs = dict(
-            base_lr=BASE_LR,
-            max_lr=MAX_LR,
-            step_size_up=5,
-            step_size_down=8,
-            mode=mode,
-            gamma=0.97,
-            cycle_momentum=cycle_momentum,
-            base_momentum=BASE_MOMENTUM,
-            max_momentum=MAX_MOMENTUM,
-        )
+        sched_kwargs.update(base_lr=BASE_LR, step_size_up=5, step_size_down=8, mode=mode, gamma=0.97)
         scheduler = CyclicLR
     else:
-        sched_kwargs = dict(
-            max_lr=MAX_LR,
-            total_steps=steps,
-            pct_start=0.3,
-            anneal_strategy="cos",
-            cycle_momentum=cycle_momentum,
-            base_momentum=BASE_MOMENTUM,
-            max_momentum=MAX_MOMENTUM,
-        )
+        sched_kwargs.update(total_steps=steps, pct_start=0.3, anneal_strategy="cos")
         scheduler = OneCycleLR
     ref = AdamWReference(problem.groups, adamw_kwargs, scheduler, sched_kwargs)
     params, groups = [], []
@@ -237,30 +222,19 @@ def test_state_dict_resumes_bit_for_bit(backend, cls):
 
 
 def test_torch_adamw_state_dict_loads_and_continues(backend):
-    init = torch.randn(25, dtype=torch.float64)
-    p = torch.nn.Parameter(init.clone())
+    p = torch.nn.Parameter(torch.randn(25, dtype=torch.float64))
     adamw = torch.optim.AdamW([p], lr=0.1, weight_decay=0.05)
     sched = CyclicLR(adamw, 1e-3, 1e-2, step_size_up=3)
     gen = torch.Generator().manual_seed(7)
     grads = [torch.randn(25, generator=gen, dtype=torch.float64) for _ in range(20)]
-    for g in grads[:9]:
-        p.grad = g.clone()
-        adamw.step()
-        sched.step()
-    q = torch.nn.Parameter(p.detach().clone())
-    opt = clr_ext.CyclicAdamW([q], 1e-3, 1e-2, step_size_up=3, weight_decay=0.05, backend=backend)
-    saved = copy.deepcopy(adamw.state_dict())
-    for group in saved["param_groups"]:
-        group["iteration"] = sched.last_epoch
-    opt.load_state_dict(saved)
-    assert opt.state[q]["step"].dtype == torch.float32 and float(opt.state[q]["step"]) == 9
-    for g in grads[9:]:
-        p.grad, q.grad = g.clone(), g.clone()
-        adamw.step()
-        sched.step()
-        opt.step()
-        assert torch.equal(p, q)
-        assert opt.param_groups[0]["betas"] == adamw.param_groups[0]["betas"]
+
+    def make(params):
+        return clr_ext.CyclicAdamW(params, 1e-3, 1e-2, step_size_up=3, weight_decay=0.05, backend=backend)
+
+    def loaded(opt, q):
+        assert opt.state[q]["step"].dtype == torch.float32 and float(opt.state[q]["step"]) == 9
+
+    torch_state_dict_continues(adamw, sched, make, grads, 9, "betas", loaded)
 
 
 @pytest.mark.parametrize("scheduler", ["cyclic", "one_cycle"])

@@ -14,7 +14,14 @@ import warnings
 import pytest
 import torch
 import torch._dynamo.testing
-from conftest import ALL_DTYPES, ReferencePair, assert_close_rel, compiled_step_against_eager, same_float
+from conftest import (
+    ALL_DTYPES,
+    ReferencePair,
+    assert_close_rel,
+    compiled_step_against_eager,
+    same_float,
+    torch_state_dict_continues,
+)
 from test_parity import Problem, assert_every_param_moved, check_reported, check_state, sgd_case_id, step_both
 
 import clr_ext
@@ -113,18 +120,11 @@ def run_one_cycle(backend, dtype, strategy, three_phase, total_steps=60, bounds_
     momentum, nesterov, dampening, weight_decay, maximize and cycle_momentum."""
     cycle_momentum, maximize = sgd.pop("cycle_momentum"), sgd["maximize"]
     problem = Problem(dtype)
-    sched_kwargs = dict(
-        max_lr=MAX_LR,
-        total_steps=total_steps,
-        pct_start=0.35,
-        anneal_strategy=strategy,
-        div_factor=10.0,
-        final_div_factor=100.0,
-        three_phase=three_phase,
-        cycle_momentum=cycle_momentum,
-        base_momentum=BASE_MOMENTUM,
-        max_momentum=MAX_MOMENTUM,
+    shape = dict(
+        pct_start=0.35, anneal_strategy=strategy, div_factor=10.0, final_div_factor=100.0, three_phase=three_phase
     )
+    momentum = dict(cycle_momentum=cycle_momentum, base_momentum=BASE_MOMENTUM, max_momentum=MAX_MOMENTUM)
+    sched_kwargs = dict(max_lr=MAX_LR, total_steps=total_steps, **shape, **momentum)
     ref = ReferencePair([{"params": g} for g in problem.groups], sgd, sched_kwargs, scheduler=OneCycleLR)
     params, groups = [], []
     for gi, group in enumerate(problem.groups):
@@ -191,19 +191,8 @@ def test_parity_with_sgd_and_onecyclelr(backend, case):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_parity_is_bit_identical_in_fp32_and_fp64(backend, dtype):
-    opt, params, ref = run_one_cycle(
-        backend,
-        dtype,
-        "cos",
-        False,
-        total_steps=1000,
-        momentum=0.9,
-        nesterov=False,
-        dampening=0.1,
-        weight_decay=0.01,
-        maximize=False,
-        cycle_momentum=True,
-    )
+    sgd = dict(momentum=0.9, nesterov=False, dampening=0.1, weight_decay=0.01, maximize=False, cycle_momentum=True)
+    opt, params, ref = run_one_cycle(backend, dtype, "cos", False, total_steps=1000, **sgd)
     for i, (p, r) in enumerate(zip(params, ref.params)):
         assert torch.equal(p.detach(), r), i
         assert torch.equal(opt.state[p]["momentum_buffer"], ref.buffer(i)), i
@@ -322,29 +311,13 @@ def test_post_load_hook_sees_the_recomputed_lr(backend):
 
 def test_torch_sgd_with_onecyclelr_state_dict_loads(backend):
     """A torch.optim.SGD state dict (groups carrying OneCycleLR's keys) continues bit for bit."""
-    init = torch.randn(33, dtype=torch.float64)
-    p = torch.nn.Parameter(init.clone())
+    p = torch.nn.Parameter(torch.randn(33, dtype=torch.float64))
     sgd = torch.optim.SGD([p], lr=0.1, momentum=0.9)
     sched = OneCycleLR(sgd, 0.3, total_steps=30)
     gen = torch.Generator().manual_seed(3)
     grads = [torch.randn(33, generator=gen, dtype=torch.float64) for _ in range(29)]
-    for g in grads[:11]:
-        p.grad = g.clone()
-        sgd.step()
-        sched.step()
-    q = torch.nn.Parameter(p.detach().clone())
-    opt = clr_ext.OneCycleSGD([q], 0.3, 30, momentum=0.9, backend=backend)
-    saved = copy.deepcopy(sgd.state_dict())  # (a live state dict shares its buffers with the loader)
-    for group in saved["param_groups"]:
-        group["iteration"] = sched.last_epoch
-    opt.load_state_dict(saved)
-    for g in grads[11:]:
-        p.grad, q.grad = g.clone(), g.clone()
-        sgd.step()
-        sched.step()
-        opt.step()
-        assert torch.equal(p, q)
-        assert opt.get_last_lr() == sched.get_last_lr()
+    make = lambda params: clr_ext.OneCycleSGD(params, 0.3, 30, momentum=0.9, backend=backend)
+    torch_state_dict_continues(sgd, sched, make, grads, 11, "lr")
 
 
 def test_from_torch_converts_a_running_pair(backend):

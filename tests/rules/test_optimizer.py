@@ -11,7 +11,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import ALL_DTYPES, ReferencePair, assert_close_rel
+from conftest import ALL_DTYPES, ReferencePair, assert_close_rel, mlp_pair, step_both
 
 import clr_ext
 from clr_ext import backends as _backends
@@ -211,17 +211,8 @@ def test_add_param_group_validates_and_joins_at_the_current_iteration(backend):
 @pytest.mark.parametrize("cycle_momentum", (True, False))
 def test_reported_values_follow_the_oracle(backend, cycle_momentum):
     p = _params(1)
-    opt = clr_ext.CyclicSGD(
-        p,
-        0.01,
-        0.1,
-        step_size_up=3,
-        step_size_down=5,
-        mode="triangular2",
-        momentum=0.5,
-        cycle_momentum=cycle_momentum,
-        backend=backend,
-    )
+    shape = dict(step_size_up=3, step_size_down=5, mode="triangular2")
+    opt = clr_ext.CyclicSGD(p, 0.01, 0.1, momentum=0.5, cycle_momentum=cycle_momentum, backend=backend, **shape)
     assert opt.iteration == 0
     for k in range(30):
         lr, m = cyclic_point(k, 0.01, 0.1, 3, 5, "triangular2", 1.0, 0.8, 0.9)
@@ -254,15 +245,7 @@ def test_triangular2_past_a_thousand_cycles(backend):
 
 
 def test_closure_returns_the_loss(backend):
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
-    ref_model = copy.deepcopy(model)
-    x, y = torch.randn(16, 6), torch.randn(16, 2)
-    opt = clr_ext.CyclicSGD(
-        model.parameters(), 0.01, 0.2, step_size_up=4, momentum=0.9, weight_decay=1e-3, backend=backend
-    )
-    sgd = torch.optim.SGD(ref_model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-3)
-    sched = torch.optim.lr_scheduler.CyclicLR(sgd, 0.01, 0.2, step_size_up=4)
+    model, ref_model, x, y, opt, sgd, sched = mlp_pair(backend, (6, 5, 2), batch=16, max_lr=0.2, step_size_up=4)
 
     def closure_for(m, o):
         def closure():
@@ -504,20 +487,10 @@ def _build(dtype, seed=0):
 
 def _make_opt(values, backend, **overrides):
     params = [v.clone().requires_grad_(True) for v in values]
-    kwargs = dict(
-        base_lr=[0.01, 0.002],
-        max_lr=[0.08, 0.02],
-        step_size_up=7,
-        step_size_down=11,
-        mode="exp_range",
-        gamma=0.995,
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=0.01,
-        base_momentum=[0.8, 0.85],
-        max_momentum=[0.9, 0.95],
-        backend=backend,
-    )
+    # each of the two groups with its own bounds
+    kwargs = dict(base_lr=[0.01, 0.002], max_lr=[0.08, 0.02], base_momentum=[0.8, 0.85], max_momentum=[0.9, 0.95])
+    kwargs.update(step_size_up=7, step_size_down=11, mode="exp_range", gamma=0.995)
+    kwargs.update(momentum=0.9, nesterov=True, weight_decay=0.01, backend=backend)
     kwargs.update(overrides)
     opt = clr_ext.CyclicSGD([{"params": params[:2]}, {"params": params[2:]}], **kwargs)
     return opt, params
@@ -625,13 +598,7 @@ def test_load_torch_sgd_state_dict(backend):
     assert opt.iteration == 0 and opt.get_last_lr() == [0.01]
     sched = torch.optim.lr_scheduler.CyclicLR(sgd, 0.01, 0.1, step_size_up=4)
     for _ in range(12):
-        gs = [torch.randn(p.shape, generator=gen) for p in params]
-        for p, q, g in zip(params, sgd_params, gs):
-            p.grad = g.clone()
-            q.grad = g.clone()
-        opt.step()
-        sgd.step()
-        sched.step()
+        step_both(opt, sgd, sched, params, sgd_params, [torch.randn(p.shape, generator=gen) for p in params])
         assert opt.get_last_lr() == sched.get_last_lr()
     assert_close_rel(params, sgd_params)
     for p, q in zip(params, sgd_params):

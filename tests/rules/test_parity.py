@@ -13,14 +13,13 @@ steps. After every step the groups' lr / momentum must equal the reference pair'
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 from typing import Any, Dict, List, Optional, Sequence
 
 import pytest
 import torch
-from conftest import ALL_DTYPES, HALF_DTYPES, ReferencePair, assert_close_rel
+from conftest import ALL_DTYPES, HALF_DTYPES, ReferencePair, assert_close_rel, mlp_pair
 
 import clr_ext
 from clr_ext.schedule import cyclic_point
@@ -767,15 +766,7 @@ def test_with_torch_amp_grad_scaler(backend):
     """A real torch.amp.GradScaler on the CPU drives CyclicSGD through grad_scale /
     found_inf exactly as it drives torch.optim.SGD(fused=True) + CyclicLR, overflow
     steps included."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 33), torch.nn.Tanh(), torch.nn.Linear(33, 3))
-    ref_model = copy.deepcopy(model)
-    x, y = torch.randn(32, 8), torch.randn(32, 3)
-    opt = clr_ext.CyclicSGD(
-        model.parameters(), 0.01, 0.1, step_size_up=3, momentum=0.9, weight_decay=1e-3, backend=backend
-    )
-    sgd = torch.optim.SGD(ref_model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-3, fused=True)
-    sched = torch.optim.lr_scheduler.CyclicLR(sgd, 0.01, 0.1, step_size_up=3)
+    model, ref_model, x, y, opt, sgd, sched = mlp_pair(backend, (8, 33, 3), 32, max_lr=0.1, step_size_up=3, fused=True)
     scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=4) for _ in range(2)]
     history = [scalers[0].get_scale()]
     for k in range(20):

@@ -9,7 +9,7 @@ from typing import Sequence, Union
 
 import torch
 
-from clr_ext.schedule import MODES
+from support.op_inputs import scheduled_inputs
 
 BOUNDS = [0.01, 0.1, 0.8, 0.9]  # base_lr, max_lr, base_momentum, max_momentum
 SHAPE = [5.0, 7.0, 0.99, 1.0]  # step_size_up, step_size_down, gamma, custom_scale
@@ -41,14 +41,7 @@ def op_args(
     device=None,
     **flags,
 ):
-    """The op's positional arguments; ``flags``: FLAGS's, by name. ``iteration``: the
-    counter tensor itself (the caller advances it), or its value (a new int64 counter on
-    ``device``)."""
-    unknown = set(flags) - set(FLAGS)
-    if unknown:
-        raise TypeError("op_args: unknown arguments %s" % sorted(unknown))
-    if not isinstance(iteration, torch.Tensor):
-        iteration = torch.tensor(iteration, dtype=torch.int64, device=device)
-    mode_number = MODES[mode] if isinstance(mode, str) else mode
-    values = {**FLAGS, **flags}
-    return (params, grads, bufs, list(starts), iteration, list(bounds), list(shape), mode_number, *values.values())
+    """The op's positional arguments; ``flags``: FLAGS's, by name; ``iteration``: the counter
+    or its value (op_inputs.scheduled_inputs)."""
+    counter, mode_number, values = scheduled_inputs(iteration, mode, device, FLAGS, flags)
+    return (params, grads, bufs, list(starts), counter, list(bounds), list(shape), mode_number, *values)
