@@ -26,6 +26,12 @@ _ONSET = 0.10
 # errors of the trend at its best when that is less: a smooth curve whose last 5% still rise far
 # above its noise is still improving.
 _PLATEAU_SE = 3.0
+# Reading "steepest": the steepest stretch is where the trend's slope is within this many
+# standard errors of its steepest.
+_STEEP_SE = 2.0
+# "min/10" needs a turn: the trend must climb back this fraction of the valley's depth past
+# its best.
+_TURN = 0.5
 # Reading a LOSS: the divergence ratio of the paper's rule of thumb, base = max/3..max/4.
 _BASE_FACTOR = 4.0
 
@@ -168,6 +174,16 @@ class Curve:
         csum = prefix_sums(self.c)
         return min(range(first, last + 1), key=lambda i: (csum[i + 1] - csum[max(i + 1 - w, 0)]) / min(i + 1, w))
 
+    def turned_up(self) -> bool:
+        """Whether the curve turns up past its best within the sweep: the trend climbs back
+        at least _TURN of the way out of the valley (of the fall from its top to its best).
+        A blow-up climbs all the way and more; a floor that the loss keeps to (a convex model
+        on a sweep that ends below its edge of stability) wobbles only by its noise, and the
+        trailing mean's minimum on it is set by that noise and by where the sweep ends."""
+        if self.n < 2 or not self.depth > 0:
+            return False
+        return max(self.t[self.i_best : self.n]) - self.t[self.i_best] >= _TURN * self.depth
+
     def rule_trend(self) -> List[float]:
         """The trend the single-LR rules read: ``t``, except that on a linear sweep its window
         is narrowed at low LRs to the log-LR width it has on an exponential sweep (see
@@ -295,9 +311,12 @@ def suggest_bounds(
     return base_lr, max_lr, cv.trend_values(), cv.reading
 
 
-def suggest_single(method: str, lrs, losses, metrics=None, *, smooth=0.05, measured_on="train") -> float:
+def suggest_single(
+    method: str, lrs, losses, metrics=None, *, smooth=0.05, measured_on="train", stopped: bool = False
+) -> float:
     """One LR by ``method`` (``"steepest"``, ``"valley"`` or ``"min/10"``), always inside
-    ``[lrs[0], lrs[-1]]``; see :meth:`RangeTestResult.suggest` for how each is read."""
+    ``[lrs[0], lrs[-1]]``; see :meth:`RangeTestResult.suggest` for how each is read.
+    ``stopped``: the test stopped early because the loss blew up (so it turned)."""
     cv = read_curve(lrs, losses, metrics, smooth=smooth, measured_on=measured_on)
     lo, hi = float(lrs[0]), float(lrs[-1])
     if cv.n < 2:
@@ -310,7 +329,16 @@ def suggest_single(method: str, lrs, losses, metrics=None, *, smooth=0.05, measu
         return lo
     first, last = cv.read_window()
     if method == "min/10":
-        return min(max(cv.at(cv.turn(first, last)) / 10.0, lo), hi)
+        if stopped or cv.turned_up():
+            return min(max(cv.at(cv.turn(first, last)) / 10.0, lo), hi)
+        warnings.warn(
+            'suggest("min/10"): the curve never turns up in this sweep (its minimum is at or '
+            "past end_lr), so there is no minimum to take a tenth of (a tenth of end_lr is only "
+            'a lower bound); suggesting "valley" instead. Sweep to a higher end_lr to read it.',
+            RuntimeWarning,
+            3,
+        )
+        method = "valley"
     if method == "steepest":
         i = _steepest(cv, first, last)
     elif method == "valley":
@@ -329,21 +357,69 @@ def suggest_single(method: str, lrs, losses, metrics=None, *, smooth=0.05, measu
     return cv.at(i)
 
 
-def _steepest(cv: Curve, first: int, last: int) -> int:
-    """The point of the read window, up to the valley's bottom, where the trend improves
-    fastest per unit of log(LR): central differences of the trend against log(LR)."""
+def _slopes(cv: Curve, first: int, end: int, last: int) -> List[Tuple[int, float, float]]:
+    """``(i, slope, standard error)`` of the trend against log(LR) for each point ``i`` of
+    ``first..end``: the difference of the trend across the log-LR span of ``(h + 1) // 2``
+    steps of an exponential sweep over the same range on each side of ``i`` (at least the
+    neighbours), kept within ``first..last``.
+
+    Not the difference of neighbours: that of a centred mean of ``2h + 1`` points is the
+    difference of the four raw points at its windows' edges over ``2h + 1``, the raw noise
+    barely damped, and its argmax is wherever that noise is largest. Across ``k`` points
+    each side it is the difference of the ``2k`` points in one window only, so its noise
+    falls as ``1 / sqrt(k)``; half the trend's width is the read window's trim too. In
+    log-LR, so that a linear sweep, whose steps at high LRs are a hundredth of a decade,
+    is read at the same scale (a difference of neighbours divided by that step magnifies
+    the noise a hundredfold). The error: the spread of the curve about its trend near
+    ``i`` (as in :meth:`Curve.trend_noise`) times ``sqrt(2 m) / (2h + 1)``, ``m`` the points
+    in one window only, over the log-LR span."""
     x = [math.log(v) for v in cv.lrs[: cv.n]]
-    t = cv.rule_trend()
-    end = min(max(cv.i_bottom, first + 1), last)
-    best_i, best_slope = first, math.inf
+    c, t = cv.c, cv.rule_trend()
+    span = max((cv.h + 1) // 2, 1) * (x[cv.n - 1] - x[0]) / (cv.n - 1) * (1 + 1e-9)
+    widths = log_bounded_widths(cv.lrs[: cv.n], cv.h)
+    half = [min(cv.h, j, cv.n - 1 - j, widths[j]) for j in range(cv.n)]
+    out = []
     for i in range(first, end + 1):
         a, b = max(i - 1, first), min(i + 1, last)
+        while a > first and x[i] - x[a - 1] <= span:
+            a -= 1
+        while b < last and x[b + 1] - x[i] <= span:
+            b += 1
         if b == a or x[b] == x[a]:
             continue
-        slope = (t[b] - t[a]) / (x[b] - x[a])
-        if slope < best_slope:
-            best_i, best_slope = i, slope
-    return best_i
+        lo, hi = max(0, i - 2 * cv.h), min(len(t), i + 2 * cv.h + 1)
+        spread = 1.4826 * statistics.median(abs(c[j] - t[j]) for j in range(lo, hi))
+        na, nb = 2 * half[a] + 1, 2 * half[b] + 1
+        both = max(0, min(a + half[a], b + half[b]) - max(a - half[a], b - half[b]) + 1)
+        var = (na - both) / na**2 + (nb - both) / nb**2 + both * (1 / na - 1 / nb) ** 2
+        se = spread * math.sqrt(var) / (x[b] - x[a])
+        out.append((i, (t[b] - t[a]) / (x[b] - x[a]), se))
+    return out
+
+
+def _steepest(cv: Curve, first: int, last: int) -> int:
+    """The upper end of the steepest stretch of the read window, up to the valley's bottom:
+    from the point where the trend improves fastest per unit of log(LR) (see
+    :func:`_slopes`), the last point of the run that follows it whose slope is within
+    _STEEP_SE standard errors of that steepest slope. Where the loss falls along a
+    near-straight line in log(LR) (a convex model, over two or three decades) every point
+    of that stretch is as steep as any other within the noise, and the argmax lands
+    anywhere along it; its upper end is the largest LR that still learns at the fastest
+    rate, where the fall begins to slow. On a short descent (a deep net's) the stretch is a
+    point or two, and this is the argmax."""
+    end = min(max(cv.i_bottom, first + 1), last)
+    slopes = _slopes(cv, first, end, last)
+    if not slopes:
+        return first
+    k_max = min(range(len(slopes)), key=lambda k: slopes[k][1])
+    i_best, s_max, se_max = slopes[k_max]
+    if not s_max < 0:
+        return i_best
+    for i, slope, _ in slopes[k_max + 1 :]:
+        if slope > s_max + _STEEP_SE * se_max:
+            break
+        i_best = i
+    return i_best
 
 
 def _valley(t: Sequence[float], lrs: Sequence[float]) -> int:

@@ -201,7 +201,13 @@ class RangeTestResult:
         if len(self.lrs) < 2:
             return self.lrs[0] if self.lrs else self.base_lr
         return suggest_single(
-            method, self.lrs, self.losses, self.metrics, smooth=self.smooth, measured_on=self.measured_on
+            method,
+            self.lrs,
+            self.losses,
+            self.metrics,
+            smooth=self.smooth,
+            measured_on=self.measured_on,
+            stopped=self.diverged,
         )
 
     # -- plotting --------------------------------------------------------------------
