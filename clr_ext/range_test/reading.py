@@ -387,14 +387,24 @@ def _slopes(cv: Curve, first: int, end: int, last: int) -> List[Tuple[int, float
             b += 1
         if b == a or x[b] == x[a]:
             continue
-        lo, hi = max(0, i - 2 * cv.h), min(len(t), i + 2 * cv.h + 1)
-        spread = 1.4826 * statistics.median(abs(c[j] - t[j]) for j in range(lo, hi))
+        lo, hi = max(1, i - 2 * cv.h), min(cv.n - 1, i + 2 * cv.h + 1)
+        spread = _noise(c, lo, hi)
         na, nb = 2 * half[a] + 1, 2 * half[b] + 1
         both = max(0, min(a + half[a], b + half[b]) - max(a - half[a], b - half[b]) + 1)
         var = (na - both) / na**2 + (nb - both) / nb**2 + both * (1 / na - 1 / nb) ** 2
         se = spread * math.sqrt(var) / (x[b] - x[a])
         out.append((i, (t[b] - t[a]) / (x[b] - x[a]), se))
     return out
+
+
+def _noise(c: Sequence[float], lo: int, hi: int) -> float:
+    """The standard deviation of the curve's noise about a smooth trend, from its second
+    differences at ``lo..hi - 1`` (1.4826 x their median absolute value / sqrt(6)): a
+    smooth curve's second differences are near zero however it bends, so unlike the
+    spread about a centred mean (which a bend lifts) this is the noise alone."""
+    if hi <= lo:
+        return 0.0
+    return 1.4826 * statistics.median(abs(c[j - 1] - 2 * c[j] + c[j + 1]) for j in range(lo, hi)) / math.sqrt(6)
 
 
 def _steepest(cv: Curve, first: int, last: int) -> int:
