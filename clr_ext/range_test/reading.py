@@ -345,13 +345,18 @@ def suggest_single(
         # The descent is counted from the onset of learning: before it the curve is flat, and
         # noise on a flat stretch strings decreasing points together into a "valley" as long
         # as the descent itself (on fastai's lagging EMA the flat start is smoothed away).
-        # It ends at the valley's bottom: past it, noise on the floor adds decreasing points.
+        # Its longest decreasing run is sought up to the valley's bottom: past it, noise on
+        # the floor adds decreasing points. But the valley reaches to where the loss stops
+        # falling (the trailing mean's turn, as "min/10" reads it, and as fastai's run ends at
+        # its trailing EMA's minimum): the centred trend's bottom is lifted by the blow-up
+        # past it, up to a half-width early, and halfway to it was halfway to too low an LR.
         t = cv.rule_trend()
         start = cv.onset(first, t)
         end = min(last, max(cv.i_bottom, start + 2))
+        far = min(last, max(end, cv.turn(first, last)))
         if not first <= start < end - 1:
-            start, end = first, last
-        i = _valley(t[start : end + 1], cv.lrs[start : end + 1]) + start
+            start, end, far = first, last, last
+        i = _valley(t[start : far + 1], cv.lrs[start : far + 1], end - start) + start
     else:
         raise ValueError(f"method must be one of {SUGGEST_METHODS}, got {method!r}")
     return cv.at(i)
@@ -432,17 +437,19 @@ def _steepest(cv: Curve, first: int, last: int) -> int:
     return i_best
 
 
-def _valley(t: Sequence[float], lrs: Sequence[float]) -> int:
-    """fastai's valley, on the trend: the longest strictly decreasing subsequence (patience
-    sorting, O(n log n)); with ``L`` its length and ``end`` its last point, the run is taken
-    to start at ``end - L`` (not at the subsequence's first point, which on a flat, noisy
-    start of the curve lies far to the left of where the descent begins) and to end at the
-    segment's last point (the caller ends it at the valley's bottom), and the point
-    returned is ``(L // 3 + L // 6) / L`` of the way from start to end, about halfway,
-    measured in log(LR) (on an exponential sweep that is fastai's ``start + L // 3 + L // 6``;
-    on a linear one, halfway in points would be the arithmetic mean of the LRs, far above
-    the descent's middle)."""
-    n = len(t)
+def _valley(t: Sequence[float], lrs: Sequence[float], run_end: Optional[int] = None) -> int:
+    """fastai's valley, on the trend: the longest strictly decreasing subsequence of
+    ``t[: run_end + 1]`` (all of ``t`` by default; patience sorting, O(n log n)); with ``L``
+    its length and ``end`` its last point, the run is taken to start at ``end - L`` (not at
+    the subsequence's first point, which on a flat, noisy start of the curve lies far to the
+    left of where the descent begins) and to end at the segment's last point (the caller
+    ends it where the loss stops falling), and the point returned is
+    ``(L // 3 + L // 6) / L`` of the way from start to end, about halfway, measured in
+    log(LR) (on an exponential sweep that is fastai's ``start + L // 3 + L // 6``; on a
+    linear one, halfway in points would be the arithmetic mean of the LRs, far above the
+    descent's middle)."""
+    m = len(t)
+    n = m if run_end is None else run_end + 1
     tails: List[int] = []  # tails[k]: index ending the best decreasing run of length k + 1
     keys: List[float] = []  # -t[tails[k]], increasing
     length = [0] * n
@@ -458,10 +465,10 @@ def _valley(t: Sequence[float], lrs: Sequence[float]) -> int:
     end = max(range(n), key=lambda j: (length[j], -j))  # the first point ending a longest run
     run = length[end]
     start = max(end - run, 0)
-    # The run ends at the trend's minimum, which sits about a half-width left of the
-    # valley's bottom where the rise is steep (see Curve._bottom); the valley ends at the
-    # bottom, the segment's last point.
-    end = n - 1
+    # The run ends at the trend's minimum, which sits about a half-width left of where the
+    # loss stops falling when the rise is steep (see Curve._bottom, Curve.turn); the valley
+    # ends there, the segment's last point.
+    end = m - 1
     if end == start:
         return end
     frac = (run // 3 + run // 6) / run

@@ -157,13 +157,20 @@ class RangeTestResult:
           the zero-lag trend (log of the loss, or the metric) against log(LR), at or before
           the valley's bottom. This is torch-lr-finder's and Lightning's suggestion (and
           fastai's ``steep``); they take the gradient of the raw or EMA-smoothed loss, here
-          of the lag-free trend.
+          of the lag-free trend, across half its width of log(LR) (the difference of
+          neighbours of a centred mean is the raw noise of four points), read at the upper
+          end of the stretch whose slope is within 2 standard errors of the steepest: where
+          the loss falls along a near-straight line in log(LR) (a convex model's, over two
+          decades) every point of it is as steep within the noise, and the largest LR that
+          still learns at that rate is where the fall begins to slow.
         - ``"valley"``: one LR, about halfway along the longest valley: fastai's default
           ``valley`` rule (the longest decreasing subsequence of the curve, of length ``L``
           and ending at ``end``; the run starts at ``end - L``; the point ``L//3 + L//6``
           into it) on the lag-free trend, the run counted from the onset of learning (where
           the trend has fallen a tenth of the way from its top to its best) up to the
-          valley's bottom, and "halfway" measured in log(LR).
+          valley's bottom, and the valley reaching on to where the loss stops falling (the
+          point ``"min/10"`` reads: the centred trend's bottom is lifted early by the
+          blow-up), "halfway" measured in log(LR).
         - ``"min/10"``: one LR, a tenth of the LR where the loss stops falling (or the metric
           stops improving): the "one order of magnitude before the minimum" rule of fastai's
           ``minimum`` suggestion and of the fast.ai course. The minimum is read on the
@@ -172,7 +179,11 @@ class RangeTestResult:
           blow-up past the bottom is much steeper (and spikier) than the descent before it,
           so a window that looks ahead is lifted by it up to a half-width before the loss
           stops falling, and a tenth of that point was 2-3x below the best constant LR.
-          (fastai's EMA is trailing too, for the same effect.)
+          (fastai's EMA is trailing too, for the same effect.) A curve that never turns up
+          in the sweep (past its best the trend climbs back less than half-way out of the
+          valley, and the test did not stop on a blow-up: a model that trains at every swept
+          LR) has no minimum to take a tenth of, a tenth of ``end_lr`` being only a lower
+          bound: a ``RuntimeWarning`` says so and ``"valley"`` is returned.
 
         Which rule suits which sweep: on an exponential sweep (``sweep="exp"``, the other
         finders' test) all three work; in ``bench/finders.py`` (three small tasks, see

@@ -175,6 +175,36 @@ def test_every_rule_reads_below_the_bottom_whatever_the_blow_up(kind, method):
         assert abs(math.log(spiky / calm)) <= math.log(limit), (seed, calm, spiky)
 
 
+@pytest.mark.parametrize("spikes", [False, True])
+def test_valley_reaches_to_where_the_loss_stops_falling(spikes):
+    """The loss falls from about 0.02 (a tenth of its fall) to the bottom at 0.5, then blows
+    up: halfway along that valley in log(LR) is 0.1. The centred trend's bottom, lifted by
+    the blow-up, sits at 0.24, and halfway to it (from the run's start) was 0.026-0.038, 3-4x
+    low; the valley now reaches to where the loss stops falling (the trailing mean's turn,
+    which "min/10" reads): 0.037-0.055, for every seed, calm or spiky (not all the way: the
+    longest decreasing run still starts on the trend before the onset)."""
+    for seed in range(8):
+        lrs, losses = low_noise_blowup_curve(seed, spikes)
+        got = result_of(lrs, losses).suggest("valley")
+        assert 0.035 <= got <= 0.2, (seed, got)
+
+
+def low_noise_blowup_curve(seed, spikes, noise=0.01):
+    """:func:`blowup_curve` on the exponential sweep, with a hundredth of noise."""
+    rng = random.Random(seed)
+    lrs = sweep("exp", 100, 1e-7, 10.0)
+    losses = []
+    for lr in lrs:
+        x = math.log10(lr)
+        log_loss = math.log(2.3) - 0.8 / (1.0 + math.exp(-(x - math.log10(0.1)) / 0.3))
+        if lr > BOTTOM:
+            log_loss += 4.0 * (x - math.log10(BOTTOM))
+            if spikes and rng.random() < 0.3:
+                log_loss += rng.uniform(1.0, 3.0)
+        losses.append(math.exp(log_loss + rng.gauss(0.0, noise)))
+    return lrs, losses
+
+
 # ------------------------------------------ a long straight fall, a floor, no turn
 def straight_fall_curve(kind, seed, noise=0.1, floor_noise=None, n=100):
     """A convex model's range test: flat, then the log-loss falls along a straight line in
