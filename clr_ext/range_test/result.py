@@ -187,12 +187,12 @@ class RangeTestResult:
 
         Which rule suits which sweep: on an exponential sweep (``sweep="exp"``, the other
         finders' test) all three work; in ``bench/finders.py`` (three small tasks, see
-        ``bench/RESULTS.md``) each came within 1.4 accuracy points of the best constant LR
-        of a grid, and within 1.3 of the best peer rule. On a linear sweep of a real model, the loss falls late
-        (each step trains at a higher LR than the last, and the few steps at low LRs have not
-        trained the model yet), so ``steepest`` and ``valley`` land near the valley's bottom,
-        a good ``max_lr`` but too high for a constant LR: use ``"min/10"`` or ``base_lr``
-        there.
+        ``bench/RESULTS.md``) each came within 1.3 accuracy points of the best constant LR
+        of a grid, and within 0.7 of the best peer rule. On a linear sweep of a real model,
+        the loss falls late (each step trains at a higher LR than the last, and the few
+        steps at low LRs have not trained the model yet), so ``steepest`` and ``valley``
+        land late in the descent, a good ``max_lr`` but too high for a constant LR: use
+        ``"min/10"`` or ``base_lr`` there.
 
         Before reading, the rules trim the curve's ends, where the centred trend's window
         is cut short (see ``clr_ext.range_test.reading.Curve.read_window``): the first and
