@@ -179,9 +179,11 @@ class Curve:
         at least _TURN of the way out of the valley (of the fall from its top to its best).
         A blow-up climbs all the way and more; a floor that the loss keeps to (a convex model
         on a sweep that ends below its edge of stability) wobbles only by its noise, and the
-        trailing mean's minimum on it is set by that noise and by where the sweep ends."""
+        trailing mean's minimum on it is set by that noise and by where the sweep ends. A
+        curve that never improves has no valley to climb out of: it counts as turned (it only
+        rises; the bounds warn about it)."""
         if self.n < 2 or not self.depth > 0:
-            return False
+            return True
         return max(self.t[self.i_best : self.n]) - self.t[self.i_best] >= _TURN * self.depth
 
     def rule_trend(self) -> List[float]:

@@ -265,6 +265,13 @@ def test_min_over_10_without_a_turn_warns_and_reads_the_valley():
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         assert stopped.suggest("min/10") < 0.11
+    # A curve that only rises has no valley to climb out of: no such warning, a tenth of its
+    # start (kept inside the sweep), as before.
+    lrs = sweep("exp", 50, 1e-3, 1.0)
+    rising = result_of(lrs, [1.0 + 0.01 * i for i in range(50)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert rising.suggest("min/10") == lrs[0]
 
 
 # The range tests of softmax regression on the digits' pixels (bench/finders.py, finder run
