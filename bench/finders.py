@@ -11,6 +11,7 @@ A peer that is not installed is skipped.
     python -m bench.finders                 # all tasks, 3 seeds (a few minutes on 2 cores)
     python -m bench.finders --tasks digits --seeds 2 --json out.json
     python -m bench.finders --tasks softmax --recipe-noise 20   # the recipe's regret: seed noise?
+    python -m bench.finders --rule-noise 20   # a clr_ext rule behind the best peer's: seed noise?
 
 Peers (not clr_ext dependencies): ``pip install torch-lr-finder==0.2.2 fastai==2.8.12
 lightning==2.6.6`` (fastai pulls in torchvision, which it does not need here).
@@ -481,6 +482,49 @@ def recipe_noise(task_name: str, seeds: int, train_seeds: int, log=print) -> Dic
     return out
 
 
+def rule_noise(res: Dict, train_seeds: int, log=print) -> Dict:
+    """Is a clr_ext rule's shortfall against the best peer rule on the same sweep seed
+    noise? For every such row of :func:`run`'s result, each finder run's two LRs (the rule's
+    and the best peer rule's) are trained on ``train_seeds`` held-out seeds (not those of
+    the table) and compared seed by seed: the mean of the paired differences (peer - rule,
+    points; > 0 = the peer is better) and its standard error."""
+    seeds = res["seeds"]
+    held_out = range(seeds, seeds + train_seeds)
+    out: Dict = {}
+    for name, t in res["tasks"].items():
+        task = TASKS[name]()
+        for sweep in ("exp", "linear"):
+            rows = [r for r in t["rows"] if r["sweep"] == sweep]
+            peers = [r for r in rows if r["finder"] != "clr_ext"]
+            if not peers:
+                continue
+            best = min(peers, key=lambda r: r["regret"])
+            for row in rows:
+                if row["finder"] != "clr_ext" or row["rule"] not in RULES or row["regret"] <= best["regret"]:
+                    continue
+                diff = [
+                    train(task, s, fixed_lr(task, peer_lr)) - train(task, s, fixed_lr(task, lr))
+                    for lr, peer_lr in zip(row["lrs"], best["lrs"])
+                    for s in held_out
+                ]
+                mean, se = statistics.fmean(diff), statistics.stdev(diff) / len(diff) ** 0.5
+                key = f"{name} {sweep} {row['rule']} vs {best['finder']} {best['rule']}"
+                out[key] = {"gap": mean, "se": se, "n": len(diff)}
+                log(
+                    f"[{key}] paired on {train_seeds} held-out seeds: the peer is {mean:.2f} +- {se:.2f} (SE) points better"
+                )
+    return out
+
+
+def rule_noise_table(res: Dict) -> str:
+    lines = [
+        "\n| clr_ext rule behind the best peer rule | paired gap, held-out seeds (points, +- SE) |",
+        "|---|---:|",
+    ]
+    lines += [f"| {key} | {v['gap']:.2f} +- {v['se']:.2f} (n={v['n']}) |" for key, v in res.items()]
+    return "\n".join(lines)
+
+
 ADAMW_GRID = (1e-3, 3e-3, 1e-2, 3e-2)
 
 
@@ -541,6 +585,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         metavar="N",
         help="only the README recipe against the best grid LR, paired on N held-out training seeds",
     )
+    p.add_argument(
+        "--rule-noise",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also pair each clr_ext rule behind the best peer rule with it on N held-out training seeds",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
@@ -552,6 +603,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     res = run(args.tasks, args.seeds, log=log)
     print(table(res))
+    if args.rule_noise:
+        res["rule_noise"] = rule_noise(res, args.rule_noise, log=log)
+        print(rule_noise_table(res["rule_noise"]))
     if "digits" in args.tasks:
         res["adamw"] = adamw_defaults(args.seeds, log=log)
         print(adamw_table(res["adamw"]))

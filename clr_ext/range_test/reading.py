@@ -26,6 +26,12 @@ _ONSET = 0.10
 # errors of the trend at its best when that is less: a smooth curve whose last 5% still rise far
 # above its noise is still improving.
 _PLATEAU_SE = 3.0
+# Reading "steepest": the steepest stretch is where the trend's slope is within this many
+# standard errors of its steepest.
+_STEEP_SE = 2.0
+# "min/10" needs a turn: the trend must climb back this fraction of the valley's depth past
+# its best.
+_TURN = 0.5
 # Reading a LOSS: the divergence ratio of the paper's rule of thumb, base = max/3..max/4.
 _BASE_FACTOR = 4.0
 
@@ -168,6 +174,18 @@ class Curve:
         csum = prefix_sums(self.c)
         return min(range(first, last + 1), key=lambda i: (csum[i + 1] - csum[max(i + 1 - w, 0)]) / min(i + 1, w))
 
+    def turned_up(self) -> bool:
+        """Whether the curve turns up past its best within the sweep: the trend climbs back
+        at least _TURN of the way out of the valley (of the fall from its top to its best).
+        A blow-up climbs all the way and more; a floor that the loss keeps to (a convex model
+        on a sweep that ends below its edge of stability) wobbles only by its noise, and the
+        trailing mean's minimum on it is set by that noise and by where the sweep ends. A
+        curve that never improves has no valley to climb out of: it counts as turned (it only
+        rises; the bounds warn about it)."""
+        if self.n < 2 or not self.depth > 0:
+            return True
+        return max(self.t[self.i_best : self.n]) - self.t[self.i_best] >= _TURN * self.depth
+
     def rule_trend(self) -> List[float]:
         """The trend the single-LR rules read: ``t``, except that on a linear sweep its window
         is narrowed at low LRs to the log-LR width it has on an exponential sweep (see
@@ -295,9 +313,12 @@ def suggest_bounds(
     return base_lr, max_lr, cv.trend_values(), cv.reading
 
 
-def suggest_single(method: str, lrs, losses, metrics=None, *, smooth=0.05, measured_on="train") -> float:
+def suggest_single(
+    method: str, lrs, losses, metrics=None, *, smooth=0.05, measured_on="train", stopped: bool = False
+) -> float:
     """One LR by ``method`` (``"steepest"``, ``"valley"`` or ``"min/10"``), always inside
-    ``[lrs[0], lrs[-1]]``; see :meth:`RangeTestResult.suggest` for how each is read."""
+    ``[lrs[0], lrs[-1]]``; see :meth:`RangeTestResult.suggest` for how each is read.
+    ``stopped``: the test stopped early because the loss blew up (so it turned)."""
     cv = read_curve(lrs, losses, metrics, smooth=smooth, measured_on=measured_on)
     lo, hi = float(lrs[0]), float(lrs[-1])
     if cv.n < 2:
@@ -310,53 +331,127 @@ def suggest_single(method: str, lrs, losses, metrics=None, *, smooth=0.05, measu
         return lo
     first, last = cv.read_window()
     if method == "min/10":
-        return min(max(cv.at(cv.turn(first, last)) / 10.0, lo), hi)
+        if stopped or cv.turned_up():
+            return min(max(cv.at(cv.turn(first, last)) / 10.0, lo), hi)
+        warnings.warn(
+            'suggest("min/10"): the curve never turns up in this sweep (its minimum is at or '
+            "past end_lr), so there is no minimum to take a tenth of (a tenth of end_lr is only "
+            'a lower bound); suggesting "valley" instead. Sweep to a higher end_lr to read it.',
+            RuntimeWarning,
+            3,
+        )
+        method = "valley"
     if method == "steepest":
         i = _steepest(cv, first, last)
     elif method == "valley":
         # The descent is counted from the onset of learning: before it the curve is flat, and
         # noise on a flat stretch strings decreasing points together into a "valley" as long
         # as the descent itself (on fastai's lagging EMA the flat start is smoothed away).
-        # It ends at the valley's bottom: past it, noise on the floor adds decreasing points.
+        # Its longest decreasing run is sought up to the valley's bottom: past it, noise on
+        # the floor adds decreasing points. But the valley reaches to where the loss stops
+        # falling (the trailing mean's turn, as "min/10" reads it, and as fastai's run ends at
+        # its trailing EMA's minimum): the centred trend's bottom is lifted by the blow-up
+        # past it, up to a half-width early, and halfway to it was halfway to too low an LR.
         t = cv.rule_trend()
         start = cv.onset(first, t)
         end = min(last, max(cv.i_bottom, start + 2))
+        far = min(last, max(end, cv.turn(first, last)))
         if not first <= start < end - 1:
-            start, end = first, last
-        i = _valley(t[start : end + 1], cv.lrs[start : end + 1]) + start
+            start, end, far = first, last, last
+        i = _valley(t[start : far + 1], cv.lrs[start : far + 1], end - start) + start
     else:
         raise ValueError(f"method must be one of {SUGGEST_METHODS}, got {method!r}")
     return cv.at(i)
 
 
-def _steepest(cv: Curve, first: int, last: int) -> int:
-    """The point of the read window, up to the valley's bottom, where the trend improves
-    fastest per unit of log(LR): central differences of the trend against log(LR)."""
+def _slopes(cv: Curve, first: int, end: int, last: int) -> List[Tuple[int, float, float]]:
+    """``(i, slope, standard error)`` of the trend against log(LR) for each point ``i`` of
+    ``first..end``: the difference of the trend across the log-LR span of ``(h + 1) // 2``
+    steps of an exponential sweep over the same range on each side of ``i`` (at least the
+    neighbours), kept within ``first..last``.
+
+    Not the difference of neighbours: that of a centred mean of ``2h + 1`` points is the
+    difference of the four raw points at its windows' edges over ``2h + 1``, the raw noise
+    barely damped, and its argmax is wherever that noise is largest. Across ``k`` points
+    each side it is the difference of the ``2k`` points in one window only, so its noise
+    falls as ``1 / sqrt(k)``; half the trend's width is the read window's trim too. In
+    log-LR, so that a linear sweep, whose steps at high LRs are a hundredth of a decade,
+    is read at the same scale (a difference of neighbours divided by that step magnifies
+    the noise a hundredfold). The error: the spread of the curve about its trend near
+    ``i`` (as in :meth:`Curve.trend_noise`) times ``sqrt(2 m) / (2h + 1)``, ``m`` the points
+    in one window only, over the log-LR span."""
     x = [math.log(v) for v in cv.lrs[: cv.n]]
-    t = cv.rule_trend()
-    end = min(max(cv.i_bottom, first + 1), last)
-    best_i, best_slope = first, math.inf
+    c, t = cv.c, cv.rule_trend()
+    span = max((cv.h + 1) // 2, 1) * (x[cv.n - 1] - x[0]) / (cv.n - 1) * (1 + 1e-9)
+    widths = log_bounded_widths(cv.lrs[: cv.n], cv.h)
+    half = [min(cv.h, j, cv.n - 1 - j, widths[j]) for j in range(cv.n)]
+    out = []
     for i in range(first, end + 1):
         a, b = max(i - 1, first), min(i + 1, last)
+        while a > first and x[i] - x[a - 1] <= span:
+            a -= 1
+        while b < last and x[b + 1] - x[i] <= span:
+            b += 1
         if b == a or x[b] == x[a]:
             continue
-        slope = (t[b] - t[a]) / (x[b] - x[a])
-        if slope < best_slope:
-            best_i, best_slope = i, slope
-    return best_i
+        lo, hi = max(1, i - 2 * cv.h), min(cv.n - 1, i + 2 * cv.h + 1)
+        spread = _noise(c, lo, hi)
+        na, nb = 2 * half[a] + 1, 2 * half[b] + 1
+        both = max(0, min(a + half[a], b + half[b]) - max(a - half[a], b - half[b]) + 1)
+        var = (na - both) / na**2 + (nb - both) / nb**2 + both * (1 / na - 1 / nb) ** 2
+        se = spread * math.sqrt(var) / (x[b] - x[a])
+        out.append((i, (t[b] - t[a]) / (x[b] - x[a]), se))
+    return out
 
 
-def _valley(t: Sequence[float], lrs: Sequence[float]) -> int:
-    """fastai's valley, on the trend: the longest strictly decreasing subsequence (patience
-    sorting, O(n log n)); with ``L`` its length and ``end`` its last point, the run is taken
-    to start at ``end - L`` (not at the subsequence's first point, which on a flat, noisy
-    start of the curve lies far to the left of where the descent begins) and to end at the
-    segment's last point (the caller ends it at the valley's bottom), and the point
-    returned is ``(L // 3 + L // 6) / L`` of the way from start to end, about halfway,
-    measured in log(LR) (on an exponential sweep that is fastai's ``start + L // 3 + L // 6``;
-    on a linear one, halfway in points would be the arithmetic mean of the LRs, far above
-    the descent's middle)."""
-    n = len(t)
+def _noise(c: Sequence[float], lo: int, hi: int) -> float:
+    """The standard deviation of the curve's noise about a smooth trend, from its second
+    differences at ``lo..hi - 1`` (1.4826 x their median absolute value / sqrt(6)): a
+    smooth curve's second differences are near zero however it bends, so unlike the
+    spread about a centred mean (which a bend lifts) this is the noise alone."""
+    if hi <= lo:
+        return 0.0
+    return 1.4826 * statistics.median(abs(c[j - 1] - 2 * c[j] + c[j + 1]) for j in range(lo, hi)) / math.sqrt(6)
+
+
+def _steepest(cv: Curve, first: int, last: int) -> int:
+    """The upper end of the steepest stretch of the read window, up to the valley's bottom:
+    from the point where the trend improves fastest per unit of log(LR) (see
+    :func:`_slopes`), the last point of the run that follows it whose slope is within
+    _STEEP_SE standard errors of that steepest slope. Where the loss falls along a
+    near-straight line in log(LR) (a convex model, over two or three decades) every point
+    of that stretch is as steep as any other within the noise, and the argmax lands
+    anywhere along it; its upper end is the largest LR that still learns at the fastest
+    rate, where the fall begins to slow. On a short descent (a deep net's) the stretch is a
+    point or two, and this is the argmax."""
+    end = min(max(cv.i_bottom, first + 1), last)
+    slopes = _slopes(cv, first, end, last)
+    if not slopes:
+        return first
+    k_max = min(range(len(slopes)), key=lambda k: slopes[k][1])
+    i_best, s_max, se_max = slopes[k_max]
+    if not s_max < 0:
+        return i_best
+    for i, slope, _ in slopes[k_max + 1 :]:
+        if slope > s_max + _STEEP_SE * se_max:
+            break
+        i_best = i
+    return i_best
+
+
+def _valley(t: Sequence[float], lrs: Sequence[float], run_end: Optional[int] = None) -> int:
+    """fastai's valley, on the trend: the longest strictly decreasing subsequence of
+    ``t[: run_end + 1]`` (all of ``t`` by default; patience sorting, O(n log n)); with ``L``
+    its length and ``end`` its last point, the run is taken to start at ``end - L`` (not at
+    the subsequence's first point, which on a flat, noisy start of the curve lies far to the
+    left of where the descent begins) and to end at the segment's last point (the caller
+    ends it where the loss stops falling), and the point returned is
+    ``(L // 3 + L // 6) / L`` of the way from start to end, about halfway, measured in
+    log(LR) (on an exponential sweep that is fastai's ``start + L // 3 + L // 6``; on a
+    linear one, halfway in points would be the arithmetic mean of the LRs, far above the
+    descent's middle)."""
+    m = len(t)
+    n = m if run_end is None else run_end + 1
     tails: List[int] = []  # tails[k]: index ending the best decreasing run of length k + 1
     keys: List[float] = []  # -t[tails[k]], increasing
     length = [0] * n
@@ -372,10 +467,10 @@ def _valley(t: Sequence[float], lrs: Sequence[float]) -> int:
     end = max(range(n), key=lambda j: (length[j], -j))  # the first point ending a longest run
     run = length[end]
     start = max(end - run, 0)
-    # The run ends at the trend's minimum, which sits about a half-width left of the
-    # valley's bottom where the rise is steep (see Curve._bottom); the valley ends at the
-    # bottom, the segment's last point.
-    end = n - 1
+    # The run ends at the trend's minimum, which sits about a half-width left of where the
+    # loss stops falling when the rise is steep (see Curve._bottom, Curve.turn); the valley
+    # ends there, the segment's last point.
+    end = m - 1
     if end == start:
         return end
     frac = (run // 3 + run // 6) / run

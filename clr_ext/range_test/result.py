@@ -157,13 +157,20 @@ class RangeTestResult:
           the zero-lag trend (log of the loss, or the metric) against log(LR), at or before
           the valley's bottom. This is torch-lr-finder's and Lightning's suggestion (and
           fastai's ``steep``); they take the gradient of the raw or EMA-smoothed loss, here
-          of the lag-free trend.
+          of the lag-free trend, across half its width of log(LR) (the difference of
+          neighbours of a centred mean is the raw noise of four points), read at the upper
+          end of the stretch whose slope is within 2 standard errors of the steepest: where
+          the loss falls along a near-straight line in log(LR) (a convex model's, over two
+          decades) every point of it is as steep within the noise, and the largest LR that
+          still learns at that rate is where the fall begins to slow.
         - ``"valley"``: one LR, about halfway along the longest valley: fastai's default
           ``valley`` rule (the longest decreasing subsequence of the curve, of length ``L``
           and ending at ``end``; the run starts at ``end - L``; the point ``L//3 + L//6``
           into it) on the lag-free trend, the run counted from the onset of learning (where
           the trend has fallen a tenth of the way from its top to its best) up to the
-          valley's bottom, and "halfway" measured in log(LR).
+          valley's bottom, and the valley reaching on to where the loss stops falling (the
+          point ``"min/10"`` reads: the centred trend's bottom is lifted early by the
+          blow-up), "halfway" measured in log(LR).
         - ``"min/10"``: one LR, a tenth of the LR where the loss stops falling (or the metric
           stops improving): the "one order of magnitude before the minimum" rule of fastai's
           ``minimum`` suggestion and of the fast.ai course. The minimum is read on the
@@ -172,16 +179,20 @@ class RangeTestResult:
           blow-up past the bottom is much steeper (and spikier) than the descent before it,
           so a window that looks ahead is lifted by it up to a half-width before the loss
           stops falling, and a tenth of that point was 2-3x below the best constant LR.
-          (fastai's EMA is trailing too, for the same effect.)
+          (fastai's EMA is trailing too, for the same effect.) A curve that never turns up
+          in the sweep (past its best the trend climbs back less than half-way out of the
+          valley, and the test did not stop on a blow-up: a model that trains at every swept
+          LR) has no minimum to take a tenth of, a tenth of ``end_lr`` being only a lower
+          bound: a ``RuntimeWarning`` says so and ``"valley"`` is returned.
 
         Which rule suits which sweep: on an exponential sweep (``sweep="exp"``, the other
         finders' test) all three work; in ``bench/finders.py`` (three small tasks, see
-        ``bench/RESULTS.md``) each came within 1.4 accuracy points of the best constant LR
-        of a grid, and within 1.3 of the best peer rule. On a linear sweep of a real model, the loss falls late
-        (each step trains at a higher LR than the last, and the few steps at low LRs have not
-        trained the model yet), so ``steepest`` and ``valley`` land near the valley's bottom,
-        a good ``max_lr`` but too high for a constant LR: use ``"min/10"`` or ``base_lr``
-        there.
+        ``bench/RESULTS.md``) each came within 1.3 accuracy points of the best constant LR
+        of a grid, and within 0.7 of the best peer rule. On a linear sweep of a real model,
+        the loss falls late (each step trains at a higher LR than the last, and the few
+        steps at low LRs have not trained the model yet), so ``steepest`` and ``valley``
+        land late in the descent, a good ``max_lr`` but too high for a constant LR: use
+        ``"min/10"`` or ``base_lr`` there.
 
         Before reading, the rules trim the curve's ends, where the centred trend's window
         is cut short (see ``clr_ext.range_test.reading.Curve.read_window``): the first and
@@ -201,7 +212,13 @@ class RangeTestResult:
         if len(self.lrs) < 2:
             return self.lrs[0] if self.lrs else self.base_lr
         return suggest_single(
-            method, self.lrs, self.losses, self.metrics, smooth=self.smooth, measured_on=self.measured_on
+            method,
+            self.lrs,
+            self.losses,
+            self.metrics,
+            smooth=self.smooth,
+            measured_on=self.measured_on,
+            stopped=self.diverged,
         )
 
     # -- plotting --------------------------------------------------------------------
