@@ -21,7 +21,17 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from . import _ops
-from .optim.records import (
+
+# (before the optim package is imported, whose step functions bind _C's entries at import)
+try:  # the compiled core; importing it registers torch.ops.clr_ext.*
+    from . import _C  # type: ignore[attr-defined]
+except ImportError as _err:  # pragma: no cover - exercised where nothing was built
+    _C = None
+    _C_ERROR: Optional[str] = str(_err)
+else:
+    _C_ERROR = None
+
+from .optim.records import (  # noqa: E402
     AdamwHyper,
     AdamwTensors,
     SgdHyper,
@@ -32,7 +42,7 @@ from .optim.records import (
     python_op_schema,
     written,
 )
-from .optim.schedules import op_point
+from .optim.schedules import op_point  # noqa: E402
 
 BACKEND_NAMES = ("cuda", "cpp", "cython", "torch")
 ENV_VAR = "CLR_EXT_BACKEND"
@@ -42,14 +52,6 @@ _BUILD_HINT = (
     "pip install --no-build-isolation -e .  (needs a C++ compiler and Cython; "
     "for 'cuda' also a CUDA toolkit and a CUDA build of torch, see README 'Building')"
 )
-
-try:  # the compiled core; importing it registers torch.ops.clr_ext.*
-    from . import _C  # type: ignore[attr-defined]
-except ImportError as _err:  # pragma: no cover - exercised where nothing was built
-    _C = None
-    _C_ERROR: Optional[str] = str(_err)
-else:
-    _C_ERROR = None
 
 try:
     from ._cython import _cpu as _cython_cpu  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ import torch
 
 from .. import backends as _backends
 from .._checks import beta, non_negative
+from . import functional
 from .core import _refuse_capture, _ScheduledOptimizer, construct
 from .functional import Work
 from .records import AdamwHyper, AdamwTensors
@@ -99,9 +100,13 @@ class _ScheduledAdamW(_ScheduledOptimizer):
             try:  # every step after a param's first
                 if compiling:
                     dicts = [self.state[p] for p in params]
+                    steps, *moments = [list(map(operator.itemgetter(k), dicts)) for k in keys]
                 else:
                     dicts = bucket.states(self.state) if bucket.state_dicts is None else bucket.state_dicts
-                steps, *moments = [list(map(operator.itemgetter(k), dicts)) for k in keys]
+                    columns = [functional.entries_of(dicts, k) for k in keys]
+                    if any(missing for _, missing in columns):
+                        raise KeyError
+                    steps, *moments = [values for values, _ in columns]
             except KeyError:
                 steps, *moments = self._state_with_new(params, keys, created)
             if not amsgrad:

@@ -15,12 +15,10 @@ from __future__ import annotations
 import copy
 import inspect
 import itertools
-import operator
 import struct
 import sys
 import warnings
 import weakref
-from itertools import repeat
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
@@ -58,7 +56,6 @@ def _advance_schedule(counters: List[torch.Tensor], handle: int) -> None:
 _ops.define("advance_schedule_(Tensor(a!)[] counters, int handle) -> ()", _advance_schedule)
 
 
-_GRAD = operator.attrgetter("grad")
 _NOTHING_WRITTEN = (None, None, None)
 
 
@@ -442,12 +439,11 @@ class _ScheduledOptimizer(Optimizer):
         check drops the cache and plans the step again (``_replan``).
         """
         params = group["params"]
-        if compiling:  # dynamo traces neither attrgetter nor map(operator.is_)
+        if compiling:
             grads = [p.grad for p in params]
             missing = any(g is None for g in grads)
         else:
-            grads = list(map(_GRAD, params))
-            missing = any(map(operator.is_, grads, repeat(None)))
+            grads, missing = functional.grads_of(params)
         keep = None
         if missing:
             keep = tuple(i for i, g in enumerate(grads) if g is not None)

@@ -4,12 +4,12 @@ CyclicSGD (torch.optim.SGD + CyclicLR) and OneCycleSGD (torch.optim.SGD + OneCyc
 from __future__ import annotations
 
 import operator
-from itertools import repeat
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
 from .._checks import as_float, momentum_value, non_negative
+from . import functional
 from .core import _refuse_capture, _ScheduledOptimizer, construct
 from .functional import Work
 from .records import SgdHyper, SgdTensors
@@ -153,8 +153,8 @@ class _ScheduledSGD(_ScheduledOptimizer):
                 calls = [(params, grads, *self._plan_device_decided(bucket, new_buffers, compiling), False)]
             else:
                 dicts = bucket.states(state) if bucket.state_dicts is None else bucket.state_dicts
-                buffers = list(map(dict.get, dicts, repeat("momentum_buffer")))  # (None where missing)
-                if not any(map(operator.is_, buffers, repeat(None))):
+                buffers, missing = functional.entries_of(dicts, "momentum_buffer")
+                if not missing:
                     calls = [(params, grads, buffers, [], False)]
                 else:
                     calls = self._with_new_buffers(params, grads, new_buffers)
