@@ -3,7 +3,7 @@
 # torch (the CPU build; the venv keeps whatever torch is already installed there),
 # the build dependencies, and clr_ext built from source (C++ kernel and Cython
 # fallback) and installed in editable mode with its demo and test extras.
-# Idempotent: a second run only rebuilds what changed.
+# Idempotent: a second run rebuilds only what changed, and nothing when nothing did.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +28,26 @@ fi
 # instead of leaving a pure-PyTorch install (CLR_EXT_REQUIRE_COMPILED=0 allows that).
 # The objects stay in build/temp (CLR_EXT_BUILD_TEMP, setup.py): a second run, and the wheel
 # CI builds from this tree (.ci/install_checks.sh), recompile only what changed.
-echo "clr_ext setup: building clr_ext from source, with the demo and test extras"
-CC="${CC:-gcc}" CXX="${CXX:-g++}" MAX_JOBS="${MAX_JOBS:-2}" CLR_EXT_REQUIRE_COMPILED="${CLR_EXT_REQUIRE_COMPILED:-1}" \
-  CLR_EXT_BUILD_TEMP="${CLR_EXT_BUILD_TEMP:-$PWD/build/temp}" "$PY" -m pip install -q --no-build-isolation -e ".[demo,test]"
+# A second run with nothing changed skips pip (~30 s of its own work and a relink): the
+# stamp in the venv records what the last build was made from (sources, recipe, compilers,
+# switches, the torch it built against, the extensions it left).
+fingerprint() {
+  {
+    find csrc -type f -print0 | sort -z | xargs -0 cksum
+    cksum setup.py pyproject.toml clr_ext/_cython/_cpu.pyx
+    env | grep -E '^(CC|CXX|CFLAGS|CXXFLAGS|LDFLAGS|CUDA_HOME|TORCH_CUDA_ARCH_LIST|CLR_EXT_(FORCE_CUDA|NO_CPP|NO_CUDA|NO_CYTHON|WITH_CUDA|REQUIRE_COMPILED|BUILD_TEMP))=' | sort || true
+    "$PY" -c "import torch; print(torch.__version__)"
+    ls clr_ext/_C*.so clr_ext/_cython/_cpu*.so 2>/dev/null || true
+  } | cksum
+}
+STAMP="$VENV/.clr_ext_build_stamp"
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(fingerprint)" ] && "$PY" -m pip show -q clr_ext >/dev/null 2>&1; then
+  echo "clr_ext setup: the build is up to date (nothing it is made from has changed since the last one)"
+else
+  rm -f "$STAMP"
+  echo "clr_ext setup: building clr_ext from source, with the demo and test extras"
+  CC="${CC:-gcc}" CXX="${CXX:-g++}" MAX_JOBS="${MAX_JOBS:-2}" CLR_EXT_REQUIRE_COMPILED="${CLR_EXT_REQUIRE_COMPILED:-1}" \
+    CLR_EXT_BUILD_TEMP="${CLR_EXT_BUILD_TEMP:-$PWD/build/temp}" "$PY" -m pip install -q --no-build-isolation -e ".[demo,test]"
+  fingerprint >"$STAMP"
+fi
 "$PY" -c "import clr_ext; print('clr_ext', clr_ext.__version__, 'backends:', clr_ext.available_backends())"
