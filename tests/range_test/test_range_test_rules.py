@@ -109,10 +109,11 @@ def test_short_curves_are_read_whole():
 BOTTOM = 0.5
 
 
-def blowup_curve(kind, seed, spikes, n=100):
+def blowup_curve(kind, seed, spikes, n=100, noise=0.05):
     """A range test whose loss falls until LR ``BOTTOM`` (still falling there, as a real
     model's does) and then blows up, much faster than it fell; with ``spikes``, a third of
-    the points past the bottom jump 3-20x (the erratic losses of a diverging run)."""
+    the points past the bottom jump 3-20x (the erratic losses of a diverging run).
+    ``noise``: the SD of the log-loss's noise."""
     rng = random.Random(seed)
     lrs = sweep(kind, n, 1e-7, 10.0) if kind == "exp" else sweep(kind, n, 1e-5, 1.0)
     losses = []
@@ -123,7 +124,7 @@ def blowup_curve(kind, seed, spikes, n=100):
             log_loss += 4.0 * (x - math.log10(BOTTOM))
             if spikes and rng.random() < 0.3:
                 log_loss += rng.uniform(1.0, 3.0)
-        losses.append(math.exp(log_loss + rng.gauss(0.0, 0.05)))
+        losses.append(math.exp(log_loss + rng.gauss(0.0, noise)))
     return lrs, losses
 
 
@@ -191,18 +192,7 @@ def test_valley_reaches_to_where_the_loss_stops_falling(spikes):
 
 def low_noise_blowup_curve(seed, spikes, noise=0.01):
     """:func:`blowup_curve` on the exponential sweep, with a hundredth of noise."""
-    rng = random.Random(seed)
-    lrs = sweep("exp", 100, 1e-7, 10.0)
-    losses = []
-    for lr in lrs:
-        x = math.log10(lr)
-        log_loss = math.log(2.3) - 0.8 / (1.0 + math.exp(-(x - math.log10(0.1)) / 0.3))
-        if lr > BOTTOM:
-            log_loss += 4.0 * (x - math.log10(BOTTOM))
-            if spikes and rng.random() < 0.3:
-                log_loss += rng.uniform(1.0, 3.0)
-        losses.append(math.exp(log_loss + rng.gauss(0.0, noise)))
-    return lrs, losses
+    return blowup_curve("exp", seed, spikes, noise=noise)
 
 
 # ------------------------------------------ a long straight fall, a floor, no turn
