@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # CI's second lane (.ci/run starts it at once, beside its Python sections, on the 2-core
 # machine): the native checks (.ci/native_checks.sh: sanitizers, the CUDA build, CMake and
-# CTest, tests/cuda/'s dry run), then what needs the finished venv but not the other lane:
-# the 1,000-step parity product and every schedule composition's 10,000 steps (slow marker,
-# cpp backend), and the installs users make (.ci/install_checks.sh: no compiler, a C++
-# compile error, the wheel in a fresh venv). What it takes from the other lane, it waits for
-# (CI_SETUP_DONE, CI_VENV_READY: see .ci/native_checks.sh).
-#   PY=.venv/bin/python PARITY_TESTS="..." bash .ci/second_lane.sh
+# CTest, tests/cuda/'s dry run), then the 1,000-step parity product and every schedule
+# composition's 10,000 steps (slow marker, cpp backend), which need the finished venv but
+# not the other lane. What it takes from the other lane, it waits for (CI_SETUP_DONE,
+# CI_VENV_READY: see .ci/native_checks.sh). (With the installs here too, this lane ended
+# 210 s after the other; without them, the two end within a minute or so.)
+#   PY=.venv/bin/python bash .ci/second_lane.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -18,8 +18,5 @@ bash .ci/native_checks.sh
 section "The 1,000-step parity product and every schedule composition's 10,000 steps (slow marker), cpp backend"
 CLR_EXT_BACKEND=cpp "$PY" -m pytest -q -p no:cacheprovider -m slow tests/rules/test_parity.py \
   tests/schedules/test_schedule_optimizers.py
-
-section "Installs (issue 24): no compiler (a pure-PyTorch install and the parity tests that can differ without _C on it), a C++ compile error, the wheel (build + smoke in a fresh venv)"
-PY=$PY bash .ci/install_checks.sh
 
 section "second lane passed"
