@@ -8,6 +8,7 @@ round; its median (with the 25th-75th percentiles) is the figure to quote.
 
     python -m bench.interleaved --model resnet18 --rounds 60 \\
         clr_cyclic_adamw_fused adamw_fused_cyclic clr_cyclic_adamw
+    python -m bench.interleaved --model resnet18 --rounds 60 clr_cyclic_sgd sgd_fused_cyclic
 
 The first variant named is the reference the others are set against (ratio = its time /
 theirs: > 1 means faster than the reference). No timing is asserted anywhere.
@@ -24,7 +25,11 @@ from typing import Callable, Dict, List
 import torch
 
 from bench.conftest import MODELS, n_params
+from bench.test_bench_cpu import _torch_step as _torch_sgd
 from bench.test_bench_rules import BYTES_PER_PARAM, VARIANTS, _adamw_floor, _clr, _torch_adamw
+
+#: torch.optim.SGD(fused=True) + CyclicLR, bench/test_bench_cpu.py's reference, beside the rules' variants.
+SGD_VARIANTS = ("sgd_fused_cyclic",)
 
 
 def _builder(model: str, variant: str):
@@ -32,6 +37,8 @@ def _builder(model: str, variant: str):
         return _adamw_floor(model)
     if variant.startswith("clr_"):
         return _clr(model, variant)
+    if variant in SGD_VARIANTS:
+        return _torch_sgd(model, "fused")
     return _torch_adamw(model, variant)
 
 
@@ -42,7 +49,7 @@ def _quantiles(values: List[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("variants", nargs="+", choices=VARIANTS)
+    parser.add_argument("variants", nargs="+", choices=VARIANTS + SGD_VARIANTS)
     parser.add_argument("--model", default="resnet18", choices=list(MODELS))
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=5)
@@ -76,7 +83,7 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     for variant in args.variants:
         median = statistics.median(times[variant])
-        rule = "sgd" if variant.endswith("_sgd") else "adamw"
+        rule = "sgd" if variant.endswith("_sgd") or variant in SGD_VARIANTS else "adamw"
         ratios = [r / t for r, t in zip(times[reference], times[variant])]
         print(
             "| %s | %.3f ms | %.1f | %s |"
