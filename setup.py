@@ -69,7 +69,13 @@ except ImportError:
 # -ffp-contract=off: no fused multiply-adds but the explicit ones in csrc/math/sgd_update.h
 # (where ATen has them), so that every backend and every instruction-set clone rounds
 # exactly like the scalar code and like torch.optim.SGD (bit-identical runs).
+#
+# -g0: Python's CFLAGS (which setuptools passes first) carry -g, and the debug information of
+# torch's headers took a third of each file's compile time and most of the library's size;
+# CLR_EXT_DEBUG_INFO=1 keeps it (for gdb or perf on the kernels).
 COMMON_CXX = ["-O3", "-std=c++17", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"]
+if not _flag("CLR_EXT_DEBUG_INFO"):
+    COMMON_CXX.append("-g0")
 
 
 def _cuda_wanted():

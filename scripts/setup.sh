@@ -35,7 +35,7 @@ fingerprint() {
   {
     find csrc -type f -print0 | sort -z | xargs -0 cksum
     cksum setup.py pyproject.toml clr_ext/_cython/_cpu.pyx
-    env | grep -E '^(CC|CXX|CFLAGS|CXXFLAGS|LDFLAGS|CUDA_HOME|TORCH_CUDA_ARCH_LIST|CLR_EXT_(FORCE_CUDA|NO_CPP|NO_CUDA|NO_CYTHON|WITH_CUDA|REQUIRE_COMPILED|BUILD_TEMP))=' | sort || true
+    env | grep -E '^(CC|CXX|CFLAGS|CXXFLAGS|LDFLAGS|CUDA_HOME|TORCH_CUDA_ARCH_LIST|CLR_EXT_(DEBUG_INFO|FORCE_CUDA|NO_CPP|NO_CUDA|NO_CYTHON|WITH_CUDA|REQUIRE_COMPILED|BUILD_TEMP))=' | sort || true
     "$PY" -c "import torch; print(torch.__version__)"
     ls clr_ext/_C*.so clr_ext/_cython/_cpu*.so 2>/dev/null || true
   } | cksum

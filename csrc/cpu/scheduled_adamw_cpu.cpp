@@ -1,7 +1,7 @@
 // The CPU implementation of the AdamW op: checks, the schedule and the per-param step
 // counts on the host, then one parallel pass over every element of the bucket
 // (csrc/cpu/adamw_cpu.h does the loops).
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <vector>
 

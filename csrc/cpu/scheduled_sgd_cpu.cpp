@@ -1,6 +1,6 @@
 // The CPU implementation of the SGD op: checks, the schedule on the host, then one
 // parallel pass over every parameter of the bucket (csrc/cpu/sgd_cpu.h does the loops).
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <vector>
 

@@ -7,7 +7,7 @@
 // overflow flag are only ever read by the kernels; the host checks metadata and packs
 // addresses. Nothing is allocated except the staging of non-dense tensors, so the whole
 // step can be captured in a CUDA graph. Compiled with --fmad=false (setup.py, CMake).
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 #include <vector>

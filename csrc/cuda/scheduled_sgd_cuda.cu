@@ -13,7 +13,7 @@
 // sgd_update.h), and schedule.h uses explicitly rounded
 // double intrinsics on the device, so CPU and GPU steps agree to the last bit
 // wherever the device pow() agrees with the host's.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 #include <vector>

@@ -2,7 +2,7 @@
 // (shape_from, bounds_from) and the rules' other scalars checked (op/sgd_op.h,
 // op/adamw_op.h), the tensors checked before anything is written, and the step's host
 // values where the iteration is host memory.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include "adamw_op.h"
 #include "sgd_op.h"

@@ -2,11 +2,12 @@
 // fast path that calls the ops' CPU / CUDA implementations directly with Python lists,
 // bypassing the dispatcher (and bumping the autograd version counters of what they
 // write, as the dispatcher's ADInplaceOrView kernel does: op/register.cpp).
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/PythonTorchFunctionTLS.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/autograd/variable.h>
-#include <torch/extension.h>
+#include <torch/python.h>
 
 #include <string>
 

@@ -3,7 +3,7 @@
 // CPU implementations read it.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include "../math/schedule.h"
 
