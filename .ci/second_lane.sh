@@ -3,10 +3,8 @@
 # machine): the native checks (.ci/native_checks.sh: sanitizers, the CUDA build, CMake and
 # CTest, tests/cuda/'s dry run), then the 1,000-step parity product and every schedule
 # composition's 10,000 steps (slow marker, cpp backend), which need the finished venv but
-# not the other lane, and the installs (.ci/install_checks.sh). What it takes from the other
-# lane, it waits for (CI_SETUP_DONE, CI_VENV_READY: see .ci/native_checks.sh). (The installs
-# moved here once the C++ builds became 3-4x shorter: this lane then ended 320 s before the
-# other.)
+# not the other lane. What it takes from the other lane, it waits for (CI_SETUP_DONE,
+# CI_VENV_READY: see .ci/native_checks.sh). .ci/run starts it at nice 10 (why: there).
 #   PY=.venv/bin/python bash .ci/second_lane.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,8 +17,5 @@ bash .ci/native_checks.sh
 section "The 1,000-step parity product and every schedule composition's 10,000 steps (slow marker), cpp backend"
 CLR_EXT_BACKEND=cpp "$PY" -m pytest -q -p no:cacheprovider -m slow tests/rules/test_parity.py \
   tests/schedules/test_schedule_optimizers.py
-
-section "Installs (issue 24): no compiler (a pure-PyTorch install and the parity tests that can differ without _C on it), a C++ compile error, the wheel (build + smoke in a fresh venv)"
-PY=$PY bash .ci/install_checks.sh
 
 section "second lane passed"
