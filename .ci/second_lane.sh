@@ -4,7 +4,7 @@
 # CTest, tests/cuda/'s dry run), then the 1,000-step parity product and every schedule
 # composition's 10,000 steps (slow marker, cpp backend), which need the finished venv but
 # not the other lane. What it takes from the other lane, it waits for (CI_SETUP_DONE,
-# CI_VENV_READY: see .ci/native_checks.sh). .ci/run starts it at nice 10 (why: there).
+# CI_VENV_READY: see .ci/native_checks.sh).
 #   PY=.venv/bin/python bash .ci/second_lane.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

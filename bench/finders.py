@@ -482,17 +482,27 @@ def recipe_noise(task_name: str, seeds: int, train_seeds: int, log=print) -> Dic
     return out
 
 
-def rule_noise(res: Dict, train_seeds: int, log=print) -> Dict:
+def rule_noise(res: Dict, train_seeds: int, finder_runs: int = 0, log=print) -> Dict:
     """Is a clr_ext rule's shortfall against the best peer rule on the same sweep seed
     noise? For every such row of :func:`run`'s result, each finder run's two LRs (the rule's
     and the best peer rule's) are trained on ``train_seeds`` held-out seeds (not those of
     the table) and compared seed by seed: the mean of the paired differences (peer - rule,
-    points; > 0 = the peer is better) and its standard error."""
+    points; > 0 = the peer is better) and its standard error.
+
+    ``finder_runs`` > the table's runs: both finders also run with the finder seeds after
+    the table's, so that the comparison covers the finder runs' own spread too (with 3
+    runs, one run's draw of the curve's noise decides the mean)."""
     seeds = res["seeds"]
     held_out = range(seeds, seeds + train_seeds)
+    finder_of = dict(FINDERS)
     out: Dict = {}
     for name, t in res["tasks"].items():
         task = TASKS[name]()
+
+        def more_runs(finder: str, rule: str, lrs: list, sweep: str) -> list:
+            extra = [finder_of[finder](task, sweep, s)[0][rule] for s in range(len(lrs), finder_runs)]
+            return list(lrs) + extra
+
         for sweep in ("exp", "linear"):
             rows = [r for r in t["rows"] if r["sweep"] == sweep]
             peers = [r for r in rows if r["finder"] != "clr_ext"]
@@ -502,16 +512,19 @@ def rule_noise(res: Dict, train_seeds: int, log=print) -> Dict:
             for row in rows:
                 if row["finder"] != "clr_ext" or row["rule"] not in RULES or row["regret"] <= best["regret"]:
                     continue
+                lrs = more_runs("clr_ext", row["rule"], row["lrs"], sweep)
+                peer_lrs = more_runs(best["finder"], best["rule"], best["lrs"], sweep)
                 diff = [
                     train(task, s, fixed_lr(task, peer_lr)) - train(task, s, fixed_lr(task, lr))
-                    for lr, peer_lr in zip(row["lrs"], best["lrs"])
+                    for lr, peer_lr in zip(lrs, peer_lrs)
                     for s in held_out
                 ]
                 mean, se = statistics.fmean(diff), statistics.stdev(diff) / len(diff) ** 0.5
                 key = f"{name} {sweep} {row['rule']} vs {best['finder']} {best['rule']}"
-                out[key] = {"gap": mean, "se": se, "n": len(diff)}
+                out[key] = {"gap": mean, "se": se, "n": len(diff), "finder_runs": len(lrs)}
                 log(
-                    f"[{key}] paired on {train_seeds} held-out seeds: the peer is {mean:.2f} +- {se:.2f} (SE) points better"
+                    f"[{key}] {len(lrs)} finder runs paired on {train_seeds} held-out seeds: the peer is "
+                    f"{mean:.2f} +- {se:.2f} (SE) points better"
                 )
     return out
 
@@ -521,7 +534,10 @@ def rule_noise_table(res: Dict) -> str:
         "\n| clr_ext rule behind the best peer rule | paired gap, held-out seeds (points, +- SE) |",
         "|---|---:|",
     ]
-    lines += [f"| {key} | {v['gap']:.2f} +- {v['se']:.2f} (n={v['n']}) |" for key, v in res.items()]
+    lines += [
+        f"| {key} | {v['gap']:.2f} +- {v['se']:.2f} ({v.get('finder_runs', '?')} finder runs, n={v['n']}) |"
+        for key, v in res.items()
+    ]
     return "\n".join(lines)
 
 
@@ -592,6 +608,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         metavar="N",
         help="also pair each clr_ext rule behind the best peer rule with it on N held-out training seeds",
     )
+    p.add_argument(
+        "--rule-noise-runs",
+        type=int,
+        default=0,
+        metavar="K",
+        help="--rule-noise over K finder runs (finder seeds 0..K-1; the table's runs are the first)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
@@ -604,7 +627,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     res = run(args.tasks, args.seeds, log=log)
     print(table(res))
     if args.rule_noise:
-        res["rule_noise"] = rule_noise(res, args.rule_noise, log=log)
+        res["rule_noise"] = rule_noise(res, args.rule_noise, args.rule_noise_runs, log=log)
         print(rule_noise_table(res["rule_noise"]))
     if "digits" in args.tasks:
         res["adamw"] = adamw_defaults(args.seeds, log=log)
