@@ -535,7 +535,7 @@ def rule_noise_table(res: Dict) -> str:
         "|---|---:|",
     ]
     lines += [
-        f"| {key} | {v['gap']:.2f} +- {v['se']:.2f} ({v.get('finder_runs', '?')} finder runs, n={v['n']}) |"
+        f"| {key} | {v['gap']:.2f} +- {v['se']:.2f} ({v['finder_runs']} finder runs, n={v['n']}) |"
         for key, v in res.items()
     ]
     return "\n".join(lines)
