@@ -1,17 +1,20 @@
 """LR finders side by side: clr_ext's range test and its rules against torch-lr-finder,
 fastai's ``lr_find`` and Lightning's ``Tuner.lr_find``, on small CPU tasks.
 
-Every finder is run once per task (same model initialisation, same batches). Each LR it
-suggests is then trained on several seeds with a fixed LR (SGD, momentum 0.9), the README's
-recipe ``(base_lr, max_lr)`` with ``CyclicSGD.from_range_test(..., epochs=...)``, and every
-LR of a fixed grid too. Regret = the best grid LR's mean test accuracy minus the
-suggestion's (percentage points; 0 = as good as the best fixed LR found by a grid search).
-A peer that is not installed is skipped.
+Every finder runs K times per task (finder run k: the same model initialisation and batch
+order k for every finder). The test accuracy of constant-LR training (SGD, momentum 0.9) is
+measured on a fine grid of LRs (8 per decade), each trained on the same S seeds; a suggested
+LR is scored on that response (interpolated in log(LR) between grid points), and the README's
+recipe ``(base_lr, max_lr)`` is trained with ``CyclicSGD.from_range_test(..., epochs=...)``
+on the same seeds. Regret = the best grid LR's mean test accuracy minus the suggestion's
+(percentage points; 0 = as good as the best fixed LR of the grid), averaged over the finder
+runs; a clr_ext rule is also compared with the best peer rule on the same sweep, finder run
+by finder run (the mean of the paired differences and its standard error). A peer that is
+not installed is skipped.
 
-    python -m bench.finders                 # all tasks, 3 seeds (a few minutes on 2 cores)
-    python -m bench.finders --tasks digits --seeds 2 --json out.json
+    python -m bench.finders                 # all tasks, 20 finder runs, 20 seeds (~20 min on 2 cores)
+    python -m bench.finders --tasks digits --finder-runs 3 --seeds 5 --json out.json
     python -m bench.finders --tasks softmax --recipe-noise 20   # the recipe's regret: seed noise?
-    python -m bench.finders --rule-noise 20   # a clr_ext rule behind the best peer's: seed noise?
 
 Peers (not clr_ext dependencies): ``pip install torch-lr-finder==0.2.2 fastai==2.8.12
 lightning==2.6.6`` (fastai pulls in torchvision, which it does not need here).
@@ -20,10 +23,12 @@ lightning==2.6.6`` (fastai pulls in torchvision, which it does not need here).
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import io
 import json
 import logging
+import math
 import os
 import random
 import statistics
@@ -124,7 +129,7 @@ def softmax_task() -> Task:
 
 
 def _grid() -> Tuple[float, ...]:
-    return tuple(round(10 ** (k / 4), 12) for k in range(-16, 3))  # 1e-4 .. ~3.2, 4 per decade
+    return tuple(round(10 ** (k / 8), 12) for k in range(-32, 5))  # 1e-4 .. ~3.2, 8 per decade
 
 
 #: every task's training recipe
@@ -132,6 +137,12 @@ RECIPE = dict(batch_size=32, epochs=4, weight_decay=5e-4, grid=_grid())
 
 
 TASKS = {"digits": digits_task, "mlp": mlp_task, "softmax": softmax_task}
+
+#: Training seeds per LR of a task's response, by default: as many as about two minutes of
+#: training on one core buys (a run takes 0.4 s on the CNN, 0.14 s on the MLP, 0.03 s on
+#: softmax regression). Softmax regression's response is flat within 0.2 points from LR
+#: 0.2 to 0.5, and with 20 seeds its noise reorders rules that differ by less than that.
+TASK_SEEDS = {"digits": 20, "mlp": 60, "softmax": 200}
 
 
 # --------------------------------------------------------------------------------------
@@ -385,86 +396,160 @@ FINDERS = (
 )
 
 
-def run(task_names: List[str], seeds: int, log=print) -> Dict:
-    """Every finder runs ``seeds`` times (finder seed k: model initialisation and batch
-    order k); each suggestion is trained on ``seeds`` training seeds. A row's regret is the
-    mean over the finder runs of (best grid accuracy - the suggestion's mean accuracy)."""
-    out: Dict = {"seeds": seeds, "tasks": {}}
+class Response:
+    """Test accuracy of constant-LR training against the LR: every LR of the task's grid
+    trained on the same ``seeds`` training seeds (so that the differences between LRs are
+    paired, and the grid's best is scored on the seeds every suggestion is). An LR between
+    two grid points is read by linear interpolation in log(LR) (the curve is smooth at 8
+    points per decade); one outside the grid is trained."""
+
+    def __init__(self, task: Task, seeds: int) -> None:
+        self.task, self.seeds = task, seeds
+        self.grid = {lr: self.train(lr) for lr in task.grid}
+        self.best_lr = max(self.grid, key=self.grid.__getitem__)
+        self.best = self.grid[self.best_lr]
+        self._x = [math.log(lr) for lr in self.grid]
+        self._acc = list(self.grid.values())
+        self._outside: Dict[float, float] = {}
+
+    def train(self, lr: float) -> float:
+        return statistics.fmean(train(self.task, s, fixed_lr(self.task, lr)) for s in range(self.seeds))
+
+    def __call__(self, lr: float) -> float:
+        x = math.log(lr)
+        if not self._x[0] <= x <= self._x[-1]:
+            if lr not in self._outside:
+                self._outside[lr] = self.train(lr)
+            return self._outside[lr]
+        j = max(bisect.bisect_left(self._x, x), 1)
+        w = (x - self._x[j - 1]) / (self._x[j] - self._x[j - 1])
+        return (1 - w) * self._acc[j - 1] + w * self._acc[j]
+
+
+RECIPE_ROW = ("linear, val. accuracy, 200 steps", "clr_ext", "README recipe")
+
+
+def run(task_names: List[str], finder_runs: int, seeds_given: Optional[int] = None, log=print) -> Dict:
+    """Every finder runs ``finder_runs`` times (finder run k: model initialisation and batch
+    order k); each suggestion is scored on the task's :class:`Response` (``seeds`` training
+    seeds, the task's :data:`TASK_SEEDS` by default). A row's regret is the response's best
+    minus the mean over the finder runs of its suggestions' accuracies; its ``se`` is the
+    standard error of that mean over the runs."""
+    out: Dict = {"finder_runs": finder_runs, "tasks": {}}
     for name in task_names:
         task = TASKS[name]()
-        cache: Dict[Tuple, float] = {}
-
-        def score(key: Tuple, make_opt: Callable) -> float:
-            if key not in cache:
-                cache[key] = statistics.fmean(train(task, s, make_opt) for s in range(seeds))
-            return cache[key]
-
+        seeds = TASK_SEEDS[name] if seeds_given is None else seeds_given
         t0 = time.perf_counter()
-        grid = {lr: score(("fixed", lr), fixed_lr(task, lr)) for lr in task.grid}
-        best_lr = max(grid, key=grid.get)
-        best = grid[best_lr]
-        log(f"[{name}] grid ({time.perf_counter() - t0:.0f} s): best fixed LR {best_lr:g} -> {best:.1f}%")
+        response = Response(task, seeds)
+        log(
+            f"[{name}] grid of {len(task.grid)} LRs x {seeds} seeds ({time.perf_counter() - t0:.0f} s): "
+            f"best fixed LR {response.best_lr:g} -> {response.best:.1f}%"
+        )
         found: Dict[Tuple[str, str, str], Dict[str, list]] = {}
+
+        def record(key: Tuple[str, str, str], k: int, lr, acc: float, seconds: float) -> None:
+            row = found.setdefault(key, {"runs": [], "lrs": [], "accs": [], "seconds": []})
+            for field, value in zip(("runs", "lrs", "accs", "seconds"), (k, lr, acc, seconds)):
+                row[field].append(value)
+
         for sweep in ("exp", "linear"):
             for finder_name, finder in FINDERS:
-                for seed in range(seeds):
-                    got = finder(task, sweep, seed)
+                for k in range(finder_runs):
+                    got = finder(task, sweep, k)
                     if got is None:
                         break  # not installed, or no such sweep
                     lrs, seconds, _ = got
                     for rule, lr in lrs.items():
-                        row = found.setdefault((sweep, finder_name, rule), {"lrs": [], "accs": [], "seconds": []})
-                        row["lrs"].append(lr)
-                        row["accs"].append(score(("fixed", lr), fixed_lr(task, lr)))
-                        row["seconds"].append(seconds)
-        for seed in range(seeds):
-            r, seconds = clr_ext_recipe_finder(task, seed)
-            row = found.setdefault(
-                ("linear, val. accuracy, 200 steps", "clr_ext", "README recipe"), {"lrs": [], "accs": [], "seconds": []}
-            )
-            row["lrs"].append([r.base_lr, r.max_lr])
-            row["accs"].append(score(("clr", r.base_lr, r.max_lr), clr_recipe(task, r)))
-            row["seconds"].append(seconds)
+                        record((sweep, finder_name, rule), k, lr, response(lr), seconds)
+        for k in range(finder_runs):
+            r, seconds = clr_ext_recipe_finder(task, k)
+            acc = statistics.fmean(train(task, s, clr_recipe(task, r)) for s in range(seeds))
+            record(RECIPE_ROW, k, [r.base_lr, r.max_lr], acc, seconds)
         rows = []
         for (sweep, finder_name, rule), row in found.items():
-            acc = statistics.fmean(row["accs"])
+            accs = row["accs"]
+            se = statistics.stdev(accs) / len(accs) ** 0.5 if len(accs) > 1 else math.nan
             rows.append(
-                dict(sweep=sweep, finder=finder_name, rule=rule, lrs=row["lrs"], accs=row["accs"], acc=acc,
-                     regret=best - acc, seconds=statistics.median(row["seconds"]))
+                dict(sweep=sweep, finder=finder_name, rule=rule, runs=row["runs"], lrs=row["lrs"], accs=accs,
+                     regret=response.best - statistics.fmean(accs), se=se, seconds=statistics.median(row["seconds"]))
             )  # fmt: skip
-            log(f"[{name}] {sweep:6s} {finder_name:15s} {rule:8s} regret={best - acc:.1f} lrs={_lrs_text(row['lrs'])}")
-        out["tasks"][name] = {"grid": grid, "best_lr": best_lr, "best": best, "rows": rows}
+        _pair_with_best_peer(rows)
+        for row in rows:
+            log(f"[{name}] {row['sweep']:6s} {row['finder']:15s} {row['rule']:8s} {_row_text(row)}")
+        out["tasks"][name] = {
+            "seeds": seeds,
+            "grid": response.grid,
+            "best_lr": response.best_lr,
+            "best": response.best,
+            "rows": rows,
+        }
     return out
+
+
+def _pair_with_best_peer(rows: List[Dict]) -> None:
+    """Adds ``vs_peer`` to each clr_ext rule row of a sweep the peers ran: the best peer
+    rule on that sweep (the lowest regret) and the mean, over the finder runs both have, of
+    that rule's accuracy minus this one's (> 0: the peer is better), with its standard error.
+    Paired by finder run: both finders saw the same initialisation and batch order."""
+    for sweep in {row["sweep"] for row in rows}:
+        peers = [r for r in rows if r["sweep"] == sweep and r["finder"] != "clr_ext"]
+        if not peers:
+            continue
+        best = min(peers, key=lambda r: r["regret"])
+        peer_acc = dict(zip(best["runs"], best["accs"]))
+        for row in rows:
+            if row["sweep"] != sweep or row["finder"] != "clr_ext":
+                continue
+            diff = [peer_acc[k] - acc for k, acc in zip(row["runs"], row["accs"]) if k in peer_acc]
+            if len(diff) > 1:
+                row["vs_peer"] = {
+                    "peer": f"{best['finder']} {best['rule']}",
+                    "gap": statistics.fmean(diff),
+                    "se": statistics.stdev(diff) / len(diff) ** 0.5,
+                }
+
+
+def _row_text(row: Dict) -> str:
+    text = f"regret {row['regret']:.2f} +- {row['se']:.2f}"
+    if "vs_peer" in row:
+        v = row["vs_peer"]
+        text += f", {v['gap']:+.2f} +- {v['se']:.2f} vs {v['peer']}"
+    return text + f", lrs {_lrs_text(row['lrs'])}"
 
 
 def _lrs_text(lrs: list) -> str:
     if isinstance(lrs[0], list):
-        return ", ".join(f"{a:.3g}-{b:.3g}" for a, b in lrs)
+        return " - ".join(_lrs_text([pair[j] for pair in lrs]) for j in range(2))
     lo, hi = min(lrs), max(lrs)
-    return f"{lo:.3g}" if lo == hi else f"{lo:.3g}..{hi:.3g}"
+    return f"{lo:.3g}" if lo == hi else f"{statistics.median(lrs):.3g} ({lo:.3g}..{hi:.3g})"
 
 
 def table(res: Dict) -> str:
     lines = []
     for name, t in res["tasks"].items():
         lines.append(
-            f"\n**{name}**: best fixed LR {t['best_lr']:g}, {t['best']:.1f}% test accuracy "
-            f"(mean of {res['seeds']} training seeds)\n"
+            f"\n**{name}**: best fixed LR {t['best_lr']:g}, {t['best']:.1f}% test accuracy (mean of "
+            f"{t['seeds']} training seeds); each row over {res['finder_runs']} finder runs\n"
         )
-        lines.append("| sweep | finder | rule | suggested LR (per finder run) | regret (points) | finder call (s) |")
-        lines.append("|---|---|---|---|---:|---:|")
+        lines.append(
+            "| sweep | finder | rule | suggested LR: median (range) | regret (points, +- SE) "
+            "| behind the best peer rule (paired, +- SE) | finder call (s) |"
+        )
+        lines.append("|---|---|---|---|---:|---:|---:|")
         for row in t["rows"]:
+            v = row.get("vs_peer")
+            versus = f"{v['gap']:+.2f} +- {v['se']:.2f} ({v['peer']})" if v else ""
             lines.append(
                 f"| {row['sweep']} | {row['finder']} | {row['rule']} | {_lrs_text(row['lrs'])} | "
-                f"{row['regret']:.1f} | {row['seconds']:.2f} |"
+                f"{row['regret']:.2f} +- {row['se']:.2f} | {versus} | {row['seconds']:.2f} |"
             )
     return "\n".join(lines)
 
 
-def recipe_noise(task_name: str, seeds: int, train_seeds: int, log=print) -> Dict:
+def recipe_noise(task_name: str, finder_runs: int, seeds: int, train_seeds: int, log=print) -> Dict:
     """Is the README recipe's regret on a task seed noise? The best grid LR (picked on
-    ``seeds`` training seeds, as in :func:`run`) and the recipe's CLR from each of ``seeds``
-    finder runs are trained on ``train_seeds`` more seeds, and each recipe run's accuracy is
+    ``seeds`` training seeds, as in :func:`run`) and the recipe's CLR from each of
+    ``finder_runs`` finder runs are trained on ``train_seeds`` more seeds, and each recipe run's accuracy is
     compared with the best LR's on the same seed: the mean of those paired differences and
     its standard error, per finder run."""
     task = TASKS[task_name]()
@@ -473,7 +558,7 @@ def recipe_noise(task_name: str, seeds: int, train_seeds: int, log=print) -> Dic
     held_out = range(seeds, seeds + train_seeds)  # not the seeds that picked best_lr
     best = [train(task, s, fixed_lr(task, best_lr)) for s in held_out]
     out: Dict = {"task": task_name, "best_lr": best_lr, "best": statistics.fmean(best), "runs": []}
-    for seed in range(seeds):
+    for seed in range(finder_runs):
         r, _ = clr_ext_recipe_finder(task, seed)
         diff = [b - train(task, s, clr_recipe(task, r)) for b, s in zip(best, held_out)]
         mean, se = statistics.fmean(diff), statistics.stdev(diff) / len(diff) ** 0.5
@@ -482,69 +567,10 @@ def recipe_noise(task_name: str, seeds: int, train_seeds: int, log=print) -> Dic
     return out
 
 
-def rule_noise(res: Dict, train_seeds: int, finder_runs: int = 0, log=print) -> Dict:
-    """Is a clr_ext rule's shortfall against the best peer rule on the same sweep seed
-    noise? For every such row of :func:`run`'s result, each finder run's two LRs (the rule's
-    and the best peer rule's) are trained on ``train_seeds`` held-out seeds (not those of
-    the table) and compared seed by seed: the mean of the paired differences (peer - rule,
-    points; > 0 = the peer is better) and its standard error.
-
-    ``finder_runs`` > the table's runs: both finders also run with the finder seeds after
-    the table's, so that the comparison covers the finder runs' own spread too (with 3
-    runs, one run's draw of the curve's noise decides the mean)."""
-    seeds = res["seeds"]
-    held_out = range(seeds, seeds + train_seeds)
-    finder_of = dict(FINDERS)
-    out: Dict = {}
-    for name, t in res["tasks"].items():
-        task = TASKS[name]()
-
-        def more_runs(finder: str, rule: str, lrs: list, sweep: str) -> list:
-            extra = [finder_of[finder](task, sweep, s)[0][rule] for s in range(len(lrs), finder_runs)]
-            return list(lrs) + extra
-
-        for sweep in ("exp", "linear"):
-            rows = [r for r in t["rows"] if r["sweep"] == sweep]
-            peers = [r for r in rows if r["finder"] != "clr_ext"]
-            if not peers:
-                continue
-            best = min(peers, key=lambda r: r["regret"])
-            for row in rows:
-                if row["finder"] != "clr_ext" or row["rule"] not in RULES or row["regret"] <= best["regret"]:
-                    continue
-                lrs = more_runs("clr_ext", row["rule"], row["lrs"], sweep)
-                peer_lrs = more_runs(best["finder"], best["rule"], best["lrs"], sweep)
-                diff = [
-                    train(task, s, fixed_lr(task, peer_lr)) - train(task, s, fixed_lr(task, lr))
-                    for lr, peer_lr in zip(lrs, peer_lrs)
-                    for s in held_out
-                ]
-                mean, se = statistics.fmean(diff), statistics.stdev(diff) / len(diff) ** 0.5
-                key = f"{name} {sweep} {row['rule']} vs {best['finder']} {best['rule']}"
-                out[key] = {"gap": mean, "se": se, "n": len(diff), "finder_runs": len(lrs)}
-                log(
-                    f"[{key}] {len(lrs)} finder runs paired on {train_seeds} held-out seeds: the peer is "
-                    f"{mean:.2f} +- {se:.2f} (SE) points better"
-                )
-    return out
-
-
-def rule_noise_table(res: Dict) -> str:
-    lines = [
-        "\n| clr_ext rule behind the best peer rule | paired gap, held-out seeds (points, +- SE) |",
-        "|---|---:|",
-    ]
-    lines += [
-        f"| {key} | {v['gap']:.2f} +- {v['se']:.2f} ({v['finder_runs']} finder runs, n={v['n']}) |"
-        for key, v in res.items()
-    ]
-    return "\n".join(lines)
-
-
 ADAMW_GRID = (1e-3, 3e-3, 1e-2, 3e-2)
 
 
-def adamw_defaults(seeds: int, task_name: str = "digits", log=print) -> Dict:
+def adamw_defaults(finder_runs: int, seeds: int, task_name: str = "digits", log=print) -> Dict:
     """``range_test(..., optimizer="adamw")`` with its default sweep (exponential 1e-7..1)
     and with the SGD-scale sweep it had before (linear 1e-5..1): CyclicAdamW trained from
     each one's bounds (``from_range_test(..., epochs=...)``) against constant AdamW LRs."""
@@ -558,7 +584,7 @@ def adamw_defaults(seeds: int, task_name: str = "digits", log=print) -> Dict:
         ("before: linear 1e-5..1", dict(start_lr=1e-5, end_lr=1.0, sweep="linear")),
     ):
         bounds, accs = [], []
-        for seed in range(seeds):
+        for seed in range(finder_runs):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 r = clr_ext.range_test(
@@ -591,7 +617,14 @@ def adamw_table(res: Dict) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--finder-runs", type=int, default=20, metavar="K", help="runs of every finder per task")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        metavar="S",
+        help="training seeds of every grid LR and recipe run (default: per task, %s)" % TASK_SEEDS,
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
     p.add_argument(
@@ -601,36 +634,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         metavar="N",
         help="only the README recipe against the best grid LR, paired on N held-out training seeds",
     )
-    p.add_argument(
-        "--rule-noise",
-        type=int,
-        default=0,
-        metavar="N",
-        help="also pair each clr_ext rule behind the best peer rule with it on N held-out training seeds",
-    )
-    p.add_argument(
-        "--rule-noise-runs",
-        type=int,
-        default=0,
-        metavar="K",
-        help="--rule-noise over K finder runs (finder seeds 0..K-1; the table's runs are the first)",
-    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     if args.recipe_noise:
-        res = {name: recipe_noise(name, args.seeds, args.recipe_noise, log=log) for name in args.tasks}
+        res = {
+            name: recipe_noise(name, args.finder_runs, args.seeds or TASK_SEEDS[name], args.recipe_noise, log=log)
+            for name in args.tasks
+        }
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(res, f, indent=1)
         return 0
-    res = run(args.tasks, args.seeds, log=log)
+    res = run(args.tasks, args.finder_runs, args.seeds, log=log)
     print(table(res))
-    if args.rule_noise:
-        res["rule_noise"] = rule_noise(res, args.rule_noise, args.rule_noise_runs, log=log)
-        print(rule_noise_table(res["rule_noise"]))
     if "digits" in args.tasks:
-        res["adamw"] = adamw_defaults(args.seeds, log=log)
+        res["adamw"] = adamw_defaults(args.finder_runs, args.seeds or TASK_SEEDS["digits"], log=log)
         print(adamw_table(res["adamw"]))
     if args.json:
         with open(args.json, "w") as f:

@@ -29,6 +29,8 @@ _PLATEAU_SE = 3.0
 # Reading "steepest": the steepest stretch is where the trend's slope is within this many
 # standard errors of its steepest.
 _STEEP_SE = 2.0
+# ... on a trend of this fraction of the curve's half-width (see _slopes).
+_SLOPE_TREND = 0.7
 # "min/10" needs a turn: the trend must climb back this fraction of the valley's depth past
 # its best.
 _TURN = 0.5
@@ -379,12 +381,22 @@ def _slopes(cv: Curve, first: int, end: int, last: int) -> List[Tuple[int, float
     is read at the same scale (a difference of neighbours divided by that step magnifies
     the noise a hundredfold). The error: the spread of the curve about its trend near
     ``i`` (as in :meth:`Curve.trend_noise`) times ``sqrt(2 m) / (2h + 1)``, ``m`` the points
-    in one window only, over the log-LR span."""
+    in one window only, over the log-LR span.
+
+    The trend differenced is narrower than the curve's (half-width _SLOPE_TREND x ``h``,
+    log-bounded likewise): the two means ``h`` points wide and ``h + 1`` apart compare two
+    blocks of points about ``2h`` apart, 1.7 decades of a 100-step exponential sweep, wider
+    than a small network's whole descent (the digits CNN's falls over one decade, then blows
+    up). Straddling the descent and the rise past it, the blocks read the steepest slope
+    where they hold the least of the rise, left of the steepest point: the bench's finder
+    runs read half the best constant LR. At 0.7 the blocks are ``1.5h`` apart; narrower,
+    the slope is too noisy to place (bench/finders.py, 90 finder runs on three tasks)."""
     x = [math.log(v) for v in cv.lrs[: cv.n]]
-    c, t = cv.c, cv.rule_trend()
+    hs = max(1, round(_SLOPE_TREND * cv.h))
+    widths = [min(hs, w) for w in log_bounded_widths(cv.lrs[: cv.n], cv.h)]
+    c, t = cv.c, centered_mean(cv.c, hs, widths)
     span = max((cv.h + 1) // 2, 1) * (x[cv.n - 1] - x[0]) / (cv.n - 1) * (1 + 1e-9)
-    widths = log_bounded_widths(cv.lrs[: cv.n], cv.h)
-    half = [min(cv.h, j, cv.n - 1 - j, widths[j]) for j in range(cv.n)]
+    half = [min(hs, j, cv.n - 1 - j, widths[j]) for j in range(cv.n)]
     out = []
     for i in range(first, end + 1):
         a, b = max(i - 1, first), min(i + 1, last)

@@ -157,12 +157,15 @@ class RangeTestResult:
           the zero-lag trend (log of the loss, or the metric) against log(LR), at or before
           the valley's bottom. This is torch-lr-finder's and Lightning's suggestion (and
           fastai's ``steep``); they take the gradient of the raw or EMA-smoothed loss, here
-          of the lag-free trend, across half its width of log(LR) (the difference of
+          of a lag-free trend, across half its width of log(LR) (the difference of
           neighbours of a centred mean is the raw noise of four points), read at the upper
           end of the stretch whose slope is within 2 standard errors of the steepest: where
           the loss falls along a near-straight line in log(LR) (a convex model's, over two
           decades) every point of it is as steep within the noise, and the largest LR that
-          still learns at that rate is where the fall begins to slow.
+          still learns at that rate is where the fall begins to slow. The trend differenced
+          is 0.7 of the curve's width: at the full width the slope straddled a small
+          network's short descent and the blow-up right after it, and read its steepest
+          point at half the LR where it is.
         - ``"valley"``: one LR, about halfway along the longest valley: fastai's default
           ``valley`` rule (the longest decreasing subsequence of the curve, of length ``L``
           and ending at ``end``; the run starts at ``end - L``; the point ``L//3 + L//6``
@@ -186,9 +189,10 @@ class RangeTestResult:
           bound: a ``RuntimeWarning`` says so and ``"valley"`` is returned.
 
         Which rule suits which sweep: on an exponential sweep (``sweep="exp"``, the other
-        finders' test) all three work; in ``bench/finders.py`` (three small tasks, see
-        ``bench/RESULTS.md``) each came within 1.3 accuracy points of the best constant LR
-        of a grid, and within 0.7 of the best peer rule. On a linear sweep of a real model,
+        finders' test) all three work; in ``bench/finders.py`` (three small tasks, 20 finder
+        runs each, see ``bench/RESULTS.md``) each came within 1.3 accuracy points of the
+        best constant LR on average, ``steepest`` and ``min/10`` within 0.2 of fastai's
+        ``minimum`` (the best peer rule there), ``valley`` within 0.7. On a linear sweep of a real model,
         the loss falls late (each step trains at a higher LR than the last, and the few
         steps at low LRs have not trained the model yet), so ``steepest`` and ``valley``
         land late in the descent, a good ``max_lr`` but too high for a constant LR: use
