@@ -451,25 +451,31 @@ def _steepest(cv: Curve, first: int, last: int) -> int:
     return i_best
 
 
-def _valley(t: Sequence[float], lrs: Sequence[float], run_end: Optional[int] = None) -> int:
+def _valley(t: Sequence[float], lrs: Sequence[float], run_end: int) -> int:
     """fastai's valley, on the trend: the longest strictly decreasing subsequence of
-    ``t[: run_end + 1]`` (all of ``t`` by default; patience sorting, O(n log n)); with ``L``
-    its length and ``end`` its last point, the run is taken to start at ``end - L`` (not at
-    the subsequence's first point, which on a flat, noisy start of the curve lies far to the
-    left of where the descent begins) and to end at the segment's last point (the caller
-    ends it where the loss stops falling), and the point returned is
-    ``(L // 3 + L // 6) / L`` of the way from start to end, about halfway, measured in
-    log(LR) (on an exponential sweep that is fastai's ``start + L // 3 + L // 6``; on a
-    linear one, halfway in points would be the arithmetic mean of the LRs, far above the
-    descent's middle)."""
+    ``t[: run_end + 1]`` (patience sorting, O(n log n)), ending at ``end``. The run is taken
+    to reach back from ``end`` by the log(LR) its points stand for, each point its own
+    spacing: on an exponential sweep, whose points are equally spaced in log(LR), that is
+    fastai's start ``end - L`` (``L`` the subsequence's length; not its first point, which on
+    a flat, noisy start of the curve lies far to the left of where the descent begins). On a
+    linear sweep ``L`` points back from ``end`` was a fraction of a decade (its points near
+    ``end_lr`` are a hundredth of a decade apart) and the valley was read near its bottom:
+    0.47 on softmax regression's sweep to 1, whose best constant LR is 0.27-0.32. The run
+    ends at the segment's last point (the caller ends it where the loss stops falling), and
+    the point returned is ``(L // 3 + L // 6) / L`` of the way from start to end, about
+    halfway, measured in log(LR) (on an exponential sweep that is fastai's
+    ``start + L // 3 + L // 6``; on a linear one, halfway in points would be the arithmetic
+    mean of the LRs, far above the descent's middle)."""
     m = len(t)
-    n = m if run_end is None else run_end + 1
+    n = run_end + 1
     tails: List[int] = []  # tails[k]: index ending the best decreasing run of length k + 1
     keys: List[float] = []  # -t[tails[k]], increasing
     length = [0] * n
+    before = [-1] * n  # the point before j in the best decreasing run ending at j
     for j in range(n):
         k = bisect.bisect_left(keys, -t[j])
         length[j] = k + 1
+        before[j] = tails[k - 1] if k > 0 else -1
         if k == len(tails):
             tails.append(j)
             keys.append(-t[j])
@@ -478,7 +484,17 @@ def _valley(t: Sequence[float], lrs: Sequence[float], run_end: Optional[int] = N
             keys[k] = -t[j]
     end = max(range(n), key=lambda j: (length[j], -j))  # the first point ending a longest run
     run = length[end]
-    start = max(end - run, 0)
+    x = [math.log(v) for v in lrs]
+
+    def spacing(j: int) -> float:
+        lo, hi = max(j - 1, 0), min(j + 1, m - 1)
+        return (x[hi] - x[lo]) / (hi - lo) if hi > lo else 0.0
+
+    reach, j = 0.0, end
+    while j >= 0:
+        reach += spacing(j)
+        j = before[j]
+    start = min(range(end + 1), key=lambda j: abs(x[j] - (x[end] - reach)))
     # The run ends at the trend's minimum, which sits about a half-width left of where the
     # loss stops falling when the rise is steep (see Curve._bottom, Curve.turn); the valley
     # ends there, the segment's last point.
@@ -486,5 +502,5 @@ def _valley(t: Sequence[float], lrs: Sequence[float], run_end: Optional[int] = N
     if end == start:
         return end
     frac = (run // 3 + run // 6) / run
-    target = math.log(lrs[start]) + frac * (math.log(lrs[end]) - math.log(lrs[start]))
-    return min(range(start, end + 1), key=lambda j: abs(math.log(lrs[j]) - target))
+    target = x[start] + frac * (x[end] - x[start])
+    return min(range(start, end + 1), key=lambda j: abs(x[j] - target))

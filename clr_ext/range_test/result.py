@@ -169,7 +169,10 @@ class RangeTestResult:
         - ``"valley"``: one LR, about halfway along the longest valley: fastai's default
           ``valley`` rule (the longest decreasing subsequence of the curve, of length ``L``
           and ending at ``end``; the run starts at ``end - L``; the point ``L//3 + L//6``
-          into it) on the lag-free trend, the run counted from the onset of learning (where
+          into it) on the lag-free trend, the run reaching back from ``end`` by the log(LR)
+          its points stand for (each its own spacing: ``end - L`` on an exponential sweep,
+          further on a linear one, whose points near ``end_lr`` are a hundredth of a decade
+          apart), counted from the onset of learning (where
           the trend has fallen a tenth of the way from its top to its best) up to the
           valley's bottom, and the valley reaching on to where the loss stops falling (the
           point ``"min/10"`` reads: the centred trend's bottom is lifted early by the
