@@ -429,6 +429,11 @@ class Response:
 RECIPE_ROW = ("linear, val. accuracy, 200 steps", "clr_ext", "README recipe")
 
 
+def _se(values: List[float]) -> float:
+    """The standard error of the mean of ``values`` (NaN for fewer than two)."""
+    return statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else math.nan
+
+
 def run(task_names: List[str], finder_runs: int, seeds_given: Optional[int] = None, log=print) -> Dict:
     """Every finder runs ``finder_runs`` times (finder run k: model initialisation and batch
     order k); each suggestion is scored on the task's :class:`Response` (``seeds`` training
@@ -468,10 +473,9 @@ def run(task_names: List[str], finder_runs: int, seeds_given: Optional[int] = No
         rows = []
         for (sweep, finder_name, rule), row in found.items():
             accs = row["accs"]
-            se = statistics.stdev(accs) / len(accs) ** 0.5 if len(accs) > 1 else math.nan
             rows.append(
                 dict(sweep=sweep, finder=finder_name, rule=rule, runs=row["runs"], lrs=row["lrs"], accs=accs,
-                     regret=response.best - statistics.fmean(accs), se=se, seconds=statistics.median(row["seconds"]))
+                     regret=response.best - statistics.fmean(accs), se=_se(accs), seconds=statistics.median(row["seconds"]))
             )  # fmt: skip
         _pair_with_best_peer(rows)
         for row in rows:
@@ -505,7 +509,7 @@ def _pair_with_best_peer(rows: List[Dict]) -> None:
                 row["vs_peer"] = {
                     "peer": f"{best['finder']} {best['rule']}",
                     "gap": statistics.fmean(diff),
-                    "se": statistics.stdev(diff) / len(diff) ** 0.5,
+                    "se": _se(diff),
                 }
 
 
@@ -553,15 +557,14 @@ def recipe_noise(task_name: str, finder_runs: int, seeds: int, train_seeds: int,
     compared with the best LR's on the same seed: the mean of those paired differences and
     its standard error, per finder run."""
     task = TASKS[task_name]()
-    grid = {lr: statistics.fmean(train(task, s, fixed_lr(task, lr)) for s in range(seeds)) for lr in task.grid}
-    best_lr = max(grid, key=grid.get)
+    best_lr = Response(task, seeds).best_lr
     held_out = range(seeds, seeds + train_seeds)  # not the seeds that picked best_lr
     best = [train(task, s, fixed_lr(task, best_lr)) for s in held_out]
     out: Dict = {"task": task_name, "best_lr": best_lr, "best": statistics.fmean(best), "runs": []}
     for seed in range(finder_runs):
         r, _ = clr_ext_recipe_finder(task, seed)
         diff = [b - train(task, s, clr_recipe(task, r)) for b, s in zip(best, held_out)]
-        mean, se = statistics.fmean(diff), statistics.stdev(diff) / len(diff) ** 0.5
+        mean, se = statistics.fmean(diff), _se(diff)
         out["runs"].append({"bounds": [r.base_lr, r.max_lr], "regret": mean, "se": se})
         log(f"[{task_name}] recipe run {seed} {r.base_lr:.3g}-{r.max_lr:.3g}: regret {mean:.2f} +- {se:.2f} (SE)")
     return out

@@ -188,12 +188,18 @@ class Curve:
             return True
         return max(self.t[self.i_best : self.n]) - self.t[self.i_best] >= _TURN * self.depth
 
+    def log_widths(self) -> List[int]:
+        """:func:`log_bounded_widths` of the finite part, at the trend's half-width."""
+        if not hasattr(self, "_log_widths"):
+            self._log_widths = log_bounded_widths(self.lrs[: self.n], self.h)
+        return self._log_widths
+
     def rule_trend(self) -> List[float]:
         """The trend the single-LR rules read: ``t``, except that on a linear sweep its window
         is narrowed at low LRs to the log-LR width it has on an exponential sweep (see
         :func:`log_bounded_widths`); the same as ``t`` on an exponential sweep."""
         if not hasattr(self, "_rule_trend"):
-            self._rule_trend = centered_mean(self.c, self.h, log_bounded_widths(self.lrs[: self.n], self.h))
+            self._rule_trend = centered_mean(self.c, self.h, self.log_widths())
         return self._rule_trend
 
     def onset(self, first: int = 0, trend: Optional[Sequence[float]] = None) -> int:
@@ -393,7 +399,7 @@ def _slopes(cv: Curve, first: int, end: int, last: int) -> List[Tuple[int, float
     the slope is too noisy to place (bench/finders.py, 90 finder runs on three tasks)."""
     x = [math.log(v) for v in cv.lrs[: cv.n]]
     hs = max(1, round(_SLOPE_TREND * cv.h))
-    widths = [min(hs, w) for w in log_bounded_widths(cv.lrs[: cv.n], cv.h)]
+    widths = cv.log_widths()
     c, t = cv.c, centered_mean(cv.c, hs, widths)
     span = max((cv.h + 1) // 2, 1) * (x[cv.n - 1] - x[0]) / (cv.n - 1) * (1 + 1e-9)
     half = [min(hs, j, cv.n - 1 - j, widths[j]) for j in range(cv.n)]
