@@ -468,10 +468,11 @@ def _valley(t: Sequence[float], lrs: Sequence[float], run_end: int) -> int:
     ``end_lr`` are a hundredth of a decade apart) and the valley was read near its bottom:
     0.47 on softmax regression's sweep to 1, whose best constant LR is 0.27-0.32. The run
     ends at the segment's last point (the caller ends it where the loss stops falling), and
-    the point returned is ``(L // 3 + L // 6) / L`` of the way from start to end, about
-    halfway, measured in log(LR) (on an exponential sweep that is fastai's
-    ``start + L // 3 + L // 6``; on a linear one, halfway in points would be the arithmetic
-    mean of the LRs, far above the descent's middle)."""
+    the point returned is halfway from start to end in log(LR). (fastai's
+    ``start + L // 3 + L // 6`` is meant as halfway, but its integer division puts it 0.36-0.45
+    of the way along the 10-20 point runs of a small network's descent, and this segment is
+    not ``L`` points long anyway; on a linear sweep, halfway in points would be the
+    arithmetic mean of the LRs, far above the descent's middle.)"""
     m = len(t)
     n = run_end + 1
     tails: List[int] = []  # tails[k]: index ending the best decreasing run of length k + 1
@@ -489,7 +490,6 @@ def _valley(t: Sequence[float], lrs: Sequence[float], run_end: int) -> int:
             tails[k] = j
             keys[k] = -t[j]
     end = max(range(n), key=lambda j: (length[j], -j))  # the first point ending a longest run
-    run = length[end]
     x = [math.log(v) for v in lrs]
 
     def spacing(j: int) -> float:
@@ -507,6 +507,5 @@ def _valley(t: Sequence[float], lrs: Sequence[float], run_end: int) -> int:
     end = m - 1
     if end == start:
         return end
-    frac = (run // 3 + run // 6) / run
-    target = x[start] + frac * (x[end] - x[start])
+    target = 0.5 * (x[start] + x[end])
     return min(range(start, end + 1), key=lambda j: abs(x[j] - target))

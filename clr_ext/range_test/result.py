@@ -166,17 +166,18 @@ class RangeTestResult:
           is 0.7 of the curve's width: at the full width the slope straddled a small
           network's short descent and the blow-up right after it, and read its steepest
           point at half the LR where it is.
-        - ``"valley"``: one LR, about halfway along the longest valley: fastai's default
+        - ``"valley"``: one LR, halfway along the longest valley: fastai's default
           ``valley`` rule (the longest decreasing subsequence of the curve, of length ``L``
           and ending at ``end``; the run starts at ``end - L``; the point ``L//3 + L//6``
-          into it) on the lag-free trend, the run reaching back from ``end`` by the log(LR)
+          into it, which fastai means as halfway but its integer division puts at 0.36-0.45
+          of a short run) on the lag-free trend, the run reaching back from ``end`` by the log(LR)
           its points stand for (each its own spacing: ``end - L`` on an exponential sweep,
           further on a linear one, whose points near ``end_lr`` are a hundredth of a decade
           apart), counted from the onset of learning (where
           the trend has fallen a tenth of the way from its top to its best) up to the
           valley's bottom, and the valley reaching on to where the loss stops falling (the
           point ``"min/10"`` reads: the centred trend's bottom is lifted early by the
-          blow-up), "halfway" measured in log(LR).
+          blow-up), exactly halfway in log(LR).
         - ``"min/10"``: one LR, a tenth of the LR where the loss stops falling (or the metric
           stops improving): the "one order of magnitude before the minimum" rule of fastai's
           ``minimum`` suggestion and of the fast.ai course. The minimum is read on the

@@ -86,7 +86,8 @@ def test_a_noisy_first_point_is_trimmed(measured_on):
 def test_rules_agree_on_linear_and_exponential_sweeps_of_the_same_curve():
     """The same loss-vs-LR curve swept linearly (the paper's test) and geometrically: every
     single-LR rule reads about the same LR from both (within a factor of 2.5), inside the
-    descent, not near the bottom of the valley (about 0.3). Before, the linear sweep's
+    descent (a tenth to nine tenths of its fall: 0.008-0.1), not near the bottom of the
+    valley (about 0.3). Before, the linear sweep's
     readings were 0.07-0.15: the trend's window (+-10 points) and the trim (a tenth of the
     points) each spanned the descent's decade at the low end of a linear sweep, and valley
     went halfway in points, i.e. to the arithmetic mean of the LRs."""
@@ -96,7 +97,7 @@ def test_rules_agree_on_linear_and_exponential_sweeps_of_the_same_curve():
         for method in SUGGEST_METHODS[1:]:
             a, b = lin.suggest(method), exp.suggest(method)
             assert abs(math.log(a / b)) <= math.log(2.5), (method, a, b)
-            assert 0.005 <= a <= 0.08 and 0.005 <= b <= 0.08, (method, a, b)
+            assert 0.005 <= a <= 0.1 and 0.005 <= b <= 0.1, (method, a, b)
 
 
 def test_short_curves_are_read_whole():
@@ -305,6 +306,23 @@ def test_steepest_on_a_short_descent_is_read_at_its_steepest_point(task):
         got.append(r.suggest("steepest"))
     assert lo <= statistics.median(got) <= hi, got
     assert sum(lo <= lr <= hi for lr in got) >= 7, got
+
+
+def test_valley_is_read_halfway_along_the_valley():
+    """fastai places its point at ``L // 3 + L // 6`` of a run of ``L`` points: meant as
+    halfway, but the integer division puts it at 0.36-0.45 of a run of 10-20 points, the
+    lengths of a small network's descent. clr_ext measures the valley in log(LR), from the
+    run's start to where the loss stops falling, so the count of points is no part of it:
+    halfway is half. On the MLP's ten finder runs the median was 0.042, a third below the
+    best constant LR (0.056); halfway, 0.055."""
+    data = json.loads((DATA / "short_descents_exp.json").read_text())
+    got = []
+    for run in data["mlp"]:
+        n = len(run["losses"])
+        r = result_of(data["lrs"][:n], run["losses"], measured_on="train")
+        r.diverged = run["stopped"]
+        got.append(r.suggest("valley"))
+    assert abs(math.log(statistics.median(got) / 0.056)) <= math.log(1.2), got
 
 
 def test_valley_on_a_real_linear_sweep_reaches_back_over_the_descent():
