@@ -283,6 +283,17 @@ def test_steepest_on_a_real_convex_curve(name, before):
     assert 0.2 <= r.suggest("steepest") <= 0.65
 
 
+def test_steepest_is_not_a_slope_cut_short_by_the_end_of_the_curve():
+    """Finder run 89 of softmax regression's exponential sweep: a convex model's training
+    loss falls on to the sweep's end (2.3 at LR 0.003, 0.2 at 4, 0.08 at 10), in log(LR)
+    about as steeply past LR 1 as in its main fall. The slope at the read window's last
+    point compares half the points of the others and is the noisiest; it came out steepest,
+    and "steepest" read 3.3 (11 points below the best constant LRs, 0.27-0.32). The
+    steepest point is sought among the slopes of full width."""
+    r = RangeTestResult.load(DATA / "softmax_exp_falls_to_the_end.json")
+    assert 0.2 <= r.suggest("steepest") <= 0.65
+
+
 # Constant LRs within one point of the best one (4 epochs; bench/finders.py's response: 80
 # training seeds for the CNN, 200 for the MLP, 8 and 16 LRs per decade).
 WITHIN_A_POINT = {"digits": (0.056, 0.1), "mlp": (0.036, 0.087)}
