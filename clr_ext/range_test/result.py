@@ -165,7 +165,8 @@ class RangeTestResult:
           still learns at that rate is where the fall begins to slow. The trend differenced
           is 0.7 of the curve's width: at the full width the slope straddled a small
           network's short descent and the blow-up right after it, and read its steepest
-          point at half the LR where it is.
+          point at half the LR where it is. The steepest is sought among the slopes whose
+          span the read window does not cut short: a cut one is the noisiest.
         - ``"valley"``: one LR, halfway along the longest valley: fastai's default
           ``valley`` rule (the longest decreasing subsequence of the curve, of length ``L``
           and ending at ``end``; the run starts at ``end - L``; the point ``L//3 + L//6``
