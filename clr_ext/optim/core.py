@@ -701,7 +701,13 @@ class _ScheduledOptimizer(Optimizer):
         schedule = None
         if isinstance(state_dict, dict) and state_dict.get("schedule") is not None:
             schedule = copy.copy(self._schedule)
-            schedule.load_state_dict(state_dict["schedule"])
+            try:
+                schedule.load_state_dict(state_dict["schedule"])
+            except ValueError as refused:  # (the schedule's own checks speak as its constructor)
+                words = str(refused)
+                if not words.startswith("state_dict"):
+                    words = f"load_state_dict: schedule: {words}"
+                raise ValueError(words) from None
         _loading.check_loadable(self, state_dict, schedule)
         kept = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
         before = _loading.snapshot(self)

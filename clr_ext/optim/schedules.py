@@ -264,10 +264,7 @@ class OneCycleSchedule(CoreSchedule):
         if iteration < self.total_steps:
             return None
         self.warn_from = math.inf  # (said once)
-        return (
-            f"clr_ext: step {iteration + 1} of a 1cycle schedule of total_steps={self.total_steps}: "
-            "the final LR and momentum are kept from here on (OneCycleLR would raise)"
-        )
+        return _past_one_cycle(iteration + 1, self.total_steps)
 
     def state_dict(self) -> Dict[str, Any]:
         state: Dict[str, Any] = {"kind": self.kind}
@@ -341,6 +338,17 @@ class ValueSchedule(CoreSchedule):
         #: Whether some part of the chain cycles the momentum (SGD) or beta1 (AdamW).
         self.cycles_momentum = any(isinstance(leaf, (S.Cyclic, S.OneCycle)) and leaf.cycle_momentum for leaf in leaves)
         self._tables: Dict[int, Tuple[Any, List[float], Any]] = {}  # group index -> (initial_lr, table, flat)
+        # The steps that run an S.OneCycle past its total_steps (it holds its final values,
+        # where OneCycleLR, alone or in a SequentialLR, would raise): said once, as the
+        # 1cycle classes say it.
+        pieces = value._segments()
+        ends = [start for start, _ in pieces[1:]] + [math.inf]
+        self._past_ends = [
+            (start + leaf.total_steps, end, start, leaf.total_steps)
+            for (start, leaf), end in zip(pieces, ends)
+            if isinstance(leaf, S.OneCycle) and start + leaf.total_steps < end
+        ]
+        self.warn_from = self._past_ends[0][0] if self._past_ends else math.inf
 
     def check_group_count(self, n_groups: int) -> None:
         given = self.value.groups
@@ -361,6 +369,8 @@ class ValueSchedule(CoreSchedule):
             lr = group.get("lr")
             if lr is None and self.value.needs_initial_lr:
                 raise ValueError(f"lr{where}: required by this schedule (it scales each group's initial lr)")
+            if lr is not None:
+                lr = non_negative("lr" + where, lr)  # (named as given, not as the initial_lr made of it)
             group["initial_lr"] = self.value.initial_lr(lr, index)
         group["initial_lr"] = non_negative("initial_lr" + where, group["initial_lr"])
         flat = self._table(group, index)[2]
@@ -387,6 +397,17 @@ class ValueSchedule(CoreSchedule):
         table = self._table(group, index, iteration if self.host_evaluated else None)[1]
         lr, momentum = S.table_point(iteration, table)
         return lr, (None if math.isnan(momentum) else momentum)
+
+    def note_before_step(self, iteration: int) -> Optional[str]:
+        self.warn_from = math.inf  # (said once)
+        for past, end, start, total in self._past_ends:
+            if past <= iteration < end:
+                where = f" (the chain's, from step {start + 1})" if start else ""
+                return _past_one_cycle(iteration - start + 1, total, where)
+            if iteration < past:  # (not there yet: ask again from there)
+                self.warn_from = past
+                return None
+        return None
 
     def as_value(self, groups: List[Dict[str, Any]], cycle_momentum: bool) -> Any:
         return self.value
@@ -479,6 +500,13 @@ class OneCycleScheduled:
 for _mixin, _fields in ((CyclicScheduled, CyclicSchedule._SAVED + ("scale_fn",)), (OneCycleScheduled, ONE_CYCLE_SHAPE)):
     for _field in _fields:
         setattr(_mixin, _field, property(operator.attrgetter("_schedule." + _field)))
+
+
+def _past_one_cycle(step: int, total_steps: int, where: str = "") -> str:
+    return (
+        f"clr_ext: step {step} of a 1cycle schedule of total_steps={total_steps}{where}: "
+        "the final LR and momentum are kept from here on (OneCycleLR would raise)"
+    )
 
 
 def _check_kind(schedule: Any, state: Dict[str, Any]) -> None:

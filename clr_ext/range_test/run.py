@@ -744,7 +744,9 @@ def range_test(
                 del outputs, loss
                 if not finite:
                     break
-            value = value_sum / accumulation_steps if finite else math.nan
+            # A step that met a non-finite loss records that loss as it came (inf tells an
+            # overflow from a NaN), not a mean over the micro-batches before it.
+            value = value_sum / accumulation_steps if finite else part[0]
             metric_value = metric_sum / accumulation_steps if finite else math.nan
             if finite:
                 if scaler is not None:

@@ -93,7 +93,7 @@ def _corruptions(cls_name: str):
         def corrupt(sd):
             sd["schedule"][key] = value
 
-        return (f"schedule {key}={value!r}", corrupt, [key])
+        return (f"schedule {key}={value!r}", corrupt, ["load_state_dict: schedule", key])
 
     state_changes = [
         set_state(p, state_key, change)

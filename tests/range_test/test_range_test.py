@@ -358,7 +358,9 @@ def test_nan_or_inf_loss_stops_the_test(bad):
     )
     assert result.diverged and result.stop_reason == "nan"
     assert len(result.lrs) == len(result.losses) == len(result.smoothed_losses) == 8
-    assert not math.isfinite(result.losses[-1]) and math.isnan(result.smoothed_losses[-1])
+    # the raw loss, as it came: inf stays inf (it was recorded as NaN)
+    assert math.isnan(result.losses[-1]) if math.isnan(bad) else result.losses[-1] == bad
+    assert math.isnan(result.smoothed_losses[-1])
     assert all(math.isfinite(v) for v in result.losses[:-1])
     assert result.lrs[0] <= result.base_lr < result.max_lr <= result.lrs[-1]
 

@@ -281,6 +281,35 @@ def test_state_dict_carries_the_whole_composition(backend, rule):
         assert torch.equal(a, b)
 
 
+PAST_ONE_CYCLE = [
+    # (value, the steps (indices) it runs a 1cycle past its total_steps, the warning's words)
+    (S.OneCycle(0.1, 6), range(6, 12), "step 7 of a 1cycle schedule of total_steps=6:"),
+    (S.Sequential([S.OneCycle(0.1, 4), S.CosineRestarts(3)], [7]), range(4, 7), "step 5 of a 1cycle"),
+    (
+        S.Warmup(S.OneCycle(0.1, 5), 2),
+        range(7, 12),
+        "step 6 of a 1cycle schedule of total_steps=5 (the chain's, from step 3)",
+    ),
+]
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+@pytest.mark.parametrize("value, past, words", PAST_ONE_CYCLE)
+def test_a_one_cycle_run_past_its_end_warns_once(backend, rule, value, past, words):
+    """As the 1cycle classes do (OneCycleLR, alone or in a SequentialLR, raises there): once,
+    at the caller's step, on the first step past its end; the chain runs on silently."""
+    params = _params(torch.float32)
+    opt = RULES[rule][1](_groups(params), value, backend)
+    said = []
+    for t in range(12):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _run(opt, params, t, t + 1)
+        said += [(t, w) for w in caught if "1cycle" in str(w.message)]
+    assert [t for t, _ in said] == [past[0]]
+    assert words in str(said[0][1].message) and said[0][1].filename == __file__
+
+
 def test_a_cyclic_sgd_state_dict_is_refused_with_words():
     params = _params(torch.float32)
     cyclic = clr_ext.CyclicSGD(_groups(params), 1e-3, 0.1, 9)
@@ -298,8 +327,15 @@ def test_groups_are_checked_against_the_schedule():
         clr_ext.SGD(params, schedule=L.CosineAnnealingWarmRestarts)
     with pytest.raises(ValueError, match="schedule: its per-group values are given for 3"):
         clr_ext.SGD(_groups(params), schedule=S.Cyclic([1e-3] * 3, [0.1] * 3))
-    with pytest.raises(ValueError, match="lr"):
+    # a bad lr is named as given (it was reported as the initial_lr the schedule makes of it)
+    with pytest.raises(ValueError, match=r"^lr: must be >= 0"):
         clr_ext.AdamW(params, lr=-1.0, schedule=S.CosineRestarts(7))
+    with pytest.raises(ValueError, match=r"^lr \(param group 1\): must be >= 0"):
+        clr_ext.SGD([{"params": [params[0]]}, {"params": [params[1]], "lr": -1.0}], lr=0.1, schedule=S.OneCycle(0.1, 9))
+    with pytest.raises(ValueError, match=r"^lr \(param group 1\): must be finite"):
+        clr_ext.SGD([params[0]], lr=0.1, schedule=S.CosineRestarts(7)).add_param_group(
+            {"params": [params[1]], "lr": math.inf}
+        )
     nine = S.Sequential([S.Constant(0.5, 1)] * 9, list(range(1, 9)))
     with pytest.raises(ValueError, match="at most 8"):
         clr_ext.SGD(params, lr=0.1, schedule=nine)
