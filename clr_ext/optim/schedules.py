@@ -344,11 +344,11 @@ class ValueSchedule(CoreSchedule):
         pieces = value._segments()
         ends = [start for start, _ in pieces[1:]] + [math.inf]
         self._past_ends = [
-            (start + leaf.total_steps, end, start, leaf.total_steps)
+            (start, leaf.total_steps, end)
             for (start, leaf), end in zip(pieces, ends)
             if isinstance(leaf, S.OneCycle) and start + leaf.total_steps < end
         ]
-        self.warn_from = self._past_ends[0][0] if self._past_ends else math.inf
+        self.warn_from = sum(self._past_ends[0][:2]) if self._past_ends else math.inf
 
     def check_group_count(self, n_groups: int) -> None:
         given = self.value.groups
@@ -400,13 +400,13 @@ class ValueSchedule(CoreSchedule):
 
     def note_before_step(self, iteration: int) -> Optional[str]:
         self.warn_from = math.inf  # (said once)
-        for past, end, start, total in self._past_ends:
-            if past <= iteration < end:
+        for start, total, end in self._past_ends:
+            if iteration < start + total:  # (not there yet: ask again from there)
+                self.warn_from = start + total
+                return None
+            if iteration < end:
                 where = f" (the chain's, from step {start + 1})" if start else ""
                 return _past_one_cycle(iteration - start + 1, total, where)
-            if iteration < past:  # (not there yet: ask again from there)
-                self.warn_from = past
-                return None
         return None
 
     def as_value(self, groups: List[Dict[str, Any]], cycle_momentum: bool) -> Any:

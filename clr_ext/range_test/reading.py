@@ -402,9 +402,8 @@ def _slopes(cv: Curve, first: int, end: int, last: int) -> List[Tuple[int, float
     hs = max(1, round(_SLOPE_TREND * cv.h))
     widths = cv.log_widths()
     c, t = cv.c, centered_mean(cv.c, hs, widths)
-    reach = max((cv.h + 1) // 2, 1) * (x[cv.n - 1] - x[0]) / (cv.n - 1)
-    span = reach * (1 + 1e-9)
-    reach *= 1 - 1e-6
+    reach = max((cv.h + 1) // 2, 1) * (x[cv.n - 1] - x[0]) / (cv.n - 1)  # log(LR) each side
+    span, full = reach * (1 + 1e-9), reach * (1 - 1e-6)  # (rounding: a point at the reach is in)
     half = [min(hs, j, cv.n - 1 - j, widths[j]) for j in range(cv.n)]
     out = []
     for i in range(first, end + 1):
@@ -421,7 +420,7 @@ def _slopes(cv: Curve, first: int, end: int, last: int) -> List[Tuple[int, float
         both = max(0, min(a + half[a], b + half[b]) - max(a - half[a], b - half[b]) + 1)
         var = (na - both) / na**2 + (nb - both) / nb**2 + both * (1 / na - 1 / nb) ** 2
         se = spread * math.sqrt(var) / (x[b] - x[a])
-        cut = (a == first and x[i] - x[a] < reach) or (b == last and x[b] - x[i] < reach)
+        cut = (a == first and x[i] - x[a] < full) or (b == last and x[b] - x[i] < full)
         out.append((i, (t[b] - t[a]) / (x[b] - x[a]), se, cut))
     return out
 

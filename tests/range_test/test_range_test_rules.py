@@ -299,6 +299,18 @@ def test_steepest_is_not_a_slope_cut_short_by_the_end_of_the_curve():
 WITHIN_A_POINT = {"digits": (0.056, 0.1), "mlp": (0.036, 0.087)}
 
 
+def short_descent_suggestions(task, method):
+    """``method``'s LR on each of the ten saved exponential finder runs of ``task``."""
+    data = json.loads((DATA / "short_descents_exp.json").read_text())
+    got = []
+    for run in data[task]:
+        n = len(run["losses"])
+        r = result_of(data["lrs"][:n], run["losses"], measured_on="train")
+        r.diverged = run["stopped"]
+        got.append(r.suggest(method))
+    return got
+
+
 @pytest.mark.parametrize("task", sorted(WITHIN_A_POINT))
 def test_steepest_on_a_short_descent_is_read_at_its_steepest_point(task):
     """A small network's loss falls over one decade and blows up right after its bottom
@@ -307,14 +319,8 @@ def test_steepest_on_a_short_descent_is_read_at_its_steepest_point(task):
     and was steepest left of the steepest point: the median run read 0.042 on the CNN (1 run
     in 10 within a point of the best constant LR) and 0.031 on the MLP (3 in 10). On a
     narrower trend it reads inside that band on most runs, its median too."""
-    data = json.loads((DATA / "short_descents_exp.json").read_text())
     lo, hi = WITHIN_A_POINT[task]
-    got = []
-    for run in data[task]:
-        n = len(run["losses"])
-        r = result_of(data["lrs"][:n], run["losses"], measured_on="train")
-        r.diverged = run["stopped"]
-        got.append(r.suggest("steepest"))
+    got = short_descent_suggestions(task, "steepest")
     assert lo <= statistics.median(got) <= hi, got
     assert sum(lo <= lr <= hi for lr in got) >= 7, got
 
@@ -326,13 +332,7 @@ def test_valley_is_read_halfway_along_the_valley():
     run's start to where the loss stops falling, so the count of points is no part of it:
     halfway is half. On the MLP's ten finder runs the median was 0.042, a third below the
     best constant LR (0.056); halfway, 0.055."""
-    data = json.loads((DATA / "short_descents_exp.json").read_text())
-    got = []
-    for run in data["mlp"]:
-        n = len(run["losses"])
-        r = result_of(data["lrs"][:n], run["losses"], measured_on="train")
-        r.diverged = run["stopped"]
-        got.append(r.suggest("valley"))
+    got = short_descent_suggestions("mlp", "valley")
     assert abs(math.log(statistics.median(got) / 0.056)) <= math.log(1.2), got
 
 
