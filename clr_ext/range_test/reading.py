@@ -31,6 +31,8 @@ _PLATEAU_SE = 3.0
 _STEEP_SE = 2.0
 # ... on a trend of this fraction of the curve's half-width (see _slopes).
 _SLOPE_TREND = 0.7
+# "valley" starts no lower than where the trend falls at this fraction of its steepest rate.
+_FOOT = 0.1
 # "min/10" needs a turn: the trend must climb back this fraction of the valley's depth past
 # its best.
 _TURN = 0.5
@@ -361,7 +363,7 @@ def suggest_single(
         # its trailing EMA's minimum): the centred trend's bottom is lifted by the blow-up
         # past it, up to a half-width early, and halfway to it was halfway to too low an LR.
         t = cv.rule_trend()
-        start = cv.onset(first, t)
+        start = max(cv.onset(first, t), _foot(cv, first, last))
         end = min(last, max(cv.i_bottom, start + 2))
         far = min(last, max(end, cv.turn(first, last)))
         if not first <= start < end - 1:
@@ -435,6 +437,35 @@ def _noise(c: Sequence[float], lo: int, hi: int) -> float:
     return 1.4826 * statistics.median(abs(c[j - 1] - 2 * c[j] + c[j + 1]) for j in range(lo, hi)) / math.sqrt(6)
 
 
+def _steepest_slope(slopes: Sequence[Tuple[int, float, float, bool]]) -> int:
+    """The position in ``slopes`` of the steepest one, among those of full width if any
+    (see :func:`_steepest` for why)."""
+    whole = [k for k, slope in enumerate(slopes) if not slope[3]] or range(len(slopes))
+    return min(whole, key=lambda k: slopes[k][1])
+
+
+def _foot(cv: Curve, first: int, last: int) -> int:
+    """Where the descent begins, read off its slope: going left from the steepest point
+    (see :func:`_steepest`), the last point that still falls at _FOOT of the steepest rate
+    or more. The onset, a level (a tenth of the valley's depth), cannot tell the descent
+    from a slow drift of the flat start: a small network's loss falls by a few hundredths
+    of its log in the whole valley (the digits CNN: 2.30 to 2.16), and drifts by 0.01 over
+    the decades before it, so a tenth of the depth is reached in the drift, decades before
+    the descent, and halfway from there was 0.02 where the best constant LR is 0.06-0.1. A
+    drift falls at a few hundredths of the descent's rate. ``first`` when nothing falls."""
+    end = min(max(cv.i_bottom, first + 1), last)
+    slopes = _slopes(cv, first, end, last)
+    if not slopes:
+        return first
+    k = _steepest_slope(slopes)
+    s_max = slopes[k][1]
+    if not s_max < 0:
+        return first
+    while k > 0 and slopes[k - 1][1] <= _FOOT * s_max:
+        k -= 1
+    return slopes[k][0]
+
+
 def _steepest(cv: Curve, first: int, last: int) -> int:
     """The upper end of the steepest stretch of the read window, up to the valley's bottom:
     from the point where the trend improves fastest per unit of log(LR) (see
@@ -457,8 +488,7 @@ def _steepest(cv: Curve, first: int, last: int) -> int:
     slopes = _slopes(cv, first, end, last)
     if not slopes:
         return first
-    whole = [k for k, slope in enumerate(slopes) if not slope[3]] or range(len(slopes))
-    k_max = min(whole, key=lambda k: slopes[k][1])
+    k_max = _steepest_slope(slopes)
     i_best, s_max, se_max, _ = slopes[k_max]
     if not s_max < 0:
         return i_best

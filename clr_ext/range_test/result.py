@@ -175,7 +175,9 @@ class RangeTestResult:
           its points stand for (each its own spacing: ``end - L`` on an exponential sweep,
           further on a linear one, whose points near ``end_lr`` are a hundredth of a decade
           apart), counted from the onset of learning (where
-          the trend has fallen a tenth of the way from its top to its best) up to the
+          the trend has fallen a tenth of the way from its top to its best, and falls at a
+          tenth of its steepest rate or more: a shallow valley's level is reached in the
+          slow drift of a flat start, decades early) up to the
           valley's bottom, and the valley reaching on to where the loss stops falling (the
           point ``"min/10"`` reads: the centred trend's bottom is lifted early by the
           blow-up), exactly halfway in log(LR).

@@ -336,6 +336,43 @@ def test_valley_is_read_halfway_along_the_valley():
     assert abs(math.log(statistics.median(got) / 0.056)) <= math.log(1.2), got
 
 
+def drifting_start_curve(seed, noise=0.007):
+    """A small network's shallow valley (its log-loss falls by 0.12 around LR 0.03, then
+    blows up past 0.1) after a flat start that drifts down by 0.015 between 1e-6 and 1e-2:
+    the digits CNN's shape on exponential finder runs."""
+    rng = random.Random(seed)
+    lrs = sweep("exp", 100, 1e-7, 10.0)
+    losses = []
+    for lr in lrs:
+        x = math.log10(lr)
+        log_loss = math.log(2.3) - 0.015 * min(max((x + 6) / 4, 0.0), 1.0)
+        log_loss -= 0.12 / (1.0 + math.exp(-(x - math.log10(0.03)) / 0.12))
+        log_loss += 2.0 * max(x + 1.0, 0.0)
+        losses.append(math.exp(log_loss + rng.gauss(0.0, noise)))
+    return lrs, losses
+
+
+def test_valley_starts_at_the_descent_not_in_a_drift_before_it():
+    """The onset, a tenth of the valley's depth, is reached in the slow drift of a flat
+    start when the valley is shallow, decades before the descent: "valley", halfway from
+    there, read 0.001-0.004 on this curve. The descent starts no lower than where the loss
+    falls at a tenth of its steepest rate: 0.010-0.018 (the slope's window smears the foot
+    of so sharp a descent a few points early)."""
+    for seed in range(10):
+        got = result_of(*drifting_start_curve(seed)).suggest("valley")
+        assert 0.008 <= got <= 0.1, (seed, got)
+
+
+@pytest.mark.parametrize("task", sorted(WITHIN_A_POINT))
+def test_valley_on_a_short_descent_is_never_far_below_the_best_lrs(task):
+    """Finder run 7 of the digits CNN drifts down 0.01 before its descent (a seventh of its
+    depth): "valley" read 0.018, a third of the lowest LR within a point of the best
+    (88% test accuracy where the best constant LR gives 94.5%), now 0.055. No saved run reads below two thirds of that band."""
+    lo, _ = WITHIN_A_POINT[task]
+    got = short_descent_suggestions(task, "valley")
+    assert min(got) >= lo / 1.5, got
+
+
 def test_valley_on_a_real_linear_sweep_reaches_back_over_the_descent():
     """fastai's valley starts its run ``L`` points before its end, ``L`` the longest
     decreasing run's length: on the exponential sweep it was written for, ``L`` steps of
