@@ -183,9 +183,12 @@ class RangeTestResult:
           blow-up), exactly halfway in log(LR).
         - ``"min/10"``: one LR, a tenth of the LR where the loss stops falling (or the metric
           stops improving): the "one order of magnitude before the minimum" rule of fastai's
-          ``minimum`` suggestion and of the fast.ai course. The minimum is read on the
-          TRAILING mean of the curve (as many points as the trend's window), which turns up
-          at the first point no better than a window earlier. Not on the centred trend: the
+          ``minimum`` suggestion and of the fast.ai course. The minimum is read on a
+          TRAILING exponential mean of the curve (debiased, its time constant twice the
+          trend's window: a factor of 0.976 at the default ``smooth``, fastai's is 0.98),
+          which turns up at the first point above it. Not a boxcar: when the descent is
+          shorter than the window, the points leaving it come from the flat start and it
+          turned past the first spikes of a blow-up. Not on the centred trend: the
           blow-up past the bottom is much steeper (and spikier) than the descent before it,
           so a window that looks ahead is lifted by it up to a half-width before the loss
           stops falling, and a tenth of that point was 2-3x below the best constant LR.

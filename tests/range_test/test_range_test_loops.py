@@ -436,8 +436,9 @@ def test_suggest_methods_on_a_known_curve():
     base, mx, _, _ = _suggest_bounds(lrs, r.losses, smooth=0.05, measured_on="val")
     assert 140 <= lrs.index(mx) <= 150
     # min/10: a tenth of where the loss stops falling, the curve's bottom (150), which the
-    # centred trend reads a few steps early (its window meets the blow-up first).
-    assert abs(lrs.index(r.suggest("min/10") * 10) - 150) <= 1
+    # centred trend reads a few steps early (its window meets the blow-up first); the
+    # trailing mean turns where the curve crosses it, a step or two past the bottom.
+    assert 149 <= lrs.index(r.suggest("min/10") * 10) <= 152
     # Training-batch readings move every suggestion one step left.
     t = _curve_result("train")
     assert t.suggest("steepest") == lrs[lrs.index(r.suggest("steepest")) - 1]

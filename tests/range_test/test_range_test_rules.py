@@ -299,9 +299,10 @@ def test_steepest_is_not_a_slope_cut_short_by_the_end_of_the_curve():
 WITHIN_A_POINT = {"digits": (0.056, 0.1), "mlp": (0.036, 0.087)}
 
 
-def short_descent_suggestions(task, method):
-    """``method``'s LR on each of the ten saved exponential finder runs of ``task``."""
-    data = json.loads((DATA / "short_descents_exp.json").read_text())
+def short_descent_suggestions(task, method, saved="short_descents_exp.json"):
+    """``method``'s LR on each saved exponential finder run of ``task`` (the ten first
+    ones, unless ``saved`` names another file)."""
+    data = json.loads((DATA / saved).read_text())
     got = []
     for run in data[task]:
         n = len(run["losses"])
@@ -371,6 +372,19 @@ def test_valley_on_a_short_descent_is_never_far_below_the_best_lrs(task):
     lo, _ = WITHIN_A_POINT[task]
     got = short_descent_suggestions(task, "valley")
     assert min(got) >= lo / 1.5, got
+
+
+@pytest.mark.parametrize("method", ["min/10", "valley"])
+def test_the_turn_is_not_read_past_the_first_spikes_of_a_blow_up(method):
+    """Three finder runs of the digits CNN whose loss falls on to LR 0.3-0.5, spikes, dips
+    again, then blows up. The turn was the minimum of a boxcar of the trend's 21 points,
+    which falls while the point entering it is below the one leaving: the descent is
+    shorter than the window, and the points leaving it come from the flat start, above
+    everything up to the blow-up, dip included. "min/10" read 0.13-0.16 and "valley"
+    0.12-0.17 (88% test accuracy at 0.156, 86% at 0.167, against 94.5% at the best constant
+    LR). The exponential mean falls only while the point entering is below the mean."""
+    got = short_descent_suggestions("digits", method, saved="spiky_bottoms_exp.json")
+    assert all(0.036 <= lr <= 0.1 for lr in got), got
 
 
 def test_valley_on_a_real_linear_sweep_reaches_back_over_the_descent():
