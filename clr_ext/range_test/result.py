@@ -200,9 +200,9 @@ class RangeTestResult:
 
         Which rule suits which sweep: on an exponential sweep (``sweep="exp"``, the other
         finders' test) all three work; in ``bench/finders.py`` (three small tasks, 20 finder
-        runs each, see ``bench/RESULTS.md``) each came within 1.3 accuracy points of the
-        best constant LR on average, ``steepest`` and ``min/10`` within 0.2 of fastai's
-        ``minimum`` (the best peer rule there), ``valley`` within 0.7. On a linear sweep of a real model,
+        runs each, see ``bench/RESULTS.md``) each came within 0.7 accuracy points of the
+        best constant LR on average, and within 0.15 of fastai's ``minimum`` (the best peer
+        rule there). On a linear sweep of a real model,
         the loss falls late (each step trains at a higher LR than the last, and the few
         steps at low LRs have not trained the model yet), so ``steepest`` and ``valley``
         land late in the descent, a good ``max_lr`` but too high for a constant LR: use
