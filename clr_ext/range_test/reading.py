@@ -449,11 +449,14 @@ def _noise(c: Sequence[float], lo: int, hi: int) -> float:
     return 1.4826 * statistics.median(abs(c[j - 1] - 2 * c[j] + c[j + 1]) for j in range(lo, hi)) / math.sqrt(6)
 
 
-def _steepest_slope(slopes: Sequence[Tuple[int, float, float, bool]]) -> int:
-    """The position in ``slopes`` of the steepest one, among those of full width if any
-    (see :func:`_steepest` for why)."""
+def _descent_slopes(cv: Curve, first: int, last: int) -> Tuple[List[Tuple[int, float, float, bool]], int]:
+    """The slopes (see :func:`_slopes`) of the read window ``first..last`` up to the valley's
+    bottom, and the position among them of the steepest one, sought among those of full
+    width if any (see :func:`_steepest` for why); -1 when there are none."""
+    end = min(max(cv.i_bottom, first + 1), last)
+    slopes = _slopes(cv, first, end, last)
     whole = [k for k, slope in enumerate(slopes) if not slope[3]] or range(len(slopes))
-    return min(whole, key=lambda k: slopes[k][1])
+    return slopes, min(whole, key=lambda k: slopes[k][1], default=-1)
 
 
 def _foot(cv: Curve, first: int, last: int) -> int:
@@ -465,11 +468,9 @@ def _foot(cv: Curve, first: int, last: int) -> int:
     the decades before it, so a tenth of the depth is reached in the drift, decades before
     the descent, and halfway from there was 0.02 where the best constant LR is 0.06-0.1. A
     drift falls at a few hundredths of the descent's rate. ``first`` when nothing falls."""
-    end = min(max(cv.i_bottom, first + 1), last)
-    slopes = _slopes(cv, first, end, last)
+    slopes, k = _descent_slopes(cv, first, last)
     if not slopes:
         return first
-    k = _steepest_slope(slopes)
     s_max = slopes[k][1]
     if not s_max < 0:
         return first
@@ -496,11 +497,9 @@ def _steepest(cv: Curve, first: int, last: int) -> int:
     the last point was the steepest and the suggestion the end of the read window: 3.3 on
     one of 90 finder runs of softmax regression (best constant LR 0.27, 11 points above
     it). The stretch may still run on to the window's end."""
-    end = min(max(cv.i_bottom, first + 1), last)
-    slopes = _slopes(cv, first, end, last)
+    slopes, k_max = _descent_slopes(cv, first, last)
     if not slopes:
         return first
-    k_max = _steepest_slope(slopes)
     i_best, s_max, se_max, _ = slopes[k_max]
     if not s_max < 0:
         return i_best

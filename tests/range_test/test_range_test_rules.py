@@ -368,7 +368,8 @@ def test_valley_starts_at_the_descent_not_in_a_drift_before_it():
 def test_valley_on_a_short_descent_is_never_far_below_the_best_lrs(task):
     """Finder run 7 of the digits CNN drifts down 0.01 before its descent (a seventh of its
     depth): "valley" read 0.018, a third of the lowest LR within a point of the best
-    (88% test accuracy where the best constant LR gives 94.5%), now 0.055. No saved run reads below two thirds of that band."""
+    (88% test accuracy where the best constant LR gives 94.5%), now 0.055. No saved run
+    reads below two thirds of that band."""
     lo, _ = WITHIN_A_POINT[task]
     got = short_descent_suggestions(task, "valley")
     assert min(got) >= lo / 1.5, got
