@@ -26,11 +26,15 @@ _ONSET = 0.10
 # errors of the trend at its best when that is less: a smooth curve whose last 5% still rise far
 # above its noise is still improving.
 _PLATEAU_SE = 3.0
-# Reading "steepest": the steepest stretch is where the trend's slope is within this many
-# standard errors of its steepest.
-_STEEP_SE = 2.0
-# ... on a trend of this fraction of the curve's half-width (see _slopes).
+# The slopes the rules read are differences of a trend of this fraction of the curve's
+# half-width (see _slopes).
 _SLOPE_TREND = 0.7
+# Reading "steepest": a parabola is fitted to the slopes within this fraction of the trend's
+# half-width (in steps of an exponential sweep) of the steepest one ...
+_STEEP_FIT = 0.3
+# ... and the steepest stretch ends where the parabola is this fraction less steep than at its
+# vertex.
+_STEEP_EASE = 0.02
 # "valley" starts no lower than where the trend falls at this fraction of its steepest rate.
 _FOOT = 0.1
 # "min/10" needs a turn: the trend must climb back this fraction of the valley's depth past
@@ -386,12 +390,12 @@ def suggest_single(
     return cv.at(i)
 
 
-def _slopes(cv: Curve, first: int, end: int, last: int) -> List[Tuple[int, float, float, bool]]:
-    """``(i, slope, standard error, cut)`` of the trend against log(LR) for each point ``i``
-    of ``first..end``: the difference of the trend across the log-LR span of ``(h + 1) // 2``
+def _slopes(cv: Curve, first: int, end: int, last: int) -> List[Tuple[int, float, bool]]:
+    """``(i, slope, cut)`` of the trend against log(LR) for each point ``i`` of
+    ``first..end``: the difference of the trend across the log-LR span of ``(h + 1) // 2``
     steps of an exponential sweep over the same range on each side of ``i`` (at least the
-    neighbours), kept within ``first..last``; ``cut``: that span is cut short by
-    ``first`` or ``last`` on one side.
+    neighbours), kept within ``first..last``; ``cut``: that span is cut short by ``first``
+    or ``last`` on one side.
 
     Not the difference of neighbours: that of a centred mean of ``2h + 1`` points is the
     difference of the four raw points at its windows' edges over ``2h + 1``, the raw noise
@@ -400,9 +404,7 @@ def _slopes(cv: Curve, first: int, end: int, last: int) -> List[Tuple[int, float
     falls as ``1 / sqrt(k)``; half the trend's width is the read window's trim too. In
     log-LR, so that a linear sweep, whose steps at high LRs are a hundredth of a decade,
     is read at the same scale (a difference of neighbours divided by that step magnifies
-    the noise a hundredfold). The error: the spread of the curve about its trend near
-    ``i`` (as in :meth:`Curve.trend_noise`) times ``sqrt(2 m) / (2h + 1)``, ``m`` the points
-    in one window only, over the log-LR span.
+    the noise a hundredfold).
 
     The trend differenced is narrower than the curve's (half-width _SLOPE_TREND x ``h``,
     log-bounded likewise): the two means ``h`` points wide and ``h + 1`` apart compare two
@@ -414,11 +416,9 @@ def _slopes(cv: Curve, first: int, end: int, last: int) -> List[Tuple[int, float
     the slope is too noisy to place (bench/finders.py, 90 finder runs on three tasks)."""
     x = [math.log(v) for v in cv.lrs[: cv.n]]
     hs = max(1, round(_SLOPE_TREND * cv.h))
-    widths = cv.log_widths()
-    c, t = cv.c, centered_mean(cv.c, hs, widths)
-    reach = max((cv.h + 1) // 2, 1) * (x[cv.n - 1] - x[0]) / (cv.n - 1)  # log(LR) each side
+    t = centered_mean(cv.c, hs, cv.log_widths())
+    reach = max((cv.h + 1) // 2, 1) * _exp_step(cv)  # log(LR) each side
     span, full = reach * (1 + 1e-9), reach * (1 - 1e-6)  # (rounding: a point at the reach is in)
-    half = [min(hs, j, cv.n - 1 - j, widths[j]) for j in range(cv.n)]
     out = []
     for i in range(first, end + 1):
         a, b = max(i - 1, first), min(i + 1, last)
@@ -428,35 +428,35 @@ def _slopes(cv: Curve, first: int, end: int, last: int) -> List[Tuple[int, float
             b += 1
         if b == a or x[b] == x[a]:
             continue
-        lo, hi = max(1, i - 2 * cv.h), min(cv.n - 1, i + 2 * cv.h + 1)
-        spread = _noise(c, lo, hi)
-        na, nb = 2 * half[a] + 1, 2 * half[b] + 1
-        both = max(0, min(a + half[a], b + half[b]) - max(a - half[a], b - half[b]) + 1)
-        var = (na - both) / na**2 + (nb - both) / nb**2 + both * (1 / na - 1 / nb) ** 2
-        se = spread * math.sqrt(var) / (x[b] - x[a])
         cut = (a == first and x[i] - x[a] < full) or (b == last and x[b] - x[i] < full)
-        out.append((i, (t[b] - t[a]) / (x[b] - x[a]), se, cut))
+        out.append((i, (t[b] - t[a]) / (x[b] - x[a]), cut))
     return out
 
 
-def _noise(c: Sequence[float], lo: int, hi: int) -> float:
-    """The standard deviation of the curve's noise about a smooth trend, from its second
-    differences at ``lo..hi - 1`` (1.4826 x their median absolute value / sqrt(6)): a
-    smooth curve's second differences are near zero however it bends, so unlike the
-    spread about a centred mean (which a bend lifts) this is the noise alone."""
-    if hi <= lo:
-        return 0.0
-    return 1.4826 * statistics.median(abs(c[j - 1] - 2 * c[j] + c[j + 1]) for j in range(lo, hi)) / math.sqrt(6)
+def _exp_step(cv: Curve) -> float:
+    """The log(LR) of one step of an exponential sweep over the curve's finite range: the
+    unit in which the rules' spans are set, so that they mean the same on a linear sweep."""
+    return (math.log(cv.lrs[cv.n - 1]) - math.log(cv.lrs[0])) / (cv.n - 1)
 
 
-def _descent_slopes(cv: Curve, first: int, last: int) -> Tuple[List[Tuple[int, float, float, bool]], int]:
+def _descent_slopes(cv: Curve, first: int, last: int) -> Tuple[List[Tuple[int, float, bool]], int]:
     """The slopes (see :func:`_slopes`) of the read window ``first..last`` up to the valley's
-    bottom, and the position among them of the steepest one, sought among those of full
-    width if any (see :func:`_steepest` for why); -1 when there are none."""
+    bottom, and the position among them of the steepest one; -1 when there are none. The
+    steepest is sought among the slopes of full width that have two others within the
+    reach of :func:`_steepest`'s fit (if any; see there for why)."""
     end = min(max(cv.i_bottom, first + 1), last)
     slopes = _slopes(cv, first, end, last)
-    whole = [k for k, slope in enumerate(slopes) if not slope[3]] or range(len(slopes))
-    return slopes, min(whole, key=lambda k: slopes[k][1], default=-1)
+    x = [math.log(cv.lrs[i]) for i, _, _ in slopes]
+    reach = _fit_reach(cv)
+    fits = [k for k in range(len(slopes)) if sum(abs(v - x[k]) <= reach for v in x) >= 3]
+    whole = [k for k in fits if not slopes[k][2]] or [k for k in range(len(slopes)) if not slopes[k][2]]
+    return slopes, min(whole or range(len(slopes)), key=lambda k: slopes[k][1], default=-1)
+
+
+def _fit_reach(cv: Curve) -> float:
+    """The log(LR) each side of the steepest slope that :func:`_steepest` fits: _STEEP_FIT of
+    the trend's half-width, in steps of an exponential sweep (3 at the default ``smooth``)."""
+    return max(math.ceil(round(_STEEP_FIT * cv.h, 6)), 1) * _exp_step(cv) * (1 + 1e-9)
 
 
 def _foot(cv: Curve, first: int, last: int) -> int:
@@ -481,33 +481,80 @@ def _foot(cv: Curve, first: int, last: int) -> int:
 
 def _steepest(cv: Curve, first: int, last: int) -> int:
     """The upper end of the steepest stretch of the read window, up to the valley's bottom:
-    from the point where the trend improves fastest per unit of log(LR) (see
-    :func:`_slopes`), the last point of the run that follows it whose slope is within
-    _STEEP_SE standard errors of that steepest slope. Where the loss falls along a
-    near-straight line in log(LR) (a convex model, over two or three decades) every point
-    of that stretch is as steep as any other within the noise, and the argmax lands
-    anywhere along it; its upper end is the largest LR that still learns at the fastest
-    rate, where the fall begins to slow. On a short descent (a deep net's) the stretch is a
-    point or two, and this is the argmax.
+    a least-squares parabola through the slopes (see :func:`_slopes`) within _STEEP_FIT of
+    the trend's half-width of the steepest one, and on it, past its vertex, the LR at which
+    the fall has eased by _STEEP_EASE of its steepest rate: the largest LR that still
+    learns at (nearly) the fastest rate.
 
-    The argmax is taken over the points whose slope spans its full width (if any): a slope
-    cut short by the end of the read window compares fewer points, and the largest of
-    estimates of unequal noise is most often a noisy one. Where a convex model's loss falls
-    on to the sweep's end, in log(LR) at a rate as steep as its main fall, the cut slope at
-    the last point was the steepest and the suggestion the end of the read window: 3.3 on
-    one of 90 finder runs of softmax regression (best constant LR 0.27, 11 points above
-    it). The stretch may still run on to the window's end."""
-    slopes, k_max = _descent_slopes(cv, first, last)
+    Why a parabola: where the loss falls along a near-straight line in log(LR) (a convex
+    model, over two decades) the slopes near the steepest differ by less than their noise,
+    and the largest lands anywhere along that stretch: the last of the run of slopes within
+    two standard errors of the largest read 0.12-0.74 on softmax regression's finder runs
+    (best constant LR 0.27; a third of a decade off costs a few tenths of a point). The
+    vertex of a fit through seven slopes moves less than the largest of them, and the
+    stretch's end read on the fit is not the last of a run of noisy points. On 90 finder
+    runs per task (bench/finders.py), against that rule, paired, in points of regret:
+    softmax regression -0.03 +- 0.01 (exponential sweep) and -0.02 +- 0.004 (linear), the
+    digits CNN -0.22 +- 0.07 and -3.1 +- 0.7, the MLP -0.05 +- 0.03 and -1.0 +- 0.2. Why
+    past the vertex: a convex model learns fastest at the largest LR that is stable, and
+    the fall slows only past it; at the vertex itself softmax regression read 0.2, 0.14
+    points below the best. On a short descent (a deep net's) the parabola is narrow and
+    the stretch ends a point or two past the steepest.
+
+    The steepest slope is sought among those of full width (if any): a slope cut short by
+    the end of the read window compares fewer points, and the largest of estimates of
+    unequal noise is most often a noisy one (where a convex model's loss falls on to the
+    sweep's end, the cut slope at the last point was the steepest, and ``steepest`` read
+    3.3 where the best constant LR is 0.27). And among those with two others within the
+    fit's reach, where a parabola can be fitted: a linear sweep's first points are a factor
+    of 2 apart (0.01, 0.02, 0.03), their slopes differences of single points, and on a
+    straight fall from 0.003 one of them was the largest and read 0.02. Where the slopes
+    near it do not bend into a peak (curving the other way), the steepest slope is the
+    reading."""
+    slopes, k = _descent_slopes(cv, first, last)
     if not slopes:
         return first
-    i_best, s_max, se_max, _ = slopes[k_max]
-    if not s_max < 0:
-        return i_best
-    for i, slope, _, _ in slopes[k_max + 1 :]:
-        if slope > s_max + _STEEP_SE * se_max:
-            break
-        i_best = i
-    return i_best
+    i_steep, s_steep, _ = slopes[k]
+    if not s_steep < 0:
+        return i_steep
+    x = [math.log(cv.lrs[i]) for i, _, _ in slopes]
+    reach = _fit_reach(cv)
+    near = [j for j in range(len(slopes)) if abs(x[j] - x[k]) <= reach]
+    fit = _parabola([(x[j] - x[k], slopes[j][1]) for j in near])
+    if fit is None or not fit[2] > 0:
+        return i_steep
+    a, b, c = fit
+    vertex, rate = -b / (2 * c), a - b * b / (4 * c)  # where the fit is steepest, and how steep
+    if not rate < 0:
+        return i_steep
+    end = min(max(x[k] + vertex + math.sqrt(_STEEP_EASE * -rate / c), x[near[0]]), x[near[-1]])
+    return slopes[min(range(len(slopes)), key=lambda j: abs(x[j] - end))][0]
+
+
+def _parabola(points: Sequence[Tuple[float, float]]) -> Optional[Tuple[float, float, float]]:
+    """``(a, b, c)`` of the least-squares ``y = a + b u + c u**2`` through ``(u, y)``
+    points; None for fewer than three distinct ``u`` (the normal equations are singular)."""
+    if len(points) < 3:
+        return None
+    sums = [sum(u**p for u, _ in points) for p in range(5)]
+    rhs = [sum(y * u**p for u, y in points) for p in range(3)]
+    m = [[sums[r + q] for q in range(3)] for r in range(3)]
+
+    def det(rows: Sequence[Sequence[float]]) -> float:
+        return (
+            rows[0][0] * (rows[1][1] * rows[2][2] - rows[1][2] * rows[2][1])
+            - rows[0][1] * (rows[1][0] * rows[2][2] - rows[1][2] * rows[2][0])
+            + rows[0][2] * (rows[1][0] * rows[2][1] - rows[1][1] * rows[2][0])
+        )
+
+    d = det(m)
+    if abs(d) <= 1e-12 * max(abs(v) for row in m for v in row) ** 3:
+        return None
+    solved = []
+    for col in range(3):
+        replaced = [[rhs[r] if q == col else m[r][q] for q in range(3)] for r in range(3)]
+        solved.append(det(replaced) / d)
+    return solved[0], solved[1], solved[2]
 
 
 def _valley(t: Sequence[float], lrs: Sequence[float], run_end: int) -> int:

@@ -158,15 +158,19 @@ class RangeTestResult:
           the valley's bottom. This is torch-lr-finder's and Lightning's suggestion (and
           fastai's ``steep``); they take the gradient of the raw or EMA-smoothed loss, here
           of a lag-free trend, across half its width of log(LR) (the difference of
-          neighbours of a centred mean is the raw noise of four points), read at the upper
-          end of the stretch whose slope is within 2 standard errors of the steepest: where
-          the loss falls along a near-straight line in log(LR) (a convex model's, over two
-          decades) every point of it is as steep within the noise, and the largest LR that
-          still learns at that rate is where the fall begins to slow. The trend differenced
+          neighbours of a centred mean is the raw noise of four points), read on a parabola
+          fitted to the slopes within 3 steps (of an exponential sweep) of the steepest, at
+          the upper end of the stretch within 2% of its steepest rate: where the loss falls
+          along a near-straight line in log(LR) (a convex model's, over two decades) the
+          slopes near the steepest differ by less than their noise and the largest lands
+          anywhere along it (the fit's vertex moves less), and the largest LR that still
+          learns at that rate is where the fall begins to slow. The trend differenced
           is 0.7 of the curve's width: at the full width the slope straddled a small
           network's short descent and the blow-up right after it, and read its steepest
           point at half the LR where it is. The steepest is sought among the slopes whose
-          span the read window does not cut short: a cut one is the noisiest.
+          span the read window does not cut short (a cut one is the noisiest) and that have
+          two others within the fit's reach (a linear sweep's first points are a factor of 2
+          apart, their slopes differences of single points).
         - ``"valley"``: one LR, halfway along the longest valley: fastai's default
           ``valley`` rule (the longest decreasing subsequence of the curve, of length ``L``
           and ending at ``end``; the run starts at ``end - L``; the point ``L//3 + L//6``

@@ -428,7 +428,9 @@ def _curve_result(measured_on="val"):
 def test_suggest_methods_on_a_known_curve():
     r = _curve_result()
     lrs = r.lrs
-    assert abs(lrs.index(r.suggest("steepest")) - 60) <= 2
+    # steepest: the upper end of the stretch within 2% of the steepest rate, 2-3 steps past
+    # the steepest point of this logistic (its slope eases 2% within 0.14 of its scale, 8 steps).
+    assert 60 <= lrs.index(r.suggest("steepest")) <= 64
     valley = lrs.index(r.suggest("valley"))
     assert 60 <= valley <= 120  # about halfway along the fall, which runs from ~0 to ~148
     from clr_ext.range_test import _suggest_bounds
