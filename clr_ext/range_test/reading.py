@@ -439,18 +439,23 @@ def _exp_step(cv: Curve) -> float:
     return (math.log(cv.lrs[cv.n - 1]) - math.log(cv.lrs[0])) / (cv.n - 1)
 
 
-def _descent_slopes(cv: Curve, first: int, last: int) -> Tuple[List[Tuple[int, float, bool]], int]:
+def _descent_slopes(cv: Curve, first: int, last: int) -> Tuple[List[Tuple[int, float, bool]], List[float], int]:
     """The slopes (see :func:`_slopes`) of the read window ``first..last`` up to the valley's
-    bottom, and the position among them of the steepest one; -1 when there are none. The
-    steepest is sought among the slopes of full width that have two others within the
-    reach of :func:`_steepest`'s fit (if any; see there for why)."""
+    bottom, the log(LR) of each, and the position among them of the steepest one; -1 when
+    there are none. The steepest is sought among the slopes of full width that have two
+    others within the reach of :func:`_steepest`'s fit (if any; see there for why)."""
     end = min(max(cv.i_bottom, first + 1), last)
     slopes = _slopes(cv, first, end, last)
     x = [math.log(cv.lrs[i]) for i, _, _ in slopes]
     reach = _fit_reach(cv)
-    fits = [k for k in range(len(slopes)) if sum(abs(v - x[k]) <= reach for v in x) >= 3]
+    fits = [k for k in range(len(slopes)) if len(_within(x, k, reach)) >= 3]
     whole = [k for k in fits if not slopes[k][2]] or [k for k in range(len(slopes)) if not slopes[k][2]]
-    return slopes, min(whole or range(len(slopes)), key=lambda k: slopes[k][1], default=-1)
+    return slopes, x, min(whole or range(len(slopes)), key=lambda k: slopes[k][1], default=-1)
+
+
+def _within(x: Sequence[float], k: int, reach: float) -> range:
+    """The positions of the (ascending) ``x`` within ``reach`` of ``x[k]``."""
+    return range(bisect.bisect_left(x, x[k] - reach), bisect.bisect_right(x, x[k] + reach))
 
 
 def _fit_reach(cv: Curve) -> float:
@@ -468,7 +473,7 @@ def _foot(cv: Curve, first: int, last: int) -> int:
     the decades before it, so a tenth of the depth is reached in the drift, decades before
     the descent, and halfway from there was 0.02 where the best constant LR is 0.06-0.1. A
     drift falls at a few hundredths of the descent's rate. ``first`` when nothing falls."""
-    slopes, k = _descent_slopes(cv, first, last)
+    slopes, _, k = _descent_slopes(cv, first, last)
     if not slopes:
         return first
     s_max = slopes[k][1]
@@ -511,15 +516,13 @@ def _steepest(cv: Curve, first: int, last: int) -> int:
     straight fall from 0.003 one of them was the largest and read 0.02. Where the slopes
     near it do not bend into a peak (curving the other way), the steepest slope is the
     reading."""
-    slopes, k = _descent_slopes(cv, first, last)
+    slopes, x, k = _descent_slopes(cv, first, last)
     if not slopes:
         return first
     i_steep, s_steep, _ = slopes[k]
     if not s_steep < 0:
         return i_steep
-    x = [math.log(cv.lrs[i]) for i, _, _ in slopes]
-    reach = _fit_reach(cv)
-    near = [j for j in range(len(slopes)) if abs(x[j] - x[k]) <= reach]
+    near = _within(x, k, _fit_reach(cv))
     fit = _parabola([(x[j] - x[k], slopes[j][1]) for j in near])
     if fit is None or not fit[2] > 0:
         return i_steep
