@@ -308,15 +308,14 @@ def test_steepest_on_convex_falls_is_read_near_the_best_lrs():
     0.18-0.5, the LRs within 0.2 points of the best constant LR (0.27; bench/finders.py's
     response, 200 training seeds). The upper end of the stretch read on a parabola through
     the slopes around the steepest: 2 of 20, none below."""
-    data = json.loads((DATA / "softmax_runs_exp.json").read_text())
-    got = [result_of(data["lrs"], run["losses"], measured_on="train").suggest("steepest") for run in data["softmax"]]
+    got = saved_run_suggestions("softmax", "steepest", saved="softmax_runs_exp.json")
     assert min(got) >= 0.18, sorted(got)
     assert sum(0.18 <= lr <= 0.5 for lr in got) >= 18, sorted(got)
 
 
-def short_descent_suggestions(task, method, saved="short_descents_exp.json"):
+def saved_run_suggestions(task, method, saved="short_descents_exp.json"):
     """``method``'s LR on each saved exponential finder run of ``task`` (the ten first
-    ones, unless ``saved`` names another file)."""
+    ones of the digits CNN or the MLP, unless ``saved`` names another file)."""
     data = json.loads((DATA / saved).read_text())
     got = []
     for run in data[task]:
@@ -336,7 +335,7 @@ def test_steepest_on_a_short_descent_is_read_at_its_steepest_point(task):
     in 10 within a point of the best constant LR) and 0.031 on the MLP (3 in 10). On a
     narrower trend it reads inside that band on most runs, its median too."""
     lo, hi = WITHIN_A_POINT[task]
-    got = short_descent_suggestions(task, "steepest")
+    got = saved_run_suggestions(task, "steepest")
     assert lo <= statistics.median(got) <= hi, got
     assert sum(lo <= lr <= hi for lr in got) >= 7, got
 
@@ -348,7 +347,7 @@ def test_valley_is_read_halfway_along_the_valley():
     run's start to where the loss stops falling, so the count of points is no part of it:
     halfway is half. On the MLP's ten finder runs the median was 0.042, a third below the
     best constant LR (0.056); halfway, 0.055."""
-    got = short_descent_suggestions("mlp", "valley")
+    got = saved_run_suggestions("mlp", "valley")
     assert abs(math.log(statistics.median(got) / 0.056)) <= math.log(1.2), got
 
 
@@ -386,7 +385,7 @@ def test_valley_on_a_short_descent_is_never_far_below_the_best_lrs(task):
     (88% test accuracy where the best constant LR gives 94.5%), now 0.055. No saved run
     reads below two thirds of that band."""
     lo, _ = WITHIN_A_POINT[task]
-    got = short_descent_suggestions(task, "valley")
+    got = saved_run_suggestions(task, "valley")
     assert min(got) >= lo / 1.5, got
 
 
@@ -399,7 +398,7 @@ def test_the_turn_is_not_read_past_the_first_spikes_of_a_blow_up(method):
     everything up to the blow-up, dip included. "min/10" read 0.13-0.16 and "valley"
     0.12-0.17 (88% test accuracy at 0.156, 86% at 0.167, against 94.5% at the best constant
     LR). The exponential mean falls only while the point entering is below the mean."""
-    got = short_descent_suggestions("digits", method, saved="spiky_bottoms_exp.json")
+    got = saved_run_suggestions("digits", method, saved="spiky_bottoms_exp.json")
     assert all(0.036 <= lr <= 0.1 for lr in got), got
 
 
